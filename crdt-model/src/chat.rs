@@ -1,0 +1,708 @@
+//! [`ChatDoc`]: one chat's Automerge document and its display-order index.
+//!
+//! Every mutation is one Automerge change, committed at once, so that the caller can persist it
+//! (see [`ChatDoc::save_incremental`]) before anyone else sees it. The index is kept in step
+//! through Automerge's indexed diff, so local edits and merged remote changes cost time in
+//! proportion to what changed, never to the length of the chat.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use automerge::{
+    ActorId, AutoCommit, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value,
+    transaction::{CommitOptions, Transactable},
+};
+
+use crate::{
+    ChatId, Clock, DeviceId, MessageId, ModelError,
+    limits::{MAX_DEVICE_NAME_BYTES, MAX_REACTION_BYTES, MAX_TEXT_BYTES, MAX_TITLE_BYTES},
+    message::{Message, OrderKey},
+    schema as s,
+};
+
+/// The device making local changes: who it is, what it is called, and the Automerge actor its
+/// changes are written under.
+#[derive(Clone, Debug)]
+pub struct Device {
+    pub id: DeviceId,
+    pub name: String,
+    pub actor: ActorId,
+}
+
+impl Device {
+    /// A device whose Automerge actor is derived from its id, so that the same device always
+    /// writes under the same actor and continues its own sequence of changes after a restart.
+    pub fn new(id: DeviceId, name: impl Into<String>) -> Result<Self, ModelError> {
+        let name = name.into();
+        check_text("device name", &name, MAX_DEVICE_NAME_BYTES, false)?;
+        let actor = ActorId::from(id.as_str().as_bytes());
+        Ok(Device { id, name, actor })
+    }
+}
+
+/// Chat-level facts, cheap to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatInfo {
+    pub id: ChatId,
+    pub title: String,
+    pub created_at: i64,
+    pub created_by: DeviceId,
+    pub messages: usize,
+}
+
+/// A chat document plus its display-order index.
+pub struct ChatDoc {
+    doc: AutoCommit,
+    id: ChatId,
+    messages: ObjId,
+    read: ObjId,
+    order: BTreeSet<OrderKey>,
+    keys: HashMap<MessageId, OrderKey>,
+    /// Largest clock of any message, for stamping the next one.
+    max_clock: Clock,
+}
+
+impl std::fmt::Debug for ChatDoc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatDoc")
+            .field("id", &self.id)
+            .field("messages", &self.order.len())
+            .finish()
+    }
+}
+
+impl ChatDoc {
+    /// Creates a new chat. The genesis change creates every shared container.
+    pub fn create(
+        id: ChatId,
+        title: &str,
+        device: &Device,
+        now_ms: i64,
+    ) -> Result<Self, ModelError> {
+        check_text("title", title, MAX_TITLE_BYTES, false)?;
+        let mut doc = AutoCommit::new().with_actor(device.actor.clone());
+        doc.put(automerge::ROOT, s::SCHEMA, s::SCHEMA_VERSION)?;
+        doc.put(automerge::ROOT, s::ID, id.as_str())?;
+        doc.put(automerge::ROOT, s::TITLE, title)?;
+        doc.put(automerge::ROOT, s::CREATED_AT, now_ms)?;
+        doc.put(automerge::ROOT, s::CREATED_BY, device.id.as_str())?;
+        doc.put_object(automerge::ROOT, s::MESSAGES, ObjType::Map)?;
+        doc.put_object(automerge::ROOT, s::READ, ObjType::Map)?;
+        doc.commit_with(CommitOptions::default().with_time(now_ms));
+        Self::from_doc(doc, device)
+    }
+
+    /// Loads a chat from saved bytes: a full save, optionally followed by incremental saves
+    /// (loading them in one call is far faster than applying them one by one).
+    pub fn load(bytes: &[u8], device: &Device) -> Result<Self, ModelError> {
+        let doc = AutoCommit::load(bytes).map_err(|e| ModelError::Corrupt(e.to_string()))?;
+        Self::from_doc(doc, device)
+    }
+
+    /// Wraps an Automerge document, checking its shape and building the index.
+    pub fn from_doc(mut doc: AutoCommit, device: &Device) -> Result<Self, ModelError> {
+        doc.set_actor(device.actor.clone());
+        match get_int(&doc, &automerge::ROOT, s::SCHEMA) {
+            Some(v) if (1..=s::SCHEMA_VERSION).contains(&v) => {}
+            Some(v) => {
+                return Err(ModelError::Corrupt(format!(
+                    "document schema {v} is not supported by this version"
+                )));
+            }
+            None => return Err(ModelError::Corrupt("no schema version".into())),
+        }
+        let id = get_str(&doc, &automerge::ROOT, s::ID)
+            .and_then(|v| ChatId::new(v).ok())
+            .ok_or_else(|| ModelError::Corrupt("missing or invalid chat id".into()))?;
+        let messages = get_map(&doc, &automerge::ROOT, s::MESSAGES)
+            .ok_or_else(|| ModelError::Corrupt("missing messages map".into()))?;
+        let read = get_map(&doc, &automerge::ROOT, s::READ)
+            .ok_or_else(|| ModelError::Corrupt("missing read map".into()))?;
+        let mut chat = ChatDoc {
+            doc,
+            id,
+            messages,
+            read,
+            order: BTreeSet::new(),
+            keys: HashMap::new(),
+            max_clock: Clock::ZERO,
+        };
+        chat.reindex_all();
+        chat.doc.update_diff_cursor();
+        Ok(chat)
+    }
+
+    pub fn id(&self) -> &ChatId {
+        &self.id
+    }
+
+    pub fn title(&self) -> String {
+        get_str(&self.doc, &automerge::ROOT, s::TITLE).unwrap_or_default()
+    }
+
+    pub fn info(&self) -> ChatInfo {
+        ChatInfo {
+            id: self.id.clone(),
+            title: self.title(),
+            created_at: get_int(&self.doc, &automerge::ROOT, s::CREATED_AT).unwrap_or(0),
+            created_by: get_str(&self.doc, &automerge::ROOT, s::CREATED_BY)
+                .and_then(|v| DeviceId::new(v).ok())
+                .unwrap_or_else(|| DeviceId::new("unknown").expect("literal id is valid")),
+            messages: self.order.len(),
+        }
+    }
+
+    /// Number of messages, deleted ones included (they keep their place).
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The message with this id.
+    pub fn message(&self, id: &MessageId) -> Option<Message> {
+        self.keys.get(id)?;
+        let obj = get_map(&self.doc, &self.messages, id.as_str())?;
+        read_message(&self.doc, id, &obj)
+    }
+
+    /// Ids of messages whose id starts with `prefix`, at most `limit` of them.
+    pub fn find_messages(&self, prefix: &str, limit: usize) -> Vec<MessageId> {
+        if let Ok(id) = MessageId::new(prefix)
+            && self.keys.contains_key(&id)
+        {
+            return vec![id];
+        }
+        self.keys
+            .keys()
+            .filter(|id| id.as_str().starts_with(prefix))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// The last `limit` messages in display order, oldest first.
+    pub fn last(&self, limit: usize) -> Vec<Message> {
+        self.page_before(None, limit)
+    }
+
+    /// Up to `limit` messages that come just before `before` (or the end) in display order,
+    /// oldest first.
+    pub fn page_before(&self, before: Option<&MessageId>, limit: usize) -> Vec<Message> {
+        let keys: Vec<&OrderKey> = match before.and_then(|id| self.keys.get(id)) {
+            Some(bound) => self.order.range(..bound).rev().take(limit).collect(),
+            None if before.is_some() => Vec::new(),
+            None => self.order.iter().rev().take(limit).collect(),
+        };
+        keys.into_iter()
+            .rev()
+            .filter_map(|k| self.message(&k.id))
+            .collect()
+    }
+
+    /// Up to `limit` messages that come just after `after` in display order, oldest first.
+    pub fn page_after(&self, after: &MessageId, limit: usize) -> Vec<Message> {
+        let Some(bound) = self.keys.get(after) else {
+            return Vec::new();
+        };
+        self.order
+            .range(bound..)
+            .skip(1)
+            .take(limit)
+            .filter_map(|k| self.message(&k.id))
+            .collect()
+    }
+
+    /// Every message in display order.
+    pub fn messages(&self) -> impl Iterator<Item = Message> + '_ {
+        self.order.iter().filter_map(|k| self.message(&k.id))
+    }
+
+    /// Ids of every message in display order.
+    pub fn message_ids(&self) -> impl Iterator<Item = &MessageId> + '_ {
+        self.order.iter().map(|k| &k.id)
+    }
+
+    /// Posts a new message. `id` must be fresh; `reply_to`, if given, must be in the chat.
+    pub fn post(
+        &mut self,
+        device: &Device,
+        id: MessageId,
+        text: &str,
+        reply_to: Option<&MessageId>,
+        now_ms: i64,
+    ) -> Result<Message, ModelError> {
+        check_text("message text", text, MAX_TEXT_BYTES, false)?;
+        if self.keys.contains_key(&id) {
+            return Err(ModelError::Invalid(format!("message {id} already exists")));
+        }
+        if let Some(parent) = reply_to
+            && !self.keys.contains_key(parent)
+        {
+            return Err(ModelError::MessageNotFound(parent.clone()));
+        }
+        let clock = Clock::tick(self.max_clock, now_ms);
+        let messages = self.messages.clone();
+        self.write(now_ms, |doc| {
+            let obj = doc.put_object(&messages, id.as_str(), ObjType::Map)?;
+            doc.put(&obj, s::AUTHOR, device.id.as_str())?;
+            doc.put(&obj, s::AUTHOR_NAME, device.name.as_str())?;
+            doc.put(&obj, s::TS, now_ms)?;
+            doc.put(&obj, s::CLOCK, clock.to_stored())?;
+            doc.put(&obj, s::TEXT, text)?;
+            if let Some(parent) = reply_to {
+                doc.put(&obj, s::REPLY_TO, parent.as_str())?;
+            }
+            doc.put(&obj, s::DELETED, false)?;
+            doc.put_object(&obj, s::REACTIONS, ObjType::Map)?;
+            Ok(())
+        })?;
+        self.require_message(&id)
+    }
+
+    /// Replaces the text of one of this device's messages.
+    pub fn edit(
+        &mut self,
+        device: &Device,
+        id: &MessageId,
+        text: &str,
+        now_ms: i64,
+    ) -> Result<Message, ModelError> {
+        check_text("message text", text, MAX_TEXT_BYTES, false)?;
+        let (msg, obj) = self.own_live_message(device, id, "edit")?;
+        if msg.text == text {
+            return Ok(msg);
+        }
+        self.write(now_ms, |doc| {
+            doc.put(&obj, s::TEXT, text)?;
+            doc.put(&obj, s::EDITED_AT, now_ms)
+        })?;
+        self.require_message(id)
+    }
+
+    /// Deletes one of this device's messages: its text and reactions go, its place stays.
+    /// Deleting twice is not an error.
+    pub fn delete(
+        &mut self,
+        device: &Device,
+        id: &MessageId,
+        now_ms: i64,
+    ) -> Result<Message, ModelError> {
+        let msg = self.require_message(id)?;
+        if msg.deleted {
+            return Ok(msg);
+        }
+        let (_, obj) = self.own_live_message(device, id, "delete")?;
+        let reactions = get_map(&self.doc, &obj, s::REACTIONS);
+        let reacted: Vec<String> = reactions
+            .as_ref()
+            .map(|r| self.doc.keys(r).collect())
+            .unwrap_or_default();
+        self.write(now_ms, |doc| {
+            doc.put(&obj, s::DELETED, true)?;
+            doc.put(&obj, s::TEXT, "")?;
+            if let Some(reactions) = &reactions {
+                for d in &reacted {
+                    doc.delete(reactions, d.as_str())?;
+                }
+            }
+            Ok(())
+        })?;
+        self.require_message(id)
+    }
+
+    /// Sets (`Some`) or clears (`None`) this device's reaction to a message.
+    pub fn react(
+        &mut self,
+        device: &Device,
+        id: &MessageId,
+        reaction: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Message, ModelError> {
+        if let Some(r) = reaction {
+            check_reaction(r)?;
+        }
+        let msg = self.require_message(id)?;
+        if msg.deleted {
+            return Err(ModelError::Deleted(id.clone()));
+        }
+        if msg.reactions.get(&device.id).map(String::as_str) == reaction {
+            return Ok(msg);
+        }
+        let obj = self.message_obj(id)?;
+        let reactions = get_map(&self.doc, &obj, s::REACTIONS)
+            .ok_or_else(|| ModelError::Corrupt(format!("message {id} has no reactions map")))?;
+        self.write(now_ms, |doc| match reaction {
+            Some(r) => doc.put(&reactions, device.id.as_str(), r),
+            None => doc.delete(&reactions, device.id.as_str()),
+        })?;
+        self.require_message(id)
+    }
+
+    /// Moves this device's read marker forward to `id`. Markers never move backwards: marking
+    /// an older message read changes nothing. Returns whether the marker moved.
+    pub fn mark_read(
+        &mut self,
+        device: &Device,
+        id: &MessageId,
+        now_ms: i64,
+    ) -> Result<bool, ModelError> {
+        let new_key = self
+            .keys
+            .get(id)
+            .ok_or_else(|| ModelError::MessageNotFound(id.clone()))?;
+        if let Some(current) = self.read_marker(&device.id)
+            && let Some(current_key) = self.keys.get(&current)
+            && current_key >= new_key
+        {
+            return Ok(false);
+        }
+        let read = self.read.clone();
+        self.write(now_ms, |doc| {
+            doc.put(&read, device.id.as_str(), id.as_str())
+        })?;
+        Ok(true)
+    }
+
+    /// The last message this device has read, if any.
+    pub fn read_marker(&self, device: &DeviceId) -> Option<MessageId> {
+        get_str(&self.doc, &self.read, device.as_str()).and_then(|v| MessageId::new(v).ok())
+    }
+
+    /// Every device's read marker.
+    pub fn read_markers(&self) -> BTreeMap<DeviceId, MessageId> {
+        self.doc
+            .map_range(&self.read, ..)
+            .filter_map(|item| {
+                let device = DeviceId::new(item.key.as_ref()).ok()?;
+                let msg = match item.value {
+                    automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(v)) => {
+                        MessageId::new(v).ok()?
+                    }
+                    _ => return None,
+                };
+                Some((device, msg))
+            })
+            .collect()
+    }
+
+    /// Messages after `device`'s read marker that other devices wrote and that are not deleted.
+    pub fn unread_count(&self, device: &DeviceId) -> usize {
+        let start = self
+            .read_marker(device)
+            .and_then(|m| self.keys.get(&m).cloned());
+        let range: Box<dyn Iterator<Item = &OrderKey>> = match &start {
+            Some(k) => Box::new(self.order.range(k..).skip(1)),
+            None => Box::new(self.order.iter()),
+        };
+        range
+            .filter(|k| &k.author != device)
+            .filter(|k| self.message(&k.id).is_some_and(|m| !m.deleted))
+            .count()
+    }
+
+    /// Renames the chat.
+    pub fn set_title(&mut self, title: &str, now_ms: i64) -> Result<(), ModelError> {
+        check_text("title", title, MAX_TITLE_BYTES, false)?;
+        if self.title() != title {
+            self.write(now_ms, |doc| doc.put(automerge::ROOT, s::TITLE, title))?;
+        }
+        Ok(())
+    }
+
+    /// Merges another replica of this chat into this one. Returns the ids of messages that
+    /// were added or changed.
+    pub fn merge(&mut self, other: &mut ChatDoc) -> Result<Vec<MessageId>, ModelError> {
+        if other.id != self.id {
+            return Err(ModelError::Invalid(format!(
+                "cannot merge chat {} into chat {}",
+                other.id, self.id
+            )));
+        }
+        self.doc.merge(&mut other.doc)?;
+        Ok(self.refresh_index())
+    }
+
+    /// Applies changes received from another replica, in one batch. Returns the ids of
+    /// messages that were added or changed.
+    pub fn apply_changes(
+        &mut self,
+        changes: Vec<automerge::Change>,
+    ) -> Result<Vec<MessageId>, ModelError> {
+        self.doc.apply_changes_batch(changes)?;
+        Ok(self.refresh_index())
+    }
+
+    /// Current heads of the document.
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// The full document, compacted. Resets the incremental-save point.
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// Changes since the last [`save`](Self::save) or `save_incremental`, in a form that can be
+    /// appended to a saved document and loaded with it in one call.
+    pub fn save_incremental(&mut self) -> Vec<u8> {
+        self.doc.save_incremental()
+    }
+
+    /// The underlying Automerge document, for sync.
+    pub fn automerge_mut(&mut self) -> &mut AutoCommit {
+        &mut self.doc
+    }
+
+    /// Runs `ops` as one change: committed (and indexed) if they all succeed, rolled back
+    /// otherwise, so that a failed operation never leaves half its writes behind.
+    fn write(
+        &mut self,
+        now_ms: i64,
+        ops: impl FnOnce(&mut AutoCommit) -> Result<(), automerge::AutomergeError>,
+    ) -> Result<(), ModelError> {
+        match ops(&mut self.doc) {
+            Ok(()) => {
+                self.doc
+                    .commit_with(CommitOptions::default().with_time(now_ms));
+                self.refresh_index();
+                Ok(())
+            }
+            Err(e) => {
+                self.doc.rollback();
+                Err(e.into())
+            }
+        }
+    }
+
+    fn require_message(&self, id: &MessageId) -> Result<Message, ModelError> {
+        self.message(id)
+            .ok_or_else(|| ModelError::MessageNotFound(id.clone()))
+    }
+
+    fn message_obj(&self, id: &MessageId) -> Result<ObjId, ModelError> {
+        get_map(&self.doc, &self.messages, id.as_str())
+            .ok_or_else(|| ModelError::MessageNotFound(id.clone()))
+    }
+
+    /// A message that `device` wrote and that is not deleted, with its object id.
+    fn own_live_message(
+        &self,
+        device: &Device,
+        id: &MessageId,
+        what: &str,
+    ) -> Result<(Message, ObjId), ModelError> {
+        let msg = self.require_message(id)?;
+        if msg.author != device.id {
+            return Err(ModelError::Forbidden(format!(
+                "only the device that wrote a message can {what} it"
+            )));
+        }
+        if msg.deleted {
+            return Err(ModelError::Deleted(id.clone()));
+        }
+        Ok((msg, self.message_obj(id)?))
+    }
+
+    fn reindex_all(&mut self) {
+        self.order.clear();
+        self.keys.clear();
+        self.max_clock = Clock::ZERO;
+        let ids: Vec<(String, ObjId)> = self
+            .doc
+            .map_range(&self.messages, ..)
+            .filter(|item| matches!(item.value, automerge::ValueRef::Object(ObjType::Map)))
+            .map(|item| {
+                let obj = item.id();
+                (item.key.into_owned(), obj)
+            })
+            .collect();
+        for (key, obj) in ids {
+            if let Ok(id) = MessageId::new(key) {
+                self.index_message(id, &obj);
+            }
+        }
+    }
+
+    /// Brings the index up to date with everything applied since the last refresh, using
+    /// Automerge's indexed diff. Returns the ids of touched messages.
+    fn refresh_index(&mut self) -> Vec<MessageId> {
+        let patches = self.doc.diff_incremental();
+        let mut touched: Vec<MessageId> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        for patch in patches {
+            let key = if patch.obj == self.messages {
+                match &patch.action {
+                    automerge::PatchAction::PutMap { key, .. } => Some(key.clone()),
+                    automerge::PatchAction::DeleteMap { key } => Some(key.clone()),
+                    _ => None,
+                }
+            } else {
+                match patch.path.get(1) {
+                    Some((parent, Prop::Map(key))) if *parent == self.messages => Some(key.clone()),
+                    _ => None,
+                }
+            };
+            if let Some(key) = key
+                && seen.insert(key.clone())
+                && let Ok(id) = MessageId::new(key)
+            {
+                touched.push(id);
+            }
+        }
+        for id in &touched {
+            if let Some(old) = self.keys.remove(id) {
+                self.order.remove(&old);
+            }
+            if let Some(obj) = get_map(&self.doc, &self.messages, id.as_str()) {
+                self.index_message(id.clone(), &obj);
+            }
+        }
+        touched.retain(|id| self.keys.contains_key(id));
+        touched
+    }
+
+    fn index_message(&mut self, id: MessageId, obj: &ObjId) {
+        let Some(clock) = get_int(&self.doc, obj, s::CLOCK).and_then(Clock::from_stored) else {
+            return;
+        };
+        let Some(author) = get_str(&self.doc, obj, s::AUTHOR).and_then(|a| DeviceId::new(a).ok())
+        else {
+            return;
+        };
+        self.max_clock = self.max_clock.max(clock);
+        let key = OrderKey {
+            clock,
+            author,
+            id: id.clone(),
+        };
+        self.order.insert(key.clone());
+        self.keys.insert(id, key);
+    }
+}
+
+/// Reads one message, or `None` when its required fields are missing or malformed (a replica
+/// skips what it cannot show rather than failing the whole chat).
+fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message> {
+    let author = DeviceId::new(get_str(doc, obj, s::AUTHOR)?).ok()?;
+    let clock = Clock::from_stored(get_int(doc, obj, s::CLOCK)?)?;
+    let deleted = get_bool(doc, obj, s::DELETED).unwrap_or(false);
+    let mut text = if deleted {
+        String::new()
+    } else {
+        get_str(doc, obj, s::TEXT).unwrap_or_default()
+    };
+    truncate_utf8(&mut text, MAX_TEXT_BYTES);
+    let mut author_name = get_str(doc, obj, s::AUTHOR_NAME).unwrap_or_default();
+    truncate_utf8(&mut author_name, MAX_DEVICE_NAME_BYTES);
+    let reactions = if deleted {
+        BTreeMap::new()
+    } else {
+        get_map(doc, obj, s::REACTIONS)
+            .map(|r| {
+                doc.map_range(&r, ..)
+                    .filter_map(|item| {
+                        let device = DeviceId::new(item.key.as_ref()).ok()?;
+                        match item.value {
+                            automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(v))
+                                if check_reaction(&v).is_ok() =>
+                            {
+                                Some((device, v.to_string()))
+                            }
+                            _ => None,
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Some(Message {
+        id: id.clone(),
+        author,
+        author_name,
+        ts: get_int(doc, obj, s::TS).unwrap_or(0),
+        clock,
+        text,
+        reply_to: get_str(doc, obj, s::REPLY_TO).and_then(|v| MessageId::new(v).ok()),
+        edited_at: get_int(doc, obj, s::EDITED_AT),
+        deleted,
+        reactions,
+    })
+}
+
+fn check_text(what: &str, text: &str, max: usize, allow_empty: bool) -> Result<(), ModelError> {
+    if !allow_empty && text.trim().is_empty() {
+        return Err(ModelError::Invalid(format!("{what} must not be empty")));
+    }
+    if text.len() > max {
+        return Err(ModelError::Invalid(format!(
+            "{what} is {} bytes; the limit is {max}",
+            text.len()
+        )));
+    }
+    if text.chars().any(|c| c == '\0') {
+        return Err(ModelError::Invalid(format!("{what} must not contain NUL")));
+    }
+    Ok(())
+}
+
+fn check_reaction(r: &str) -> Result<(), ModelError> {
+    if r.is_empty() || r.len() > MAX_REACTION_BYTES {
+        return Err(ModelError::Invalid(format!(
+            "a reaction must be 1 to {MAX_REACTION_BYTES} bytes"
+        )));
+    }
+    if r.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ModelError::Invalid(
+            "a reaction must not contain spaces or control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+fn get_scalar(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<ScalarValue> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Scalar(v), _) => Some(v.into_owned()),
+        _ => None,
+    }
+}
+
+fn get_str(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<String> {
+    match get_scalar(doc, obj, key)? {
+        ScalarValue::Str(v) => Some(v.to_string()),
+        _ => None,
+    }
+}
+
+fn get_int(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<i64> {
+    match get_scalar(doc, obj, key)? {
+        ScalarValue::Int(v) => Some(v),
+        ScalarValue::Uint(v) => i64::try_from(v).ok(),
+        _ => None,
+    }
+}
+
+fn get_bool(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<bool> {
+    match get_scalar(doc, obj, key)? {
+        ScalarValue::Boolean(v) => Some(v),
+        _ => None,
+    }
+}
+
+fn get_map(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<ObjId> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Object(ObjType::Map), id) => Some(id),
+        _ => None,
+    }
+}

@@ -1,0 +1,24 @@
+use crate::ids::MessageId;
+
+/// Why an operation on a chat document was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The input breaks a rule of the model (too long, empty, malformed id, ...).
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// The message does not exist in this chat.
+    #[error("no message {0} in this chat")]
+    MessageNotFound(MessageId),
+    /// The device may not do this (for example, edit another device's message).
+    #[error("not allowed: {0}")]
+    Forbidden(String),
+    /// The message was deleted; it can no longer be edited or reacted to.
+    #[error("message {0} was deleted")]
+    Deleted(MessageId),
+    /// The bytes are not a chat document this version understands.
+    #[error("not a valid chat document: {0}")]
+    Corrupt(String),
+    /// Automerge refused an operation.
+    #[error("document error: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+}

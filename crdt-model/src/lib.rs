@@ -1,0 +1,39 @@
+//! The chatsync chat document: one Automerge document per chat, and the rules that apply to it.
+//!
+//! This crate is pure data and logic. It does no IO (no clock, no randomness, no network, no
+//! disk): callers pass in the current time and fresh ids. That keeps every rule here testable
+//! with property tests that simulate many replicas merging in arbitrary orders.
+//!
+//! Map of the crate:
+//! - [`ids`]: validated identifiers for chats, messages and devices.
+//! - [`clock`]: the hybrid logical clock that gives messages a causal display order.
+//! - [`schema`]: the field names of the document, in one place.
+//! - [`message`]: the read-only view of one message.
+//! - [`chat`]: [`ChatDoc`], the document plus an in-memory display-order index.
+//! - [`limits`]: size limits every replica enforces on what it writes and what it shows.
+//!
+//! Why the document looks the way it does:
+//! - Messages live in a map keyed by message id, not a list. Applying a change to a map costs
+//!   the same at any size, and list positions would not give a meaningful order anyway.
+//! - Display order comes from the hybrid logical clock stamped on each message, ties broken by
+//!   author device id and then message id. Every replica with the same changes computes the same
+//!   order, and a message always sorts after every message its author had seen when writing it
+//!   (so a reply never sorts before what it answers), however wrong the device clocks are.
+//! - Containers that several devices write into (`messages`, `read`, a message's `reactions`)
+//!   are created exactly once: in the genesis change, or together with the message. Two devices
+//!   creating "the same" container concurrently would otherwise hide each other's entries.
+
+pub mod chat;
+pub mod clock;
+pub mod ids;
+pub mod limits;
+pub mod message;
+pub mod schema;
+
+mod error;
+
+pub use chat::{ChatDoc, ChatInfo, Device};
+pub use clock::Clock;
+pub use error::ModelError;
+pub use ids::{ChatId, DeviceId, MessageId};
+pub use message::Message;

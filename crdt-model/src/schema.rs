@@ -1,0 +1,35 @@
+//! Field names of the chat document. Every key the model reads or writes is named here, so the
+//! shape of the document can be read in one place:
+//!
+//! ```text
+//! ROOT
+//!   schema: int (SCHEMA_VERSION)
+//!   id: str, title: str, created_at: int (ms), created_by: str (device id)
+//!   messages: map { message id -> map {
+//!       author: str (device id), author_name: str, ts: int (ms, author's wall clock),
+//!       clock: int (hybrid logical clock, see crate::clock), text: str,
+//!       reply_to: str (optional), edited_at: int (ms, optional), deleted: bool,
+//!       reactions: map { device id -> str } } }
+//!   read: map { device id -> message id }
+//! ```
+
+/// Version of the document layout. A replica refuses documents with a newer version.
+pub const SCHEMA_VERSION: i64 = 1;
+
+pub const SCHEMA: &str = "schema";
+pub const ID: &str = "id";
+pub const TITLE: &str = "title";
+pub const CREATED_AT: &str = "created_at";
+pub const CREATED_BY: &str = "created_by";
+pub const MESSAGES: &str = "messages";
+pub const READ: &str = "read";
+
+pub const AUTHOR: &str = "author";
+pub const AUTHOR_NAME: &str = "author_name";
+pub const TS: &str = "ts";
+pub const CLOCK: &str = "clock";
+pub const TEXT: &str = "text";
+pub const REPLY_TO: &str = "reply_to";
+pub const EDITED_AT: &str = "edited_at";
+pub const DELETED: &str = "deleted";
+pub const REACTIONS: &str = "reactions";

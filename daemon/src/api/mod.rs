@@ -1,0 +1,108 @@
+//! The local API: HTTP/JSON on a Unix socket, the only way into the daemon. The CLI uses it, and
+//! so can any program (`curl --unix-socket`). Every route is documented in docs/api.md.
+//!
+//! Access control is the file system: the socket lives in a directory only the owner can enter
+//! (0700) and is itself 0600. Requests are untrusted all the same: bodies are capped at
+//! [`wire::MAX_BODY_BYTES`], every failure is a JSON error with a stable code, and a panic in a
+//! handler becomes a 500 instead of taking the daemon down.
+
+mod error;
+mod events;
+mod routes;
+pub mod wire;
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use anyhow::{Context, bail};
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+
+use crate::engine::Engine;
+
+/// What the API handlers share.
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub started_at: i64,
+    pub started: Instant,
+    /// Cancelled to shut the daemon down (by a signal or `POST /v1/shutdown`).
+    pub shutdown: CancellationToken,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .nest(wire::API_PREFIX, routes::routes())
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such API route")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(wire::MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(state)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("an API handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error (see the daemon log)",
+    )
+    .into_response()
+}
+
+/// Creates the socket's directory (0700) and binds the socket (0600). A socket left behind by
+/// a daemon that died is replaced; one that still answers means another daemon is running.
+pub async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    let dir = socket.parent().context("socket path has no directory")?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {} to its owner", dir.display()))?;
+    if socket.exists() {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            bail!(
+                "another chatsyncd is already serving {}; stop it first (chatsync daemon stop)",
+                socket.display()
+            );
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
+    }
+    let listener = UnixListener::bind(socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {} to its owner", socket.display()))?;
+    Ok(listener)
+}
+
+/// Serves the API until `state.shutdown` is cancelled and open requests have finished.
+pub async fn serve(listener: UnixListener, state: Arc<AppState>) -> anyhow::Result<()> {
+    let shutdown = state.shutdown.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("API server failed")
+}

@@ -1,0 +1,269 @@
+//! The wire format of the local API: every JSON body the daemon reads or writes. The CLI and
+//! other Rust programs use these same types; docs/api.md documents them for everyone else.
+//!
+//! Model types never go on the wire directly: [`MessageJson::from_model`] and friends convert
+//! them explicitly, so the model can change without changing the API.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Version prefix of every route.
+pub const API_PREFIX: &str = "/v1";
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusJson {
+    pub device_id: String,
+    pub name: String,
+    pub version: String,
+    pub pid: u32,
+    pub data_dir: String,
+    pub socket: String,
+    /// Number of chats on this device.
+    pub chats: usize,
+    /// Chats currently held in memory.
+    pub loaded_chats: usize,
+    /// Estimated memory held by loaded chats, in bytes.
+    pub loaded_bytes_estimate: u64,
+    pub store_bytes: u64,
+    /// False after a failed write to the store: writes are refused until a restart.
+    pub store_healthy: bool,
+    pub started_at: i64,
+    pub uptime_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChatJson {
+    pub id: String,
+    pub title: String,
+    pub created_at: i64,
+    pub created_by: String,
+    /// Messages in the chat, deleted ones included.
+    pub messages: u64,
+    pub last_activity: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChatListJson {
+    pub chats: Vec<ChatJson>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MessageJson {
+    pub id: String,
+    pub chat: String,
+    /// Device id of the author.
+    pub author: String,
+    pub author_name: String,
+    /// Author's clock when written, ms since the Unix epoch.
+    pub ts: i64,
+    pub text: String,
+    pub reply_to: Option<String>,
+    pub edited: bool,
+    pub edited_at: Option<i64>,
+    pub deleted: bool,
+    /// Reaction per device id.
+    pub reactions: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MessageListJson {
+    pub messages: Vec<MessageJson>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReadStateJson {
+    pub chat: String,
+    pub device: String,
+    /// The last message this device has read.
+    pub message: Option<String>,
+    /// Messages from other devices after it (deleted ones not counted).
+    pub unread: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateChatRequest {
+    pub title: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameChatRequest {
+    pub title: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostRequest {
+    pub text: String,
+    /// Id (or unambiguous id prefix) of the message this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditRequest {
+    pub text: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReactRequest {
+    pub reaction: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkReadRequest {
+    /// The message to mark as read; the newest message when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MessagesQuery {
+    /// How many messages (default 50, at most 1000).
+    pub limit: Option<usize>,
+    /// Return the messages just before this one (id or prefix): for paging backwards.
+    pub before: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EventsQuery {
+    /// Only events of this chat (id, title or id prefix).
+    pub chat: Option<String>,
+}
+
+/// One line of the event stream (`GET /v1/events`, NDJSON).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum EventJson {
+    /// First line of every stream: the subscription is live from here on.
+    #[serde(rename = "hello")]
+    Hello { device_id: String, version: String },
+    #[serde(rename = "chat.created")]
+    ChatCreated { chat: ChatJson },
+    #[serde(rename = "chat.updated")]
+    ChatUpdated { chat: ChatJson },
+    #[serde(rename = "message.created")]
+    MessageCreated { message: MessageJson },
+    #[serde(rename = "message.edited")]
+    MessageEdited { message: MessageJson },
+    #[serde(rename = "message.deleted")]
+    MessageDeleted { message: MessageJson },
+    #[serde(rename = "message.reaction")]
+    MessageReaction { message: MessageJson },
+    #[serde(rename = "read.updated")]
+    ReadUpdated {
+        chat: String,
+        device: String,
+        message: String,
+    },
+    /// The subscriber fell behind and `missed` events were dropped; re-read what matters.
+    #[serde(rename = "lagged")]
+    Lagged { missed: u64 },
+}
+
+/// Body of every error response.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorJson,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorJson {
+    /// Stable, machine-readable code (see docs/api.md).
+    pub code: String,
+    pub message: String,
+    /// For `ambiguous`: what the name could mean.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<String>,
+}
+
+mod convert {
+    use chatsync_model::{ChatId, Message};
+
+    use super::*;
+    use crate::{
+        engine::{ChatSummary, Event, MessageEventKind},
+        store::ChatRecord,
+    };
+
+    impl MessageJson {
+        pub fn from_model(chat: &ChatId, m: Message) -> Self {
+            MessageJson {
+                id: m.id.to_string(),
+                chat: chat.to_string(),
+                author: m.author.to_string(),
+                author_name: m.author_name,
+                ts: m.ts,
+                text: m.text,
+                reply_to: m.reply_to.map(|r| r.to_string()),
+                edited: m.edited_at.is_some(),
+                edited_at: m.edited_at,
+                deleted: m.deleted,
+                reactions: m
+                    .reactions
+                    .into_iter()
+                    .map(|(d, r)| (d.to_string(), r))
+                    .collect(),
+            }
+        }
+    }
+
+    impl ChatJson {
+        pub fn from_record(id: &ChatId, r: &ChatRecord) -> Self {
+            ChatJson {
+                id: id.to_string(),
+                title: r.title.clone(),
+                created_at: r.created_at,
+                created_by: r.created_by.clone(),
+                messages: r.messages,
+                last_activity: r.last_activity,
+            }
+        }
+
+        pub fn from_summary(s: &ChatSummary) -> Self {
+            Self::from_record(&s.id, &s.record)
+        }
+    }
+
+    impl EventJson {
+        pub fn from_event(event: Event) -> Self {
+            match event {
+                Event::ChatCreated { chat, record } => EventJson::ChatCreated {
+                    chat: ChatJson::from_record(&chat, &record),
+                },
+                Event::ChatUpdated { chat, record } => EventJson::ChatUpdated {
+                    chat: ChatJson::from_record(&chat, &record),
+                },
+                Event::Message {
+                    kind,
+                    chat,
+                    message,
+                } => {
+                    let message = MessageJson::from_model(&chat, message);
+                    match kind {
+                        MessageEventKind::Created => EventJson::MessageCreated { message },
+                        MessageEventKind::Edited => EventJson::MessageEdited { message },
+                        MessageEventKind::Deleted => EventJson::MessageDeleted { message },
+                        MessageEventKind::Reaction => EventJson::MessageReaction { message },
+                    }
+                }
+                Event::ReadMarker {
+                    chat,
+                    device,
+                    message,
+                } => EventJson::ReadUpdated {
+                    chat: chat.to_string(),
+                    device: device.to_string(),
+                    message: message.to_string(),
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The daemon's settings: the config file (TOML), overridden by `chatsyncd` flags.
+//! Every setting is documented in docs/configuration.md.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::paths::PathArgs;
+
+/// Command-line flags of `chatsyncd`.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "chatsyncd",
+    version,
+    about = "The chatsync daemon: keeps your chats and serves the local API (runs in the foreground)"
+)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub paths: PathArgs,
+    /// Config file (default: config.toml in the config directory, or under --home).
+    #[arg(long, env = "CHATSYNC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This device's display name (default: the config's `name`, else the host name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Log filter, in tracing's env-filter syntax (default: CHATSYNC_LOG, else `info`).
+    #[arg(long, env = "CHATSYNC_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+/// The config file. Unknown keys are an error, so that a typo does not pass silently.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This device's display name.
+    pub name: Option<String>,
+    /// Log filter (tracing env-filter syntax).
+    pub log: Option<String>,
+    pub store: StoreConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Memory the store may use for its page cache, in MiB.
+    pub cache_mb: u64,
+    /// Memory budget for chats held in memory, in MiB; the least recently used are unloaded.
+    pub memory_budget_mb: u64,
+    /// Chats unused for this many seconds are unloaded from memory.
+    pub idle_unload_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: None,
+            log: None,
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cache_mb: 16,
+            memory_budget_mb: 256,
+            idle_unload_secs: 600,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the config file; a missing file means defaults.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_config() {
+        let c: Config = toml::from_str(
+            "name = \"laptop\"\nlog = \"debug\"\n[store]\ncache_mb = 8\nmemory_budget_mb = 64\nidle_unload_secs = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.name.as_deref(), Some("laptop"));
+        assert_eq!(c.store.memory_budget_mb, 64);
+        assert_eq!(c.store.idle_unload_secs, 5);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(toml::from_str::<Config>("nmae = \"typo\"\n").is_err());
+    }
+
+    #[test]
+    fn missing_file_means_defaults() {
+        let c = Config::load(Path::new("/nonexistent/chatsync/config.toml")).unwrap();
+        assert_eq!(c.store.memory_budget_mb, 256);
+    }
+}

@@ -1,0 +1,143 @@
+//! Start-up and shutdown of `chatsyncd`.
+//!
+//! Start-up does the least it can: open the store, read the chat records (not the documents),
+//! bind the socket. Shutdown (SIGINT, SIGTERM or `POST /v1/shutdown`) stops accepting requests,
+//! ends event streams, lets open requests finish, flushes the store, and removes the socket.
+
+use std::{os::unix::fs::PermissionsExt, process::ExitCode, sync::Arc, time::Instant};
+
+use anyhow::Context;
+use chatsync_model::{Device, limits::MAX_DEVICE_NAME_BYTES};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    api::{self, AppState},
+    config::{Config, DaemonArgs},
+    engine::{Engine, EngineConfig, now_ms},
+    identity::Identity,
+    paths::Paths,
+    store::Store,
+};
+
+/// Entry point of the `chatsyncd` binary.
+pub fn run() -> ExitCode {
+    let args = DaemonArgs::parse();
+    match run_with(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatsyncd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn run_with(args: DaemonArgs) -> anyhow::Result<()> {
+    let paths = Paths::resolve(&args.paths)?;
+    let config_file = args.config.clone().unwrap_or(paths.config_file.clone());
+    let config = Config::load(&config_file)?;
+    init_logging(args.log.as_deref().or(config.log.as_deref()))?;
+
+    std::fs::create_dir_all(&paths.data_dir)
+        .with_context(|| format!("cannot create {}", paths.data_dir.display()))?;
+    std::fs::set_permissions(&paths.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let identity = Identity::load_or_create(&paths.identity_file())?;
+    let name = device_name(args.name.as_deref().or(config.name.as_deref()));
+    let device = Device::new(identity.device_id.clone(), name)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("chatsyncd")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(paths, config, device))
+}
+
+async fn serve(paths: Paths, config: Config, device: Device) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let store_dir = paths.store_dir();
+    let cache_bytes = config.store.cache_mb * 1024 * 1024;
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir, cache_bytes))
+        .await
+        .context("store task failed")??;
+    let engine = Engine::start(
+        store,
+        device.clone(),
+        EngineConfig {
+            memory_budget_bytes: config.store.memory_budget_mb * 1024 * 1024,
+            idle_unload: std::time::Duration::from_secs(config.store.idle_unload_secs.max(1)),
+        },
+    )?;
+    let listener = api::bind(&paths.socket).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let state = Arc::new(AppState {
+        engine: engine.clone(),
+        data_dir: paths.data_dir.clone(),
+        socket: paths.socket.clone(),
+        started_at: now_ms(),
+        started,
+        shutdown: shutdown.clone(),
+    });
+    tracing::info!(
+        device_id = %device.id,
+        name = %device.name,
+        chats = engine.stats().chats,
+        socket = %paths.socket.display(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "chatsyncd ready"
+    );
+    let served = api::serve(listener, state).await;
+    tracing::info!("shutting down");
+    let flushed = engine.flush().await;
+    let _ = std::fs::remove_file(&paths.socket);
+    served?;
+    flushed.context("final flush failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon through the API");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = shutdown.cancelled() => return,
+    }
+    shutdown.cancel();
+}
+
+fn init_logging(filter: Option<&str>) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(filter.unwrap_or("info"))
+        .context("invalid log filter (see docs/configuration.md)")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
+}
+
+/// The configured name, or the host name, cut to the model's limit.
+fn device_name(configured: Option<&str>) -> String {
+    let raw = match configured {
+        Some(n) if !n.trim().is_empty() => n.trim().to_string(),
+        _ => gethostname::gethostname().to_string_lossy().into_owned(),
+    };
+    let mut name: String = raw.chars().filter(|c| !c.is_control()).collect();
+    while name.len() > MAX_DEVICE_NAME_BYTES {
+        name.pop();
+    }
+    if name.trim().is_empty() {
+        name = "chatsync device".to_string();
+    }
+    name
+}

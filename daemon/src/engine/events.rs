@@ -1,0 +1,50 @@
+//! What the engine tells the rest of the daemon (and, through the API, programs) after a change
+//! is durable.
+
+use chatsync_model::{ChatId, DeviceId, Message, MessageId};
+
+use crate::store::ChatRecord;
+
+/// How many events a slow subscriber may fall behind before it is told it lagged.
+pub const EVENT_BUFFER: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    ChatCreated {
+        chat: ChatId,
+        record: ChatRecord,
+    },
+    ChatUpdated {
+        chat: ChatId,
+        record: ChatRecord,
+    },
+    Message {
+        kind: MessageEventKind,
+        chat: ChatId,
+        message: Message,
+    },
+    ReadMarker {
+        chat: ChatId,
+        device: DeviceId,
+        message: MessageId,
+    },
+}
+
+impl Event {
+    pub fn chat(&self) -> &ChatId {
+        match self {
+            Event::ChatCreated { chat, .. }
+            | Event::ChatUpdated { chat, .. }
+            | Event::Message { chat, .. }
+            | Event::ReadMarker { chat, .. } => chat,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageEventKind {
+    Created,
+    Edited,
+    Deleted,
+    Reaction,
+}

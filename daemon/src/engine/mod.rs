@@ -1,0 +1,515 @@
+//! The engine: every chat, every rule about changing one, and the path from an operation to a
+//! durable, published change.
+//!
+//! An operation (post, edit, ...) runs like this:
+//! 1. find the chat (by id, title or prefix, see [`resolve`]) and load it if needed ([`cache`]);
+//! 2. under the chat's lock, apply the change to the document ([`chatsync_model::ChatDoc`]) and
+//!    append its bytes to the store as one chunk;
+//! 3. submit the change's events to the committer ([`commit`]) and release the lock;
+//! 4. wait until a flush has made the chunk durable; only then does the caller get its answer,
+//!    and only then are the events published.
+//!
+//! Compaction folds a chat's chunks into one base in the background once they outweigh it.
+
+pub mod cache;
+pub mod commit;
+mod error;
+pub mod events;
+pub mod resolve;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use chatsync_model::{ChatDoc, ChatId, Device, Message, MessageId};
+use tokio::sync::broadcast;
+
+pub use error::EngineError;
+pub use events::{Event, MessageEventKind};
+
+use self::{
+    cache::{ChatCache, ChatHandle, LoadedChat},
+    commit::Committer,
+};
+use crate::store::{ChatRecord, Store};
+
+/// Settings the engine needs from the daemon's config.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub memory_budget_bytes: u64,
+    pub idle_unload: Duration,
+}
+
+/// Most messages one read returns.
+pub const MAX_PAGE: usize = 1000;
+
+pub struct Engine {
+    store: Store,
+    device: Device,
+    records: RwLock<BTreeMap<ChatId, ChatRecord>>,
+    cache: ChatCache,
+    committer: Committer,
+    events: broadcast::Sender<Event>,
+}
+
+/// A chat as listed: its id and record.
+#[derive(Clone, Debug)]
+pub struct ChatSummary {
+    pub id: ChatId,
+    pub record: ChatRecord,
+}
+
+/// Statistics for `status`.
+#[derive(Clone, Debug)]
+pub struct EngineStats {
+    pub chats: usize,
+    pub loaded_chats: usize,
+    pub loaded_bytes_estimate: u64,
+    pub store_bytes: u64,
+    pub store_healthy: bool,
+}
+
+impl Engine {
+    /// Starts the engine over an open store. Reads only the chat records, no documents.
+    pub fn start(
+        store: Store,
+        device: Device,
+        config: EngineConfig,
+    ) -> Result<Arc<Engine>, EngineError> {
+        let records: BTreeMap<_, _> = store.chat_records()?.into_iter().collect();
+        let (events, _) = broadcast::channel(events::EVENT_BUFFER);
+        let engine = Arc::new(Engine {
+            committer: Committer::start(store.clone(), events.clone()),
+            store,
+            device,
+            records: RwLock::new(records),
+            cache: ChatCache::new(config.memory_budget_bytes),
+            events,
+        });
+        tokio::spawn(unload_idle_chats(
+            Arc::downgrade(&engine),
+            config.idle_unload,
+        ));
+        Ok(engine)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let (loaded_chats, loaded_bytes_estimate) = self.cache.stats();
+        EngineStats {
+            chats: self.read_records().len(),
+            loaded_chats,
+            loaded_bytes_estimate,
+            store_bytes: self.store.size_on_disk(),
+            store_healthy: self.committer.is_healthy(),
+        }
+    }
+
+    /// Makes everything written so far durable (used at shutdown).
+    pub async fn flush(&self) -> Result<(), EngineError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??;
+        Ok(())
+    }
+
+    pub fn list_chats(&self) -> Vec<ChatSummary> {
+        let mut chats: Vec<ChatSummary> = self
+            .read_records()
+            .iter()
+            .map(|(id, record)| ChatSummary {
+                id: id.clone(),
+                record: record.clone(),
+            })
+            .collect();
+        chats.sort_by(|a, b| {
+            b.record
+                .last_activity
+                .cmp(&a.record.last_activity)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        chats
+    }
+
+    /// Finds a chat by id, unique title, or unambiguous id prefix.
+    pub fn resolve_chat(&self, reference: &str) -> Result<ChatSummary, EngineError> {
+        let records = self.read_records();
+        let id = resolve::resolve_chat(&records, reference)?;
+        let record = records
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(format!("no chat {id}")))?;
+        Ok(ChatSummary { id, record })
+    }
+
+    pub async fn create_chat(&self, title: &str) -> Result<ChatSummary, EngineError> {
+        self.committer.check_healthy()?;
+        let id = ChatId::new(random_id())?;
+        let now = now_ms();
+        let mut doc = ChatDoc::create(id.clone(), title, &self.device, now)?;
+        let bytes = doc.save();
+        let record = ChatRecord {
+            title: title.to_string(),
+            created_at: now,
+            created_by: self.device.id.to_string(),
+            messages: 0,
+            last_activity: now,
+        };
+        self.store.create_chat(&id, &record, &bytes)?;
+        let base_bytes = bytes.len() as u64;
+        self.write_records().insert(id.clone(), record.clone());
+        self.cache.insert(
+            id.clone(),
+            LoadedChat {
+                doc,
+                next_seq: 0,
+                base_bytes,
+                chunks: 0,
+                chunk_bytes: 0,
+                compacting: false,
+            },
+        );
+        let receipt = self
+            .committer
+            .submit(vec![Event::ChatCreated {
+                chat: id.clone(),
+                record: record.clone(),
+            }])
+            .await?;
+        receipt.durable().await?;
+        Ok(ChatSummary { id, record })
+    }
+
+    pub async fn rename_chat(
+        &self,
+        chat: &ChatId,
+        title: &str,
+    ) -> Result<ChatSummary, EngineError> {
+        self.mutate(chat, |doc, _device, now| {
+            doc.set_title(title, now)?;
+            Ok(((), Vec::new()))
+        })
+        .await?;
+        let record = self
+            .read_records()
+            .get(chat)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(format!("no chat {chat}")))?;
+        Ok(ChatSummary {
+            id: chat.clone(),
+            record,
+        })
+    }
+
+    /// Messages in display order, oldest first: the last `limit`, or the `limit` before
+    /// `before`.
+    pub async fn messages(
+        &self,
+        chat: &ChatId,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Message>, EngineError> {
+        let handle = self.chat(chat).await?;
+        let loaded = handle.lock().await;
+        let before = match before {
+            Some(r) => Some(resolve::resolve_message(&loaded.doc, r)?),
+            None => None,
+        };
+        Ok(loaded.doc.page_before(before.as_ref(), limit.min(MAX_PAGE)))
+    }
+
+    pub async fn message(&self, chat: &ChatId, reference: &str) -> Result<Message, EngineError> {
+        let handle = self.chat(chat).await?;
+        let loaded = handle.lock().await;
+        let id = resolve::resolve_message(&loaded.doc, reference)?;
+        loaded
+            .doc
+            .message(&id)
+            .ok_or_else(|| EngineError::NotFound(format!("no message {id}")))
+    }
+
+    pub async fn post(
+        &self,
+        chat: &ChatId,
+        text: &str,
+        reply_to: Option<&str>,
+    ) -> Result<Message, EngineError> {
+        let id = MessageId::new(random_id())?;
+        self.mutate(chat, |doc, device, now| {
+            let parent = reply_to
+                .map(|r| resolve::resolve_message(doc, r))
+                .transpose()?;
+            let msg = doc.post(device, id, text, parent.as_ref(), now)?;
+            Ok(message_event(chat, MessageEventKind::Created, msg))
+        })
+        .await
+    }
+
+    pub async fn edit(
+        &self,
+        chat: &ChatId,
+        reference: &str,
+        text: &str,
+    ) -> Result<Message, EngineError> {
+        self.mutate(chat, |doc, device, now| {
+            let id = resolve::resolve_message(doc, reference)?;
+            let msg = doc.edit(device, &id, text, now)?;
+            Ok(message_event(chat, MessageEventKind::Edited, msg))
+        })
+        .await
+    }
+
+    pub async fn delete(&self, chat: &ChatId, reference: &str) -> Result<Message, EngineError> {
+        self.mutate(chat, |doc, device, now| {
+            let id = resolve::resolve_message(doc, reference)?;
+            let msg = doc.delete(device, &id, now)?;
+            Ok(message_event(chat, MessageEventKind::Deleted, msg))
+        })
+        .await
+    }
+
+    pub async fn react(
+        &self,
+        chat: &ChatId,
+        reference: &str,
+        reaction: Option<&str>,
+    ) -> Result<Message, EngineError> {
+        self.mutate(chat, |doc, device, now| {
+            let id = resolve::resolve_message(doc, reference)?;
+            let msg = doc.react(device, &id, reaction, now)?;
+            Ok(message_event(chat, MessageEventKind::Reaction, msg))
+        })
+        .await
+    }
+
+    /// Moves this device's read marker to a message (or the newest one). Returns the marker.
+    pub async fn mark_read(
+        &self,
+        chat: &ChatId,
+        reference: Option<&str>,
+    ) -> Result<Option<MessageId>, EngineError> {
+        self.mutate(chat, |doc, device, now| {
+            let id = match reference {
+                Some(r) => resolve::resolve_message(doc, r)?,
+                None => match doc.message_ids().last() {
+                    Some(id) => id.clone(),
+                    None => return Ok((None, Vec::new())),
+                },
+            };
+            let events = if doc.mark_read(device, &id, now)? {
+                vec![Event::ReadMarker {
+                    chat: chat.clone(),
+                    device: device.id.clone(),
+                    message: id,
+                }]
+            } else {
+                Vec::new()
+            };
+            Ok((doc.read_marker(&device.id), events))
+        })
+        .await
+    }
+
+    /// This device's read marker and unread count in a chat.
+    pub async fn read_state(
+        &self,
+        chat: &ChatId,
+    ) -> Result<(Option<MessageId>, usize), EngineError> {
+        let handle = self.chat(chat).await?;
+        let loaded = handle.lock().await;
+        Ok((
+            loaded.doc.read_marker(&self.device.id),
+            loaded.doc.unread_count(&self.device.id),
+        ))
+    }
+
+    /// Runs one local change: apply, append to the store, submit, wait until durable.
+    async fn mutate<T>(
+        &self,
+        chat: &ChatId,
+        op: impl FnOnce(&mut ChatDoc, &Device, i64) -> Result<(T, Vec<Event>), EngineError>,
+    ) -> Result<T, EngineError> {
+        self.committer.check_healthy()?;
+        let handle = self.chat(chat).await?;
+        let (value, receipt) = {
+            let mut loaded = handle.lock().await;
+            let now = now_ms();
+            let (value, mut events) = op(&mut loaded.doc, &self.device, now)?;
+            let chunk = loaded.doc.save_incremental();
+            if chunk.is_empty() {
+                // Nothing changed (an edit to the same text, say): nothing to persist.
+                return Ok(value);
+            }
+            if let Err(e) = self.store.append_chunk(chat, loaded.next_seq, &chunk) {
+                // The document now holds a change the store does not: drop it from memory so
+                // the next use reloads what is really stored.
+                drop(loaded);
+                self.cache.remove(chat);
+                return Err(e.into());
+            }
+            loaded.next_seq += 1;
+            loaded.chunks += 1;
+            loaded.chunk_bytes += chunk.len() as u64;
+            if let Some(record) = self.refresh_record(chat, &loaded.doc, now)? {
+                events.push(Event::ChatUpdated {
+                    chat: chat.clone(),
+                    record,
+                });
+            }
+            let receipt = self.committer.submit(events).await?;
+            self.cache.update_estimate(chat, loaded.estimated_bytes());
+            if loaded.wants_compaction() {
+                loaded.compacting = true;
+                tokio::spawn(compact(self.store.clone(), chat.clone(), handle.clone()));
+            }
+            (value, receipt)
+        };
+        receipt.durable().await?;
+        Ok(value)
+    }
+
+    /// Updates the stored record after a change. Returns it when its title changed (worth an
+    /// event); counters change with every post and are not announced separately.
+    fn refresh_record(
+        &self,
+        chat: &ChatId,
+        doc: &ChatDoc,
+        now: i64,
+    ) -> Result<Option<ChatRecord>, EngineError> {
+        let mut records = self.write_records();
+        let Some(record) = records.get_mut(chat) else {
+            return Err(EngineError::NotFound(format!("no chat {chat}")));
+        };
+        let title = doc.title();
+        let renamed = record.title != title;
+        record.title = title;
+        record.messages = doc.len() as u64;
+        record.last_activity = now;
+        self.store.put_chat_record(chat, record)?;
+        Ok(renamed.then(|| record.clone()))
+    }
+
+    /// The chat, loading it from the store if it is not in memory.
+    async fn chat(&self, chat: &ChatId) -> Result<ChatHandle, EngineError> {
+        if let Some(handle) = self.cache.get(chat) {
+            return Ok(handle);
+        }
+        if !self.read_records().contains_key(chat) {
+            return Err(EngineError::NotFound(format!("no chat {chat}")));
+        }
+        let store = self.store.clone();
+        let device = self.device.clone();
+        let id = chat.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_chat(&store, &id, &device))
+            .await
+            .map_err(|e| EngineError::Internal(format!("loading chat {chat} failed: {e}")))??;
+        Ok(self.cache.insert(chat.clone(), loaded))
+    }
+
+    fn read_records(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ChatId, ChatRecord>> {
+        self.records.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_records(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ChatId, ChatRecord>> {
+        self.records.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn message_event(chat: &ChatId, kind: MessageEventKind, message: Message) -> (Message, Vec<Event>) {
+    let event = Event::Message {
+        kind,
+        chat: chat.clone(),
+        message: message.clone(),
+    };
+    (message, vec![event])
+}
+
+fn load_chat(store: &Store, id: &ChatId, device: &Device) -> Result<LoadedChat, EngineError> {
+    let started = std::time::Instant::now();
+    let stored = store
+        .load_chat(id)?
+        .ok_or_else(|| EngineError::Storage(format!("chat {id} has a record but no document")))?;
+    let doc = ChatDoc::load(&stored.bytes, device)
+        .map_err(|e| EngineError::Storage(format!("chat {id} cannot be loaded: {e}")))?;
+    tracing::debug!(
+        chat = %id,
+        messages = doc.len(),
+        chunks = stored.chunks,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "loaded chat"
+    );
+    Ok(LoadedChat {
+        doc,
+        next_seq: stored.next_seq,
+        base_bytes: stored.base_bytes,
+        chunks: stored.chunks,
+        chunk_bytes: stored.chunk_bytes,
+        compacting: false,
+    })
+}
+
+/// Folds a chat's chunks into its base. Runs under the chat's lock, so no change can slip
+/// between the save and the batch that replaces the chunks.
+async fn compact(store: Store, chat: ChatId, handle: ChatHandle) {
+    let mut loaded = handle.lock().await;
+    let started = std::time::Instant::now();
+    let result = tokio::task::block_in_place(|| {
+        let bytes = loaded.doc.save();
+        let through = loaded.next_seq.saturating_sub(1);
+        store.compact(&chat, &bytes, through).map(|()| bytes.len())
+    });
+    loaded.compacting = false;
+    match result {
+        Ok(base_bytes) => {
+            tracing::debug!(
+                chat = %chat,
+                chunks = loaded.chunks,
+                base_bytes,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "compacted chat"
+            );
+            loaded.base_bytes = base_bytes as u64;
+            loaded.chunks = 0;
+            loaded.chunk_bytes = 0;
+        }
+        Err(e) => tracing::warn!(chat = %chat, error = %e, "compaction failed; will retry later"),
+    }
+}
+
+async fn unload_idle_chats(engine: std::sync::Weak<Engine>, idle: Duration) {
+    let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        let n = engine.cache.evict_idle(idle);
+        if n > 0 {
+            tracing::debug!(unloaded = n, "unloaded idle chats");
+        }
+    }
+}
+
+/// A fresh random id: 128 bits, as 32 lowercase hex digits.
+pub fn random_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,22 @@
+//! chatsyncd, the chatsync daemon, as a library: the `chatsyncd` binary is a thin wrapper
+//! around [`run`], and tests and benchmarks start it in-process or as a real process.
+//!
+//! Map of the crate (each module's docs say why it is built the way it is):
+//! - [`paths`]: where files live (platform directories, or everything under `--home`).
+//! - [`config`]: the config file and `chatsyncd` flags.
+//! - [`identity`]: the device key; its public key is the device id.
+//! - [`store`]: sled, the only module that knows it; chat documents as a base plus chunks.
+//! - [`engine`]: the chats, the rules of changing them, group commit, the memory budget.
+//! - [`api`]: the local HTTP/JSON API on a Unix socket; the only module that knows the wire
+//!   format ([`api::wire`], shared with the CLI).
+//! - [`daemon`]: start-up, signal handling and graceful shutdown.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod identity;
+pub mod paths;
+pub mod store;
+
+pub use daemon::run;

@@ -1,0 +1,67 @@
+//! Keys of the `docs` tree. Chat ids never contain a NUL byte, so `chat id, 0` is a prefix that
+//! selects exactly one chat; `B` sorts before `C`, so the base comes before the chunks, and
+//! big-endian sequence numbers keep chunks in write order.
+
+use chatsync_model::ChatId;
+
+/// Largest chunk sequence number (chunks are renumbered by compaction long before this).
+pub const MAX_CHUNK_SEQ: u64 = u64::MAX - 1;
+
+const BASE: u8 = b'B';
+const CHUNK: u8 = b'C';
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DocKey {
+    Base,
+    Chunk(u64),
+}
+
+pub fn prefix(id: &ChatId) -> Vec<u8> {
+    let mut k = id.as_str().as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+pub fn base(id: &ChatId) -> Vec<u8> {
+    let mut k = prefix(id);
+    k.push(BASE);
+    k
+}
+
+pub fn chunks_prefix(id: &ChatId) -> Vec<u8> {
+    let mut k = prefix(id);
+    k.push(CHUNK);
+    k
+}
+
+pub fn chunk(id: &ChatId, seq: u64) -> Vec<u8> {
+    let mut k = chunks_prefix(id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn parse(id: &ChatId, key: &[u8]) -> Option<DocKey> {
+    let rest = key.strip_prefix(prefix(id).as_slice())?;
+    match rest.split_first()? {
+        (&BASE, []) => Some(DocKey::Base),
+        (&CHUNK, seq) => Some(DocKey::Chunk(u64::from_be_bytes(seq.try_into().ok()?))),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_sort() {
+        let id = ChatId::new("abc").unwrap();
+        assert_eq!(parse(&id, &base(&id)), Some(DocKey::Base));
+        assert_eq!(parse(&id, &chunk(&id, 7)), Some(DocKey::Chunk(7)));
+        assert!(base(&id) < chunk(&id, 0));
+        assert!(chunk(&id, 255) < chunk(&id, 256));
+        let other = ChatId::new("abcd").unwrap();
+        assert_eq!(parse(&id, &chunk(&other, 1)), None);
+        assert!(!chunk(&other, 1).starts_with(&prefix(&id)));
+    }
+}

@@ -1,0 +1,250 @@
+//! The store: every chat document on disk, in sled. Only this module knows sled.
+//!
+//! Layout (every value starts with a one-byte format version, [`FORMAT`]):
+//! - tree `meta`: `schema` -> the store schema version.
+//! - tree `chats.v1`: chat id -> [`ChatRecord`] (JSON): title and counters, so that listing and
+//!   resolving chats never has to load a document.
+//! - tree `docs.v1`: `chat id, 0, 'B'` -> the compacted document (an Automerge save);
+//!   `chat id, 0, 'C', seq (u64 big-endian)` -> one incremental chunk (the changes of one
+//!   operation). Loading a chat concatenates the base and its chunks in key order and hands them
+//!   to Automerge in one call.
+//!
+//! Why chunks: a post must not rewrite the whole chat. Each operation appends one small chunk;
+//! compaction ([`Store::compact`]) later folds them into the base in one atomic batch.
+//!
+//! Durability: writes land in sled's log; [`Store::flush`] makes everything written before it
+//! durable. The engine acknowledges an operation only after a flush that started after its
+//! write (group commit, see `engine::commit`).
+
+use std::path::Path;
+
+use chatsync_model::ChatId;
+use serde::{Deserialize, Serialize};
+
+mod keys;
+
+pub use keys::MAX_CHUNK_SEQ;
+
+/// Version of the store layout written by this build.
+const SCHEMA_VERSION: u32 = 1;
+/// Format byte in front of every value.
+const FORMAT: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    #[error(
+        "the store at {path} was written by a newer chatsync (schema {found}, this build reads {SCHEMA_VERSION})"
+    )]
+    TooNew { path: String, found: u32 },
+    #[error("another chatsyncd is already using the store at {0}")]
+    Locked(String),
+}
+
+/// What the store keeps about a chat besides its document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatRecord {
+    pub title: String,
+    pub created_at: i64,
+    pub created_by: String,
+    /// Number of messages, deleted ones included.
+    pub messages: u64,
+    /// Time of the last local or received change (ms).
+    pub last_activity: i64,
+}
+
+/// A chat's stored bytes, ready to load.
+#[derive(Debug)]
+pub struct StoredChat {
+    /// Base followed by every chunk, in order: loadable in one `ChatDoc::load` call.
+    pub bytes: Vec<u8>,
+    /// Sequence number for the next chunk.
+    pub next_seq: u64,
+    pub base_bytes: u64,
+    pub chunks: u64,
+    pub chunk_bytes: u64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    chats: sled::Tree,
+    docs: sled::Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, using at most `cache_bytes` for sled's page cache.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked(dir.display().to_string())
+                }
+                sled::Error::Io(io) if io.to_string().contains("lock") => {
+                    StoreError::Locked(dir.display().to_string())
+                }
+                other => StoreError::Sled(other),
+            })?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("schema")? {
+            None => {
+                meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())?;
+            }
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt("bad schema version record".into()))?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::TooNew {
+                        path: dir.display().to_string(),
+                        found,
+                    });
+                }
+            }
+        }
+        Ok(Store {
+            chats: db.open_tree("chats.v1")?,
+            docs: db.open_tree("docs.v1")?,
+            db,
+        })
+    }
+
+    /// Every chat record. Records that cannot be read are skipped with a warning.
+    pub fn chat_records(&self) -> Result<Vec<(ChatId, ChatRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.chats.iter() {
+            let (k, v) = item?;
+            let id = std::str::from_utf8(&k)
+                .ok()
+                .and_then(|s| ChatId::new(s).ok());
+            match (id, decode::<ChatRecord>(&v)) {
+                (Some(id), Ok(record)) => out.push((id, record)),
+                (id, _) => tracing::warn!(?id, "skipping unreadable chat record"),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put_chat_record(&self, id: &ChatId, record: &ChatRecord) -> Result<(), StoreError> {
+        self.chats.insert(id.as_str(), encode(record)?)?;
+        Ok(())
+    }
+
+    /// Stores a new chat: its record and its first document.
+    pub fn create_chat(
+        &self,
+        id: &ChatId,
+        record: &ChatRecord,
+        doc: &[u8],
+    ) -> Result<(), StoreError> {
+        self.docs.insert(keys::base(id), framed(doc))?;
+        self.put_chat_record(id, record)
+    }
+
+    /// Reads a chat's base and chunks.
+    pub fn load_chat(&self, id: &ChatId) -> Result<Option<StoredChat>, StoreError> {
+        let mut stored = StoredChat {
+            bytes: Vec::new(),
+            next_seq: 0,
+            base_bytes: 0,
+            chunks: 0,
+            chunk_bytes: 0,
+        };
+        let mut found = false;
+        for item in self.docs.scan_prefix(keys::prefix(id)) {
+            let (k, v) = item?;
+            let payload = unframe(&v)?;
+            match keys::parse(id, &k) {
+                Some(keys::DocKey::Base) => {
+                    stored.base_bytes = payload.len() as u64;
+                }
+                Some(keys::DocKey::Chunk(seq)) => {
+                    stored.chunks += 1;
+                    stored.chunk_bytes += payload.len() as u64;
+                    stored.next_seq = seq + 1;
+                }
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "unexpected key in chat {id}: {k:?}"
+                    )));
+                }
+            }
+            found = true;
+            stored.bytes.extend_from_slice(payload);
+        }
+        Ok(found.then_some(stored))
+    }
+
+    /// Appends one incremental chunk.
+    pub fn append_chunk(&self, id: &ChatId, seq: u64, chunk: &[u8]) -> Result<(), StoreError> {
+        self.docs.insert(keys::chunk(id, seq), framed(chunk))?;
+        Ok(())
+    }
+
+    /// Replaces a chat's base with `doc` and removes the chunks up to `through_seq`, in one
+    /// atomic batch. `doc` must contain everything those chunks did.
+    pub fn compact(&self, id: &ChatId, doc: &[u8], through_seq: u64) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::base(id), framed(doc));
+        for item in self.docs.scan_prefix(keys::chunks_prefix(id)) {
+            let (k, _) = item?;
+            match keys::parse(id, &k) {
+                Some(keys::DocKey::Chunk(seq)) if seq <= through_seq => batch.remove(k),
+                _ => {}
+            }
+        }
+        self.docs.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Makes every write made before this call durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+fn framed(payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(payload.len() + 1);
+    v.push(FORMAT);
+    v.extend_from_slice(payload);
+    v
+}
+
+fn unframe(value: &[u8]) -> Result<&[u8], StoreError> {
+    match value.split_first() {
+        Some((&FORMAT, rest)) => Ok(rest),
+        Some((v, _)) => Err(StoreError::Corrupt(format!("unknown value format {v}"))),
+        None => Err(StoreError::Corrupt("empty value".into())),
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    let json = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(framed(&json))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(value: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(unframe(value)?).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests;

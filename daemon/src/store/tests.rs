@@ -1,0 +1,73 @@
+use super::*;
+
+fn record(title: &str) -> ChatRecord {
+    ChatRecord {
+        title: title.into(),
+        created_at: 1,
+        created_by: "dev".into(),
+        messages: 0,
+        last_activity: 1,
+    }
+}
+
+#[test]
+fn chunks_load_in_order_after_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let id = ChatId::new("c1").unwrap();
+    store.create_chat(&id, &record("t"), b"base").unwrap();
+    for seq in 0..300u64 {
+        store.append_chunk(&id, seq, &[seq as u8]).unwrap();
+    }
+    let loaded = store.load_chat(&id).unwrap().unwrap();
+    assert_eq!(&loaded.bytes[..4], b"base");
+    assert_eq!(loaded.bytes.len(), 4 + 300);
+    assert_eq!(loaded.bytes[4 + 256], 0, "seq 256 comes after seq 255");
+    assert_eq!(loaded.next_seq, 300);
+    assert_eq!(loaded.chunks, 300);
+    assert!(
+        store
+            .load_chat(&ChatId::new("other").unwrap())
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn compaction_replaces_base_and_drops_only_covered_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let id = ChatId::new("c1").unwrap();
+    store.create_chat(&id, &record("t"), b"b0").unwrap();
+    for seq in 0..5u64 {
+        store.append_chunk(&id, seq, b"x").unwrap();
+    }
+    store.compact(&id, b"b1", 2).unwrap();
+    let loaded = store.load_chat(&id).unwrap().unwrap();
+    assert_eq!(loaded.bytes, b"b1xx");
+    assert_eq!(loaded.chunks, 2);
+    assert_eq!(loaded.next_seq, 5);
+}
+
+#[test]
+fn records_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        store
+            .put_chat_record(&ChatId::new("c1").unwrap(), &record("family"))
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let records = store.chat_records().unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].1.title, "family");
+}
+
+#[test]
+fn values_in_an_unknown_format_are_errors() {
+    assert!(unframe(&[]).is_err());
+    assert!(unframe(&[9, 1]).is_err());
+    assert_eq!(unframe(&[FORMAT, 1]).unwrap(), &[1]);
+}
