@@ -7,7 +7,7 @@ use crate::store::StoreError;
 pub enum EngineError {
     #[error("{0}")]
     NotFound(String),
-    #[error("{what} is ambiguous; it matches: {}", candidates.join(", "))]
+    #[error("{what} is ambiguous ({} matches)", candidates.len())]
     Ambiguous {
         what: String,
         candidates: Vec<String>,

@@ -1,0 +1,114 @@
+//! The command line of `chatsync`.
+
+use std::path::PathBuf;
+
+use chatsync_daemon::paths::PathArgs;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chatsync",
+    version,
+    about = "Keep your chats in sync across your devices, with no server",
+    after_help = "Start with `chatsync daemon start`, then `chatsync chat create NAME` and \
+                  `chatsync post NAME TEXT`."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub paths: PathArgs,
+    /// Print JSON instead of text: one object per line.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start, stop or check the background daemon (chatsyncd).
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+    /// Show this device and the daemon's state.
+    Status,
+    /// Create or rename a chat.
+    #[command(subcommand)]
+    Chat(ChatCommand),
+    /// List chats, most recently active first.
+    Chats,
+    /// Post a message; prints its id once it is safely stored.
+    Post {
+        /// Chat id, unique title, or id prefix.
+        chat: String,
+        /// Message text; `-` reads it from standard input.
+        text: String,
+        /// Answer this message (id or id prefix).
+        #[arg(long, value_name = "MSG")]
+        reply_to: Option<String>,
+    },
+    /// Show the latest messages of a chat, oldest first.
+    Log {
+        chat: String,
+        /// How many messages to show (0: none, useful with --follow).
+        #[arg(short = 'n', long = "lines", default_value_t = 20)]
+        count: usize,
+        /// Keep showing new messages and changes as they happen, until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Replace the text of one of your messages.
+    Edit {
+        chat: String,
+        /// Message id or id prefix.
+        message: String,
+        /// New text; `-` reads it from standard input.
+        text: String,
+    },
+    /// Delete one of your messages (its place in the chat stays, marked deleted).
+    Delete { chat: String, message: String },
+    /// React to a message (one reaction per device; a new one replaces the old).
+    React {
+        chat: String,
+        message: String,
+        /// The reaction, e.g. 👍. Omit with --remove.
+        #[arg(required_unless_present = "remove")]
+        reaction: Option<String>,
+        /// Remove your reaction.
+        #[arg(long, conflicts_with = "reaction")]
+        remove: bool,
+    },
+    /// Mark a chat as read up to a message (default: the newest).
+    MarkRead {
+        chat: String,
+        message: Option<String>,
+    },
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Start chatsyncd in the background and wait until it answers.
+    Start {
+        /// The chatsyncd binary (default: next to this one, else on PATH).
+        #[arg(long, env = "CHATSYNCD_BIN", value_name = "PATH")]
+        bin: Option<PathBuf>,
+    },
+    /// Stop chatsyncd gracefully and wait until it has exited.
+    Stop,
+    /// Tell whether chatsyncd is running.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChatCommand {
+    /// Create a chat.
+    Create {
+        /// The chat's title.
+        name: String,
+    },
+    /// Rename a chat.
+    Rename { chat: String, title: String },
+}

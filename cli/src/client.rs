@@ -1,0 +1,365 @@
+//! A client of the daemon's local API: HTTP/JSON over its Unix socket.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use chatsync_daemon::api::wire::*;
+use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Longest the client waits for an ordinary request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest line accepted from the event stream.
+const MAX_EVENT_LINE: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the chatsync daemon is not running (no answer on {socket})")]
+    NotRunning { socket: String },
+    #[error("{message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        candidates: Vec<String>,
+    },
+    #[error("talking to the daemon failed: {0}")]
+    Transport(String),
+    #[error("unexpected answer from the daemon: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The API's error code, if the daemon answered with an error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    socket: PathBuf,
+}
+
+/// Percent-encodes one path segment (chat titles may contain anything).
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    pub fn new(socket: &Path) -> Result<Client, ClientError> {
+        let http = reqwest::Client::builder()
+            .unix_socket(socket)
+            .build()
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        Ok(Client {
+            http,
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn url(path: &str) -> String {
+        format!("http://chatsyncd{API_PREFIX}{path}")
+    }
+
+    fn map_transport(&self, e: reqwest::Error) -> ClientError {
+        if e.is_connect() || (e.is_request() && !self.socket.exists()) {
+            ClientError::NotRunning {
+                socket: self.socket.display().to_string(),
+            }
+        } else {
+            ClientError::Transport(e.to_string())
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&dyn erased::Body>,
+        query: &[(&str, String)],
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut req = self
+            .http
+            .request(method, Self::url(path))
+            .timeout(REQUEST_TIMEOUT);
+        if !query.is_empty() {
+            req = req.query(query);
+        }
+        if let Some(body) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_json());
+        }
+        let resp = req.send().await.map_err(|e| self.map_transport(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.map_transport(e))?;
+        Err(api_error(status, &bytes))
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&dyn erased::Body>,
+        query: &[(&str, String)],
+    ) -> Result<T, ClientError> {
+        let resp = self.send(method, path, body, query).await?;
+        let bytes = resp.bytes().await.map_err(|e| self.map_transport(e))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn status(&self) -> Result<StatusJson, ClientError> {
+        self.json(Method::GET, "/status", None, &[]).await
+    }
+
+    /// Asks the daemon to shut down; returns once it has accepted.
+    pub async fn shutdown(&self) -> Result<(), ClientError> {
+        self.send(Method::POST, "/shutdown", None, &[]).await?;
+        Ok(())
+    }
+
+    pub async fn chats(&self) -> Result<Vec<ChatJson>, ClientError> {
+        let list: ChatListJson = self.json(Method::GET, "/chats", None, &[]).await?;
+        Ok(list.chats)
+    }
+
+    pub async fn create_chat(&self, title: &str) -> Result<ChatJson, ClientError> {
+        let body = CreateChatRequest {
+            title: title.into(),
+        };
+        self.json(Method::POST, "/chats", Some(&body), &[]).await
+    }
+
+    pub async fn chat(&self, chat: &str) -> Result<ChatJson, ClientError> {
+        self.json(Method::GET, &format!("/chats/{}", segment(chat)), None, &[])
+            .await
+    }
+
+    pub async fn rename_chat(&self, chat: &str, title: &str) -> Result<ChatJson, ClientError> {
+        let body = RenameChatRequest {
+            title: title.into(),
+        };
+        self.json(
+            Method::PATCH,
+            &format!("/chats/{}", segment(chat)),
+            Some(&body),
+            &[],
+        )
+        .await
+    }
+
+    /// The last `limit` messages (or the `limit` before `before`), oldest first.
+    pub async fn messages(
+        &self,
+        chat: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<MessageJson>, ClientError> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(b) = before {
+            query.push(("before", b.to_string()));
+        }
+        let list: MessageListJson = self
+            .json(
+                Method::GET,
+                &format!("/chats/{}/messages", segment(chat)),
+                None,
+                &query,
+            )
+            .await?;
+        Ok(list.messages)
+    }
+
+    pub async fn post(
+        &self,
+        chat: &str,
+        text: &str,
+        reply_to: Option<&str>,
+    ) -> Result<MessageJson, ClientError> {
+        let body = PostRequest {
+            text: text.into(),
+            reply_to: reply_to.map(Into::into),
+        };
+        self.json(
+            Method::POST,
+            &format!("/chats/{}/messages", segment(chat)),
+            Some(&body),
+            &[],
+        )
+        .await
+    }
+
+    pub async fn message(&self, chat: &str, msg: &str) -> Result<MessageJson, ClientError> {
+        self.json(Method::GET, &message_path(chat, msg), None, &[])
+            .await
+    }
+
+    pub async fn edit(
+        &self,
+        chat: &str,
+        msg: &str,
+        text: &str,
+    ) -> Result<MessageJson, ClientError> {
+        let body = EditRequest { text: text.into() };
+        self.json(Method::PATCH, &message_path(chat, msg), Some(&body), &[])
+            .await
+    }
+
+    pub async fn delete(&self, chat: &str, msg: &str) -> Result<MessageJson, ClientError> {
+        self.json(Method::DELETE, &message_path(chat, msg), None, &[])
+            .await
+    }
+
+    pub async fn react(
+        &self,
+        chat: &str,
+        msg: &str,
+        reaction: Option<&str>,
+    ) -> Result<MessageJson, ClientError> {
+        let path = format!("{}/reaction", message_path(chat, msg));
+        match reaction {
+            Some(r) => {
+                let body = ReactRequest { reaction: r.into() };
+                self.json(Method::PUT, &path, Some(&body), &[]).await
+            }
+            None => self.json(Method::DELETE, &path, None, &[]).await,
+        }
+    }
+
+    pub async fn mark_read(
+        &self,
+        chat: &str,
+        message: Option<&str>,
+    ) -> Result<ReadStateJson, ClientError> {
+        let body = MarkReadRequest {
+            message: message.map(Into::into),
+        };
+        self.json(
+            Method::POST,
+            &format!("/chats/{}/read", segment(chat)),
+            Some(&body),
+            &[],
+        )
+        .await
+    }
+
+    /// Opens the event stream (optionally for one chat) and waits for its `hello` line, after
+    /// which no change is missed.
+    pub async fn events(&self, chat: Option<&str>) -> Result<EventStream, ClientError> {
+        let query: Vec<(&str, String)> =
+            chat.map(|c| ("chat", c.to_string())).into_iter().collect();
+        let mut req = self.http.get(Self::url("/events"));
+        if !query.is_empty() {
+            req = req.query(&query);
+        }
+        let resp = req.send().await.map_err(|e| self.map_transport(e))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let bytes = resp.bytes().await.unwrap_or_default();
+            return Err(api_error(status, &bytes));
+        }
+        let mut stream = EventStream {
+            body: Box::pin(resp.bytes_stream()),
+            buf: Vec::new(),
+        };
+        match stream.next().await? {
+            Some(EventJson::Hello { .. }) => Ok(stream),
+            Some(other) => Err(ClientError::Decode(format!(
+                "event stream began with {other:?} instead of hello"
+            ))),
+            None => Err(ClientError::Decode("event stream ended at once".into())),
+        }
+    }
+}
+
+fn message_path(chat: &str, msg: &str) -> String {
+    format!("/chats/{}/messages/{}", segment(chat), segment(msg))
+}
+
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => ClientError::Api {
+            status: status.as_u16(),
+            code: body.error.code,
+            message: body.error.message,
+            candidates: body.error.candidates,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: "http".into(),
+            message: format!("the daemon answered {status}"),
+            candidates: Vec::new(),
+        },
+    }
+}
+
+type ByteStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// The daemon's live event stream, one event at a time.
+pub struct EventStream {
+    body: ByteStream,
+    buf: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next event, or `None` when the daemon closed the stream (it is shutting down).
+    pub async fn next(&mut self) -> Result<Option<EventJson>, ClientError> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                let line = &line[..line.len() - 1];
+                if line.is_empty() {
+                    continue;
+                }
+                return serde_json::from_slice(line)
+                    .map(Some)
+                    .map_err(|e| ClientError::Decode(format!("bad event line: {e}")));
+            }
+            if self.buf.len() > MAX_EVENT_LINE {
+                return Err(ClientError::Decode("event line too long".into()));
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Err(ClientError::Transport(e.to_string())),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Request bodies, type-erased so that one `send` serves every request type.
+mod erased {
+    pub trait Body {
+        fn to_json(&self) -> Vec<u8>;
+    }
+
+    impl<T: super::Serialize> Body for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).unwrap_or_default()
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! `chatsync daemon start|stop|status` and `chatsync status`.
+
+use std::{
+    fs::OpenOptions,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use chatsync_daemon::paths::{PathArgs, Paths};
+use nix::{sys::signal, unistd::Pid};
+use serde_json::json;
+
+use crate::{
+    args::DaemonCommand,
+    client::{Client, ClientError},
+    output,
+};
+
+/// How long `start` waits for the API to answer, and `stop` for the process to exit.
+const WAIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(20);
+
+pub async fn run(
+    cmd: DaemonCommand,
+    path_args: &PathArgs,
+    paths: &Paths,
+    client: &Client,
+    json: bool,
+) -> anyhow::Result<()> {
+    match cmd {
+        DaemonCommand::Start { bin } => start(bin, path_args, paths, client, json).await,
+        DaemonCommand::Stop => stop(client, json).await,
+        DaemonCommand::Status => daemon_status(client, json).await,
+    }
+}
+
+async fn start(
+    bin: Option<PathBuf>,
+    path_args: &PathArgs,
+    paths: &Paths,
+    client: &Client,
+    json: bool,
+) -> anyhow::Result<()> {
+    if let Ok(status) = client.status().await {
+        return report_running(&status, "already running", json);
+    }
+    let bin = match bin {
+        Some(b) => b,
+        None => daemon_binary()?,
+    };
+    std::fs::create_dir_all(&paths.data_dir)
+        .with_context(|| format!("cannot create {}", paths.data_dir.display()))?;
+    let log_path = paths.log_file();
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open the log file {}", log_path.display()))?;
+    let mut cmd = Command::new(&bin);
+    if let Some(home) = &path_args.home {
+        cmd.arg("--home").arg(home);
+    }
+    if let Some(socket) = &path_args.socket {
+        cmd.arg("--socket").arg(socket);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C in this terminal must not stop the daemon.
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(status) = client.status().await {
+            return report_running(&status, "started", json);
+        }
+        if let Some(exit) = child.try_wait()? {
+            bail!(
+                "chatsyncd exited at start ({exit}); last lines of {}:\n{}",
+                log_path.display(),
+                tail(&log_path, 10)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "chatsyncd did not answer within {}s; see {}",
+                WAIT.as_secs(),
+                log_path.display()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn stop(client: &Client, json: bool) -> anyhow::Result<()> {
+    let status = match client.status().await {
+        Ok(s) => s,
+        Err(ClientError::NotRunning { .. }) => {
+            if json {
+                output::json_line(&json!({"running": false}))?;
+            } else {
+                println!("chatsyncd is not running");
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    client.shutdown().await?;
+    let pid = Pid::from_raw(i32::try_from(status.pid).context("bad pid from the daemon")?);
+    let deadline = Instant::now() + WAIT;
+    while process_alive(pid) {
+        if Instant::now() > deadline {
+            bail!(
+                "chatsyncd (pid {pid}) is still running {}s after being asked to stop",
+                WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    if json {
+        output::json_line(&json!({"running": false, "stopped_pid": status.pid}))
+    } else {
+        println!("chatsyncd stopped (pid {})", status.pid);
+        Ok(())
+    }
+}
+
+async fn daemon_status(client: &Client, json: bool) -> anyhow::Result<()> {
+    let status = client.status().await?;
+    report_running(&status, "running", json)
+}
+
+/// `chatsync status`: this device and the daemon.
+pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
+    let s = client.status().await?;
+    if json {
+        return output::json_line(&s);
+    }
+    let rows = [
+        ("device id", s.device_id.clone()),
+        ("name", s.name.clone()),
+        ("version", s.version.clone()),
+        ("chats", s.chats.to_string()),
+        ("data dir", s.data_dir.clone()),
+        ("socket", s.socket.clone()),
+        (
+            "daemon",
+            format!("pid {}, up {}", s.pid, human_duration(s.uptime_ms)),
+        ),
+        (
+            "store",
+            format!(
+                "{} on disk, {}",
+                human_bytes(s.store_bytes),
+                if s.store_healthy {
+                    "healthy"
+                } else {
+                    "FAILED (writes refused; see the daemon log)"
+                }
+            ),
+        ),
+        (
+            "in memory",
+            format!(
+                "{} chats, about {}",
+                s.loaded_chats,
+                human_bytes(s.loaded_bytes_estimate)
+            ),
+        ),
+    ];
+    for (k, v) in rows {
+        println!("{k:<10}  {v}");
+    }
+    Ok(())
+}
+
+fn report_running(
+    s: &chatsync_daemon::api::wire::StatusJson,
+    what: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        output::json_line(&json!({
+            "running": true,
+            "pid": s.pid,
+            "device_id": s.device_id,
+            "socket": s.socket,
+            "uptime_ms": s.uptime_ms,
+        }))
+    } else {
+        println!(
+            "chatsyncd {what} (pid {}, device {}, socket {})",
+            s.pid, s.device_id, s.socket
+        );
+        Ok(())
+    }
+}
+
+/// The daemon binary installed next to this one, else `chatsyncd` from PATH.
+fn daemon_binary() -> anyhow::Result<PathBuf> {
+    if let Ok(me) = std::env::current_exe()
+        && let Some(dir) = me.parent()
+    {
+        let sibling = dir.join("chatsyncd");
+        if sibling.is_file() {
+            return Ok(sibling);
+        }
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("chatsyncd"))
+        .find(|p| p.is_file())
+        .context("cannot find the chatsyncd binary next to chatsync or on PATH; pass --bin")
+}
+
+fn process_alive(pid: Pid) -> bool {
+    // Signal 0 checks for existence. A zombie (exited, not yet reaped) counts as gone.
+    if signal::kill(pid, None).is_err() {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn human_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d {}h", s / 86400, (s % 86400) / 3600),
+    }
+}

@@ -1,0 +1,90 @@
+//! One handler per command. Each talks to the daemon only through the [`Client`].
+
+mod chats;
+mod daemon;
+mod log;
+mod messages;
+
+use std::io::Read;
+
+use anyhow::{Context, bail};
+use chatsync_daemon::paths::Paths;
+use clap::CommandFactory;
+
+use crate::{
+    args::{Cli, Command},
+    client::Client,
+};
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let paths = Paths::resolve(&cli.paths)?;
+    let client = Client::new(&paths.socket)?;
+    let json = cli.json;
+    match cli.command {
+        Command::Daemon(cmd) => daemon::run(cmd, &cli.paths, &paths, &client, json).await,
+        Command::Status => daemon::status(&client, json).await,
+        Command::Chat(cmd) => chats::chat(cmd, &client, json).await,
+        Command::Chats => chats::list(&client, json).await,
+        Command::Post {
+            chat,
+            text,
+            reply_to,
+        } => messages::post(&client, &chat, &text_arg(&text)?, reply_to.as_deref(), json).await,
+        Command::Log {
+            chat,
+            count,
+            follow,
+        } => log::run(&client, &chat, count, follow, json).await,
+        Command::Edit {
+            chat,
+            message,
+            text,
+        } => messages::edit(&client, &chat, &message, &text_arg(&text)?, json).await,
+        Command::Delete { chat, message } => messages::delete(&client, &chat, &message, json).await,
+        Command::React {
+            chat,
+            message,
+            reaction,
+            remove,
+        } => {
+            let reaction = if remove { None } else { reaction };
+            messages::react(&client, &chat, &message, reaction.as_deref(), json).await
+        }
+        Command::MarkRead { chat, message } => {
+            messages::mark_read(&client, &chat, message.as_deref(), json).await
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "chatsync",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A text argument: itself, or standard input when it is `-` (without its final newline).
+fn text_arg(arg: &str) -> anyhow::Result<String> {
+    if arg != "-" {
+        return Ok(arg.to_string());
+    }
+    let limit = chatsync_model::limits::MAX_TEXT_BYTES as u64;
+    let mut text = String::new();
+    std::io::stdin()
+        .take(limit + 2)
+        .read_to_string(&mut text)
+        .context("cannot read the text from standard input (is it UTF-8?)")?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.len() as u64 > limit {
+        bail!("the text on standard input is longer than {limit} bytes");
+    }
+    Ok(text)
+}

@@ -1,0 +1,175 @@
+//! How results look: aligned, readable text for people; one JSON object per line with `--json`.
+
+use std::io::Write;
+
+use chatsync_daemon::api::wire::{ChatJson, MessageJson};
+use serde::Serialize;
+
+/// Characters of an id shown to people (any unambiguous prefix of 4 or more is accepted back).
+pub const SHORT_ID: usize = 8;
+
+pub fn short(id: &str) -> &str {
+    id.get(..SHORT_ID).unwrap_or(id)
+}
+
+/// Prints one JSON object on its own line.
+pub fn json_line<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Local time of a millisecond timestamp, `YYYY-MM-DD HH:MM`.
+pub fn local_time(ms: i64) -> String {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(ts) => ts
+            .to_zoned_datetime(jiff::tz::TimeZone::system())
+            .strftime("%Y-%m-%d %H:%M")
+            .to_string(),
+        Err(_) => "????-??-?? ??:??".to_string(),
+    }
+}
+
+/// Width of a string in terminal columns, close enough for alignment of names.
+fn width(s: &str) -> usize {
+    s.chars().count()
+}
+
+fn pad(s: &str, to: usize) -> String {
+    let mut out = s.to_string();
+    for _ in width(s)..to {
+        out.push(' ');
+    }
+    out
+}
+
+/// Renders messages as aligned lines: id, time, author, text (continuation lines indented).
+pub fn message_lines(messages: &[MessageJson]) -> Vec<String> {
+    let name_width = messages
+        .iter()
+        .map(|m| width(&m.author_name))
+        .max()
+        .unwrap_or(0);
+    messages
+        .iter()
+        .map(|m| message_line(m, name_width))
+        .collect()
+}
+
+pub fn message_line(m: &MessageJson, name_width: usize) -> String {
+    let head = format!(
+        "{}  {}  {}  ",
+        short(&m.id),
+        local_time(m.ts),
+        pad(&m.author_name, name_width)
+    );
+    let mut body = String::new();
+    if let Some(parent) = &m.reply_to {
+        body.push_str(&format!("↳ {} ", short(parent)));
+    }
+    if m.deleted {
+        body.push_str("(deleted)");
+    } else {
+        body.push_str(&m.text);
+        if m.edited {
+            body.push_str(" (edited)");
+        }
+    }
+    if !m.reactions.is_empty() {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for r in m.reactions.values() {
+            match counts.iter_mut().find(|(x, _)| x == r) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((r.clone(), 1)),
+            }
+        }
+        let shown: Vec<String> = counts
+            .into_iter()
+            .map(|(r, n)| if n == 1 { r } else { format!("{r} {n}") })
+            .collect();
+        body.push_str(&format!("  [{}]", shown.join(" ")));
+    }
+    let indent = " ".repeat(width(&head));
+    let mut lines = body.lines();
+    let mut out = format!("{head}{}", lines.next().unwrap_or(""));
+    for line in lines {
+        out.push('\n');
+        out.push_str(&indent);
+        out.push_str(line);
+    }
+    out
+}
+
+/// Renders the chat list as an aligned table.
+pub fn chat_table(chats: &[ChatJson]) -> Vec<String> {
+    let title_width = chats
+        .iter()
+        .map(|c| width(&c.title))
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let mut out = vec![format!(
+        "{}  {}  {:>8}  LAST ACTIVITY",
+        pad("ID", SHORT_ID),
+        pad("TITLE", title_width),
+        "MESSAGES"
+    )];
+    for c in chats {
+        out.push(format!(
+            "{}  {}  {:>8}  {}",
+            pad(short(&c.id), SHORT_ID),
+            pad(&c.title, title_width),
+            c.messages,
+            local_time(c.last_activity)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(name: &str, text: &str) -> MessageJson {
+        MessageJson {
+            id: "0123456789abcdef".into(),
+            chat: "c".into(),
+            author: "d".into(),
+            author_name: name.into(),
+            ts: 0,
+            text: text.into(),
+            reply_to: None,
+            edited: false,
+            edited_at: None,
+            deleted: false,
+            reactions: Default::default(),
+        }
+    }
+
+    #[test]
+    fn names_are_aligned_and_continuations_indented() {
+        let lines = message_lines(&[msg("al", "hi"), msg("barbara", "one\ntwo")]);
+        let col = |l: &str, needle: &str| l.find(needle).unwrap();
+        assert_eq!(col(&lines[0], "hi"), col(&lines[1], "one"));
+        let second: Vec<&str> = lines[1].lines().collect();
+        assert_eq!(second[1].trim(), "two");
+        assert_eq!(col(second[1], "two"), col(second[0], "one"));
+    }
+
+    #[test]
+    fn deleted_edited_and_reactions_are_shown() {
+        let mut m = msg("a", "secret");
+        m.deleted = true;
+        assert!(message_line(&m, 1).contains("(deleted)"));
+        assert!(!message_line(&m, 1).contains("secret"));
+        let mut m = msg("a", "x");
+        m.edited = true;
+        m.reactions.insert("d1".into(), "👍".into());
+        m.reactions.insert("d2".into(), "👍".into());
+        let line = message_line(&m, 1);
+        assert!(line.contains("(edited)"));
+        assert!(line.contains("[👍 2]"));
+    }
+}
