@@ -353,11 +353,11 @@ impl EventStream {
 
 /// Request bodies, type-erased so that one `send` serves every request type.
 mod erased {
-    pub trait Body {
+    pub trait Body: Sync {
         fn to_json(&self) -> Vec<u8>;
     }
 
-    impl<T: super::Serialize> Body for T {
+    impl<T: super::Serialize + Sync> Body for T {
         fn to_json(&self) -> Vec<u8> {
             serde_json::to_vec(self).unwrap_or_default()
         }

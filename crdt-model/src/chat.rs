@@ -1,9 +1,10 @@
 //! [`ChatDoc`]: one chat's Automerge document and its display-order index.
 //!
 //! Every mutation is one Automerge change, committed at once, so that the caller can persist it
-//! (see [`ChatDoc::save_incremental`]) before anyone else sees it. The index is kept in step
-//! through Automerge's indexed diff, so local edits and merged remote changes cost time in
-//! proportion to what changed, never to the length of the chat.
+//! (see [`ChatDoc::take_local_changes`]) before anyone else sees it. A local operation re-indexes
+//! the one message it touched, so its cost does not grow with the length of the chat (Automerge's
+//! patch log would: measured here, it made each post cost time proportional to the chat). Merges
+//! diff the document before and after, once per merge.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -59,6 +60,8 @@ pub struct ChatDoc {
     keys: HashMap<MessageId, OrderKey>,
     /// Largest clock of any message, for stamping the next one.
     max_clock: Clock,
+    /// Encoded local changes not yet handed out by [`ChatDoc::take_local_changes`].
+    unsaved_local: Vec<u8>,
 }
 
 impl std::fmt::Debug for ChatDoc {
@@ -125,9 +128,9 @@ impl ChatDoc {
             order: BTreeSet::new(),
             keys: HashMap::new(),
             max_clock: Clock::ZERO,
+            unsaved_local: Vec::new(),
         };
         chat.reindex_all();
-        chat.doc.update_diff_cursor();
         Ok(chat)
     }
 
@@ -244,7 +247,7 @@ impl ChatDoc {
         }
         let clock = Clock::tick(self.max_clock, now_ms);
         let messages = self.messages.clone();
-        self.write(now_ms, |doc| {
+        self.write(now_ms, None, |doc| {
             let obj = doc.put_object(&messages, id.as_str(), ObjType::Map)?;
             doc.put(&obj, s::AUTHOR, device.id.as_str())?;
             doc.put(&obj, s::AUTHOR_NAME, device.name.as_str())?;
@@ -254,11 +257,27 @@ impl ChatDoc {
             if let Some(parent) = reply_to {
                 doc.put(&obj, s::REPLY_TO, parent.as_str())?;
             }
-            doc.put(&obj, s::DELETED, false)?;
             doc.put_object(&obj, s::REACTIONS, ObjType::Map)?;
             Ok(())
         })?;
-        self.require_message(&id)
+        // The new message's order key is known: index it without reading it back.
+        self.insert_key(OrderKey {
+            clock,
+            author: device.id.clone(),
+            id: id.clone(),
+        });
+        Ok(Message {
+            id,
+            author: device.id.clone(),
+            author_name: device.name.clone(),
+            ts: now_ms,
+            clock,
+            text: text.to_string(),
+            reply_to: reply_to.cloned(),
+            edited_at: None,
+            deleted: false,
+            reactions: BTreeMap::new(),
+        })
     }
 
     /// Replaces the text of one of this device's messages.
@@ -274,7 +293,7 @@ impl ChatDoc {
         if msg.text == text {
             return Ok(msg);
         }
-        self.write(now_ms, |doc| {
+        self.write(now_ms, Some(id), |doc| {
             doc.put(&obj, s::TEXT, text)?;
             doc.put(&obj, s::EDITED_AT, now_ms)
         })?;
@@ -299,7 +318,7 @@ impl ChatDoc {
             .as_ref()
             .map(|r| self.doc.keys(r).collect())
             .unwrap_or_default();
-        self.write(now_ms, |doc| {
+        self.write(now_ms, Some(id), |doc| {
             doc.put(&obj, s::DELETED, true)?;
             doc.put(&obj, s::TEXT, "")?;
             if let Some(reactions) = &reactions {
@@ -333,7 +352,7 @@ impl ChatDoc {
         let obj = self.message_obj(id)?;
         let reactions = get_map(&self.doc, &obj, s::REACTIONS)
             .ok_or_else(|| ModelError::Corrupt(format!("message {id} has no reactions map")))?;
-        self.write(now_ms, |doc| match reaction {
+        self.write(now_ms, Some(id), |doc| match reaction {
             Some(r) => doc.put(&reactions, device.id.as_str(), r),
             None => doc.delete(&reactions, device.id.as_str()),
         })?;
@@ -359,7 +378,7 @@ impl ChatDoc {
             return Ok(false);
         }
         let read = self.read.clone();
-        self.write(now_ms, |doc| {
+        self.write(now_ms, None, |doc| {
             doc.put(&read, device.id.as_str(), id.as_str())
         })?;
         Ok(true)
@@ -406,7 +425,9 @@ impl ChatDoc {
     pub fn set_title(&mut self, title: &str, now_ms: i64) -> Result<(), ModelError> {
         check_text("title", title, MAX_TITLE_BYTES, false)?;
         if self.title() != title {
-            self.write(now_ms, |doc| doc.put(automerge::ROOT, s::TITLE, title))?;
+            self.write(now_ms, None, |doc| {
+                doc.put(automerge::ROOT, s::TITLE, title)
+            })?;
         }
         Ok(())
     }
@@ -420,8 +441,9 @@ impl ChatDoc {
                 other.id, self.id
             )));
         }
+        let before = self.doc.get_heads();
         self.doc.merge(&mut other.doc)?;
-        Ok(self.refresh_index())
+        Ok(self.refresh_index_since(&before))
     }
 
     /// Applies changes received from another replica, in one batch. Returns the ids of
@@ -430,8 +452,9 @@ impl ChatDoc {
         &mut self,
         changes: Vec<automerge::Change>,
     ) -> Result<Vec<MessageId>, ModelError> {
+        let before = self.doc.get_heads();
         self.doc.apply_changes_batch(changes)?;
-        Ok(self.refresh_index())
+        Ok(self.refresh_index_since(&before))
     }
 
     /// Current heads of the document.
@@ -445,9 +468,17 @@ impl ChatDoc {
     }
 
     /// Changes since the last [`save`](Self::save) or `save_incremental`, in a form that can be
-    /// appended to a saved document and loaded with it in one call.
+    /// appended to a saved document and loaded with it in one call. Its cost grows with the
+    /// document; to persist one local operation, use [`last_local_change`](Self::last_local_change).
     pub fn save_incremental(&mut self) -> Vec<u8> {
         self.doc.save_incremental()
+    }
+
+    /// The encoded local changes made since the last call, in a form that can be appended to
+    /// a saved document and loaded with it in one call; empty when nothing changed. Cheap at any
+    /// document size: this is how a caller persists each local operation.
+    pub fn take_local_changes(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.unsaved_local)
     }
 
     /// The underlying Automerge document, for sync.
@@ -460,13 +491,19 @@ impl ChatDoc {
     fn write(
         &mut self,
         now_ms: i64,
+        touched: Option<&MessageId>,
         ops: impl FnOnce(&mut AutoCommit) -> Result<(), automerge::AutomergeError>,
     ) -> Result<(), ModelError> {
         match ops(&mut self.doc) {
             Ok(()) => {
                 self.doc
                     .commit_with(CommitOptions::default().with_time(now_ms));
-                self.refresh_index();
+                if let Some(change) = self.doc.get_last_local_change() {
+                    self.unsaved_local.extend_from_slice(change.raw_bytes());
+                }
+                if let Some(id) = touched {
+                    self.reindex_message(id);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -525,10 +562,18 @@ impl ChatDoc {
         }
     }
 
-    /// Brings the index up to date with everything applied since the last refresh, using
-    /// Automerge's indexed diff. Returns the ids of touched messages.
-    fn refresh_index(&mut self) -> Vec<MessageId> {
-        let patches = self.doc.diff_incremental();
+    /// Brings the index up to date with everything applied since `before`. Returns the ids of
+    /// touched messages.
+    ///
+    /// This diffs the two states, which scans the document: fine for merges that bring many
+    /// changes at once, too slow to run per local change (local operations re-index the one
+    /// message they touched instead).
+    fn refresh_index_since(&mut self, before: &[ChangeHash]) -> Vec<MessageId> {
+        let after = self.doc.get_heads();
+        if after == before {
+            return Vec::new();
+        }
+        let patches = self.doc.diff(before, &after);
         let mut touched: Vec<MessageId> = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
         for patch in patches {
@@ -552,15 +597,19 @@ impl ChatDoc {
             }
         }
         for id in &touched {
-            if let Some(old) = self.keys.remove(id) {
-                self.order.remove(&old);
-            }
-            if let Some(obj) = get_map(&self.doc, &self.messages, id.as_str()) {
-                self.index_message(id.clone(), &obj);
-            }
+            self.reindex_message(id);
         }
         touched.retain(|id| self.keys.contains_key(id));
         touched
+    }
+
+    fn reindex_message(&mut self, id: &MessageId) {
+        if let Some(old) = self.keys.remove(id) {
+            self.order.remove(&old);
+        }
+        if let Some(obj) = get_map(&self.doc, &self.messages, id.as_str()) {
+            self.index_message(id.clone(), &obj);
+        }
     }
 
     fn index_message(&mut self, id: MessageId, obj: &ObjId) {
@@ -571,61 +620,72 @@ impl ChatDoc {
         else {
             return;
         };
-        self.max_clock = self.max_clock.max(clock);
-        let key = OrderKey {
-            clock,
-            author,
-            id: id.clone(),
-        };
+        self.insert_key(OrderKey { clock, author, id });
+    }
+
+    fn insert_key(&mut self, key: OrderKey) {
+        self.max_clock = self.max_clock.max(key.clock);
         self.order.insert(key.clone());
-        self.keys.insert(id, key);
+        self.keys.insert(key.id.clone(), key);
     }
 }
 
 /// Reads one message, or `None` when its required fields are missing or malformed (a replica
 /// skips what it cannot show rather than failing the whole chat).
 fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message> {
-    let author = DeviceId::new(get_str(doc, obj, s::AUTHOR)?).ok()?;
-    let clock = Clock::from_stored(get_int(doc, obj, s::CLOCK)?)?;
-    let deleted = get_bool(doc, obj, s::DELETED).unwrap_or(false);
+    use automerge::{ScalarValueRef as V, ValueRef};
+    // One pass over the message's fields: far cheaper than one lookup per field.
+    let (mut author, mut author_name, mut text, mut reply_to) = (None, None, None, None);
+    let (mut ts, mut clock, mut edited_at, mut deleted, mut reactions_obj) =
+        (0, None, None, false, None);
+    for item in doc.map_range(obj, ..) {
+        match (item.key.as_ref(), &item.value) {
+            (s::AUTHOR, ValueRef::Scalar(V::Str(v))) => author = DeviceId::new(v.as_ref()).ok(),
+            (s::AUTHOR_NAME, ValueRef::Scalar(V::Str(v))) => author_name = Some(v.to_string()),
+            (s::TEXT, ValueRef::Scalar(V::Str(v))) => text = Some(v.to_string()),
+            (s::REPLY_TO, ValueRef::Scalar(V::Str(v))) => {
+                reply_to = MessageId::new(v.as_ref()).ok()
+            }
+            (s::TS, ValueRef::Scalar(V::Int(v))) => ts = *v,
+            (s::CLOCK, ValueRef::Scalar(V::Int(v))) => clock = Clock::from_stored(*v),
+            (s::EDITED_AT, ValueRef::Scalar(V::Int(v))) => edited_at = Some(*v),
+            (s::DELETED, ValueRef::Scalar(V::Boolean(v))) => deleted = *v,
+            (s::REACTIONS, ValueRef::Object(ObjType::Map)) => reactions_obj = Some(item.id()),
+            _ => {}
+        }
+    }
     let mut text = if deleted {
         String::new()
     } else {
-        get_str(doc, obj, s::TEXT).unwrap_or_default()
+        text.unwrap_or_default()
     };
     truncate_utf8(&mut text, MAX_TEXT_BYTES);
-    let mut author_name = get_str(doc, obj, s::AUTHOR_NAME).unwrap_or_default();
+    let mut author_name = author_name.unwrap_or_default();
     truncate_utf8(&mut author_name, MAX_DEVICE_NAME_BYTES);
-    let reactions = if deleted {
-        BTreeMap::new()
-    } else {
-        get_map(doc, obj, s::REACTIONS)
-            .map(|r| {
-                doc.map_range(&r, ..)
-                    .filter_map(|item| {
-                        let device = DeviceId::new(item.key.as_ref()).ok()?;
-                        match item.value {
-                            automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(v))
-                                if check_reaction(&v).is_ok() =>
-                            {
-                                Some((device, v.to_string()))
-                            }
-                            _ => None,
-                        }
-                    })
-                    .collect()
+    let reactions = match reactions_obj {
+        Some(r) if !deleted => doc
+            .map_range(&r, ..)
+            .filter_map(|item| {
+                let device = DeviceId::new(item.key.as_ref()).ok()?;
+                match item.value {
+                    ValueRef::Scalar(V::Str(v)) if check_reaction(&v).is_ok() => {
+                        Some((device, v.to_string()))
+                    }
+                    _ => None,
+                }
             })
-            .unwrap_or_default()
+            .collect(),
+        _ => BTreeMap::new(),
     };
     Some(Message {
         id: id.clone(),
-        author,
+        author: author?,
         author_name,
-        ts: get_int(doc, obj, s::TS).unwrap_or(0),
-        clock,
+        ts,
+        clock: clock?,
         text,
-        reply_to: get_str(doc, obj, s::REPLY_TO).and_then(|v| MessageId::new(v).ok()),
-        edited_at: get_int(doc, obj, s::EDITED_AT),
+        reply_to,
+        edited_at,
         deleted,
         reactions,
     })
@@ -689,13 +749,6 @@ fn get_int(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<i64> {
     match get_scalar(doc, obj, key)? {
         ScalarValue::Int(v) => Some(v),
         ScalarValue::Uint(v) => i64::try_from(v).ok(),
-        _ => None,
-    }
-}
-
-fn get_bool(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<bool> {
-    match get_scalar(doc, obj, key)? {
-        ScalarValue::Boolean(v) => Some(v),
         _ => None,
     }
 }

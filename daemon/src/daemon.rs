@@ -51,10 +51,21 @@ pub fn run_with(args: DaemonArgs) -> anyhow::Result<()> {
         .thread_name("chatsyncd")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(paths, config, device))
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        serve(paths, config, device, shutdown).await
+    })
 }
 
-async fn serve(paths: Paths, config: Config, device: Device) -> anyhow::Result<()> {
+/// Runs the daemon until `shutdown` is cancelled (by a signal, the API, or the caller; tests run
+/// it in-process this way).
+pub async fn serve(
+    paths: Paths,
+    config: Config,
+    device: Device,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let store_dir = paths.store_dir();
     let cache_bytes = config.store.cache_mb * 1024 * 1024;
@@ -70,8 +81,6 @@ async fn serve(paths: Paths, config: Config, device: Device) -> anyhow::Result<(
         },
     )?;
     let listener = api::bind(&paths.socket).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
     let state = Arc::new(AppState {
         engine: engine.clone(),
         data_dir: paths.data_dir.clone(),

@@ -345,7 +345,7 @@ impl Engine {
             let mut loaded = handle.lock().await;
             let now = now_ms();
             let (value, mut events) = op(&mut loaded.doc, &self.device, now)?;
-            let chunk = loaded.doc.save_incremental();
+            let chunk = loaded.doc.take_local_changes();
             if chunk.is_empty() {
                 // Nothing changed (an edit to the same text, say): nothing to persist.
                 return Ok(value);

@@ -1,0 +1,407 @@
+//! Benchmarks of the local API and the store, against the raw Automerge work in the same run.
+//! Results and how to read them: docs/benchmarks.md. Run with
+//! `cargo bench -p chatsync --bench local_api` (add `-- --quick` for a smaller run).
+//!
+//! Figures are ratios where possible: this runs on shared, noisy machines, so an absolute
+//! number means little on its own, but the daemon's cost relative to the bare document work
+//! measured a moment earlier on the same machine does.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chatsync::client::Client;
+use chatsync_daemon::{
+    identity::Identity,
+    paths::{PathArgs, Paths},
+    store::{ChatRecord, Store},
+};
+use chatsync_model::{ChatDoc, ChatId, Device, MessageId};
+
+struct Settings {
+    sequential_posts: usize,
+    concurrent_posts: usize,
+    clients: usize,
+    startup_chats: usize,
+    startup_messages: usize,
+    startup_runs: usize,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let s = if quick {
+        Settings {
+            sequential_posts: 500,
+            concurrent_posts: 4000,
+            clients: 8,
+            startup_chats: 100,
+            startup_messages: 100,
+            startup_runs: 3,
+        }
+    } else {
+        Settings {
+            sequential_posts: 2000,
+            concurrent_posts: 40000,
+            clients: 8,
+            startup_chats: 1000,
+            startup_messages: 1000,
+            startup_runs: 5,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "## chatsync local API benchmark{}\n",
+        if quick { " (quick)" } else { "" }
+    );
+    println!(
+        "machine: {} cores\n",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    rt.block_on(post_throughput(&s));
+    startup(&s);
+}
+
+fn bin(name: &str) -> PathBuf {
+    match name {
+        "chatsyncd" => PathBuf::from(env!("CARGO_BIN_EXE_chatsyncd")),
+        _ => unreachable!(),
+    }
+}
+
+fn home() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("csb")
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+fn paths(home: &Path) -> Paths {
+    Paths::resolve(&PathArgs {
+        home: Some(home.to_path_buf()),
+        socket: None,
+    })
+    .unwrap()
+}
+
+struct Daemon {
+    child: Child,
+    client: Client,
+}
+
+impl Daemon {
+    /// Starts chatsyncd and returns it with the time until its API first answered.
+    async fn start(home: &Path) -> (Daemon, Duration) {
+        let p = paths(home);
+        let started = Instant::now();
+        let child = Command::new(bin("chatsyncd"))
+            .arg("--home")
+            .arg(home)
+            .arg("--log")
+            .arg("warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let client = Client::new(&p.socket).unwrap();
+        loop {
+            if client.status().await.is_ok() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "daemon did not start"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let elapsed = started.elapsed();
+        (Daemon { child, client }, elapsed)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    async fn stop(mut self) {
+        self.client.shutdown().await.unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn device() -> Device {
+    Device::new(
+        chatsync_model::DeviceId::new("12D3KooWBenchDevice").unwrap(),
+        "bench",
+    )
+    .unwrap()
+}
+
+fn text(i: usize) -> String {
+    format!("message number {i}: the quick brown fox jumps over the lazy dog {i}")
+}
+
+/// Posts one at a time into a bare document: the Automerge and model work alone, no IO.
+fn raw_posts(n: usize) -> Duration {
+    let dev = device();
+    let mut doc = ChatDoc::create(ChatId::new("bench").unwrap(), "bench", &dev, 0).unwrap();
+    let started = Instant::now();
+    for i in 0..n {
+        let id = MessageId::new(format!("{i:032x}")).unwrap();
+        doc.post(&dev, id, &text(i), None, i as i64).unwrap();
+        let chunk = doc.save_incremental();
+        std::hint::black_box(chunk);
+    }
+    started.elapsed()
+}
+
+async fn post_throughput(s: &Settings) {
+    let dir = home();
+    let (daemon, _) = Daemon::start(dir.path()).await;
+    let chat = daemon.client.create_chat("bench").await.unwrap().id;
+
+    // Sequential: one client, one post at a time (each waits for its own flush).
+    let raw_seq = raw_posts(s.sequential_posts);
+    let started = Instant::now();
+    for i in 0..s.sequential_posts {
+        daemon.client.post(&chat, &text(i), None).await.unwrap();
+    }
+    let seq = started.elapsed();
+
+    // Concurrent: several clients, each posting in a loop; durability work is grouped.
+    let raw_conc = raw_posts(s.concurrent_posts);
+    let chat2 = daemon
+        .client
+        .create_chat("bench-concurrent")
+        .await
+        .unwrap()
+        .id;
+    let per_client = s.concurrent_posts / s.clients;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(
+        s.concurrent_posts,
+    )));
+    for c in 0..s.clients {
+        let client = daemon.client.clone();
+        let chat = chat2.clone();
+        let latencies = latencies.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_client {
+                let t = Instant::now();
+                client
+                    .post(&chat, &text(c * per_client + i), None)
+                    .await
+                    .unwrap();
+                latencies.lock().unwrap().push(t.elapsed());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let conc = started.elapsed();
+    let mut lat = latencies.lock().unwrap().clone();
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+
+    let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
+    println!("### Durable posts through the API\n");
+    println!("| run | posts | daemon posts/s | bare Automerge posts/s | ratio (daemon / bare) |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| sequential, 1 client | {} | {:.0} | {:.0} | {:.3} |",
+        s.sequential_posts,
+        rate(s.sequential_posts, seq),
+        rate(s.sequential_posts, raw_seq),
+        raw_seq.as_secs_f64() / seq.as_secs_f64()
+    );
+    println!(
+        "| concurrent, {} clients | {} | {:.0} | {:.0} | {:.3} |",
+        s.clients,
+        per_client * s.clients,
+        rate(per_client * s.clients, conc),
+        rate(s.concurrent_posts, raw_conc),
+        raw_conc.as_secs_f64() / conc.as_secs_f64()
+    );
+    println!(
+        "\nconcurrent post latency (request to durable answer): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n",
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        lat.last().unwrap().as_secs_f64() * 1e3
+    );
+    daemon.stop().await;
+}
+
+/// Writes `chats` chats of `messages` messages straight into a store, as the daemon would
+/// find them after compaction. Cached between runs: building a million messages takes a while.
+fn build_store(home: &Path, chats: usize, messages: usize) {
+    let p = paths(home);
+    std::fs::create_dir_all(&p.data_dir).unwrap();
+    let identity = Identity::load_or_create(&p.identity_file()).unwrap();
+    let dev = Device::new(identity.device_id.clone(), "bench").unwrap();
+    let store = Store::open(&p.store_dir(), 16 << 20).unwrap();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    std::thread::scope(|scope| {
+        for w in 0..workers {
+            let store = store.clone();
+            let dev = dev.clone();
+            scope.spawn(move || {
+                for c in (w..chats).step_by(workers) {
+                    let id = ChatId::new(format!("{c:032x}")).unwrap();
+                    let mut doc =
+                        ChatDoc::create(id.clone(), &format!("chat {c}"), &dev, 0).unwrap();
+                    for i in 0..messages {
+                        let mid = MessageId::new(format!("{c:016x}{i:016x}")).unwrap();
+                        doc.post(&dev, mid, &text(i), None, 1_700_000_000_000 + i as i64)
+                            .unwrap();
+                    }
+                    let record = ChatRecord {
+                        title: format!("chat {c}"),
+                        created_at: 0,
+                        created_by: dev.id.to_string(),
+                        messages: messages as u64,
+                        last_activity: 1_700_000_000_000 + c as i64,
+                    };
+                    store.create_chat(&id, &record, &doc.save()).unwrap();
+                }
+            });
+        }
+    });
+    store.flush().unwrap();
+}
+
+fn startup(s: &Settings) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "startup-store-{}x{}-v1",
+        s.startup_chats, s.startup_messages
+    ));
+    let built = Instant::now();
+    if !cache.join("data").join("store").exists() {
+        let _ = std::fs::remove_dir_all(&cache);
+        std::fs::create_dir_all(&cache).unwrap();
+        build_store(&cache, s.startup_chats, s.startup_messages);
+        println!(
+            "(built a store of {} chats x {} messages in {:.1} s)\n",
+            s.startup_chats,
+            s.startup_messages,
+            built.elapsed().as_secs_f64()
+        );
+    }
+    // Each run starts from a copy, so that one run's writes never change the next.
+    let mut times = Vec::new();
+    let mut rss = Vec::new();
+    let mut first_read = Vec::new();
+    let mut rss_after_reads = 0;
+    let store_bytes = dir_size(&cache.join("data").join("store"));
+    for _ in 0..s.startup_runs {
+        let dir = home();
+        copy_dir(&cache, dir.path());
+        rt.block_on(async {
+            let (daemon, elapsed) = Daemon::start(dir.path()).await;
+            times.push(elapsed);
+            rss.push(daemon.rss_kib());
+            let status = daemon.client.status().await.unwrap();
+            assert_eq!(status.chats, s.startup_chats);
+            let t = Instant::now();
+            let page = daemon
+                .client
+                .messages(&format!("{:032x}", 0), 20, None)
+                .await
+                .unwrap();
+            first_read.push(t.elapsed());
+            assert_eq!(page.len(), 20.min(s.startup_messages));
+            for c in 1..10 {
+                daemon
+                    .client
+                    .messages(&format!("{c:032x}"), 20, None)
+                    .await
+                    .unwrap();
+            }
+            rss_after_reads = daemon.rss_kib();
+            daemon.stop().await;
+        });
+    }
+    times.sort();
+    rss.sort();
+    first_read.sort();
+    let median = |v: &Vec<Duration>| v[v.len() / 2];
+    println!(
+        "### Start-up with {} chats x {} messages on disk\n",
+        s.startup_chats, s.startup_messages
+    );
+    println!(
+        "| measure | median of {} runs | min | max |",
+        s.startup_runs
+    );
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| start to first API answer | {:.1} ms | {:.1} ms | {:.1} ms |",
+        median(&times).as_secs_f64() * 1e3,
+        times[0].as_secs_f64() * 1e3,
+        times.last().unwrap().as_secs_f64() * 1e3
+    );
+    println!(
+        "| resident memory after start | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+        rss[rss.len() / 2] as f64 / 1024.0,
+        rss[0] as f64 / 1024.0,
+        *rss.last().unwrap() as f64 / 1024.0
+    );
+    println!(
+        "| first read of one chat (loads it) | {:.1} ms | {:.1} ms | {:.1} ms |",
+        median(&first_read).as_secs_f64() * 1e3,
+        first_read[0].as_secs_f64() * 1e3,
+        first_read.last().unwrap().as_secs_f64() * 1e3
+    );
+    println!(
+        "\nstore on disk: {:.1} MiB; resident memory after reading 10 chats (last run): {:.1} MiB",
+        store_bytes as f64 / (1024.0 * 1024.0),
+        rss_after_reads as f64 / 1024.0
+    );
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
