@@ -30,7 +30,7 @@ pub struct DaemonArgs {
 }
 
 /// The config file. Unknown keys are an error, so that a typo does not pass silently.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// This device's display name.
@@ -49,16 +49,6 @@ pub struct StoreConfig {
     pub memory_budget_mb: u64,
     /// Chats unused for this many seconds are unloaded from memory.
     pub idle_unload_secs: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            name: None,
-            log: None,
-            store: StoreConfig::default(),
-        }
-    }
 }
 
 impl Default for StoreConfig {

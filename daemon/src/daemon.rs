@@ -99,12 +99,28 @@ pub async fn serve(
     );
     let served = api::serve(listener, state).await;
     tracing::info!("shutting down");
-    let flushed = engine.flush().await;
     let _ = std::fs::remove_file(&paths.socket);
+    let closed = close_engine(engine).await;
     served?;
-    flushed.context("final flush failed")?;
+    closed?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Closes the engine once the API has let go of it, so that the store is closed (and its lock
+/// released) when `serve` returns.
+async fn close_engine(mut engine: Arc<Engine>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Arc::try_unwrap(engine) {
+            Ok(engine) => return engine.close().await.context("closing the store failed"),
+            Err(shared) if Instant::now() < deadline => {
+                engine = shared;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Err(_) => anyhow::bail!("the engine is still in use 10 s after shutdown"),
+        }
+    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -5,9 +5,12 @@
 //! idle for a while is unloaded too. Unloading loses nothing: every change is in the store
 //! before it is acknowledged.
 //!
-//! A chat is only unloaded when nobody holds it (the cache's `Arc` is the only one). Handles
-//! are cloned under the cache lock, so that check cannot race with a new user; this matters
-//! because two live copies of one chat would hand out the same chunk sequence numbers.
+//! There is never more than one live copy of a chat: two copies would hand out the same chunk
+//! sequence numbers and Automerge sequence numbers, and the second write would destroy the
+//! first. So a chat's entry is a slot that exactly one load fills (concurrent users wait for
+//! it), and an entry is only removed when nobody but the cache holds it or waits on it. Both
+//! are checked under the cache lock, where users also take their references, so no new user
+//! can slip in between.
 
 use std::{
     collections::HashMap,
@@ -16,6 +19,8 @@ use std::{
 };
 
 use chatsync_model::{ChatDoc, ChatId};
+
+use super::EngineError;
 
 /// A loaded chat and its bookkeeping for the store.
 #[derive(Debug)]
@@ -47,10 +52,32 @@ impl LoadedChat {
 
 pub type ChatHandle = Arc<tokio::sync::Mutex<LoadedChat>>;
 
+/// A chat's place in the cache: filled by exactly one load.
+type Slot = Arc<tokio::sync::OnceCell<ChatHandle>>;
+
 struct Entry {
-    chat: ChatHandle,
+    slot: Slot,
     estimated_bytes: u64,
     last_used: Instant,
+}
+
+impl Entry {
+    fn new(slot: Slot) -> Self {
+        Entry {
+            slot,
+            estimated_bytes: 0,
+            last_used: Instant::now(),
+        }
+    }
+
+    /// Nobody but the cache holds this chat (or its pending load): unloading it is safe.
+    fn unused(&self) -> bool {
+        Arc::strong_count(&self.slot) == 1
+            && self
+                .slot
+                .get()
+                .is_none_or(|handle| Arc::strong_count(handle) == 1)
+    }
 }
 
 #[derive(Default)]
@@ -77,36 +104,51 @@ impl ChatCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn get(&self, id: &ChatId) -> Option<ChatHandle> {
-        let mut inner = self.lock();
-        let entry = inner.entries.get_mut(id)?;
-        entry.last_used = Instant::now();
-        Some(entry.chat.clone())
+    /// The chat, loaded with `load` if it is not in memory. Concurrent callers share one load,
+    /// and no chat is loaded while a copy of it is still in use, so there is only ever one live
+    /// copy of a chat.
+    pub async fn get_or_load<F, Fut>(&self, id: &ChatId, load: F) -> Result<ChatHandle, EngineError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<LoadedChat, EngineError>>,
+    {
+        let slot = {
+            let mut inner = self.lock();
+            let entry = inner
+                .entries
+                .entry(id.clone())
+                .or_insert_with(|| Entry::new(Slot::default()));
+            entry.last_used = Instant::now();
+            entry.slot.clone()
+        };
+        let mut loaded_here = None;
+        let handle = slot
+            .get_or_try_init(|| async {
+                let chat = load().await?;
+                loaded_here = Some(chat.estimated_bytes());
+                Ok::<_, EngineError>(Arc::new(tokio::sync::Mutex::new(chat)))
+            })
+            .await?
+            .clone();
+        drop(slot);
+        if let Some(estimated_bytes) = loaded_here {
+            self.update_estimate(id, estimated_bytes);
+        }
+        Ok(handle)
     }
 
-    /// Adds a freshly loaded chat, unless another task loaded it first (then theirs is
-    /// returned and `chat` is dropped unused). Unloads others if over budget.
-    pub fn insert(&self, id: ChatId, chat: LoadedChat) -> ChatHandle {
-        let mut inner = self.lock();
-        if let Some(entry) = inner.entries.get_mut(&id) {
-            entry.last_used = Instant::now();
-            return entry.chat.clone();
-        }
+    /// Adds a chat that was just created (so no other copy of it can exist).
+    pub fn insert_new(&self, id: ChatId, chat: LoadedChat) -> ChatHandle {
         let estimated_bytes = chat.estimated_bytes();
         let handle = Arc::new(tokio::sync::Mutex::new(chat));
-        inner.entries.insert(
-            id.clone(),
-            Entry {
-                chat: handle.clone(),
-                estimated_bytes,
-                last_used: Instant::now(),
-            },
-        );
-        self.evict_over_budget(&mut inner, &id);
+        let slot = Slot::new(tokio::sync::OnceCell::new_with(Some(handle.clone())));
+        self.lock().entries.insert(id.clone(), Entry::new(slot));
+        self.update_estimate(&id, estimated_bytes);
         handle
     }
 
-    /// Records a chat's new size estimate after it changed.
+    /// Records a chat's new size estimate after it changed, and unloads others if the total
+    /// is over budget.
     pub fn update_estimate(&self, id: &ChatId, estimated_bytes: u64) {
         let mut inner = self.lock();
         if let Some(entry) = inner.entries.get_mut(id) {
@@ -115,18 +157,13 @@ impl ChatCache {
         self.evict_over_budget(&mut inner, id);
     }
 
-    /// Forgets a chat so that the next use reloads it from the store.
-    pub fn remove(&self, id: &ChatId) {
-        self.lock().entries.remove(id);
-    }
-
     /// Unloads chats unused for `idle`. Returns how many were unloaded.
     pub fn evict_idle(&self, idle: Duration) -> usize {
         let mut inner = self.lock();
         let before = inner.entries.len();
         inner
             .entries
-            .retain(|_, e| e.last_used.elapsed() < idle || Arc::strong_count(&e.chat) > 1);
+            .retain(|_, e| e.last_used.elapsed() < idle || !e.unused());
         before - inner.entries.len()
     }
 
@@ -144,7 +181,7 @@ impl ChatCache {
         let mut candidates: Vec<(Instant, ChatId, u64)> = inner
             .entries
             .iter()
-            .filter(|(id, e)| *id != keep && Arc::strong_count(&e.chat) == 1)
+            .filter(|(id, e)| *id != keep && e.unused())
             .map(|(id, e)| (e.last_used, id.clone(), e.estimated_bytes))
             .collect();
         candidates.sort();
@@ -177,42 +214,87 @@ mod tests {
         }
     }
 
-    #[test]
-    fn evicts_least_recently_used_but_never_a_chat_in_use() {
+    async fn load(cache: &ChatCache, id: &ChatId, bytes: u64) -> ChatHandle {
+        let name = id.to_string();
+        cache
+            .get_or_load(id, || async move { Ok(chat(&name, bytes)) })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn evicts_least_recently_used_but_never_a_chat_in_use() {
         let one_chat = chat("x", 1000).estimated_bytes();
         let cache = ChatCache::new(one_chat * 2);
         let a = ChatId::new("a").unwrap();
         let b = ChatId::new("b").unwrap();
         let c = ChatId::new("c").unwrap();
-        let held_a = cache.insert(a.clone(), chat("a", 1000));
-        drop(cache.insert(b.clone(), chat("b", 1000)));
-        drop(cache.insert(c.clone(), chat("c", 1000)));
-        // Over budget: `b` is the least recently used chat nobody holds.
-        assert!(cache.get(&a).is_some());
-        assert!(cache.get(&b).is_none());
-        assert!(cache.get(&c).is_some());
-        drop(held_a);
+        let held_a = load(&cache, &a, 1000).await;
+        drop(load(&cache, &b, 1000).await);
+        drop(load(&cache, &c, 1000).await);
+        // Over budget: `b` is the least recently used chat nobody holds; `a` is held.
+        let (count, _) = cache.stats();
+        assert_eq!(count, 2);
+        let reloaded_b = cache
+            .get_or_load(&b, || async { Ok(chat("b", 1000)) })
+            .await
+            .unwrap();
+        assert_eq!(reloaded_b.lock().await.base_bytes, 1000);
+        assert!(Arc::ptr_eq(&held_a, &load(&cache, &a, 1).await));
     }
 
-    #[test]
-    fn idle_chats_are_unloaded_unless_held() {
+    #[tokio::test]
+    async fn idle_chats_are_unloaded_unless_held() {
         let cache = ChatCache::new(u64::MAX);
         let a = ChatId::new("a").unwrap();
         let b = ChatId::new("b").unwrap();
-        let held = cache.insert(a.clone(), chat("a", 1));
-        drop(cache.insert(b.clone(), chat("b", 1)));
+        let held = load(&cache, &a, 1).await;
+        drop(load(&cache, &b, 1).await);
         assert_eq!(cache.evict_idle(Duration::ZERO), 1);
-        assert!(cache.get(&a).is_some());
-        assert!(cache.get(&b).is_none());
-        drop(held);
+        assert_eq!(cache.stats().0, 1);
+        assert!(Arc::ptr_eq(&held, &load(&cache, &a, 2).await));
     }
 
-    #[test]
-    fn a_second_insert_returns_the_first_copy() {
+    #[tokio::test]
+    async fn concurrent_users_share_one_load() {
+        let cache = Arc::new(ChatCache::new(0));
+        let a = ChatId::new("a").unwrap();
+        let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (cache, a, loads) = (cache.clone(), a.clone(), loads.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_load(&a, || async {
+                        loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Ok(chat("a", 1))
+                    })
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut handles = Vec::new();
+        for t in tasks {
+            handles.push(t.await.unwrap());
+        }
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(handles.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])));
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_is_retried() {
         let cache = ChatCache::new(u64::MAX);
         let a = ChatId::new("a").unwrap();
-        let first = cache.insert(a.clone(), chat("a", 1));
-        let second = cache.insert(a.clone(), chat("a", 1));
-        assert!(Arc::ptr_eq(&first, &second));
+        let failed = cache
+            .get_or_load(&a, || async { Err(EngineError::Storage("disk".into())) })
+            .await;
+        assert!(failed.is_err());
+        assert!(
+            cache
+                .get_or_load(&a, || async { Ok(chat("a", 1)) })
+                .await
+                .is_ok()
+        );
     }
 }

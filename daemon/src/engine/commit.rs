@@ -33,10 +33,10 @@ struct Pending {
 }
 
 /// Handle for submitting writes to the committer task.
-#[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Pending>,
     failed: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// Resolves when a submitted write is durable.
@@ -51,12 +51,20 @@ impl Receipt {
 }
 
 impl Committer {
-    /// Starts the committer task. It ends when every handle is dropped, after a last flush.
+    /// Starts the committer task.
     pub fn start(store: Store, events: broadcast::Sender<Event>) -> Committer {
         let (tx, rx) = mpsc::channel(QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run(store, rx, events, failed.clone()));
-        Committer { tx, failed }
+        let task = tokio::spawn(run(store, rx, events, failed.clone()));
+        Committer { tx, failed, task }
+    }
+
+    /// Stops the task after it has flushed and answered everything already submitted.
+    pub async fn close(self) {
+        drop(self.tx);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the committer task failed");
+        }
     }
 
     /// Refuses writes once a flush has failed.
@@ -67,6 +75,13 @@ impl Committer {
             ))
         } else {
             Ok(())
+        }
+    }
+
+    /// Marks the store failed after a write error outside the committer.
+    pub fn fail(&self, why: &str) {
+        if !self.failed.swap(true, Ordering::AcqRel) {
+            tracing::error!(error = %why, "store write failed; refusing further writes");
         }
     }
 

@@ -25,6 +25,7 @@ use std::{
 
 use chatsync_model::{ChatDoc, ChatId, Device, Message, MessageId};
 use tokio::sync::broadcast;
+use tokio_util::task::TaskTracker;
 
 pub use error::EngineError;
 pub use events::{Event, MessageEventKind};
@@ -52,6 +53,8 @@ pub struct Engine {
     cache: ChatCache,
     committer: Committer,
     events: broadcast::Sender<Event>,
+    /// Background compactions, waited for at shutdown.
+    background: TaskTracker,
 }
 
 /// A chat as listed: its id and record.
@@ -87,6 +90,7 @@ impl Engine {
             records: RwLock::new(records),
             cache: ChatCache::new(config.memory_budget_bytes),
             events,
+            background: TaskTracker::new(),
         });
         tokio::spawn(unload_idle_chats(
             Arc::downgrade(&engine),
@@ -114,9 +118,13 @@ impl Engine {
         }
     }
 
-    /// Makes everything written so far durable (used at shutdown).
-    pub async fn flush(&self) -> Result<(), EngineError> {
-        let store = self.store.clone();
+    /// Shuts the engine down: waits for background work and pending writes, flushes the
+    /// store, and closes it (releasing its lock) before returning.
+    pub async fn close(self) -> Result<(), EngineError> {
+        self.background.close();
+        self.background.wait().await;
+        self.committer.close().await;
+        let store = self.store;
         tokio::task::spawn_blocking(move || store.flush())
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))??;
@@ -168,7 +176,7 @@ impl Engine {
         self.store.create_chat(&id, &record, &bytes)?;
         let base_bytes = bytes.len() as u64;
         self.write_records().insert(id.clone(), record.clone());
-        self.cache.insert(
+        self.cache.insert_new(
             id.clone(),
             LoadedChat {
                 doc,
@@ -351,10 +359,9 @@ impl Engine {
                 return Ok(value);
             }
             if let Err(e) = self.store.append_chunk(chat, loaded.next_seq, &chunk) {
-                // The document now holds a change the store does not: drop it from memory so
-                // the next use reloads what is really stored.
-                drop(loaded);
-                self.cache.remove(chat);
+                // The document now holds a change the store does not, and later changes would
+                // depend on it: refuse every write until a restart reloads what is stored.
+                self.committer.fail(&e.to_string());
                 return Err(e.into());
             }
             loaded.next_seq += 1;
@@ -370,7 +377,8 @@ impl Engine {
             self.cache.update_estimate(chat, loaded.estimated_bytes());
             if loaded.wants_compaction() {
                 loaded.compacting = true;
-                tokio::spawn(compact(self.store.clone(), chat.clone(), handle.clone()));
+                self.background
+                    .spawn(compact(self.store.clone(), chat.clone(), handle.clone()));
             }
             (value, receipt)
         };
@@ -401,19 +409,21 @@ impl Engine {
 
     /// The chat, loading it from the store if it is not in memory.
     async fn chat(&self, chat: &ChatId) -> Result<ChatHandle, EngineError> {
-        if let Some(handle) = self.cache.get(chat) {
-            return Ok(handle);
-        }
         if !self.read_records().contains_key(chat) {
             return Err(EngineError::NotFound(format!("no chat {chat}")));
         }
-        let store = self.store.clone();
-        let device = self.device.clone();
-        let id = chat.clone();
-        let loaded = tokio::task::spawn_blocking(move || load_chat(&store, &id, &device))
+        self.cache
+            .get_or_load(chat, || {
+                let store = self.store.clone();
+                let device = self.device.clone();
+                let id = chat.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || load_chat(&store, &id, &device))
+                        .await
+                        .map_err(|e| EngineError::Internal(format!("loading a chat failed: {e}")))?
+                }
+            })
             .await
-            .map_err(|e| EngineError::Internal(format!("loading chat {chat} failed: {e}")))??;
-        Ok(self.cache.insert(chat.clone(), loaded))
     }
 
     fn read_records(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ChatId, ChatRecord>> {
