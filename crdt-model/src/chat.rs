@@ -90,7 +90,7 @@ impl ChatDoc {
         doc.put(automerge::ROOT, s::CREATED_BY, device.id.as_str())?;
         doc.put_object(automerge::ROOT, s::MESSAGES, ObjType::Map)?;
         doc.put_object(automerge::ROOT, s::READ, ObjType::Map)?;
-        doc.commit_with(CommitOptions::default().with_time(now_ms));
+        doc.commit_with(CommitOptions::default().with_time(change_time(now_ms)));
         Self::from_doc(doc, device)
     }
 
@@ -170,8 +170,13 @@ impl ChatDoc {
         read_message(&self.doc, id, &obj)
     }
 
-    /// Ids of messages whose id starts with `prefix`, at most `limit` of them.
+    /// Ids of messages whose id starts with `prefix`, at most `limit` of them; just the one
+    /// when `prefix` is itself a message's id.
     pub fn find_messages(&self, prefix: &str, limit: usize) -> Vec<MessageId> {
+        if limit == 0 {
+            return Vec::new();
+        }
+        // An exact id wins over longer ids it is a prefix of.
         if let Ok(id) = MessageId::new(prefix)
             && self.keys.contains_key(&id)
         {
@@ -245,7 +250,13 @@ impl ChatDoc {
         {
             return Err(ModelError::MessageNotFound(parent.clone()));
         }
-        let clock = Clock::tick(self.max_clock, now_ms);
+        let clock = Clock::tick(self.max_clock, now_ms).ok_or_else(|| {
+            ModelError::Invalid(
+                "this chat's clock has run out: a device stamped a message with a clock \
+                 thousands of years ahead"
+                    .into(),
+            )
+        })?;
         let messages = self.messages.clone();
         self.write(now_ms, None, |doc| {
             let obj = doc.put_object(&messages, id.as_str(), ObjType::Map)?;
@@ -443,6 +454,7 @@ impl ChatDoc {
         }
         let before = self.doc.get_heads();
         self.doc.merge(&mut other.doc)?;
+        self.check_schema_after(&before)?;
         Ok(self.refresh_index_since(&before))
     }
 
@@ -454,7 +466,26 @@ impl ChatDoc {
     ) -> Result<Vec<MessageId>, ModelError> {
         let before = self.doc.get_heads();
         self.doc.apply_changes_batch(changes)?;
+        self.check_schema_after(&before)?;
         Ok(self.refresh_index_since(&before))
+    }
+
+    /// Refuses what was just merged if it changed the document's identity or layout (a newer
+    /// schema, another chat id, missing containers): the document goes back to `before`.
+    fn check_schema_after(&mut self, before: &[ChangeHash]) -> Result<(), ModelError> {
+        let intact = matches!(get_int(&self.doc, &automerge::ROOT, s::SCHEMA), Some(v) if (1..=s::SCHEMA_VERSION).contains(&v))
+            && get_str(&self.doc, &automerge::ROOT, s::ID).as_deref() == Some(self.id.as_str())
+            && get_map(&self.doc, &automerge::ROOT, s::MESSAGES).as_ref() == Some(&self.messages)
+            && get_map(&self.doc, &automerge::ROOT, s::READ).as_ref() == Some(&self.read);
+        if intact {
+            return Ok(());
+        }
+        let actor = self.doc.get_actor().clone();
+        self.doc = self.doc.fork_at(before)?.with_actor(actor);
+        Err(ModelError::Corrupt(
+            "the changes would alter the chat's identity or layout (schema, id or containers)"
+                .into(),
+        ))
     }
 
     /// Current heads of the document.
@@ -481,7 +512,8 @@ impl ChatDoc {
         std::mem::take(&mut self.unsaved_local)
     }
 
-    /// The underlying Automerge document, for sync.
+    /// The underlying Automerge document, for reading changes out of it (`get_changes`).
+    /// Changes written through it bypass the model's rules and its index (until a reload).
     pub fn automerge_mut(&mut self) -> &mut AutoCommit {
         &mut self.doc
     }
@@ -497,7 +529,7 @@ impl ChatDoc {
         match ops(&mut self.doc) {
             Ok(()) => {
                 self.doc
-                    .commit_with(CommitOptions::default().with_time(now_ms));
+                    .commit_with(CommitOptions::default().with_time(change_time(now_ms)));
                 if let Some(change) = self.doc.get_last_local_change() {
                     self.unsaved_local.extend_from_slice(change.raw_bytes());
                 }
@@ -689,6 +721,12 @@ fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message
         deleted,
         reactions,
     })
+}
+
+/// The time recorded in an Automerge change. Automerge delta-encodes change times and overflows
+/// when two differ by more than `i64::MAX`, so wild clocks are clamped to the clock's range.
+fn change_time(now_ms: i64) -> i64 {
+    now_ms.clamp(0, crate::clock::MAX_WALL_MS as i64)
 }
 
 fn check_text(what: &str, text: &str, max: usize, allow_empty: bool) -> Result<(), ModelError> {

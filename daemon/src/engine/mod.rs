@@ -358,16 +358,21 @@ impl Engine {
                 // Nothing changed (an edit to the same text, say): nothing to persist.
                 return Ok(value);
             }
-            if let Err(e) = self.store.append_chunk(chat, loaded.next_seq, &chunk) {
+            let (record, renamed) = self.updated_record(chat, &loaded.doc, now)?;
+            if let Err(e) = self
+                .store
+                .append_chunk(chat, loaded.next_seq, &chunk, &record)
+            {
                 // The document now holds a change the store does not, and later changes would
                 // depend on it: refuse every write until a restart reloads what is stored.
                 self.committer.fail(&e.to_string());
                 return Err(e.into());
             }
+            self.write_records().insert(chat.clone(), record.clone());
             loaded.next_seq += 1;
             loaded.chunks += 1;
             loaded.chunk_bytes += chunk.len() as u64;
-            if let Some(record) = self.refresh_record(chat, &loaded.doc, now)? {
+            if renamed {
                 events.push(Event::ChatUpdated {
                     chat: chat.clone(),
                     record,
@@ -386,25 +391,25 @@ impl Engine {
         Ok(value)
     }
 
-    /// Updates the stored record after a change. Returns it when its title changed (worth an
-    /// event); counters change with every post and are not announced separately.
-    fn refresh_record(
+    /// The chat's record as it is after a change, and whether its title changed (worth an
+    /// event; counters change with every post and are not announced separately).
+    fn updated_record(
         &self,
         chat: &ChatId,
         doc: &ChatDoc,
         now: i64,
-    ) -> Result<Option<ChatRecord>, EngineError> {
-        let mut records = self.write_records();
-        let Some(record) = records.get_mut(chat) else {
-            return Err(EngineError::NotFound(format!("no chat {chat}")));
-        };
+    ) -> Result<(ChatRecord, bool), EngineError> {
+        let mut record = self
+            .read_records()
+            .get(chat)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(format!("no chat {chat}")))?;
         let title = doc.title();
         let renamed = record.title != title;
         record.title = title;
         record.messages = doc.len() as u64;
         record.last_activity = now;
-        self.store.put_chat_record(chat, record)?;
-        Ok(renamed.then(|| record.clone()))
+        Ok((record, renamed))
     }
 
     /// The chat, loading it from the store if it is not in memory.

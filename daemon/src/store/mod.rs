@@ -188,10 +188,31 @@ impl Store {
         Ok(found.then_some(stored))
     }
 
-    /// Appends one incremental chunk.
-    pub fn append_chunk(&self, id: &ChatId, seq: u64, chunk: &[u8]) -> Result<(), StoreError> {
-        self.docs.insert(keys::chunk(id, seq), framed(chunk))?;
-        Ok(())
+    /// Appends one incremental chunk and the chat's updated record, atomically: after a crash
+    /// the record never disagrees with the chunks.
+    pub fn append_chunk(
+        &self,
+        id: &ChatId,
+        seq: u64,
+        chunk: &[u8],
+        record: &ChatRecord,
+    ) -> Result<(), StoreError> {
+        use sled::Transactional;
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+        let key = keys::chunk(id, seq);
+        let value = framed(chunk);
+        let record = encode(record)?;
+        (&self.docs, &self.chats)
+            .transaction(|(docs, chats)| {
+                docs.insert(key.as_slice(), value.as_slice())?;
+                chats.insert(id.as_str(), record.as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => StoreError::Sled(e),
+                TransactionError::Abort(()) => StoreError::Corrupt("transaction aborted".into()),
+            })
     }
 
     /// Replaces a chat's base with `doc` and removes the chunks up to `through_seq`, in one

@@ -17,7 +17,9 @@ fn chunks_load_in_order_after_the_base() {
     let id = ChatId::new("c1").unwrap();
     store.create_chat(&id, &record("t"), b"base").unwrap();
     for seq in 0..300u64 {
-        store.append_chunk(&id, seq, &[seq as u8]).unwrap();
+        store
+            .append_chunk(&id, seq, &[seq as u8], &record("t"))
+            .unwrap();
     }
     let loaded = store.load_chat(&id).unwrap().unwrap();
     assert_eq!(&loaded.bytes[..4], b"base");
@@ -40,7 +42,7 @@ fn compaction_replaces_base_and_drops_only_covered_chunks() {
     let id = ChatId::new("c1").unwrap();
     store.create_chat(&id, &record("t"), b"b0").unwrap();
     for seq in 0..5u64 {
-        store.append_chunk(&id, seq, b"x").unwrap();
+        store.append_chunk(&id, seq, b"x", &record("t")).unwrap();
     }
     store.compact(&id, b"b1", 2).unwrap();
     let loaded = store.load_chat(&id).unwrap().unwrap();

@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `chatsync` and `chatsyncd` binaries, each test with its own
+//! temporary home (see `support`).
+
+#![allow(clippy::unwrap_used)]
+
+mod bad_requests;
+mod cli_flow;
+mod crash;
+mod follow;
+mod paging;
+mod support;

@@ -1,0 +1,520 @@
+//! The harness: one [`Device`] is one chatsync home (a temporary directory under /tmp) with at
+//! most one daemon running for it. Devices never share homes, so tests may run in parallel.
+//!
+//! A daemon is started either the way a user does (`chatsync daemon start`, which detaches it)
+//! or directly as a child process (`chatsyncd --home ...`, for tests that SIGKILL it). Either
+//! way, dropping the device kills whatever daemon still serves its home.
+
+use std::{
+    collections::hash_map::RandomState,
+    fs::File,
+    hash::{BuildHasher, Hasher},
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{self, Signal},
+    unistd::Pid,
+};
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const CHATSYNC: &str = env!("CARGO_BIN_EXE_chatsync");
+pub const CHATSYNCD: &str = env!("CARGO_BIN_EXE_chatsyncd");
+
+/// How long to wait for a daemon to answer after starting it.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Environment variables that would point the binaries somewhere other than the test's home.
+const SCRUBBED_ENV: [&str; 5] = [
+    "CHATSYNC_HOME",
+    "CHATSYNC_SOCKET",
+    "CHATSYNC_CONFIG",
+    "CHATSYNC_LOG",
+    "CHATSYNCD_BIN",
+];
+
+/// What one `chatsync` run did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from_output(args: &[&str], out: Output) -> Run {
+        let code = out.status.code().unwrap_or_else(|| {
+            panic!("chatsync {args:?} was killed by a signal: {:?}", out.status)
+        });
+        Run {
+            code,
+            stdout: String::from_utf8(out.stdout).expect("stdout is not UTF-8"),
+            stderr: String::from_utf8(out.stderr).expect("stderr is not UTF-8"),
+        }
+    }
+
+    /// Each stdout line parsed as JSON (for `--json` output).
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+            .collect()
+    }
+}
+
+/// One chatsync home, and the daemon serving it (if any).
+pub struct Device {
+    home: TempDir,
+    /// A chatsyncd started directly.
+    child: Option<Child>,
+    /// How many daemons were started directly (names their log files).
+    spawned: usize,
+    /// Pids of daemons started with `chatsync daemon start`.
+    started: std::sync::Mutex<Vec<u32>>,
+}
+
+impl Device {
+    pub fn new() -> Device {
+        // Short, so that home/run/api.sock stays well under the 107 bytes a socket path may have.
+        let home = tempfile::Builder::new()
+            .prefix("cse2e-")
+            .tempdir_in("/tmp")
+            .expect("cannot create a temporary home");
+        Device {
+            home,
+            child: None,
+            spawned: 0,
+            started: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.home().join("run").join("api.sock")
+    }
+
+    /// A `chatsync --home HOME ARGS...` command, not yet run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(CHATSYNC);
+        for var in SCRUBBED_ENV {
+            cmd.env_remove(var);
+        }
+        cmd.arg("--home").arg(self.home()).args(args);
+        cmd
+    }
+
+    /// Runs `chatsync ARGS...` and captures what it did.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = self
+            .command(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run chatsync");
+        Run::from_output(args, out)
+    }
+
+    /// Runs `chatsync ARGS...` with `input` on its standard input.
+    pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run chatsync");
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        stdin.write_all(input).expect("cannot write to stdin");
+        drop(stdin);
+        let out = child.wait_with_output().expect("cannot wait for chatsync");
+        Run::from_output(args, out)
+    }
+
+    /// Runs `chatsync ARGS...`, which must succeed; returns its standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let run = self.run(args);
+        assert_eq!(
+            run.code, 0,
+            "chatsync {args:?} failed:\nstdout: {}\nstderr: {}",
+            run.stdout, run.stderr
+        );
+        run.stdout
+    }
+
+    /// Runs `chatsync --json ARGS...`, which must succeed; returns every line as JSON.
+    pub fn ok_json(&self, args: &[&str]) -> Vec<Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let run = self.run(&all);
+        assert_eq!(
+            run.code, 0,
+            "chatsync {all:?} failed:\nstdout: {}\nstderr: {}",
+            run.stdout, run.stderr
+        );
+        run.json_lines()
+    }
+
+    /// Like [`Device::ok_json`], for commands that print exactly one object.
+    pub fn ok_json1(&self, args: &[&str]) -> Value {
+        let mut lines = self.ok_json(args);
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one JSON line from {args:?}: {lines:?}"
+        );
+        lines.remove(0)
+    }
+
+    /// `chatsync daemon start`, the way a user starts it. Returns the daemon's pid.
+    pub fn start(&self) -> i32 {
+        let started = self.ok_json1(&["daemon", "start"]);
+        assert_eq!(started["running"], true, "{started}");
+        let pid = started["pid"]
+            .as_i64()
+            .expect("daemon start --json has a pid");
+        i32::try_from(pid).expect("pid fits in i32")
+    }
+
+    /// `chatsync daemon stop`, which must succeed.
+    pub fn stop(&self) {
+        self.ok(&["daemon", "stop"]);
+    }
+
+    /// Starts chatsyncd directly as a child process and waits until it answers.
+    pub fn spawn_daemon(&mut self) -> u32 {
+        assert!(self.child.is_none(), "a daemon child is already running");
+        self.spawned += 1;
+        let log_path = self.home().join(format!("chatsyncd-{}.log", self.spawned));
+        let log = File::create(&log_path).expect("cannot create the daemon log");
+        let mut cmd = Command::new(CHATSYNCD);
+        for var in SCRUBBED_ENV {
+            cmd.env_remove(var);
+        }
+        let child = cmd
+            .arg("--home")
+            .arg(self.home())
+            .args(["--name", "e2e-device", "--log", "info"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cannot clone the log file"))
+            .stderr(log)
+            .spawn()
+            .expect("cannot run chatsyncd");
+        let pid = child.id();
+        self.child = Some(child);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if status_pid(&self.socket()).is_some() {
+                return pid;
+            }
+            if let Some(exit) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().expect("cannot poll chatsyncd"))
+            {
+                self.child = None;
+                panic!(
+                    "chatsyncd exited at start ({exit}):\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chatsyncd did not answer within {READY_TIMEOUT:?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILLs the daemon started by [`Device::spawn_daemon`] and reaps it.
+    pub fn kill_daemon(&mut self) {
+        let mut child = self.child.take().expect("no daemon child to kill");
+        sigkill(child.id());
+        let status = child.wait().expect("cannot reap chatsyncd");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(Signal::SIGKILL as i32),
+            "chatsyncd ended otherwise than by SIGKILL: {status:?}"
+        );
+    }
+
+    /// The daemon child started by [`Device::spawn_daemon`], if any.
+    pub fn child(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
+    /// An API client for this device's socket.
+    pub fn client(&self) -> chatsync::client::Client {
+        chatsync::client::Client::new(&self.socket()).expect("cannot build a client")
+    }
+
+    /// The text of every daemon log in this home (for failure messages).
+    pub fn daemon_logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.home()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".log") {
+                    out.push_str(&format!("== {name}\n"));
+                    out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        let started = self.home().join("data").join("chatsyncd.log");
+        out.push_str("== data/chatsyncd.log\n");
+        out.push_str(&std::fs::read_to_string(started).unwrap_or_default());
+        out
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            sigkill(child.id());
+            let _ = child.wait();
+        }
+        // A daemon started with `chatsync daemon start` is not our child: find it through its
+        // API and the pids `start` saw, and make sure the pid really is a chatsyncd serving this
+        // home before killing it.
+        let mut pids = std::mem::take(&mut *self.started.lock().unwrap_or_else(|p| p.into_inner()));
+        pids.extend(status_pid(&self.socket()));
+        let home = self.home().to_string_lossy().into_owned();
+        for pid in pids {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if alive(pid) && cmdline.contains("chatsyncd") && cmdline.contains(&home) {
+                sigkill(pid);
+                wait_gone(pid, Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+fn sigkill(pid: u32) {
+    let pid = Pid::from_raw(i32::try_from(pid).expect("pid fits in i32"));
+    let _ = signal::kill(pid, Signal::SIGKILL);
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    !stat
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+}
+
+/// Waits until a process (not necessarily our child) has gone; returns whether it did.
+pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Waits until nothing listens on `socket` any more (connecting is refused).
+pub fn wait_refused(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(socket).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{} still accepts connections",
+            socket.display()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The pid of the daemon answering on `socket`, if one does.
+pub fn status_pid(socket: &Path) -> Option<u32> {
+    let resp = http(socket, "GET", "/v1/status", None, b"").ok()?;
+    if resp.status != 200 {
+        return None;
+    }
+    resp.json()
+        .get("pid")?
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+}
+
+/// A response read off the raw socket.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body of the {} response is not JSON ({e}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The `error.code` of a JSON error body.
+    pub fn error_code(&self) -> String {
+        let body = self.json();
+        let code = body["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error body: {body}"));
+        assert!(
+            body["error"]["message"].is_string(),
+            "error without a message: {body}"
+        );
+        code.to_string()
+    }
+}
+
+/// Sends one HTTP/1.1 request over the Unix socket (with `Connection: close`) and reads the
+/// whole response. The body is written from another thread, so that a server that answers
+/// before reading all of it (a body over the limit) cannot deadlock the test.
+pub fn http(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: chatsyncd\r\nConnection: close\r\n\
+         Content-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(ct) = content_type {
+        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    let raw = raw_exchange(socket, request)?;
+    parse_response(&raw)
+        .ok_or_else(|| std::io::Error::other(format!("unparsable response: {raw:?}")))
+}
+
+/// Writes `bytes` to the socket (from another thread, ignoring write errors) and reads until
+/// the server closes the connection (at most 10 s).
+pub fn raw_exchange(socket: &Path, bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut writer = stream.try_clone()?;
+    let (done_tx, done_rx) = mpsc::channel();
+    let handle = thread::spawn(move || {
+        let _ = writer.write_all(&bytes);
+        let _ = writer.flush();
+        let _ = done_tx.send(());
+    });
+    let mut raw = Vec::new();
+    let read = stream.read_to_end(&mut raw);
+    // Unblock the writer if the server stopped reading.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = done_rx.recv_timeout(Duration::from_secs(10));
+    let _ = handle.join();
+    match read {
+        Ok(_) => Ok(raw),
+        // A reset after the answer arrived still leaves a usable answer.
+        Err(_) if !raw.is_empty() => Ok(raw),
+        Err(e) => Err(e),
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
+    let mut rest = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    if chunked {
+        rest = dechunk(&rest)?;
+    }
+    Some(HttpResponse {
+        status,
+        headers,
+        body: rest,
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..eol]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+/// A random number, different in every call (no rand dependency needed for test jitter).
+pub fn random_u64() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// Reads a child's standard output line by line on a thread, so that tests can wait for a line
+/// with a timeout.
+pub struct LineReader {
+    rx: mpsc::Receiver<String>,
+}
+
+impl LineReader {
+    pub fn new(stdout: impl Read + Send + 'static) -> LineReader {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        LineReader { rx }
+    }
+
+    /// The next line, or `None` on timeout or end of output.
+    pub fn next(&self, timeout: Duration) -> Option<String> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+}
