@@ -268,7 +268,6 @@ impl ChatDoc {
             if let Some(parent) = reply_to {
                 doc.put(&obj, s::REPLY_TO, parent.as_str())?;
             }
-            doc.put_object(&obj, s::REACTIONS, ObjType::Map)?;
             Ok(())
         })?;
         // The new message's order key is known: index it without reading it back.
@@ -324,18 +323,16 @@ impl ChatDoc {
             return Ok(msg);
         }
         let (_, obj) = self.own_live_message(device, id, "delete")?;
-        let reactions = get_map(&self.doc, &obj, s::REACTIONS);
-        let reacted: Vec<String> = reactions
-            .as_ref()
-            .map(|r| self.doc.keys(r).collect())
-            .unwrap_or_default();
+        let reacted: Vec<String> = self
+            .doc
+            .keys(&obj)
+            .filter(|k| k.starts_with(s::REACTION_PREFIX))
+            .collect();
         self.write(now_ms, Some(id), |doc| {
             doc.put(&obj, s::DELETED, true)?;
             doc.put(&obj, s::TEXT, "")?;
-            if let Some(reactions) = &reactions {
-                for d in &reacted {
-                    doc.delete(reactions, d.as_str())?;
-                }
+            for key in &reacted {
+                doc.delete(&obj, key.as_str())?;
             }
             Ok(())
         })?;
@@ -361,11 +358,10 @@ impl ChatDoc {
             return Ok(msg);
         }
         let obj = self.message_obj(id)?;
-        let reactions = get_map(&self.doc, &obj, s::REACTIONS)
-            .ok_or_else(|| ModelError::Corrupt(format!("message {id} has no reactions map")))?;
+        let key = s::reaction_key(device.id.as_str());
         self.write(now_ms, Some(id), |doc| match reaction {
-            Some(r) => doc.put(&reactions, device.id.as_str(), r),
-            None => doc.delete(&reactions, device.id.as_str()),
+            Some(r) => doc.put(&obj, key.as_str(), r),
+            None => doc.delete(&obj, key.as_str()),
         })?;
         self.require_message(id)
     }
@@ -668,8 +664,8 @@ fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message
     use automerge::{ScalarValueRef as V, ValueRef};
     // One pass over the message's fields: far cheaper than one lookup per field.
     let (mut author, mut author_name, mut text, mut reply_to) = (None, None, None, None);
-    let (mut ts, mut clock, mut edited_at, mut deleted, mut reactions_obj) =
-        (0, None, None, false, None);
+    let (mut ts, mut clock, mut edited_at, mut deleted) = (0, None, None, false);
+    let mut reactions = BTreeMap::new();
     for item in doc.map_range(obj, ..) {
         match (item.key.as_ref(), &item.value) {
             (s::AUTHOR, ValueRef::Scalar(V::Str(v))) => author = DeviceId::new(v.as_ref()).ok(),
@@ -682,7 +678,13 @@ fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message
             (s::CLOCK, ValueRef::Scalar(V::Int(v))) => clock = Clock::from_stored(*v),
             (s::EDITED_AT, ValueRef::Scalar(V::Int(v))) => edited_at = Some(*v),
             (s::DELETED, ValueRef::Scalar(V::Boolean(v))) => deleted = *v,
-            (s::REACTIONS, ValueRef::Object(ObjType::Map)) => reactions_obj = Some(item.id()),
+            (key, ValueRef::Scalar(V::Str(v))) if key.starts_with(s::REACTION_PREFIX) => {
+                if let Ok(device) = DeviceId::new(&key[s::REACTION_PREFIX.len()..])
+                    && check_reaction(v).is_ok()
+                {
+                    reactions.insert(device, v.to_string());
+                }
+            }
             _ => {}
         }
     }
@@ -694,21 +696,9 @@ fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message
     truncate_utf8(&mut text, MAX_TEXT_BYTES);
     let mut author_name = author_name.unwrap_or_default();
     truncate_utf8(&mut author_name, MAX_DEVICE_NAME_BYTES);
-    let reactions = match reactions_obj {
-        Some(r) if !deleted => doc
-            .map_range(&r, ..)
-            .filter_map(|item| {
-                let device = DeviceId::new(item.key.as_ref()).ok()?;
-                match item.value {
-                    ValueRef::Scalar(V::Str(v)) if check_reaction(&v).is_ok() => {
-                        Some((device, v.to_string()))
-                    }
-                    _ => None,
-                }
-            })
-            .collect(),
-        _ => BTreeMap::new(),
-    };
+    if deleted {
+        reactions.clear();
+    }
     Some(Message {
         id: id.clone(),
         author: author?,

@@ -19,9 +19,10 @@
 //!   author device id and then message id. Every replica with the same changes computes the same
 //!   order, and a message always sorts after every message its author had seen when writing it
 //!   (so a reply never sorts before what it answers), however wrong the device clocks are.
-//! - Containers that several devices write into (`messages`, `read`, a message's `reactions`)
-//!   are created exactly once: in the genesis change, or together with the message. Two devices
-//!   creating "the same" container concurrently would otherwise hide each other's entries.
+//! - Containers that several devices write into (`messages`, `read`) are created exactly once,
+//!   in the genesis change, and reactions are flat keys of the message (`reaction:<device>`), not
+//!   a nested map: two devices creating "the same" container concurrently would otherwise hide
+//!   each other's entries.
 
 pub mod chat;
 pub mod clock;

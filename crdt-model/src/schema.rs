@@ -8,8 +8,8 @@
 //!   messages: map { message id -> map {
 //!       author: str (device id), author_name: str, ts: int (ms, author's wall clock),
 //!       clock: int (hybrid logical clock, see crate::clock), text: str,
-//!       reply_to: str (optional), edited_at: int (ms, optional), deleted: bool,
-//!       reactions: map { device id -> str } } }
+//!       reply_to: str (optional), edited_at: int (ms, optional), deleted: bool (optional),
+//!       "reaction:<device id>": str (one key per reacting device) } }
 //!   read: map { device id -> message id }
 //! ```
 
@@ -32,4 +32,12 @@ pub const TEXT: &str = "text";
 pub const REPLY_TO: &str = "reply_to";
 pub const EDITED_AT: &str = "edited_at";
 pub const DELETED: &str = "deleted";
-pub const REACTIONS: &str = "reactions";
+/// Prefix of a message's reaction keys, one per device. Flat keys in the message rather than a
+/// nested map: each device writes only its own key, and no container has to be created that two
+/// devices could create concurrently (which would hide one device's entries).
+pub const REACTION_PREFIX: &str = "reaction:";
+
+/// The key of `device`'s reaction in a message.
+pub fn reaction_key(device: &str) -> String {
+    format!("{REACTION_PREFIX}{device}")
+}

@@ -14,7 +14,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -26,6 +26,10 @@ use crate::store::Store;
 const QUEUE: usize = 8192;
 /// Submissions acknowledged by one flush, at most.
 const MAX_BATCH: usize = 8192;
+/// Longest a flush waits for writes that have begun but not yet submitted.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
+/// How often it looks for them meanwhile.
+const POLL: std::time::Duration = std::time::Duration::from_micros(20);
 
 struct Pending {
     events: Vec<Event>,
@@ -36,7 +40,9 @@ struct Pending {
 pub struct Committer {
     tx: mpsc::Sender<Pending>,
     failed: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
+    /// Writes begun and not yet answered (see [`Committer::begin`]).
+    writers: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 /// Resolves when a submitted write is durable.
@@ -52,18 +58,29 @@ impl Receipt {
 
 impl Committer {
     /// Starts the committer task.
-    pub fn start(store: Store, events: broadcast::Sender<Event>) -> Committer {
+    pub fn start(store: Store, events: broadcast::Sender<Event>) -> std::io::Result<Committer> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(run(store, rx, events, failed.clone()));
-        Committer { tx, failed, task }
+        let writers = Arc::new(AtomicUsize::new(0));
+        let (thread_failed, thread_writers) = (failed.clone(), writers.clone());
+        let thread = std::thread::Builder::new()
+            .name("chatsyncd-commit".into())
+            .spawn(move || run(store, rx, events, thread_failed, thread_writers))?;
+        Ok(Committer {
+            tx,
+            failed,
+            writers,
+            thread,
+        })
     }
 
     /// Stops the task after it has flushed and answered everything already submitted.
     pub async fn close(self) {
         drop(self.tx);
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "the committer task failed");
+        let thread = self.thread;
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(())) => {}
+            _ => tracing::error!("the committer thread failed"),
         }
     }
 
@@ -89,43 +106,95 @@ impl Committer {
         !self.failed.load(Ordering::Acquire)
     }
 
-    /// Queues events of a write that is already in the store; they are published, and the
-    /// receipt resolves, once a flush has made the write durable.
-    pub async fn submit(&self, events: Vec<Event>) -> Result<Receipt, EngineError> {
+    /// Announces a write about to happen. The committer waits briefly for announced writes
+    /// before flushing, so that writes arriving together share one flush.
+    pub fn begin(&self) -> Write<'_> {
+        self.writers.fetch_add(1, Ordering::AcqRel);
+        Write {
+            committer: self,
+            submitted: false,
+        }
+    }
+}
+
+/// A write in progress; see [`Committer::begin`]. Dropping it unsubmitted withdraws it.
+pub struct Write<'a> {
+    committer: &'a Committer,
+    submitted: bool,
+}
+
+impl Write<'_> {
+    /// Queues the events of a write that is already in the store; they are published, and
+    /// the receipt resolves, once a flush has made the write durable.
+    pub async fn submit(mut self, events: Vec<Event>) -> Result<Receipt, EngineError> {
         let (done, rx) = oneshot::channel();
-        self.tx
+        self.committer
+            .tx
             .send(Pending { events, done })
             .await
             .map_err(|_| EngineError::Storage("the daemon is shutting down".into()))?;
+        // From here on the committer counts this write as answered when it answers it.
+        self.submitted = true;
         Ok(Receipt(rx))
     }
 }
 
-async fn run(
+impl Drop for Write<'_> {
+    fn drop(&mut self) {
+        if !self.submitted {
+            self.committer.writers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The committer loop. It runs on its own thread, not the async runtime: a flush blocks, and
+/// handing each one to a blocking-pool thread cost more in thread wake-ups than the flush.
+fn run(
     store: Store,
     mut rx: mpsc::Receiver<Pending>,
     events: broadcast::Sender<Event>,
     failed: Arc<AtomicBool>,
+    writers: Arc<AtomicUsize>,
 ) {
     let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        // Writes already under way will submit within moments: wait for them (briefly) so
+        // they share this flush instead of each paying for one.
+        let deadline = std::time::Instant::now() + MAX_WAIT;
+        loop {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            if batch.len() >= writers.load(Ordering::Acquire).min(MAX_BATCH)
+                || std::time::Instant::now() >= deadline
+            {
+                break;
+            }
+            std::thread::sleep(POLL);
+        }
+        let started = std::time::Instant::now();
         let result = if failed.load(Ordering::Acquire) {
             Err(EngineError::Storage(
                 "the store failed to write earlier".into(),
             ))
         } else {
-            let store = store.clone();
-            match tokio::task::spawn_blocking(move || store.flush()).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(EngineError::from(e)),
-                Err(e) => Err(EngineError::Storage(format!("flush task failed: {e}"))),
-            }
+            store.flush().map_err(EngineError::from)
         };
+        tracing::trace!(
+            batch = batch.len(),
+            flush_us = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
         if let Err(e) = &result
             && !failed.swap(true, Ordering::AcqRel)
         {
             tracing::error!(error = %e, "store flush failed; refusing further writes");
         }
+        writers.fetch_sub(batch.len(), Ordering::AcqRel);
         for pending in batch.drain(..) {
             match &result {
                 Ok(()) => {

@@ -6,7 +6,7 @@ use chatsync_model::{ChatId, DeviceId, Message, MessageId};
 use crate::store::ChatRecord;
 
 /// How many events a slow subscriber may fall behind before it is told it lagged.
-pub const EVENT_BUFFER: usize = 4096;
+pub const EVENT_BUFFER: usize = 1024;
 
 #[derive(Clone, Debug)]
 pub enum Event {

@@ -84,7 +84,8 @@ impl Engine {
         let records: BTreeMap<_, _> = store.chat_records()?.into_iter().collect();
         let (events, _) = broadcast::channel(events::EVENT_BUFFER);
         let engine = Arc::new(Engine {
-            committer: Committer::start(store.clone(), events.clone()),
+            committer: Committer::start(store.clone(), events.clone())
+                .map_err(|e| EngineError::Internal(format!("cannot start the committer: {e}")))?,
             store,
             device,
             records: RwLock::new(records),
@@ -173,6 +174,7 @@ impl Engine {
             messages: 0,
             last_activity: now,
         };
+        let write = self.committer.begin();
         self.store.create_chat(&id, &record, &bytes)?;
         let base_bytes = bytes.len() as u64;
         self.write_records().insert(id.clone(), record.clone());
@@ -187,8 +189,7 @@ impl Engine {
                 compacting: false,
             },
         );
-        let receipt = self
-            .committer
+        let receipt = write
             .submit(vec![Event::ChatCreated {
                 chat: id.clone(),
                 record: record.clone(),
@@ -349,6 +350,7 @@ impl Engine {
     ) -> Result<T, EngineError> {
         self.committer.check_healthy()?;
         let handle = self.chat(chat).await?;
+        let write = self.committer.begin();
         let (value, receipt) = {
             let mut loaded = handle.lock().await;
             let now = now_ms();
@@ -378,7 +380,7 @@ impl Engine {
                     record,
                 });
             }
-            let receipt = self.committer.submit(events).await?;
+            let receipt = write.submit(events).await?;
             self.cache.update_estimate(chat, loaded.estimated_bytes());
             if loaded.wants_compaction() {
                 loaded.compacting = true;
