@@ -5,7 +5,9 @@ use chatsync_model::{ChatId, DeviceId, Message, MessageId};
 
 use crate::store::ChatRecord;
 
-/// How many events a slow subscriber may fall behind before it is told it lagged.
+/// How many events a slow subscriber may fall behind before it is told it lagged. The buffer
+/// keeps the last this-many events alive whatever the subscribers do, so it is also a bound on
+/// memory: with messages of at most 64 KiB, 64 MiB at worst, and far less in practice.
 pub const EVENT_BUFFER: usize = 1024;
 
 #[derive(Clone, Debug)]
