@@ -50,6 +50,22 @@ pub struct ChatInfo {
     pub messages: usize,
 }
 
+/// A point-in-time copy of a chat document, made by [`ChatDoc::snapshot`].
+pub struct Snapshot(AutoCommit);
+
+impl Snapshot {
+    /// The document as it was when the snapshot was taken, compacted.
+    pub fn save(mut self) -> Vec<u8> {
+        self.0.save()
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").finish_non_exhaustive()
+    }
+}
+
 /// A chat document plus its display-order index.
 pub struct ChatDoc {
     doc: AutoCommit,
@@ -487,6 +503,12 @@ impl ChatDoc {
     /// Current heads of the document.
     pub fn heads(&mut self) -> Vec<ChangeHash> {
         self.doc.get_heads()
+    }
+
+    /// A copy of the document as it is now, to save without holding up the chat (saving a
+    /// large chat takes far longer than copying it).
+    pub fn snapshot(&mut self) -> Snapshot {
+        Snapshot(self.doc.fork())
     }
 
     /// The full document, compacted. Resets the incremental-save point.

@@ -33,7 +33,7 @@ pub mod schema;
 
 mod error;
 
-pub use chat::{ChatDoc, ChatInfo, Device};
+pub use chat::{ChatDoc, ChatInfo, Device, Snapshot};
 pub use clock::Clock;
 pub use error::ModelError;
 pub use ids::{ChatId, DeviceId, MessageId};

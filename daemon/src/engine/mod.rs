@@ -475,31 +475,46 @@ fn load_chat(store: &Store, id: &ChatId, device: &Device) -> Result<LoadedChat, 
     })
 }
 
-/// Folds a chat's chunks into its base. Runs under the chat's lock, so no change can slip
-/// between the save and the batch that replaces the chunks.
+/// Folds a chat's chunks into its base. The chat is locked only to copy it; the slow part
+/// (saving and compressing the copy) runs beside further writes, which only append chunks
+/// after the ones being folded.
 async fn compact(store: Store, chat: ChatId, handle: ChatHandle) {
-    let mut loaded = handle.lock().await;
     let started = std::time::Instant::now();
-    let result = tokio::task::block_in_place(|| {
-        let bytes = loaded.doc.save();
-        let through = loaded.next_seq.saturating_sub(1);
-        store.compact(&chat, &bytes, through).map(|()| bytes.len())
-    });
+    let (snapshot, through, folded_chunks, folded_bytes) = {
+        let mut loaded = handle.lock().await;
+        (
+            loaded.doc.snapshot(),
+            loaded.next_seq.checked_sub(1),
+            loaded.chunks,
+            loaded.chunk_bytes,
+        )
+    };
+    let id = chat.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let bytes = snapshot.save();
+        match through {
+            Some(through) => store.compact(&id, &bytes, through).map(|()| bytes.len()),
+            None => Ok(bytes.len()),
+        }
+    })
+    .await;
+    let mut loaded = handle.lock().await;
     loaded.compacting = false;
     match result {
-        Ok(base_bytes) => {
+        Ok(Ok(base_bytes)) => {
             tracing::debug!(
                 chat = %chat,
-                chunks = loaded.chunks,
+                chunks = folded_chunks,
                 base_bytes,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "compacted chat"
             );
             loaded.base_bytes = base_bytes as u64;
-            loaded.chunks = 0;
-            loaded.chunk_bytes = 0;
+            loaded.chunks -= folded_chunks;
+            loaded.chunk_bytes -= folded_bytes;
         }
-        Err(e) => tracing::warn!(chat = %chat, error = %e, "compaction failed; will retry later"),
+        Ok(Err(e)) => tracing::warn!(chat = %chat, error = %e, "compaction failed; will retry"),
+        Err(e) => tracing::error!(chat = %chat, error = %e, "compaction task failed"),
     }
 }
 
