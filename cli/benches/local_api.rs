@@ -215,6 +215,7 @@ async fn post_throughput(s: &Settings) {
         t.await.unwrap();
     }
     let conc = started.elapsed();
+    let engine_only = engine_posts(s.clients, per_client * s.clients).await;
     let mut lat = latencies.lock().unwrap().clone();
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
@@ -239,12 +240,60 @@ async fn post_throughput(s: &Settings) {
         raw_conc.as_secs_f64() / conc.as_secs_f64()
     );
     println!(
+        "| in-process engine, {} tasks (no HTTP) | {} | {:.0} | {:.0} | {:.3} |",
+        s.clients,
+        per_client * s.clients,
+        rate(per_client * s.clients, engine_only),
+        rate(s.concurrent_posts, raw_conc),
+        raw_conc.as_secs_f64() / engine_only.as_secs_f64()
+    );
+    println!(
         "\nconcurrent post latency (request to durable answer): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n",
         pct(0.5).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
         lat.last().unwrap().as_secs_f64() * 1e3
     );
     daemon.stop().await;
+}
+
+/// The same concurrent posts through the engine in-process, durable as through the API: what
+/// the daemon's own work costs without the HTTP layer and the client.
+async fn engine_posts(tasks: usize, posts: usize) -> Duration {
+    use chatsync_daemon::engine::{Engine, EngineConfig};
+    let dir = home();
+    let store = Store::open(dir.path(), 16 << 20).unwrap();
+    let engine = Engine::start(
+        store,
+        device(),
+        EngineConfig {
+            memory_budget_bytes: 256 << 20,
+            idle_unload: Duration::from_secs(600),
+        },
+    )
+    .unwrap();
+    let chat = engine.create_chat("bench").await.unwrap().id;
+    let per_task = posts / tasks;
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (engine, chat) = (engine.clone(), chat.clone());
+        handles.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                engine
+                    .post(&chat, &text(t * per_task + i), None)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    if let Ok(engine) = Arc::try_unwrap(engine) {
+        engine.close().await.unwrap();
+    }
+    elapsed
 }
 
 /// Writes `chats` chats of `messages` messages straight into a store, as the daemon would

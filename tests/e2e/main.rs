@@ -8,4 +8,5 @@ mod cli_flow;
 mod crash;
 mod follow;
 mod paging;
+mod signals;
 mod support;

@@ -245,6 +245,16 @@ impl Device {
         );
     }
 
+    /// Forgets a daemon child that has already exited (and been reaped), so another can start.
+    pub fn forget_daemon(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            assert!(
+                child.try_wait().expect("cannot poll chatsyncd").is_some(),
+                "forget_daemon on a running daemon"
+            );
+        }
+    }
+
     /// The daemon child started by [`Device::spawn_daemon`], if any.
     pub fn child(&mut self) -> Option<&mut Child> {
         self.child.as_mut()
