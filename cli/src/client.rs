@@ -48,19 +48,6 @@ pub struct Client {
     socket: PathBuf,
 }
 
-/// Percent-encodes one path segment (chat titles may contain anything).
-fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 impl Client {
     pub fn new(socket: &Path) -> Result<Client, ClientError> {
         let http = reqwest::Client::builder()
@@ -77,8 +64,16 @@ impl Client {
         &self.socket
     }
 
-    fn url(path: &str) -> String {
-        format!("http://chatsyncd{API_PREFIX}{path}")
+    /// The URL of an API route, given its path segments after the version prefix. Each
+    /// segment is percent-encoded (chat titles may contain anything, `/` included).
+    fn url(segments: &[&str]) -> reqwest::Url {
+        // The host is ignored on a Unix socket; the name reads well in logs.
+        let mut url = reqwest::Url::parse("http://chatsyncd/").expect("a constant, valid URL");
+        url.path_segments_mut()
+            .expect("an http URL has path segments")
+            .push(API_PREFIX.trim_start_matches('/'))
+            .extend(segments);
+        url
     }
 
     fn map_transport(&self, e: reqwest::Error) -> ClientError {
@@ -94,7 +89,7 @@ impl Client {
     async fn send(
         &self,
         method: Method,
-        path: &str,
+        path: &[&str],
         body: Option<&dyn erased::Body>,
         query: &[(&str, String)],
     ) -> Result<reqwest::Response, ClientError> {
@@ -122,7 +117,7 @@ impl Client {
     async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
-        path: &str,
+        path: &[&str],
         body: Option<&dyn erased::Body>,
         query: &[(&str, String)],
     ) -> Result<T, ClientError> {
@@ -132,17 +127,17 @@ impl Client {
     }
 
     pub async fn status(&self) -> Result<StatusJson, ClientError> {
-        self.json(Method::GET, "/status", None, &[]).await
+        self.json(Method::GET, &["status"], None, &[]).await
     }
 
     /// Asks the daemon to shut down; returns once it has accepted.
     pub async fn shutdown(&self) -> Result<(), ClientError> {
-        self.send(Method::POST, "/shutdown", None, &[]).await?;
+        self.send(Method::POST, &["shutdown"], None, &[]).await?;
         Ok(())
     }
 
     pub async fn chats(&self) -> Result<Vec<ChatJson>, ClientError> {
-        let list: ChatListJson = self.json(Method::GET, "/chats", None, &[]).await?;
+        let list: ChatListJson = self.json(Method::GET, &["chats"], None, &[]).await?;
         Ok(list.chats)
     }
 
@@ -150,25 +145,19 @@ impl Client {
         let body = CreateChatRequest {
             title: title.into(),
         };
-        self.json(Method::POST, "/chats", Some(&body), &[]).await
+        self.json(Method::POST, &["chats"], Some(&body), &[]).await
     }
 
     pub async fn chat(&self, chat: &str) -> Result<ChatJson, ClientError> {
-        self.json(Method::GET, &format!("/chats/{}", segment(chat)), None, &[])
-            .await
+        self.json(Method::GET, &["chats", chat], None, &[]).await
     }
 
     pub async fn rename_chat(&self, chat: &str, title: &str) -> Result<ChatJson, ClientError> {
         let body = RenameChatRequest {
             title: title.into(),
         };
-        self.json(
-            Method::PATCH,
-            &format!("/chats/{}", segment(chat)),
-            Some(&body),
-            &[],
-        )
-        .await
+        self.json(Method::PATCH, &["chats", chat], Some(&body), &[])
+            .await
     }
 
     /// The last `limit` messages (or the `limit` before `before`), oldest first.
@@ -183,12 +172,7 @@ impl Client {
             query.push(("before", b.to_string()));
         }
         let list: MessageListJson = self
-            .json(
-                Method::GET,
-                &format!("/chats/{}/messages", segment(chat)),
-                None,
-                &query,
-            )
+            .json(Method::GET, &["chats", chat, "messages"], None, &query)
             .await?;
         Ok(list.messages)
     }
@@ -203,17 +187,12 @@ impl Client {
             text: text.into(),
             reply_to: reply_to.map(Into::into),
         };
-        self.json(
-            Method::POST,
-            &format!("/chats/{}/messages", segment(chat)),
-            Some(&body),
-            &[],
-        )
-        .await
+        self.json(Method::POST, &["chats", chat, "messages"], Some(&body), &[])
+            .await
     }
 
     pub async fn message(&self, chat: &str, msg: &str) -> Result<MessageJson, ClientError> {
-        self.json(Method::GET, &message_path(chat, msg), None, &[])
+        self.json(Method::GET, &["chats", chat, "messages", msg], None, &[])
             .await
     }
 
@@ -224,12 +203,17 @@ impl Client {
         text: &str,
     ) -> Result<MessageJson, ClientError> {
         let body = EditRequest { text: text.into() };
-        self.json(Method::PATCH, &message_path(chat, msg), Some(&body), &[])
-            .await
+        self.json(
+            Method::PATCH,
+            &["chats", chat, "messages", msg],
+            Some(&body),
+            &[],
+        )
+        .await
     }
 
     pub async fn delete(&self, chat: &str, msg: &str) -> Result<MessageJson, ClientError> {
-        self.json(Method::DELETE, &message_path(chat, msg), None, &[])
+        self.json(Method::DELETE, &["chats", chat, "messages", msg], None, &[])
             .await
     }
 
@@ -239,7 +223,7 @@ impl Client {
         msg: &str,
         reaction: Option<&str>,
     ) -> Result<MessageJson, ClientError> {
-        let path = format!("{}/reaction", message_path(chat, msg));
+        let path = ["chats", chat, "messages", msg, "reaction"];
         match reaction {
             Some(r) => {
                 let body = ReactRequest { reaction: r.into() };
@@ -257,13 +241,8 @@ impl Client {
         let body = MarkReadRequest {
             message: message.map(Into::into),
         };
-        self.json(
-            Method::POST,
-            &format!("/chats/{}/read", segment(chat)),
-            Some(&body),
-            &[],
-        )
-        .await
+        self.json(Method::POST, &["chats", chat, "read"], Some(&body), &[])
+            .await
     }
 
     /// Opens the event stream (optionally for one chat) and waits for its `hello` line, after
@@ -271,7 +250,7 @@ impl Client {
     pub async fn events(&self, chat: Option<&str>) -> Result<EventStream, ClientError> {
         let query: Vec<(&str, String)> =
             chat.map(|c| ("chat", c.to_string())).into_iter().collect();
-        let mut req = self.http.get(Self::url("/events"));
+        let mut req = self.http.get(Self::url(&["events"]));
         if !query.is_empty() {
             req = req.query(&query);
         }
@@ -293,10 +272,6 @@ impl Client {
             None => Err(ClientError::Decode("event stream ended at once".into())),
         }
     }
-}
-
-fn message_path(chat: &str, msg: &str) -> String {
-    format!("/chats/{}/messages/{}", segment(chat), segment(msg))
 }
 
 fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
