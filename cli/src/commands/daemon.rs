@@ -167,8 +167,9 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
         (
             "in memory",
             format!(
-                "{} chats, about {}",
+                "{} {}, about {}",
                 s.loaded_chats,
+                if s.loaded_chats == 1 { "chat" } else { "chats" },
                 human_bytes(s.loaded_bytes_estimate)
             ),
         ),
