@@ -35,6 +35,11 @@ pub enum Command {
     Chat(ChatCommand),
     /// List chats, most recently active first.
     Chats,
+    /// List, add or remove the devices that may sync with this one.
+    Devices {
+        #[command(subcommand)]
+        command: Option<DevicesCommand>,
+    },
     /// Post a message; prints its id once it is safely stored.
     Post {
         /// Chat id, unique title, or id prefix.
@@ -111,4 +116,19 @@ pub enum ChatCommand {
     },
     /// Rename a chat.
     Rename { chat: String, title: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// List the devices in the roster (the default).
+    List,
+    /// Trust a device: add it to the roster by its id (`chatsync status` on it shows the id).
+    Add {
+        device_id: String,
+        /// A name to show for it.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove a device from the roster for good (by id or name); it is never trusted again.
+    Remove { device: String },
 }

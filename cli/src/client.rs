@@ -245,6 +245,29 @@ impl Client {
             .await
     }
 
+    pub async fn devices(&self) -> Result<Vec<DeviceJson>, ClientError> {
+        let list: DeviceListJson = self.json(Method::GET, &["devices"], None, &[]).await?;
+        Ok(list.devices)
+    }
+
+    pub async fn add_device(
+        &self,
+        id: &str,
+        name: Option<&str>,
+    ) -> Result<DeviceJson, ClientError> {
+        let body = AddDeviceRequest {
+            id: id.into(),
+            name: name.map(Into::into),
+        };
+        self.json(Method::POST, &["devices"], Some(&body), &[])
+            .await
+    }
+
+    pub async fn remove_device(&self, device: &str) -> Result<DeviceJson, ClientError> {
+        self.json(Method::DELETE, &["devices", device], None, &[])
+            .await
+    }
+
     /// Opens the event stream (optionally for one chat) and waits for its `hello` line, after
     /// which no change is missed.
     pub async fn events(&self, chat: Option<&str>) -> Result<EventStream, ClientError> {

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use chatsync_daemon::api::wire::{ChatJson, MessageJson};
+use chatsync_daemon::api::wire::{ChatJson, DeviceJson, MessageJson};
 use serde::Serialize;
 
 /// Characters of an id shown to people (any unambiguous prefix of 4 or more is accepted back).
@@ -123,6 +123,42 @@ pub fn chat_table(chats: &[ChatJson]) -> Vec<String> {
             pad(&c.title, title_width),
             c.messages,
             local_time(c.last_activity)
+        ));
+    }
+    out
+}
+
+/// Renders the roster as an aligned table.
+pub fn device_table(devices: &[DeviceJson]) -> Vec<String> {
+    let id_width = devices
+        .iter()
+        .map(|d| width(&d.id))
+        .max()
+        .unwrap_or(0)
+        .max(2);
+    let name_width = devices
+        .iter()
+        .map(|d| width(&d.name))
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let mut out = vec![format!(
+        "{}  {}  {:<16}  STATE",
+        pad("ID", id_width),
+        pad("NAME", name_width),
+        "ADDED"
+    )];
+    for d in devices {
+        let state = match (d.this_device, d.trusted) {
+            (true, _) => "this device",
+            (false, true) => "trusted",
+            (false, false) => "removed",
+        };
+        out.push(format!(
+            "{}  {}  {:<16}  {state}",
+            pad(&d.id, id_width),
+            pad(&d.name, name_width),
+            d.added_at.map(local_time).unwrap_or_default()
         ));
     }
     out

@@ -9,12 +9,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use automerge::{
-    ActorId, AutoCommit, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value,
+    ActorId, AutoCommit, ChangeHash, ObjId, ObjType, Prop, ReadDoc,
     transaction::{CommitOptions, Transactable},
 };
 
 use crate::{
     ChatId, Clock, DeviceId, MessageId, ModelError,
+    access::{change_time, check_text, get_int, get_map, get_str, truncate_utf8},
     limits::{MAX_DEVICE_NAME_BYTES, MAX_REACTION_BYTES, MAX_TEXT_BYTES, MAX_TITLE_BYTES},
     message::{Message, OrderKey},
     schema as s,
@@ -735,28 +736,6 @@ fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message
     })
 }
 
-/// The time recorded in an Automerge change. Automerge delta-encodes change times and overflows
-/// when two differ by more than `i64::MAX`, so wild clocks are clamped to the clock's range.
-fn change_time(now_ms: i64) -> i64 {
-    now_ms.clamp(0, crate::clock::MAX_WALL_MS as i64)
-}
-
-fn check_text(what: &str, text: &str, max: usize, allow_empty: bool) -> Result<(), ModelError> {
-    if !allow_empty && text.trim().is_empty() {
-        return Err(ModelError::Invalid(format!("{what} must not be empty")));
-    }
-    if text.len() > max {
-        return Err(ModelError::Invalid(format!(
-            "{what} is {} bytes; the limit is {max}",
-            text.len()
-        )));
-    }
-    if text.chars().any(|c| c == '\0') {
-        return Err(ModelError::Invalid(format!("{what} must not contain NUL")));
-    }
-    Ok(())
-}
-
 fn check_reaction(r: &str) -> Result<(), ModelError> {
     if r.is_empty() || r.len() > MAX_REACTION_BYTES {
         return Err(ModelError::Invalid(format!(
@@ -769,43 +748,4 @@ fn check_reaction(r: &str) -> Result<(), ModelError> {
         ));
     }
     Ok(())
-}
-
-fn truncate_utf8(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-}
-
-fn get_scalar(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<ScalarValue> {
-    match doc.get(obj, key).ok()?? {
-        (Value::Scalar(v), _) => Some(v.into_owned()),
-        _ => None,
-    }
-}
-
-fn get_str(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<String> {
-    match get_scalar(doc, obj, key)? {
-        ScalarValue::Str(v) => Some(v.to_string()),
-        _ => None,
-    }
-}
-
-fn get_int(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<i64> {
-    match get_scalar(doc, obj, key)? {
-        ScalarValue::Int(v) => Some(v),
-        ScalarValue::Uint(v) => i64::try_from(v).ok(),
-        _ => None,
-    }
-}
-
-fn get_map(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<ObjId> {
-    match doc.get(obj, key).ok()?? {
-        (Value::Object(ObjType::Map), id) => Some(id),
-        _ => None,
-    }
 }

@@ -10,6 +10,7 @@
 //! - [`schema`]: the field names of the document, in one place.
 //! - [`message`]: the read-only view of one message.
 //! - [`chat`]: [`ChatDoc`], the document plus an in-memory display-order index.
+//! - [`roster`]: [`RosterDoc`], the replicated list of the devices that may sync.
 //! - [`limits`]: size limits every replica enforces on what it writes and what it shows.
 //!
 //! Why the document looks the way it does:
@@ -29,8 +30,10 @@ pub mod clock;
 pub mod ids;
 pub mod limits;
 pub mod message;
+pub mod roster;
 pub mod schema;
 
+mod access;
 mod error;
 
 pub use chat::{ChatDoc, ChatInfo, Device, Snapshot};
@@ -38,3 +41,4 @@ pub use clock::Clock;
 pub use error::ModelError;
 pub use ids::{ChatId, DeviceId, MessageId};
 pub use message::Message;
+pub use roster::{RosterDoc, RosterEntry};

@@ -6,6 +6,7 @@
 mod bad_requests;
 mod cli_flow;
 mod crash;
+mod devices;
 mod follow;
 mod paging;
 mod signals;

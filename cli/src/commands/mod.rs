@@ -2,6 +2,7 @@
 
 mod chats;
 mod daemon;
+mod devices;
 mod log;
 mod messages;
 
@@ -26,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => daemon::status(&client, json).await,
         Command::Chat(cmd) => chats::chat(cmd, &client, json).await,
         Command::Chats => chats::list(&client, json).await,
+        Command::Devices { command } => devices::run(command, &client, json).await,
         Command::Post {
             chat,
             text,

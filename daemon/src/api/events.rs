@@ -14,7 +14,7 @@ use axum::{
     http::header,
     response::{IntoResponse, Response},
 };
-use chatsync_model::ChatId;
+use chatsync_model::{ChatId, DeviceId};
 use futures_util::stream;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,7 @@ use crate::engine::Event;
 
 struct Subscription {
     rx: broadcast::Receiver<Event>,
+    device: DeviceId,
     chat: Option<ChatId>,
     shutdown: CancellationToken,
     hello: Option<EventJson>,
@@ -43,6 +44,7 @@ pub async fn events(
     };
     let subscription = Subscription {
         rx: state.engine.subscribe(),
+        device: state.engine.device().id.clone(),
         chat,
         shutdown: state.shutdown.clone(),
         hello: Some(EventJson::Hello {
@@ -77,8 +79,8 @@ async fn next_event(sub: &mut Subscription) -> Option<EventJson> {
         };
         match received {
             Ok(event) => {
-                if sub.chat.as_ref().is_none_or(|c| c == event.chat()) {
-                    return Some(EventJson::from_event(event));
+                if sub.chat.is_none() || sub.chat.as_ref() == event.chat() {
+                    return Some(EventJson::from_event(event, &sub.device));
                 }
             }
             Err(RecvError::Lagged(missed)) => return Some(EventJson::Lagged { missed }),

@@ -43,6 +43,8 @@ pub fn routes() -> Router<Arc<AppState>> {
             put(set_reaction).delete(clear_reaction),
         )
         .route("/chats/{chat}/read", get(read_state).post(mark_read))
+        .route("/devices", get(list_devices).post(add_device))
+        .route("/devices/{device}", axum::routing::delete(remove_device))
 }
 
 async fn status(State(st): St) -> Json<StatusJson> {
@@ -226,6 +228,38 @@ async fn read_state_json(st: &AppState, chat: &ChatSummary) -> AppResult<Json<Re
         message: message.map(|m| m.to_string()),
         unread,
     }))
+}
+
+async fn list_devices(State(st): St) -> Json<DeviceListJson> {
+    let me = &st.engine.device().id;
+    Json(DeviceListJson {
+        devices: st
+            .engine
+            .devices()
+            .await
+            .into_iter()
+            .map(|e| DeviceJson::from_entry(e, me))
+            .collect(),
+    })
+}
+
+async fn add_device(
+    State(st): St,
+    ApiJson(req): ApiJson<AddDeviceRequest>,
+) -> AppResult<(StatusCode, Json<DeviceJson>)> {
+    let entry = st.engine.add_device(&req.id, req.name.as_deref()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(DeviceJson::from_entry(entry, &st.engine.device().id)),
+    ))
+}
+
+async fn remove_device(
+    State(st): St,
+    ApiPath(device): ApiPath<String>,
+) -> AppResult<Json<DeviceJson>> {
+    let entry = st.engine.remove_device(&device).await?;
+    Ok(Json(DeviceJson::from_entry(entry, &st.engine.device().id)))
 }
 
 fn resolve(st: &AppState, chat: &str) -> AppResult<ChatSummary> {

@@ -83,6 +83,36 @@ pub struct ReadStateJson {
     pub unread: usize,
 }
 
+/// A device in the roster.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceJson {
+    pub id: String,
+    pub name: String,
+    /// Device that added it.
+    pub added_by: Option<String>,
+    pub added_at: Option<i64>,
+    /// When it was removed; a removed device is never trusted again.
+    pub removed_at: Option<i64>,
+    /// May sync with this device (in the roster and not removed).
+    pub trusted: bool,
+    /// This is the device answering.
+    pub this_device: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceListJson {
+    pub devices: Vec<DeviceJson>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddDeviceRequest {
+    /// The device's id (`chatsync status` on that device shows it).
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateChatRequest {
@@ -163,6 +193,10 @@ pub enum EventJson {
         device: String,
         message: String,
     },
+    #[serde(rename = "device.added")]
+    DeviceAdded { device: DeviceJson },
+    #[serde(rename = "device.removed")]
+    DeviceRemoved { device: DeviceJson },
     /// The subscriber fell behind and `missed` events were dropped; re-read what matters.
     #[serde(rename = "lagged")]
     Lagged { missed: u64 },
@@ -185,7 +219,7 @@ pub struct ErrorJson {
 }
 
 mod convert {
-    use chatsync_model::{ChatId, Message};
+    use chatsync_model::{ChatId, DeviceId, Message, RosterEntry};
 
     use super::*;
     use crate::{
@@ -215,6 +249,20 @@ mod convert {
         }
     }
 
+    impl DeviceJson {
+        pub fn from_entry(e: RosterEntry, this_device: &DeviceId) -> Self {
+            DeviceJson {
+                trusted: e.trusted(),
+                this_device: &e.id == this_device,
+                id: e.id.to_string(),
+                name: e.name,
+                added_by: e.added_by.map(|d| d.to_string()),
+                added_at: e.added_at,
+                removed_at: e.removed_at,
+            }
+        }
+    }
+
     impl ChatJson {
         pub fn from_record(id: &ChatId, r: &ChatRecord) -> Self {
             ChatJson {
@@ -233,8 +281,14 @@ mod convert {
     }
 
     impl EventJson {
-        pub fn from_event(event: Event) -> Self {
+        pub fn from_event(event: Event, this_device: &DeviceId) -> Self {
             match event {
+                Event::DeviceAdded { entry } => EventJson::DeviceAdded {
+                    device: DeviceJson::from_entry(entry, this_device),
+                },
+                Event::DeviceRemoved { entry } => EventJson::DeviceRemoved {
+                    device: DeviceJson::from_entry(entry, this_device),
+                },
                 Event::ChatCreated { chat, record } => EventJson::ChatCreated {
                     chat: ChatJson::from_record(&chat, &record),
                 },

@@ -1,7 +1,7 @@
 //! What the engine tells the rest of the daemon (and, through the API, programs) after a change
 //! is durable.
 
-use chatsync_model::{ChatId, DeviceId, Message, MessageId};
+use chatsync_model::{ChatId, DeviceId, Message, MessageId, RosterEntry};
 
 use crate::store::ChatRecord;
 
@@ -30,15 +30,23 @@ pub enum Event {
         device: DeviceId,
         message: MessageId,
     },
+    DeviceAdded {
+        entry: RosterEntry,
+    },
+    DeviceRemoved {
+        entry: RosterEntry,
+    },
 }
 
 impl Event {
-    pub fn chat(&self) -> &ChatId {
+    /// The chat the event is about, if it is about one.
+    pub fn chat(&self) -> Option<&ChatId> {
         match self {
             Event::ChatCreated { chat, .. }
             | Event::ChatUpdated { chat, .. }
             | Event::Message { chat, .. }
-            | Event::ReadMarker { chat, .. } => chat,
+            | Event::ReadMarker { chat, .. } => Some(chat),
+            Event::DeviceAdded { .. } | Event::DeviceRemoved { .. } => None,
         }
     }
 }

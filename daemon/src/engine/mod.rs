@@ -13,6 +13,7 @@
 
 pub mod cache;
 pub mod commit;
+mod devices;
 mod error;
 pub mod events;
 pub mod resolve;
@@ -55,6 +56,7 @@ pub struct Engine {
     events: broadcast::Sender<Event>,
     /// Background compactions, waited for at shutdown.
     background: TaskTracker,
+    roster: tokio::sync::Mutex<devices::LoadedRoster>,
 }
 
 /// A chat as listed: its id and record.
@@ -82,6 +84,7 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Arc<Engine>, EngineError> {
         let records: BTreeMap<_, _> = store.chat_records()?.into_iter().collect();
+        let roster = devices::LoadedRoster::open(&store, &device)?;
         let (events, _) = broadcast::channel(events::EVENT_BUFFER);
         let engine = Arc::new(Engine {
             committer: Committer::start(store.clone(), events.clone())
@@ -92,6 +95,7 @@ impl Engine {
             cache: ChatCache::new(config.memory_budget_bytes),
             events,
             background: TaskTracker::new(),
+            roster: tokio::sync::Mutex::new(roster),
         });
         tokio::spawn(unload_idle_chats(
             Arc::downgrade(&engine),

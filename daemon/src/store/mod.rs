@@ -4,6 +4,8 @@
 //! - tree `meta`: `schema` -> the store schema version.
 //! - tree `chats.v1`: chat id -> [`ChatRecord`] (JSON): title and counters, so that listing and
 //!   resolving chats never has to load a document.
+//! - tree `roster.v1`: the roster document (devices that may sync), in the same base-and-chunks
+//!   layout as a chat, under the fixed id `roster`.
 //! - tree `docs.v1`: `chat id, 0, 'B'` -> the compacted document (an Automerge save);
 //!   `chat id, 0, 'C', seq (u64 big-endian)` -> one incremental chunk (the changes of one
 //!   operation). Loading a chat concatenates the base and its chunks in key order and hands them
@@ -56,9 +58,9 @@ pub struct ChatRecord {
     pub last_activity: i64,
 }
 
-/// A chat's stored bytes, ready to load.
+/// A document's stored bytes (a chat's or the roster's), ready to load.
 #[derive(Debug)]
-pub struct StoredChat {
+pub struct StoredDoc {
     /// Base followed by every chunk, in order: loadable in one `ChatDoc::load` call.
     pub bytes: Vec<u8>,
     /// Sequence number for the next chunk.
@@ -73,6 +75,7 @@ pub struct Store {
     db: sled::Db,
     chats: sled::Tree,
     docs: sled::Tree,
+    roster: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -118,6 +121,7 @@ impl Store {
         Ok(Store {
             chats: db.open_tree("chats.v1")?,
             docs: db.open_tree("docs.v1")?,
+            roster: db.open_tree("roster.v1")?,
             db,
         })
     }
@@ -155,37 +159,26 @@ impl Store {
     }
 
     /// Reads a chat's base and chunks.
-    pub fn load_chat(&self, id: &ChatId) -> Result<Option<StoredChat>, StoreError> {
-        let mut stored = StoredChat {
-            bytes: Vec::new(),
-            next_seq: 0,
-            base_bytes: 0,
-            chunks: 0,
-            chunk_bytes: 0,
-        };
-        let mut found = false;
-        for item in self.docs.scan_prefix(keys::prefix(id)) {
-            let (k, v) = item?;
-            let payload = unframe(&v)?;
-            match keys::parse(id, &k) {
-                Some(keys::DocKey::Base) => {
-                    stored.base_bytes = payload.len() as u64;
-                }
-                Some(keys::DocKey::Chunk(seq)) => {
-                    stored.chunks += 1;
-                    stored.chunk_bytes += payload.len() as u64;
-                    stored.next_seq = seq + 1;
-                }
-                None => {
-                    return Err(StoreError::Corrupt(format!(
-                        "unexpected key in chat {id}: {k:?}"
-                    )));
-                }
-            }
-            found = true;
-            stored.bytes.extend_from_slice(payload);
-        }
-        Ok(found.then_some(stored))
+    pub fn load_chat(&self, id: &ChatId) -> Result<Option<StoredDoc>, StoreError> {
+        load_doc(&self.docs, id)
+    }
+
+    /// Reads the roster's base and chunks.
+    pub fn load_roster(&self) -> Result<Option<StoredDoc>, StoreError> {
+        load_doc(&self.roster, &roster_id())
+    }
+
+    /// Stores a new roster document.
+    pub fn create_roster(&self, doc: &[u8]) -> Result<(), StoreError> {
+        self.roster.insert(keys::base(&roster_id()), framed(doc))?;
+        Ok(())
+    }
+
+    /// Appends one incremental chunk of the roster.
+    pub fn append_roster_chunk(&self, seq: u64, chunk: &[u8]) -> Result<(), StoreError> {
+        self.roster
+            .insert(keys::chunk(&roster_id(), seq), framed(chunk))?;
+        Ok(())
     }
 
     /// Appends one incremental chunk and the chat's updated record, atomically: after a crash
@@ -241,6 +234,45 @@ impl Store {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+}
+
+/// The fixed id the roster is kept under in its tree.
+fn roster_id() -> ChatId {
+    ChatId::new("roster").expect("a valid literal id")
+}
+
+/// Reads a document's base and chunks from `tree`: the base first, then the chunks in order.
+fn load_doc(tree: &sled::Tree, id: &ChatId) -> Result<Option<StoredDoc>, StoreError> {
+    let mut stored = StoredDoc {
+        bytes: Vec::new(),
+        next_seq: 0,
+        base_bytes: 0,
+        chunks: 0,
+        chunk_bytes: 0,
+    };
+    let mut found = false;
+    for item in tree.scan_prefix(keys::prefix(id)) {
+        let (k, v) = item?;
+        let payload = unframe(&v)?;
+        match keys::parse(id, &k) {
+            Some(keys::DocKey::Base) => {
+                stored.base_bytes = payload.len() as u64;
+            }
+            Some(keys::DocKey::Chunk(seq)) => {
+                stored.chunks += 1;
+                stored.chunk_bytes += payload.len() as u64;
+                stored.next_seq = seq + 1;
+            }
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "unexpected key in document {id}: {k:?}"
+                )));
+            }
+        }
+        found = true;
+        stored.bytes.extend_from_slice(payload);
+    }
+    Ok(found.then_some(stored))
 }
 
 fn framed(payload: &[u8]) -> Vec<u8> {

@@ -1,0 +1,42 @@
+//! `chatsync devices [list|add|remove]`.
+
+use chatsync_daemon::api::wire::DeviceJson;
+
+use crate::{args::DevicesCommand, client::Client, output};
+
+pub async fn run(cmd: Option<DevicesCommand>, client: &Client, json: bool) -> anyhow::Result<()> {
+    match cmd.unwrap_or(DevicesCommand::List) {
+        DevicesCommand::List => list(client, json).await,
+        DevicesCommand::Add { device_id, name } => {
+            let device = client.add_device(&device_id, name.as_deref()).await?;
+            show(&device, "trusted", json)
+        }
+        DevicesCommand::Remove { device } => {
+            let device = client.remove_device(&device).await?;
+            show(&device, "removed", json)
+        }
+    }
+}
+
+async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
+    let devices = client.devices().await?;
+    if json {
+        for d in &devices {
+            output::json_line(d)?;
+        }
+        return Ok(());
+    }
+    for line in output::device_table(&devices) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn show(device: &DeviceJson, verb: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        output::json_line(device)
+    } else {
+        println!("{verb} {} ({})", device.id, device.name);
+        Ok(())
+    }
+}

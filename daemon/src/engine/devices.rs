@@ -1,0 +1,207 @@
+//! The roster: which devices may sync with this one. The engine keeps it in memory (it is
+//! small) and persists every change like a chat's: one chunk, then a group-commit flush.
+
+use std::str::FromStr;
+
+use chatsync_model::{Device, DeviceId, RosterDoc, RosterEntry};
+
+use super::{Engine, EngineError, Event, commit::Committer, now_ms};
+use crate::store::Store;
+
+/// The roster document and its next chunk number.
+#[derive(Debug)]
+pub struct LoadedRoster {
+    doc: RosterDoc,
+    next_seq: u64,
+}
+
+impl LoadedRoster {
+    /// Loads the roster, or creates one holding only this device on first start.
+    pub fn open(store: &Store, device: &Device) -> Result<LoadedRoster, EngineError> {
+        match store.load_roster()? {
+            Some(stored) => {
+                let mut roster = LoadedRoster {
+                    doc: RosterDoc::load(&stored.bytes, device).map_err(|e| {
+                        EngineError::Storage(format!("the roster cannot be loaded: {e}"))
+                    })?,
+                    next_seq: stored.next_seq,
+                };
+                // The device's own name follows its configuration.
+                if roster
+                    .doc
+                    .entry(&device.id)
+                    .is_some_and(|e| e.trusted() && e.name != device.name)
+                {
+                    roster.doc.add(device, &device.id, &device.name, now_ms())?;
+                    let chunk = roster.doc.take_local_changes();
+                    store.append_roster_chunk(roster.next_seq, &chunk)?;
+                    store.flush()?;
+                    roster.next_seq += 1;
+                }
+                Ok(roster)
+            }
+            None => {
+                let mut doc = RosterDoc::new(device, now_ms())?;
+                store.create_roster(&doc.save())?;
+                store.flush()?;
+                // Everything so far is in the saved document.
+                doc.take_local_changes();
+                Ok(LoadedRoster { doc, next_seq: 0 })
+            }
+        }
+    }
+}
+
+/// Multihash code of the identity "hash" (the key itself), which device ids use.
+const IDENTITY_MULTIHASH: u64 = 0x00;
+
+/// Checks that `id` is a device id: the text form of a device's public key.
+fn parse_device_id(id: &str) -> Result<DeviceId, EngineError> {
+    let invalid = || {
+        EngineError::Invalid(format!(
+            "{id:?} is not a device id (device ids look like 12D3KooW...; `chatsync status` shows a device's)"
+        ))
+    };
+    // A device id names a public key (an identity multihash of it): decode that key, so that a
+    // string that merely parses as a peer id is not taken for a device.
+    let peer = libp2p::PeerId::from_str(id).map_err(|_| invalid())?;
+    let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    let key = (hash.code() == IDENTITY_MULTIHASH)
+        .then(|| libp2p::identity::PublicKey::try_decode_protobuf(hash.digest()).ok())
+        .flatten()
+        .ok_or_else(invalid)?;
+    if key.to_peer_id() != peer || peer.to_base58() != id {
+        return Err(invalid());
+    }
+    DeviceId::new(id).map_err(|_| invalid())
+}
+
+impl Engine {
+    /// Every device in the roster, removed ones included.
+    pub async fn devices(&self) -> Vec<RosterEntry> {
+        self.roster.lock().await.doc.entries()
+    }
+
+    /// Whether a device may sync with this one.
+    pub async fn is_trusted(&self, id: &DeviceId) -> bool {
+        self.roster.lock().await.doc.is_trusted(id)
+    }
+
+    /// Adds a device to the roster (or renames it). Without a name it is called after the end
+    /// of its id, which is the distinctive part.
+    pub async fn add_device(
+        &self,
+        id: &str,
+        name: Option<&str>,
+    ) -> Result<RosterEntry, EngineError> {
+        let id = parse_device_id(id)?;
+        let default_name;
+        let name = match name {
+            Some(n) => n,
+            None => {
+                let tail = &id.as_str()[id.as_str().len().saturating_sub(6)..];
+                default_name = format!("device {tail}");
+                &default_name
+            }
+        };
+        self.change_roster(|doc, device, now| {
+            let entry = doc.add(device, &id, name, now)?;
+            Ok((entry.clone(), Event::DeviceAdded { entry }))
+        })
+        .await
+    }
+
+    /// Removes a device from the roster for good, by id or unique name.
+    pub async fn remove_device(&self, reference: &str) -> Result<RosterEntry, EngineError> {
+        let id = {
+            let roster = self.roster.lock().await;
+            resolve_device(&roster.doc, reference)?
+        };
+        self.change_roster(|doc, device, now| {
+            let entry = doc.remove(device, &id, now)?;
+            Ok((entry.clone(), Event::DeviceRemoved { entry }))
+        })
+        .await
+    }
+
+    async fn change_roster(
+        &self,
+        op: impl FnOnce(&mut RosterDoc, &Device, i64) -> Result<(RosterEntry, Event), EngineError>,
+    ) -> Result<RosterEntry, EngineError> {
+        self.committer.check_healthy()?;
+        let write = self.committer.begin();
+        let receipt = {
+            let mut roster = self.roster.lock().await;
+            let (entry, event) = op(&mut roster.doc, &self.device, now_ms())?;
+            let chunk = roster.doc.take_local_changes();
+            if chunk.is_empty() {
+                return Ok(entry);
+            }
+            persist_roster_chunk(&self.store, &self.committer, roster.next_seq, &chunk)?;
+            roster.next_seq += 1;
+            (entry, write.submit(vec![event]).await?)
+        };
+        let (entry, receipt) = receipt;
+        receipt.durable().await?;
+        Ok(entry)
+    }
+}
+
+fn persist_roster_chunk(
+    store: &Store,
+    committer: &Committer,
+    seq: u64,
+    chunk: &[u8],
+) -> Result<(), EngineError> {
+    store.append_roster_chunk(seq, chunk).map_err(|e| {
+        // As with chats: memory now holds a change the store does not.
+        committer.fail(&e.to_string());
+        EngineError::from(e)
+    })
+}
+
+fn resolve_device(doc: &RosterDoc, reference: &str) -> Result<DeviceId, EngineError> {
+    let entries = doc.entries();
+    if let Some(e) = entries.iter().find(|e| e.id.as_str() == reference) {
+        return Ok(e.id.clone());
+    }
+    let named: Vec<&RosterEntry> = entries.iter().filter(|e| e.name == reference).collect();
+    match named.as_slice() {
+        [one] => Ok(one.id.clone()),
+        [] => Err(EngineError::NotFound(format!(
+            "no device {reference:?} in the roster"
+        ))),
+        many => Err(EngineError::Ambiguous {
+            what: format!("device {reference:?}"),
+            candidates: many
+                .iter()
+                .map(|e| format!("{} ({})", e.id, e.name))
+                .collect(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ids_that_name_a_public_key_are_device_ids() {
+        let real = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+            .to_base58();
+        assert_eq!(parse_device_id(&real).unwrap().as_str(), real);
+        for bad in [
+            "12D3KooWnope",
+            "nonsense",
+            "",
+            "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",
+        ] {
+            assert!(
+                matches!(parse_device_id(bad), Err(EngineError::Invalid(_))),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+}
