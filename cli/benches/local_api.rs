@@ -108,6 +108,8 @@ impl Daemon {
             .arg(home)
             .arg("--log")
             .arg("warn")
+            // Loopback only, no mDNS: the benchmark never touches the real network.
+            .args(["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -27,6 +27,16 @@ pub struct DaemonArgs {
     /// Log filter, in tracing's env-filter syntax (default: CHATSYNC_LOG, else `info`).
     #[arg(long, env = "CHATSYNC_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// Address to listen on for other devices (repeatable; replaces the config's `listen`).
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    pub listen: Vec<libp2p::Multiaddr>,
+    /// Do not look for devices on the LAN with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// A device to connect to, `/ip4/ADDR/tcp/PORT/p2p/DEVICE_ID` (repeatable; added to the
+    /// config's `peers`).
+    #[arg(long = "peer", value_name = "MULTIADDR")]
+    pub peers: Vec<libp2p::Multiaddr>,
 }
 
 /// The config file. Unknown keys are an error, so that a typo does not pass silently.
@@ -38,6 +48,49 @@ pub struct Config {
     /// Log filter (tracing env-filter syntax).
     pub log: Option<String>,
     pub store: StoreConfig,
+    pub network: NetworkConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Addresses to listen on for other devices.
+    pub listen: Vec<libp2p::Multiaddr>,
+    /// Find devices on the LAN with mDNS.
+    pub mdns: bool,
+    /// Devices to connect to and keep connected (`/ip4/.../tcp/.../p2p/DEVICE_ID`).
+    pub peers: Vec<libp2p::Multiaddr>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0"
+                    .parse()
+                    .expect("a valid literal address"),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("a valid literal address"),
+            ],
+            mdns: true,
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// The config's network settings with the daemon's flags applied.
+    pub fn with_flags(mut self, args: &DaemonArgs) -> Self {
+        if !args.listen.is_empty() {
+            self.listen = args.listen.clone();
+        }
+        if args.no_mdns {
+            self.mdns = false;
+        }
+        self.peers.extend(args.peers.iter().cloned());
+        self
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -86,6 +139,30 @@ mod tests {
         assert_eq!(c.name.as_deref(), Some("laptop"));
         assert_eq!(c.store.memory_budget_mb, 64);
         assert_eq!(c.store.idle_unload_secs, 5);
+    }
+
+    #[test]
+    fn network_settings_and_flags() {
+        let c: Config = toml::from_str(
+            "[network]\nlisten = [\"/ip4/127.0.0.1/tcp/4100\"]\nmdns = false\npeers = [\"/ip4/10.0.0.2/tcp/4100\"]\n",
+        )
+        .unwrap();
+        assert!(!c.network.mdns);
+        assert_eq!(c.network.listen.len(), 1);
+        assert!(toml::from_str::<Config>("[network]\nlisten = [\"not an address\"]\n").is_err());
+        let args = <DaemonArgs as clap::Parser>::parse_from([
+            "chatsyncd",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--peer",
+            "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWEvAfV87EuuHwweiPtEs6xdfvGkNJertKqSFytK2ZcTiJ",
+        ]);
+        let merged = Config::default().network.with_flags(&args);
+        assert!(!merged.mdns);
+        assert_eq!(merged.listen, args.listen);
+        assert_eq!(merged.peers.len(), 1);
+        assert!(Config::default().network.mdns);
     }
 
     #[test]

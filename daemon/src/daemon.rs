@@ -17,6 +17,7 @@ use crate::{
     config::{Config, DaemonArgs},
     engine::{Engine, EngineConfig, now_ms},
     identity::Identity,
+    net::Network,
     paths::Paths,
     store::Store,
 };
@@ -36,7 +37,8 @@ pub fn run() -> ExitCode {
 pub fn run_with(args: DaemonArgs) -> anyhow::Result<()> {
     let paths = Paths::resolve(&args.paths)?;
     let config_file = args.config.clone().unwrap_or(paths.config_file.clone());
-    let config = Config::load(&config_file)?;
+    let mut config = Config::load(&config_file)?;
+    config.network = config.network.with_flags(&args);
     init_logging(args.log.as_deref().or(config.log.as_deref()))?;
 
     std::fs::create_dir_all(&paths.data_dir)
@@ -54,7 +56,7 @@ pub fn run_with(args: DaemonArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        serve(paths, config, device, shutdown).await
+        serve(paths, config, identity, device, shutdown).await
     })
 }
 
@@ -63,6 +65,7 @@ pub fn run_with(args: DaemonArgs) -> anyhow::Result<()> {
 pub async fn serve(
     paths: Paths,
     config: Config,
+    identity: Identity,
     device: Device,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -81,8 +84,16 @@ pub async fn serve(
         },
     )?;
     let listener = api::bind(&paths.socket).await?;
+    let (network, network_task) = Network::start(
+        identity.keypair,
+        config.network.clone(),
+        engine.trusted_devices(),
+        engine.event_sender(),
+        shutdown.clone(),
+    )?;
     let state = Arc::new(AppState {
         engine: engine.clone(),
+        network,
         data_dir: paths.data_dir.clone(),
         socket: paths.socket.clone(),
         started_at: now_ms(),
@@ -99,6 +110,9 @@ pub async fn serve(
     );
     let served = api::serve(listener, state).await;
     tracing::info!("shutting down");
+    if let Err(e) = network_task.await {
+        tracing::error!(error = %e, "the network task failed");
+    }
     let _ = std::fs::remove_file(&paths.socket);
     let closed = close_engine(engine).await;
     served?;

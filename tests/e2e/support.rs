@@ -86,12 +86,25 @@ impl Device {
             .prefix("cse2e-")
             .tempdir_in("/tmp")
             .expect("cannot create a temporary home");
-        Device {
+        let device = Device {
             home,
             child: None,
             spawned: 0,
             started: std::sync::Mutex::new(Vec::new()),
-        }
+        };
+        device.set_peers(&[]);
+        device
+    }
+
+    /// Writes the device's config: loopback only and no mDNS (tests never touch the machine's
+    /// real network), with `peers` to connect to.
+    pub fn set_peers(&self, peers: &[String]) {
+        let peers: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
+        let config = format!(
+            "[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\npeers = [{}]\n",
+            peers.join(", ")
+        );
+        std::fs::write(self.home().join("config.toml"), config).expect("cannot write the config");
     }
 
     pub fn home(&self) -> &Path {

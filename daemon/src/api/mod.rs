@@ -35,6 +35,7 @@ use crate::engine::Engine;
 /// What the API handlers share.
 pub struct AppState {
     pub engine: Arc<Engine>,
+    pub network: crate::net::Network,
     pub data_dir: PathBuf,
     pub socket: PathBuf,
     pub started_at: i64,

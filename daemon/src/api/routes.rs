@@ -44,11 +44,20 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route("/chats/{chat}/read", get(read_state).post(mark_read))
         .route("/devices", get(list_devices).post(add_device))
+        .route("/peers", get(list_peers))
         .route("/devices/{device}", axum::routing::delete(remove_device))
 }
 
 async fn status(State(st): St) -> Json<StatusJson> {
     let stats = st.engine.stats();
+    let listen_addrs = st.network.listen_addrs().await;
+    let peers_connected = st
+        .network
+        .peers()
+        .await
+        .iter()
+        .filter(|p| p.connected)
+        .count();
     let device = st.engine.device();
     Json(StatusJson {
         device_id: device.id.to_string(),
@@ -64,6 +73,8 @@ async fn status(State(st): St) -> Json<StatusJson> {
         store_healthy: stats.store_healthy,
         started_at: st.started_at,
         uptime_ms: st.started.elapsed().as_millis() as u64,
+        listen_addrs: listen_addrs.iter().map(ToString::to_string).collect(),
+        peers_connected,
     })
 }
 
@@ -260,6 +271,34 @@ async fn remove_device(
 ) -> AppResult<Json<DeviceJson>> {
     let entry = st.engine.remove_device(&device).await?;
     Ok(Json(DeviceJson::from_entry(entry, &st.engine.device().id)))
+}
+
+async fn list_peers(State(st): St) -> Json<PeerListJson> {
+    let names: std::collections::HashMap<_, _> = st
+        .engine
+        .devices()
+        .await
+        .into_iter()
+        .map(|e| (e.id, e.name))
+        .collect();
+    Json(PeerListJson {
+        peers: st
+            .network
+            .peers()
+            .await
+            .into_iter()
+            .map(|p| PeerJson {
+                name: names.get(&p.device).cloned(),
+                device: p.device.to_string(),
+                connected: p.connected,
+                addresses: p.addresses.iter().map(ToString::to_string).collect(),
+                transport: p.transport,
+                direction: p.direction,
+                connected_since: p.connected_since,
+                rtt_ms: p.rtt_ms,
+            })
+            .collect(),
+    })
 }
 
 fn resolve(st: &AppState, chat: &str) -> AppResult<ChatSummary> {

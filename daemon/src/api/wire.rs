@@ -32,6 +32,32 @@ pub struct StatusJson {
     pub store_healthy: bool,
     pub started_at: i64,
     pub uptime_ms: u64,
+    /// Addresses other devices can reach this one at.
+    pub listen_addrs: Vec<String>,
+    /// Trusted devices connected now.
+    pub peers_connected: usize,
+}
+
+/// A trusted or connected device, as the network sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PeerJson {
+    pub device: String,
+    /// Its name in the roster.
+    pub name: Option<String>,
+    pub connected: bool,
+    pub addresses: Vec<String>,
+    /// `tcp` or `quic`.
+    pub transport: Option<String>,
+    /// `outbound` (this device dialled) or `inbound`.
+    pub direction: Option<String>,
+    pub connected_since: Option<i64>,
+    /// Latest ping round trip.
+    pub rtt_ms: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerListJson {
+    pub peers: Vec<PeerJson>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -197,6 +223,10 @@ pub enum EventJson {
     DeviceAdded { device: DeviceJson },
     #[serde(rename = "device.removed")]
     DeviceRemoved { device: DeviceJson },
+    #[serde(rename = "peer.up")]
+    PeerUp { device: String },
+    #[serde(rename = "peer.down")]
+    PeerDown { device: String },
     /// The subscriber fell behind and `missed` events were dropped; re-read what matters.
     #[serde(rename = "lagged")]
     Lagged { missed: u64 },
@@ -283,6 +313,12 @@ mod convert {
     impl EventJson {
         pub fn from_event(event: Event, this_device: &DeviceId) -> Self {
             match event {
+                Event::PeerUp { device } => EventJson::PeerUp {
+                    device: device.to_string(),
+                },
+                Event::PeerDown { device } => EventJson::PeerDown {
+                    device: device.to_string(),
+                },
                 Event::DeviceAdded { entry } => EventJson::DeviceAdded {
                     device: DeviceJson::from_entry(entry, this_device),
                 },

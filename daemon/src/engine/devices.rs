@@ -16,6 +16,16 @@ pub struct LoadedRoster {
 }
 
 impl LoadedRoster {
+    /// Every trusted device, this one included.
+    pub fn trusted(&self) -> std::collections::BTreeSet<DeviceId> {
+        self.doc
+            .entries()
+            .into_iter()
+            .filter(RosterEntry::trusted)
+            .map(|e| e.id)
+            .collect()
+    }
+
     /// Loads the roster, or creates one holding only this device on first start.
     pub fn open(store: &Store, device: &Device) -> Result<LoadedRoster, EngineError> {
         match store.load_roster()? {
@@ -143,6 +153,9 @@ impl Engine {
         };
         let (entry, receipt) = receipt;
         receipt.durable().await?;
+        // Read under the lock now, so that racing changes always leave the latest roster.
+        let trusted = self.roster.lock().await.trusted();
+        self.trusted.send_replace(trusted);
         Ok(entry)
     }
 }

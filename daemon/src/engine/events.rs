@@ -36,6 +36,14 @@ pub enum Event {
     DeviceRemoved {
         entry: RosterEntry,
     },
+    /// A trusted device connected (not a durable change: sent by the network task).
+    PeerUp {
+        device: DeviceId,
+    },
+    /// A device's last connection closed.
+    PeerDown {
+        device: DeviceId,
+    },
 }
 
 impl Event {
@@ -46,7 +54,10 @@ impl Event {
             | Event::ChatUpdated { chat, .. }
             | Event::Message { chat, .. }
             | Event::ReadMarker { chat, .. } => Some(chat),
-            Event::DeviceAdded { .. } | Event::DeviceRemoved { .. } => None,
+            Event::DeviceAdded { .. }
+            | Event::DeviceRemoved { .. }
+            | Event::PeerUp { .. }
+            | Event::PeerDown { .. } => None,
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct Engine {
     /// Background compactions, waited for at shutdown.
     background: TaskTracker,
     roster: tokio::sync::Mutex<devices::LoadedRoster>,
+    /// The devices that may connect, for the network task.
+    trusted: tokio::sync::watch::Sender<std::collections::BTreeSet<chatsync_model::DeviceId>>,
 }
 
 /// A chat as listed: its id and record.
@@ -85,6 +87,7 @@ impl Engine {
     ) -> Result<Arc<Engine>, EngineError> {
         let records: BTreeMap<_, _> = store.chat_records()?.into_iter().collect();
         let roster = devices::LoadedRoster::open(&store, &device)?;
+        let (trusted, _) = tokio::sync::watch::channel(roster.trusted());
         let (events, _) = broadcast::channel(events::EVENT_BUFFER);
         let engine = Arc::new(Engine {
             committer: Committer::start(store.clone(), events.clone())
@@ -96,6 +99,7 @@ impl Engine {
             events,
             background: TaskTracker::new(),
             roster: tokio::sync::Mutex::new(roster),
+            trusted,
         });
         tokio::spawn(unload_idle_chats(
             Arc::downgrade(&engine),
@@ -110,6 +114,18 @@ impl Engine {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Where events that are not durable changes (the network's) are published.
+    pub fn event_sender(&self) -> broadcast::Sender<Event> {
+        self.events.clone()
+    }
+
+    /// The devices that may connect, kept up to date as the roster changes.
+    pub fn trusted_devices(
+        &self,
+    ) -> tokio::sync::watch::Receiver<std::collections::BTreeSet<chatsync_model::DeviceId>> {
+        self.trusted.subscribe()
     }
 
     pub fn stats(&self) -> EngineStats {

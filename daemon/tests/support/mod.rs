@@ -67,6 +67,15 @@ pub async fn wait_store_released(paths: &Paths) {
     }
 }
 
+/// Network settings for tests: loopback only, no mDNS, no peers.
+pub fn loopback_network() -> chatsync_daemon::config::NetworkConfig {
+    chatsync_daemon::config::NetworkConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        mdns: false,
+        peers: Vec::new(),
+    }
+}
+
 /// A daemon running in this process.
 pub struct TestDaemon {
     pub home: Arc<TempDir>,
@@ -99,8 +108,18 @@ impl TestDaemon {
         std::fs::create_dir_all(&paths.data_dir).unwrap();
         let identity = Identity::load_or_create(&paths.identity_file()).unwrap();
         let device = Device::new(identity.device_id.clone(), DEVICE_NAME).unwrap();
+        let device_id = identity.device_id.to_string();
         let token = CancellationToken::new();
-        let task = tokio::spawn(serve(paths.clone(), config.clone(), device, token.clone()));
+        // Tests stay on loopback: no mDNS (it would multicast on the machine's real network).
+        let mut run_config = config.clone();
+        run_config.network = loopback_network();
+        let task = tokio::spawn(serve(
+            paths.clone(),
+            run_config,
+            identity,
+            device,
+            token.clone(),
+        ));
         let client = reqwest::Client::builder()
             .unix_socket(paths.socket.clone())
             .build()
@@ -110,7 +129,7 @@ impl TestDaemon {
             paths,
             config,
             client,
-            device_id: identity.device_id.to_string(),
+            device_id,
             token,
             task: Some(task),
         };

@@ -1,0 +1,77 @@
+//! The libp2p behaviours chatsync runs, and how the swarm is built.
+
+use std::time::Duration;
+
+use libp2p::{
+    Swarm, SwarmBuilder, allow_block_list, connection_limits, identify, identity::Keypair, mdns,
+    noise, ping, swarm::NetworkBehaviour, swarm::behaviour::toggle::Toggle, tcp, yamux,
+};
+
+/// Protocol version announced by identify; a peer with another major version is not chatsync.
+pub const PROTOCOL_VERSION: &str = "/chatsync/1";
+/// How often connections are pinged, and how long a ping may take before the link is dead.
+pub const PING_INTERVAL: Duration = Duration::from_secs(2);
+pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// QUIC notices a dead link on its own after this long without packets.
+const QUIC_IDLE_TIMEOUT_MS: u32 = 6_000;
+/// Connections between devices are meant to stay up; liveness is ping's job, not idleness'.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Only roster devices: everyone else is refused after the handshake.
+    pub allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
+    pub limits: connection_limits::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+pub fn build_swarm(keypair: Keypair, use_mdns: bool) -> anyhow::Result<Swarm<Behaviour>> {
+    let swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            // Nagle's algorithm alone would add tens of milliseconds to every small message.
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_quic_config(|mut c| {
+            c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+            c.keep_alive_interval = Duration::from_secs(1);
+            c
+        })
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let mdns = if use_mdns {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    peer_id,
+                )?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                allow: allow_block_list::Behaviour::default(),
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established_per_peer(Some(4))
+                        .with_max_established(Some(256))
+                        .with_max_pending_incoming(Some(32)),
+                ),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(PROTOCOL_VERSION.into(), key.public())
+                        .with_agent_version(format!("chatsyncd/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(PING_INTERVAL)
+                        .with_timeout(PING_TIMEOUT),
+                ),
+                mdns: Toggle::from(mdns),
+            })
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}

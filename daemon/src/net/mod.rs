@@ -1,0 +1,90 @@
+//! The network: one task owns the libp2p `Swarm`; everything else talks to it through a
+//! bounded command channel ([`Network`]) and hears from it through the engine's events.
+//!
+//! What it does so far: listens (TCP and QUIC, Noise, Yamux), finds devices on the LAN with
+//! mDNS, keeps connections to configured peers, and lets only devices in the roster connect —
+//! anyone else is refused right after the encrypted handshake, before any protocol runs.
+//! Liveness: ping every few seconds, a failed ping closes the connection, and known devices are
+//! redialled with exponential backoff. Chat sync runs over these connections (next step).
+//!
+//! Why one task: the `Swarm` is not shareable, and a single owner makes every state change
+//! (dials, trust updates, connection book-keeping) sequential and easy to reason about.
+
+mod behaviour;
+mod peers;
+mod task;
+
+use std::collections::BTreeSet;
+
+use chatsync_model::DeviceId;
+use libp2p::{Multiaddr, identity::Keypair};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::NetworkConfig, engine::Event};
+
+/// Commands waiting for the network task, at most.
+const COMMAND_QUEUE: usize = 64;
+
+/// One device the network knows: trusted, or connected.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerInfo {
+    pub device: DeviceId,
+    /// Connected and accepted by the other side.
+    pub connected: bool,
+    /// Addresses it was reached at or can be dialled at.
+    pub addresses: Vec<Multiaddr>,
+    /// `tcp` or `quic`, for the oldest live connection.
+    pub transport: Option<String>,
+    /// Whether this device dialled (`outbound`) or was dialled (`inbound`).
+    pub direction: Option<String>,
+    /// When the current connection was established (ms since the Unix epoch).
+    pub connected_since: Option<i64>,
+    /// Latest ping round trip, in milliseconds.
+    pub rtt_ms: Option<f64>,
+}
+
+enum Command {
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+}
+
+/// Handle to the network task.
+#[derive(Clone, Debug)]
+pub struct Network {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Network {
+    /// Builds the swarm, starts listening and spawns the network task. It runs until
+    /// `shutdown` is cancelled.
+    pub fn start(
+        keypair: Keypair,
+        config: NetworkConfig,
+        trusted: watch::Receiver<BTreeSet<DeviceId>>,
+        events: broadcast::Sender<Event>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<(Network, tokio::task::JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let task = task::NetworkTask::new(keypair, config, trusted, events, rx)?;
+        let handle = tokio::spawn(task.run(shutdown));
+        Ok((Network { tx }, handle))
+    }
+
+    /// Every trusted or connected device.
+    pub async fn peers(&self) -> Vec<PeerInfo> {
+        self.ask(Command::Peers).await.unwrap_or_default()
+    }
+
+    /// The addresses this device listens on.
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.ask(Command::ListenAddrs).await.unwrap_or_default()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.ok()?;
+        rx.await.ok()
+    }
+}

@@ -1,0 +1,374 @@
+//! The network task's event loop.
+
+use std::{
+    collections::BTreeSet,
+    str::FromStr,
+    time::{Duration, Instant},
+};
+
+use chatsync_model::DeviceId;
+use futures_util::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, Swarm,
+    core::ConnectedPoint,
+    identify, mdns,
+    multiaddr::Protocol,
+    ping,
+    swarm::{
+        DialError, SwarmEvent,
+        dial_opts::{DialOpts, PeerCondition},
+    },
+};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Command, PeerInfo,
+    behaviour::{Behaviour, BehaviourEvent, PROTOCOL_VERSION, build_swarm},
+    peers::{PeerBook, transport},
+};
+use crate::{
+    config::NetworkConfig,
+    engine::{Event, now_ms},
+};
+
+/// How often due redials are looked for.
+const REDIAL_TICK: Duration = Duration::from_millis(250);
+
+pub struct NetworkTask {
+    swarm: Swarm<Behaviour>,
+    book: PeerBook,
+    trusted: watch::Receiver<BTreeSet<DeviceId>>,
+    allowed: BTreeSet<PeerId>,
+    listen_addrs: Vec<Multiaddr>,
+    events: broadcast::Sender<Event>,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl NetworkTask {
+    pub fn new(
+        keypair: libp2p::identity::Keypair,
+        config: NetworkConfig,
+        trusted: watch::Receiver<BTreeSet<DeviceId>>,
+        events: broadcast::Sender<Event>,
+        commands: mpsc::Receiver<Command>,
+    ) -> anyhow::Result<NetworkTask> {
+        let mut swarm = build_swarm(keypair, config.mdns)?;
+        let mut listening = 0;
+        for addr in &config.listen {
+            match swarm.listen_on(addr.clone()) {
+                Ok(_) => listening += 1,
+                Err(e) => tracing::warn!(%addr, error = %e, "cannot listen"),
+            }
+        }
+        if listening == 0 && !config.listen.is_empty() {
+            anyhow::bail!("cannot listen on any of the configured network addresses");
+        }
+        let mut book = PeerBook::default();
+        for addr in config.peers {
+            match peer_of(&addr) {
+                Some(peer) => {
+                    if let Some(entry) = book.entry(peer) {
+                        entry.configured = true;
+                        entry.add_address(without_p2p(&addr));
+                    }
+                }
+                None => tracing::warn!(
+                    %addr,
+                    "ignoring a peer address without /p2p/DEVICE_ID at its end"
+                ),
+            }
+        }
+        let mut task = NetworkTask {
+            swarm,
+            book,
+            trusted,
+            allowed: BTreeSet::new(),
+            listen_addrs: Vec::new(),
+            events,
+            commands,
+        };
+        task.apply_trust();
+        Ok(task)
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut redial = tokio::time::interval(REDIAL_TICK);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(command) = self.commands.recv() => self.on_command(command),
+                Ok(()) = self.trusted.changed() => self.apply_trust(),
+                _ = redial.tick() => self.redial_due(),
+            }
+        }
+        tracing::debug!("network task stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Peers(reply) => {
+                let _ = reply.send(self.peer_infos());
+            }
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.listen_addrs.clone());
+            }
+        }
+    }
+
+    /// Makes the allow list match the roster: newly trusted devices may connect (and are
+    /// dialled if their address is known); removed ones are disconnected at once.
+    fn apply_trust(&mut self) {
+        let trusted: BTreeSet<PeerId> = self
+            .trusted
+            .borrow_and_update()
+            .iter()
+            .filter_map(|d| PeerId::from_str(d.as_str()).ok())
+            .filter(|p| p != self.swarm.local_peer_id())
+            .collect();
+        for peer in self.allowed.difference(&trusted) {
+            // Also closes its connections.
+            self.swarm.behaviour_mut().allow.disallow_peer(*peer);
+            tracing::info!(%peer, "device no longer trusted; disconnected");
+        }
+        for peer in trusted.difference(&self.allowed) {
+            self.swarm.behaviour_mut().allow.allow_peer(*peer);
+            if let Some(entry) = self.book.peers.get_mut(peer) {
+                entry.reset_backoff();
+            }
+        }
+        self.allowed = trusted;
+        self.book
+            .peers
+            .retain(|p, e| e.configured || e.connected() || self.allowed.contains(p));
+        self.redial_due();
+    }
+
+    fn redial_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .book
+            .peers
+            .iter()
+            .filter(|(p, e)| self.allowed.contains(p) && e.dial_due(now))
+            .map(|(p, e)| (*p, e.addresses.iter().cloned().collect()))
+            .collect();
+        for (peer, addresses) in due {
+            if let Some(entry) = self.book.peers.get_mut(&peer) {
+                entry.dialled(now);
+            }
+            // Explicit addresses only (identify may report ones that reach ourselves), and a
+            // fresh port, which avoids the handshake failing for good when both sides dial.
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addresses)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .allocate_new_port()
+                .build();
+            match self.swarm.dial(opts) {
+                Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+                Err(e) => tracing::debug!(%peer, error = ?e, "dial failed"),
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening for devices");
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let (remote, outbound) = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => (without_p2p(address), true),
+                    ConnectedPoint::Listener { send_back_addr, .. } => {
+                        (send_back_addr.clone(), false)
+                    }
+                };
+                if let Some(entry) = self.book.entry(peer_id) {
+                    if outbound {
+                        entry.add_address(remote.clone());
+                    }
+                    entry.connections.insert(
+                        connection_id,
+                        super::peers::Connection {
+                            remote,
+                            outbound,
+                            since_ms: now_ms(),
+                        },
+                    );
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                cause,
+                ..
+            } => {
+                let Some(entry) = self.book.peers.get_mut(&peer_id) else {
+                    return;
+                };
+                entry.connections.remove(&connection_id);
+                if !entry.connected() {
+                    let was_up = std::mem::take(&mut entry.accepted);
+                    entry.rtt = None;
+                    if was_up {
+                        tracing::info!(peer = %peer_id, ?cause, "device disconnected");
+                        self.announce(peer_id, false);
+                    }
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                peer_id,
+                ..
+            } => {
+                tracing::debug!(?peer_id, %send_back_addr, error = ?error, "refused a connection");
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, error = ?error, "could not connect");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => self.on_identified(peer_id, info),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            })) => match result {
+                Ok(rtt) => {
+                    if let Some(entry) = self.book.peers.get_mut(&peer) {
+                        entry.rtt = Some(rtt);
+                    }
+                }
+                Err(e) => {
+                    // Ping never closes a connection by itself; a dead link would otherwise
+                    // linger until TCP gives up.
+                    tracing::debug!(%peer, error = %e, "ping failed; closing the connection");
+                    self.swarm.close_connection(connection);
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if !self.allowed.contains(&peer) {
+                        continue;
+                    }
+                    if let Some(entry) = self.book.entry(peer) {
+                        entry.add_address(addr);
+                    }
+                }
+                self.redial_due();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
+                for (peer, addr) in gone {
+                    if let Some(entry) = self.book.peers.get_mut(&peer)
+                        && !entry.configured
+                    {
+                        entry.addresses.remove(&addr);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Identify ran, so the other side accepted the connection: the device is up.
+    fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
+        if info.protocol_version != PROTOCOL_VERSION {
+            tracing::warn!(%peer, version = %info.protocol_version, "not a compatible chatsync device; disconnecting");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        let Some(entry) = self.book.peers.get_mut(&peer) else {
+            return;
+        };
+        entry.reset_backoff();
+        if !entry.accepted {
+            entry.accepted = true;
+            tracing::info!(%peer, "device connected");
+            self.announce(peer, true);
+        }
+    }
+
+    fn announce(&self, peer: PeerId, up: bool) {
+        let Ok(device) = DeviceId::new(peer.to_base58()) else {
+            return;
+        };
+        let _ = self.events.send(if up {
+            Event::PeerUp { device }
+        } else {
+            Event::PeerDown { device }
+        });
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        let mut out: Vec<PeerInfo> = self
+            .book
+            .peers
+            .iter()
+            .filter(|(p, e)| self.allowed.contains(p) || e.accepted)
+            .filter_map(|(peer, e)| {
+                let device = DeviceId::new(peer.to_base58()).ok()?;
+                let oldest = e.connections.values().min_by_key(|c| c.since_ms);
+                Some(PeerInfo {
+                    device,
+                    connected: e.accepted,
+                    addresses: e.addresses.iter().cloned().collect(),
+                    transport: oldest
+                        .filter(|_| e.accepted)
+                        .map(|c| transport(&c.remote).to_string()),
+                    direction: oldest
+                        .filter(|_| e.accepted)
+                        .map(|c| if c.outbound { "outbound" } else { "inbound" }.to_string()),
+                    connected_since: oldest.filter(|_| e.accepted).map(|c| c.since_ms),
+                    rtt_ms: e.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                })
+            })
+            .collect();
+        // Trusted devices never seen on the network are listed too (offline).
+        for peer in &self.allowed {
+            if !self.book.peers.contains_key(peer)
+                && let Ok(device) = DeviceId::new(peer.to_base58())
+            {
+                out.push(PeerInfo {
+                    device,
+                    connected: false,
+                    addresses: Vec::new(),
+                    transport: None,
+                    direction: None,
+                    connected_since: None,
+                    rtt_ms: None,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.device.cmp(&b.device));
+        out
+    }
+}
+
+/// The device id at the end of an address (`.../p2p/ID`).
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last()? {
+        Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    }
+}
+
+/// The address without its trailing `/p2p/ID`.
+fn without_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
