@@ -35,6 +35,8 @@ pub enum Command {
     Chat(ChatCommand),
     /// List chats, most recently active first.
     Chats,
+    /// Show the devices this one is connected to (and trusted ones it is not).
+    Peers,
     /// List, add or remove the devices that may sync with this one.
     Devices {
         #[command(subcommand)]

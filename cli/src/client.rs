@@ -245,6 +245,11 @@ impl Client {
             .await
     }
 
+    pub async fn peers(&self) -> Result<Vec<PeerJson>, ClientError> {
+        let list: PeerListJson = self.json(Method::GET, &["peers"], None, &[]).await?;
+        Ok(list.peers)
+    }
+
     pub async fn devices(&self) -> Result<Vec<DeviceJson>, ClientError> {
         let list: DeviceListJson = self.json(Method::GET, &["devices"], None, &[]).await?;
         Ok(list.devices)

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use chatsync_daemon::api::wire::{ChatJson, DeviceJson, MessageJson};
+use chatsync_daemon::api::wire::{ChatJson, DeviceJson, MessageJson, PeerJson};
 use serde::Serialize;
 
 /// Characters of an id shown to people (any unambiguous prefix of 4 or more is accepted back).
@@ -123,6 +123,42 @@ pub fn chat_table(chats: &[ChatJson]) -> Vec<String> {
             pad(&c.title, title_width),
             c.messages,
             local_time(c.last_activity)
+        ));
+    }
+    out
+}
+
+/// Renders the network's view of devices as an aligned table.
+pub fn peer_table(peers: &[PeerJson]) -> Vec<String> {
+    let name = |p: &PeerJson| p.name.clone().unwrap_or_else(|| "?".into());
+    let name_width = peers
+        .iter()
+        .map(|p| width(&name(p)))
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let mut out = vec![format!(
+        "{}  {}  {:<9}  {:<16}  {:>8}  ADDRESS",
+        pad("DEVICE", 52),
+        pad("NAME", name_width),
+        "STATE",
+        "SINCE",
+        "PING"
+    )];
+    for p in peers {
+        let state = if p.connected {
+            p.transport.clone().unwrap_or_default()
+        } else {
+            "offline".into()
+        };
+        out.push(format!(
+            "{}  {}  {:<9}  {:<16}  {:>8}  {}",
+            pad(&p.device, 52),
+            pad(&name(p), name_width),
+            state,
+            p.connected_since.map(local_time).unwrap_or_default(),
+            p.rtt_ms.map(|r| format!("{r:.1} ms")).unwrap_or_default(),
+            p.addresses.first().cloned().unwrap_or_default()
         ));
     }
     out

@@ -8,6 +8,7 @@ mod cli_flow;
 mod crash;
 mod devices;
 mod follow;
+mod mesh;
 mod paging;
 mod signals;
 mod support;

@@ -146,6 +146,18 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
         ("name", s.name.clone()),
         ("version", s.version.clone()),
         ("chats", s.chats.to_string()),
+        (
+            "network",
+            format!(
+                "{} connected; listening on {}",
+                s.peers_connected,
+                if s.listen_addrs.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    s.listen_addrs.join(" ")
+                }
+            ),
+        ),
         ("data dir", s.data_dir.clone()),
         ("socket", s.socket.clone()),
         (

@@ -1,4 +1,4 @@
-//! `chatsync devices [list|add|remove]`.
+//! `chatsync devices [list|add|remove]` and `chatsync peers`.
 
 use chatsync_daemon::api::wire::DeviceJson;
 
@@ -39,4 +39,20 @@ fn show(device: &DeviceJson, verb: &str, json: bool) -> anyhow::Result<()> {
         println!("{verb} {} ({})", device.id, device.name);
         Ok(())
     }
+}
+
+pub async fn peers(client: &Client, json: bool) -> anyhow::Result<()> {
+    let peers = client.peers().await?;
+    if json {
+        for p in &peers {
+            output::json_line(p)?;
+        }
+    } else if peers.is_empty() {
+        println!("no other devices yet; add one with `chatsync devices add DEVICE_ID`");
+    } else {
+        for line in output::peer_table(&peers) {
+            println!("{line}");
+        }
+    }
+    Ok(())
 }

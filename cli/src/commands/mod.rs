@@ -28,6 +28,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(cmd) => chats::chat(cmd, &client, json).await,
         Command::Chats => chats::list(&client, json).await,
         Command::Devices { command } => devices::run(command, &client, json).await,
+        Command::Peers => devices::peers(&client, json).await,
         Command::Post {
             chat,
             text,

@@ -1,0 +1,120 @@
+//! Devices on one machine, over loopback with configured peers: only devices in each other's
+//! roster connect, an untrusted device gets nowhere, and removal from the roster disconnects.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::Device;
+
+fn device_id(dev: &Device) -> String {
+    dev.ok_json1(&["status", "--json"])["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A dialable address of a running device: `/ip4/127.0.0.1/tcp/PORT/p2p/ID`.
+fn address_of(dev: &Device) -> String {
+    let status = dev.ok_json1(&["status", "--json"]);
+    let listen = status["listen_addrs"][0].as_str().expect("a listen address");
+    format!("{listen}/p2p/{}", status["device_id"].as_str().unwrap())
+}
+
+fn peer(dev: &Device, id: &str) -> Option<Value> {
+    dev.ok_json(&["peers", "--json"])
+        .into_iter()
+        .find(|p| p["device"] == id)
+}
+
+fn connected(dev: &Device, id: &str) -> bool {
+    peer(dev, id).is_some_and(|p| p["connected"] == true)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn only_trusted_devices_connect_and_removal_disconnects() {
+    let a = Device::new();
+    a.start();
+    let a_id = device_id(&a);
+    let a_addr = address_of(&a);
+
+    let b = Device::new();
+    b.set_peers(std::slice::from_ref(&a_addr));
+    b.start();
+    let b_id = device_id(&b);
+    let c = Device::new();
+    c.set_peers(std::slice::from_ref(&a_addr));
+    c.start();
+    let c_id = device_id(&c);
+
+    // a and b trust each other; c trusts a, but a does not trust c.
+    a.ok(&["devices", "add", &b_id, "--name", "bee"]);
+    b.ok(&["devices", "add", &a_id, "--name", "ay"]);
+    c.ok(&["devices", "add", &a_id]);
+
+    wait_for("a and b to connect", Duration::from_secs(15), || {
+        connected(&a, &b_id) && connected(&b, &a_id)
+    });
+    let seen_by_b = peer(&b, &a_id).unwrap();
+    assert_eq!(seen_by_b["name"], "ay");
+    assert_eq!(seen_by_b["transport"], "tcp");
+    assert_eq!(seen_by_b["direction"], "outbound");
+    assert!(seen_by_b["connected_since"].is_i64());
+    assert_eq!(peer(&a, &b_id).unwrap()["direction"], "inbound");
+    assert_eq!(a.ok_json1(&["status", "--json"])["peers_connected"], 1);
+    let table = b.ok(&["peers"]);
+    assert!(table.contains(&a_id) && table.contains("tcp"), "{table}");
+
+    // c keeps dialling a and is refused every time.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(peer(&a, &c_id).is_none(), "a lists the untrusted device");
+    assert!(!connected(&c, &a_id), "the untrusted device counts as connected");
+
+    // Removing b disconnects it, and its redials are refused from then on.
+    a.ok(&["devices", "remove", &b_id]);
+    wait_for("b to be disconnected", Duration::from_secs(10), || {
+        !connected(&a, &b_id) && !connected(&b, &a_id)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!connected(&b, &a_id), "b got back in after removal");
+    assert!(peer(&a, &b_id).is_none());
+}
+
+#[test]
+fn a_device_reconnects_after_the_other_restarts() {
+    let a = Device::new();
+    a.start();
+    let a_id = device_id(&a);
+    // A fixed address for a, so that b can find it again after a restart.
+    let a_addr = address_of(&a);
+    let port = a_addr.split('/').nth(4).unwrap().to_string();
+    a.stop();
+    std::fs::write(
+        a.home().join("config.toml"),
+        format!("[network]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nmdns = false\n"),
+    )
+    .unwrap();
+    a.start();
+
+    let b = Device::new();
+    b.set_peers(&[a_addr]);
+    b.start();
+    let b_id = device_id(&b);
+    a.ok(&["devices", "add", &b_id]);
+    b.ok(&["devices", "add", &a_id]);
+    wait_for("b to connect", Duration::from_secs(15), || connected(&b, &a_id));
+
+    a.stop();
+    wait_for("b to notice", Duration::from_secs(15), || !connected(&b, &a_id));
+    a.start();
+    wait_for("b to reconnect", Duration::from_secs(30), || connected(&b, &a_id));
+    assert!(connected(&a, &b_id));
+}
