@@ -17,7 +17,9 @@ fn device_id(dev: &Device) -> String {
 /// A dialable address of a running device: `/ip4/127.0.0.1/tcp/PORT/p2p/ID`.
 fn address_of(dev: &Device) -> String {
     let status = dev.ok_json1(&["status", "--json"]);
-    let listen = status["listen_addrs"][0].as_str().expect("a listen address");
+    let listen = status["listen_addrs"][0]
+        .as_str()
+        .expect("a listen address");
     format!("{listen}/p2p/{}", status["device_id"].as_str().unwrap())
 }
 
@@ -76,7 +78,10 @@ fn only_trusted_devices_connect_and_removal_disconnects() {
     // c keeps dialling a and is refused every time.
     std::thread::sleep(Duration::from_secs(2));
     assert!(peer(&a, &c_id).is_none(), "a lists the untrusted device");
-    assert!(!connected(&c, &a_id), "the untrusted device counts as connected");
+    assert!(
+        !connected(&c, &a_id),
+        "the untrusted device counts as connected"
+    );
 
     // Removing b disconnects it, and its redials are refused from then on.
     a.ok(&["devices", "remove", &b_id]);
@@ -110,11 +115,17 @@ fn a_device_reconnects_after_the_other_restarts() {
     let b_id = device_id(&b);
     a.ok(&["devices", "add", &b_id]);
     b.ok(&["devices", "add", &a_id]);
-    wait_for("b to connect", Duration::from_secs(15), || connected(&b, &a_id));
+    wait_for("b to connect", Duration::from_secs(15), || {
+        connected(&b, &a_id)
+    });
 
     a.stop();
-    wait_for("b to notice", Duration::from_secs(15), || !connected(&b, &a_id));
+    wait_for("b to notice", Duration::from_secs(15), || {
+        !connected(&b, &a_id)
+    });
     a.start();
-    wait_for("b to reconnect", Duration::from_secs(30), || connected(&b, &a_id));
+    wait_for("b to reconnect", Duration::from_secs(30), || {
+        connected(&b, &a_id)
+    });
     assert!(connected(&a, &b_id));
 }

@@ -112,7 +112,10 @@ impl TestDaemon {
         let token = CancellationToken::new();
         // Tests stay on loopback: no mDNS (it would multicast on the machine's real network).
         let mut run_config = config.clone();
-        run_config.network = loopback_network();
+        run_config.network = chatsync_daemon::config::NetworkConfig {
+            peers: config.network.peers.clone(),
+            ..loopback_network()
+        };
         let task = tokio::spawn(serve(
             paths.clone(),
             run_config,

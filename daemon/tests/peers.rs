@@ -1,0 +1,57 @@
+//! Two daemons in one process over loopback: `peer.up` and `peer.down` on the event stream,
+//! and `/v1/peers` as connections come and go.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use chatsync_daemon::{api::wire::PeerListJson, config::Config};
+use reqwest::StatusCode;
+use serde_json::json;
+use support::TestDaemon;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_events_follow_connections_and_trust() {
+    let a = TestDaemon::start().await;
+    let a_status = a.status().await;
+    let a_addr = format!("{}/p2p/{}", a_status.listen_addrs[0], a_status.device_id);
+    let mut config = Config::default();
+    config.network.peers = vec![a_addr.parse().unwrap()];
+    let b = TestDaemon::start_with(config).await;
+    let b_id = b.status().await.device_id;
+    let mut a_events = a.events("").await;
+
+    a.post("/devices", json!({"id": b_id, "name": "bee"}))
+        .await
+        .json::<serde_json::Value>(StatusCode::CREATED);
+    a_events.expect("device.added").await;
+    b.post("/devices", json!({"id": a_status.device_id}))
+        .await
+        .json::<serde_json::Value>(StatusCode::CREATED);
+
+    let up = tokio::time::timeout(Duration::from_secs(15), a_events.expect("peer.up"))
+        .await
+        .expect("no peer.up within 15 s");
+    assert_eq!(up["device"], b_id.as_str());
+    let peers: PeerListJson = a.get("/peers").await.json(StatusCode::OK);
+    let bee = peers.peers.iter().find(|p| p.device == b_id).unwrap();
+    assert!(bee.connected);
+    assert_eq!(bee.name.as_deref(), Some("bee"));
+    assert_eq!(bee.direction.as_deref(), Some("inbound"));
+    assert_eq!(a.status().await.peers_connected, 1);
+
+    // Removing b from a's roster disconnects it.
+    a.delete(&format!("/devices/{b_id}"))
+        .await
+        .json::<serde_json::Value>(StatusCode::OK);
+    a_events.expect("device.removed").await;
+    let down = tokio::time::timeout(Duration::from_secs(10), a_events.expect("peer.down"))
+        .await
+        .expect("no peer.down within 10 s");
+    assert_eq!(down["device"], b_id.as_str());
+    let peers: PeerListJson = a.get("/peers").await.json(StatusCode::OK);
+    assert!(peers.peers.iter().all(|p| p.device != b_id));
+    b.shutdown().await;
+    a.shutdown().await;
+}
