@@ -329,6 +329,7 @@ fn build_store(home: &Path, chats: usize, messages: usize) {
                         created_by: dev.id.to_string(),
                         messages: messages as u64,
                         last_activity: 1_700_000_000_000 + c as i64,
+                        heads: Vec::new(),
                     };
                     store.create_chat(&id, &record, &doc.save()).unwrap();
                 }

@@ -51,6 +51,14 @@ pub struct ChatInfo {
     pub messages: usize,
 }
 
+/// What a sync message brought: the messages it added or changed (each with whether it is
+/// new) and its changes, encoded for the store.
+#[derive(Debug, Default)]
+pub struct SyncReceived {
+    pub touched: Vec<(MessageId, bool)>,
+    pub changes: Vec<u8>,
+}
+
 /// A point-in-time copy of a chat document, made by [`ChatDoc::snapshot`].
 pub struct Snapshot(AutoCommit);
 
@@ -501,6 +509,40 @@ impl ChatDoc {
         ))
     }
 
+    /// One message of Automerge's sync protocol for the replica whose progress `state` tracks,
+    /// or `None` when that replica has everything this one has (as far as `state` knows).
+    pub fn generate_sync_message(&mut self, state: &mut automerge::sync::State) -> Option<Vec<u8>> {
+        use automerge::sync::SyncDoc;
+        self.doc
+            .sync()
+            .generate_sync_message(state)
+            .map(|m| m.encode())
+    }
+
+    /// Applies a sync message from another replica. Returns the ids of messages it added or
+    /// changed (each with whether it is new) and the encoded changes it brought (empty if
+    /// none), to persist.
+    pub fn receive_sync_message(
+        &mut self,
+        state: &mut automerge::sync::State,
+        message: &[u8],
+    ) -> Result<SyncReceived, ModelError> {
+        use automerge::sync::SyncDoc;
+        let message = automerge::sync::Message::decode(message)
+            .map_err(|e| ModelError::Invalid(format!("bad sync message: {e}")))?;
+        let before = self.doc.get_heads();
+        self.doc.sync().receive_sync_message(state, message)?;
+        self.check_schema_after(&before)?;
+        let changes: Vec<u8> = self
+            .doc
+            .get_changes(&before)
+            .iter()
+            .flat_map(|c| c.raw_bytes().to_vec())
+            .collect();
+        let touched = self.refresh_index_since_detailed(&before);
+        Ok(SyncReceived { touched, changes })
+    }
+
     /// Current heads of the document.
     pub fn heads(&mut self) -> Vec<ChangeHash> {
         self.doc.get_heads()
@@ -620,6 +662,14 @@ impl ChatDoc {
     /// changes at once, too slow to run per local change (local operations re-index the one
     /// message they touched instead).
     fn refresh_index_since(&mut self, before: &[ChangeHash]) -> Vec<MessageId> {
+        self.refresh_index_since_detailed(before)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// [`Self::refresh_index_since`], also telling for each message whether it is new.
+    fn refresh_index_since_detailed(&mut self, before: &[ChangeHash]) -> Vec<(MessageId, bool)> {
         let after = self.doc.get_heads();
         if after == before {
             return Vec::new();
@@ -647,11 +697,15 @@ impl ChatDoc {
                 touched.push(id);
             }
         }
-        for id in &touched {
-            self.reindex_message(id);
+        let mut result = Vec::with_capacity(touched.len());
+        for id in touched {
+            let known = self.keys.contains_key(&id);
+            self.reindex_message(&id);
+            if self.keys.contains_key(&id) {
+                result.push((id, !known));
+            }
         }
-        touched.retain(|id| self.keys.contains_key(id));
-        touched
+        result
     }
 
     fn reindex_message(&mut self, id: &MessageId) {

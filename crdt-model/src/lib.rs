@@ -36,7 +36,7 @@ pub mod schema;
 mod access;
 mod error;
 
-pub use chat::{ChatDoc, ChatInfo, Device, Snapshot};
+pub use chat::{ChatDoc, ChatInfo, Device, Snapshot, SyncReceived};
 pub use clock::Clock;
 pub use error::ModelError;
 pub use ids::{ChatId, DeviceId, MessageId};

@@ -87,8 +87,7 @@ pub async fn serve(
     let (network, network_task) = Network::start(
         identity.keypair,
         config.network.clone(),
-        engine.trusted_devices(),
-        engine.event_sender(),
+        engine.clone(),
         shutdown.clone(),
     )?;
     let state = Arc::new(AppState {

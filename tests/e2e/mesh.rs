@@ -129,3 +129,121 @@ fn a_device_reconnects_after_the_other_restarts() {
     });
     assert!(connected(&a, &b_id));
 }
+
+/// Two trusted devices connected over loopback, `b` dialling `a` at a fixed address.
+fn connected_pair() -> (Device, Device, String, String) {
+    let a = Device::new();
+    a.start();
+    let a_id = device_id(&a);
+    let a_addr = address_of(&a);
+    let port = a_addr.split('/').nth(4).unwrap().to_string();
+    a.stop();
+    std::fs::write(
+        a.home().join("config.toml"),
+        format!("[network]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nmdns = false\n"),
+    )
+    .unwrap();
+    a.start();
+    let b = Device::new();
+    b.set_peers(&[a_addr]);
+    b.start();
+    let b_id = device_id(&b);
+    a.ok(&["devices", "add", &b_id]);
+    b.ok(&["devices", "add", &a_id]);
+    wait_for("a and b to connect", Duration::from_secs(15), || {
+        connected(&a, &b_id) && connected(&b, &a_id)
+    });
+    (a, b, a_id, b_id)
+}
+
+fn log_texts(dev: &Device, chat: &str) -> Vec<String> {
+    dev.ok_json(&["log", chat, "-n", "5000", "--json"])
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn has_chat(dev: &Device, chat: &str) -> bool {
+    dev.ok_json(&["chats", "--json"])
+        .iter()
+        .any(|c| c["id"] == chat)
+}
+
+#[test]
+fn chats_and_posts_sync_both_ways_and_converge() {
+    let (a, b, _, _) = connected_pair();
+    let chat = a.ok_json1(&["chat", "create", "family", "--json"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.ok(&["post", &chat, "dinner at 7"]);
+    wait_for("the chat to reach b", Duration::from_secs(15), || {
+        has_chat(&b, &chat) && log_texts(&b, &chat) == ["dinner at 7"]
+    });
+    b.ok(&["post", &chat, "see you"]);
+    wait_for("b's post to reach a", Duration::from_secs(15), || {
+        log_texts(&a, &chat).len() == 2
+    });
+    // Concurrent posts on both sides end in the same messages in the same order.
+    for i in 0..10 {
+        a.ok(&["post", &chat, &format!("a{i}")]);
+        b.ok(&["post", &chat, &format!("b{i}")]);
+    }
+    wait_for("both to have 22 messages", Duration::from_secs(20), || {
+        log_texts(&a, &chat).len() == 22 && log_texts(&b, &chat).len() == 22
+    });
+    let (la, lb) = (
+        a.ok_json(&["log", &chat, "-n", "100", "--json"]),
+        b.ok_json(&["log", &chat, "-n", "100", "--json"]),
+    );
+    let ids = |l: &Vec<Value>| l.iter().map(|m| m["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&la), ids(&lb));
+    // Edits and reactions travel too.
+    let first = la[0]["id"].as_str().unwrap().to_string();
+    a.ok(&["edit", &chat, &first, "dinner at 8"]);
+    b.ok(&["react", &chat, &first, "👍"]);
+    wait_for(
+        "the edit and the reaction on both",
+        Duration::from_secs(15),
+        || {
+            [&a, &b].iter().all(|d| {
+                let m = &d.ok_json(&["log", &chat, "-n", "100", "--json"])[0];
+                m["text"] == "dinner at 8"
+                    && m["reactions"].as_object().is_some_and(|r| r.len() == 1)
+            })
+        },
+    );
+}
+
+#[test]
+fn a_device_that_was_offline_catches_up() {
+    let (a, b, _, b_id) = connected_pair();
+    let chat = a.ok_json1(&["chat", "create", "family", "--json"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.ok(&["post", &chat, "before"]);
+    wait_for("the chat to reach b", Duration::from_secs(15), || {
+        has_chat(&b, &chat)
+    });
+    b.stop();
+    wait_for("a to notice", Duration::from_secs(15), || {
+        !connected(&a, &b_id)
+    });
+    for i in 0..200 {
+        a.ok(&["post", &chat, &format!("while away {i}")]);
+    }
+    let other = a.ok_json1(&["chat", "create", "created while away", "--json"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.ok(&["post", &other, "hello"]);
+    b.start();
+    wait_for("b to catch up", Duration::from_secs(30), || {
+        log_texts(&b, &chat).len() == 201 && has_chat(&b, &other)
+    });
+    assert_eq!(log_texts(&b, &chat), log_texts(&a, &chat));
+    wait_for("the new chat's post", Duration::from_secs(15), || {
+        log_texts(&b, &other) == ["hello"]
+    });
+}

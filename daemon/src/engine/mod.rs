@@ -17,6 +17,7 @@ mod devices;
 mod error;
 pub mod events;
 pub mod resolve;
+mod sync;
 
 use std::{
     collections::BTreeMap,
@@ -30,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 pub use error::EngineError;
 pub use events::{Event, MessageEventKind};
+pub use sync::MAX_SYNC_BYTES;
 
 use self::{
     cache::{ChatCache, ChatHandle, LoadedChat},
@@ -57,6 +59,9 @@ pub struct Engine {
     /// Background compactions, waited for at shutdown.
     background: TaskTracker,
     roster: tokio::sync::Mutex<devices::LoadedRoster>,
+    /// Chats changed locally, for the network to sync.
+    changed: sync::ChangedChats,
+    sync_states: sync::SyncStates,
     /// The devices that may connect, for the network task.
     trusted: tokio::sync::watch::Sender<std::collections::BTreeSet<chatsync_model::DeviceId>>,
 }
@@ -100,6 +105,8 @@ impl Engine {
             background: TaskTracker::new(),
             roster: tokio::sync::Mutex::new(roster),
             trusted,
+            changed: sync::ChangedChats::default(),
+            sync_states: sync::SyncStates::default(),
         });
         tokio::spawn(unload_idle_chats(
             Arc::downgrade(&engine),
@@ -193,6 +200,7 @@ impl Engine {
             created_by: self.device.id.to_string(),
             messages: 0,
             last_activity: now,
+            heads: heads_hex(&mut doc),
         };
         let write = self.committer.begin();
         self.store.create_chat(&id, &record, &bytes)?;
@@ -216,6 +224,7 @@ impl Engine {
             }])
             .await?;
         receipt.durable().await?;
+        self.changed.mark(&id);
         Ok(ChatSummary { id, record })
     }
 
@@ -380,20 +389,7 @@ impl Engine {
                 // Nothing changed (an edit to the same text, say): nothing to persist.
                 return Ok(value);
             }
-            let (record, renamed) = self.updated_record(chat, &loaded.doc, now)?;
-            if let Err(e) = self
-                .store
-                .append_chunk(chat, loaded.next_seq, &chunk, &record)
-            {
-                // The document now holds a change the store does not, and later changes would
-                // depend on it: refuse every write until a restart reloads what is stored.
-                self.committer.fail(&e.to_string());
-                return Err(e.into());
-            }
-            self.write_records().insert(chat.clone(), record.clone());
-            loaded.next_seq += 1;
-            loaded.chunks += 1;
-            loaded.chunk_bytes += chunk.len() as u64;
+            let (record, renamed) = self.persist_chunk(chat, &mut loaded, &chunk, now)?;
             if renamed {
                 events.push(Event::ChatUpdated {
                     chat: chat.clone(),
@@ -410,15 +406,18 @@ impl Engine {
             (value, receipt)
         };
         receipt.durable().await?;
+        self.changed.mark(chat);
         Ok(value)
     }
 
-    /// The chat's record as it is after a change, and whether its title changed (worth an
-    /// event; counters change with every post and are not announced separately).
-    fn updated_record(
+    /// Appends a change already applied to `loaded.doc` to the store, with the chat's record
+    /// brought up to date, in one transaction. Returns the record and whether the title changed
+    /// (worth an event; counters change with every post and are not announced separately).
+    fn persist_chunk(
         &self,
         chat: &ChatId,
-        doc: &ChatDoc,
+        loaded: &mut LoadedChat,
+        chunk: &[u8],
         now: i64,
     ) -> Result<(ChatRecord, bool), EngineError> {
         let mut record = self
@@ -426,11 +425,25 @@ impl Engine {
             .get(chat)
             .cloned()
             .ok_or_else(|| EngineError::NotFound(format!("no chat {chat}")))?;
-        let title = doc.title();
+        let title = loaded.doc.title();
         let renamed = record.title != title;
         record.title = title;
-        record.messages = doc.len() as u64;
+        record.messages = loaded.doc.len() as u64;
         record.last_activity = now;
+        record.heads = heads_hex(&mut loaded.doc);
+        if let Err(e) = self
+            .store
+            .append_chunk(chat, loaded.next_seq, chunk, &record)
+        {
+            // The document now holds a change the store does not, and later changes would
+            // depend on it: refuse every write until a restart reloads what is stored.
+            self.committer.fail(&e.to_string());
+            return Err(e.into());
+        }
+        self.write_records().insert(chat.clone(), record.clone());
+        loaded.next_seq += 1;
+        loaded.chunks += 1;
+        loaded.chunk_bytes += chunk.len() as u64;
         Ok((record, renamed))
     }
 
@@ -551,6 +564,11 @@ async fn unload_idle_chats(engine: std::sync::Weak<Engine>, idle: Duration) {
             tracing::debug!(unloaded = n, "unloaded idle chats");
         }
     }
+}
+
+/// A document's heads as hex strings, as chat records keep them.
+fn heads_hex(doc: &mut ChatDoc) -> Vec<String> {
+    doc.heads().iter().map(|h| h.to_string()).collect()
 }
 
 /// A fresh random id: 128 bits, as 32 lowercase hex digits.

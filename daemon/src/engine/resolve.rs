@@ -91,6 +91,7 @@ mod tests {
                         created_by: "d".into(),
                         messages: 0,
                         last_activity: 0,
+                        heads: Vec::new(),
                     },
                 )
             })

@@ -4,8 +4,11 @@ use std::time::Duration;
 
 use libp2p::{
     Swarm, SwarmBuilder, allow_block_list, connection_limits, identify, identity::Keypair, mdns,
-    noise, ping, swarm::NetworkBehaviour, swarm::behaviour::toggle::Toggle, tcp, yamux,
+    noise, ping, request_response, swarm::NetworkBehaviour, swarm::behaviour::toggle::Toggle, tcp,
+    yamux,
 };
+
+use super::protocol::{MAX_WIRE_BYTES, PROTOCOL, SyncRequest, SyncResponse};
 
 /// Protocol version announced by identify; a peer with another major version is not chatsync.
 pub const PROTOCOL_VERSION: &str = "/chatsync/1";
@@ -25,6 +28,7 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
 }
 
 pub fn build_swarm(keypair: Keypair, use_mdns: bool) -> anyhow::Result<Swarm<Behaviour>> {
@@ -69,6 +73,15 @@ pub fn build_swarm(keypair: Keypair, use_mdns: bool) -> anyhow::Result<Swarm<Beh
                         .with_timeout(PING_TIMEOUT),
                 ),
                 mdns: Toggle::from(mdns),
+                sync: request_response::Behaviour::with_codec(
+                    request_response::cbor::codec::Codec::default()
+                        .set_request_size_maximum(MAX_WIRE_BYTES)
+                        .set_response_size_maximum(MAX_WIRE_BYTES),
+                    [(PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30))
+                        .with_max_concurrent_streams(64),
+                ),
             })
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))

@@ -12,17 +12,17 @@
 
 mod behaviour;
 mod peers;
+pub mod protocol;
+mod sessions;
 mod task;
-
-use std::collections::BTreeSet;
 
 use chatsync_model::DeviceId;
 use libp2p::{Multiaddr, identity::Keypair};
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::NetworkConfig, engine::Event};
+use crate::{config::NetworkConfig, engine::Engine};
 
 /// Commands waiting for the network task, at most.
 const COMMAND_QUEUE: usize = 64;
@@ -62,12 +62,11 @@ impl Network {
     pub fn start(
         keypair: Keypair,
         config: NetworkConfig,
-        trusted: watch::Receiver<BTreeSet<DeviceId>>,
-        events: broadcast::Sender<Event>,
+        engine: std::sync::Arc<Engine>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(Network, tokio::task::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let task = task::NetworkTask::new(keypair, config, trusted, events, rx)?;
+        let task = task::NetworkTask::new(keypair, config, engine, rx)?;
         let handle = tokio::spawn(task.run(shutdown));
         Ok((Network { tx }, handle))
     }

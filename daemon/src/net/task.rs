@@ -3,6 +3,7 @@
 use std::{
     collections::BTreeSet,
     str::FromStr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -26,18 +27,25 @@ use super::{
     Command, PeerInfo,
     behaviour::{Behaviour, BehaviourEvent, PROTOCOL_VERSION, build_swarm},
     peers::{PeerBook, transport},
+    sessions::{Internal, Sessions, forward_changes},
 };
 use crate::{
     config::NetworkConfig,
-    engine::{Event, now_ms},
+    engine::{Engine, Event, now_ms},
 };
 
+/// Results of spawned sync work waiting for the loop, at most.
+const INTERNAL_QUEUE: usize = 1024;
 /// How often due redials are looked for.
 const REDIAL_TICK: Duration = Duration::from_millis(250);
 
 pub struct NetworkTask {
-    swarm: Swarm<Behaviour>,
-    book: PeerBook,
+    pub(super) swarm: Swarm<Behaviour>,
+    pub(super) book: PeerBook,
+    pub(super) engine: Arc<Engine>,
+    pub(super) sessions: Sessions,
+    pub(super) internal: mpsc::Sender<Internal>,
+    internal_rx: mpsc::Receiver<Internal>,
     trusted: watch::Receiver<BTreeSet<DeviceId>>,
     allowed: BTreeSet<PeerId>,
     listen_addrs: Vec<Multiaddr>,
@@ -49,10 +57,12 @@ impl NetworkTask {
     pub fn new(
         keypair: libp2p::identity::Keypair,
         config: NetworkConfig,
-        trusted: watch::Receiver<BTreeSet<DeviceId>>,
-        events: broadcast::Sender<Event>,
+        engine: Arc<Engine>,
         commands: mpsc::Receiver<Command>,
     ) -> anyhow::Result<NetworkTask> {
+        let trusted = engine.trusted_devices();
+        let events = engine.event_sender();
+        let (internal, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
         let mut swarm = build_swarm(keypair, config.mdns)?;
         let mut listening = 0;
         for addr in &config.listen {
@@ -82,6 +92,10 @@ impl NetworkTask {
         let mut task = NetworkTask {
             swarm,
             book,
+            engine,
+            sessions: Sessions::default(),
+            internal,
+            internal_rx,
             trusted,
             allowed: BTreeSet::new(),
             listen_addrs: Vec::new(),
@@ -93,6 +107,7 @@ impl NetworkTask {
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let forwarder = tokio::spawn(forward_changes(self.engine.clone(), self.internal.clone()));
         let mut redial = tokio::time::interval(REDIAL_TICK);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -100,10 +115,12 @@ impl NetworkTask {
                 _ = shutdown.cancelled() => break,
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(command) = self.commands.recv() => self.on_command(command),
+                Some(internal) = self.internal_rx.recv() => self.on_internal(internal),
                 Ok(()) = self.trusted.changed() => self.apply_trust(),
                 _ = redial.tick() => self.redial_due(),
             }
         }
+        forwarder.abort();
         tracing::debug!("network task stopped");
     }
 
@@ -224,6 +241,7 @@ impl NetworkTask {
                     if was_up {
                         tracing::info!(peer = %peer_id, ?cause, "device disconnected");
                         self.announce(peer_id, false);
+                        self.on_peer_gone(peer_id);
                     }
                 }
             }
@@ -260,6 +278,7 @@ impl NetworkTask {
                     self.swarm.close_connection(connection);
                 }
             },
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     if !self.allowed.contains(&peer) {
@@ -299,6 +318,7 @@ impl NetworkTask {
             entry.accepted = true;
             tracing::info!(%peer, "device connected");
             self.announce(peer, true);
+            self.on_peer_accepted(peer);
         }
     }
 

@@ -56,6 +56,9 @@ pub struct ChatRecord {
     pub messages: u64,
     /// Time of the last local or received change (ms).
     pub last_activity: i64,
+    /// The document's heads (hex), so that devices can compare chats without loading them.
+    #[serde(default)]
+    pub heads: Vec<String>,
 }
 
 /// A document's stored bytes (a chat's or the roster's), ready to load.

@@ -7,6 +7,7 @@ fn record(title: &str) -> ChatRecord {
         created_by: "dev".into(),
         messages: 0,
         last_activity: 1,
+        heads: Vec::new(),
     }
 }
 
