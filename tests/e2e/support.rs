@@ -99,9 +99,14 @@ impl Device {
     /// Writes the device's config: loopback only and no mDNS (tests never touch the machine's
     /// real network), with `peers` to connect to.
     pub fn set_peers(&self, peers: &[String]) {
+        self.set_network("/ip4/127.0.0.1/tcp/0", false, peers);
+    }
+
+    /// Writes the device's network config.
+    pub fn set_network(&self, listen: &str, mdns: bool, peers: &[String]) {
         let peers: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
         let config = format!(
-            "[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\npeers = [{}]\n",
+            "[network]\nlisten = [{listen:?}]\nmdns = {mdns}\npeers = [{}]\n",
             peers.join(", ")
         );
         std::fs::write(self.home().join("config.toml"), config).expect("cannot write the config");
@@ -203,11 +208,23 @@ impl Device {
 
     /// Starts chatsyncd directly as a child process and waits until it answers.
     pub fn spawn_daemon(&mut self) -> u32 {
+        self.spawn_daemon_in(None)
+    }
+
+    /// Starts chatsyncd directly, inside network namespace `netns` if given.
+    pub fn spawn_daemon_in(&mut self, netns: Option<&str>) -> u32 {
         assert!(self.child.is_none(), "a daemon child is already running");
         self.spawned += 1;
         let log_path = self.home().join(format!("chatsyncd-{}.log", self.spawned));
         let log = File::create(&log_path).expect("cannot create the daemon log");
-        let mut cmd = Command::new(CHATSYNCD);
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, CHATSYNCD]);
+                c
+            }
+            None => Command::new(CHATSYNCD),
+        };
         for var in SCRUBBED_ENV {
             cmd.env_remove(var);
         }

@@ -14,7 +14,7 @@ const MAX_ADDRESSES: usize = 8;
 /// Devices remembered at all (trusted ones are few; this bounds mDNS noise).
 pub const MAX_PEERS: usize = 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct Connection {

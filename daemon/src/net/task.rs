@@ -1,7 +1,7 @@
 //! The network task's event loop.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     str::FromStr,
     sync::Arc,
     time::{Duration, Instant},
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Command, PeerInfo,
     behaviour::{Behaviour, BehaviourEvent, PROTOCOL_VERSION, build_swarm},
-    peers::{PeerBook, transport},
+    peers::{MAX_PEERS, PeerBook, transport},
     sessions::{Internal, Sessions, forward_changes},
 };
 use crate::{
@@ -34,6 +34,8 @@ use crate::{
     engine::{Engine, Event, now_ms},
 };
 
+/// Addresses kept per device found by mDNS.
+const MAX_DISCOVERED_ADDRESSES: usize = 8;
 /// Results of spawned sync work waiting for the loop, at most.
 const INTERNAL_QUEUE: usize = 1024;
 /// How often due redials are looked for.
@@ -49,6 +51,9 @@ pub struct NetworkTask {
     trusted: watch::Receiver<BTreeSet<DeviceId>>,
     allowed: BTreeSet<PeerId>,
     listen_addrs: Vec<Multiaddr>,
+    /// Addresses mDNS found, trusted or not: mDNS announces a device only once per record
+    /// lifetime, so a device trusted later must still be found here.
+    discovered: HashMap<PeerId, BTreeSet<Multiaddr>>,
     events: broadcast::Sender<Event>,
     commands: mpsc::Receiver<Command>,
 }
@@ -99,6 +104,7 @@ impl NetworkTask {
             trusted,
             allowed: BTreeSet::new(),
             listen_addrs: Vec::new(),
+            discovered: HashMap::new(),
             events,
             commands,
         };
@@ -152,7 +158,11 @@ impl NetworkTask {
         }
         for peer in trusted.difference(&self.allowed) {
             self.swarm.behaviour_mut().allow.allow_peer(*peer);
-            if let Some(entry) = self.book.peers.get_mut(peer) {
+            let found = self.discovered.get(peer).cloned().unwrap_or_default();
+            if let Some(entry) = self.book.entry(*peer) {
+                for addr in found {
+                    entry.add_address(addr);
+                }
                 entry.reset_backoff();
             }
         }
@@ -281,10 +291,15 @@ impl NetworkTask {
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
-                    if !self.allowed.contains(&peer) {
-                        continue;
+                    if self.discovered.len() < MAX_PEERS || self.discovered.contains_key(&peer) {
+                        let addrs = self.discovered.entry(peer).or_default();
+                        if addrs.len() < MAX_DISCOVERED_ADDRESSES {
+                            addrs.insert(addr.clone());
+                        }
                     }
-                    if let Some(entry) = self.book.entry(peer) {
+                    if self.allowed.contains(&peer)
+                        && let Some(entry) = self.book.entry(peer)
+                    {
                         entry.add_address(addr);
                     }
                 }
@@ -292,6 +307,12 @@ impl NetworkTask {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
                 for (peer, addr) in gone {
+                    if let Some(addrs) = self.discovered.get_mut(&peer) {
+                        addrs.remove(&addr);
+                        if addrs.is_empty() {
+                            self.discovered.remove(&peer);
+                        }
+                    }
                     if let Some(entry) = self.book.peers.get_mut(&peer)
                         && !entry.configured
                     {
