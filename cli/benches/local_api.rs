@@ -10,18 +10,18 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use chatsync::client::Client;
 use chatsync_daemon::{
     identity::Identity,
-    paths::{PathArgs, Paths},
     store::{ChatRecord, Store},
 };
 use chatsync_model::{ChatDoc, ChatId, Device, MessageId};
+
+mod common;
+use common::{Daemon, home, paths, text};
 
 struct Settings {
     sequential_posts: usize,
@@ -71,90 +71,12 @@ fn main() {
     startup(&s);
 }
 
-fn bin(name: &str) -> PathBuf {
-    match name {
-        "chatsyncd" => PathBuf::from(env!("CARGO_BIN_EXE_chatsyncd")),
-        _ => unreachable!(),
-    }
-}
-
-fn home() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("csb")
-        .tempdir_in("/tmp")
-        .unwrap()
-}
-
-fn paths(home: &Path) -> Paths {
-    Paths::resolve(&PathArgs {
-        home: Some(home.to_path_buf()),
-        socket: None,
-    })
-    .unwrap()
-}
-
-struct Daemon {
-    child: Child,
-    client: Client,
-}
-
-impl Daemon {
-    /// Starts chatsyncd and returns it with the time until its API first answered.
-    async fn start(home: &Path) -> (Daemon, Duration) {
-        let p = paths(home);
-        let started = Instant::now();
-        let child = Command::new(bin("chatsyncd"))
-            .arg("--home")
-            .arg(home)
-            .arg("--log")
-            .arg("warn")
-            // Loopback only, no mDNS: the benchmark never touches the real network.
-            .args(["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let client = Client::new(&p.socket).unwrap();
-        loop {
-            if client.status().await.is_ok() {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "daemon did not start"
-            );
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-        let elapsed = started.elapsed();
-        (Daemon { child, client }, elapsed)
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-
-    async fn stop(mut self) {
-        self.client.shutdown().await.unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
 fn device() -> Device {
     Device::new(
         chatsync_model::DeviceId::new("12D3KooWBenchDevice").unwrap(),
         "bench",
     )
     .unwrap()
-}
-
-fn text(i: usize) -> String {
-    format!("message number {i}: the quick brown fox jumps over the lazy dog {i}")
 }
 
 /// Posts one at a time into a bare document: the Automerge and model work alone, no IO.

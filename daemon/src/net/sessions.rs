@@ -119,6 +119,7 @@ impl NetworkTask {
             }
             return;
         }
+        tracing::trace!(%peer, ?pending, "sync request");
         let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
         self.sessions.outbound.insert(id, (peer, pending));
     }
@@ -263,6 +264,7 @@ impl NetworkTask {
     }
 
     fn on_response(&mut self, peer: PeerId, pending: Pending, response: SyncResponse) {
+        tracing::trace!(%peer, ?pending, "sync response");
         let (engine, internal) = (self.engine.clone(), self.internal.clone());
         let me = *self.swarm.local_peer_id();
         let Some(device) = device_of(&peer) else {

@@ -1,0 +1,308 @@
+//! Benchmarks of sync between two real daemons on loopback, beside the raw figures of the same
+//! run: libp2p's ping round trip on the same connection, and Automerge's sync protocol between
+//! two in-memory documents. Results: docs/benchmarks.md. Run with
+//! `cargo bench -p chatsync --bench sync` (add `-- --quick` for a smaller run).
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use automerge::sync::State;
+use chatsync::client::Client;
+use chatsync_daemon::api::wire::EventJson;
+use chatsync_model::{ChatDoc, ChatId, Device, DeviceId, MessageId};
+
+mod common;
+use common::{Daemon, home, text};
+
+struct Settings {
+    latency_posts: usize,
+    catch_up: usize,
+    catch_up_chats: usize,
+    catch_up_per_chat: usize,
+    burst: usize,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let s = if quick {
+        Settings {
+            latency_posts: 200,
+            catch_up: 2_000,
+            catch_up_chats: 10,
+            catch_up_per_chat: 100,
+            burst: 2_000,
+        }
+    } else {
+        Settings {
+            latency_posts: 1_000,
+            catch_up: 10_000,
+            catch_up_chats: 100,
+            catch_up_per_chat: 1_000,
+            burst: 20_000,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "## chatsync sync benchmark{}\n",
+        if quick { " (quick)" } else { "" }
+    );
+    rt.block_on(run(&s));
+}
+
+struct Pair {
+    a: Daemon,
+    b: Daemon,
+    _homes: (tempfile::TempDir, tempfile::TempDir),
+    b_home: std::path::PathBuf,
+    b_flags: Vec<String>,
+    a_id: String,
+}
+
+/// Two daemons that trust each other, `b` dialling `a`.
+async fn pair() -> Pair {
+    let (ha, hb) = (home(), home());
+    let (a, _) = Daemon::start(ha.path()).await;
+    let sa = a.client.status().await.unwrap();
+    let a_addr = format!("{}/p2p/{}", sa.listen_addrs[0], sa.device_id);
+    let b_flags = vec!["--peer".to_string(), a_addr];
+    let (b, _) = Daemon::start_with(hb.path(), &b_flags).await;
+    let sb = b.client.status().await.unwrap();
+    a.client.add_device(&sb.device_id, Some("b")).await.unwrap();
+    b.client.add_device(&sa.device_id, Some("a")).await.unwrap();
+    wait_connected(&b.client, &sa.device_id).await;
+    let b_home = hb.path().to_path_buf();
+    Pair {
+        a,
+        b,
+        _homes: (ha, hb),
+        b_home,
+        b_flags,
+        a_id: sa.device_id,
+    }
+}
+
+async fn wait_connected(client: &Client, other: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let peers = client.peers().await.unwrap();
+        if peers.iter().any(|p| p.device == other && p.connected) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "devices did not connect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_messages(client: &Client, chat: &str, n: u64) -> Duration {
+    let started = Instant::now();
+    loop {
+        if let Ok(c) = client.chat(chat).await
+            && c.messages >= n
+        {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "sync did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn post_many(client: &Client, chat: &str, n: usize, clients: usize) {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (client, chat) = (client.clone(), chat.to_string());
+        // Client c posts messages c, c + clients, ...: n in all, whatever n is.
+        tasks.push(tokio::spawn(async move {
+            for i in (c..n).step_by(clients) {
+                client.post(&chat, &text(i), None).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+async fn run(s: &Settings) {
+    let mut p = pair().await;
+
+    // Post-to-visible latency, paced at 100 posts per second.
+    let chat = p.a.client.create_chat("latency").await.unwrap().id;
+    wait_messages(&p.b.client, &chat, 0).await;
+    let mut events = p.b.client.events(Some(&chat)).await.unwrap();
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let poster = {
+        let (client, chat, sent, n) = (
+            p.a.client.clone(),
+            chat.clone(),
+            sent.clone(),
+            s.latency_posts,
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for i in 0..n {
+                tick.tick().await;
+                let t = Instant::now();
+                let m = client.post(&chat, &text(i), None).await.unwrap();
+                sent.lock().unwrap().entry(m.id).or_insert(t);
+            }
+        })
+    };
+    let mut seen: HashMap<String, Instant> = HashMap::new();
+    while seen.len() < s.latency_posts {
+        match events.next().await.unwrap() {
+            Some(EventJson::MessageCreated { message }) => {
+                seen.insert(message.id, Instant::now());
+            }
+            Some(_) => {}
+            None => panic!("event stream ended"),
+        }
+    }
+    poster.await.unwrap();
+    let sent = sent.lock().unwrap();
+    let mut lat: Vec<Duration> = seen
+        .iter()
+        .filter_map(|(id, at)| sent.get(id).map(|t| at.saturating_duration_since(*t)))
+        .collect();
+    lat.sort();
+    let pct = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    let ping = p.b.client.peers().await.unwrap();
+    let rtt = ping
+        .iter()
+        .find(|x| x.device == p.a_id)
+        .and_then(|x| x.rtt_ms)
+        .unwrap_or(0.0);
+    println!("### Post-to-visible latency (A's API to B's event stream, loopback)\n");
+    println!("| measure | value |\n|---|---:|");
+    println!("| posts (paced at 100/s) | {} |", lat.len());
+    println!("| p50 | {:.2} ms |", ms(pct(0.5)));
+    println!("| p99 | {:.2} ms |", ms(pct(0.99)));
+    println!("| max | {:.2} ms |", ms(*lat.last().unwrap()));
+    println!("| libp2p ping round trip on the same connection | {rtt:.2} ms |\n");
+
+    // Catch-up: B offline while A posts.
+    println!("### Catch-up after time offline\n");
+    println!("| missed | B start to fully synced | raw Automerge sync, in memory | ratio |");
+    println!("|---|---:|---:|---:|");
+    let one = p.a.client.create_chat("catch-up").await.unwrap().id;
+    wait_messages(&p.b.client, &one, 0).await;
+    let b = p.b;
+    b.stop().await;
+    post_many(&p.a.client, &one, s.catch_up, 8).await;
+    let started = Instant::now();
+    let (b, _) = Daemon::start_with(&p.b_home, &p.b_flags).await;
+    wait_messages(&b.client, &one, s.catch_up as u64).await;
+    let took = started.elapsed();
+    let raw = raw_sync(s.catch_up);
+    println!(
+        "| {} messages in one chat | {:.0} ms | {:.0} ms | {:.2} |",
+        s.catch_up,
+        ms(took),
+        ms(raw),
+        took.as_secs_f64() / raw.as_secs_f64()
+    );
+    p.b = b;
+
+    let b = p.b;
+    b.stop().await;
+    let mut chats = Vec::new();
+    for c in 0..s.catch_up_chats {
+        let id =
+            p.a.client
+                .create_chat(&format!("away {c}"))
+                .await
+                .unwrap()
+                .id;
+        post_many(&p.a.client, &id, s.catch_up_per_chat, 8).await;
+        chats.push(id);
+    }
+    let started = Instant::now();
+    let (b, _) = Daemon::start_with(&p.b_home, &p.b_flags).await;
+    for id in &chats {
+        wait_messages(&b.client, id, s.catch_up_per_chat as u64).await;
+    }
+    let took = started.elapsed();
+    let raw_one = raw_sync(s.catch_up_per_chat);
+    let raw = raw_one * s.catch_up_chats as u32;
+    println!(
+        "| {} chats x {} messages (new to B) | {:.0} ms | {:.0} ms | {:.2} |\n",
+        s.catch_up_chats,
+        s.catch_up_per_chat,
+        ms(took),
+        ms(raw),
+        took.as_secs_f64() / raw.as_secs_f64()
+    );
+    p.b = b;
+    wait_connected(&p.b.client, &p.a_id).await;
+
+    // Burst: A posts as fast as the API takes them; time until B has them all.
+    let burst = p.a.client.create_chat("burst").await.unwrap().id;
+    wait_messages(&p.b.client, &burst, 0).await;
+    let started = Instant::now();
+    post_many(&p.a.client, &burst, s.burst, 8).await;
+    let posted = started.elapsed();
+    wait_messages(&p.b.client, &burst, s.burst as u64).await;
+    let took = started.elapsed();
+    println!("### Burst\n");
+    println!(
+        "A posted {} messages in {:.0} ms (8 clients); B had them all {:.0} ms after the first post.\n",
+        s.burst,
+        ms(posted),
+        ms(took)
+    );
+    p.a.stop().await;
+    p.b.stop().await;
+}
+
+/// Automerge's sync protocol between two in-memory documents: one with `n` messages, one with
+/// only the chat's genesis. The floor under a catch-up.
+fn raw_sync(n: usize) -> Duration {
+    let (da, db) = (device("12D3KooWA"), device("12D3KooWB"));
+    let mut a = ChatDoc::create(ChatId::new("raw").unwrap(), "raw", &da, 0).unwrap();
+    let mut b = ChatDoc::load(&a.save(), &db).unwrap();
+    for i in 0..n {
+        a.post(
+            &da,
+            MessageId::new(format!("{i:032x}")).unwrap(),
+            &text(i),
+            None,
+            i as i64,
+        )
+        .unwrap();
+    }
+    let (mut sa, mut sb) = (State::new(), State::new());
+    let started = Instant::now();
+    loop {
+        let to_b = a.generate_sync_message(&mut sa);
+        let to_a = b.generate_sync_message(&mut sb);
+        if to_b.is_none() && to_a.is_none() {
+            break;
+        }
+        if let Some(m) = to_b {
+            b.receive_sync_message(&mut sb, &m).unwrap();
+        }
+        if let Some(m) = to_a {
+            a.receive_sync_message(&mut sa, &m).unwrap();
+        }
+    }
+    assert_eq!(b.len(), n);
+    started.elapsed()
+}
+
+fn device(id: &str) -> Device {
+    Device::new(DeviceId::new(id).unwrap(), "bench").unwrap()
+}
