@@ -138,7 +138,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 async fn run(s: &Settings) {
-    let mut p = pair().await;
+    let p = pair().await;
 
     // Post-to-visible latency, paced at 100 posts per second.
     let chat = p.a.client.create_chat("latency").await.unwrap().id;
@@ -173,11 +173,12 @@ async fn run(s: &Settings) {
         }
     }
     poster.await.unwrap();
-    let sent = sent.lock().unwrap();
-    let mut lat: Vec<Duration> = seen
-        .iter()
-        .filter_map(|(id, at)| sent.get(id).map(|t| at.saturating_duration_since(*t)))
-        .collect();
+    let mut lat: Vec<Duration> = {
+        let sent = sent.lock().unwrap();
+        seen.iter()
+            .filter_map(|(id, at)| sent.get(id).map(|t| at.saturating_duration_since(*t)))
+            .collect()
+    };
     lat.sort();
     let pct = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
     let ping = p.b.client.peers().await.unwrap();
@@ -215,9 +216,6 @@ async fn run(s: &Settings) {
         ms(raw),
         took.as_secs_f64() / raw.as_secs_f64()
     );
-    p.b = b;
-
-    let b = p.b;
     b.stop().await;
     let mut chats = Vec::new();
     for c in 0..s.catch_up_chats {
@@ -246,16 +244,15 @@ async fn run(s: &Settings) {
         ms(raw),
         took.as_secs_f64() / raw.as_secs_f64()
     );
-    p.b = b;
-    wait_connected(&p.b.client, &p.a_id).await;
+    wait_connected(&b.client, &p.a_id).await;
 
     // Burst: A posts as fast as the API takes them; time until B has them all.
     let burst = p.a.client.create_chat("burst").await.unwrap().id;
-    wait_messages(&p.b.client, &burst, 0).await;
+    wait_messages(&b.client, &burst, 0).await;
     let started = Instant::now();
     post_many(&p.a.client, &burst, s.burst, 8).await;
     let posted = started.elapsed();
-    wait_messages(&p.b.client, &burst, s.burst as u64).await;
+    wait_messages(&b.client, &burst, s.burst as u64).await;
     let took = started.elapsed();
     println!("### Burst\n");
     println!(
@@ -265,7 +262,7 @@ async fn run(s: &Settings) {
         ms(took)
     );
     p.a.stop().await;
-    p.b.stop().await;
+    b.stop().await;
 }
 
 /// Automerge's sync protocol between two in-memory documents: one with `n` messages, one with
