@@ -3,7 +3,7 @@
 //! swarm's loop never waits for it); their results come back as [`Internal`] messages.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     sync::Arc,
 };
 
@@ -39,10 +39,20 @@ pub enum Pending {
     Fetch(ChatId),
 }
 
+/// Requests in flight to one device at most; the rest wait in its queue. Below the other
+/// side's stream limit, which drops what is over it.
+const MAX_IN_FLIGHT: usize = 16;
+/// Requests queued for one device at most (one per chat is the usual worst case).
+const MAX_QUEUED: usize = 64 * 1024;
+
 /// The network task's sync book-keeping. Bounded by devices x chats.
 #[derive(Default)]
 pub struct Sessions {
     pub outbound: HashMap<OutboundRequestId, (PeerId, Pending)>,
+    /// Requests waiting for a free slot, per device.
+    pub queued: HashMap<PeerId, VecDeque<(SyncRequest, Pending)>>,
+    /// Requests in flight, per device.
+    pub in_flight: HashMap<PeerId, usize>,
     /// Sessions under way, one per device and chat.
     pub running: HashSet<(PeerId, ChatId)>,
     /// Sessions to run again when the current one ends (a change arrived meanwhile).
@@ -110,6 +120,32 @@ impl NetworkTask {
         }
         self.sessions.running.retain(|(p, _)| *p != peer);
         self.sessions.again.retain(|(p, _)| *p != peer);
+        self.sessions.queued.remove(&peer);
+        self.sessions.in_flight.remove(&peer);
+        self.sessions.outbound.retain(|_, (p, _)| *p != peer);
+    }
+
+    /// Anti-entropy: trade summaries again with every connected device, so that anything a
+    /// lost request left out is found and synced.
+    pub(super) fn resummarize(&mut self) {
+        for peer in self.accepted_peers() {
+            self.on_peer_accepted(peer);
+        }
+    }
+
+    /// A request to `peer` finished (answered or failed): send the next queued one.
+    fn request_finished(&mut self, peer: PeerId) {
+        if let Some(n) = self.sessions.in_flight.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+        }
+        let next = self
+            .sessions
+            .queued
+            .get_mut(&peer)
+            .and_then(VecDeque::pop_front);
+        if let Some((request, pending)) = next {
+            self.send(peer, request, pending);
+        }
     }
 
     pub(super) fn send(&mut self, peer: PeerId, request: SyncRequest, pending: Pending) {
@@ -119,6 +155,18 @@ impl NetworkTask {
             }
             return;
         }
+        let in_flight = self.sessions.in_flight.entry(peer).or_default();
+        if *in_flight >= MAX_IN_FLIGHT {
+            let queue = self.sessions.queued.entry(peer).or_default();
+            if queue.len() < MAX_QUEUED {
+                queue.push_back((request, pending));
+            } else if let Pending::Sync(chat) = pending {
+                // Dropped: the next summary exchange finds what it would have synced.
+                self.sessions.running.remove(&(peer, chat));
+            }
+            return;
+        }
+        *in_flight += 1;
         tracing::trace!(%peer, ?pending, "sync request");
         let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
         self.sessions.outbound.insert(id, (peer, pending));
@@ -188,6 +236,7 @@ impl NetworkTask {
                     response,
                 } => {
                     if let Some((_, pending)) = self.sessions.outbound.remove(&request_id) {
+                        self.request_finished(peer);
                         self.on_response(peer, pending, response);
                     }
                 }
@@ -199,8 +248,11 @@ impl NetworkTask {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "sync request failed");
-                if let Some((_, Pending::Sync(chat))) = self.sessions.outbound.remove(&request_id) {
-                    self.sessions.running.remove(&(peer, chat));
+                if let Some((_, pending)) = self.sessions.outbound.remove(&request_id) {
+                    self.request_finished(peer);
+                    if let Pending::Sync(chat) = pending {
+                        self.sessions.running.remove(&(peer, chat));
+                    }
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {

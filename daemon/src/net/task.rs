@@ -38,6 +38,8 @@ use crate::{
 const MAX_DISCOVERED_ADDRESSES: usize = 8;
 /// Results of spawned sync work waiting for the loop, at most.
 const INTERNAL_QUEUE: usize = 1024;
+/// How often connected devices trade summaries again (anti-entropy).
+const RESUMMARIZE: Duration = Duration::from_secs(30);
 /// How often due redials are looked for.
 const REDIAL_TICK: Duration = Duration::from_millis(250);
 
@@ -116,6 +118,9 @@ impl NetworkTask {
         let forwarder = tokio::spawn(forward_changes(self.engine.clone(), self.internal.clone()));
         let mut redial = tokio::time::interval(REDIAL_TICK);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resummarize = tokio::time::interval(RESUMMARIZE);
+        resummarize.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resummarize.tick().await;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -124,6 +129,7 @@ impl NetworkTask {
                 Some(internal) = self.internal_rx.recv() => self.on_internal(internal),
                 Ok(()) = self.trusted.changed() => self.apply_trust(),
                 _ = redial.tick() => self.redial_due(),
+                _ = resummarize.tick() => self.resummarize(),
             }
         }
         forwarder.abort();
