@@ -138,12 +138,20 @@ impl ChatCache {
         Ok(handle)
     }
 
-    /// Adds a chat that was just created (so no other copy of it can exist).
+    /// Adds a chat that was just created (so no other copy of it can exist). Should a copy be
+    /// in the cache all the same, that one is kept and returned: there is never a second.
     pub fn insert_new(&self, id: ChatId, chat: LoadedChat) -> ChatHandle {
         let estimated_bytes = chat.estimated_bytes();
         let handle = Arc::new(tokio::sync::Mutex::new(chat));
         let slot = Slot::new(tokio::sync::OnceCell::new_with(Some(handle.clone())));
-        self.lock().entries.insert(id.clone(), Entry::new(slot));
+        {
+            let mut inner = self.lock();
+            if let Some(existing) = inner.entries.get(&id).and_then(|e| e.slot.get()) {
+                tracing::error!(chat = %id, "a new chat was already in memory; keeping that copy");
+                return existing.clone();
+            }
+            inner.entries.insert(id.clone(), Entry::new(slot));
+        }
         self.update_estimate(&id, estimated_bytes);
         handle
     }

@@ -62,6 +62,8 @@ pub struct Engine {
     /// Chats changed locally, for the network to sync.
     changed: sync::ChangedChats,
     sync_states: sync::SyncStates,
+    /// Held while a chat received whole is stored.
+    imports: tokio::sync::Mutex<()>,
     /// The devices that may connect, for the network task.
     trusted: tokio::sync::watch::Sender<std::collections::BTreeSet<chatsync_model::DeviceId>>,
 }
@@ -107,6 +109,7 @@ impl Engine {
             trusted,
             changed: sync::ChangedChats::default(),
             sync_states: sync::SyncStates::default(),
+            imports: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(unload_idle_chats(
             Arc::downgrade(&engine),
@@ -205,7 +208,6 @@ impl Engine {
         let write = self.committer.begin();
         self.store.create_chat(&id, &record, &bytes)?;
         let base_bytes = bytes.len() as u64;
-        self.write_records().insert(id.clone(), record.clone());
         self.cache.insert_new(
             id.clone(),
             LoadedChat {
@@ -217,6 +219,8 @@ impl Engine {
                 compacting: false,
             },
         );
+        // Listed only once in memory, so that nobody loads a second copy from the store.
+        self.write_records().insert(id.clone(), record.clone());
         let receipt = write
             .submit(vec![Event::ChatCreated {
                 chat: id.clone(),

@@ -177,6 +177,8 @@ impl Engine {
         if bytes.len() > MAX_SYNC_BYTES {
             return Err(EngineError::Invalid("document too large".into()));
         }
+        // One import at a time: two answers to the same fetch must not both create the chat.
+        let _importing = self.imports.lock().await;
         if self.has_chat(chat) {
             return Ok(());
         }
@@ -208,7 +210,6 @@ impl Engine {
         };
         let write = self.committer.begin();
         self.store.create_chat(chat, &record, bytes)?;
-        self.write_records().insert(chat.clone(), record.clone());
         self.cache.insert_new(
             chat.clone(),
             LoadedChat {
@@ -220,6 +221,8 @@ impl Engine {
                 compacting: false,
             },
         );
+        // Listed only once in memory, so that nobody loads a second copy from the store.
+        self.write_records().insert(chat.clone(), record.clone());
         let receipt = write
             .submit(vec![Event::ChatCreated {
                 chat: chat.clone(),
