@@ -2,7 +2,10 @@
 //! that treat anything unexpected as absent (documents come from peers), and the checks every
 //! written string goes through.
 
-use automerge::{AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value};
+use automerge::{
+    AutoCommit, AutomergeError, ObjId, ObjType, ReadDoc, ScalarValue, Value,
+    transaction::CommitOptions,
+};
 
 use crate::ModelError;
 
@@ -69,5 +72,29 @@ pub(crate) fn get_map(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<ObjId>
     match doc.get(obj, key).ok()?? {
         (Value::Object(ObjType::Map), id) => Some(id),
         _ => None,
+    }
+}
+
+/// Runs `ops` as one local change: committed if they all succeed, its encoded bytes appended to
+/// `unsaved` (for the caller to persist); rolled back otherwise, so that a failed operation
+/// never leaves half its writes behind.
+pub(crate) fn write_change(
+    doc: &mut AutoCommit,
+    unsaved: &mut Vec<u8>,
+    now_ms: i64,
+    ops: impl FnOnce(&mut AutoCommit) -> Result<(), AutomergeError>,
+) -> Result<(), ModelError> {
+    match ops(doc) {
+        Ok(()) => {
+            doc.commit_with(CommitOptions::default().with_time(change_time(now_ms)));
+            if let Some(change) = doc.get_last_local_change() {
+                unsaved.extend_from_slice(change.raw_bytes());
+            }
+            Ok(())
+        }
+        Err(e) => {
+            doc.rollback();
+            Err(e.into())
+        }
     }
 }

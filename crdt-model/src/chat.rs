@@ -15,7 +15,7 @@ use automerge::{
 
 use crate::{
     ChatId, Clock, DeviceId, MessageId, ModelError,
-    access::{change_time, check_text, get_int, get_map, get_str, truncate_utf8},
+    access::{change_time, check_text, get_int, get_map, get_str, truncate_utf8, write_change},
     limits::{MAX_DEVICE_NAME_BYTES, MAX_REACTION_BYTES, MAX_TEXT_BYTES, MAX_TITLE_BYTES},
     message::{Message, OrderKey},
     schema as s,
@@ -587,23 +587,11 @@ impl ChatDoc {
         touched: Option<&MessageId>,
         ops: impl FnOnce(&mut AutoCommit) -> Result<(), automerge::AutomergeError>,
     ) -> Result<(), ModelError> {
-        match ops(&mut self.doc) {
-            Ok(()) => {
-                self.doc
-                    .commit_with(CommitOptions::default().with_time(change_time(now_ms)));
-                if let Some(change) = self.doc.get_last_local_change() {
-                    self.unsaved_local.extend_from_slice(change.raw_bytes());
-                }
-                if let Some(id) = touched {
-                    self.reindex_message(id);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.doc.rollback();
-                Err(e.into())
-            }
+        write_change(&mut self.doc, &mut self.unsaved_local, now_ms, ops)?;
+        if let Some(id) = touched {
+            self.reindex_message(id);
         }
+        Ok(())
     }
 
     fn require_message(&self, id: &MessageId) -> Result<Message, ModelError> {

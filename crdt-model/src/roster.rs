@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Device, DeviceId, ModelError,
-    access::{change_time, check_text, get_int, get_map, get_str, truncate_utf8},
+    access::{check_text, get_int, get_map, get_str, truncate_utf8, write_change},
     limits::MAX_DEVICE_NAME_BYTES,
 };
 
@@ -234,20 +234,7 @@ impl RosterDoc {
         now_ms: i64,
         ops: impl FnOnce(&mut AutoCommit) -> Result<(), automerge::AutomergeError>,
     ) -> Result<(), ModelError> {
-        match ops(&mut self.doc) {
-            Ok(()) => {
-                self.doc
-                    .commit_with(CommitOptions::default().with_time(change_time(now_ms)));
-                if let Some(change) = self.doc.get_last_local_change() {
-                    self.unsaved_local.extend_from_slice(change.raw_bytes());
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.doc.rollback();
-                Err(e.into())
-            }
-        }
+        write_change(&mut self.doc, &mut self.unsaved_local, now_ms, ops)
     }
 }
 

@@ -95,30 +95,7 @@ fn only_trusted_devices_connect_and_removal_disconnects() {
 
 #[test]
 fn a_device_reconnects_after_the_other_restarts() {
-    let a = Device::new();
-    a.start();
-    let a_id = device_id(&a);
-    // A fixed address for a, so that b can find it again after a restart.
-    let a_addr = address_of(&a);
-    let port = a_addr.split('/').nth(4).unwrap().to_string();
-    a.stop();
-    std::fs::write(
-        a.home().join("config.toml"),
-        format!("[network]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nmdns = false\n"),
-    )
-    .unwrap();
-    a.start();
-
-    let b = Device::new();
-    b.set_peers(&[a_addr]);
-    b.start();
-    let b_id = device_id(&b);
-    a.ok(&["devices", "add", &b_id]);
-    b.ok(&["devices", "add", &a_id]);
-    wait_for("b to connect", Duration::from_secs(15), || {
-        connected(&b, &a_id)
-    });
-
+    let (a, b, a_id, b_id) = connected_pair();
     a.stop();
     wait_for("b to notice", Duration::from_secs(15), || {
         !connected(&b, &a_id)
