@@ -1,5 +1,6 @@
 //! Three devices on a LAN of network namespaces, with no other network: they find each other
-//! with mDNS alone, sync, and converge after one of them is cut off and comes back.
+//! with mDNS alone, sync, converge after one of them is cut off and comes back, and a restarted
+//! device catches up.
 
 use std::time::{Duration, Instant};
 
@@ -97,4 +98,17 @@ fn three_devices_find_each_other_by_mdns_and_converge_through_a_cut() {
     let all = ids_in(&devs[0], &chat);
     let unique: std::collections::HashSet<_> = all.iter().collect();
     assert_eq!(unique.len(), all.len());
+
+    // Restart host 1 (it comes back on a new port): it finds the others again by mDNS and
+    // catches up with what was posted while it was down.
+    devs[1].ok(&["daemon", "stop"]);
+    devs[1].forget_daemon();
+    for i in 0..10 {
+        devs[0].ok(&["post", &chat, &format!("while 1 was down {i}")]);
+    }
+    devs[1].spawn_daemon_in(Some(lan.host(1)));
+    wait_for("host 1 to catch up after its restart", Duration::from_secs(60), || {
+        let first = ids_in(&devs[0], &chat);
+        first.len() == 61 && ids_in(&devs[1], &chat) == first
+    });
 }
