@@ -107,8 +107,12 @@ fn three_devices_find_each_other_by_mdns_and_converge_through_a_cut() {
         devs[0].ok(&["post", &chat, &format!("while 1 was down {i}")]);
     }
     devs[1].spawn_daemon_in(Some(lan.host(1)));
-    wait_for("host 1 to catch up after its restart", Duration::from_secs(60), || {
-        let first = ids_in(&devs[0], &chat);
-        first.len() == 61 && ids_in(&devs[1], &chat) == first
-    });
+    wait_for(
+        "host 1 to catch up after its restart",
+        Duration::from_secs(60),
+        || {
+            let first = ids_in(&devs[0], &chat);
+            first.len() == 61 && ids_in(&devs[1], &chat) == first
+        },
+    );
 }
