@@ -63,13 +63,12 @@ fn device_of(peer: &PeerId) -> Option<DeviceId> {
     DeviceId::new(peer.to_base58()).ok()
 }
 
-fn summary_of(engine: &Engine) -> Vec<ChatHeads> {
-    engine
-        .summary()
-        .into_iter()
+fn to_wire(summary: &[(ChatId, Vec<String>)]) -> Vec<ChatHeads> {
+    summary
+        .iter()
         .map(|(chat, heads)| ChatHeads {
             chat: chat.to_string(),
-            heads,
+            heads: heads.clone(),
         })
         .collect()
 }
@@ -77,13 +76,13 @@ fn summary_of(engine: &Engine) -> Vec<ChatHeads> {
 /// Decides what to do about another device's summary: fetch the chats this one lacks, and
 /// (if this device has the smaller id, so that only one side starts) sync those that differ.
 fn compare(
-    engine: &Engine,
+    ours: Vec<(ChatId, Vec<String>)>,
     me: &PeerId,
     peer: PeerId,
     theirs: Vec<ChatHeads>,
     internal: &mpsc::Sender<Internal>,
 ) {
-    let ours: HashMap<ChatId, Vec<String>> = engine.summary().into_iter().collect();
+    let ours: HashMap<ChatId, Vec<String>> = ours.into_iter().collect();
     let initiator = me.to_bytes() < peer.to_bytes();
     for entry in theirs {
         let Ok(chat) = ChatId::new(entry.chat) else {
@@ -110,7 +109,7 @@ fn compare(
 impl NetworkTask {
     /// A device accepted the connection: tell it what this device has.
     pub(super) fn on_peer_accepted(&mut self, peer: PeerId) {
-        let summary = summary_of(&self.engine);
+        let summary = to_wire(&self.engine.summary());
         self.send(peer, SyncRequest::Summary(summary), Pending::Summary);
     }
 
@@ -276,9 +275,10 @@ impl NetworkTask {
         tokio::spawn(async move {
             let response = match request {
                 SyncRequest::Summary(theirs) => {
-                    let ours = summary_of(&engine);
-                    compare(&engine, &me, peer, theirs, &internal);
-                    SyncResponse::Summary(ours)
+                    let ours = engine.summary();
+                    let response = SyncResponse::Summary(to_wire(&ours));
+                    compare(ours, &me, peer, theirs, &internal);
+                    response
                 }
                 SyncRequest::Sync { chat, message } => match ChatId::new(chat) {
                     Ok(chat) if engine.has_chat(&chat) => {
@@ -325,7 +325,7 @@ impl NetworkTask {
         tokio::spawn(async move {
             match (pending, response) {
                 (Pending::Summary, SyncResponse::Summary(theirs)) => {
-                    compare(&engine, &me, peer, theirs, &internal);
+                    compare(engine.summary(), &me, peer, theirs, &internal);
                 }
                 (Pending::Sync(chat), SyncResponse::Sync { message }) => {
                     let next = match message {
