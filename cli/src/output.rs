@@ -138,12 +138,14 @@ pub fn peer_table(peers: &[PeerJson]) -> Vec<String> {
         .unwrap_or(0)
         .max(4);
     let mut out = vec![format!(
-        "{}  {}  {:<9}  {:<16}  {:>8}  ADDRESS",
+        "{}  {}  {:<9}  {:<16}  {:>8}  {:<22}  {:<16}  ADDRESS",
         pad("DEVICE", 52),
         pad("NAME", name_width),
         "STATE",
         "SINCE",
-        "PING"
+        "PING",
+        "SYNC",
+        "LAST SYNC"
     )];
     for p in peers {
         let state = if p.connected {
@@ -152,16 +154,36 @@ pub fn peer_table(peers: &[PeerJson]) -> Vec<String> {
             "offline".into()
         };
         out.push(format!(
-            "{}  {}  {:<9}  {:<16}  {:>8}  {}",
+            "{}  {}  {:<9}  {:<16}  {:>8}  {:<22}  {:<16}  {}",
             pad(&p.device, 52),
             pad(&name(p), name_width),
             state,
             p.connected_since.map(local_time).unwrap_or_default(),
             p.rtt_ms.map(|r| format!("{r:.1} ms")).unwrap_or_default(),
+            sync_words(p.chats_behind, p.chats_ahead),
+            p.last_sync.map(local_time).unwrap_or_default(),
             p.addresses.first().cloned().unwrap_or_default()
         ));
     }
     out
+}
+
+/// "in sync", "2 behind, 1 ahead", or nothing when unknown.
+pub fn sync_words(behind: Option<usize>, ahead: Option<usize>) -> String {
+    match (behind, ahead) {
+        (Some(0), Some(0)) => "in sync".into(),
+        (Some(b), Some(a)) => {
+            let mut parts = Vec::new();
+            if b > 0 {
+                parts.push(format!("{b} behind"));
+            }
+            if a > 0 {
+                parts.push(format!("{a} ahead"));
+            }
+            parts.join(", ")
+        }
+        _ => String::new(),
+    }
 }
 
 /// Renders the roster as an aligned table.

@@ -148,7 +148,7 @@ fn has_chat(dev: &Device, chat: &str) -> bool {
 
 #[test]
 fn chats_and_posts_sync_both_ways_and_converge() {
-    let (a, b, _, _) = connected_pair();
+    let (a, b, a_id, b_id) = connected_pair();
     let chat = a.ok_json1(&["chat", "create", "family", "--json"])["id"]
         .as_str()
         .unwrap()
@@ -175,6 +175,21 @@ fn chats_and_posts_sync_both_ways_and_converge() {
     );
     let ids = |l: &Vec<Value>| l.iter().map(|m| m["id"].clone()).collect::<Vec<_>>();
     assert_eq!(ids(&la), ids(&lb));
+    // Both report being in sync, in `peers` and in `status`, for people and for programs.
+    wait_for("both to report in sync", Duration::from_secs(15), || {
+        [(&a, &b_id), (&b, &a_id)].iter().all(|(d, other)| {
+            peer(d, other).is_some_and(|p| {
+                p["chats_behind"] == 0 && p["chats_ahead"] == 0 && p["last_sync"].is_i64()
+            }) && d.ok_json1(&["status", "--json"])["sync"]["state"] == "in_sync"
+        })
+    });
+    let from_a = peer(&b, &a_id).unwrap();
+    assert!(from_a["bytes_received"].as_u64().unwrap() > 0, "{from_a}");
+    assert!(a.ok(&["peers"]).contains("in sync"));
+    assert!(
+        a.ok(&["status"])
+            .contains("in sync with 1 of 1 trusted devices")
+    );
     // Edits and reactions travel too.
     let first = la[0]["id"].as_str().unwrap().to_string();
     a.ok(&["edit", &chat, &first, "dinner at 8"]);

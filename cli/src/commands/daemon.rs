@@ -9,7 +9,10 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use chatsync_daemon::paths::{PathArgs, Paths};
+use chatsync_daemon::{
+    api::wire::SyncJson,
+    paths::{PathArgs, Paths},
+};
 use nix::{sys::signal, unistd::Pid};
 use serde_json::json;
 
@@ -130,6 +133,36 @@ async fn stop(client: &Client, json: bool) -> anyhow::Result<()> {
     }
 }
 
+/// One line on how this device stands with the others.
+fn sync_line(sync: &SyncJson) -> String {
+    let last = sync
+        .last_sync
+        .map(|t| format!("; last sync {}", output::local_time(t)))
+        .unwrap_or_default();
+    match sync.state.as_str() {
+        "offline" => format!(
+            "offline: none of {} trusted devices connected{last}",
+            sync.peers_trusted
+        ),
+        "in_sync" => format!(
+            "in sync with {} of {} trusted devices{last}",
+            sync.peers_connected, sync.peers_trusted
+        ),
+        _ => {
+            let detail = output::sync_words(Some(sync.chats_behind), Some(sync.chats_ahead));
+            let detail = if detail == "in sync" {
+                String::new()
+            } else {
+                format!(" ({detail})")
+            };
+            format!(
+                "syncing with {} of {} trusted devices{detail}{last}",
+                sync.peers_connected, sync.peers_trusted
+            )
+        }
+    }
+}
+
 async fn daemon_status(client: &Client, json: bool) -> anyhow::Result<()> {
     let status = client.status().await?;
     report_running(&status, "running", json)
@@ -158,6 +191,7 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
                 }
             ),
         ),
+        ("sync", sync_line(&s.sync)),
         ("data dir", s.data_dir.clone()),
         ("socket", s.socket.clone()),
         (

@@ -51,13 +51,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 async fn status(State(st): St) -> Json<StatusJson> {
     let stats = st.engine.stats();
     let listen_addrs = st.network.listen_addrs().await;
-    let peers_connected = st
-        .network
-        .peers()
-        .await
-        .iter()
-        .filter(|p| p.connected)
-        .count();
+    let sync = st.network.sync_state().await;
     let device = st.engine.device();
     Json(StatusJson {
         device_id: device.id.to_string(),
@@ -74,7 +68,16 @@ async fn status(State(st): St) -> Json<StatusJson> {
         started_at: st.started_at,
         uptime_ms: st.started.elapsed().as_millis() as u64,
         listen_addrs: listen_addrs.iter().map(ToString::to_string).collect(),
-        peers_connected,
+        peers_connected: sync.peers_connected,
+        sync: SyncJson {
+            state: sync.state.to_string(),
+            peers_connected: sync.peers_connected,
+            peers_trusted: sync.peers_trusted,
+            chats_behind: sync.chats_behind,
+            chats_ahead: sync.chats_ahead,
+            sessions: sync.sessions,
+            last_sync: sync.last_sync,
+        },
     })
 }
 
@@ -296,6 +299,11 @@ async fn list_peers(State(st): St) -> Json<PeerListJson> {
                 direction: p.direction,
                 connected_since: p.connected_since,
                 rtt_ms: p.rtt_ms,
+                last_sync: p.last_sync,
+                chats_behind: p.chats_behind,
+                chats_ahead: p.chats_ahead,
+                bytes_sent: p.bytes_sent,
+                bytes_received: p.bytes_received,
             })
             .collect(),
     })

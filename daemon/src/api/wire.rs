@@ -36,6 +36,26 @@ pub struct StatusJson {
     pub listen_addrs: Vec<String>,
     /// Trusted devices connected now.
     pub peers_connected: usize,
+    /// How this device stands with the devices it syncs with.
+    #[serde(default)]
+    pub sync: SyncJson,
+}
+
+/// Sync state over every connected device.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SyncJson {
+    /// `offline` (no trusted device connected), `syncing`, or `in_sync`.
+    pub state: String,
+    pub peers_connected: usize,
+    pub peers_trusted: usize,
+    /// Chats where some connected device has changes this one lacks.
+    pub chats_behind: usize,
+    /// Chats where some connected device lacks changes this one has.
+    pub chats_ahead: usize,
+    /// Sync sessions under way.
+    pub sessions: usize,
+    /// When a sync exchange with any device last completed (ms since the Unix epoch).
+    pub last_sync: Option<i64>,
 }
 
 /// A trusted or connected device, as the network sees it.
@@ -53,6 +73,21 @@ pub struct PeerJson {
     pub connected_since: Option<i64>,
     /// Latest ping round trip.
     pub rtt_ms: Option<f64>,
+    /// When a sync exchange with it last completed.
+    #[serde(default)]
+    pub last_sync: Option<i64>,
+    /// Chats where it has changes this device lacks (known while connected).
+    #[serde(default)]
+    pub chats_behind: Option<usize>,
+    /// Chats where this device has changes it lacks (known while connected).
+    #[serde(default)]
+    pub chats_ahead: Option<usize>,
+    /// Sync payload bytes sent to it since this daemon started.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// Sync payload bytes received from it since this daemon started.
+    #[serde(default)]
+    pub bytes_received: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 pub use error::EngineError;
 pub use events::{Event, MessageEventKind};
-pub use sync::MAX_SYNC_BYTES;
+pub use sync::{MAX_SYNC_BYTES, Relation, SyncStep};
 
 use self::{
     cache::{ChatCache, ChatHandle, LoadedChat},

@@ -14,7 +14,7 @@ use super::{Engine, EngineError, Event, MessageEventKind, cache::LoadedChat, hea
 use crate::store::ChatRecord;
 
 /// Largest sync message or document accepted from a device.
-pub const MAX_SYNC_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_SYNC_BYTES: usize = 256 * 1024 * 1024;
 /// Sync states kept at most (one per device and chat in conversation).
 const MAX_SYNC_STATES: usize = 16 * 1024;
 
@@ -69,15 +69,95 @@ impl SyncStates {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(d, _), _| d != device);
     }
+
+    fn forget_chat(&self, device: &DeviceId, chat: &ChatId) {
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(device.clone(), chat.clone()));
+    }
+}
+
+/// One step of a sync session: the next message to send, if any, and whether this device now
+/// knows that the other one has exactly its changes.
+#[derive(Debug)]
+pub struct SyncStep {
+    pub message: Option<Vec<u8>>,
+    pub in_sync: bool,
+}
+
+/// How another device's copy of a chat compares with this one, from its heads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relation {
+    Same,
+    /// The other device has changes this one lacks (and may lack some of this one's).
+    Behind,
+    /// This device has changes the other lacks, and nothing the other has is missing here.
+    Ahead,
+}
+
+/// Whether the other side (as far as `state` knows) has exactly `ours` heads.
+fn in_sync(state: &State, ours: &[automerge::ChangeHash]) -> bool {
+    let Some(theirs) = &state.their_heads else {
+        return false;
+    };
+    let mut theirs = theirs.clone();
+    let mut ours = ours.to_vec();
+    theirs.sort_unstable();
+    ours.sort_unstable();
+    theirs == ours
 }
 
 impl Engine {
-    /// Every chat and its heads, without loading any document.
-    pub fn summary(&self) -> Vec<(ChatId, Vec<String>)> {
-        self.read_records()
-            .iter()
+    /// Every chat and its heads, without loading any document; at most `limit` chats, the
+    /// most recently active first.
+    pub fn summary(&self, limit: usize) -> Vec<(ChatId, Vec<String>)> {
+        let records = self.read_records();
+        let mut by_activity: Vec<(&ChatId, &ChatRecord)> = records.iter().collect();
+        if by_activity.len() > limit {
+            by_activity.sort_unstable_by_key(|(_, r)| std::cmp::Reverse(r.last_activity));
+            by_activity.truncate(limit);
+        }
+        by_activity
+            .into_iter()
             .map(|(id, r)| (id.clone(), r.heads.clone()))
             .collect()
+    }
+
+    /// How another device's copy of `chat`, with heads `theirs` (hex), compares with this one.
+    /// Loads the chat only when the heads differ (and then it is about to be synced anyway).
+    pub async fn compare_heads(
+        &self,
+        chat: &ChatId,
+        theirs: &[String],
+    ) -> Result<Relation, EngineError> {
+        let ours = self
+            .read_records()
+            .get(chat)
+            .map(|r| r.heads.clone())
+            .ok_or_else(|| EngineError::NotFound(format!("no chat {chat}")))?;
+        if same_set(&ours, theirs) {
+            return Ok(Relation::Same);
+        }
+        let Ok(theirs) = theirs
+            .iter()
+            .map(|hex| hex.parse::<automerge::ChangeHash>())
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return Ok(Relation::Behind);
+        };
+        let handle = self.chat(chat).await?;
+        let mut loaded = handle.lock().await;
+        let all_known = loaded
+            .doc
+            .automerge_mut()
+            .get_missing_deps(&theirs)
+            .is_empty();
+        Ok(if all_known {
+            Relation::Ahead
+        } else {
+            Relation::Behind
+        })
     }
 
     /// Whether this device has a chat.
@@ -95,29 +175,37 @@ impl Engine {
         self.sync_states.forget(device);
     }
 
-    /// The next sync message for `device` about `chat`, or `None` if it is up to date.
+    /// Forgets sync progress with a device about one chat: a message generated for it was not
+    /// sent, so the state must not assume the device has what it carried.
+    pub fn forget_sync(&self, device: &DeviceId, chat: &ChatId) {
+        self.sync_states.forget_chat(device, chat);
+    }
+
+    /// The next sync message for `device` about `chat` (none if it is up to date).
     pub async fn sync_message(
         &self,
         device: &DeviceId,
         chat: &ChatId,
-    ) -> Result<Option<Vec<u8>>, EngineError> {
+    ) -> Result<SyncStep, EngineError> {
         let handle = self.chat(chat).await?;
         let mut loaded = handle.lock().await;
+        let heads = loaded.doc.heads();
         Ok(self
             .sync_states
-            .with((device.clone(), chat.clone()), |state| {
-                loaded.doc.generate_sync_message(state)
+            .with((device.clone(), chat.clone()), |state| SyncStep {
+                message: loaded.doc.generate_sync_message(state),
+                in_sync: in_sync(state, &heads),
             }))
     }
 
     /// Applies a sync message from `device` about `chat`, persists what it brought, and
-    /// returns the reply (`None` when there is nothing more to say).
+    /// returns the reply (no message when there is nothing more to say).
     pub async fn receive_sync(
         &self,
         device: &DeviceId,
         chat: &ChatId,
         message: &[u8],
-    ) -> Result<Option<Vec<u8>>, EngineError> {
+    ) -> Result<SyncStep, EngineError> {
         if message.len() > MAX_SYNC_BYTES {
             return Err(EngineError::Invalid("sync message too large".into()));
         }
@@ -150,9 +238,11 @@ impl Engine {
                 }
                 Some(write.submit(events).await?)
             };
-            let reply = self
-                .sync_states
-                .with(key, |state| loaded.doc.generate_sync_message(state));
+            let heads = loaded.doc.heads();
+            let reply = self.sync_states.with(key, |state| SyncStep {
+                message: loaded.doc.generate_sync_message(state),
+                in_sync: in_sync(state, &heads),
+            });
             self.cache.update_estimate(chat, loaded.estimated_bytes());
             (reply, receipt)
         };
@@ -256,6 +346,11 @@ fn message_events(chat: &ChatId, doc: &ChatDoc, touched: Vec<(MessageId, bool)>)
             })
         })
         .collect()
+}
+
+/// Whether two lists of heads hold the same hashes.
+fn same_set(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|h| b.contains(h))
 }
 
 /// Runs Automerge on bytes from another device, turning a panic inside it into an error: a

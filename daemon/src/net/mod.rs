@@ -12,9 +12,11 @@
 
 mod behaviour;
 mod peers;
+mod progress;
 pub mod protocol;
 mod sessions;
 mod task;
+mod transfers;
 
 use chatsync_model::DeviceId;
 use libp2p::{Multiaddr, identity::Keypair};
@@ -43,11 +45,38 @@ pub struct PeerInfo {
     pub connected_since: Option<i64>,
     /// Latest ping round trip, in milliseconds.
     pub rtt_ms: Option<f64>,
+    /// When a sync exchange with it last completed (ms since the Unix epoch).
+    pub last_sync: Option<i64>,
+    /// Chats where it has changes this device lacks (known while connected).
+    pub chats_behind: Option<usize>,
+    /// Chats where this device has changes it lacks (known while connected).
+    pub chats_ahead: Option<usize>,
+    /// Sync payload bytes sent to it and received from it since this daemon started.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// This device's sync state over all connected devices.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SyncState {
+    /// `offline` (no trusted device connected), `syncing`, or `in_sync`.
+    pub state: &'static str,
+    pub peers_connected: usize,
+    pub peers_trusted: usize,
+    /// Chats where some connected device has changes this one lacks.
+    pub chats_behind: usize,
+    /// Chats where some connected device lacks changes this one has.
+    pub chats_ahead: usize,
+    /// Sync sessions under way.
+    pub sessions: usize,
+    /// When a sync exchange with any device last completed (ms since the Unix epoch).
+    pub last_sync: Option<i64>,
 }
 
 enum Command {
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    SyncState(oneshot::Sender<SyncState>),
 }
 
 /// Handle to the network task.
@@ -79,6 +108,14 @@ impl Network {
     /// The addresses this device listens on.
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.ask(Command::ListenAddrs).await.unwrap_or_default()
+    }
+
+    /// This device's sync state; `offline` if the network task is gone.
+    pub async fn sync_state(&self) -> SyncState {
+        self.ask(Command::SyncState).await.unwrap_or(SyncState {
+            state: "offline",
+            ..SyncState::default()
+        })
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {

@@ -5,14 +5,29 @@
 //! sync protocol ([`SyncRequest::Sync`] rounds) until both sides are quiet; a chat one side
 //! lacks is fetched whole ([`SyncRequest::Fetch`]). After a local change, the device that made
 //! it runs sync rounds for that chat with every connected device.
+//!
+//! Large payloads are announced and pulled, so that no single message on the wire is large and
+//! nothing has a size limit below [`MAX_TRANSFER_BYTES`]: a response whose payload is over
+//! [`PART_BYTES`] carries [`Payload::Parts`] instead, and the receiver pulls the parts one by one
+//! with [`SyncRequest::Part`]. Requests never carry large payloads: a device whose next sync
+//! message is too large for a request sends [`SyncRequest::Pull`] instead, asking the other
+//! device to run the session from its side, where the large message becomes a response.
 
 use serde::{Deserialize, Serialize};
 
 use crate::engine::MAX_SYNC_BYTES;
 
 pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/chatsync/sync/1");
-/// Largest request or response on the wire: a sync message or document plus framing.
-pub const MAX_WIRE_BYTES: u64 = MAX_SYNC_BYTES as u64 + 64 * 1024;
+/// Payloads up to this size travel inline; larger ones are split into parts of this size.
+pub const PART_BYTES: usize = 1024 * 1024;
+/// Largest payload (sync message or whole chat) a device sends or accepts, in parts.
+pub const MAX_TRANSFER_BYTES: usize = MAX_SYNC_BYTES;
+/// Chats listed in one summary at most (the most recently active first); about 110 bytes each.
+pub const MAX_SUMMARY_CHATS: usize = 50_000;
+/// Heads listed per chat in a summary at most (a chat normally has one or two).
+pub const MAX_SUMMARY_HEADS: usize = 32;
+/// Largest request or response on the wire: a full summary, or one part plus framing.
+pub const MAX_WIRE_BYTES: u64 = 8 * 1024 * 1024;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChatHeads {
@@ -20,11 +35,41 @@ pub struct ChatHeads {
     pub heads: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Bytes carried by a response: inline, or announced for pulling part by part.
+#[derive(Clone, Serialize, Deserialize)]
+pub enum Payload {
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Pull with [`SyncRequest::Part`] until `len` bytes have arrived.
+    Parts {
+        transfer: u64,
+        len: u64,
+    },
+}
+
+impl Payload {
+    /// Bytes this payload occupies on the wire, without framing.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Payload::Inline(bytes) => bytes.len(),
+            Payload::Parts { .. } => 16,
+        }
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Payload::Inline(bytes) => write!(f, "Inline({} bytes)", bytes.len()),
+            Payload::Parts { transfer, len } => write!(f, "Parts(#{transfer}, {len} bytes)"),
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
 pub enum SyncRequest {
     /// Every chat the sender has, with its heads; answered with the receiver's own.
     Summary(Vec<ChatHeads>),
-    /// One round of Automerge's sync protocol for one chat.
+    /// One round of Automerge's sync protocol for one chat (at most [`PART_BYTES`]).
     Sync {
         chat: String,
         #[serde(with = "serde_bytes")]
@@ -32,6 +77,25 @@ pub enum SyncRequest {
     },
     /// The whole document of a chat the sender does not have.
     Fetch { chat: String },
+    /// The sender has more about this chat than fits a request: the receiver should run a sync
+    /// session for it from its side. Answered with [`SyncResponse::Sync`] and no message.
+    Pull { chat: String },
+    /// One part of an announced payload, starting at `offset`.
+    Part { transfer: u64, offset: u64 },
+}
+
+impl std::fmt::Debug for SyncRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncRequest::Summary(chats) => write!(f, "Summary({} chats)", chats.len()),
+            SyncRequest::Sync { chat, message } => {
+                write!(f, "Sync({chat}, {} bytes)", message.len())
+            }
+            SyncRequest::Fetch { chat } => write!(f, "Fetch({chat})"),
+            SyncRequest::Pull { chat } => write!(f, "Pull({chat})"),
+            SyncRequest::Part { transfer, offset } => write!(f, "Part(#{transfer} @{offset})"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -39,15 +103,51 @@ pub enum SyncResponse {
     Summary(Vec<ChatHeads>),
     /// The receiver's next sync message, or `None` when it has nothing more to say.
     Sync {
-        #[serde(with = "serde_bytes")]
-        message: Option<Vec<u8>>,
+        message: Option<Payload>,
     },
     Document {
+        payload: Payload,
+    },
+    /// One part of an announced payload (at most [`PART_BYTES`]).
+    Part {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
-    /// The receiver does not have that chat (after a `Sync`, it will fetch it).
+    /// The receiver does not have that chat or transfer (after a `Sync`, it will fetch it).
     Unknown,
     /// The request was refused; the reason is for logs.
     Refused(String),
+}
+
+impl SyncRequest {
+    /// Payload bytes this request carries, for traffic counts.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            SyncRequest::Summary(chats) => summary_len(chats),
+            SyncRequest::Sync { chat, message } => chat.len() + message.len(),
+            SyncRequest::Fetch { chat } | SyncRequest::Pull { chat } => chat.len(),
+            SyncRequest::Part { .. } => 16,
+        }
+    }
+}
+
+impl SyncResponse {
+    /// Payload bytes this response carries, for traffic counts.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            SyncResponse::Summary(chats) => summary_len(chats),
+            SyncResponse::Sync { message } => message.as_ref().map_or(0, Payload::wire_len),
+            SyncResponse::Document { payload } => payload.wire_len(),
+            SyncResponse::Part { bytes } => bytes.len(),
+            SyncResponse::Unknown => 0,
+            SyncResponse::Refused(why) => why.len(),
+        }
+    }
+}
+
+fn summary_len(chats: &[ChatHeads]) -> usize {
+    chats
+        .iter()
+        .map(|c| c.chat.len() + c.heads.iter().map(String::len).sum::<usize>())
+        .sum()
 }

@@ -1,10 +1,12 @@
 //! Chat sync over the network task's connections: summaries on connect, sync rounds per device
-//! and chat, fetches of missing chats. The engine does the document work in spawned tasks (the
-//! swarm's loop never waits for it); their results come back as [`Internal`] messages.
+//! and chat, fetches of missing chats, and large payloads pulled in parts. The engine does the
+//! document work in spawned tasks (the swarm's loop never waits for it); their results come
+//! back as [`Internal`] messages.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet, VecDeque},
     sync::Arc,
+    time::Instant,
 };
 
 use chatsync_model::{ChatId, DeviceId};
@@ -15,19 +17,30 @@ use libp2p::{
 use tokio::sync::mpsc;
 
 use super::{
-    protocol::{ChatHeads, SyncRequest, SyncResponse},
+    progress::Comparison,
+    protocol::{
+        ChatHeads, MAX_SUMMARY_CHATS, MAX_SUMMARY_HEADS, PART_BYTES, Payload, SyncRequest,
+        SyncResponse,
+    },
     task::NetworkTask,
+    transfers::{Incoming, Progress as PullProgress, Purpose},
 };
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, Relation, SyncStep};
 
 /// Messages from spawned sync work back to the network task.
 pub enum Internal {
     Send(PeerId, SyncRequest, Pending),
-    Respond(ResponseChannel<SyncResponse>, SyncResponse),
+    Respond(PeerId, ResponseChannel<SyncResponse>, SyncResponse),
     /// Run a sync session with this device about this chat.
     Start(PeerId, ChatId),
-    /// The session with this device about this chat is over.
-    Done(PeerId, ChatId),
+    /// A step of the session with this device about this chat was computed.
+    Step(PeerId, ChatId, Result<SyncStep, EngineError>),
+    /// A sync request from this device about this chat was answered; its state is as shown.
+    Answered(PeerId, ChatId, bool),
+    /// A fetch of a whole chat from this device ended (stored, or not).
+    Fetched(PeerId, ChatId, bool),
+    /// A summary comparison with this device finished.
+    Compared(PeerId, Comparison),
     Changed(BTreeSet<ChatId>),
 }
 
@@ -37,6 +50,9 @@ pub enum Pending {
     Summary,
     Sync(ChatId),
     Fetch(ChatId),
+    /// Asked the other device to run the session about this chat from its side.
+    Pull(ChatId),
+    Part(Box<Incoming>),
 }
 
 /// Requests in flight to one device at most; the rest wait in its queue. Below the other
@@ -57,6 +73,22 @@ pub struct Sessions {
     pub running: HashSet<(PeerId, ChatId)>,
     /// Sessions to run again when the current one ends (a change arrived meanwhile).
     pub again: HashSet<(PeerId, ChatId)>,
+    /// Chats being fetched whole (from one device at a time, so each arrives once).
+    pub fetching: HashSet<ChatId>,
+}
+
+impl Pending {
+    /// The chat this request fetches whole, if it does.
+    fn fetch(&self) -> Option<&ChatId> {
+        match self {
+            Pending::Fetch(chat) => Some(chat),
+            Pending::Part(incoming) => match &incoming.purpose {
+                Purpose::Fetch(chat) => Some(chat),
+                Purpose::Sync(_) => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 fn device_of(peer: &PeerId) -> Option<DeviceId> {
@@ -68,48 +100,86 @@ fn to_wire(summary: &[(ChatId, Vec<String>)]) -> Vec<ChatHeads> {
         .iter()
         .map(|(chat, heads)| ChatHeads {
             chat: chat.to_string(),
-            heads: heads.clone(),
+            heads: heads.iter().take(MAX_SUMMARY_HEADS).cloned().collect(),
         })
         .collect()
 }
 
+/// Whether two lists of heads hold the same hashes.
+fn same_heads(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|h| b.contains(h))
+}
+
 /// Decides what to do about another device's summary: fetch the chats this one lacks, and
 /// (if this device has the smaller id, so that only one side starts) sync those that differ.
-fn compare(
-    ours: Vec<(ChatId, Vec<String>)>,
-    me: &PeerId,
+/// Then works out, for `chatsync peers`, which side is ahead in each chat that differs.
+async fn compare(
+    engine: Arc<Engine>,
+    me: PeerId,
     peer: PeerId,
     theirs: Vec<ChatHeads>,
-    internal: &mpsc::Sender<Internal>,
+    internal: mpsc::Sender<Internal>,
 ) {
-    let ours: HashMap<ChatId, Vec<String>> = ours.into_iter().collect();
+    let began = Instant::now();
+    let ours: HashMap<ChatId, Vec<String>> =
+        engine.summary(MAX_SUMMARY_CHATS).into_iter().collect();
     let initiator = me.to_bytes() < peer.to_bytes();
+    let mut listed = HashSet::new();
+    let mut differing = Vec::new();
+    let mut comparison = Comparison {
+        began,
+        behind: BTreeSet::new(),
+        ahead: BTreeSet::new(),
+    };
+    let mut actions = Vec::new();
     for entry in theirs {
         let Ok(chat) = ChatId::new(entry.chat) else {
             continue;
         };
-        let message = match ours.get(&chat) {
-            None => Internal::Send(
-                peer,
-                SyncRequest::Fetch {
-                    chat: chat.to_string(),
-                },
-                Pending::Fetch(chat),
-            ),
-            Some(heads) if initiator && *heads != entry.heads => Internal::Start(peer, chat),
-            Some(_) => continue,
-        };
-        if internal.try_send(message).is_err() {
-            tracing::debug!(%peer, "sync queue full; the rest waits for the next exchange");
-            return;
+        listed.insert(chat.clone());
+        match ours.get(&chat) {
+            None => {
+                comparison.behind.insert(chat.clone());
+                actions.push(Internal::Send(
+                    peer,
+                    SyncRequest::Fetch {
+                        chat: chat.to_string(),
+                    },
+                    Pending::Fetch(chat),
+                ));
+            }
+            Some(heads) if !same_heads(heads, &entry.heads) => {
+                if initiator {
+                    actions.push(Internal::Start(peer, chat.clone()));
+                }
+                differing.push((chat, entry.heads));
+            }
+            Some(_) => {}
         }
     }
+    for action in actions {
+        if internal.try_send(action).is_err() {
+            tracing::debug!(%peer, "sync queue full; the rest waits for the next exchange");
+            break;
+        }
+    }
+    comparison
+        .ahead
+        .extend(ours.into_keys().filter(|chat| !listed.contains(chat)));
+    for (chat, heads) in differing {
+        match engine.compare_heads(&chat, &heads).await {
+            Ok(Relation::Behind) => comparison.behind.insert(chat),
+            Ok(Relation::Ahead) => comparison.ahead.insert(chat),
+            Ok(Relation::Same) | Err(_) => false,
+        };
+    }
+    let _ = internal.send(Internal::Compared(peer, comparison)).await;
 }
 
 impl NetworkTask {
     /// A device accepted the connection: tell it what this device has.
     pub(super) fn on_peer_accepted(&mut self, peer: PeerId) {
-        let summary = to_wire(&self.engine.summary());
+        let summary = to_wire(&self.engine.summary(MAX_SUMMARY_CHATS));
         self.send(peer, SyncRequest::Summary(summary), Pending::Summary);
     }
 
@@ -119,14 +189,30 @@ impl NetworkTask {
         }
         self.sessions.running.retain(|(p, _)| *p != peer);
         self.sessions.again.retain(|(p, _)| *p != peer);
-        self.sessions.queued.remove(&peer);
+        let queued = self.sessions.queued.remove(&peer).unwrap_or_default();
         self.sessions.in_flight.remove(&peer);
-        self.sessions.outbound.retain(|_, (p, _)| *p != peer);
+        let fetching = &mut self.sessions.fetching;
+        for (_, pending) in queued {
+            if let Some(chat) = pending.fetch() {
+                fetching.remove(chat);
+            }
+        }
+        self.sessions.outbound.retain(|_, (p, pending)| {
+            if *p == peer
+                && let Some(chat) = pending.fetch()
+            {
+                fetching.remove(chat);
+            }
+            *p != peer
+        });
+        self.outbox.forget_peer(&peer);
+        self.progress.disconnected(&peer);
     }
 
     /// Anti-entropy: trade summaries again with every connected device, so that anything a
     /// lost request left out is found and synced.
     pub(super) fn resummarize(&mut self) {
+        self.outbox.expire(Instant::now());
         for peer in self.accepted_peers() {
             self.on_peer_accepted(peer);
         }
@@ -148,10 +234,14 @@ impl NetworkTask {
     }
 
     pub(super) fn send(&mut self, peer: PeerId, request: SyncRequest, pending: Pending) {
+        if let Pending::Fetch(chat) = &pending
+            && !self.sessions.fetching.insert(chat.clone())
+        {
+            // Already on its way from some device.
+            return;
+        }
         if !self.swarm.is_connected(&peer) {
-            if let Pending::Sync(chat) = pending {
-                self.sessions.running.remove(&(peer, chat));
-            }
+            self.abandon(peer, pending);
             return;
         }
         let in_flight = self.sessions.in_flight.entry(peer).or_default();
@@ -159,45 +249,81 @@ impl NetworkTask {
             let queue = self.sessions.queued.entry(peer).or_default();
             if queue.len() < MAX_QUEUED {
                 queue.push_back((request, pending));
-            } else if let Pending::Sync(chat) = pending {
+            } else {
                 // Dropped: the next summary exchange finds what it would have synced.
-                self.sessions.running.remove(&(peer, chat));
+                self.abandon(peer, pending);
             }
             return;
         }
         *in_flight += 1;
-        tracing::trace!(%peer, ?pending, "sync request");
+        tracing::trace!(%peer, ?request, "sync request");
+        self.progress.sent(peer, request.wire_len());
         let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
         self.sessions.outbound.insert(id, (peer, pending));
+    }
+
+    /// A request was not sent or not answered: end the session it belonged to.
+    fn abandon(&mut self, peer: PeerId, pending: Pending) {
+        if let Some(chat) = pending.fetch() {
+            self.sessions.fetching.remove(chat);
+        }
+        match pending {
+            Pending::Sync(chat) | Pending::Pull(chat) => self.session_over(peer, chat),
+            Pending::Part(incoming) => {
+                if let Purpose::Sync(chat) = incoming.purpose {
+                    self.session_over(peer, chat);
+                }
+            }
+            Pending::Summary | Pending::Fetch(_) => {}
+        }
     }
 
     pub(super) fn on_internal(&mut self, message: Internal) {
         match message {
             Internal::Send(peer, request, pending) => self.send(peer, request, pending),
-            Internal::Respond(channel, response) => {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .sync
-                    .send_response(channel, response);
+            Internal::Respond(peer, channel, response) => {
+                let response = self.outbox.prepare(peer, response, Instant::now());
+                self.respond(peer, channel, response);
             }
             Internal::Start(peer, chat) => self.start_session(peer, chat),
-            Internal::Done(peer, chat) => {
-                let key = (peer, chat);
-                self.sessions.running.remove(&key);
-                if self.sessions.again.remove(&key) {
-                    self.start_session(key.0, key.1);
+            Internal::Step(peer, chat, step) => self.on_step(peer, chat, step),
+            Internal::Answered(peer, chat, in_sync) => {
+                if in_sync {
+                    self.progress.in_sync(peer, &chat, Instant::now());
                 }
             }
+            Internal::Fetched(peer, chat, stored) => {
+                self.sessions.fetching.remove(&chat);
+                if stored {
+                    self.progress.fetched(peer, &chat);
+                    // Catch up with anything written after the document was saved.
+                    self.start_session(peer, chat);
+                }
+            }
+            Internal::Compared(peer, comparison) => self.progress.compared(peer, comparison),
             Internal::Changed(chats) => {
-                let peers: Vec<PeerId> = self.accepted_peers();
-                for peer in peers {
+                for peer in self.accepted_peers() {
                     for chat in &chats {
+                        self.progress.changed_here(peer, chat);
                         self.start_session(peer, chat.clone());
                     }
                 }
             }
         }
+    }
+
+    fn respond(
+        &mut self,
+        peer: PeerId,
+        channel: ResponseChannel<SyncResponse>,
+        response: SyncResponse,
+    ) {
+        self.progress.sent(peer, response.wire_len());
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_response(channel, response);
     }
 
     /// Starts a sync session, or marks it to run again if one is under way.
@@ -211,14 +337,60 @@ impl NetworkTask {
         self.sessions.running.insert(key);
         let (engine, internal) = (self.engine.clone(), self.internal.clone());
         tokio::spawn(async move {
-            let next = match device_of(&peer) {
+            let step = match device_of(&peer) {
                 Some(device) => engine.sync_message(&device, &chat).await,
-                None => Ok(None),
+                None => Ok(SyncStep {
+                    message: None,
+                    in_sync: false,
+                }),
             };
-            let _ = internal
-                .send(next_step(peer, chat, next, "starting a sync session"))
-                .await;
+            let _ = internal.send(Internal::Step(peer, chat, step)).await;
         });
+    }
+
+    /// The session ended: run it again if a change arrived meanwhile.
+    fn session_over(&mut self, peer: PeerId, chat: ChatId) {
+        let key = (peer, chat);
+        self.sessions.running.remove(&key);
+        if self.sessions.again.remove(&key) {
+            self.start_session(key.0, key.1);
+        }
+    }
+
+    /// After one step of a session: send the next message, or end the session. A message too
+    /// large for a request is not sent; the other device is asked to run the session instead,
+    /// so that it arrives as a response, in parts.
+    fn on_step(&mut self, peer: PeerId, chat: ChatId, step: Result<SyncStep, EngineError>) {
+        let step = match step {
+            Ok(step) => step,
+            Err(e) => {
+                tracing::warn!(%peer, %chat, error = %e, "a sync round failed");
+                self.session_over(peer, chat);
+                return;
+            }
+        };
+        if step.in_sync {
+            self.progress.in_sync(peer, &chat, Instant::now());
+        }
+        match step.message {
+            Some(message) if message.len() <= PART_BYTES => {
+                let request = SyncRequest::Sync {
+                    chat: chat.to_string(),
+                    message,
+                };
+                self.send(peer, request, Pending::Sync(chat));
+            }
+            Some(_) => {
+                if let Some(device) = device_of(&peer) {
+                    self.engine.forget_sync(&device, &chat);
+                }
+                let request = SyncRequest::Pull {
+                    chat: chat.to_string(),
+                };
+                self.send(peer, request, Pending::Pull(chat));
+            }
+            None => self.session_over(peer, chat),
+        }
     }
 
     pub(super) fn on_sync_event(
@@ -229,12 +401,16 @@ impl NetworkTask {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => self.on_request(peer, request, channel),
+                } => {
+                    self.progress.received(peer, request.wire_len());
+                    self.on_request(peer, request, channel);
+                }
                 request_response::Message::Response {
                     request_id,
                     response,
                 } => {
                     if let Some((_, pending)) = self.sessions.outbound.remove(&request_id) {
+                        self.progress.received(peer, response.wire_len());
                         self.request_finished(peer);
                         self.on_response(peer, pending, response);
                     }
@@ -249,9 +425,7 @@ impl NetworkTask {
                 tracing::debug!(%peer, %error, "sync request failed");
                 if let Some((_, pending)) = self.sessions.outbound.remove(&request_id) {
                     self.request_finished(peer);
-                    if let Pending::Sync(chat) = pending {
-                        self.sessions.running.remove(&(peer, chat));
-                    }
+                    self.abandon(peer, pending);
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
@@ -267,130 +441,225 @@ impl NetworkTask {
         request: SyncRequest,
         channel: ResponseChannel<SyncResponse>,
     ) {
-        let (engine, internal) = (self.engine.clone(), self.internal.clone());
-        let me = *self.swarm.local_peer_id();
         let Some(device) = device_of(&peer) else {
             return;
         };
-        tokio::spawn(async move {
-            let response = match request {
-                SyncRequest::Summary(theirs) => {
-                    let ours = engine.summary();
-                    let response = SyncResponse::Summary(to_wire(&ours));
-                    compare(ours, &me, peer, theirs, &internal);
-                    response
-                }
-                SyncRequest::Sync { chat, message } => match ChatId::new(chat) {
-                    Ok(chat) if engine.has_chat(&chat) => {
-                        match engine.receive_sync(&device, &chat, &message).await {
-                            Ok(reply) => SyncResponse::Sync { message: reply },
-                            Err(e) => refused(&peer, e),
-                        }
-                    }
+        let (chat, message) = match request {
+            // Answered here: no document work.
+            SyncRequest::Part { transfer, offset } => {
+                let response = self.outbox.part(peer, transfer, offset, Instant::now());
+                self.respond(peer, channel, response);
+                return;
+            }
+            SyncRequest::Pull { chat } => {
+                let response = match ChatId::new(chat) {
                     Ok(chat) => {
-                        // A chat this device lacks: get it whole.
-                        let _ = internal
-                            .send(Internal::Send(
-                                peer,
-                                SyncRequest::Fetch {
-                                    chat: chat.to_string(),
-                                },
-                                Pending::Fetch(chat),
-                            ))
-                            .await;
-                        SyncResponse::Unknown
+                        // Start afresh, so that the first message says everything needed.
+                        self.engine.forget_sync(&device, &chat);
+                        self.start_session(peer, chat);
+                        SyncResponse::Sync { message: None }
                     }
                     Err(e) => SyncResponse::Refused(e.to_string()),
-                },
-                SyncRequest::Fetch { chat } => match ChatId::new(chat) {
-                    Ok(chat) if engine.has_chat(&chat) => match engine.export_chat(&chat).await {
-                        Ok(bytes) => SyncResponse::Document { bytes },
+                };
+                self.respond(peer, channel, response);
+                return;
+            }
+            SyncRequest::Summary(theirs) => {
+                let response =
+                    SyncResponse::Summary(to_wire(&self.engine.summary(MAX_SUMMARY_CHATS)));
+                self.respond(peer, channel, response);
+                let me = *self.swarm.local_peer_id();
+                tokio::spawn(compare(
+                    self.engine.clone(),
+                    me,
+                    peer,
+                    theirs,
+                    self.internal.clone(),
+                ));
+                return;
+            }
+            SyncRequest::Sync { chat, message } => (chat, Some(message)),
+            SyncRequest::Fetch { chat } => (chat, None),
+        };
+        let (engine, internal) = (self.engine.clone(), self.internal.clone());
+        tokio::spawn(async move {
+            let response = match (ChatId::new(chat), message) {
+                (Err(e), _) => SyncResponse::Refused(e.to_string()),
+                (Ok(chat), Some(message)) if engine.has_chat(&chat) => {
+                    match engine.receive_sync(&device, &chat, &message).await {
+                        Ok(step) => {
+                            let _ = internal
+                                .send(Internal::Answered(peer, chat, step.in_sync))
+                                .await;
+                            SyncResponse::Sync {
+                                message: step.message.map(Payload::Inline),
+                            }
+                        }
                         Err(e) => refused(&peer, e),
+                    }
+                }
+                (Ok(chat), Some(_)) => {
+                    // A chat this device lacks: get it whole.
+                    let _ = internal
+                        .send(Internal::Send(
+                            peer,
+                            SyncRequest::Fetch {
+                                chat: chat.to_string(),
+                            },
+                            Pending::Fetch(chat),
+                        ))
+                        .await;
+                    SyncResponse::Unknown
+                }
+                (Ok(chat), None) if engine.has_chat(&chat) => match engine.export_chat(&chat).await
+                {
+                    Ok(bytes) => SyncResponse::Document {
+                        payload: Payload::Inline(bytes),
                     },
-                    Ok(_) => SyncResponse::Unknown,
-                    Err(e) => SyncResponse::Refused(e.to_string()),
+                    Err(e) => refused(&peer, e),
                 },
+                (Ok(_), None) => SyncResponse::Unknown,
             };
-            let _ = internal.send(Internal::Respond(channel, response)).await;
+            let _ = internal
+                .send(Internal::Respond(peer, channel, response))
+                .await;
         });
     }
 
     fn on_response(&mut self, peer: PeerId, pending: Pending, response: SyncResponse) {
-        tracing::trace!(%peer, ?pending, "sync response");
-        let (engine, internal) = (self.engine.clone(), self.internal.clone());
-        let me = *self.swarm.local_peer_id();
-        let Some(device) = device_of(&peer) else {
-            return;
-        };
-        tokio::spawn(async move {
-            match (pending, response) {
-                (Pending::Summary, SyncResponse::Summary(theirs)) => {
-                    compare(engine.summary(), &me, peer, theirs, &internal);
+        tracing::trace!(%peer, ?pending, ?response, "sync response");
+        match (pending, response) {
+            (Pending::Summary, SyncResponse::Summary(theirs)) => {
+                let me = *self.swarm.local_peer_id();
+                tokio::spawn(compare(
+                    self.engine.clone(),
+                    me,
+                    peer,
+                    theirs,
+                    self.internal.clone(),
+                ));
+            }
+            (Pending::Sync(chat), SyncResponse::Sync { message: None }) => {
+                self.continue_session(peer, chat, None);
+            }
+            (
+                Pending::Sync(chat),
+                SyncResponse::Sync {
+                    message: Some(payload),
+                },
+            ) => {
+                self.receive_payload(peer, Purpose::Sync(chat), payload);
+            }
+            (Pending::Fetch(chat), SyncResponse::Document { payload }) => {
+                self.receive_payload(peer, Purpose::Fetch(chat), payload);
+            }
+            (Pending::Part(incoming), SyncResponse::Part { bytes }) => match incoming.add(&bytes) {
+                PullProgress::More(incoming) => self.pull_next(peer, incoming),
+                PullProgress::Complete(purpose, bytes) => {
+                    self.payload_arrived(peer, purpose, bytes)
                 }
-                (Pending::Sync(chat), SyncResponse::Sync { message }) => {
-                    let next = match message {
-                        Some(m) => engine.receive_sync(&device, &chat, &m).await,
-                        None => engine.sync_message(&device, &chat).await,
-                    };
-                    let _ = internal
-                        .send(next_step(peer, chat, next, "a sync round"))
-                        .await;
+                PullProgress::Failed(purpose, why) => {
+                    tracing::warn!(%peer, %why, "a large transfer went wrong");
+                    self.transfer_failed(peer, purpose);
                 }
-                (Pending::Sync(chat), other) => {
-                    if let SyncResponse::Refused(why) = other {
-                        tracing::debug!(%peer, %chat, %why, "sync refused");
-                    }
-                    let _ = internal.send(Internal::Done(peer, chat)).await;
-                }
-                (Pending::Fetch(chat), SyncResponse::Document { bytes }) => {
-                    match engine.import_chat(&chat, &bytes).await {
-                        // Catch up with anything written after the document was saved.
-                        Ok(()) => {
-                            let _ = internal.send(Internal::Start(peer, chat)).await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(%peer, %chat, error = %e, "could not store a chat")
-                        }
-                    }
-                }
-                (pending, response) => {
+            },
+            (Pending::Part(incoming), other) => {
+                tracing::debug!(%peer, ?incoming, ?other, "a large transfer was not completed");
+                self.transfer_failed(peer, incoming.purpose);
+            }
+            (Pending::Pull(chat), _) => self.session_over(peer, chat),
+            (pending, response) => {
+                if let SyncResponse::Refused(why) = &response {
+                    tracing::debug!(%peer, ?pending, %why, "sync refused");
+                } else if !matches!(response, SyncResponse::Unknown) {
                     tracing::debug!(%peer, ?pending, ?response, "unexpected sync response");
                 }
+                self.abandon(peer, pending);
             }
+        }
+    }
+
+    /// A payload arrived inline, or was announced: pull it.
+    fn receive_payload(&mut self, peer: PeerId, purpose: Purpose, payload: Payload) {
+        match payload {
+            Payload::Inline(bytes) => self.payload_arrived(peer, purpose, bytes),
+            Payload::Parts { transfer, len } => match Incoming::start(purpose, transfer, len) {
+                Ok(incoming) => self.pull_next(peer, Box::new(incoming)),
+                Err((purpose, why)) => {
+                    tracing::warn!(%peer, %why, "refused a large transfer");
+                    self.transfer_failed(peer, purpose);
+                }
+            },
+        }
+    }
+
+    fn pull_next(&mut self, peer: PeerId, incoming: Box<Incoming>) {
+        let request = SyncRequest::Part {
+            transfer: incoming.transfer,
+            offset: incoming.offset(),
+        };
+        self.send(peer, request, Pending::Part(incoming));
+    }
+
+    /// A large transfer failed. A sync session starts over from the other side with fresh
+    /// state (the other device believes it sent what was lost); a fetch is retried at the next
+    /// summary exchange.
+    fn transfer_failed(&mut self, peer: PeerId, purpose: Purpose) {
+        if let Purpose::Fetch(chat) = &purpose {
+            self.sessions.fetching.remove(chat);
+        }
+        if let Purpose::Sync(chat) = purpose {
+            if let Some(device) = device_of(&peer) {
+                self.engine.forget_sync(&device, &chat);
+            }
+            let request = SyncRequest::Pull {
+                chat: chat.to_string(),
+            };
+            self.send(peer, request, Pending::Pull(chat));
+        }
+    }
+
+    fn payload_arrived(&mut self, peer: PeerId, purpose: Purpose, bytes: Vec<u8>) {
+        match purpose {
+            Purpose::Sync(chat) => self.continue_session(peer, chat, Some(bytes)),
+            Purpose::Fetch(chat) => {
+                let (engine, internal) = (self.engine.clone(), self.internal.clone());
+                tokio::spawn(async move {
+                    let stored = engine.import_chat(&chat, &bytes).await;
+                    if let Err(e) = &stored {
+                        tracing::warn!(%peer, %chat, error = %e, "could not store a chat");
+                    }
+                    let _ = internal
+                        .send(Internal::Fetched(peer, chat, stored.is_ok()))
+                        .await;
+                });
+            }
+        }
+    }
+
+    /// The other device answered a round: apply its message (if any) and compute the next.
+    fn continue_session(&mut self, peer: PeerId, chat: ChatId, message: Option<Vec<u8>>) {
+        let Some(device) = device_of(&peer) else {
+            self.session_over(peer, chat);
+            return;
+        };
+        let (engine, internal) = (self.engine.clone(), self.internal.clone());
+        tokio::spawn(async move {
+            let step = match message {
+                Some(m) => engine.receive_sync(&device, &chat, &m).await,
+                None => engine.sync_message(&device, &chat).await,
+            };
+            let _ = internal.send(Internal::Step(peer, chat, step)).await;
         });
     }
 
-    fn accepted_peers(&self) -> Vec<PeerId> {
+    pub(super) fn accepted_peers(&self) -> Vec<PeerId> {
         self.book
             .peers
             .iter()
             .filter(|(_, e)| e.accepted)
             .map(|(p, _)| *p)
             .collect()
-    }
-}
-
-/// After one step of a session: send the next message, or end the session.
-fn next_step(
-    peer: PeerId,
-    chat: ChatId,
-    next: Result<Option<Vec<u8>>, EngineError>,
-    what: &str,
-) -> Internal {
-    match next {
-        Ok(Some(message)) => Internal::Send(
-            peer,
-            SyncRequest::Sync {
-                chat: chat.to_string(),
-                message,
-            },
-            Pending::Sync(chat),
-        ),
-        Ok(None) => Internal::Done(peer, chat),
-        Err(e) => {
-            tracing::warn!(%peer, %chat, error = %e, "{what} failed");
-            Internal::Done(peer, chat)
-        }
     }
 }
 

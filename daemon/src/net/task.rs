@@ -24,10 +24,12 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Command, PeerInfo,
+    Command, PeerInfo, SyncState,
     behaviour::{Behaviour, BehaviourEvent, PROTOCOL_VERSION, build_swarm},
     peers::{MAX_PEERS, PeerBook, transport},
+    progress::Progress,
     sessions::{Internal, Sessions, forward_changes},
+    transfers::Outbox,
 };
 use crate::{
     config::NetworkConfig,
@@ -48,6 +50,8 @@ pub struct NetworkTask {
     pub(super) book: PeerBook,
     pub(super) engine: Arc<Engine>,
     pub(super) sessions: Sessions,
+    pub(super) outbox: Outbox,
+    pub(super) progress: Progress,
     pub(super) internal: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
     trusted: watch::Receiver<BTreeSet<DeviceId>>,
@@ -101,6 +105,8 @@ impl NetworkTask {
             book,
             engine,
             sessions: Sessions::default(),
+            outbox: Outbox::default(),
+            progress: Progress::default(),
             internal,
             internal_rx,
             trusted,
@@ -143,6 +149,9 @@ impl NetworkTask {
             }
             Command::ListenAddrs(reply) => {
                 let _ = reply.send(self.listen_addrs.clone());
+            }
+            Command::SyncState(reply) => {
+                let _ = reply.send(self.sync_state());
             }
         }
     }
@@ -369,6 +378,8 @@ impl NetworkTask {
             .filter_map(|(peer, e)| {
                 let device = DeviceId::new(peer.to_base58()).ok()?;
                 let oldest = e.connections.values().min_by_key(|c| c.since_ms);
+                let progress = self.progress.get(peer);
+                let counts = progress.and_then(|p| p.counts()).filter(|_| e.accepted);
                 Some(PeerInfo {
                     device,
                     connected: e.accepted,
@@ -381,6 +392,11 @@ impl NetworkTask {
                         .map(|c| if c.outbound { "outbound" } else { "inbound" }.to_string()),
                     connected_since: oldest.filter(|_| e.accepted).map(|c| c.since_ms),
                     rtt_ms: e.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    last_sync: progress.and_then(|p| p.last_sync_ms),
+                    chats_behind: counts.map(|(behind, _)| behind),
+                    chats_ahead: counts.map(|(_, ahead)| ahead),
+                    bytes_sent: progress.map_or(0, |p| p.bytes_sent),
+                    bytes_received: progress.map_or(0, |p| p.bytes_received),
                 })
             })
             .collect();
@@ -397,11 +413,56 @@ impl NetworkTask {
                     direction: None,
                     connected_since: None,
                     rtt_ms: None,
+                    last_sync: self.progress.get(peer).and_then(|p| p.last_sync_ms),
+                    chats_behind: None,
+                    chats_ahead: None,
+                    bytes_sent: self.progress.get(peer).map_or(0, |p| p.bytes_sent),
+                    bytes_received: self.progress.get(peer).map_or(0, |p| p.bytes_received),
                 });
             }
         }
         out.sort_by(|a, b| a.device.cmp(&b.device));
         out
+    }
+}
+
+impl NetworkTask {
+    /// This device's sync state over every connected device.
+    fn sync_state(&self) -> SyncState {
+        let connected = self.accepted_peers();
+        let mut behind = BTreeSet::new();
+        let mut ahead = BTreeSet::new();
+        let mut known = true;
+        for peer in &connected {
+            match self.progress.get(peer).filter(|p| p.counts().is_some()) {
+                Some(p) => {
+                    behind.extend(p.behind());
+                    ahead.extend(p.ahead());
+                }
+                None => known = false,
+            }
+        }
+        let sessions = self.sessions.running.len();
+        let state = if connected.is_empty() {
+            "offline"
+        } else if !known || !behind.is_empty() || !ahead.is_empty() || sessions > 0 {
+            "syncing"
+        } else {
+            "in_sync"
+        };
+        SyncState {
+            state,
+            peers_connected: connected.len(),
+            peers_trusted: self.allowed.len(),
+            chats_behind: behind.len(),
+            chats_ahead: ahead.len(),
+            sessions,
+            last_sync: self
+                .progress
+                .iter()
+                .filter_map(|(_, p)| p.last_sync_ms)
+                .max(),
+        }
     }
 }
 

@@ -76,6 +76,14 @@ pub fn loopback_network() -> chatsync_daemon::config::NetworkConfig {
     }
 }
 
+/// A loopback TCP address with a port that was free a moment ago, for a daemon that must be
+/// found at the same address after a restart.
+pub fn fixed_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    format!("/ip4/127.0.0.1/tcp/{port}")
+}
+
 /// A daemon running in this process.
 pub struct TestDaemon {
     pub home: Arc<TempDir>,
@@ -110,11 +118,22 @@ impl TestDaemon {
         let device = Device::new(identity.device_id.clone(), DEVICE_NAME).unwrap();
         let device_id = identity.device_id.to_string();
         let token = CancellationToken::new();
-        // Tests stay on loopback: no mDNS (it would multicast on the machine's real network).
+        // Tests stay on loopback: no mDNS (it would multicast on the machine's real network),
+        // and only loopback listen addresses (a test may choose its port).
         let mut run_config = config.clone();
+        let loopback_only = config
+            .network
+            .listen
+            .iter()
+            .all(|a| a.to_string().starts_with("/ip4/127.0.0.1/"));
         run_config.network = chatsync_daemon::config::NetworkConfig {
             peers: config.network.peers.clone(),
-            ..loopback_network()
+            listen: if loopback_only && !config.network.listen.is_empty() {
+                config.network.listen.clone()
+            } else {
+                loopback_network().listen
+            },
+            mdns: false,
         };
         let task = tokio::spawn(serve(
             paths.clone(),

@@ -1,0 +1,194 @@
+//! How far each connected device is from this one, for `chatsync peers` and `chatsync status`:
+//! the chats where it has changes this device lacks (behind), those where this device has
+//! changes it lacks (ahead), when a sync with it last completed, and the bytes exchanged.
+//!
+//! The picture comes from the summary exchange (every chat's heads) and is then kept current by
+//! sync sessions: a chat leaves both sets when a session shows both sides have the same heads,
+//! and joins `ahead` when it changes here. A summary comparison takes a while (it may load the
+//! chats that differ), so chats that reached sync while it ran are not put back by its result.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::Instant,
+};
+
+use chatsync_model::ChatId;
+use libp2p::PeerId;
+
+use super::peers::MAX_PEERS;
+use crate::engine::now_ms;
+
+/// What one device's summary showed, computed from a comparison that began at `began`.
+#[derive(Debug)]
+pub struct Comparison {
+    pub began: Instant,
+    pub behind: BTreeSet<ChatId>,
+    pub ahead: BTreeSet<ChatId>,
+}
+
+#[derive(Debug, Default)]
+pub struct PeerProgress {
+    /// Known while connected; `None` until the first summary comparison.
+    sets: Option<(BTreeSet<ChatId>, BTreeSet<ChatId>)>,
+    /// When each chat was last seen in sync during this connection.
+    in_sync_at: HashMap<ChatId, Instant>,
+    pub last_sync_ms: Option<i64>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+impl PeerProgress {
+    /// Chats behind and ahead, if known.
+    pub fn counts(&self) -> Option<(usize, usize)> {
+        self.sets
+            .as_ref()
+            .map(|(behind, ahead)| (behind.len(), ahead.len()))
+    }
+
+    pub fn behind(&self) -> impl Iterator<Item = &ChatId> {
+        self.sets.iter().flat_map(|(behind, _)| behind.iter())
+    }
+
+    pub fn ahead(&self) -> impl Iterator<Item = &ChatId> {
+        self.sets.iter().flat_map(|(_, ahead)| ahead.iter())
+    }
+}
+
+/// Progress per device. Bounded: only devices that exchanged sync data are kept, at most
+/// [`MAX_PEERS`].
+#[derive(Debug, Default)]
+pub struct Progress {
+    peers: HashMap<PeerId, PeerProgress>,
+}
+
+impl Progress {
+    pub fn get(&self, peer: &PeerId) -> Option<&PeerProgress> {
+        self.peers.get(peer)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&PeerId, &PeerProgress)> {
+        self.peers.iter()
+    }
+
+    fn entry(&mut self, peer: PeerId) -> Option<&mut PeerProgress> {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_PEERS {
+            return None;
+        }
+        Some(self.peers.entry(peer).or_default())
+    }
+
+    /// A summary comparison finished.
+    pub fn compared(&mut self, peer: PeerId, mut comparison: Comparison) {
+        let Some(p) = self.entry(peer) else { return };
+        p.in_sync_at.retain(|_, at| *at >= comparison.began);
+        for chat in p.in_sync_at.keys() {
+            comparison.behind.remove(chat);
+            comparison.ahead.remove(chat);
+        }
+        p.sets = Some((comparison.behind, comparison.ahead));
+        p.last_sync_ms = Some(now_ms());
+    }
+
+    /// A session showed that both devices have the same heads for `chat`.
+    pub fn in_sync(&mut self, peer: PeerId, chat: &ChatId, now: Instant) {
+        let Some(p) = self.entry(peer) else { return };
+        if let Some((behind, ahead)) = &mut p.sets {
+            behind.remove(chat);
+            ahead.remove(chat);
+        }
+        p.in_sync_at.insert(chat.clone(), now);
+        p.last_sync_ms = Some(now_ms());
+    }
+
+    /// `chat` arrived whole from `peer`.
+    pub fn fetched(&mut self, peer: PeerId, chat: &ChatId) {
+        if let Some((behind, _)) = self.peers.get_mut(&peer).and_then(|p| p.sets.as_mut()) {
+            behind.remove(chat);
+        }
+    }
+
+    /// `chat` changed on this device: connected devices lack it until a session says otherwise.
+    pub fn changed_here(&mut self, peer: PeerId, chat: &ChatId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.in_sync_at.remove(chat);
+            if let Some((_, ahead)) = &mut p.sets {
+                ahead.insert(chat.clone());
+            }
+        }
+    }
+
+    /// The device disconnected: how far apart we are is unknown until it is back.
+    pub fn disconnected(&mut self, peer: &PeerId) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.sets = None;
+            p.in_sync_at.clear();
+        }
+    }
+
+    pub fn sent(&mut self, peer: PeerId, bytes: usize) {
+        if let Some(p) = self.entry(peer) {
+            p.bytes_sent += bytes as u64;
+        }
+    }
+
+    pub fn received(&mut self, peer: PeerId, bytes: usize) {
+        if let Some(p) = self.entry(peer) {
+            p.bytes_received += bytes as u64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chats(names: &[&str]) -> BTreeSet<ChatId> {
+        names.iter().map(|n| ChatId::new(*n).unwrap()).collect()
+    }
+
+    #[test]
+    fn sessions_and_local_changes_keep_the_picture_current() {
+        let mut progress = Progress::default();
+        let peer = PeerId::random();
+        assert!(progress.get(&peer).is_none());
+        progress.compared(
+            peer,
+            Comparison {
+                began: Instant::now(),
+                behind: chats(&["a", "b"]),
+                ahead: chats(&["c"]),
+            },
+        );
+        assert_eq!(progress.get(&peer).unwrap().counts(), Some((2, 1)));
+        progress.in_sync(peer, &ChatId::new("a").unwrap(), Instant::now());
+        progress.fetched(peer, &ChatId::new("b").unwrap());
+        progress.in_sync(peer, &ChatId::new("c").unwrap(), Instant::now());
+        assert_eq!(progress.get(&peer).unwrap().counts(), Some((0, 0)));
+        progress.changed_here(peer, &ChatId::new("a").unwrap());
+        assert_eq!(progress.get(&peer).unwrap().counts(), Some((0, 1)));
+        progress.disconnected(&peer);
+        assert_eq!(progress.get(&peer).unwrap().counts(), None);
+        assert!(progress.get(&peer).unwrap().last_sync_ms.is_some());
+    }
+
+    #[test]
+    fn a_slow_comparison_does_not_undo_a_newer_sync() {
+        let mut progress = Progress::default();
+        let peer = PeerId::random();
+        let began = Instant::now();
+        progress.in_sync(
+            peer,
+            &ChatId::new("a").unwrap(),
+            began + std::time::Duration::from_millis(5),
+        );
+        progress.compared(
+            peer,
+            Comparison {
+                began,
+                behind: chats(&["a", "b"]),
+                ahead: BTreeSet::new(),
+            },
+        );
+        assert_eq!(progress.get(&peer).unwrap().counts(), Some((1, 0)));
+    }
+}
