@@ -197,8 +197,10 @@ async fn run(s: &Settings) {
 
     // Catch-up: B offline while A posts.
     println!("### Catch-up after time offline\n");
-    println!("| missed | B start to fully synced | raw Automerge sync, in memory | ratio |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| missed | B start to fully synced | raw Automerge sync, in memory | ratio | bytes B received | raw Automerge sync bytes | ratio |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     let one = p.a.client.create_chat("catch-up").await.unwrap().id;
     wait_messages(&p.b.client, &one, 0).await;
     let b = p.b;
@@ -208,13 +210,17 @@ async fn run(s: &Settings) {
     let (b, _) = Daemon::start_with(&p.b_home, &p.b_flags).await;
     wait_messages(&b.client, &one, s.catch_up as u64).await;
     let took = started.elapsed();
-    let raw = raw_sync(s.catch_up);
+    let received = bytes_received(&b.client, &p.a_id).await;
+    let (raw, raw_bytes) = raw_sync(s.catch_up);
     println!(
-        "| {} messages in one chat | {:.0} ms | {:.0} ms | {:.2} |",
+        "| {} messages in one chat | {:.0} ms | {:.0} ms | {:.2} | {} | {} | {:.2} |",
         s.catch_up,
         ms(took),
         ms(raw),
-        took.as_secs_f64() / raw.as_secs_f64()
+        took.as_secs_f64() / raw.as_secs_f64(),
+        received,
+        raw_bytes,
+        received as f64 / raw_bytes as f64
     );
     b.stop().await;
     let mut chats = Vec::new();
@@ -234,15 +240,20 @@ async fn run(s: &Settings) {
         wait_messages(&b.client, id, s.catch_up_per_chat as u64).await;
     }
     let took = started.elapsed();
-    let raw_one = raw_sync(s.catch_up_per_chat);
+    let received = bytes_received(&b.client, &p.a_id).await;
+    let (raw_one, raw_one_bytes) = raw_sync(s.catch_up_per_chat);
     let raw = raw_one * s.catch_up_chats as u32;
+    let raw_bytes = raw_one_bytes * s.catch_up_chats as u64;
     println!(
-        "| {} chats x {} messages (new to B) | {:.0} ms | {:.0} ms | {:.2} |\n",
+        "| {} chats x {} messages (new to B) | {:.0} ms | {:.0} ms | {:.2} | {} | {} | {:.2} |\n",
         s.catch_up_chats,
         s.catch_up_per_chat,
         ms(took),
         ms(raw),
-        took.as_secs_f64() / raw.as_secs_f64()
+        took.as_secs_f64() / raw.as_secs_f64(),
+        received,
+        raw_bytes,
+        received as f64 / raw_bytes as f64
     );
     wait_connected(&b.client, &p.a_id).await;
 
@@ -265,9 +276,20 @@ async fn run(s: &Settings) {
     b.stop().await;
 }
 
+/// Sync payload bytes B has received from the device `from` since B started.
+async fn bytes_received(client: &Client, from: &str) -> u64 {
+    client
+        .peers()
+        .await
+        .unwrap()
+        .iter()
+        .find(|p| p.device == from)
+        .map_or(0, |p| p.bytes_received)
+}
+
 /// Automerge's sync protocol between two in-memory documents: one with `n` messages, one with
-/// only the chat's genesis. The floor under a catch-up.
-fn raw_sync(n: usize) -> Duration {
+/// only the chat's genesis. The floor under a catch-up: its time, and the bytes both sides sent.
+fn raw_sync(n: usize) -> (Duration, u64) {
     let (da, db) = (device("12D3KooWA"), device("12D3KooWB"));
     let mut a = ChatDoc::create(ChatId::new("raw").unwrap(), "raw", &da, 0).unwrap();
     let mut b = ChatDoc::load(&a.save(), &db).unwrap();
@@ -283,12 +305,15 @@ fn raw_sync(n: usize) -> Duration {
     }
     let (mut sa, mut sb) = (State::new(), State::new());
     let started = Instant::now();
+    let mut bytes = 0u64;
     loop {
         let to_b = a.generate_sync_message(&mut sa);
         let to_a = b.generate_sync_message(&mut sb);
         if to_b.is_none() && to_a.is_none() {
             break;
         }
+        bytes +=
+            to_b.as_ref().map_or(0, Vec::len) as u64 + to_a.as_ref().map_or(0, Vec::len) as u64;
         if let Some(m) = to_b {
             b.receive_sync_message(&mut sb, &m).unwrap();
         }
@@ -297,7 +322,7 @@ fn raw_sync(n: usize) -> Duration {
         }
     }
     assert_eq!(b.len(), n);
-    started.elapsed()
+    (started.elapsed(), bytes)
 }
 
 fn device(id: &str) -> Device {

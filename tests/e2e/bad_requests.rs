@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use crate::support::{Device, HttpResponse, http, raw_exchange, status_pid};
+use crate::support::{Device, HttpResponse, http, http_with_headers, raw_exchange, status_pid};
 
 const JSON: Option<&str> = Some("application/json");
 
@@ -246,4 +246,76 @@ fn socket_is_private() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o700, "data directory mode {mode:o}");
+}
+
+#[test]
+fn requests_from_web_pages_are_refused() {
+    let mut dev = Device::new();
+    let chat = daemon_with_chat(&mut dev);
+    let socket = dev.socket();
+    for header in ["Origin", "Referer"] {
+        let resp = http_with_headers(
+            &socket,
+            "POST",
+            &format!("/v1/chats/{chat}/messages"),
+            &[
+                ("Content-Type", "application/json"),
+                (header, "https://evil.example"),
+            ],
+            br#"{"text":"from a web page"}"#,
+        )
+        .expect("an answer");
+        assert_error(&resp, 403, "browser_refused");
+        let resp = http_with_headers(&socket, "GET", "/v1/status", &[(header, "null")], b"")
+            .expect("an answer");
+        assert_error(&resp, 403, "browser_refused");
+    }
+    let log = dev.ok_json(&["log", &chat]);
+    assert!(log.is_empty(), "a refused post was stored: {log:?}");
+}
+
+#[test]
+fn other_users_are_refused_even_when_the_socket_is_opened_up() {
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: acting as another user needs root");
+        return;
+    }
+    let mut dev = Device::new();
+    dev.spawn_daemon();
+    // A permissions mistake: the home, the socket's directory and the socket opened to all.
+    let socket = dev.socket();
+    let mut dir = socket.parent().expect("socket dir").to_path_buf();
+    loop {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        if dir == dev.home() || !dir.pop() {
+            break;
+        }
+    }
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    // The connection itself works for anyone now; the daemon must close it unread.
+    let as_nobody = dev
+        .command(&["--json", "status"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("cannot run chatsync as nobody");
+    assert_ne!(
+        as_nobody.status.code(),
+        Some(0),
+        "another user got an answer: {}",
+        String::from_utf8_lossy(&as_nobody.stdout)
+    );
+    assert!(
+        as_nobody.stdout.is_empty(),
+        "another user got an answer: {}",
+        String::from_utf8_lossy(&as_nobody.stdout)
+    );
+    // The owner still gets in.
+    assert!(dev.ok_json1(&["status"])["device_id"].is_string());
+    let log = dev.daemon_logs();
+    assert!(
+        log.contains("refused an API connection from another user"),
+        "the refusal is not in the daemon log:\n{log}"
+    );
 }

@@ -440,13 +440,28 @@ pub fn http(
     content_type: Option<&str>,
     body: &[u8],
 ) -> std::io::Result<HttpResponse> {
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|ct| ("Content-Type", ct))
+        .into_iter()
+        .collect();
+    http_with_headers(socket, method, path, &headers, body)
+}
+
+/// Like [`http`], with any extra headers.
+pub fn http_with_headers(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: chatsyncd\r\nConnection: close\r\n\
          Content-Length: {}\r\n",
         body.len()
     );
-    if let Some(ct) = content_type {
-        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
     let mut request = head.into_bytes();

@@ -1,11 +1,13 @@
 //! The local API: HTTP/JSON on a Unix socket, the only way into the daemon. The CLI uses it, and
 //! so can any program (`curl --unix-socket`). Every route is documented in docs/api.md.
 //!
-//! Access control is the file system: the socket lives in a directory only the owner can enter
-//! (0700) and is itself 0600. Requests are untrusted all the same: bodies are capped at
+//! Only the user who runs the daemon gets in: the socket lives in a directory only the owner can
+//! enter (0700), is itself 0600, and every connection's user is checked as well; requests from
+//! web pages are refused (`access.rs`). Requests are untrusted all the same: bodies are capped at
 //! [`wire::MAX_BODY_BYTES`], every failure is a JSON error with a stable code, and a panic in a
 //! handler becomes a 500 instead of taking the daemon down.
 
+mod access;
 mod error;
 mod events;
 mod routes;
@@ -58,6 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(wire::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(access::refuse_browsers))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
@@ -102,7 +105,7 @@ pub async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
 /// Serves the API until `state.shutdown` is cancelled and open requests have finished.
 pub async fn serve(listener: UnixListener, state: Arc<AppState>) -> anyhow::Result<()> {
     let shutdown = state.shutdown.clone();
-    axum::serve(listener, router(state))
+    axum::serve(access::OwnerOnly::new(listener), router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .context("API server failed")
