@@ -289,17 +289,19 @@ async fn bytes_received(client: &Client, from: &str) -> u64 {
 
 /// Automerge's sync protocol between two in-memory documents: one with `n` messages, one with
 /// only the chat's genesis. The floor under a catch-up: its time, and the bytes both sides sent.
+/// Messages get random ids and real times, as the daemon gives them (both cost bytes).
 fn raw_sync(n: usize) -> (Duration, u64) {
     let (da, db) = (device("12D3KooWA"), device("12D3KooWB"));
-    let mut a = ChatDoc::create(ChatId::new("raw").unwrap(), "raw", &da, 0).unwrap();
+    let start = chatsync_daemon::engine::now_ms();
+    let mut a = ChatDoc::create(ChatId::new("raw").unwrap(), "raw", &da, start).unwrap();
     let mut b = ChatDoc::load(&a.save(), &db).unwrap();
     for i in 0..n {
         a.post(
             &da,
-            MessageId::new(format!("{i:032x}")).unwrap(),
+            MessageId::new(chatsync_daemon::engine::random_id()).unwrap(),
             &text(i),
             None,
-            i as i64,
+            start + i as i64,
         )
         .unwrap();
     }
