@@ -10,6 +10,8 @@
 //! - [`schema`]: the field names of the document, in one place.
 //! - [`message`]: the read-only view of one message.
 //! - [`chat`]: [`ChatDoc`], the document plus an in-memory display-order index.
+//! - `touched`: what received changes did to each message ([`Touched`]), read off their
+//!   operations.
 //! - [`roster`]: [`RosterDoc`], the replicated list of the devices that may sync.
 //! - [`limits`]: size limits every replica enforces on what it writes and what it shows.
 //!
@@ -35,6 +37,7 @@ pub mod schema;
 
 mod access;
 mod error;
+mod touched;
 
 pub use chat::{ChatDoc, ChatInfo, Device, Snapshot, SyncReceived};
 pub use clock::Clock;
@@ -42,3 +45,4 @@ pub use error::ModelError;
 pub use ids::{ChatId, DeviceId, MessageId};
 pub use message::Message;
 pub use roster::{RosterDoc, RosterEntry};
+pub use touched::{TouchKind, Touched};

@@ -7,14 +7,18 @@
 //! Besides comparing replicas with each other, the test keeps a sequential model of what each
 //! device did (texts, edits, deletions, reactions, read markers) and checks the converged chat
 //! against it, so that "all replicas agree" cannot hide "all replicas lost the same write".
+//!
+//! Every exchange also checks what the receiving replica reports as touched against an oracle
+//! that diffs the document before and after (slow, and independent of how the model finds
+//! them): the same messages, and for the sync protocol the same kinds.
 
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use automerge::{ROOT, ReadDoc, Value};
+use automerge::{ChangeHash, PatchAction, Prop, ROOT, ReadDoc, ScalarValue, Value, sync::State};
 use chatsync_model::{
-    ChatDoc, ChatId, Clock, Device, DeviceId, Message, MessageId, ModelError, schema,
+    ChatDoc, ChatId, Clock, Device, DeviceId, Message, MessageId, ModelError, TouchKind, schema,
 };
 use proptest::{prelude::*, sample::Index, test_runner::TestCaseError};
 
@@ -70,6 +74,9 @@ enum How {
     /// A subset of the source's changes, possibly reversed: dependencies may be missing, so some
     /// changes wait in Automerge's queue until a later exchange brings what they need.
     Subset { keep: Vec<bool>, reverse: bool },
+    /// Automerge's sync protocol until both are quiet (so the source also gets the target's
+    /// changes).
+    Protocol,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +108,7 @@ fn how() -> impl Strategy<Value = How> {
         1 => Just(How::AddedChanges),
         2 => (proptest::collection::vec(any::<bool>(), 1..6), any::<bool>())
             .prop_map(|(keep, reverse)| How::Subset { keep, reverse }),
+        2 => Just(How::Protocol),
     ]
 }
 
@@ -347,8 +355,150 @@ fn local(
     Ok(())
 }
 
+/// Where a diff patch says a change landed: the message whose entry or own map it changes, and
+/// what kind of change that is; `None` for anything else.
+fn patch_target(
+    patch: &automerge::Patch,
+    messages: &automerge::ObjId,
+) -> Option<(String, TouchKind)> {
+    let key = match &patch.action {
+        PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => Some(key.as_str()),
+        _ => None,
+    };
+    if patch.obj == *messages {
+        return Some((key?.to_string(), TouchKind::Other));
+    }
+    let Some((parent, Prop::Map(id))) = patch.path.get(1) else {
+        return None;
+    };
+    if parent != messages {
+        return None;
+    }
+    let set_deleted = matches!(
+        &patch.action,
+        PatchAction::PutMap { value: (Value::Scalar(v), _), .. }
+            if v.as_ref() == &ScalarValue::Boolean(true)
+    );
+    let kind = match key {
+        _ if patch.path.len() != 2 => TouchKind::Other,
+        Some(schema::DELETED) if set_deleted => TouchKind::Deleted,
+        Some(schema::TEXT | schema::EDITED_AT) => TouchKind::Edited,
+        Some(k) if k.starts_with(schema::REACTION_PREFIX) => TouchKind::Reaction,
+        _ => TouchKind::Other,
+    };
+    Some((id.clone(), kind))
+}
+
+fn significance(kind: TouchKind) -> usize {
+    [
+        TouchKind::Other,
+        TouchKind::Reaction,
+        TouchKind::Edited,
+        TouchKind::Deleted,
+        TouchKind::Created,
+    ]
+    .iter()
+    .position(|k| *k == kind)
+    .unwrap()
+}
+
+/// Oracle: the messages that changed between `before` and now according to Automerge's diff,
+/// with what happened to each, limited to indexed ones. `indexed_before` is the index before.
+fn diff_touched(
+    doc: &mut ChatDoc,
+    before: &[ChangeHash],
+    indexed_before: &HashSet<MessageId>,
+) -> BTreeMap<MessageId, TouchKind> {
+    let after = doc.heads();
+    let indexed: HashSet<MessageId> = known(doc).into_iter().collect();
+    let am = doc.automerge_mut();
+    let (_, messages) = am.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let mut touched: BTreeMap<MessageId, TouchKind> = BTreeMap::new();
+    for patch in am.diff(before, &after) {
+        let Some((key, kind)) = patch_target(&patch, &messages) else {
+            continue;
+        };
+        let Ok(id) = MessageId::new(key) else {
+            continue;
+        };
+        if !indexed.contains(&id) {
+            continue;
+        }
+        let kind = if indexed_before.contains(&id) {
+            kind
+        } else {
+            TouchKind::Created
+        };
+        let entry = touched.entry(id).or_insert(kind);
+        if significance(kind) > significance(*entry) {
+            *entry = kind;
+        }
+    }
+    touched
+}
+
+/// `rep` receives one sync message; what it reports must match the diff oracle.
+fn receive_checked(
+    rep: &mut Replica,
+    state: &mut State,
+    message: &[u8],
+) -> Result<(), TestCaseError> {
+    let heads = rep.doc.heads();
+    let before: HashSet<MessageId> = known(&rep.doc).into_iter().collect();
+    let received = rep.doc.receive_sync_message(state, message).unwrap();
+    let reported: BTreeMap<MessageId, TouchKind> = received
+        .touched
+        .iter()
+        .map(|t| (t.id.clone(), t.kind))
+        .collect();
+    prop_assert_eq!(
+        reported.len(),
+        received.touched.len(),
+        "a message is reported twice"
+    );
+    for t in &received.touched {
+        prop_assert_eq!(t.kind == TouchKind::Created, !before.contains(&t.id));
+        if t.kind == TouchKind::Deleted {
+            prop_assert!(rep.doc.message(&t.id).unwrap().deleted);
+        }
+    }
+    let want = diff_touched(&mut rep.doc, &heads, &before);
+    prop_assert_eq!(
+        reported,
+        want,
+        "reported touched messages differ from the diff's"
+    );
+    Ok(())
+}
+
+/// Replicas `a` and `b` run the sync protocol until neither has anything to send.
+fn protocol(reps: &mut [Replica], a: usize, b: usize) -> Result<(), TestCaseError> {
+    let (x, y) = pair(reps, a, b);
+    let (mut sx, mut sy) = (State::new(), State::new());
+    for _ in 0..20 {
+        let to_y = x.doc.generate_sync_message(&mut sx);
+        let to_x = y.doc.generate_sync_message(&mut sy);
+        if to_y.is_none() && to_x.is_none() {
+            prop_assert_eq!(x.doc.heads(), y.doc.heads());
+            check_index(x)?;
+            return check_index(y);
+        }
+        if let Some(m) = to_y {
+            receive_checked(y, &mut sy, &m)?;
+        }
+        if let Some(m) = to_x {
+            receive_checked(x, &mut sx, &m)?;
+        }
+    }
+    Err(TestCaseError::fail("the sync protocol did not settle"))
+}
+
 fn sync(reps: &mut [Replica], into: usize, from: usize, how: &How) -> Result<(), TestCaseError> {
+    if matches!(how, How::Protocol) {
+        return protocol(reps, into, from);
+    }
     let (dst, src) = pair(reps, into, from);
+    let heads = dst.doc.heads();
     let before: HashSet<MessageId> = known(&dst.doc).into_iter().collect();
     let before_view: HashMap<MessageId, Message> =
         dst.doc.messages().map(|m| (m.id.clone(), m)).collect();
@@ -380,7 +530,20 @@ fn sync(reps: &mut [Replica], into: usize, from: usize, how: &How) -> Result<(),
             }
             dst.doc.apply_changes(changes).unwrap()
         }
+        How::Protocol => unreachable!("handled above"),
     };
+    let mut reported: Vec<MessageId> = touched.clone();
+    reported.sort();
+    reported.dedup();
+    prop_assert_eq!(reported.len(), touched.len(), "a message is reported twice");
+    let want: Vec<MessageId> = diff_touched(&mut dst.doc, &heads, &before)
+        .into_keys()
+        .collect();
+    prop_assert_eq!(
+        reported,
+        want,
+        "reported touched messages differ from the diff's"
+    );
     let after: HashSet<MessageId> = known(&dst.doc).into_iter().collect();
     prop_assert!(before.is_subset(&after), "a sync lost messages");
     for id in &touched {
@@ -439,10 +602,11 @@ fn run(skews: [i64; N], ops: Vec<Op>, finale: Vec<(usize, u8)>) -> Result<(), Te
     // Each replica receives directly from every other, so all end with every change.
     for (p, m) in finale {
         let (into, from) = PAIRS[p];
-        let how = match m % 3 {
+        let how = match m % 4 {
             0 => How::Merge,
             1 => How::AllChanges,
-            _ => How::AddedChanges,
+            2 => How::AddedChanges,
+            _ => How::Protocol,
         };
         sync(&mut reps, into, from, &how)?;
     }

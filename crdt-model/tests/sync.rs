@@ -2,32 +2,61 @@
 //! are quiet end up equal, and each reports what it received.
 #![allow(clippy::unwrap_used)]
 
-use automerge::sync::State;
-use chatsync_model::{ChatDoc, ChatId, Device, DeviceId, MessageId};
+use automerge::{ROOT, ReadDoc, sync::State, transaction::Transactable};
+use chatsync_model::{ChatDoc, ChatId, Device, DeviceId, MessageId, TouchKind, Touched, schema};
 
 fn dev(id: &str) -> Device {
     Device::new(DeviceId::new(id).unwrap(), id).unwrap()
 }
 
-/// Runs the protocol both ways until neither side has anything to say. Returns the changes
-/// each side received, as bytes.
-fn sync(a: &mut ChatDoc, b: &mut ChatDoc) -> (usize, usize) {
+fn mid(s: &str) -> MessageId {
+    MessageId::new(s).unwrap()
+}
+
+fn touched(id: &str, kind: TouchKind) -> Touched {
+    Touched { id: mid(id), kind }
+}
+
+/// What one side received in a run of the protocol.
+#[derive(Debug, Default)]
+struct Received {
+    touched: Vec<Touched>,
+    bytes: usize,
+}
+
+/// Runs the protocol both ways until neither side has anything to say. Returns what each side
+/// received.
+fn sync(a: &mut ChatDoc, b: &mut ChatDoc) -> (Received, Received) {
     let (mut sa, mut sb) = (State::new(), State::new());
-    let (mut got_a, mut got_b) = (0, 0);
+    let (mut got_a, mut got_b) = (Received::default(), Received::default());
     for _ in 0..20 {
         let to_b = a.generate_sync_message(&mut sa);
         let to_a = b.generate_sync_message(&mut sb);
         if to_b.is_none() && to_a.is_none() {
             return (got_a, got_b);
         }
-        if let Some(m) = to_b {
-            got_b += b.receive_sync_message(&mut sb, &m).unwrap().changes.len();
-        }
-        if let Some(m) = to_a {
-            got_a += a.receive_sync_message(&mut sa, &m).unwrap().changes.len();
+        for (doc, state, message, got) in [
+            (&mut *b, &mut sb, to_b, &mut got_b),
+            (&mut *a, &mut sa, to_a, &mut got_a),
+        ] {
+            if let Some(m) = message {
+                let received = doc.receive_sync_message(state, &m).unwrap();
+                got.touched.extend(received.touched);
+                got.bytes += received.changes.len();
+            }
         }
     }
     panic!("sync did not settle");
+}
+
+/// Device `a`'s chat with messages `m1` and `m2`, and a replica of it on device `b`.
+fn pair() -> (Device, ChatDoc, Device, ChatDoc) {
+    let (da, db) = (dev("dev-a"), dev("dev-b"));
+    let mut a = ChatDoc::create(ChatId::new("c").unwrap(), "t", &da, 1).unwrap();
+    a.post(&da, mid("m1"), "one", None, 10).unwrap();
+    a.post(&da, mid("m2"), "two", None, 11).unwrap();
+    let b = ChatDoc::load(&a.save(), &db).unwrap();
+    (da, a, db, b)
 }
 
 #[test]
@@ -54,14 +83,14 @@ fn replicas_converge_and_report_what_arrived() {
         .unwrap();
     }
     let (got_a, got_b) = sync(&mut a, &mut b);
-    assert!(got_a > 0 && got_b > 0);
+    assert!(got_a.bytes > 0 && got_b.bytes > 0);
     let ids = |c: &ChatDoc| c.message_ids().cloned().collect::<Vec<_>>();
     assert_eq!(ids(&a), ids(&b));
     assert_eq!(a.len(), 10);
     // The changes each side received reload on top of its old save.
     let (again_a, again_b) = sync(&mut a, &mut b);
     assert_eq!(
-        (again_a, again_b),
+        (again_a.bytes, again_b.bytes),
         (0, 0),
         "a settled pair exchanges nothing new"
     );
@@ -77,4 +106,164 @@ fn garbage_sync_messages_are_errors() {
             .is_err()
     );
     assert!(a.receive_sync_message(&mut state, &[]).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a received sync message did to each message
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn new_posts_are_reported_created_in_posting_order() {
+    let (da, mut a, _, mut b) = pair();
+    for (i, id) in ["n3", "n1", "n2"].into_iter().enumerate() {
+        a.post(&da, mid(id), "new", None, 20 + i as i64).unwrap();
+    }
+    let (got_a, got_b) = sync(&mut a, &mut b);
+    assert_eq!(
+        got_b.touched,
+        [
+            touched("n3", TouchKind::Created),
+            touched("n1", TouchKind::Created),
+            touched("n2", TouchKind::Created),
+        ]
+    );
+    assert!(got_a.touched.is_empty());
+    assert_eq!(b.len(), 5);
+}
+
+#[test]
+fn an_edit_is_reported_edited() {
+    let (da, mut a, _, mut b) = pair();
+    a.edit(&da, &mid("m1"), "one, edited", 20).unwrap();
+    let (_, got_b) = sync(&mut a, &mut b);
+    assert_eq!(got_b.touched, [touched("m1", TouchKind::Edited)]);
+    assert_eq!(b.message(&mid("m1")).unwrap().text, "one, edited");
+}
+
+#[test]
+fn a_deletion_is_reported_deleted() {
+    let (da, mut a, db, mut b) = pair();
+    b.react(&db, &mid("m2"), Some("👍"), 20).unwrap();
+    let (got_a, _) = sync(&mut a, &mut b);
+    assert_eq!(got_a.touched, [touched("m2", TouchKind::Reaction)]);
+    // The deletion also removes b's reaction: still one entry, a deletion.
+    a.delete(&da, &mid("m2"), 30).unwrap();
+    let (_, got_b) = sync(&mut a, &mut b);
+    assert_eq!(got_b.touched, [touched("m2", TouchKind::Deleted)]);
+    assert!(b.message(&mid("m2")).unwrap().deleted);
+}
+
+#[test]
+fn setting_replacing_and_clearing_a_reaction_are_reported_reaction() {
+    let (_, mut a, db, mut b) = pair();
+    for reaction in [Some("👍"), Some("❤️"), None] {
+        b.react(&db, &mid("m1"), reaction, 20).unwrap();
+        let (got_a, got_b) = sync(&mut a, &mut b);
+        assert_eq!(got_a.touched, [touched("m1", TouchKind::Reaction)]);
+        assert!(got_b.touched.is_empty());
+        let shown = a.message(&mid("m1")).unwrap().reactions;
+        assert_eq!(shown.get(&db.id).map(String::as_str), reaction);
+    }
+}
+
+#[test]
+fn a_batch_that_does_several_things_reports_the_most_significant_once() {
+    let (da, mut a, db, mut b) = pair();
+    // Created beats everything done to the new message in the same batch.
+    a.post(&da, mid("n1"), "new", None, 20).unwrap();
+    a.edit(&da, &mid("n1"), "new, edited", 21).unwrap();
+    a.react(&da, &mid("n1"), Some("👍"), 22).unwrap();
+    a.delete(&da, &mid("n1"), 23).unwrap();
+    let (_, got_b) = sync(&mut a, &mut b);
+    assert_eq!(got_b.touched, [touched("n1", TouchKind::Created)]);
+
+    // Edited beats a reaction.
+    a.react(&da, &mid("m1"), Some("👍"), 30).unwrap();
+    a.edit(&da, &mid("m1"), "one, edited", 31).unwrap();
+    a.react(&da, &mid("m1"), Some("😂"), 32).unwrap();
+    let (_, got_b) = sync(&mut a, &mut b);
+    assert_eq!(got_b.touched, [touched("m1", TouchKind::Edited)]);
+
+    // Deleted beats an edit and a reaction.
+    a.edit(&da, &mid("m2"), "two, edited", 40).unwrap();
+    a.react(&da, &mid("m2"), Some("👍"), 41).unwrap();
+    a.delete(&da, &mid("m2"), 42).unwrap();
+    let (_, got_b) = sync(&mut a, &mut b);
+    assert_eq!(got_b.touched, [touched("m2", TouchKind::Deleted)]);
+
+    // Both sides change messages at once: each hears about the other's.
+    a.edit(&da, &mid("m1"), "one, again", 50).unwrap();
+    b.react(&db, &mid("m1"), Some("👍"), 50).unwrap();
+    let (got_a, got_b) = sync(&mut a, &mut b);
+    assert_eq!(got_a.touched, [touched("m1", TouchKind::Reaction)]);
+    assert_eq!(got_b.touched, [touched("m1", TouchKind::Edited)]);
+    assert_eq!(
+        a.messages().collect::<Vec<_>>(),
+        b.messages().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn changes_to_no_message_report_nothing() {
+    let (da, mut a, _, mut b) = pair();
+    a.set_title("renamed", 20).unwrap();
+    a.mark_read(&da, &mid("m2"), 21).unwrap();
+    let (_, got_b) = sync(&mut a, &mut b);
+    assert!(got_b.bytes > 0, "the changes arrived");
+    assert!(got_b.touched.is_empty(), "{:?}", got_b.touched);
+    assert_eq!(b.title(), "renamed");
+    assert_eq!(b.read_marker(&da.id), Some(mid("m2")));
+}
+
+/// A device clears its reaction while the author, concurrently, deletes the message (which
+/// removes that reaction too). The clear changes nothing for a replica that has the deletion.
+#[test]
+fn a_write_that_arrives_already_overwritten_is_not_reported() {
+    let (da, mut a, db, mut b) = pair();
+    b.react(&db, &mid("m1"), Some("👍"), 20).unwrap();
+    sync(&mut a, &mut b);
+    a.delete(&da, &mid("m1"), 30).unwrap();
+    b.react(&db, &mid("m1"), None, 30).unwrap();
+    let (got_a, got_b) = sync(&mut a, &mut b);
+    assert!(got_a.bytes > 0, "the clear arrived");
+    assert!(got_a.touched.is_empty(), "{:?}", got_a.touched);
+    assert_eq!(got_b.touched, [touched("m1", TouchKind::Deleted)]);
+}
+
+/// A field this version does not write after posting (here one it does not know at all).
+#[test]
+fn other_fields_are_reported_other() {
+    let (_, mut a, _, mut b) = pair();
+    let doc = a.automerge_mut();
+    let (_, messages) = doc.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let (_, m1) = doc.get(&messages, "m1").unwrap().unwrap();
+    doc.put(&m1, "pinned", true).unwrap();
+    doc.commit();
+    let (_, got_b) = sync(&mut a, &mut b);
+    assert_eq!(got_b.touched, [touched("m1", TouchKind::Other)]);
+}
+
+/// A message written without a clock cannot be shown; it is reported once a later change
+/// completes it, as new.
+#[test]
+fn a_malformed_message_is_reported_created_once_complete() {
+    let (_, mut a, _, mut b) = pair();
+    let doc = a.automerge_mut();
+    let (_, messages) = doc.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let half = doc
+        .put_object(&messages, "half", automerge::ObjType::Map)
+        .unwrap();
+    doc.put(&half, schema::AUTHOR, "dev-a").unwrap();
+    doc.put(&half, schema::TEXT, "no clock yet").unwrap();
+    doc.commit();
+    let (_, got_b) = sync(&mut a, &mut b);
+    assert!(got_b.touched.is_empty(), "{:?}", got_b.touched);
+    assert_eq!(b.len(), 2);
+
+    let doc = a.automerge_mut();
+    doc.put(&half, schema::CLOCK, 1_000_i64).unwrap();
+    doc.commit();
+    let (_, got_b) = sync(&mut a, &mut b);
+    assert_eq!(got_b.touched, [touched("half", TouchKind::Created)]);
+    assert_eq!(b.message(&mid("half")).unwrap().text, "no clock yet");
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use automerge::sync::State;
-use chatsync_model::{ChatDoc, ChatId, DeviceId, Message, MessageId};
+use chatsync_model::{ChatDoc, ChatId, DeviceId, Message, TouchKind, Touched};
 
 use super::{Engine, EngineError, Event, MessageEventKind, cache::LoadedChat, heads_hex, now_ms};
 use crate::store::ChatRecord;
@@ -323,21 +323,23 @@ impl Engine {
     }
 }
 
-/// Events for messages a sync brought: new ones are `created`; for changed ones the kind is
-/// read off the message (a remote change does not say what it was).
-fn message_events(chat: &ChatId, doc: &ChatDoc, touched: Vec<(MessageId, bool)>) -> Vec<Event> {
+/// Events for messages a sync brought, of the kind the model read off the changes.
+///
+/// [`TouchKind::Other`] has no event kind of its own: a field that replicas of this version
+/// write only when posting (the author's name, the time, the reply, ...) or one this version does
+/// not know, changed by a replica of another version or a misbehaving one. It becomes `Edited`:
+/// it may have changed what the message shows and nothing here can tell whether it did, so
+/// subscribers re-read the message rather than risk showing a stale one.
+fn message_events(chat: &ChatId, doc: &ChatDoc, touched: Vec<Touched>) -> Vec<Event> {
     touched
         .into_iter()
-        .filter_map(|(id, new)| {
+        .filter_map(|Touched { id, kind }| {
             let message: Message = doc.message(&id)?;
-            let kind = if new {
-                MessageEventKind::Created
-            } else if message.deleted {
-                MessageEventKind::Deleted
-            } else if message.edited() {
-                MessageEventKind::Edited
-            } else {
-                MessageEventKind::Reaction
+            let kind = match kind {
+                TouchKind::Created => MessageEventKind::Created,
+                TouchKind::Edited | TouchKind::Other => MessageEventKind::Edited,
+                TouchKind::Deleted => MessageEventKind::Deleted,
+                TouchKind::Reaction => MessageEventKind::Reaction,
             };
             Some(Event::Message {
                 kind,
