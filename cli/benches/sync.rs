@@ -198,9 +198,9 @@ async fn run(s: &Settings) {
     // Catch-up: B offline while A posts.
     println!("### Catch-up after time offline\n");
     println!(
-        "| missed | B start to fully synced | raw Automerge sync, in memory | ratio | bytes B received | raw Automerge sync bytes | ratio |"
+        "| missed | B start to fully synced | raw Automerge sync, in memory | ratio | bytes B received | raw Automerge sync bytes | missed changes, compressed | bytes received / compressed |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let one = p.a.client.create_chat("catch-up").await.unwrap().id;
     wait_messages(&p.b.client, &one, 0).await;
     let b = p.b;
@@ -211,16 +211,17 @@ async fn run(s: &Settings) {
     wait_messages(&b.client, &one, s.catch_up as u64).await;
     let took = started.elapsed();
     let received = bytes_received(&b.client, &p.a_id).await;
-    let (raw, raw_bytes) = raw_sync(s.catch_up);
+    let raw = raw_sync(s.catch_up);
     println!(
-        "| {} messages in one chat | {:.0} ms | {:.0} ms | {:.2} | {} | {} | {:.2} |",
+        "| {} messages in one chat | {:.0} ms | {:.0} ms | {:.2} | {} | {} | {} | {:.2} |",
         s.catch_up,
         ms(took),
-        ms(raw),
-        took.as_secs_f64() / raw.as_secs_f64(),
+        ms(raw.time),
+        took.as_secs_f64() / raw.time.as_secs_f64(),
         received,
-        raw_bytes,
-        received as f64 / raw_bytes as f64
+        raw.bytes,
+        raw.compressed,
+        received as f64 / raw.compressed as f64
     );
     b.stop().await;
     let mut chats = Vec::new();
@@ -241,19 +242,20 @@ async fn run(s: &Settings) {
     }
     let took = started.elapsed();
     let received = bytes_received(&b.client, &p.a_id).await;
-    let (raw_one, raw_one_bytes) = raw_sync(s.catch_up_per_chat);
-    let raw = raw_one * s.catch_up_chats as u32;
-    let raw_bytes = raw_one_bytes * s.catch_up_chats as u64;
+    let one = raw_sync(s.catch_up_per_chat);
+    let chats = s.catch_up_chats as u64;
+    let raw = one.time * s.catch_up_chats as u32;
     println!(
-        "| {} chats x {} messages (new to B) | {:.0} ms | {:.0} ms | {:.2} | {} | {} | {:.2} |\n",
+        "| {} chats x {} messages (new to B) | {:.0} ms | {:.0} ms | {:.2} | {} | {} | {} | {:.2} |\n",
         s.catch_up_chats,
         s.catch_up_per_chat,
         ms(took),
         ms(raw),
         took.as_secs_f64() / raw.as_secs_f64(),
         received,
-        raw_bytes,
-        received as f64 / raw_bytes as f64
+        one.bytes * chats,
+        one.compressed * chats,
+        received as f64 / (one.compressed * chats) as f64
     );
     wait_connected(&b.client, &p.a_id).await;
 
@@ -287,13 +289,24 @@ async fn bytes_received(client: &Client, from: &str) -> u64 {
         .map_or(0, |p| p.bytes_received)
 }
 
+/// A catch-up done by Automerge alone, in memory.
+struct RawSync {
+    time: Duration,
+    /// Sync message bytes, both directions.
+    bytes: u64,
+    /// The missed changes, compressed as Automerge saves them (the whole document less its
+    /// genesis).
+    compressed: u64,
+}
+
 /// Automerge's sync protocol between two in-memory documents: one with `n` messages, one with
-/// only the chat's genesis. The floor under a catch-up: its time, and the bytes both sides sent.
-/// Messages get random ids and real times, as the daemon gives them (both cost bytes).
-fn raw_sync(n: usize) -> (Duration, u64) {
+/// only the chat's genesis. The floor under a catch-up. Messages get random ids and real
+/// times, as the daemon gives them (both cost bytes).
+fn raw_sync(n: usize) -> RawSync {
     let (da, db) = (device("12D3KooWA"), device("12D3KooWB"));
     let start = chatsync_daemon::engine::now_ms();
     let mut a = ChatDoc::create(ChatId::new("raw").unwrap(), "raw", &da, start).unwrap();
+    let genesis = a.save().len() as u64;
     let mut b = ChatDoc::load(&a.save(), &db).unwrap();
     for i in 0..n {
         a.post(
@@ -305,6 +318,7 @@ fn raw_sync(n: usize) -> (Duration, u64) {
         )
         .unwrap();
     }
+    let compressed = a.save().len() as u64 - genesis;
     let (mut sa, mut sb) = (State::new(), State::new());
     let started = Instant::now();
     let mut bytes = 0u64;
@@ -324,7 +338,11 @@ fn raw_sync(n: usize) -> (Duration, u64) {
         }
     }
     assert_eq!(b.len(), n);
-    (started.elapsed(), bytes)
+    RawSync {
+        time: started.elapsed(),
+        bytes,
+        compressed,
+    }
 }
 
 fn device(id: &str) -> Device {
