@@ -1,7 +1,8 @@
 //! Two daemons in one process over loopback, with chats too large for one message on the wire:
 //! a whole chat over the part size is fetched in parts, catch-ups over it go both ways (so both
 //! the side that starts a session and the side that answers send large messages), and
-//! `/v1/peers` and `/v1/status` report the progress and the bytes moved.
+//! `/v1/peers` and `/v1/status` report the progress and the bytes moved. Also many chats new to
+//! a device at once: more fetches than may be in flight to one device.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -163,6 +164,35 @@ async fn chats_over_the_part_size_sync_both_ways_and_progress_is_reported() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_chats_new_to_a_device_all_arrive() {
+    let a = TestDaemon::start().await;
+    let a_status = a.status().await;
+    let a_peer = format!("{}/p2p/{}", a_status.listen_addrs[0], a_status.device_id);
+    let mut b_config = Config::default();
+    b_config.network.peers = vec![a_peer.parse().unwrap()];
+    let b = TestDaemon::start_with(b_config).await;
+    // Far more chats than requests may be in flight to one device (the rest wait in a queue).
+    let mut chats = Vec::new();
+    for i in 0..60 {
+        let chat = a.create_chat(&format!("chat {i}")).await.id;
+        a.post_message(&chat, &format!("hello {i}")).await;
+        chats.push(chat);
+    }
+    a.post("/devices", json!({ "id": b.device_id }))
+        .await
+        .json::<serde_json::Value>(StatusCode::CREATED);
+    b.post("/devices", json!({ "id": a.device_id }))
+        .await
+        .json::<serde_json::Value>(StatusCode::CREATED);
+    for chat in &chats {
+        wait_synced(&b, &a.device_id, chat, 1).await;
+    }
+    assert_eq!(b.chats().await.len(), 60);
     b.shutdown().await;
     a.shutdown().await;
 }

@@ -30,6 +30,8 @@ use crate::engine::{Engine, EngineError, Relation, SyncStep};
 /// Messages from spawned sync work back to the network task.
 pub enum Internal {
     Send(PeerId, SyncRequest, Pending),
+    /// Fetch this chat whole from this device, unless it is already on its way.
+    Fetch(PeerId, ChatId),
     Respond(PeerId, ResponseChannel<SyncResponse>, SyncResponse),
     /// Run a sync session with this device about this chat.
     Start(PeerId, ChatId),
@@ -140,13 +142,7 @@ async fn compare(
         match ours.get(&chat) {
             None => {
                 comparison.behind.insert(chat.clone());
-                actions.push(Internal::Send(
-                    peer,
-                    SyncRequest::Fetch {
-                        chat: chat.to_string(),
-                    },
-                    Pending::Fetch(chat),
-                ));
+                actions.push(Internal::Fetch(peer, chat));
             }
             Some(heads) if !same_heads(heads, &entry.heads) => {
                 if initiator {
@@ -233,13 +229,17 @@ impl NetworkTask {
         }
     }
 
-    pub(super) fn send(&mut self, peer: PeerId, request: SyncRequest, pending: Pending) {
-        if let Pending::Fetch(chat) = &pending
-            && !self.sessions.fetching.insert(chat.clone())
-        {
-            // Already on its way from some device.
-            return;
+    /// Fetches a chat whole, unless it is already on its way from some device.
+    fn fetch(&mut self, peer: PeerId, chat: ChatId) {
+        if self.sessions.fetching.insert(chat.clone()) {
+            let request = SyncRequest::Fetch {
+                chat: chat.to_string(),
+            };
+            self.send(peer, request, Pending::Fetch(chat));
         }
+    }
+
+    pub(super) fn send(&mut self, peer: PeerId, request: SyncRequest, pending: Pending) {
         if !self.swarm.is_connected(&peer) {
             self.abandon(peer, pending);
             return;
@@ -281,6 +281,7 @@ impl NetworkTask {
     pub(super) fn on_internal(&mut self, message: Internal) {
         match message {
             Internal::Send(peer, request, pending) => self.send(peer, request, pending),
+            Internal::Fetch(peer, chat) => self.fetch(peer, chat),
             Internal::Respond(peer, channel, response) => {
                 let response = self.outbox.prepare(peer, response, Instant::now());
                 self.respond(peer, channel, response);
@@ -500,15 +501,7 @@ impl NetworkTask {
                 }
                 (Ok(chat), Some(_)) => {
                     // A chat this device lacks: get it whole.
-                    let _ = internal
-                        .send(Internal::Send(
-                            peer,
-                            SyncRequest::Fetch {
-                                chat: chat.to_string(),
-                            },
-                            Pending::Fetch(chat),
-                        ))
-                        .await;
+                    let _ = internal.send(Internal::Fetch(peer, chat)).await;
                     SyncResponse::Unknown
                 }
                 (Ok(chat), None) if engine.has_chat(&chat) => match engine.export_chat(&chat).await
