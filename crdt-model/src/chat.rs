@@ -144,6 +144,15 @@ impl ChatDoc {
         Self::from_doc(doc, device)
     }
 
+    /// [`load`](Self::load) for bytes from another device (a whole chat sent by a peer): they
+    /// must pass [`crate::wire_check::check_chunks`] before Automerge parses them. Bytes from
+    /// this device's own store can use `load`.
+    pub fn load_untrusted(bytes: &[u8], device: &Device) -> Result<Self, ModelError> {
+        crate::wire_check::check_chunks(bytes, &crate::wire_check::WireLimits::default())
+            .map_err(|e| ModelError::Corrupt(format!("refused document: {e}")))?;
+        Self::load(bytes, device)
+    }
+
     /// Wraps an Automerge document, checking its shape and building the index.
     pub fn from_doc(mut doc: AutoCommit, device: &Device) -> Result<Self, ModelError> {
         doc.set_actor(device.actor.clone());
@@ -552,6 +561,8 @@ impl ChatDoc {
         message: &[u8],
     ) -> Result<SyncReceived, ModelError> {
         use automerge::sync::SyncDoc;
+        crate::wire_check::check_sync_message(message, &crate::wire_check::WireLimits::default())
+            .map_err(|e| ModelError::Invalid(format!("refused sync message: {e}")))?;
         let message = automerge::sync::Message::decode(message)
             .map_err(|e| ModelError::Invalid(format!("bad sync message: {e}")))?;
         let before = self.doc.get_heads();

@@ -14,6 +14,8 @@
 //!   operations.
 //! - [`roster`]: [`RosterDoc`], the replicated list of the devices that may sync.
 //! - [`limits`]: size limits every replica enforces on what it writes and what it shows.
+//! - [`wire_check`]: checks on bytes from peers (sync messages, documents) before Automerge
+//!   parses them.
 //!
 //! Why the document looks the way it does:
 //! - Messages live in a map keyed by message id, not a list. Applying a change to a map costs
@@ -34,6 +36,7 @@ pub mod limits;
 pub mod message;
 pub mod roster;
 pub mod schema;
+pub mod wire_check;
 
 mod access;
 mod error;
