@@ -216,13 +216,27 @@ impl Engine {
             let mut loaded = handle.lock().await;
             let key = (device.clone(), chat.clone());
             let received = self.sync_states.with(key.clone(), |state| {
-                contain_panic(|| {
-                    loaded
-                        .doc
-                        .receive_sync_message(state, message)
-                        .map_err(|e| EngineError::Invalid(format!("bad sync data: {e}")))
-                })
-            })?;
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    loaded.doc.receive_sync_message(state, message)
+                }))
+            });
+            let received = match received {
+                Ok(received) => {
+                    received.map_err(|e| EngineError::Invalid(format!("bad sync data: {e}")))?
+                }
+                Err(_) => {
+                    // Automerge gave up half-way: the copy in memory cannot be trusted, and the
+                    // store holds exactly what was acknowledged, so the chat is reloaded.
+                    tracing::warn!(%device, %chat, "a sync message made Automerge panic; reloading the chat");
+                    self.sync_states.forget_chat(device, chat);
+                    let compacting = loaded.compacting;
+                    *loaded = super::load_chat(&self.store, chat, &self.device)?;
+                    loaded.compacting = compacting;
+                    return Err(EngineError::Invalid(
+                        "the data from the other device could not be processed".into(),
+                    ));
+                }
+            };
             let chatsync_model::SyncReceived { touched, changes } = received;
             let receipt = if changes.is_empty() {
                 None
@@ -277,7 +291,7 @@ impl Engine {
         let owned = bytes.to_vec();
         let mut doc = tokio::task::spawn_blocking(move || {
             contain_panic(|| {
-                ChatDoc::load(&owned, &device)
+                ChatDoc::load_untrusted(&owned, &device)
                     .map_err(|e| EngineError::Invalid(format!("bad chat document: {e}")))
             })
         })

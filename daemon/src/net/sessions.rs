@@ -29,7 +29,6 @@ use crate::engine::{Engine, EngineError, Relation, SyncStep};
 
 /// Messages from spawned sync work back to the network task.
 pub enum Internal {
-    Send(PeerId, SyncRequest, Pending),
     /// Fetch this chat whole from this device, unless it is already on its way.
     Fetch(PeerId, ChatId),
     Respond(PeerId, ResponseChannel<SyncResponse>, SyncResponse),
@@ -280,7 +279,6 @@ impl NetworkTask {
 
     pub(super) fn on_internal(&mut self, message: Internal) {
         match message {
-            Internal::Send(peer, request, pending) => self.send(peer, request, pending),
             Internal::Fetch(peer, chat) => self.fetch(peer, chat),
             Internal::Respond(peer, channel, response) => {
                 let response = self.outbox.prepare(peer, response, Instant::now());
