@@ -913,8 +913,9 @@ trait ByteSource {
     /// Skips everything left; returns how many bytes that was.
     fn skip_rest(&mut self) -> Result<u64, WireError>;
 
-    /// An unsigned LEB128 number, or `None` at the end of the column.
-    fn uleb_or_end(&mut self, what: &'static str) -> Result<Option<u64>, WireError> {
+    /// The 7-bit groups of a LEB128 number (at most 64 bits' worth): its value without sign
+    /// extension, the shift of its last group, and its last byte; `None` at the end of the column.
+    fn leb_groups(&mut self, what: &'static str) -> Result<Option<(u128, u32, u8)>, WireError> {
         let Some(first) = self.next_byte()? else {
             return Ok(None);
         };
@@ -929,6 +930,14 @@ trait ByteSource {
             byte = self.next_byte()?.ok_or(WireError::Truncated(what))?;
             value |= u128::from(byte & 0x7f) << shift;
         }
+        Ok(Some((value, shift, byte)))
+    }
+
+    /// An unsigned LEB128 number, or `None` at the end of the column.
+    fn uleb_or_end(&mut self, what: &'static str) -> Result<Option<u64>, WireError> {
+        let Some((value, _, _)) = self.leb_groups(what)? else {
+            return Ok(None);
+        };
         u64::try_from(value)
             .map(Some)
             .map_err(|_| WireError::BadNumber(what))
@@ -940,20 +949,10 @@ trait ByteSource {
 
     /// A signed LEB128 number, or `None` at the end of the column.
     fn sleb_or_end(&mut self, what: &'static str) -> Result<Option<i64>, WireError> {
-        let Some(first) = self.next_byte()? else {
+        let Some((groups, shift, byte)) = self.leb_groups(what)? else {
             return Ok(None);
         };
-        let mut value = i128::from(first & 0x7f);
-        let mut byte = first;
-        let mut shift = 0;
-        while byte & 0x80 != 0 {
-            shift += 7;
-            if shift > 63 {
-                return Err(WireError::BadNumber(what));
-            }
-            byte = self.next_byte()?.ok_or(WireError::Truncated(what))?;
-            value |= i128::from(byte & 0x7f) << shift;
-        }
+        let mut value = i128::try_from(groups).map_err(|_| WireError::BadNumber(what))?;
         if byte & 0x40 != 0 {
             value -= 1i128 << (shift + 7);
         }

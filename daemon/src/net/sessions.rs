@@ -467,14 +467,7 @@ impl NetworkTask {
                 let response =
                     SyncResponse::Summary(to_wire(&self.engine.summary(MAX_SUMMARY_CHATS)));
                 self.respond(peer, channel, response);
-                let me = *self.swarm.local_peer_id();
-                tokio::spawn(compare(
-                    self.engine.clone(),
-                    me,
-                    peer,
-                    theirs,
-                    self.internal.clone(),
-                ));
+                self.compare_summary(peer, theirs);
                 return;
             }
             SyncRequest::Sync { chat, message } => (chat, Some(message)),
@@ -520,16 +513,7 @@ impl NetworkTask {
     fn on_response(&mut self, peer: PeerId, pending: Pending, response: SyncResponse) {
         tracing::trace!(%peer, ?pending, ?response, "sync response");
         match (pending, response) {
-            (Pending::Summary, SyncResponse::Summary(theirs)) => {
-                let me = *self.swarm.local_peer_id();
-                tokio::spawn(compare(
-                    self.engine.clone(),
-                    me,
-                    peer,
-                    theirs,
-                    self.internal.clone(),
-                ));
-            }
+            (Pending::Summary, SyncResponse::Summary(theirs)) => self.compare_summary(peer, theirs),
             (Pending::Sync(chat), SyncResponse::Sync { message: None }) => {
                 self.continue_session(peer, chat, None);
             }
@@ -568,6 +552,13 @@ impl NetworkTask {
                 self.abandon(peer, pending);
             }
         }
+    }
+
+    /// Compares another device's summary with this one's, in a spawned task.
+    fn compare_summary(&self, peer: PeerId, theirs: Vec<ChatHeads>) {
+        let me = *self.swarm.local_peer_id();
+        let (engine, internal) = (self.engine.clone(), self.internal.clone());
+        tokio::spawn(compare(engine, me, peer, theirs, internal));
     }
 
     /// A payload arrived inline, or was announced: pull it.
