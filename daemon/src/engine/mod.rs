@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 pub use error::EngineError;
 pub use events::{Event, MessageEventKind};
-pub use sync::{MAX_SYNC_BYTES, Relation, SyncStep};
+pub use sync::{MAX_SYNC_BYTES, Relation, SyncStep, same_heads};
 
 use self::{
     cache::{ChatCache, ChatHandle, LoadedChat},
@@ -205,15 +205,28 @@ impl Engine {
             last_activity: now,
             heads: heads_hex(&mut doc),
         };
+        self.add_chat(&id, doc, &record, &bytes).await?;
+        self.changed.mark(&id);
+        Ok(ChatSummary { id, record })
+    }
+
+    /// Stores a chat this device did not have (`bytes` is its saved document), keeps the
+    /// document in memory, lists it, and returns once that is durable.
+    async fn add_chat(
+        &self,
+        id: &ChatId,
+        doc: ChatDoc,
+        record: &ChatRecord,
+        bytes: &[u8],
+    ) -> Result<(), EngineError> {
         let write = self.committer.begin();
-        self.store.create_chat(&id, &record, &bytes)?;
-        let base_bytes = bytes.len() as u64;
+        self.store.create_chat(id, record, bytes)?;
         self.cache.insert_new(
             id.clone(),
             LoadedChat {
                 doc,
                 next_seq: 0,
-                base_bytes,
+                base_bytes: bytes.len() as u64,
                 chunks: 0,
                 chunk_bytes: 0,
                 compacting: false,
@@ -227,9 +240,7 @@ impl Engine {
                 record: record.clone(),
             }])
             .await?;
-        receipt.durable().await?;
-        self.changed.mark(&id);
-        Ok(ChatSummary { id, record })
+        receipt.durable().await
     }
 
     pub async fn rename_chat(

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use automerge::sync::State;
 use chatsync_model::{ChatDoc, ChatId, DeviceId, Message, TouchKind, Touched};
 
-use super::{Engine, EngineError, Event, MessageEventKind, cache::LoadedChat, heads_hex, now_ms};
+use super::{Engine, EngineError, Event, MessageEventKind, heads_hex, now_ms};
 use crate::store::ChatRecord;
 
 /// Largest sync message or document accepted from a device.
@@ -136,7 +136,7 @@ impl Engine {
             .get(chat)
             .map(|r| r.heads.clone())
             .ok_or_else(|| EngineError::NotFound(format!("no chat {chat}")))?;
-        if same_set(&ours, theirs) {
+        if same_heads(&ours, theirs) {
             return Ok(Relation::Same);
         }
         let Ok(theirs) = theirs
@@ -312,28 +312,7 @@ impl Engine {
             last_activity: now_ms(),
             heads: heads_hex(&mut doc),
         };
-        let write = self.committer.begin();
-        self.store.create_chat(chat, &record, bytes)?;
-        self.cache.insert_new(
-            chat.clone(),
-            LoadedChat {
-                doc,
-                next_seq: 0,
-                base_bytes: bytes.len() as u64,
-                chunks: 0,
-                chunk_bytes: 0,
-                compacting: false,
-            },
-        );
-        // Listed only once in memory, so that nobody loads a second copy from the store.
-        self.write_records().insert(chat.clone(), record.clone());
-        let receipt = write
-            .submit(vec![Event::ChatCreated {
-                chat: chat.clone(),
-                record,
-            }])
-            .await?;
-        receipt.durable().await
+        self.add_chat(chat, doc, &record, bytes).await
     }
 }
 
@@ -364,8 +343,8 @@ fn message_events(chat: &ChatId, doc: &ChatDoc, touched: Vec<Touched>) -> Vec<Ev
         .collect()
 }
 
-/// Whether two lists of heads hold the same hashes.
-fn same_set(a: &[String], b: &[String]) -> bool {
+/// Whether two lists of heads (hex) hold the same hashes, in any order.
+pub fn same_heads(a: &[String], b: &[String]) -> bool {
     a.len() == b.len() && a.iter().all(|h| b.contains(h))
 }
 

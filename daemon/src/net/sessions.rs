@@ -25,7 +25,7 @@ use super::{
     task::NetworkTask,
     transfers::{Incoming, Progress as PullProgress, Purpose},
 };
-use crate::engine::{Engine, EngineError, Relation, SyncStep};
+use crate::engine::{Engine, EngineError, Relation, SyncStep, same_heads};
 
 /// Messages from spawned sync work back to the network task.
 pub enum Internal {
@@ -104,11 +104,6 @@ fn to_wire(summary: &[(ChatId, Vec<String>)]) -> Vec<ChatHeads> {
             heads: heads.iter().take(MAX_SUMMARY_HEADS).cloned().collect(),
         })
         .collect()
-}
-
-/// Whether two lists of heads hold the same hashes.
-fn same_heads(a: &[String], b: &[String]) -> bool {
-    a.len() == b.len() && a.iter().all(|h| b.contains(h))
 }
 
 /// Decides what to do about another device's summary: fetch the chats this one lacks, and
