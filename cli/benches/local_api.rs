@@ -186,9 +186,11 @@ async fn engine_posts(tasks: usize, posts: usize) -> Duration {
     use chatsync_daemon::engine::{Engine, EngineConfig};
     let dir = home();
     let store = Store::open(dir.path(), 16 << 20).unwrap();
+    let identity = Identity::load_or_create(&dir.path().join("identity.key")).unwrap();
     let engine = Engine::start(
         store,
         device(),
+        identity.keypair,
         EngineConfig {
             memory_budget_bytes: 256 << 20,
             idle_unload: Duration::from_secs(600),

@@ -28,6 +28,7 @@ use automerge::{
 use crate::{
     ChatId, Clock, DeviceId, MessageId, ModelError,
     access::{change_time, check_text, get_int, get_map, get_str, truncate_utf8, write_change},
+    authorship::{self, ActorTop, Provenance},
     limits::{MAX_DEVICE_NAME_BYTES, MAX_REACTION_BYTES, MAX_TEXT_BYTES, MAX_TITLE_BYTES},
     message::{Message, OrderKey},
     schema as s,
@@ -44,13 +45,26 @@ pub struct Device {
 }
 
 impl Device {
-    /// A device whose Automerge actor is derived from its id, so that the same device always
-    /// writes under the same actor and continues its own sequence of changes after a restart.
+    /// A device writing under an actor that is its id alone. The daemon uses
+    /// [`Device::with_session`]; this form serves tests and tools that never publish changes.
     pub fn new(id: DeviceId, name: impl Into<String>) -> Result<Self, ModelError> {
         let name = name.into();
         check_text("device name", &name, MAX_DEVICE_NAME_BYTES, false)?;
         let actor = ActorId::from(id.as_str().as_bytes());
         Ok(Device { id, name, actor })
+    }
+
+    /// A device writing under a fresh actor for this run (`session`: random bytes chosen at
+    /// start-up), so that it never reuses an actor and sequence number it already published,
+    /// whatever happened to its store (see [`crate::authorship`]).
+    pub fn with_session(
+        id: DeviceId,
+        name: impl Into<String>,
+        session: &[u8],
+    ) -> Result<Self, ModelError> {
+        let mut device = Device::new(id, name)?;
+        device.actor = crate::authorship::actor_for(&device.id, session);
+        Ok(device)
     }
 }
 
@@ -70,6 +84,8 @@ pub struct ChatInfo {
 pub struct SyncReceived {
     pub touched: Vec<Touched>,
     pub changes: Vec<u8>,
+    /// The attested newest change of each actor that wrote in what arrived, to keep and pass on.
+    pub tops: Vec<ActorTop>,
 }
 
 /// A point-in-time copy of a chat document, made by [`ChatDoc::snapshot`].
@@ -105,7 +121,16 @@ pub struct ChatDoc {
     max_clock: Clock,
     /// Encoded local changes not yet handed out by [`ChatDoc::take_local_changes`].
     unsaved_local: Vec<u8>,
+    /// Received changes that passed the authorship check and wait (in Automerge's queue) for
+    /// their dependencies; at most [`MAX_WAITING_CHANGES`].
+    waiting: HashMap<ChangeHash, authorship::ChangeMeta>,
 }
+
+/// Received changes that may wait for their dependencies at once, per chat: while some wait, a
+/// sync message that could take the count over this is refused (an honest device sends
+/// dependencies first, so waiting changes are rare and few). One message can still leave more
+/// waiting; its size is bounded by the sync message limit.
+pub const MAX_WAITING_CHANGES: usize = 10_000;
 
 impl std::fmt::Debug for ChatDoc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,10 +172,32 @@ impl ChatDoc {
     /// [`load`](Self::load) for bytes from another device (a whole chat sent by a peer): they
     /// must pass [`crate::wire_check::check_chunks`] before Automerge parses them. Bytes from
     /// this device's own store can use `load`.
-    pub fn load_untrusted(bytes: &[u8], device: &Device) -> Result<Self, ModelError> {
+    ///
+    /// Every change must be proven ([`authorship::check_batch`]) and allowed (each device
+    /// writes only its own messages, reactions and read marker). Returns the chat and the
+    /// attested newest change of each actor in it.
+    pub fn load_untrusted(
+        bytes: &[u8],
+        device: &Device,
+        proof: &Provenance<'_>,
+    ) -> Result<(Self, Vec<ActorTop>), ModelError> {
         crate::wire_check::check_chunks(bytes, &crate::wire_check::WireLimits::default())
             .map_err(|e| ModelError::Corrupt(format!("refused document: {e}")))?;
-        Self::load(bytes, device)
+        let mut doc = AutoCommit::load(bytes).map_err(|e| ModelError::Corrupt(e.to_string()))?;
+        let all = authorship::metas_of(doc.document(), &[]);
+        let tops = authorship::check_batch(&all, &[], proof)?;
+        let mut chat = Self::from_doc(doc, device)?;
+        let changes = chat.doc.get_changes(&[]);
+        let writes = MessageWrites::collect(
+            &changes,
+            &chat.messages,
+            &chat.read,
+            &chat.message_of_object,
+        );
+        if let Some(why) = writes.violation {
+            return Err(ModelError::Forbidden(format!("refused document: {why}")));
+        }
+        Ok((chat, tops))
     }
 
     /// Wraps an Automerge document, checking its shape and building the index.
@@ -182,6 +229,7 @@ impl ChatDoc {
             message_of_object: HashMap::new(),
             max_clock: Clock::ZERO,
             unsaved_local: Vec::new(),
+            waiting: HashMap::new(),
         };
         chat.reindex_all();
         Ok(chat)
@@ -497,8 +545,9 @@ impl ChatDoc {
         Ok(())
     }
 
-    /// Merges another replica of this chat into this one. Returns the ids of messages that
-    /// were added or changed.
+    /// Merges another replica of this chat into this one, without checking who wrote its changes
+    /// (see [`apply_changes`](Self::apply_changes)). Returns the ids of messages that were added
+    /// or changed.
     pub fn merge(&mut self, other: &mut ChatDoc) -> Result<Vec<MessageId>, ModelError> {
         if other.id != self.id {
             return Err(ModelError::Invalid(format!(
@@ -509,19 +558,41 @@ impl ChatDoc {
         let before = self.doc.get_heads();
         self.doc.merge(&mut other.doc)?;
         self.check_schema_after(&before)?;
-        Ok(self.refresh_index_since(&before))
+        self.refresh_index_since(&before)
     }
 
-    /// Applies changes received from another replica, in one batch. Returns the ids of
-    /// messages that were added or changed.
+    /// Applies changes from another replica, in one batch, without checking who wrote them:
+    /// for changes this device already trusts (its own tools, tests). Bytes from peers go
+    /// through [`receive_sync_message`](Self::receive_sync_message). Returns the ids of messages
+    /// that were added or changed.
     pub fn apply_changes(
         &mut self,
         changes: Vec<automerge::Change>,
     ) -> Result<Vec<MessageId>, ModelError> {
+        let metas: Vec<authorship::ChangeMeta> = changes
+            .iter()
+            .map(|c| authorship::ChangeMeta {
+                hash: c.hash(),
+                actor: c.actor_id().clone(),
+                seq: c.seq(),
+                deps: c.deps().to_vec(),
+            })
+            .collect();
         let before = self.doc.get_heads();
         self.doc.apply_changes_batch(changes)?;
         self.check_schema_after(&before)?;
-        Ok(self.refresh_index_since(&before))
+        let applied = self.doc.get_changes(&before);
+        let touched = self.refresh_index_since(&before)?;
+        // Changes left waiting for dependencies are this replica's to vouch for from now on.
+        self.track_waiting(metas, &applied);
+        Ok(touched)
+    }
+
+    /// Drops everything applied since `before` (the index has not been touched yet).
+    fn revert_to(&mut self, before: &[ChangeHash]) -> Result<(), ModelError> {
+        let actor = self.doc.get_actor().clone();
+        self.doc = self.doc.fork_at(before)?.with_actor(actor);
+        Ok(())
     }
 
     /// Refuses what was just merged if it changed the document's identity or layout (a newer
@@ -534,8 +605,7 @@ impl ChatDoc {
         if intact {
             return Ok(());
         }
-        let actor = self.doc.get_actor().clone();
-        self.doc = self.doc.fork_at(before)?.with_actor(actor);
+        self.revert_to(before)?;
         Err(ModelError::Corrupt(
             "the changes would alter the chat's identity or layout (schema, id or containers)"
                 .into(),
@@ -559,21 +629,99 @@ impl ChatDoc {
         &mut self,
         state: &mut automerge::sync::State,
         message: &[u8],
+        proof: &Provenance<'_>,
     ) -> Result<SyncReceived, ModelError> {
         use automerge::sync::SyncDoc;
         crate::wire_check::check_sync_message(message, &crate::wire_check::WireLimits::default())
             .map_err(|e| ModelError::Invalid(format!("refused sync message: {e}")))?;
         let message = automerge::sync::Message::decode(message)
             .map_err(|e| ModelError::Invalid(format!("bad sync message: {e}")))?;
+        let carried = authorship::changes_of_sync_message(&message)?;
+        let new = self.unknown_changes(carried);
+        let waiting: Vec<authorship::ChangeMeta> = self.waiting.values().cloned().collect();
+        let tops = authorship::check_batch(&new, &waiting, proof)?;
+        if !self.waiting.is_empty() && self.waiting.len() + new.len() > MAX_WAITING_CHANGES {
+            return Err(ModelError::Invalid(format!(
+                "too many changes waiting for their dependencies (at most {MAX_WAITING_CHANGES})"
+            )));
+        }
         let before = self.doc.get_heads();
         self.doc.sync().receive_sync_message(state, message)?;
         self.check_schema_after(&before)?;
         let new_changes = self.doc.get_changes(&before);
-        let touched = self.refresh_index_from(&new_changes, &before);
+        let touched = self.refresh_index_from(&new_changes, &before)?;
+        self.track_waiting(new, &new_changes);
         Ok(SyncReceived {
             touched,
             changes: concat_raw(&new_changes),
+            tops,
         })
+    }
+
+    /// The changes of `carried` this replica has neither applied nor queued.
+    fn unknown_changes(
+        &mut self,
+        carried: Vec<authorship::ChangeMeta>,
+    ) -> Vec<authorship::ChangeMeta> {
+        if carried.is_empty() {
+            return carried;
+        }
+        let hashes: Vec<ChangeHash> = carried.iter().map(|c| c.hash).collect();
+        let missing: std::collections::HashSet<ChangeHash> =
+            self.doc.get_missing_deps(&hashes).into_iter().collect();
+        carried
+            .into_iter()
+            .filter(|c| missing.contains(&c.hash) && !self.waiting.contains_key(&c.hash))
+            .collect()
+    }
+
+    /// Remembers which of `new` wait for dependencies after a receive that applied `applied`,
+    /// and forgets waiting changes that were applied.
+    fn track_waiting(&mut self, new: Vec<authorship::ChangeMeta>, applied: &[Change]) {
+        let applied: std::collections::HashSet<ChangeHash> =
+            applied.iter().map(|c| c.hash()).collect();
+        self.waiting.retain(|hash, _| !applied.contains(hash));
+        for change in new {
+            if !applied.contains(&change.hash) {
+                self.waiting.insert(change.hash, change);
+            }
+        }
+    }
+
+    /// The actor this replica writes under.
+    pub fn actor(&self) -> &automerge::ActorId {
+        self.doc.get_actor()
+    }
+
+    /// The newest change this replica wrote under its current actor: sequence number and hash.
+    pub fn last_local_change(&mut self) -> Option<(u64, ChangeHash)> {
+        self.doc
+            .get_last_local_change()
+            .map(|c| (c.seq(), c.hash()))
+    }
+
+    /// The newest change of `actor` in this document, by a walk over every change's metadata:
+    /// for attesting this device's own changes from an earlier run when no attestation was kept.
+    pub fn newest_change_of(&mut self, actor: &automerge::ActorId) -> Option<(u64, ChangeHash)> {
+        self.doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .filter(|m| m.actor.as_ref() == actor)
+            .max_by_key(|m| m.seq)
+            .map(|m| (m.seq, m.hash))
+    }
+
+    /// The actors that wrote in this document.
+    pub fn actors(&mut self) -> Vec<automerge::ActorId> {
+        let mut actors: Vec<automerge::ActorId> = self
+            .doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .map(|m| m.actor.into_owned())
+            .collect();
+        actors.sort();
+        actors.dedup();
+        actors
     }
 
     /// Current heads of the document.
@@ -680,23 +828,40 @@ impl ChatDoc {
 
     /// Brings the index up to date with everything applied since `before`. Returns the ids of
     /// the messages that were added or changed.
-    fn refresh_index_since(&mut self, before: &[ChangeHash]) -> Vec<MessageId> {
+    fn refresh_index_since(&mut self, before: &[ChangeHash]) -> Result<Vec<MessageId>, ModelError> {
         if self.doc.get_heads() == before {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let changes = self.doc.get_changes(before);
-        self.refresh_index_from(&changes, before)
+        Ok(self
+            .refresh_index_from(&changes, before)?
             .into_iter()
             .map(|t| t.id)
-            .collect()
+            .collect())
     }
 
     /// Brings the index up to date with `changes`, just applied on top of `before`, and says
     /// what they did to each message. Re-reads only the messages the changes wrote to, found by
     /// walking their operations: the cost follows the size of the changes, not of the chat.
     /// Messages that are not in the index afterwards (malformed ones) are not reported.
-    fn refresh_index_from(&mut self, changes: &[Change], before: &[ChangeHash]) -> Vec<Touched> {
-        let writes = MessageWrites::collect(changes, &self.messages, &self.message_of_object);
+    ///
+    /// Changes that write where their device may not (another device's message, reaction or
+    /// read marker) are refused: the document goes back to `before` and nothing is reported.
+    fn refresh_index_from(
+        &mut self,
+        changes: &[Change],
+        before: &[ChangeHash],
+    ) -> Result<Vec<Touched>, ModelError> {
+        let writes =
+            MessageWrites::collect(changes, &self.messages, &self.read, &self.message_of_object);
+        if let Some(why) = writes
+            .violation
+            .clone()
+            .or_else(|| self.replaced_entry(&writes, before))
+        {
+            self.revert_to(before)?;
+            return Err(ModelError::Forbidden(format!("refused changes: {why}")));
+        }
         let mut touched = Vec::new();
         for (id, places) in writes {
             let was_indexed = self.keys.contains_key(&id);
@@ -713,7 +878,28 @@ impl ChatDoc {
                 touched.push(Touched { id, kind });
             }
         }
-        touched
+        Ok(touched)
+    }
+
+    /// A write that replaced or removed the entry of a message another device wrote, if any:
+    /// only a message's author may touch its entry once it exists.
+    fn replaced_entry(&self, writes: &MessageWrites, before: &[ChangeHash]) -> Option<String> {
+        for (id, places) in writes.iter() {
+            for place in places.iter().filter(|p| p.place == Place::Entry) {
+                let existing = value_ids(&self.doc, &self.messages, id.as_str(), Some(before));
+                for old in &existing {
+                    let owner = old.device();
+                    if let Some(writer) = place.ops.iter().find(|op| op.device() != owner) {
+                        return Some(format!(
+                            "device {} replaced message {id}, which device {} wrote",
+                            writer.device().map(|d| d.to_string()).unwrap_or_default(),
+                            owner.map(|d| d.to_string()).unwrap_or_default(),
+                        ));
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// What writes to an indexed message changed: the most significant kind among the places
@@ -788,6 +974,9 @@ impl ChatDoc {
         else {
             return;
         };
+        if !written_by(obj, &author) {
+            return;
+        }
         self.insert_key(OrderKey { clock, author, id });
     }
 
@@ -865,9 +1054,13 @@ fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message
     if deleted {
         reactions.clear();
     }
+    let author = author?;
+    if !written_by(obj, &author) {
+        return None;
+    }
     Some(Message {
         id: id.clone(),
-        author: author?,
+        author,
         author_name,
         ts,
         clock: clock?,
@@ -877,6 +1070,15 @@ fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message
         deleted,
         reactions,
     })
+}
+
+/// Whether the message map `obj` was created by `author`: a message names its author, and that
+/// must be the device whose actor created it, or any device could post as another.
+fn written_by(obj: &ObjId, author: &DeviceId) -> bool {
+    match obj {
+        ObjId::Id(_, actor, _) => authorship::device_of_actor(actor).as_ref() == Some(author),
+        ObjId::Root => false,
+    }
 }
 
 fn check_reaction(r: &str) -> Result<(), ModelError> {

@@ -12,6 +12,7 @@
 //! - [`chat`]: [`ChatDoc`], the document plus an in-memory display-order index.
 //! - `touched`: what received changes did to each message ([`Touched`]), read off their
 //!   operations.
+//! - [`authorship`]: which device wrote a change, and the signatures that prove it.
 //! - [`roster`]: [`RosterDoc`], the replicated list of the devices that may sync.
 //! - [`limits`]: size limits every replica enforces on what it writes and what it shows.
 //! - [`wire_check`]: checks on bytes from peers (sync messages, documents) before Automerge
@@ -29,6 +30,7 @@
 //!   a nested map: two devices creating "the same" container concurrently would otherwise hide
 //!   each other's entries.
 
+pub mod authorship;
 pub mod chat;
 pub mod clock;
 pub mod ids;

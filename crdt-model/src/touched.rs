@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use automerge::{ActorId, Change, ObjId, ScalarValue, legacy};
 
-use crate::{MessageId, schema as s};
+use crate::{DeviceId, MessageId, authorship::device_of_actor, schema as s};
 
 /// What a batch of received changes did to one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,6 +90,11 @@ pub(crate) struct OpKey {
 }
 
 impl OpKey {
+    /// The device whose actor made the operation.
+    pub(crate) fn device(&self) -> Option<DeviceId> {
+        device_of_actor(&self.actor)
+    }
+
     /// The key of `obj`; `None` for the root, which no operation created.
     pub(crate) fn of(obj: &ObjId) -> Option<Self> {
         match obj {
@@ -127,22 +132,35 @@ pub(crate) struct PlaceWrites {
 pub(crate) struct MessageWrites {
     messages: Vec<(MessageId, Vec<PlaceWrites>)>,
     position: HashMap<MessageId, usize>,
+    /// The first write a device was not allowed to make, if any (see [`check_write`]).
+    pub violation: Option<String>,
 }
 
 impl MessageWrites {
     /// Reads the writes to messages out of `changes`. `messages` is the `messages` map;
     /// `message_of_object` traces a message's own map to the message.
+    /// `read` is the map of read markers. Writes a device may not make are noted in
+    /// [`violation`](Self::violation).
     pub(crate) fn collect(
         changes: &[Change],
         messages: &ObjId,
+        read: &ObjId,
         message_of_object: &HashMap<OpKey, MessageId>,
     ) -> Self {
         let messages = OpKey::of(messages);
+        let read = OpKey::of(read);
         let mut writes = MessageWrites::default();
         for change in changes {
             let change = change.decode();
+            let writer = device_of_actor(&change.actor_id);
             let counters = change.start_op.get()..;
             for (op, counter) in change.operations.into_iter().zip(counters) {
+                if writes.violation.is_none()
+                    && let Err(why) =
+                        check_write(&op, writer.as_ref(), messages.as_ref(), read.as_ref())
+                {
+                    writes.violation = Some(why);
+                }
                 if let Some((id, place, kind)) = locate(op, messages.as_ref(), message_of_object) {
                     let op = OpKey {
                         counter,
@@ -176,6 +194,61 @@ impl MessageWrites {
                 ops: vec![op],
             }),
         }
+    }
+}
+
+impl MessageWrites {
+    /// The writes, message by message, without consuming them.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &(MessageId, Vec<PlaceWrites>)> {
+        self.messages.iter()
+    }
+}
+
+/// Whether the device that wrote a change (`writer`) may make operation `op`:
+/// - an entry of the `messages` map may be created by anyone (who may replace one is checked
+///   by [`ChatDoc`](crate::ChatDoc), which needs the document as it was before the change);
+/// - a read marker belongs to the device it is keyed by;
+/// - any other object (a message's own map) belongs to the device that created it, its author;
+///   the exception is a reaction key, which belongs to the device it names (its author may
+///   clear it too, as deleting a message does).
+fn check_write(
+    op: &legacy::Op,
+    writer: Option<&DeviceId>,
+    messages: Option<&OpKey>,
+    read: Option<&OpKey>,
+) -> Result<(), String> {
+    let legacy::ObjectId::Id(legacy::OpId(counter, creator)) = &op.obj else {
+        return Ok(());
+    };
+    let Some(writer) = writer else {
+        return Err("a change by an actor that names no device".into());
+    };
+    let object = OpKey {
+        counter: *counter,
+        actor: creator.clone(),
+    };
+    let key = match &op.key {
+        legacy::Key::Map(key) => key.as_str(),
+        legacy::Key::Seq(_) => "",
+    };
+    if Some(&object) == messages {
+        return Ok(());
+    }
+    if Some(&object) == read {
+        return if key == writer.as_str() {
+            Ok(())
+        } else {
+            Err(format!("device {writer} moved the read marker of {key:?}"))
+        };
+    }
+    if device_of_actor(creator).as_ref() == Some(writer) {
+        return Ok(());
+    }
+    match key.strip_prefix(s::REACTION_PREFIX) {
+        Some(reactor) if reactor == writer.as_str() => Ok(()),
+        _ => Err(format!(
+            "device {writer} wrote {key:?} in a message by another device"
+        )),
     }
 }
 

@@ -358,6 +358,27 @@ const REFS_PER_ROW: u64 = 4;
 const INFLATE_WINDOW: usize = 32 * 1024;
 const COLUMN_DEFLATE_BIT: u32 = 0b1000;
 
+/// The storage chunks of a stream (one entry of a sync message's changes, or a saved
+/// document), each from its magic bytes to its end, with whether it is a whole document. Only
+/// the framing is read: the stream should have passed [`check_chunks`] or
+/// [`check_sync_message`].
+pub fn split_chunks(bytes: &[u8]) -> Result<Vec<(bool, &[u8])>, WireError> {
+    let mut c = Cursor::new(bytes);
+    let mut out = Vec::new();
+    while !c.is_empty() {
+        let start = c.pos;
+        if c.take(4, "chunk header")? != MAGIC_BYTES {
+            return Err(WireError::BadMagic);
+        }
+        c.take(4, "chunk header")?;
+        let chunk_type = c.byte("chunk header")?;
+        let len = c.uleb("chunk length")?;
+        c.take(len, "chunk data")?;
+        out.push((chunk_type == CHUNK_DOCUMENT, &bytes[start..c.pos]));
+    }
+    Ok(out)
+}
+
 fn check_bloom(bytes: &[u8], limits: &WireLimits) -> Result<u64, WireError> {
     if bytes.is_empty() {
         return Ok(0);

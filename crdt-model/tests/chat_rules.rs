@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use automerge::{ActorId, ObjType, ROOT, ReadDoc, Value, transaction::Transactable};
+use automerge::{ObjType, ROOT, ReadDoc, Value, transaction::Transactable};
 use chatsync_model::{
     ChatDoc, ChatId, Clock, Device, DeviceId, Message, MessageId, ModelError,
     limits::{MAX_DEVICE_NAME_BYTES, MAX_REACTION_BYTES, MAX_TEXT_BYTES, MAX_TITLE_BYTES},
@@ -1255,10 +1255,10 @@ fn concurrent_messages_order_by_clock_then_author_then_id() {
     let twin1 = Device {
         id: DeviceId::new("twin").unwrap(),
         name: "twin".into(),
-        actor: ActorId::from(&b"twin-1"[..]),
+        actor: chatsync_model::authorship::actor_for(&DeviceId::new("twin").unwrap(), b"1"),
     };
     let twin2 = Device {
-        actor: ActorId::from(&b"twin-2"[..]),
+        actor: chatsync_model::authorship::actor_for(&DeviceId::new("twin").unwrap(), b"2"),
         ..twin1.clone()
     };
     let mut c1 = ChatDoc::create(chat_id(), "t", &twin1, T0).unwrap();

@@ -14,6 +14,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::{ChangeHash, PatchAction, Prop, ROOT, ReadDoc, ScalarValue, Value, sync::State};
@@ -445,7 +447,7 @@ fn receive_checked(
 ) -> Result<(), TestCaseError> {
     let heads = rep.doc.heads();
     let before: HashSet<MessageId> = known(&rep.doc).into_iter().collect();
-    let received = rep.doc.receive_sync_message(state, message).unwrap();
+    let received = support::receive(&mut rep.doc, state, message).unwrap();
     let reported: BTreeMap<MessageId, TouchKind> = received
         .touched
         .iter()

@@ -2,6 +2,8 @@
 //! are quiet end up equal, and each reports what it received.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use automerge::{ROOT, ReadDoc, sync::State, transaction::Transactable};
 use chatsync_model::{ChatDoc, ChatId, Device, DeviceId, MessageId, TouchKind, Touched, schema};
 
@@ -40,7 +42,7 @@ fn sync(a: &mut ChatDoc, b: &mut ChatDoc) -> (Received, Received) {
             (&mut *a, &mut sa, to_a, &mut got_a),
         ] {
             if let Some(m) = message {
-                let received = doc.receive_sync_message(state, &m).unwrap();
+                let received = support::receive(doc, state, &m).unwrap();
                 got.touched.extend(received.touched);
                 got.bytes += received.changes.len();
             }
@@ -101,11 +103,8 @@ fn garbage_sync_messages_are_errors() {
     let da = dev("dev-a");
     let mut a = ChatDoc::create(ChatId::new("c").unwrap(), "t", &da, 1).unwrap();
     let mut state = State::new();
-    assert!(
-        a.receive_sync_message(&mut state, b"not a sync message")
-            .is_err()
-    );
-    assert!(a.receive_sync_message(&mut state, &[]).is_err());
+    assert!(support::receive(&mut a, &mut state, b"not a sync message").is_err());
+    assert!(support::receive(&mut a, &mut state, &[]).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@
 //! global allocator.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
     sync::OnceLock,
@@ -74,11 +76,11 @@ fn session(a: &mut ChatDoc, sa: &mut State, b: &mut ChatDoc, sb: &mut State) -> 
             return sent;
         }
         if let Some(m) = to_b {
-            b.receive_sync_message(sb, &m).unwrap();
+            support::receive(b, sb, &m).unwrap();
             sent.push(m);
         }
         if let Some(m) = to_a {
-            a.receive_sync_message(sa, &m).unwrap();
+            support::receive(a, sa, &m).unwrap();
             sent.push(m);
         }
     }
@@ -447,7 +449,10 @@ fn real_saves_and_change_chunks_pass() {
         check_chunks(&bytes, &limits).unwrap_or_else(|e| panic!("{what} was refused: {e}"));
         // Whole chats also load the checked way.
         if !what.ends_with("changes") && !what.starts_with("incremental") {
-            ChatDoc::load_untrusted(&bytes, &da).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let chat = a.id().clone();
+            let attestations = support::attest_all(&mut ChatDoc::load(&bytes, &da).unwrap());
+            ChatDoc::load_untrusted(&bytes, &da, &support::proof(&chat, &attestations))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
         }
     }
 
@@ -513,7 +518,7 @@ fn zero_bits_per_entry_would_panic_automerge_and_is_refused() {
     // Through the model: refused, and the replica keeps working.
     let mut b = new_chat(&da);
     let mut state = State::new();
-    let err = b.receive_sync_message(&mut state, &evil).unwrap_err();
+    let err = support::receive(&mut b, &mut state, &evil).unwrap_err();
     assert!(err.to_string().contains("Bloom filter"), "{err}");
     assert!(b.generate_sync_message(&mut state).is_some());
     assert!(matches!(
@@ -976,7 +981,7 @@ fn receive_contained(bytes: &[u8]) -> (bool, Duration) {
     let panicked = catch_unwind(AssertUnwindSafe(|| {
         let mut doc = ChatDoc::load(&corpus.receiver_base, &device).unwrap();
         let mut state = State::new();
-        let _ = doc.receive_sync_message(&mut state, bytes);
+        let _ = support::receive(&mut doc, &mut state, bytes);
         let _ = doc.generate_sync_message(&mut state);
         let _ = doc.automerge_mut().get_heads();
     }))

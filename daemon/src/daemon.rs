@@ -46,7 +46,9 @@ pub fn run_with(args: DaemonArgs) -> anyhow::Result<()> {
     std::fs::set_permissions(&paths.data_dir, std::fs::Permissions::from_mode(0o700))?;
     let identity = Identity::load_or_create(&paths.identity_file())?;
     let name = device_name(args.name.as_deref().or(config.name.as_deref()));
-    let device = Device::new(identity.device_id.clone(), name)?;
+    // A fresh actor for every run (see `chatsync_model::authorship`).
+    let session: [u8; 8] = rand::random();
+    let device = Device::with_session(identity.device_id.clone(), name, &session)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -78,6 +80,7 @@ pub async fn serve(
     let engine = Engine::start(
         store,
         device.clone(),
+        identity.keypair.clone(),
         EngineConfig {
             memory_budget_bytes: config.store.memory_budget_mb * 1024 * 1024,
             idle_unload: std::time::Duration::from_secs(config.store.idle_unload_secs.max(1)),

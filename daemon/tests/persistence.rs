@@ -307,7 +307,9 @@ async fn a_second_daemon_on_the_same_home_is_refused() {
     let paths = d.paths.clone();
     let identity =
         chatsync_daemon::identity::Identity::load_or_create(&paths.identity_file()).unwrap();
-    let device = chatsync_model::Device::new(identity.device_id.clone(), "second").unwrap();
+    let device =
+        chatsync_model::Device::with_session(identity.device_id.clone(), "second", b"second")
+            .unwrap();
     let config = Config {
         network: support::loopback_network(),
         ..Config::default()

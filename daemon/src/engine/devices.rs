@@ -16,6 +16,11 @@ pub struct LoadedRoster {
 }
 
 impl LoadedRoster {
+    /// Every device in the roster, removed ones included.
+    pub fn entries(&self) -> Vec<RosterEntry> {
+        self.doc.entries()
+    }
+
     /// Every trusted device, this one included.
     pub fn trusted(&self) -> std::collections::BTreeSet<DeviceId> {
         self.doc

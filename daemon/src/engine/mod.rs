@@ -17,6 +17,7 @@ mod devices;
 mod error;
 pub mod events;
 pub mod resolve;
+mod signatures;
 mod sync;
 
 use std::{
@@ -59,6 +60,8 @@ pub struct Engine {
     /// Background compactions, waited for at shutdown.
     background: TaskTracker,
     roster: tokio::sync::Mutex<devices::LoadedRoster>,
+    /// Signs this device's attestations and checks other devices'.
+    signer: signatures::Signer,
     /// Chats changed locally, for the network to sync.
     changed: sync::ChangedChats,
     sync_states: sync::SyncStates,
@@ -87,9 +90,11 @@ pub struct EngineStats {
 
 impl Engine {
     /// Starts the engine over an open store. Reads only the chat records, no documents.
+    /// `keypair` is the device key (`device.id` names its public half).
     pub fn start(
         store: Store,
         device: Device,
+        keypair: libp2p::identity::Keypair,
         config: EngineConfig,
     ) -> Result<Arc<Engine>, EngineError> {
         let records: BTreeMap<_, _> = store.chat_records()?.into_iter().collect();
@@ -106,6 +111,7 @@ impl Engine {
             events,
             background: TaskTracker::new(),
             roster: tokio::sync::Mutex::new(roster),
+            signer: signatures::Signer::new(keypair),
             trusted,
             changed: sync::ChangedChats::default(),
             sync_states: sync::SyncStates::default(),
@@ -205,7 +211,8 @@ impl Engine {
             last_activity: now,
             heads: heads_hex(&mut doc),
         };
-        self.add_chat(&id, doc, &record, &bytes).await?;
+        self.add_chat(&id, doc, signatures::Tops::default(), &record, &bytes)
+            .await?;
         self.changed.mark(&id);
         Ok(ChatSummary { id, record })
     }
@@ -216,6 +223,7 @@ impl Engine {
         &self,
         id: &ChatId,
         doc: ChatDoc,
+        tops: signatures::Tops,
         record: &ChatRecord,
         bytes: &[u8],
     ) -> Result<(), EngineError> {
@@ -225,6 +233,7 @@ impl Engine {
             id.clone(),
             LoadedChat {
                 doc,
+                tops,
                 next_seq: 0,
                 base_bytes: bytes.len() as u64,
                 chunks: 0,
@@ -506,6 +515,7 @@ fn load_chat(store: &Store, id: &ChatId, device: &Device) -> Result<LoadedChat, 
         .ok_or_else(|| EngineError::Storage(format!("chat {id} has a record but no document")))?;
     let doc = ChatDoc::load(&stored.bytes, device)
         .map_err(|e| EngineError::Storage(format!("chat {id} cannot be loaded: {e}")))?;
+    let tops = signatures::Tops::load(store, id)?;
     tracing::debug!(
         chat = %id,
         messages = doc.len(),
@@ -515,6 +525,7 @@ fn load_chat(store: &Store, id: &ChatId, device: &Device) -> Result<LoadedChat, 
     );
     Ok(LoadedChat {
         doc,
+        tops,
         next_seq: stored.next_seq,
         base_bytes: stored.base_bytes,
         chunks: stored.chunks,

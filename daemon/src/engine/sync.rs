@@ -8,9 +8,14 @@
 use std::collections::{BTreeSet, HashMap};
 
 use automerge::sync::State;
-use chatsync_model::{ChatDoc, ChatId, DeviceId, Message, TouchKind, Touched};
+use chatsync_model::{
+    ChatDoc, ChatId, DeviceId, Message, TouchKind, Touched,
+    authorship::{self, Provenance, Standing},
+};
 
-use super::{Engine, EngineError, Event, MessageEventKind, heads_hex, now_ms};
+use super::{
+    Engine, EngineError, Event, MessageEventKind, cache::LoadedChat, heads_hex, now_ms, signatures,
+};
 use crate::store::ChatRecord;
 
 /// Largest sync message or document accepted from a device.
@@ -181,7 +186,8 @@ impl Engine {
         self.sync_states.forget_chat(device, chat);
     }
 
-    /// The next sync message for `device` about `chat` (none if it is up to date).
+    /// The next sync message for `device` about `chat` (none if it is up to date), sealed with
+    /// the attestations of the changes it carries.
     pub async fn sync_message(
         &self,
         device: &DeviceId,
@@ -190,12 +196,52 @@ impl Engine {
         let handle = self.chat(chat).await?;
         let mut loaded = handle.lock().await;
         let heads = loaded.doc.heads();
-        Ok(self
+        let (message, in_sync) = self
             .sync_states
-            .with((device.clone(), chat.clone()), |state| SyncStep {
-                message: loaded.doc.generate_sync_message(state),
-                in_sync: in_sync(state, &heads),
-            }))
+            .with((device.clone(), chat.clone()), |state| {
+                (
+                    loaded.doc.generate_sync_message(state),
+                    in_sync(state, &heads),
+                )
+            });
+        Ok(SyncStep {
+            message: self.seal(chat, &mut loaded, message)?,
+            in_sync,
+        })
+    }
+
+    /// Wraps a sync message with the attestations for the changes it carries.
+    fn seal(
+        &self,
+        chat: &ChatId,
+        loaded: &mut LoadedChat,
+        message: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, EngineError> {
+        let Some(message) = message else {
+            return Ok(None);
+        };
+        let actors = authorship::actors_of_sync_message(&message);
+        let attestations =
+            signatures::attestations_for(&self.signer, &self.device.id, chat, loaded, actors)?;
+        Ok(Some(authorship::seal(&attestations, &message)))
+    }
+
+    /// Where each device stands in this device's roster, for checking who wrote changes.
+    async fn standings(&self) -> HashMap<DeviceId, Standing> {
+        self.roster
+            .lock()
+            .await
+            .entries()
+            .into_iter()
+            .map(|e| {
+                let standing = if e.trusted() {
+                    Standing::Trusted
+                } else {
+                    Standing::Removed
+                };
+                (e.id, standing)
+            })
+            .collect()
     }
 
     /// Applies a sync message from `device` about `chat`, persists what it brought, and
@@ -210,19 +256,37 @@ impl Engine {
             return Err(EngineError::Invalid("sync message too large".into()));
         }
         self.committer.check_healthy()?;
+        let (attestations, message) =
+            authorship::open(message).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let standings = self.standings().await;
         let handle = self.chat(chat).await?;
         let write = self.committer.begin();
         let (reply, receipt) = {
             let mut loaded = handle.lock().await;
             let key = (device.clone(), chat.clone());
             let received = self.sync_states.with(key.clone(), |state| {
+                let standing =
+                    |d: &DeviceId| standings.get(d).copied().unwrap_or(Standing::Unknown);
+                let verify = |d: &DeviceId, statement: &[u8], signature: &[u8]| {
+                    self.signer.verify(d, statement, signature)
+                };
+                let proof = Provenance {
+                    chat,
+                    attestations: &attestations,
+                    verify: &verify,
+                    standing: &standing,
+                };
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    loaded.doc.receive_sync_message(state, message)
+                    loaded.doc.receive_sync_message(state, message, &proof)
                 }))
             });
             let received = match received {
-                Ok(received) => {
-                    received.map_err(|e| EngineError::Invalid(format!("bad sync data: {e}")))?
+                Ok(Ok(received)) => received,
+                Ok(Err(e)) => {
+                    // The state may count changes that were refused; the next session starts
+                    // afresh.
+                    self.sync_states.forget_chat(device, chat);
+                    return Err(refusal(e));
                 }
                 Err(_) => {
                     // Automerge gave up half-way: the copy in memory cannot be trusted, and the
@@ -237,7 +301,14 @@ impl Engine {
                     ));
                 }
             };
-            let chatsync_model::SyncReceived { touched, changes } = received;
+            let chatsync_model::SyncReceived {
+                touched,
+                changes,
+                tops,
+            } = received;
+            // Before the chunk: an attestation in the store without its change is harmless,
+            // a change without its attestation could not be passed on.
+            signatures::keep_received(&self.store, chat, &mut loaded.tops, tops, &self.device.id)?;
             let receipt = if changes.is_empty() {
                 None
             } else {
@@ -253,10 +324,16 @@ impl Engine {
                 Some(write.submit(events).await?)
             };
             let heads = loaded.doc.heads();
-            let reply = self.sync_states.with(key, |state| SyncStep {
-                message: loaded.doc.generate_sync_message(state),
-                in_sync: in_sync(state, &heads),
+            let (message, synced) = self.sync_states.with(key, |state| {
+                (
+                    loaded.doc.generate_sync_message(state),
+                    in_sync(state, &heads),
+                )
             });
+            let reply = SyncStep {
+                message: self.seal(chat, &mut loaded, message)?,
+                in_sync: synced,
+            };
             self.cache.update_estimate(chat, loaded.estimated_bytes());
             (reply, receipt)
         };
@@ -268,11 +345,19 @@ impl Engine {
         Ok(reply)
     }
 
-    /// The whole document of a chat, for a device that does not have it.
+    /// The whole document of a chat, for a device that does not have it, sealed with the
+    /// attestations of every actor in it.
     pub async fn export_chat(&self, chat: &ChatId) -> Result<Vec<u8>, EngineError> {
         let handle = self.chat(chat).await?;
         let mut loaded = handle.lock().await;
-        Ok(loaded.doc.snapshot().save())
+        let snapshot = loaded.doc.snapshot();
+        let attestations =
+            signatures::attestations_for(&self.signer, &self.device.id, chat, &mut loaded, None)?;
+        drop(loaded);
+        let bytes = tokio::task::spawn_blocking(move || snapshot.save())
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        Ok(authorship::seal(&attestations, &bytes))
     }
 
     /// Stores a chat received whole from another device. A chat this device already has is
@@ -287,12 +372,29 @@ impl Engine {
             return Ok(());
         }
         self.committer.check_healthy()?;
+        let (attestations, body) =
+            authorship::open(bytes).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let body = body.to_vec();
+        let standings = self.standings().await;
         let device = self.device.clone();
-        let owned = bytes.to_vec();
-        let mut doc = tokio::task::spawn_blocking(move || {
+        let engine_chat = chat.clone();
+        let signer = self.signer.clone();
+        let (mut doc, received, body) = tokio::task::spawn_blocking(move || {
             contain_panic(|| {
-                ChatDoc::load_untrusted(&owned, &device)
-                    .map_err(|e| EngineError::Invalid(format!("bad chat document: {e}")))
+                let standing =
+                    |d: &DeviceId| standings.get(d).copied().unwrap_or(Standing::Unknown);
+                let verify = |d: &DeviceId, statement: &[u8], signature: &[u8]| {
+                    signer.verify(d, statement, signature)
+                };
+                let proof = Provenance {
+                    chat: &engine_chat,
+                    attestations: &attestations,
+                    verify: &verify,
+                    standing: &standing,
+                };
+                let (doc, tops) =
+                    ChatDoc::load_untrusted(&body, &device, &proof).map_err(refusal)?;
+                Ok((doc, tops, body))
             })
         })
         .await
@@ -312,7 +414,9 @@ impl Engine {
             last_activity: now_ms(),
             heads: heads_hex(&mut doc),
         };
-        self.add_chat(chat, doc, &record, bytes).await
+        let mut tops = signatures::Tops::default();
+        signatures::keep_received(&self.store, chat, &mut tops, received, &self.device.id)?;
+        self.add_chat(chat, doc, tops, &record, &body).await
     }
 }
 
@@ -341,6 +445,11 @@ fn message_events(chat: &ChatId, doc: &ChatDoc, touched: Vec<Touched>) -> Vec<Ev
             })
         })
         .collect()
+}
+
+/// The error for changes refused by the model: why, for the other device's logs and ours.
+fn refusal(e: chatsync_model::ModelError) -> EngineError {
+    EngineError::Invalid(format!("refused sync data: {e}"))
 }
 
 /// Whether two lists of heads (hex) hold the same hashes, in any order.

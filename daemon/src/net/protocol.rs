@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::MAX_SYNC_BYTES;
 
-pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/chatsync/sync/1");
+pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/chatsync/sync/2");
 /// Payloads up to this size travel inline; larger ones are split into parts of this size.
 pub const PART_BYTES: usize = 1024 * 1024;
 /// Largest payload (sync message or whole chat) a device sends or accepts, in parts.

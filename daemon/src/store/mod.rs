@@ -20,7 +20,10 @@
 
 use std::path::Path;
 
-use chatsync_model::ChatId;
+use chatsync_model::{
+    ChatId,
+    authorship::{Attestation, SIGNATURE_BYTES},
+};
 use serde::{Deserialize, Serialize};
 
 mod keys;
@@ -79,6 +82,8 @@ pub struct Store {
     chats: sled::Tree,
     docs: sled::Tree,
     roster: sled::Tree,
+    /// Other devices' newest attestation per chat and actor, to pass their changes on.
+    attestations: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -125,6 +130,7 @@ impl Store {
             chats: db.open_tree("chats.v1")?,
             docs: db.open_tree("docs.v1")?,
             roster: db.open_tree("roster.v1")?,
+            attestations: db.open_tree("attestations.v1")?,
             db,
         })
     }
@@ -225,6 +231,56 @@ impl Store {
         }
         self.docs.apply_batch(batch)?;
         Ok(())
+    }
+
+    /// Keeps the newest attestation of another device's actor in a chat (see
+    /// `chatsync_model::authorship`), replacing an older one.
+    pub fn put_attestation(
+        &self,
+        chat: &ChatId,
+        actor: &[u8],
+        seq: u64,
+        attestation: &Attestation,
+    ) -> Result<(), StoreError> {
+        let mut key = keys::prefix(chat);
+        key.extend_from_slice(actor);
+        let mut value = seq.to_be_bytes().to_vec();
+        value.extend_from_slice(&attestation.hash.0);
+        value.extend_from_slice(&attestation.signature);
+        self.attestations.insert(key, value)?;
+        Ok(())
+    }
+
+    /// The attestations kept for a chat: actor, sequence number of the attested change, and
+    /// the attestation. Records that cannot be read are skipped (they are only needed to pass
+    /// changes on; the device that wrote them can sign again).
+    pub fn attestations(
+        &self,
+        chat: &ChatId,
+    ) -> Result<Vec<(Vec<u8>, u64, Attestation)>, StoreError> {
+        let prefix = keys::prefix(chat);
+        let mut out = Vec::new();
+        for item in self.attestations.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let actor = key[prefix.len()..].to_vec();
+            if value.len() != 8 + 32 + SIGNATURE_BYTES {
+                tracing::warn!(%chat, "skipping an unreadable attestation record");
+                continue;
+            }
+            let mut seq = [0; 8];
+            seq.copy_from_slice(&value[..8]);
+            let mut hash = [0; 32];
+            hash.copy_from_slice(&value[8..40]);
+            out.push((
+                actor,
+                u64::from_be_bytes(seq),
+                Attestation {
+                    hash: automerge::ChangeHash(hash),
+                    signature: value[40..].to_vec(),
+                },
+            ));
+        }
+        Ok(out)
     }
 
     /// Makes every write made before this call durable.

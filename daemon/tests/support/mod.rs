@@ -115,7 +115,9 @@ impl TestDaemon {
         .unwrap();
         std::fs::create_dir_all(&paths.data_dir).unwrap();
         let identity = Identity::load_or_create(&paths.identity_file()).unwrap();
-        let device = Device::new(identity.device_id.clone(), DEVICE_NAME).unwrap();
+        let session: [u8; 8] = rand::random();
+        let device =
+            Device::with_session(identity.device_id.clone(), DEVICE_NAME, &session).unwrap();
         let device_id = identity.device_id.to_string();
         let token = CancellationToken::new();
         // Tests stay on loopback: no mDNS (it would multicast on the machine's real network),

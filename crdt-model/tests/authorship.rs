@@ -1,0 +1,312 @@
+//! Provable authorship: a device cannot write as another, nor touch what another wrote, and a
+//! device removed from the mesh cannot add changes nobody in the mesh built on.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use automerge::{ROOT, ReadDoc, sync::State, transaction::Transactable};
+use chatsync_model::{
+    ChatDoc, ChatId, Device, DeviceId, MessageId, ModelError, SyncReceived,
+    authorship::{self, Attestation, Provenance, Standing},
+    schema,
+};
+
+fn dev(id: &str, session: &[u8]) -> Device {
+    Device::with_session(DeviceId::new(id).unwrap(), id, session).unwrap()
+}
+
+fn mid(s: &str) -> MessageId {
+    MessageId::new(s).unwrap()
+}
+
+/// A chat created by `a` with one message `m1`, and a copy on `b` and on `c`.
+fn three() -> (Device, ChatDoc, Device, ChatDoc, Device, ChatDoc) {
+    let (da, db, dc) = (dev("dev-a", b"1"), dev("dev-b", b"1"), dev("dev-c", b"1"));
+    let mut a = ChatDoc::create(ChatId::new("c").unwrap(), "t", &da, 1).unwrap();
+    a.post(&da, mid("m1"), "from a", None, 10).unwrap();
+    let saved = a.save();
+    let b = ChatDoc::load(&saved, &db).unwrap();
+    let c = ChatDoc::load(&saved, &dc).unwrap();
+    (da, a, db, b, dc, c)
+}
+
+/// Attestations `signer` can make: the newest change of each of `from`'s actors, all signed
+/// with `signer`'s key (right only for `signer`'s own actors).
+fn signed_by(signer: &DeviceId, from: &mut ChatDoc) -> Vec<Attestation> {
+    let chat = from.id().clone();
+    from.actors()
+        .into_iter()
+        .filter_map(|actor| from.newest_change_of(&actor))
+        .map(|(_, hash)| Attestation {
+            hash,
+            signature: support::sign(signer, &authorship::statement(&chat, &hash)),
+        })
+        .collect()
+}
+
+/// Runs sync from `from` to `to` (both ways until quiet), with `attest` making the attestations
+/// `from` sends and `standing` the roster `to` checks against. Returns the first error `to`
+/// reported, or what it received.
+fn sync_into(
+    from: &mut ChatDoc,
+    to: &mut ChatDoc,
+    attest: &dyn Fn(&mut ChatDoc) -> Vec<Attestation>,
+    standing: &dyn Fn(&DeviceId) -> Standing,
+) -> Result<Vec<SyncReceived>, ModelError> {
+    let (mut s_from, mut s_to) = (State::new(), State::new());
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        let to_to = from.generate_sync_message(&mut s_from);
+        let to_from = to.generate_sync_message(&mut s_to);
+        if to_to.is_none() && to_from.is_none() {
+            return Ok(got);
+        }
+        if let Some(m) = to_to {
+            let attestations = attest(from);
+            let chat = to.id().clone();
+            let proof = Provenance {
+                chat: &chat,
+                attestations: &attestations,
+                verify: &support::verify,
+                standing,
+            };
+            got.push(to.receive_sync_message(&mut s_to, &m, &proof)?);
+        }
+        if let Some(m) = to_from {
+            support::receive(from, &mut s_from, &m).unwrap();
+        }
+    }
+    panic!("sync did not settle");
+}
+
+fn trusted(_: &DeviceId) -> Standing {
+    Standing::Trusted
+}
+
+fn honest(doc: &mut ChatDoc) -> Vec<Attestation> {
+    support::attest_all(doc)
+}
+
+#[test]
+fn honest_changes_with_their_devices_signatures_are_accepted() {
+    let (_, mut a, db, mut b, _, mut c) = three();
+    b.post(&db, mid("m2"), "from b", None, 20).unwrap();
+    sync_into(&mut b, &mut c, &honest, &trusted).unwrap();
+    // c relays a's and b's changes to a fresh replica with their own devices' attestations.
+    let dd = dev("dev-d", b"1");
+    let mut d = ChatDoc::load(&a.save(), &dd).unwrap();
+    sync_into(&mut c, &mut d, &honest, &trusted).unwrap();
+    assert_eq!(d.len(), 2);
+    assert_eq!(d.message(&mid("m2")).unwrap().author, db.id);
+    sync_into(&mut d, &mut a, &honest, &trusted).unwrap();
+    assert_eq!(a.len(), 2);
+}
+
+#[test]
+fn a_change_under_another_devices_actor_is_refused() {
+    let (da, _, _, mut b, _, mut c) = three();
+    // b writes under a's device id (a second session of "dev-a") and can only sign as b.
+    let forger = dev("dev-a", b"forged");
+    let mut forged = ChatDoc::load(&b.save(), &forger).unwrap();
+    forged
+        .post(&forger, mid("fake"), "a never said this", None, 30)
+        .unwrap();
+    let b_id = DeviceId::new("dev-b").unwrap();
+    let err = sync_into(
+        &mut forged,
+        &mut c,
+        &|doc: &mut ChatDoc| signed_by(&b_id, doc),
+        &trusted,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("signature"), "{err}");
+    assert!(c.message(&mid("fake")).is_none());
+    // Without any attestation for a's new actor: refused as well.
+    let err = sync_into(&mut forged, &mut c, &|_: &mut ChatDoc| Vec::new(), &trusted).unwrap_err();
+    assert!(err.to_string().contains("without its signature"), "{err}");
+    assert_eq!(c.len(), 1);
+    // The genuine a is unaffected.
+    assert_eq!(c.message(&mid("m1")).unwrap().author, da.id);
+    let _ = &mut b;
+}
+
+#[test]
+fn a_forged_change_hidden_under_an_honest_signature_is_refused() {
+    // b builds its own (signed) change on top of a forged change claiming to be a's: b's
+    // signature reaches the forged change, a's signature does not.
+    let (_, mut a, db, mut b, _, mut c) = three();
+    let forger = dev("dev-a", b"forged");
+    let mut doc = ChatDoc::load(&b.save(), &forger).unwrap();
+    doc.post(&forger, mid("fake"), "a never said this", None, 30)
+        .unwrap();
+    let mut doc = ChatDoc::load(&doc.save(), &db).unwrap();
+    doc.post(&db, mid("m2"), "from b", None, 31).unwrap();
+    let real_a = {
+        let chat = a.id().clone();
+        let (_, hash) = a.last_local_change().unwrap();
+        Attestation {
+            hash,
+            signature: support::sign(
+                &DeviceId::new("dev-a").unwrap(),
+                &authorship::statement(&chat, &hash),
+            ),
+        }
+    };
+    let attest = |doc: &mut ChatDoc| {
+        let mut mine = signed_by(&DeviceId::new("dev-b").unwrap(), doc);
+        mine.push(real_a.clone());
+        mine
+    };
+    let err = sync_into(&mut doc, &mut c, &attest, &trusted).unwrap_err();
+    assert!(
+        err.to_string().contains("not covered") || err.to_string().contains("signature"),
+        "{err}"
+    );
+    assert!(c.message(&mid("fake")).is_none());
+    assert!(c.message(&mid("m2")).is_none());
+}
+
+#[test]
+fn a_message_naming_another_author_is_not_shown() {
+    let (_, _, db, mut b, _, mut c) = three();
+    // b writes a message map whose author field says dev-a, bypassing the model.
+    let am = b.automerge_mut();
+    let (_, messages) = am.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let obj = am
+        .put_object(&messages, "posing", automerge::ObjType::Map)
+        .unwrap();
+    am.put(&obj, schema::AUTHOR, "dev-a").unwrap();
+    am.put(&obj, schema::AUTHOR_NAME, "a").unwrap();
+    am.put(&obj, schema::TS, 40_i64).unwrap();
+    am.put(&obj, schema::CLOCK, 40_i64 << 16).unwrap();
+    am.put(&obj, schema::TEXT, "posing as a").unwrap();
+    am.commit();
+    let _ = db;
+    sync_into(&mut b, &mut c, &honest, &trusted).unwrap();
+    assert!(c.message(&mid("posing")).is_none());
+    assert_eq!(c.messages().count(), 1);
+}
+
+#[test]
+fn editing_deleting_or_reacting_for_another_device_is_refused() {
+    type Tamper = fn(&mut automerge::AutoCommit, &automerge::ObjId);
+    let cases: [(&str, Tamper); 4] = [
+        ("edit", |am, msg| {
+            am.put(msg, schema::TEXT, "b rewrote this").unwrap();
+        }),
+        ("delete", |am, msg| {
+            am.put(msg, schema::DELETED, true).unwrap();
+        }),
+        ("react as c", |am, msg| {
+            am.put(msg, "reaction:dev-c", "👎").unwrap();
+        }),
+        ("replace", |am, _| {
+            let (_, messages) = am.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+            am.put_object(&messages, "m1", automerge::ObjType::Map)
+                .unwrap();
+        }),
+    ];
+    for (what, tamper) in cases {
+        let (_, _, _, mut b, _, mut c) = three();
+        let am = b.automerge_mut();
+        let (_, messages) = am.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+        let (_, msg) = am.get(&messages, "m1").unwrap().unwrap();
+        tamper(am, &msg);
+        am.commit();
+        let err = sync_into(&mut b, &mut c, &honest, &trusted).unwrap_err();
+        assert!(matches!(err, ModelError::Forbidden(_)), "{what}: {err}");
+        let m1 = c.message(&mid("m1")).unwrap();
+        assert_eq!((m1.text.as_str(), m1.deleted), ("from a", false), "{what}");
+        assert!(m1.reactions.is_empty(), "{what}");
+    }
+}
+
+#[test]
+fn moving_another_devices_read_marker_is_refused_and_own_writes_pass() {
+    let (_, _, db, mut b, _, mut c) = three();
+    b.react(&db, &mid("m1"), Some("👍"), 50).unwrap();
+    b.mark_read(&db, &mid("m1"), 51).unwrap();
+    sync_into(&mut b, &mut c, &honest, &trusted).unwrap();
+    assert_eq!(c.message(&mid("m1")).unwrap().reactions.len(), 1);
+
+    let am = b.automerge_mut();
+    let (_, read) = am.get(ROOT, schema::READ).unwrap().unwrap();
+    am.put(&read, "dev-c", "m1").unwrap();
+    am.commit();
+    let err = sync_into(&mut b, &mut c, &honest, &trusted).unwrap_err();
+    assert!(err.to_string().contains("read marker"), "{err}");
+    assert_eq!(c.read_marker(&DeviceId::new("dev-c").unwrap()), None);
+}
+
+#[test]
+fn a_removed_device_adds_nothing_unless_the_mesh_built_on_it() {
+    let (da, mut a, db, mut b, _, mut c) = three();
+    let removed_b = |d: &DeviceId| {
+        if d.as_str() == "dev-b" {
+            Standing::Removed
+        } else {
+            Standing::Trusted
+        }
+    };
+    // b (removed on c) posts; sent straight to c it is refused.
+    b.post(&db, mid("late"), "after removal", None, 60).unwrap();
+    let err = sync_into(&mut b, &mut c, &honest, &removed_b).unwrap_err();
+    assert!(err.to_string().contains("removed from the mesh"), "{err}");
+    assert!(c.message(&mid("late")).is_none());
+
+    // a had received b's post before it learnt of the removal, and answered it: the answer
+    // vouches for it, so c takes both and the replicas still converge.
+    sync_into(&mut b, &mut a, &honest, &trusted).unwrap();
+    a.post(&da, mid("reply"), "seen", Some(&mid("late")), 61)
+        .unwrap();
+    sync_into(&mut a, &mut c, &honest, &removed_b).unwrap();
+    assert!(c.message(&mid("late")).is_some());
+    assert!(c.message(&mid("reply")).is_some());
+    assert_eq!(a.heads(), c.heads());
+}
+
+#[test]
+fn a_device_not_in_the_roster_is_refused() {
+    let (_, _, db, mut b, _, mut c) = three();
+    b.post(&db, mid("m2"), "x", None, 70).unwrap();
+    let only_a = |d: &DeviceId| {
+        if d.as_str() == "dev-a" {
+            Standing::Trusted
+        } else {
+            Standing::Unknown
+        }
+    };
+    let err = sync_into(&mut b, &mut c, &honest, &only_a).unwrap_err();
+    assert!(
+        err.to_string().contains("not in this device's roster"),
+        "{err}"
+    );
+}
+
+#[test]
+fn whole_documents_are_checked_like_sync_messages() {
+    let (_, mut a, db, mut b, dc, _) = three();
+    b.post(&db, mid("m2"), "from b", None, 20).unwrap();
+    sync_into(&mut b, &mut a, &honest, &trusted).unwrap();
+    let bytes = a.save();
+    let chat = a.id().clone();
+    let good = support::attest_all(&mut a);
+    let proof = support::proof(&chat, &good);
+    let (loaded, tops) = ChatDoc::load_untrusted(&bytes, &dc, &proof).unwrap();
+    assert_eq!(loaded.len(), 2);
+    assert_eq!(tops.len(), 2);
+    // Missing b's attestation: refused.
+    let partial: Vec<Attestation> = good
+        .iter()
+        .filter(|att| {
+            a.automerge_mut()
+                .get_change_by_hash(&att.hash)
+                .is_some_and(|ch| {
+                    authorship::device_of_actor(ch.actor_id()).unwrap().as_str() != "dev-b"
+                })
+        })
+        .cloned()
+        .collect();
+    assert_eq!(partial.len(), 1);
+    assert!(ChatDoc::load_untrusted(&bytes, &dc, &support::proof(&chat, &partial)).is_err());
+}
