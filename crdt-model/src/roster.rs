@@ -210,6 +210,19 @@ impl RosterDoc {
         self.entry(id).is_some_and(|e| e.trusted())
     }
 
+    /// Loads a roster sent by another device: checked by [`crate::wire_check::check_chunks`]
+    /// before Automerge parses it, and refused unless it is a roster.
+    pub fn load_untrusted(bytes: &[u8], device: &Device) -> Result<Self, ModelError> {
+        crate::wire_check::check_chunks(bytes, &crate::wire_check::WireLimits::default())
+            .map_err(|e| ModelError::Corrupt(format!("refused roster: {e}")))?;
+        Self::load(bytes, device)
+    }
+
+    /// The changes since `heads`, in a form that loads after a save of the roster as it was.
+    pub fn save_after(&mut self, heads: &[ChangeHash]) -> Vec<u8> {
+        self.doc.save_after(heads)
+    }
+
     /// Merges another replica of the roster.
     pub fn merge(&mut self, other: &mut RosterDoc) -> Result<(), ModelError> {
         self.doc.merge(&mut other.doc)?;

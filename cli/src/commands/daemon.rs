@@ -220,10 +220,22 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
             ),
         ),
     ];
+    if let Some(at) = s.removed_from_mesh_at {
+        println!("{}", removed_notice(at));
+    }
     for (k, v) in rows {
         println!("{k:<10}  {v}");
     }
     Ok(())
+}
+
+/// What a device removed from the mesh tells its user.
+pub fn removed_notice(at: i64) -> String {
+    format!(
+        "This device was removed from the mesh by another device ({}). It no longer syncs; \
+         to join again it needs a new identity: stop it, delete identity.key in its data dir, start it and pair it again.",
+        output::local_time(at)
+    )
 }
 
 fn report_running(

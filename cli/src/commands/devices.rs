@@ -42,6 +42,9 @@ fn show(device: &DeviceJson, verb: &str, json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn peers(client: &Client, json: bool) -> anyhow::Result<()> {
+    if !json && let Some(at) = client.status().await?.removed_from_mesh_at {
+        eprintln!("{}", super::daemon::removed_notice(at));
+    }
     let peers = client.peers().await?;
     if json {
         for p in &peers {

@@ -78,6 +78,7 @@ async fn status(State(st): St) -> Json<StatusJson> {
             sessions: sync.sessions,
             last_sync: sync.last_sync,
         },
+        removed_from_mesh_at: st.engine.removed_from_mesh().await,
     })
 }
 

@@ -39,6 +39,10 @@ pub struct StatusJson {
     /// How this device stands with the devices it syncs with.
     #[serde(default)]
     pub sync: SyncJson,
+    /// When another device removed this one from the mesh (ms since the Unix epoch); absent
+    /// while it is a member. A removed device no longer syncs with anyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_from_mesh_at: Option<i64>,
 }
 
 /// Sync state over every connected device.

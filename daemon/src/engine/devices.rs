@@ -139,6 +139,62 @@ impl Engine {
         .await
     }
 
+    /// The whole roster, for another device.
+    pub async fn roster_bytes(&self) -> Vec<u8> {
+        self.roster.lock().await.doc.save()
+    }
+
+    /// Merges a roster sent by another device and persists what it brought. Returns whether
+    /// this device's roster changed. Removals are final (see `RosterDoc`), so a device cannot
+    /// undo its own removal this way.
+    pub async fn merge_roster(&self, bytes: &[u8]) -> Result<bool, EngineError> {
+        self.committer.check_healthy()?;
+        let mut theirs = RosterDoc::load_untrusted(bytes, &self.device)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let write = self.committer.begin();
+        let (receipt, me_removed) = {
+            let mut roster = self.roster.lock().await;
+            let before_entries = roster.doc.entries();
+            let before = roster.doc.heads();
+            roster.doc.merge(&mut theirs)?;
+            if roster.doc.heads() == before {
+                return Ok(false);
+            }
+            let chunk = roster.doc.save_after(&before);
+            persist_roster_chunk(&self.store, &self.committer, roster.next_seq, &chunk)?;
+            roster.next_seq += 1;
+            let mut events = Vec::new();
+            for entry in roster.doc.entries() {
+                match before_entries.iter().find(|e| e.id == entry.id) {
+                    None if entry.trusted() => events.push(Event::DeviceAdded { entry }),
+                    Some(old) if old.trusted() && !entry.trusted() => {
+                        events.push(Event::DeviceRemoved { entry })
+                    }
+                    _ => {}
+                }
+            }
+            let me_removed = !roster.doc.is_trusted(&self.device.id);
+            (write.submit(events).await?, me_removed)
+        };
+        receipt.durable().await?;
+        if me_removed {
+            tracing::warn!("this device was removed from the mesh by another device");
+        }
+        let trusted = self.roster.lock().await.trusted();
+        self.trusted.send_replace(trusted);
+        Ok(true)
+    }
+
+    /// When this device was removed from the mesh, if it was (another device revoked it).
+    pub async fn removed_from_mesh(&self) -> Option<i64> {
+        self.roster
+            .lock()
+            .await
+            .doc
+            .entry(&self.device.id)
+            .and_then(|e| e.removed_at)
+    }
+
     async fn change_roster(
         &self,
         op: impl FnOnce(&mut RosterDoc, &Device, i64) -> Result<(RosterEntry, Event), EngineError>,

@@ -14,6 +14,7 @@ mod behaviour;
 mod peers;
 mod progress;
 pub mod protocol;
+mod roster;
 mod sessions;
 mod task;
 mod transfers;

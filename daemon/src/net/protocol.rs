@@ -1,10 +1,13 @@
-//! The sync protocol between devices (`/chatsync/sync/1`, CBOR over request-response).
+//! The sync protocol between devices (`/chatsync/sync/2`, CBOR over request-response).
 //!
 //! On connect each device sends the other a [`SyncRequest::Summary`] of its chats' heads. For a
 //! chat both have but with different heads, the device with the smaller id runs Automerge's
 //! sync protocol ([`SyncRequest::Sync`] rounds) until both sides are quiet; a chat one side
 //! lacks is fetched whole ([`SyncRequest::Fetch`]). After a local change, the device that made
 //! it runs sync rounds for that chat with every connected device.
+//!
+//! Rosters travel whole ([`SyncRequest::Roster`]) first on every connection and whenever one
+//! changes, so that devices added or removed anywhere are known everywhere.
 //!
 //! Large payloads are announced and pulled, so that no single message on the wire is large and
 //! nothing has a size limit below [`MAX_TRANSFER_BYTES`]: a response whose payload is over
@@ -82,6 +85,9 @@ pub enum SyncRequest {
     Pull { chat: String },
     /// One part of an announced payload, starting at `offset`.
     Part { transfer: u64, offset: u64 },
+    /// The sender's whole roster (small: a few hundred bytes per device); answered with the
+    /// receiver's, merged.
+    Roster(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl std::fmt::Debug for SyncRequest {
@@ -94,6 +100,7 @@ impl std::fmt::Debug for SyncRequest {
             SyncRequest::Fetch { chat } => write!(f, "Fetch({chat})"),
             SyncRequest::Pull { chat } => write!(f, "Pull({chat})"),
             SyncRequest::Part { transfer, offset } => write!(f, "Part(#{transfer} @{offset})"),
+            SyncRequest::Roster(bytes) => write!(f, "Roster({} bytes)", bytes.len()),
         }
     }
 }
@@ -113,6 +120,8 @@ pub enum SyncResponse {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// The receiver's roster, after merging the sender's.
+    Roster(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The receiver does not have that chat or transfer (after a `Sync`, it will fetch it).
     Unknown,
     /// The request was refused; the reason is for logs.
@@ -127,6 +136,7 @@ impl SyncRequest {
             SyncRequest::Sync { chat, message } => chat.len() + message.len(),
             SyncRequest::Fetch { chat } | SyncRequest::Pull { chat } => chat.len(),
             SyncRequest::Part { .. } => 16,
+            SyncRequest::Roster(bytes) => bytes.len(),
         }
     }
 }
@@ -138,7 +148,7 @@ impl SyncResponse {
             SyncResponse::Summary(chats) => summary_len(chats),
             SyncResponse::Sync { message } => message.as_ref().map_or(0, Payload::wire_len),
             SyncResponse::Document { payload } => payload.wire_len(),
-            SyncResponse::Part { bytes } => bytes.len(),
+            SyncResponse::Part { bytes } | SyncResponse::Roster(bytes) => bytes.len(),
             SyncResponse::Unknown => 0,
             SyncResponse::Refused(why) => why.len(),
         }

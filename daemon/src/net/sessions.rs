@@ -43,6 +43,8 @@ pub enum Internal {
     /// A summary comparison with this device finished.
     Compared(PeerId, Comparison),
     Changed(BTreeSet<ChatId>),
+    /// This device's roster, read for sending to this device.
+    SendRoster(PeerId, Vec<u8>),
 }
 
 /// What an outbound request was for.
@@ -54,6 +56,7 @@ pub enum Pending {
     /// Asked the other device to run the session about this chat from its side.
     Pull(ChatId),
     Part(Box<Incoming>),
+    Roster,
 }
 
 /// Requests in flight to one device at most; the rest wait in its queue. Below the other
@@ -169,6 +172,7 @@ async fn compare(
 impl NetworkTask {
     /// A device accepted the connection: tell it what this device has.
     pub(super) fn on_peer_accepted(&mut self, peer: PeerId) {
+        self.send_roster(peer);
         let summary = to_wire(&self.engine.summary(MAX_SUMMARY_CHATS));
         self.send(peer, SyncRequest::Summary(summary), Pending::Summary);
     }
@@ -269,12 +273,18 @@ impl NetworkTask {
                 }
             }
             Pending::Summary | Pending::Fetch(_) => {}
+            Pending::Roster => {
+                if self.removing.contains_key(&peer) {
+                    self.finish_removals(true);
+                }
+            }
         }
     }
 
     pub(super) fn on_internal(&mut self, message: Internal) {
         match message {
             Internal::Fetch(peer, chat) => self.fetch(peer, chat),
+            Internal::SendRoster(peer, roster) => self.roster_ready(peer, roster),
             Internal::Respond(peer, channel, response) => {
                 let response = self.outbox.prepare(peer, response, Instant::now());
                 self.respond(peer, channel, response);
@@ -438,7 +448,20 @@ impl NetworkTask {
         let Some(device) = device_of(&peer) else {
             return;
         };
+        if !self.allowed.contains(&peer) {
+            // Being removed: it may still learn that (see `roster.rs`), nothing else.
+            match request {
+                SyncRequest::Roster(_) => self.on_roster_request(peer, false, channel),
+                _ => self.respond(peer, channel, SyncResponse::Refused("not trusted".into())),
+            }
+            return;
+        }
         let (chat, message) = match request {
+            SyncRequest::Roster(theirs) => {
+                self.merge_roster(peer, theirs);
+                self.on_roster_request(peer, true, channel);
+                return;
+            }
             // Answered here: no document work.
             SyncRequest::Part { transfer, offset } => {
                 let response = self.outbox.part(peer, transfer, offset, Instant::now());
@@ -538,6 +561,7 @@ impl NetworkTask {
                 self.transfer_failed(peer, incoming.purpose);
             }
             (Pending::Pull(chat), _) => self.session_over(peer, chat),
+            (Pending::Roster, response) => self.on_roster_response(peer, response),
             (pending, response) => {
                 if let SyncResponse::Refused(why) = &response {
                     tracing::debug!(%peer, ?pending, %why, "sync refused");

@@ -55,7 +55,10 @@ pub struct NetworkTask {
     pub(super) internal: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
     trusted: watch::Receiver<BTreeSet<DeviceId>>,
-    allowed: BTreeSet<PeerId>,
+    pub(super) allowed: BTreeSet<PeerId>,
+    /// Devices just removed from the roster, still connected until they have been told (or a
+    /// deadline passed): see `roster.rs`.
+    pub(super) removing: HashMap<PeerId, Instant>,
     listen_addrs: Vec<Multiaddr>,
     /// Addresses mDNS found, trusted or not: mDNS announces a device only once per record
     /// lifetime, so a device trusted later must still be found here.
@@ -111,6 +114,7 @@ impl NetworkTask {
             internal_rx,
             trusted,
             allowed: BTreeSet::new(),
+            removing: HashMap::new(),
             listen_addrs: Vec::new(),
             discovered: HashMap::new(),
             events,
@@ -134,7 +138,10 @@ impl NetworkTask {
                 Some(command) = self.commands.recv() => self.on_command(command),
                 Some(internal) = self.internal_rx.recv() => self.on_internal(internal),
                 Ok(()) = self.trusted.changed() => self.apply_trust(),
-                _ = redial.tick() => self.redial_due(),
+                _ = redial.tick() => {
+                    self.finish_removals(false);
+                    self.redial_due();
+                }
                 _ = resummarize.tick() => self.resummarize(),
             }
         }
@@ -166,10 +173,9 @@ impl NetworkTask {
             .filter_map(|d| PeerId::from_str(d.as_str()).ok())
             .filter(|p| p != self.swarm.local_peer_id())
             .collect();
-        for peer in self.allowed.difference(&trusted) {
-            // Also closes its connections.
-            self.swarm.behaviour_mut().allow.disallow_peer(*peer);
-            tracing::info!(%peer, "device no longer trusted; disconnected");
+        let gone: Vec<PeerId> = self.allowed.difference(&trusted).copied().collect();
+        for peer in gone {
+            self.begin_removal(peer);
         }
         for peer in trusted.difference(&self.allowed) {
             self.swarm.behaviour_mut().allow.allow_peer(*peer);
@@ -185,6 +191,10 @@ impl NetworkTask {
         self.book
             .peers
             .retain(|p, e| e.configured || e.connected() || self.allowed.contains(p));
+        // Whatever changed in the roster, every connected device hears of it.
+        for peer in self.accepted_peers() {
+            self.send_roster(peer);
+        }
         self.redial_due();
     }
 

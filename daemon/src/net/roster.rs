@@ -1,0 +1,114 @@
+//! Replicating the roster: devices trade whole rosters when they connect and whenever one
+//! changes, and merge them (removals are final, see `chatsync_model::RosterDoc`). A device just
+//! removed is told before it is disconnected, so that it can tell its user; until then it gets
+//! nothing else.
+
+use std::time::{Duration, Instant};
+
+use libp2p::{PeerId, request_response::ResponseChannel};
+
+use super::{
+    protocol::{SyncRequest, SyncResponse},
+    sessions::{Internal, Pending},
+    task::NetworkTask,
+};
+
+/// How long a removed device stays connected to hear that it was removed.
+const TELL_REMOVED: Duration = Duration::from_secs(3);
+
+impl NetworkTask {
+    /// Sends this device's roster to `peer`.
+    pub(super) fn send_roster(&mut self, peer: PeerId) {
+        let (engine, internal) = (self.engine.clone(), self.internal.clone());
+        tokio::spawn(async move {
+            let roster = engine.roster_bytes().await;
+            let _ = internal.send(Internal::SendRoster(peer, roster)).await;
+        });
+    }
+
+    /// Merges a roster `peer` sent (it is trusted), in a spawned task.
+    pub(super) fn merge_roster(&mut self, peer: PeerId, theirs: Vec<u8>) {
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            if let Err(e) = engine.merge_roster(&theirs).await {
+                tracing::warn!(%peer, error = %e, "refused a roster from a device");
+            }
+        });
+    }
+
+    /// Answers a roster request with this device's roster.
+    pub(super) fn on_roster_request(
+        &mut self,
+        peer: PeerId,
+        trusted: bool,
+        channel: ResponseChannel<SyncResponse>,
+    ) {
+        let (engine, internal) = (self.engine.clone(), self.internal.clone());
+        tokio::spawn(async move {
+            let roster = engine.roster_bytes().await;
+            let _ = internal
+                .send(Internal::Respond(
+                    peer,
+                    channel,
+                    SyncResponse::Roster(roster),
+                ))
+                .await;
+        });
+        if !trusted {
+            self.removing.insert(peer, Instant::now());
+        }
+    }
+
+    pub(super) fn on_roster_response(&mut self, peer: PeerId, response: SyncResponse) {
+        if let Some(deadline) = self.removing.get_mut(&peer) {
+            // It has been told; it gets nothing more.
+            *deadline = Instant::now();
+            self.finish_removals(true);
+            return;
+        }
+        match response {
+            SyncResponse::Roster(theirs) => self.merge_roster(peer, theirs),
+            other => tracing::debug!(%peer, ?other, "no roster in the answer"),
+        }
+    }
+
+    /// `peer` was removed from the roster: tell it (if connected), then disconnect it.
+    pub(super) fn begin_removal(&mut self, peer: PeerId) {
+        let connected = self
+            .book
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.accepted && p.connected());
+        if connected {
+            tracing::info!(%peer, "device removed from the mesh; telling it before disconnecting");
+            self.removing.insert(peer, Instant::now() + TELL_REMOVED);
+            self.send_roster(peer);
+        } else {
+            self.swarm.behaviour_mut().allow.disallow_peer(peer);
+        }
+    }
+
+    /// Disconnects removed devices whose time is up (all that were told, with `told`).
+    pub(super) fn finish_removals(&mut self, told: bool) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .removing
+            .iter()
+            .filter(|(_, at)| told || **at <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            self.removing.remove(&peer);
+            if !self.allowed.contains(&peer) {
+                // Also closes its connections.
+                self.swarm.behaviour_mut().allow.disallow_peer(peer);
+                tracing::info!(%peer, "device no longer trusted; disconnected");
+            }
+        }
+    }
+
+    /// Queues a roster request to `peer`.
+    pub(super) fn roster_ready(&mut self, peer: PeerId, roster: Vec<u8>) {
+        self.send(peer, SyncRequest::Roster(roster), Pending::Roster);
+    }
+}

@@ -1,0 +1,134 @@
+//! Three daemons in one process over loopback: the roster replicates (a device added on one is
+//! trusted on all), signed changes pass through the mesh, and a device removed on one is
+//! removed everywhere, told so, and neither receives nor adds anything afterwards.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use chatsync_daemon::{
+    api::wire::{ChatJson, DeviceListJson, MessageJson},
+    config::Config,
+};
+use reqwest::StatusCode;
+use serde_json::json;
+use support::{TestDaemon, fixed_loopback_addr, temp_home};
+
+/// Polls `check` every 100 ms until it holds, for at most 30 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn trusts(daemon: &TestDaemon, device: &str) -> bool {
+    let list: DeviceListJson = daemon.get("/devices").await.json(StatusCode::OK);
+    list.devices.iter().any(|d| d.id == device && d.trusted)
+}
+
+async fn removed(daemon: &TestDaemon, device: &str) -> bool {
+    let list: DeviceListJson = daemon.get("/devices").await.json(StatusCode::OK);
+    list.devices
+        .iter()
+        .any(|d| d.id == device && d.removed_at.is_some())
+}
+
+/// The texts of `chat` on `daemon`; none while the chat has not arrived.
+async fn texts(daemon: &TestDaemon, chat: &str) -> Vec<String> {
+    daemon
+        .try_all_messages(chat, 100)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m: MessageJson| m.text)
+        .collect()
+}
+
+async fn has_text(daemon: &TestDaemon, chat: &str, text: &str) -> bool {
+    texts(daemon, chat).await.iter().any(|t| t == text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_roster_replicates_and_a_removed_device_is_cut_off_everywhere() {
+    let homes = [temp_home(), temp_home(), temp_home()];
+    let addrs = [
+        fixed_loopback_addr(),
+        fixed_loopback_addr(),
+        fixed_loopback_addr(),
+    ];
+    // Start each once to learn its device id, which the others' peer addresses need.
+    let mut ids = Vec::new();
+    let mut kept = Vec::new();
+    for home in homes {
+        let first = TestDaemon::start_in(home, Config::default()).await;
+        ids.push(first.device_id.clone());
+        kept.push(first.shutdown().await);
+    }
+    let mut daemons = Vec::new();
+    for (i, home) in kept.into_iter().enumerate() {
+        let mut config = Config::default();
+        config.network.listen = vec![addrs[i].parse().unwrap()];
+        config.network.peers = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| format!("{}/p2p/{}", addrs[j], ids[j]).parse().unwrap())
+            .collect();
+        daemons.push(TestDaemon::start_in(home, config).await);
+    }
+    let (a, b, c) = (&daemons[0], &daemons[1], &daemons[2]);
+    let (b_id, c_id) = (&ids[1], &ids[2]);
+
+    // a pairs with b and with c; b and c only pair with a.
+    for (x, y) in [(0, 1), (0, 2), (1, 0), (2, 0)] {
+        daemons[x]
+            .post("/devices", json!({ "id": ids[y] }))
+            .await
+            .json::<serde_json::Value>(StatusCode::CREATED);
+    }
+    // a's roster reaches b and c: they trust each other without anyone typing an id.
+    eventually("b trusts c", || trusts(b, c_id)).await;
+    eventually("c trusts b", || trusts(c, b_id)).await;
+
+    // Signed changes from b reach c, directly or through a.
+    let chat: ChatJson = a
+        .post("/chats", json!({ "title": "family" }))
+        .await
+        .json(StatusCode::CREATED);
+    eventually("b has the chat", || async {
+        b.get(&format!("/chats/{}", chat.id)).await.status == StatusCode::OK
+    })
+    .await;
+    b.post_message(&chat.id, "hello from b").await;
+    eventually("c has b's post", || has_text(c, &chat.id, "hello from b")).await;
+    eventually("a has b's post", || has_text(a, &chat.id, "hello from b")).await;
+
+    // a removes b: everyone learns it, and b is told.
+    a.delete(&format!("/devices/{b_id}")).await;
+    eventually("c saw the removal", || removed(c, b_id)).await;
+    eventually("b was told it was removed", || async {
+        b.status().await.removed_from_mesh_at.is_some()
+    })
+    .await;
+
+    // b keeps writing; nobody takes it. The mesh keeps writing; b gets none of it.
+    b.post_message(&chat.id, "after removal").await;
+    a.post_message(&chat.id, "without b").await;
+    eventually("c has a's post", || has_text(c, &chat.id, "without b")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (name, daemon) in [("a", a), ("c", c)] {
+        assert!(
+            !has_text(daemon, &chat.id, "after removal").await,
+            "{name} took a post b wrote after its removal"
+        );
+    }
+    assert!(
+        !has_text(b, &chat.id, "without b").await,
+        "b received a post made after its removal"
+    );
+}
