@@ -13,10 +13,11 @@
 //! Devices keep the newest attestation of every actor and send it along with changes.
 //!
 //! **Receivers check before applying** ([`check_batch`]): for each actor with changes in a batch,
-//! the batch must hold that actor's attested change, the attestation must be the actor's
-//! device's signature, and every change of the actor in the batch must be reached from the
-//! attested one through dependencies inside the batch. A change claiming another device's actor
-//! is never reached from that device's attested change unless the device really built on it;
+//! the batch must hold an attested change of that actor, every attestation must be the actor's
+//! device's signature, and every change of the actor in the batch must be reached from an
+//! attested one through dependencies inside the batch (or changes still waiting for theirs).
+//! A change claiming another device's actor is never reached from that device's attested
+//! changes unless the device really built on it;
 //! forging one means breaking SHA-256 or Ed25519. Signatures are checked by the caller
 //! ([`Provenance::verify`]), which holds the keys; this module only does the graph work.
 //!
@@ -133,18 +134,15 @@ pub fn check_batch(
     let index: HashMap<ChangeHash, usize> =
         all.iter().enumerate().map(|(i, c)| (c.hash, i)).collect();
     let is_new = |i: usize| i < new.len();
-    // The attested change of each actor (the newest, if several are attested).
-    let mut tops: BTreeMap<&ActorId, (usize, &Attestation)> = BTreeMap::new();
+    // The attested changes of each actor. Each vouches for its own ancestors, so an actor's
+    // changes are covered by any of them; the newest is the one kept and passed on.
+    let mut attested: BTreeMap<&ActorId, Vec<(usize, &Attestation)>> = BTreeMap::new();
     for attestation in proof.attestations {
-        let Some(&at) = index.get(&attestation.hash) else {
-            continue;
-        };
-        let actor = &all[at].actor;
-        match tops.get(actor) {
-            Some(&(other, _)) if all[other].seq >= all[at].seq => {}
-            _ => {
-                tops.insert(actor, (at, attestation));
-            }
+        if let Some(&at) = index.get(&attestation.hash) {
+            attested
+                .entry(&all[at].actor)
+                .or_default()
+                .push((at, attestation));
         }
     }
     let mut devices: BTreeMap<&ActorId, (DeviceId, Standing)> = BTreeMap::new();
@@ -170,23 +168,31 @@ pub fn check_batch(
     let mut vouched_by_trusted: HashSet<usize> = HashSet::new();
     let mut removed_changes: Vec<usize> = Vec::new();
     for (actor, (device, standing)) in &devices {
-        let Some(&(top, attestation)) = tops.get(actor) else {
+        let Some(signed) = attested.get(actor) else {
             return Err(refused(&format!(
                 "changes by device {device} came without its signature"
             )));
         };
-        if attestation.signature.len() != SIGNATURE_BYTES
-            || !(proof.verify)(
-                device,
-                &statement(proof.chat, &attestation.hash),
-                &attestation.signature,
-            )
-        {
-            return Err(refused(&format!(
-                "the signature of device {device} over its changes is not valid"
-            )));
+        for (_, attestation) in signed {
+            if attestation.signature.len() != SIGNATURE_BYTES
+                || !(proof.verify)(
+                    device,
+                    &statement(proof.chat, &attestation.hash),
+                    &attestation.signature,
+                )
+            {
+                return Err(refused(&format!(
+                    "the signature of device {device} over its changes is not valid"
+                )));
+            }
         }
-        let reached = reach(&all, &index, top);
+        let starts: Vec<usize> = signed.iter().map(|(at, _)| *at).collect();
+        let reached = reach(&all, &index, &starts);
+        let (top, attestation) = signed
+            .iter()
+            .max_by_key(|(at, _)| all[*at].seq)
+            .map(|(at, a)| (*at, *a))
+            .ok_or_else(|| refused("no attestation"))?;
         let own = |i: &usize| is_new(*i) && all[*i].actor == **actor;
         if let Some(stray) = (0..all.len()).filter(own).find(|i| !reached[*i]) {
             return Err(refused(&format!(
@@ -221,12 +227,14 @@ pub fn check_batch(
     Ok(result)
 }
 
-/// Which changes of the batch are reached from `from` (itself included) through dependencies
-/// inside the batch.
-fn reach(all: &[&ChangeMeta], index: &HashMap<ChangeHash, usize>, from: usize) -> Vec<bool> {
+/// Which changes of the batch are reached from `from` (themselves included) through
+/// dependencies inside the batch.
+fn reach(all: &[&ChangeMeta], index: &HashMap<ChangeHash, usize>, from: &[usize]) -> Vec<bool> {
     let mut reached = vec![false; all.len()];
-    let mut stack = vec![from];
-    reached[from] = true;
+    let mut stack = from.to_vec();
+    for at in from {
+        reached[*at] = true;
+    }
     while let Some(at) = stack.pop() {
         for dep in &all[at].deps {
             if let Some(&d) = index.get(dep)
