@@ -7,6 +7,11 @@
 //! Everything is bounded: at most [`MAX_LIVE`] live invitations, at most [`MAX_BAD_PROOFS`]
 //! wrong proofs per invitation before it is dropped, and a short memory of spent invitations
 //! (so that a second use of a ticket is refused as "used", not as "unknown").
+//!
+//! A spent invitation keeps the pairing window open (see [`Invites::open_until`]) until its
+//! ticket would have expired, for at most [`SPENT_WINDOW`]: a device that tries the ticket
+//! again is let in far enough to be told the ticket was used, instead of finding the inviter
+//! unreachable.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -18,6 +23,8 @@ pub const MAX_LIVE: usize = 16;
 pub const MAX_BAD_PROOFS: u32 = 5;
 /// Spent invitations remembered, to say why a ticket no longer works.
 const REMEMBERED: usize = 64;
+/// How long a spent invitation keeps the pairing window open at most, in seconds.
+pub const SPENT_WINDOW: u64 = 600;
 
 #[derive(Debug)]
 struct Invite {
@@ -53,7 +60,8 @@ pub struct TooMany;
 #[derive(Debug, Default)]
 pub struct Invites {
     live: HashMap<InviteId, Invite>,
-    spent: VecDeque<(InviteId, Spent)>,
+    /// Spent invitations: why, and until when they keep the window open.
+    spent: VecDeque<(InviteId, Spent, u64)>,
 }
 
 impl Invites {
@@ -83,11 +91,17 @@ impl Invites {
     /// Ends an invitation; whether it was open.
     pub fn cancel(&mut self, id: &InviteId, now: u64) -> bool {
         self.prune(now);
-        let open = self.live.remove(id).is_some();
-        if open {
-            self.remember(*id, Spent::Cancelled);
+        match self.live.remove(id) {
+            Some(invite) => {
+                self.remember(
+                    *id,
+                    Spent::Cancelled,
+                    invite.expires_at.min(now + SPENT_WINDOW),
+                );
+                true
+            }
+            None => false,
         }
-        open
     }
 
     /// Uses up the invitation `id` if `check` accepts the proof against its secret. Single
@@ -100,30 +114,34 @@ impl Invites {
     ) -> Result<(), Refusal> {
         self.prune(now);
         let Some(invite) = self.live.get_mut(id) else {
-            return Err(match self.spent.iter().find(|(i, _)| i == id) {
-                Some((_, Spent::Used)) => Refusal::Used,
-                Some((_, Spent::Expired)) => Refusal::Expired,
-                Some((_, Spent::Cancelled | Spent::Dropped)) | None => Refusal::Unknown,
+            return Err(match self.spent.iter().find(|(i, ..)| i == id) {
+                Some((_, Spent::Used, _)) => Refusal::Used,
+                Some((_, Spent::Expired, _)) => Refusal::Expired,
+                Some((_, Spent::Cancelled | Spent::Dropped, _)) | None => Refusal::Unknown,
             });
         };
+        let until = invite.expires_at.min(now + SPENT_WINDOW);
         if !check(&invite.secret) {
             invite.bad_proofs += 1;
             if invite.bad_proofs >= MAX_BAD_PROOFS {
                 self.live.remove(id);
-                self.remember(*id, Spent::Dropped);
+                self.remember(*id, Spent::Dropped, until);
             }
             return Err(Refusal::BadProof);
         }
         self.live.remove(id);
-        self.remember(*id, Spent::Used);
+        self.remember(*id, Spent::Used, until);
         Ok(())
     }
 
-    /// The latest expiry of the open invitations (Unix seconds), if any is open: until then,
-    /// devices that are not paired yet may connect to ask to pair.
+    /// Until when (Unix seconds) devices that are not paired may connect to ask to pair:
+    /// the latest expiry of the open invitations, or of recently spent ones (see the module
+    /// docs); `None` when there is no reason to admit them.
     pub fn open_until(&mut self, now: u64) -> Option<u64> {
         self.prune(now);
-        self.live.values().map(|i| i.expires_at).max()
+        let live = self.live.values().map(|i| i.expires_at);
+        let spent = self.spent.iter().map(|(_, _, until)| *until);
+        live.chain(spent).filter(|&t| t > now).max()
     }
 
     /// Open invitations.
@@ -141,15 +159,15 @@ impl Invites {
             .collect();
         for id in expired {
             self.live.remove(&id);
-            self.remember(id, Spent::Expired);
+            self.remember(id, Spent::Expired, now);
         }
     }
 
-    fn remember(&mut self, id: InviteId, why: Spent) {
+    fn remember(&mut self, id: InviteId, why: Spent, until: u64) {
         if self.spent.len() >= REMEMBERED {
             self.spent.pop_front();
         }
-        self.spent.push_back((id, why));
+        self.spent.push_back((id, why, until));
     }
 }
 
@@ -181,13 +199,24 @@ mod tests {
         assert_eq!(inv.redeem(&id(1), NOW, right(1)), Ok(()));
         assert_eq!(inv.redeem(&id(1), NOW, right(1)), Err(Refusal::Used));
         assert_eq!(inv.live(NOW), 0);
-        assert_eq!(inv.open_until(NOW), None);
+        // The window stays open a while, so that a second try hears "used"...
+        assert_eq!(inv.open_until(NOW), Some(NOW + 600));
+        // ...but not past the ticket's expiry, nor longer than SPENT_WINDOW.
+        inv.create(id(2), secret(2), NOW + 30, NOW).unwrap();
+        inv.redeem(&id(2), NOW, right(2)).unwrap();
+        assert_eq!(inv.open_until(NOW + 600), None);
+        let mut long = Invites::default();
+        long.create(id(3), secret(3), NOW + 86_400, NOW).unwrap();
+        long.redeem(&id(3), NOW, right(3)).unwrap();
+        assert_eq!(long.open_until(NOW), Some(NOW + SPENT_WINDOW));
+        assert_eq!(long.open_until(NOW + SPENT_WINDOW), None);
     }
 
     #[test]
     fn an_expired_invitation_is_refused_as_expired() {
         let mut inv = Invites::default();
         inv.create(id(1), secret(1), NOW + 1, NOW).unwrap();
+        assert_eq!(inv.open_until(NOW), Some(NOW + 1));
         assert_eq!(inv.open_until(NOW + 1), None);
         assert_eq!(inv.redeem(&id(1), NOW + 1, right(1)), Err(Refusal::Expired));
         assert_eq!(inv.redeem(&id(1), NOW + 2, right(1)), Err(Refusal::Expired));
