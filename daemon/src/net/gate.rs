@@ -87,6 +87,8 @@ pub struct Gate {
     /// Connections of devices outside the roster, and when they are closed.
     unpaired: HashMap<ConnectionId, (PeerId, Instant)>,
     to_close: VecDeque<(PeerId, CloseConnection)>,
+    /// How long an unpaired connection may stay ([`UNPAIRED_LIFETIME`]).
+    lifetime: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     waker: Option<Waker>,
 }
@@ -99,6 +101,7 @@ impl Gate {
             joining: HashSet::new(),
             unpaired: HashMap::new(),
             to_close: VecDeque::new(),
+            lifetime: UNPAIRED_LIFETIME,
             timer: None,
             waker: None,
         }
@@ -149,7 +152,7 @@ impl Gate {
 
     fn admit_unpaired(&mut self, connection: ConnectionId, peer: PeerId) {
         self.unpaired
-            .insert(connection, (peer, Instant::now() + UNPAIRED_LIFETIME));
+            .insert(connection, (peer, Instant::now() + self.lifetime));
         if let Some(w) = self.waker.take() {
             w.wake();
         }
@@ -389,5 +392,124 @@ impl<B: NetworkBehaviour> NetworkBehaviour for TrustedOnly<B> {
         cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
         self.inner.poll(cx).map(|e| e.map_in(Either::Left))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::future::poll_fn;
+
+    use super::*;
+
+    fn peer() -> PeerId {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    }
+
+    fn addr() -> Multiaddr {
+        "/ip4/127.0.0.1/tcp/1".parse().unwrap()
+    }
+
+    fn inbound(gate: &mut Gate, n: usize, peer: PeerId) -> bool {
+        gate.handle_established_inbound_connection(
+            ConnectionId::new_unchecked(n),
+            peer,
+            &addr(),
+            &addr(),
+        )
+        .is_ok()
+    }
+
+    fn outbound(gate: &mut Gate, n: usize, peer: PeerId) -> bool {
+        gate.handle_pending_outbound_connection(
+            ConnectionId::new_unchecked(n),
+            Some(peer),
+            &[],
+            Endpoint::Dialer,
+        )
+        .is_ok()
+            && gate
+                .handle_established_outbound_connection(
+                    ConnectionId::new_unchecked(n),
+                    peer,
+                    &addr(),
+                    Endpoint::Dialer,
+                    PortUse::New,
+                )
+                .is_ok()
+    }
+
+    #[test]
+    fn only_roster_devices_connect_while_no_invitation_is_open() {
+        let mut gate = Gate::new(Trusted::default());
+        let (friend, stranger) = (peer(), peer());
+        gate.allow_peer(friend);
+        assert!(inbound(&mut gate, 1, friend));
+        assert!(outbound(&mut gate, 2, friend));
+        assert!(!inbound(&mut gate, 3, stranger));
+        assert!(!outbound(&mut gate, 4, stranger));
+        // A window that has ended admits nobody new.
+        gate.open_window(Some(Instant::now() - Duration::from_secs(1)));
+        assert!(!inbound(&mut gate, 5, stranger));
+        gate.disallow_peer(friend);
+        assert!(!inbound(&mut gate, 6, friend));
+    }
+
+    #[test]
+    fn an_open_invitation_admits_a_few_devices_that_are_not_paired() {
+        let mut gate = Gate::new(Trusted::default());
+        gate.open_window(Some(Instant::now() + Duration::from_secs(60)));
+        for n in 0..MAX_UNPAIRED {
+            assert!(inbound(&mut gate, n, peer()), "stranger {n} refused");
+        }
+        assert!(!inbound(&mut gate, 100, peer()));
+        // It never dials them, and a roster device still gets in.
+        assert!(!outbound(&mut gate, 101, peer()));
+        let friend = peer();
+        gate.allow_peer(friend);
+        assert!(inbound(&mut gate, 102, friend));
+    }
+
+    #[test]
+    fn a_joiner_admits_only_its_inviter() {
+        let mut gate = Gate::new(Trusted::default());
+        let inviter = peer();
+        gate.begin_join(inviter);
+        assert!(outbound(&mut gate, 1, inviter));
+        assert!(!outbound(&mut gate, 2, peer()));
+        gate.end_join(&inviter);
+        assert!(!outbound(&mut gate, 3, inviter));
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_does_not_pair_is_closed_in_time() {
+        let mut gate = Gate::new(Trusted::default());
+        gate.lifetime = Duration::from_millis(100);
+        gate.open_window(Some(Instant::now() + Duration::from_secs(3600)));
+        let (stranger, friend) = (peer(), peer());
+        assert!(inbound(&mut gate, 7, stranger));
+        assert!(inbound(&mut gate, 8, friend));
+        assert!(poll_fn(|cx| Poll::Ready(gate.poll(cx).is_pending())).await);
+        // One that pairs meanwhile stays.
+        gate.allow_peer(friend);
+        // The gate wakes itself when the time is up.
+        let closed = tokio::time::timeout(Duration::from_secs(5), poll_fn(|cx| gate.poll(cx)))
+            .await
+            .expect("the gate never closed the connection");
+        match closed {
+            ToSwarm::CloseConnection {
+                peer_id,
+                connection: CloseConnection::One(c),
+            } => {
+                assert_eq!(peer_id, stranger);
+                assert_eq!(c, ConnectionId::new_unchecked(7));
+            }
+            _ => panic!("expected the stranger's connection to be closed"),
+        }
+        assert!(gate.unpaired.is_empty());
+        assert!(poll_fn(|cx| Poll::Ready(gate.poll(cx).is_pending())).await);
     }
 }
