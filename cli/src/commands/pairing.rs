@@ -81,7 +81,10 @@ fn show_ticket(invite: &InviteJson, json: bool) -> anyhow::Result<()> {
     }
     let mut out = std::io::stdout().lock();
     if out.is_terminal() {
-        match qrcode::QrCode::new(invite.ticket.as_bytes()) {
+        // Upper case (the ticket reads the same in any case) lets the QR code use its compact
+        // alphanumeric mode for the base32 body; a screen needs little error correction.
+        let data = invite.ticket.to_ascii_uppercase();
+        match qrcode::QrCode::with_error_correction_level(data.as_bytes(), qrcode::EcLevel::L) {
             Ok(code) => {
                 let art = code
                     .render::<qrcode::render::unicode::Dense1x2>()
