@@ -278,10 +278,16 @@ impl Device {
     /// Forgets a daemon child that has already exited (and been reaped), so another can start.
     pub fn forget_daemon(&mut self) {
         if let Some(mut child) = self.child.take() {
-            assert!(
-                child.try_wait().expect("cannot poll chatsyncd").is_some(),
-                "forget_daemon on a running daemon"
-            );
+            // `daemon stop` returns once the process is a zombie; its last threads may still be
+            // exiting (and the parent cannot reap it yet) for a moment on a loaded machine.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().expect("cannot poll chatsyncd").is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "forget_daemon on a running daemon"
+                );
+                thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
