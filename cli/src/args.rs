@@ -42,6 +42,21 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<DevicesCommand>,
     },
+    /// Invite a new device: show a one-time ticket (and its QR code) and wait until it joins.
+    Pair {
+        /// How long the ticket stays valid, e.g. 90s, 10m, 2h (at most 24h).
+        #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_duration)]
+        expires: u64,
+    },
+    /// Join the mesh of another device with a ticket from `chatsync pair` on it, and wait
+    /// until every chat has arrived.
+    Join {
+        /// The ticket (`cspair1_...`).
+        ticket: String,
+        /// What the other devices call this one (default: this device's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Post a message; prints its id once it is safely stored.
     Post {
         /// Chat id, unique title, or id prefix.
@@ -133,4 +148,47 @@ pub enum DevicesCommand {
     },
     /// Remove a device from the roster for good (by id or name); it is never trusted again.
     Remove { device: String },
+}
+
+/// A duration in whole seconds: `90`, `90s`, `10m`, `2h` or `1d`.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: use a number with s, m, h or d, e.g. 10m"
+            ));
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{text:?}: use a positive number with s, m, h or d, e.g. 10m"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("1s"), Ok(1));
+        assert_eq!(parse_duration("10m"), Ok(600));
+        assert_eq!(parse_duration("2h"), Ok(7200));
+        assert_eq!(parse_duration("1d"), Ok(86_400));
+        for bad in ["", "0", "m", "10x", "-5m", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

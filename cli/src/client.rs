@@ -273,6 +273,29 @@ impl Client {
             .await
     }
 
+    /// Opens an invitation (`chatsync pair`) valid for `expires_secs` seconds.
+    pub async fn create_invite(&self, expires_secs: u64) -> Result<InviteJson, ClientError> {
+        let body = CreateInviteRequest {
+            expires_secs: Some(expires_secs),
+        };
+        self.json(Method::POST, &["invites"], Some(&body), &[])
+            .await
+    }
+
+    pub async fn cancel_invite(&self, invite: &str) -> Result<InviteCancelledJson, ClientError> {
+        self.json(Method::DELETE, &["invites", invite], None, &[])
+            .await
+    }
+
+    /// Joins the mesh of the device that made `ticket`.
+    pub async fn join(&self, ticket: &str, name: Option<&str>) -> Result<JoinedJson, ClientError> {
+        let body = JoinRequest {
+            ticket: ticket.into(),
+            name: name.map(Into::into),
+        };
+        self.json(Method::POST, &["join"], Some(&body), &[]).await
+    }
+
     /// Opens the event stream (optionally for one chat) and waits for its `hello` line, after
     /// which no change is missed.
     pub async fn events(&self, chat: Option<&str>) -> Result<EventStream, ClientError> {

@@ -20,9 +20,40 @@ pub const AMBIGUOUS: u8 = 5;
 pub const REFUSED: u8 = 6;
 /// The daemon could not store the change.
 pub const STORAGE: u8 = 7;
+/// `join`: the ticket is not valid (damaged, expired, already used, or refused by the
+/// inviting device).
+pub const TICKET: u8 = 8;
+/// `join`: the inviting device could not be reached.
+pub const UNREACHABLE: u8 = 9;
+/// `pair`: the ticket expired before a device joined; `join`: the chats had not all arrived
+/// when it stopped waiting (they keep arriving in the background).
+pub const TIMED_OUT: u8 = 10;
+/// Interrupted (Ctrl-C); `pair` cancels its ticket first.
+pub const INTERRUPTED: u8 = 130;
+
+/// A failure that carries its own exit code (for outcomes that are not API errors).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn error(code: u8, message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Failure {
+            code,
+            message: message.into(),
+        })
+    }
+}
 
 /// Prints an error the way every command does, and returns its exit code.
 pub fn report(err: &anyhow::Error) -> ExitCode {
+    if let Some(f) = err.downcast_ref::<Failure>() {
+        eprintln!("error: {}", f.message);
+        return ExitCode::from(f.code);
+    }
     let code = match err.downcast_ref::<ClientError>() {
         Some(ClientError::NotRunning { socket }) => {
             eprintln!("error: the chatsync daemon is not running (no answer on {socket})");
@@ -43,7 +74,10 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
                 "not_found" => NOT_FOUND,
                 "ambiguous" => AMBIGUOUS,
                 "storage" => STORAGE,
-                "invalid" | "forbidden" | "deleted" | "too_large" | "bad_json" => REFUSED,
+                "invalid" | "forbidden" | "deleted" | "too_large" | "bad_json"
+                | "too_many_invites" => REFUSED,
+                "ticket_invalid" | "ticket_expired" | "ticket_used" | "ticket_refused" => TICKET,
+                "inviter_unreachable" => UNREACHABLE,
                 _ => FAILURE,
             }
         }

@@ -8,6 +8,7 @@
 //! - [`store`]: sled, the only module that knows it; chat documents as a base plus chunks.
 //! - [`engine`]: the chats, the rules of changing them, group commit, the memory budget.
 //! - [`net`]: the network task that owns the libp2p swarm: connections to trusted devices.
+//! - [`pairing`]: one-time pairing tickets, the proof of holding one, open invitations.
 //! - [`api`]: the local HTTP/JSON API on a Unix socket; the only module that knows the wire
 //!   format ([`api::wire`], shared with the CLI).
 //! - [`daemon`]: start-up, signal handling and graceful shutdown.
@@ -18,6 +19,7 @@ pub mod daemon;
 pub mod engine;
 pub mod identity;
 pub mod net;
+pub mod pairing;
 pub mod paths;
 pub mod store;
 

@@ -12,5 +12,6 @@ mod lan;
 mod mesh;
 mod netns;
 mod paging;
+mod pairing;
 mod signals;
 mod support;

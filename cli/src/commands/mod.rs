@@ -5,6 +5,7 @@ mod daemon;
 mod devices;
 mod log;
 mod messages;
+mod pairing;
 
 use std::io::Read;
 
@@ -29,6 +30,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chats => chats::list(&client, json).await,
         Command::Devices { command } => devices::run(command, &client, json).await,
         Command::Peers => devices::peers(&client, json).await,
+        Command::Pair { expires } => pairing::pair(&client, expires, json).await,
+        Command::Join { ticket, name } => {
+            pairing::join(&client, &ticket, name.as_deref(), json).await
+        }
         Command::Post {
             chat,
             text,

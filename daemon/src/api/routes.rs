@@ -13,6 +13,7 @@ use super::{
     ApiError, AppState,
     error::{ApiJson, ApiPath, ApiQuery},
     events::events,
+    pairing,
     wire::*,
 };
 use crate::engine::{ChatSummary, MAX_PAGE};
@@ -46,6 +47,12 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/devices", get(list_devices).post(add_device))
         .route("/peers", get(list_peers))
         .route("/devices/{device}", axum::routing::delete(remove_device))
+        .route("/invites", post(pairing::create_invite))
+        .route(
+            "/invites/{invite}",
+            axum::routing::delete(pairing::cancel_invite),
+        )
+        .route("/join", post(pairing::join))
 }
 
 async fn status(State(st): St) -> Json<StatusJson> {

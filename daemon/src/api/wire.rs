@@ -266,9 +266,59 @@ pub enum EventJson {
     PeerUp { device: String },
     #[serde(rename = "peer.down")]
     PeerDown { device: String },
+    /// A device joined the mesh with one of this device's invitations.
+    #[serde(rename = "paired")]
+    Paired {
+        invite: String,
+        device_id: String,
+        name: String,
+    },
     /// The subscriber fell behind and `missed` events were dropped; re-read what matters.
     #[serde(rename = "lagged")]
     Lagged { missed: u64 },
+}
+
+/// `POST /v1/invites`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInviteRequest {
+    /// How long the ticket stays valid, in seconds (default 600, at most 86400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_secs: Option<u64>,
+}
+
+/// An open invitation and its ticket.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InviteJson {
+    /// The ticket text for `chatsync join` (also shown as a QR code by `chatsync pair`).
+    pub ticket: String,
+    /// When the ticket expires (ms since the Unix epoch).
+    pub expires_at: i64,
+    /// The invitation's id, for `DELETE /v1/invites/{invite}` and `paired` events.
+    pub invite: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InviteCancelledJson {
+    pub invite: String,
+    pub cancelled: bool,
+}
+
+/// `POST /v1/join`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub ticket: String,
+    /// What the inviting device calls this one (default: this device's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The device whose mesh this one joined.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JoinedJson {
+    pub device_id: String,
+    pub name: String,
 }
 
 /// Body of every error response.
@@ -357,6 +407,15 @@ mod convert {
                 },
                 Event::PeerDown { device } => EventJson::PeerDown {
                     device: device.to_string(),
+                },
+                Event::Paired {
+                    invite,
+                    device,
+                    name,
+                } => EventJson::Paired {
+                    invite,
+                    device_id: device.to_string(),
+                    name,
                 },
                 Event::DeviceAdded { entry } => EventJson::DeviceAdded {
                     device: DeviceJson::from_entry(entry, this_device),

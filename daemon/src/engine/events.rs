@@ -44,6 +44,14 @@ pub enum Event {
     PeerDown {
         device: DeviceId,
     },
+    /// A device joined the mesh with an invitation of this device (sent by the network task,
+    /// after the device is durably in the roster).
+    Paired {
+        /// The invitation's id (hex), as `POST /v1/invites` returned it.
+        invite: String,
+        device: DeviceId,
+        name: String,
+    },
 }
 
 impl Event {
@@ -57,7 +65,8 @@ impl Event {
             Event::DeviceAdded { .. }
             | Event::DeviceRemoved { .. }
             | Event::PeerUp { .. }
-            | Event::PeerDown { .. } => None,
+            | Event::PeerDown { .. }
+            | Event::Paired { .. } => None,
         }
     }
 }

@@ -3,12 +3,15 @@
 use std::time::Duration;
 
 use libp2p::{
-    Swarm, SwarmBuilder, allow_block_list, connection_limits, identify, identity::Keypair, mdns,
-    noise, ping, request_response, swarm::NetworkBehaviour, swarm::behaviour::toggle::Toggle, tcp,
-    yamux,
+    Swarm, SwarmBuilder, connection_limits, identify, identity::Keypair, mdns, noise, ping,
+    request_response, swarm::NetworkBehaviour, swarm::behaviour::toggle::Toggle, tcp, yamux,
 };
 
-use super::protocol::{MAX_WIRE_BYTES, PROTOCOL, SyncRequest, SyncResponse};
+use super::{
+    gate::{Gate, Trusted, TrustedOnly},
+    pair_protocol::{PairBehaviour, pair_behaviour},
+    protocol::{MAX_WIRE_BYTES, PROTOCOL, SyncRequest, SyncResponse},
+};
 
 /// Protocol version announced by identify; a peer with another major version is not chatsync.
 pub const PROTOCOL_VERSION: &str = "/chatsync/1";
@@ -22,13 +25,15 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
-    /// Only roster devices: everyone else is refused after the handshake.
-    pub allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
+    /// Only roster devices (and, while pairing, a few others): see `gate.rs`.
+    pub gate: Gate,
     pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    pub sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
+    /// Runs on connections to roster devices only.
+    pub sync: TrustedOnly<request_response::cbor::Behaviour<SyncRequest, SyncResponse>>,
+    pub pair: PairBehaviour,
 }
 
 pub fn build_swarm(keypair: Keypair, use_mdns: bool) -> anyhow::Result<Swarm<Behaviour>> {
@@ -55,8 +60,9 @@ pub fn build_swarm(keypair: Keypair, use_mdns: bool) -> anyhow::Result<Swarm<Beh
             } else {
                 None
             };
+            let trusted = Trusted::default();
             Ok(Behaviour {
-                allow: allow_block_list::Behaviour::default(),
+                gate: Gate::new(trusted.clone()),
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
                         .with_max_established_per_peer(Some(4))
@@ -73,15 +79,19 @@ pub fn build_swarm(keypair: Keypair, use_mdns: bool) -> anyhow::Result<Swarm<Beh
                         .with_timeout(PING_TIMEOUT),
                 ),
                 mdns: Toggle::from(mdns),
-                sync: request_response::Behaviour::with_codec(
-                    request_response::cbor::codec::Codec::default()
-                        .set_request_size_maximum(MAX_WIRE_BYTES)
-                        .set_response_size_maximum(MAX_WIRE_BYTES),
-                    [(PROTOCOL, request_response::ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(30))
-                        .with_max_concurrent_streams(64),
+                sync: TrustedOnly::new(
+                    request_response::Behaviour::with_codec(
+                        request_response::cbor::codec::Codec::default()
+                            .set_request_size_maximum(MAX_WIRE_BYTES)
+                            .set_response_size_maximum(MAX_WIRE_BYTES),
+                        [(PROTOCOL, request_response::ProtocolSupport::Full)],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(30))
+                            .with_max_concurrent_streams(64),
+                    ),
+                    trusted,
                 ),
+                pair: pair_behaviour(),
             })
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))

@@ -3,7 +3,8 @@
 //!
 //! What it does so far: listens (TCP and QUIC, Noise, Yamux), finds devices on the LAN with
 //! mDNS, keeps connections to configured peers, and lets only devices in the roster connect —
-//! anyone else is refused right after the encrypted handshake, before any protocol runs.
+//! anyone else is refused right after the encrypted handshake, before any protocol runs
+//! (except, while an invitation is open, devices that come to pair: see `gate.rs`).
 //! Liveness: ping every few seconds, a failed ping closes the connection, and known devices are
 //! redialled with exponential backoff. Chat sync runs over these connections (next step).
 //!
@@ -11,6 +12,9 @@
 //! (dials, trust updates, connection book-keeping) sequential and easy to reason about.
 
 mod behaviour;
+mod gate;
+mod pair_protocol;
+pub mod pairing;
 mod peers;
 mod progress;
 pub mod protocol;
@@ -78,6 +82,7 @@ enum Command {
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     SyncState(oneshot::Sender<SyncState>),
+    Pair(pairing::PairCommand),
 }
 
 /// Handle to the network task.

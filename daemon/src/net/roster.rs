@@ -84,7 +84,7 @@ impl NetworkTask {
             self.removing.insert(peer, Instant::now() + TELL_REMOVED);
             self.send_roster(peer);
         } else {
-            self.swarm.behaviour_mut().allow.disallow_peer(peer);
+            self.swarm.behaviour_mut().gate.disallow_peer(peer);
         }
     }
 
@@ -101,7 +101,7 @@ impl NetworkTask {
             self.removing.remove(&peer);
             if !self.allowed.contains(&peer) {
                 // Also closes its connections.
-                self.swarm.behaviour_mut().allow.disallow_peer(peer);
+                self.swarm.behaviour_mut().gate.disallow_peer(peer);
                 tracing::info!(%peer, "device no longer trusted; disconnected");
             }
         }

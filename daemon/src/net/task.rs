@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Command, PeerInfo, SyncState,
     behaviour::{Behaviour, BehaviourEvent, PROTOCOL_VERSION, build_swarm},
+    pairing::Pairing,
     peers::{MAX_PEERS, PeerBook, transport},
     progress::Progress,
     sessions::{Internal, Sessions, forward_changes},
@@ -52,6 +53,7 @@ pub struct NetworkTask {
     pub(super) sessions: Sessions,
     pub(super) outbox: Outbox,
     pub(super) progress: Progress,
+    pub(super) pairing: Pairing,
     pub(super) internal: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
     trusted: watch::Receiver<BTreeSet<DeviceId>>,
@@ -110,6 +112,7 @@ impl NetworkTask {
             sessions: Sessions::default(),
             outbox: Outbox::default(),
             progress: Progress::default(),
+            pairing: Pairing::default(),
             internal,
             internal_rx,
             trusted,
@@ -137,6 +140,7 @@ impl NetworkTask {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(command) = self.commands.recv() => self.on_command(command),
                 Some(internal) = self.internal_rx.recv() => self.on_internal(internal),
+                Some(paired) = self.pairing.rx.recv() => self.on_pair_internal(paired),
                 Ok(()) = self.trusted.changed() => self.apply_trust(),
                 _ = redial.tick() => {
                     self.finish_removals(false);
@@ -160,12 +164,13 @@ impl NetworkTask {
             Command::SyncState(reply) => {
                 let _ = reply.send(self.sync_state());
             }
+            Command::Pair(command) => self.on_pair_command(command),
         }
     }
 
     /// Makes the allow list match the roster: newly trusted devices may connect (and are
     /// dialled if their address is known); removed ones are disconnected at once.
-    fn apply_trust(&mut self) {
+    pub(super) fn apply_trust(&mut self) {
         let trusted: BTreeSet<PeerId> = self
             .trusted
             .borrow_and_update()
@@ -178,7 +183,7 @@ impl NetworkTask {
             self.begin_removal(peer);
         }
         for peer in trusted.difference(&self.allowed) {
-            self.swarm.behaviour_mut().allow.allow_peer(*peer);
+            self.swarm.behaviour_mut().gate.allow_peer(*peer);
             let found = self.discovered.get(peer).cloned().unwrap_or_default();
             if let Some(entry) = self.book.entry(*peer) {
                 for addr in found {
@@ -313,7 +318,8 @@ impl NetworkTask {
                     self.swarm.close_connection(connection);
                 }
             },
-            SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync_event_checked(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Pair(event)) => self.on_pair_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     if self.discovered.len() < MAX_PEERS || self.discovered.contains_key(&peer) {
@@ -354,6 +360,10 @@ impl NetworkTask {
         if info.protocol_version != PROTOCOL_VERSION {
             tracing::warn!(%peer, version = %info.protocol_version, "not a compatible chatsync device; disconnecting");
             let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        // A device that is not in the roster (one that came to pair) is never synced with.
+        if !self.allowed.contains(&peer) {
             return;
         }
         let Some(entry) = self.book.peers.get_mut(&peer) else {
