@@ -40,6 +40,9 @@ const STATEMENT_DOMAIN: &[u8] = b"chatsync change attestation v1\0";
 pub const SIGNATURE_BYTES: usize = 64;
 /// Attestations accepted with one batch at most (one per actor that wrote in it).
 pub const MAX_ATTESTATIONS: usize = 4096;
+/// Work the coverage check may do for one batch at most: it walks the batch once per actor
+/// with changes in it. Honest batches stay far below (100,000 changes by 100 actors is 10^7).
+const MAX_COVERAGE_STEPS: usize = 64 * 1024 * 1024;
 
 /// The actor a device writes under in one run of its daemon.
 pub fn actor_for(device: &DeviceId, session: &[u8]) -> ActorId {
@@ -163,6 +166,13 @@ pub fn check_batch(
             )));
         }
         devices.insert(&change.actor, (device, standing));
+    }
+    if devices.len().saturating_mul(all.len()) > MAX_COVERAGE_STEPS {
+        return Err(refused(&format!(
+            "{} changes by {} devices' actors in one batch are too many to check",
+            all.len(),
+            devices.len()
+        )));
     }
     let mut result = Vec::with_capacity(devices.len());
     let mut vouched_by_trusted: HashSet<usize> = HashSet::new();

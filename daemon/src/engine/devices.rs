@@ -1,8 +1,6 @@
 //! The roster: which devices may sync with this one. The engine keeps it in memory (it is
 //! small) and persists every change like a chat's: one chunk, then a group-commit flush.
 
-use std::str::FromStr;
-
 use chatsync_model::{Device, DeviceId, RosterDoc, RosterEntry};
 
 use super::{Engine, EngineError, Event, commit::Committer, now_ms};
@@ -67,9 +65,6 @@ impl LoadedRoster {
     }
 }
 
-/// Multihash code of the identity "hash" (the key itself), which device ids use.
-const IDENTITY_MULTIHASH: u64 = 0x00;
-
 /// Checks that `id` is a device id: the text form of a device's public key.
 fn parse_device_id(id: &str) -> Result<DeviceId, EngineError> {
     let invalid = || {
@@ -77,18 +72,14 @@ fn parse_device_id(id: &str) -> Result<DeviceId, EngineError> {
             "{id:?} is not a device id (device ids look like 12D3KooW...; `chatsync status` shows a device's)"
         ))
     };
-    // A device id names a public key (an identity multihash of it): decode that key, so that a
-    // string that merely parses as a peer id is not taken for a device.
-    let peer = libp2p::PeerId::from_str(id).map_err(|_| invalid())?;
-    let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
-    let key = (hash.code() == IDENTITY_MULTIHASH)
-        .then(|| libp2p::identity::PublicKey::try_decode_protobuf(hash.digest()).ok())
-        .flatten()
-        .ok_or_else(invalid)?;
-    if key.to_peer_id() != peer || peer.to_base58() != id {
+    // A device id names a public key: decode that key, so that a string that merely parses as
+    // a peer id is not taken for a device.
+    let device = DeviceId::new(id).map_err(|_| invalid())?;
+    let key = super::signatures::public_key(&device).ok_or_else(invalid)?;
+    if key.to_peer_id().to_base58() != id {
         return Err(invalid());
     }
-    DeviceId::new(id).map_err(|_| invalid())
+    Ok(device)
 }
 
 impl Engine {
