@@ -150,8 +150,14 @@ pub fn peer_table(peers: &[PeerJson]) -> Vec<String> {
     for p in peers {
         let state = if p.connected {
             p.transport.clone().unwrap_or_default()
+        } else if p.suspended_until.is_some() {
+            "suspended".into()
         } else {
             "offline".into()
+        };
+        let sync = match p.suspended_until {
+            Some(until) if !p.connected => format!("until {}", local_time(until)),
+            _ => sync_words(p.chats_behind, p.chats_ahead),
         };
         out.push(format!(
             "{}  {}  {:<9}  {:<16}  {:>8}  {:<22}  {:<16}  {}",
@@ -160,7 +166,7 @@ pub fn peer_table(peers: &[PeerJson]) -> Vec<String> {
             state,
             p.connected_since.map(local_time).unwrap_or_default(),
             p.rtt_ms.map(|r| format!("{r:.1} ms")).unwrap_or_default(),
-            sync_words(p.chats_behind, p.chats_ahead),
+            sync,
             p.last_sync.map(local_time).unwrap_or_default(),
             p.addresses.first().cloned().unwrap_or_default()
         ));

@@ -161,7 +161,7 @@ pub fn check_batch(
         })?;
         let standing = (proof.standing)(&device);
         if standing == Standing::Unknown {
-            return Err(refused(&format!(
+            return Err(ModelError::Untrusted(format!(
                 "a change by device {device}, which is not in this device's roster"
             )));
         }
@@ -229,7 +229,7 @@ pub fn check_batch(
         let device = device_of_actor(&all[late].actor)
             .map(|d| d.to_string())
             .unwrap_or_default();
-        return Err(ModelError::Forbidden(format!(
+        return Err(ModelError::Untrusted(format!(
             "change {} is by device {device}, which was removed from the mesh",
             all[late].hash
         )));

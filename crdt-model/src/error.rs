@@ -15,6 +15,11 @@ pub enum ModelError {
     /// The message was deleted; it can no longer be edited or reacted to.
     #[error("message {0} was deleted")]
     Deleted(MessageId),
+    /// Changes by a device this one does not trust: not in its roster, or removed from the
+    /// mesh. Unlike the other refusals of data from a peer, an honest device can send these
+    /// while news of a roster change is still on its way, so they are not misbehaviour.
+    #[error("not trusted: {0}")]
+    Untrusted(String),
     /// The bytes are not a chat document this version understands.
     #[error("not a valid chat document: {0}")]
     Corrupt(String),

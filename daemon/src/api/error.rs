@@ -56,7 +56,9 @@ impl From<EngineError> for ApiError {
                 candidates,
                 ..ApiError::new(StatusCode::CONFLICT, "ambiguous", message)
             },
-            EngineError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", message),
+            EngineError::Invalid(_) | EngineError::Misbehaviour(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
+            }
             EngineError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
             EngineError::Gone(_) => ApiError::new(StatusCode::GONE, "deleted", message),
             EngineError::Storage(_) => {

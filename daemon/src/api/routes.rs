@@ -312,6 +312,7 @@ async fn list_peers(State(st): St) -> Json<PeerListJson> {
                 chats_ahead: p.chats_ahead,
                 bytes_sent: p.bytes_sent,
                 bytes_received: p.bytes_received,
+                suspended_until: p.suspended_until,
             })
             .collect(),
     })

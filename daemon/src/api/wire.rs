@@ -92,6 +92,9 @@ pub struct PeerJson {
     /// Sync payload bytes received from it since this daemon started.
     #[serde(default)]
     pub bytes_received: u64,
+    /// Until when it is refused for sending data no honest device sends, or flooding.
+    #[serde(default)]
+    pub suspended_until: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -141,7 +141,7 @@ impl Engine {
     pub async fn merge_roster(&self, bytes: &[u8]) -> Result<bool, EngineError> {
         self.committer.check_healthy()?;
         let mut theirs = RosterDoc::load_untrusted(bytes, &self.device)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+            .map_err(|e| EngineError::Misbehaviour(e.to_string()))?;
         let write = self.committer.begin();
         let (receipt, me_removed) = {
             let mut roster = self.roster.lock().await;

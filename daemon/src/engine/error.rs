@@ -18,6 +18,12 @@ pub enum EngineError {
     Forbidden(String),
     #[error("{0}")]
     Gone(String),
+    /// Data from another device that no honest device sends: malformed, oversized, forged, or
+    /// breaking the rules of the chat. The network holds the sender to account for it
+    /// (`net/conduct.rs`); refusals an honest device can cause (changes by a device not, or no
+    /// longer, trusted) are [`EngineError::Forbidden`] instead.
+    #[error("{0}")]
+    Misbehaviour(String),
     #[error("storage failure: {0}")]
     Storage(String),
     #[error("internal error: {0}")]
@@ -29,12 +35,19 @@ impl From<ModelError> for EngineError {
         match e {
             ModelError::Invalid(m) => EngineError::Invalid(m),
             ModelError::MessageNotFound(id) => EngineError::NotFound(format!("no message {id}")),
-            ModelError::Forbidden(m) => EngineError::Forbidden(m),
+            ModelError::Forbidden(m) | ModelError::Untrusted(m) => EngineError::Forbidden(m),
             ModelError::Deleted(id) => EngineError::Gone(format!("message {id} was deleted")),
             e @ (ModelError::Corrupt(_) | ModelError::Automerge(_)) => {
                 EngineError::Internal(e.to_string())
             }
         }
+    }
+}
+
+impl EngineError {
+    /// Whether the other device is to blame for this error, when it came of its data.
+    pub fn is_misbehaviour(&self) -> bool {
+        matches!(self, EngineError::Misbehaviour(_))
     }
 }
 

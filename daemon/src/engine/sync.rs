@@ -253,11 +253,11 @@ impl Engine {
         message: &[u8],
     ) -> Result<SyncStep, EngineError> {
         if message.len() > MAX_SYNC_BYTES {
-            return Err(EngineError::Invalid("sync message too large".into()));
+            return Err(EngineError::Misbehaviour("sync message too large".into()));
         }
         self.committer.check_healthy()?;
         let (attestations, message) =
-            authorship::open(message).map_err(|e| EngineError::Invalid(e.to_string()))?;
+            authorship::open(message).map_err(|e| EngineError::Misbehaviour(e.to_string()))?;
         let standings = self.standings().await;
         let handle = self.chat(chat).await?;
         let write = self.committer.begin();
@@ -296,7 +296,7 @@ impl Engine {
                     let compacting = loaded.compacting;
                     *loaded = super::load_chat(&self.store, chat, &self.device)?;
                     loaded.compacting = compacting;
-                    return Err(EngineError::Invalid(
+                    return Err(EngineError::Misbehaviour(
                         "the data from the other device could not be processed".into(),
                     ));
                 }
@@ -364,7 +364,7 @@ impl Engine {
     /// left alone (the sync protocol brings it up to date).
     pub async fn import_chat(&self, chat: &ChatId, bytes: &[u8]) -> Result<(), EngineError> {
         if bytes.len() > MAX_SYNC_BYTES {
-            return Err(EngineError::Invalid("document too large".into()));
+            return Err(EngineError::Misbehaviour("document too large".into()));
         }
         // One import at a time: two answers to the same fetch must not both create the chat.
         let _importing = self.imports.lock().await;
@@ -373,7 +373,7 @@ impl Engine {
         }
         self.committer.check_healthy()?;
         let (attestations, body) =
-            authorship::open(bytes).map_err(|e| EngineError::Invalid(e.to_string()))?;
+            authorship::open(bytes).map_err(|e| EngineError::Misbehaviour(e.to_string()))?;
         let body = body.to_vec();
         let standings = self.standings().await;
         let device = self.device.clone();
@@ -400,7 +400,7 @@ impl Engine {
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))??;
         if doc.id() != chat {
-            return Err(EngineError::Invalid(format!(
+            return Err(EngineError::Misbehaviour(format!(
                 "the document sent as chat {chat} is chat {}",
                 doc.id()
             )));
@@ -448,8 +448,14 @@ fn message_events(chat: &ChatId, doc: &ChatDoc, touched: Vec<Touched>) -> Vec<Ev
 }
 
 /// The error for changes refused by the model: why, for the other device's logs and ours.
+/// Changes by devices this one does not trust can come from an honest device that has not yet
+/// heard of a roster change; anything else the model refuses, no honest device sends.
 fn refusal(e: chatsync_model::ModelError) -> EngineError {
-    EngineError::Invalid(format!("refused sync data: {e}"))
+    let why = format!("refused sync data: {e}");
+    match e {
+        chatsync_model::ModelError::Untrusted(_) => EngineError::Forbidden(why),
+        _ => EngineError::Misbehaviour(why),
+    }
 }
 
 /// Whether two lists of heads (hex) hold the same hashes, in any order.
@@ -462,7 +468,7 @@ pub fn same_heads(a: &[String], b: &[String]) -> bool {
 fn contain_panic<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(result) => result,
-        Err(_) => Err(EngineError::Invalid(
+        Err(_) => Err(EngineError::Misbehaviour(
             "the data from the other device could not be processed".into(),
         )),
     }

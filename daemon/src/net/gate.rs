@@ -11,6 +11,9 @@
 //! cannot make this device read a request. The network task checks trust again on every sync
 //! request it handles (`pairing.rs`), so neither check alone keeps the chats safe.
 //!
+//! A roster device the network task suspended for misconduct (`conduct.rs`) is refused, both
+//! ways, until its suspension ends.
+//!
 //! Trust is decided per connection when it is established: a device that pairs over a
 //! connection is synced with over its next one (the joiner reconnects once paired).
 
@@ -77,6 +80,17 @@ impl std::fmt::Display for NotAdmitted {
 
 impl std::error::Error for NotAdmitted {}
 
+#[derive(Debug)]
+struct Suspended(PeerId);
+
+impl std::fmt::Display for Suspended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "device {} is suspended for misconduct", self.0)
+    }
+}
+
+impl std::error::Error for Suspended {}
+
 /// The connection gate (see the module docs).
 pub struct Gate {
     trusted: Trusted,
@@ -84,6 +98,8 @@ pub struct Gate {
     open_until: Option<Instant>,
     /// Inviters of tickets being used on this device.
     joining: HashSet<PeerId>,
+    /// Devices refused until then, trusted or not (see `conduct.rs`).
+    suspended: HashMap<PeerId, Instant>,
     /// Connections of devices outside the roster, and when they are closed.
     unpaired: HashMap<ConnectionId, (PeerId, Instant)>,
     to_close: VecDeque<(PeerId, CloseConnection)>,
@@ -99,6 +115,7 @@ impl Gate {
             trusted,
             open_until: None,
             joining: HashSet::new(),
+            suspended: HashMap::new(),
             unpaired: HashMap::new(),
             to_close: VecDeque::new(),
             lifetime: UNPAIRED_LIFETIME,
@@ -121,6 +138,21 @@ impl Gate {
     pub fn disallow_peer(&mut self, peer: PeerId) {
         if self.trusted.remove(&peer) {
             self.close(peer, CloseConnection::All);
+        }
+    }
+
+    /// Closes every connection of `peer` and refuses it until `until`.
+    pub fn suspend(&mut self, peer: PeerId, until: Instant) {
+        let now = Instant::now();
+        self.suspended.retain(|_, t| *t > now);
+        self.suspended.insert(peer, until);
+        self.close(peer, CloseConnection::All);
+    }
+
+    fn check_suspended(&self, peer: &PeerId) -> Result<(), ConnectionDenied> {
+        match self.suspended.get(peer) {
+            Some(until) if Instant::now() < *until => Err(ConnectionDenied::new(Suspended(*peer))),
+            _ => Ok(()),
         }
     }
 
@@ -170,6 +202,7 @@ impl NetworkBehaviour for Gate {
         _: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.check_suspended(&peer)?;
         if self.is_trusted(&peer) {
             return Ok(dummy::ConnectionHandler);
         }
@@ -188,6 +221,9 @@ impl NetworkBehaviour for Gate {
         _: &[Multiaddr],
         _: Endpoint,
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        if let Some(p) = &peer {
+            self.check_suspended(p)?;
+        }
         match peer {
             Some(p) if self.is_trusted(&p) || self.joining.contains(&p) => Ok(Vec::new()),
             Some(p) => Err(ConnectionDenied::new(NotAdmitted(p))),
@@ -204,6 +240,7 @@ impl NetworkBehaviour for Gate {
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.check_suspended(&peer)?;
         if self.is_trusted(&peer) {
             return Ok(dummy::ConnectionHandler);
         }
@@ -456,6 +493,26 @@ mod tests {
         assert!(!inbound(&mut gate, 5, stranger));
         gate.disallow_peer(friend);
         assert!(!inbound(&mut gate, 6, friend));
+    }
+
+    #[test]
+    fn a_suspended_device_is_refused_both_ways_until_its_suspension_ends() {
+        let mut gate = Gate::new(Trusted::default());
+        let (friend, other) = (peer(), peer());
+        gate.allow_peer(friend);
+        gate.allow_peer(other);
+        gate.suspend(friend, Instant::now() + Duration::from_secs(60));
+        assert!(matches!(
+            gate.to_close.front(),
+            Some((p, CloseConnection::All)) if *p == friend
+        ));
+        assert!(!inbound(&mut gate, 1, friend));
+        assert!(!outbound(&mut gate, 2, friend));
+        assert!(inbound(&mut gate, 3, other));
+        // Over: it is a roster device like before.
+        gate.suspend(friend, Instant::now() - Duration::from_millis(1));
+        assert!(inbound(&mut gate, 4, friend));
+        assert!(outbound(&mut gate, 5, friend));
     }
 
     #[test]

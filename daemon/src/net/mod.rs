@@ -12,6 +12,7 @@
 //! (dials, trust updates, connection book-keeping) sequential and easy to reason about.
 
 mod behaviour;
+mod conduct;
 mod gate;
 mod pair_protocol;
 pub mod pairing;
@@ -30,6 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::{config::NetworkConfig, engine::Engine};
+
+pub use behaviour::PROTOCOL_VERSION;
 
 /// Commands waiting for the network task, at most.
 const COMMAND_QUEUE: usize = 64;
@@ -59,6 +62,8 @@ pub struct PeerInfo {
     /// Sync payload bytes sent to it and received from it since this daemon started.
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Until when it is refused for misconduct (ms since the Unix epoch): see `conduct.rs`.
+    pub suspended_until: Option<i64>,
 }
 
 /// This device's sync state over all connected devices.

@@ -31,6 +31,9 @@ pub const MAX_SUMMARY_CHATS: usize = 50_000;
 pub const MAX_SUMMARY_HEADS: usize = 32;
 /// Largest request or response on the wire: a full summary, or one part plus framing.
 pub const MAX_WIRE_BYTES: u64 = 8 * 1024 * 1024;
+/// The [`SyncResponse::Refused`] reason of a device over its request rate (`conduct.rs`): the
+/// sender pauses, then asks again.
+pub const SLOW_DOWN: &str = "too many requests: slow down";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChatHeads {

@@ -28,10 +28,17 @@ impl NetworkTask {
 
     /// Merges a roster `peer` sent (it is trusted), in a spawned task.
     pub(super) fn merge_roster(&mut self, peer: PeerId, theirs: Vec<u8>) {
-        let engine = self.engine.clone();
+        let (engine, internal) = (self.engine.clone(), self.internal.clone());
         tokio::spawn(async move {
-            if let Err(e) = engine.merge_roster(&theirs).await {
-                tracing::warn!(%peer, error = %e, "refused a roster from a device");
+            match engine.merge_roster(&theirs).await {
+                Err(e) if e.is_misbehaviour() => {
+                    let why = format!("its roster: {e}");
+                    let _ = internal.send(Internal::Misbehaved(peer, why)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "could not merge a roster from a device")
+                }
+                Ok(_) => {}
             }
         });
     }

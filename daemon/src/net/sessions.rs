@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet, VecDeque},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use chatsync_model::{ChatId, DeviceId};
@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use super::{
     progress::Comparison,
     protocol::{
-        ChatHeads, MAX_SUMMARY_CHATS, MAX_SUMMARY_HEADS, PART_BYTES, Payload, SyncRequest,
-        SyncResponse,
+        ChatHeads, MAX_SUMMARY_CHATS, MAX_SUMMARY_HEADS, PART_BYTES, Payload, SLOW_DOWN,
+        SyncRequest, SyncResponse,
     },
     task::NetworkTask,
     transfers::{Incoming, Progress as PullProgress, Purpose},
@@ -45,6 +45,8 @@ pub enum Internal {
     Changed(BTreeSet<ChatId>),
     /// This device's roster, read for sending to this device.
     SendRoster(PeerId, Vec<u8>),
+    /// This device sent data no honest device sends, refused for this reason (`conduct.rs`).
+    Misbehaved(PeerId, String),
 }
 
 /// What an outbound request was for.
@@ -64,6 +66,10 @@ pub enum Pending {
 const MAX_IN_FLIGHT: usize = 16;
 /// Requests queued for one device at most (one per chat is the usual worst case).
 const MAX_QUEUED: usize = 64 * 1024;
+/// How long nothing new is sent to a device that said "slow down" (`conduct.rs`). With at most
+/// [`MAX_IN_FLIGHT`] requests refused per pause, an honest device stays far from the refusals
+/// that count as flooding.
+const SLOW_DOWN_PAUSE: Duration = Duration::from_secs(1);
 
 /// The network task's sync book-keeping. Bounded by devices x chats.
 #[derive(Default)]
@@ -79,6 +85,8 @@ pub struct Sessions {
     pub again: HashSet<(PeerId, ChatId)>,
     /// Chats being fetched whole (from one device at a time, so each arrives once).
     pub fetching: HashSet<ChatId>,
+    /// Devices that said "slow down", and until when their requests wait in their queue.
+    pub paused: HashMap<PeerId, Instant>,
 }
 
 impl Pending {
@@ -185,6 +193,7 @@ impl NetworkTask {
         self.sessions.again.retain(|(p, _)| *p != peer);
         let queued = self.sessions.queued.remove(&peer).unwrap_or_default();
         self.sessions.in_flight.remove(&peer);
+        self.sessions.paused.remove(&peer);
         let fetching = &mut self.sessions.fetching;
         for (_, pending) in queued {
             if let Some(chat) = pending.fetch() {
@@ -217,6 +226,9 @@ impl NetworkTask {
         if let Some(n) = self.sessions.in_flight.get_mut(&peer) {
             *n = n.saturating_sub(1);
         }
+        if self.sessions.paused.contains_key(&peer) {
+            return;
+        }
         let next = self
             .sessions
             .queued
@@ -242,8 +254,9 @@ impl NetworkTask {
             self.abandon(peer, pending);
             return;
         }
+        let paused = self.sessions.paused.contains_key(&peer);
         let in_flight = self.sessions.in_flight.entry(peer).or_default();
-        if *in_flight >= MAX_IN_FLIGHT {
+        if paused || *in_flight >= MAX_IN_FLIGHT {
             let queue = self.sessions.queued.entry(peer).or_default();
             if queue.len() < MAX_QUEUED {
                 queue.push_back((request, pending));
@@ -258,6 +271,68 @@ impl NetworkTask {
         self.progress.sent(peer, request.wire_len());
         let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
         self.sessions.outbound.insert(id, (peer, pending));
+    }
+
+    /// `peer` said "slow down": nothing new goes to it for a while, and what it refused is
+    /// asked again after the pause (a sync session starts afresh).
+    fn slow_down(&mut self, peer: PeerId, pending: Pending) {
+        tracing::debug!(%peer, "a device asked this one to slow down");
+        self.sessions
+            .paused
+            .insert(peer, Instant::now() + SLOW_DOWN_PAUSE);
+        match pending {
+            Pending::Fetch(chat) => {
+                self.sessions.fetching.remove(&chat);
+                self.fetch(peer, chat);
+            }
+            Pending::Sync(chat) => {
+                if let Some(device) = device_of(&peer) {
+                    self.engine.forget_sync(&device, &chat);
+                }
+                self.session_over(peer, chat.clone());
+                self.start_session(peer, chat);
+            }
+            Pending::Pull(chat) => {
+                let request = SyncRequest::Pull {
+                    chat: chat.to_string(),
+                };
+                self.send(peer, request, Pending::Pull(chat));
+            }
+            Pending::Part(incoming) => self.pull_next(peer, incoming),
+            Pending::Summary => {
+                let summary = to_wire(&self.engine.summary(MAX_SUMMARY_CHATS));
+                self.send(peer, SyncRequest::Summary(summary), Pending::Summary);
+            }
+            Pending::Roster => self.send_roster(peer),
+        }
+    }
+
+    /// Sends what waited for devices whose pause is over.
+    pub(super) fn resume_paused(&mut self) {
+        let now = Instant::now();
+        let over: Vec<PeerId> = self
+            .sessions
+            .paused
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in over {
+            self.sessions.paused.remove(&peer);
+            let free = MAX_IN_FLIGHT
+                .saturating_sub(self.sessions.in_flight.get(&peer).copied().unwrap_or(0));
+            for _ in 0..free {
+                let Some((request, pending)) = self
+                    .sessions
+                    .queued
+                    .get_mut(&peer)
+                    .and_then(VecDeque::pop_front)
+                else {
+                    break;
+                };
+                self.send(peer, request, pending);
+            }
+        }
     }
 
     /// A request was not sent or not answered: end the session it belonged to.
@@ -305,6 +380,7 @@ impl NetworkTask {
                 }
             }
             Internal::Compared(peer, comparison) => self.progress.compared(peer, comparison),
+            Internal::Misbehaved(peer, why) => self.offence(peer, &why),
             Internal::Changed(chats) => {
                 for peer in self.accepted_peers() {
                     for chat in &chats {
@@ -368,7 +444,11 @@ impl NetworkTask {
         let step = match step {
             Ok(step) => step,
             Err(e) => {
-                tracing::warn!(%peer, %chat, error = %e, "a sync round failed");
+                if e.is_misbehaviour() {
+                    self.offence(peer, &format!("chat {chat}: {e}"));
+                } else {
+                    tracing::warn!(%peer, %chat, error = %e, "a sync round failed");
+                }
                 self.session_over(peer, chat);
                 return;
             }
@@ -407,7 +487,11 @@ impl NetworkTask {
                     request, channel, ..
                 } => {
                     self.progress.received(peer, request.wire_len());
-                    self.on_request(peer, request, channel);
+                    if self.admit_request(peer, &request) {
+                        self.on_request(peer, request, channel);
+                    } else {
+                        self.respond(peer, channel, SyncResponse::Refused(SLOW_DOWN.into()));
+                    }
                 }
                 request_response::Message::Response {
                     request_id,
@@ -433,7 +517,18 @@ impl NetworkTask {
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "answering a sync request failed");
+                match &error {
+                    // Not CBOR, or not a request of this protocol: no honest device sends it.
+                    request_response::InboundFailure::Io(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::InvalidData | std::io::ErrorKind::Unsupported
+                        ) =>
+                    {
+                        self.offence(peer, &format!("a request that does not decode: {e}"));
+                    }
+                    _ => tracing::debug!(%peer, %error, "answering a sync request failed"),
+                }
             }
             request_response::Event::ResponseSent { .. } => {}
         }
@@ -476,7 +571,10 @@ impl NetworkTask {
                         self.start_session(peer, chat);
                         SyncResponse::Sync { message: None }
                     }
-                    Err(e) => SyncResponse::Refused(e.to_string()),
+                    Err(e) => {
+                        self.offence(peer, &format!("a request named no valid chat: {e}"));
+                        SyncResponse::Refused(e.to_string())
+                    }
                 };
                 self.respond(peer, channel, response);
                 return;
@@ -491,11 +589,18 @@ impl NetworkTask {
             SyncRequest::Sync { chat, message } => (chat, Some(message)),
             SyncRequest::Fetch { chat } => (chat, None),
         };
+        let chat = match ChatId::new(chat) {
+            Ok(chat) => chat,
+            Err(e) => {
+                self.offence(peer, &format!("a request named no valid chat: {e}"));
+                self.respond(peer, channel, SyncResponse::Refused(e.to_string()));
+                return;
+            }
+        };
         let (engine, internal) = (self.engine.clone(), self.internal.clone());
         tokio::spawn(async move {
-            let response = match (ChatId::new(chat), message) {
-                (Err(e), _) => SyncResponse::Refused(e.to_string()),
-                (Ok(chat), Some(message)) if engine.has_chat(&chat) => {
+            let response = match (chat, message) {
+                (chat, Some(message)) if engine.has_chat(&chat) => {
                     match engine.receive_sync(&device, &chat, &message).await {
                         Ok(step) => {
                             let _ = internal
@@ -505,22 +610,26 @@ impl NetworkTask {
                                 message: step.message.map(Payload::Inline),
                             }
                         }
+                        Err(e) if e.is_misbehaviour() => {
+                            let why = format!("chat {chat}: {e}");
+                            let _ = internal.send(Internal::Misbehaved(peer, why)).await;
+                            SyncResponse::Refused(e.to_string())
+                        }
                         Err(e) => refused(&peer, e),
                     }
                 }
-                (Ok(chat), Some(_)) => {
+                (chat, Some(_)) => {
                     // A chat this device lacks: get it whole.
                     let _ = internal.send(Internal::Fetch(peer, chat)).await;
                     SyncResponse::Unknown
                 }
-                (Ok(chat), None) if engine.has_chat(&chat) => match engine.export_chat(&chat).await
-                {
+                (chat, None) if engine.has_chat(&chat) => match engine.export_chat(&chat).await {
                     Ok(bytes) => SyncResponse::Document {
                         payload: Payload::Inline(bytes),
                     },
                     Err(e) => refused(&peer, e),
                 },
-                (Ok(_), None) => SyncResponse::Unknown,
+                (_, None) => SyncResponse::Unknown,
             };
             let _ = internal
                 .send(Internal::Respond(peer, channel, response))
@@ -531,6 +640,9 @@ impl NetworkTask {
     fn on_response(&mut self, peer: PeerId, pending: Pending, response: SyncResponse) {
         tracing::trace!(%peer, ?pending, ?response, "sync response");
         match (pending, response) {
+            (pending, SyncResponse::Refused(why)) if why == SLOW_DOWN => {
+                self.slow_down(peer, pending);
+            }
             (Pending::Summary, SyncResponse::Summary(theirs)) => self.compare_summary(peer, theirs),
             (Pending::Sync(chat), SyncResponse::Sync { message: None }) => {
                 self.continue_session(peer, chat, None);
@@ -552,7 +664,7 @@ impl NetworkTask {
                     self.payload_arrived(peer, purpose, bytes)
                 }
                 PullProgress::Failed(purpose, why) => {
-                    tracing::warn!(%peer, %why, "a large transfer went wrong");
+                    self.offence(peer, &format!("a large transfer went wrong: {why}"));
                     self.transfer_failed(peer, purpose);
                 }
             },
@@ -587,7 +699,7 @@ impl NetworkTask {
             Payload::Parts { transfer, len } => match Incoming::start(purpose, transfer, len) {
                 Ok(incoming) => self.pull_next(peer, Box::new(incoming)),
                 Err((purpose, why)) => {
-                    tracing::warn!(%peer, %why, "refused a large transfer");
+                    self.offence(peer, &format!("refused a large transfer: {why}"));
                     self.transfer_failed(peer, purpose);
                 }
             },
@@ -627,8 +739,15 @@ impl NetworkTask {
                 let (engine, internal) = (self.engine.clone(), self.internal.clone());
                 tokio::spawn(async move {
                     let stored = engine.import_chat(&chat, &bytes).await;
-                    if let Err(e) = &stored {
-                        tracing::warn!(%peer, %chat, error = %e, "could not store a chat");
+                    match &stored {
+                        Err(e) if e.is_misbehaviour() => {
+                            let why = format!("chat {chat}: {e}");
+                            let _ = internal.send(Internal::Misbehaved(peer, why)).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%peer, %chat, error = %e, "could not store a chat")
+                        }
+                        Ok(()) => {}
                     }
                     let _ = internal
                         .send(Internal::Fetched(peer, chat, stored.is_ok()))

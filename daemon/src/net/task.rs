@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Command, PeerInfo, SyncState,
     behaviour::{Behaviour, BehaviourEvent, PROTOCOL_VERSION, build_swarm},
+    conduct::Conduct,
     pairing::Pairing,
     peers::{MAX_PEERS, PeerBook, transport},
     progress::Progress,
@@ -54,6 +55,7 @@ pub struct NetworkTask {
     pub(super) outbox: Outbox,
     pub(super) progress: Progress,
     pub(super) pairing: Pairing,
+    pub(super) conduct: Conduct,
     pub(super) internal: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
     trusted: watch::Receiver<BTreeSet<DeviceId>>,
@@ -113,6 +115,7 @@ impl NetworkTask {
             outbox: Outbox::default(),
             progress: Progress::default(),
             pairing: Pairing::default(),
+            conduct: Conduct::default(),
             internal,
             internal_rx,
             trusted,
@@ -144,6 +147,7 @@ impl NetworkTask {
                 Ok(()) = self.trusted.changed() => self.apply_trust(),
                 _ = redial.tick() => {
                     self.finish_removals(false);
+                    self.resume_paused();
                     self.redial_due();
                 }
                 _ = resummarize.tick() => self.resummarize(),
@@ -209,7 +213,9 @@ impl NetworkTask {
             .book
             .peers
             .iter()
-            .filter(|(p, e)| self.allowed.contains(p) && e.dial_due(now))
+            .filter(|(p, e)| {
+                self.allowed.contains(p) && e.dial_due(now) && !self.is_suspended(p, now)
+            })
             .map(|(p, e)| (*p, e.addresses.iter().cloned().collect()))
             .collect();
         for (peer, addresses) in due {
@@ -417,6 +423,7 @@ impl NetworkTask {
                     chats_ahead: counts.map(|(_, ahead)| ahead),
                     bytes_sent: progress.map_or(0, |p| p.bytes_sent),
                     bytes_received: progress.map_or(0, |p| p.bytes_received),
+                    suspended_until: self.suspended_until_ms(peer),
                 })
             })
             .collect();
@@ -438,6 +445,7 @@ impl NetworkTask {
                     chats_ahead: None,
                     bytes_sent: self.progress.get(peer).map_or(0, |p| p.bytes_sent),
                     bytes_received: self.progress.get(peer).map_or(0, |p| p.bytes_received),
+                    suspended_until: self.suspended_until_ms(peer),
                 });
             }
         }

@@ -1,0 +1,531 @@
+//! A paired device gone bad, played by a libp2p client built here: it speaks the real sync
+//! protocol over a real loopback connection, first honestly (its signed post is taken, so the
+//! client is a working device), then with garbage, a forged change in another device's name,
+//! and a flood of requests. The daemon refuses each, suspends the device (closes its connection,
+//! refuses it on reconnect, shows the suspension in `GET /v1/peers`), and carries on syncing with
+//! an honest device and answering its API.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use automerge::sync::SyncDoc;
+use chatsync_daemon::{
+    api::wire::{ChatJson, MessageJson, PeerListJson},
+    config::Config,
+    net::{
+        PROTOCOL_VERSION,
+        protocol::{PROTOCOL, Payload, SLOW_DOWN, SyncRequest, SyncResponse},
+    },
+};
+use chatsync_model::{
+    ChatDoc, ChatId, Device, DeviceId, MessageId,
+    authorship::{self, Attestation},
+};
+use futures_util::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, SwarmBuilder, identify,
+    identity::Keypair,
+    noise, ping,
+    request_response::{self, ProtocolSupport},
+    swarm::{NetworkBehaviour, SwarmEvent},
+    tcp, yamux,
+};
+use reqwest::StatusCode;
+use serde_json::json;
+use support::{TestDaemon, fixed_loopback_addr};
+
+#[derive(NetworkBehaviour)]
+struct Client {
+    sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
+    ping: ping::Behaviour,
+    /// The daemon syncs with a device once identify shows it speaks the same version.
+    identify: identify::Behaviour,
+}
+
+/// The bad device: its key, its libp2p client, and the daemon it talks to.
+struct Hostile {
+    keypair: Keypair,
+    swarm: Swarm<Client>,
+    daemon: PeerId,
+    daemon_addr: Multiaddr,
+}
+
+/// What became of a request.
+#[derive(Debug)]
+enum Outcome {
+    Answered(SyncResponse),
+    /// The daemon closed the connection, or the request failed on the way (why, for failure
+    /// messages).
+    Cut(#[allow(dead_code)] String),
+}
+
+impl Hostile {
+    fn new(keypair: Keypair, daemon: PeerId, daemon_addr: Multiaddr) -> Hostile {
+        let swarm = SwarmBuilder::with_existing_identity(keypair.clone())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|key| Client {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    PROTOCOL_VERSION.into(),
+                    key.public(),
+                )),
+                sync: request_response::cbor::Behaviour::new(
+                    [(PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                ),
+                ping: ping::Behaviour::default(),
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        Hostile {
+            keypair,
+            swarm,
+            daemon,
+            daemon_addr,
+        }
+    }
+
+    fn device(&self) -> DeviceId {
+        DeviceId::new(self.keypair.public().to_peer_id().to_base58()).unwrap()
+    }
+
+    /// Dials the daemon; true once the connection is up, false if it was refused.
+    async fn connect(&mut self) -> bool {
+        let addr = self
+            .daemon_addr
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(self.daemon));
+        self.swarm.dial(addr).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.swarm.select_next_some())
+                .await
+                .expect("no outcome for the dial");
+            match event {
+                SwarmEvent::ConnectionEstablished { .. } => {
+                    // A refusing daemon closes right after the handshake: give it a moment.
+                    return self.stays_up(Duration::from_millis(500)).await;
+                }
+                SwarmEvent::OutgoingConnectionError { .. } => return false,
+                other => self.answer(other),
+            }
+        }
+    }
+
+    /// Whether the connection is still up after `wait`, serving the daemon meanwhile.
+    async fn stays_up(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(event) = tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await
+        {
+            if let SwarmEvent::ConnectionClosed { .. } = event {
+                return false;
+            }
+            self.answer(event);
+        }
+        self.swarm.is_connected(&self.daemon)
+    }
+
+    /// Sends one request and waits for what becomes of it.
+    async fn ask(&mut self, request: SyncRequest) -> Outcome {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&self.daemon, request);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.swarm.select_next_some())
+                .await
+                .expect("no answer in time");
+            match event {
+                SwarmEvent::Behaviour(ClientEvent::Sync(request_response::Event::Message {
+                    message:
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                })) if request_id == id => return Outcome::Answered(response),
+                SwarmEvent::Behaviour(ClientEvent::Sync(
+                    request_response::Event::OutboundFailure {
+                        request_id, error, ..
+                    },
+                )) if request_id == id => return Outcome::Cut(error.to_string()),
+                SwarmEvent::ConnectionClosed { cause, .. } => {
+                    return Outcome::Cut(format!("connection closed: {cause:?}"));
+                }
+                other => self.answer(other),
+            }
+        }
+    }
+
+    /// The daemon's own requests (roster, summaries) get a polite refusal.
+    fn answer(&mut self, event: SwarmEvent<ClientEvent>) {
+        if let SwarmEvent::Behaviour(ClientEvent::Sync(request_response::Event::Message {
+            message: request_response::Message::Request { channel, .. },
+            ..
+        })) = event
+        {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, SyncResponse::Refused("busy".into()));
+        }
+    }
+
+    /// Fetches `chat` whole, as the daemon sealed it.
+    async fn fetch(&mut self, chat: &ChatId) -> (Vec<Attestation>, Vec<u8>) {
+        let fetch = SyncRequest::Fetch {
+            chat: chat.to_string(),
+        };
+        match self.ask(fetch).await {
+            Outcome::Answered(SyncResponse::Document {
+                payload: Payload::Inline(bytes),
+            }) => {
+                let (attestations, body) = authorship::open(&bytes).unwrap();
+                (attestations, body.to_vec())
+            }
+            other => panic!("the chat was not sent: {other:?}"),
+        }
+    }
+
+    /// Signs `(chat, hash)` with this device's key, as any device attests its changes.
+    fn attest(&self, chat: &ChatId, hash: automerge::ChangeHash) -> Attestation {
+        Attestation {
+            hash,
+            signature: self
+                .keypair
+                .sign(&authorship::statement(chat, &hash))
+                .unwrap(),
+        }
+    }
+
+    fn sync(chat: &ChatId, sealed: Vec<u8>) -> SyncRequest {
+        SyncRequest::Sync {
+            chat: chat.to_string(),
+            message: sealed,
+        }
+    }
+}
+
+/// A sync message that brings what `doc` wrote as `author` to a device holding `known`, sealed
+/// with an attestation of `author`'s newest change signed by the hostile device's key.
+fn change_message(
+    hostile: &Hostile,
+    chat: &ChatId,
+    known: &[u8],
+    doc: &mut ChatDoc,
+    author: &Device,
+) -> Vec<u8> {
+    // Run Automerge's protocol against a copy of what the daemon has, in memory, and keep the
+    // message that carries the new change: the daemon has exactly that copy.
+    let mut mirror = automerge::AutoCommit::load(known).unwrap();
+    let (mut mine, mut theirs) = (automerge::sync::State::new(), automerge::sync::State::new());
+    let target = doc.heads();
+    let mut carrying = None;
+    for _ in 0..8 {
+        if let Some(bytes) = doc.generate_sync_message(&mut mine) {
+            let message = automerge::sync::Message::decode(&bytes).unwrap();
+            mirror
+                .sync()
+                .receive_sync_message(&mut theirs, message)
+                .unwrap();
+            if mirror.get_heads() == target {
+                carrying = Some(bytes);
+                break;
+            }
+        }
+        if let Some(message) = mirror.sync().generate_sync_message(&mut theirs) {
+            doc.automerge_mut()
+                .sync()
+                .receive_sync_message(&mut mine, message)
+                .unwrap();
+        }
+    }
+    let carrying = carrying.expect("the protocol never carried the change");
+    let (_, newest) = doc.newest_change_of(&author.actor).unwrap();
+    authorship::seal(&[hostile.attest(chat, newest)], &carrying)
+}
+
+async fn texts(daemon: &TestDaemon, chat: &str) -> Vec<String> {
+    daemon
+        .try_all_messages(chat, 100)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m: MessageJson| m.text)
+        .collect()
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn is_refusal(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Answered(SyncResponse::Refused(_)) | Outcome::Cut(_)
+    )
+}
+
+async fn suspended_on(daemon: &TestDaemon, device: &DeviceId) -> bool {
+    let peers: PeerListJson = daemon.get("/peers").await.json(StatusCode::OK);
+    peers
+        .peers
+        .iter()
+        .any(|p| p.device == device.as_str() && !p.connected && p.suspended_until.is_some())
+}
+
+/// A daemon that trusts an honest device and a hostile one, all on loopback.
+async fn mesh() -> (TestDaemon, TestDaemon, Hostile, ChatId) {
+    let addr = fixed_loopback_addr();
+    let mut config = Config::default();
+    config.network.listen = vec![addr.parse().unwrap()];
+    let daemon = TestDaemon::start_with(config).await;
+    let mut honest_config = Config::default();
+    honest_config.network.peers = vec![format!("{addr}/p2p/{}", daemon.device_id).parse().unwrap()];
+    let honest = TestDaemon::start_with(honest_config).await;
+    let keypair = Keypair::generate_ed25519();
+    let hostile_id = keypair.public().to_peer_id().to_base58();
+    for (on, id) in [
+        (&daemon, &honest.device_id),
+        (&honest, &daemon.device_id),
+        (&daemon, &hostile_id),
+    ] {
+        on.post("/devices", json!({ "id": id }))
+            .await
+            .json::<serde_json::Value>(StatusCode::CREATED);
+    }
+    let chat: ChatJson = daemon
+        .post("/chats", json!({ "title": "family" }))
+        .await
+        .json(StatusCode::CREATED);
+    daemon.post_message(&chat.id, "from the daemon").await;
+    let hostile = Hostile::new(
+        keypair,
+        daemon.device_id.parse().unwrap(),
+        addr.parse().unwrap(),
+    );
+    (daemon, honest, hostile, ChatId::new(chat.id).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_data_from_a_paired_device_gets_it_suspended_and_everyone_else_carries_on() {
+    let (daemon, honest, mut hostile, chat) = mesh().await;
+    assert!(
+        hostile.connect().await,
+        "the daemon refused a roster device"
+    );
+
+    // Honest first: a post signed by the device itself is taken.
+    let (_, known) = hostile.fetch(&chat).await;
+    let me = Device::with_session(hostile.device(), "hostile", b"session1").unwrap();
+    let mut doc = ChatDoc::load(&known, &me).unwrap();
+    doc.post(&me, MessageId::new("hostile-1").unwrap(), "signed", None, 1)
+        .unwrap();
+    let message = change_message(&hostile, &chat, &known, &mut doc, &me);
+    let outcome = hostile.ask(Hostile::sync(&chat, message)).await;
+    assert!(
+        matches!(outcome, Outcome::Answered(SyncResponse::Sync { .. })),
+        "{outcome:?}"
+    );
+    eventually("the signed post is shown", || async {
+        texts(&daemon, chat.as_str())
+            .await
+            .contains(&"signed".to_string())
+    })
+    .await;
+
+    // Then: a post in the honest device's name (its actor), signed with the hostile key.
+    let (_, known) = hostile.fetch(&chat).await;
+    let victim = DeviceId::new(honest.device_id.clone()).unwrap();
+    let posing = Device::with_session(victim, "honest", b"forged").unwrap();
+    let mut forged = ChatDoc::load(&known, &posing).unwrap();
+    forged
+        .post(
+            &posing,
+            MessageId::new("forged-1").unwrap(),
+            "forged",
+            None,
+            2,
+        )
+        .unwrap();
+    let message = change_message(&hostile, &chat, &known, &mut forged, &posing);
+    let outcome = hostile.ask(Hostile::sync(&chat, message)).await;
+    assert!(
+        matches!(&outcome, Outcome::Answered(SyncResponse::Refused(why)) if why.contains("signature")),
+        "a forged change was not refused for its signature: {outcome:?}"
+    );
+
+    // Garbage: not a signed payload; a signed payload whose body is not a sync message. The
+    // third offence suspends the device: its connection is closed.
+    let garbage = [
+        b"\x00not a sync message".to_vec(),
+        authorship::seal(&[], b"\x42\xff\xff\xff\xff garbage"),
+    ];
+    for bytes in garbage {
+        let outcome = hostile.ask(Hostile::sync(&chat, bytes)).await;
+        assert!(is_refusal(&outcome), "garbage was not refused: {outcome:?}");
+    }
+    assert!(
+        !hostile.stays_up(Duration::from_secs(3)).await,
+        "the daemon kept the connection of a device that sent three bad messages"
+    );
+    assert!(
+        !texts(&daemon, chat.as_str())
+            .await
+            .contains(&"forged".to_string()),
+        "the forged post is shown"
+    );
+    let device = hostile.device();
+    eventually("the peer list shows the suspension", || {
+        suspended_on(&daemon, &device)
+    })
+    .await;
+    // Refused on reconnect while suspended.
+    assert!(
+        !hostile.connect().await,
+        "a suspended device connected again"
+    );
+
+    // Everyone else carries on: the honest device's post arrives, the API answers.
+    honest.post_message(chat.as_str(), "still here").await;
+    eventually("the honest post arrives", || async {
+        texts(&daemon, chat.as_str())
+            .await
+            .contains(&"still here".to_string())
+    })
+    .await;
+    assert_eq!(daemon.status().await.chats, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_floods_requests_is_told_to_slow_down_then_suspended() {
+    let (daemon, _honest, mut hostile, _chat) = mesh().await;
+    assert!(
+        hostile.connect().await,
+        "the daemon refused a roster device"
+    );
+    // Summaries make the daemon read every chat's heads: the most expensive request. Sent in
+    // waves without waiting, the way a flooding device would.
+    let (mut refused, mut cut) = (0, false);
+    'flood: for _ in 0..200 {
+        let ids: Vec<_> = (0..64)
+            .map(|_| {
+                hostile
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&hostile.daemon, SyncRequest::Summary(Vec::new()))
+            })
+            .collect();
+        let mut open = ids.len();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while open > 0 {
+            let event = tokio::time::timeout_at(deadline, hostile.swarm.select_next_some())
+                .await
+                .expect("the daemon stopped answering");
+            match event {
+                SwarmEvent::Behaviour(ClientEvent::Sync(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                })) => {
+                    open -= 1;
+                    if matches!(&response, SyncResponse::Refused(why) if why == SLOW_DOWN) {
+                        refused += 1;
+                    }
+                }
+                SwarmEvent::Behaviour(ClientEvent::Sync(
+                    request_response::Event::OutboundFailure { .. },
+                )) => open -= 1,
+                SwarmEvent::ConnectionClosed { .. } => {
+                    cut = true;
+                    break 'flood;
+                }
+                other => hostile.answer(other),
+            }
+        }
+    }
+    assert!(refused > 0, "no request was refused for rate");
+    assert!(cut, "the flooding device was never disconnected");
+    let device = hostile.device();
+    eventually("the peer list shows the suspension", || {
+        suspended_on(&daemon, &device)
+    })
+    .await;
+    assert!(
+        !hostile.connect().await,
+        "a suspended device connected again"
+    );
+    assert_eq!(daemon.status().await.chats, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_told_to_slow_down_pauses_then_asks_again() {
+    let (_daemon, _honest, mut hostile, _chat) = mesh().await;
+    // This time the client plays a busy honest device: it tells the daemon to slow down when
+    // the daemon first sends its summary, and takes note of when the daemon asks again.
+    let addr = hostile
+        .daemon_addr
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2p(hostile.daemon));
+    hostile.swarm.dial(addr).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut first_refused: Option<Instant> = None;
+    loop {
+        let event = tokio::time::timeout_at(deadline, hostile.swarm.select_next_some())
+            .await
+            .expect("the daemon never asked again");
+        let SwarmEvent::Behaviour(ClientEvent::Sync(request_response::Event::Message {
+            message:
+                request_response::Message::Request {
+                    request, channel, ..
+                },
+            ..
+        })) = event
+        else {
+            continue;
+        };
+        let response = match (&request, first_refused) {
+            (SyncRequest::Summary(_), None) => {
+                first_refused = Some(Instant::now());
+                SyncResponse::Refused(SLOW_DOWN.into())
+            }
+            (SyncRequest::Summary(_), Some(at)) => {
+                let waited = at.elapsed();
+                assert!(
+                    waited >= Duration::from_millis(900),
+                    "asked again after {waited:?}, without pausing"
+                );
+                assert!(
+                    waited < Duration::from_secs(5),
+                    "waited {waited:?}: the anti-entropy round, not the pause, asked again"
+                );
+                return;
+            }
+            _ => SyncResponse::Refused("busy".into()),
+        };
+        let _ = hostile
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_response(channel, response);
+    }
+}
