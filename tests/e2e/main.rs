@@ -15,3 +15,4 @@ mod paging;
 mod pairing;
 mod signals;
 mod support;
+mod trio;

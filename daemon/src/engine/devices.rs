@@ -19,8 +19,15 @@ impl LoadedRoster {
         self.doc.entries()
     }
 
-    /// Every trusted device, this one included.
-    pub fn trusted(&self) -> std::collections::BTreeSet<DeviceId> {
+    /// The devices this one may connect to and sync with, this one included; none at all
+    /// once another device has removed this one. A removed device is cut off from the whole
+    /// mesh: trusting nobody, it drops its connections and stops dialling, instead of calling
+    /// on the devices it still lists (which would show them as connected while any of them has
+    /// its pairing window open and admits it as a device that comes to pair).
+    pub fn trusted(&self, this_device: &DeviceId) -> std::collections::BTreeSet<DeviceId> {
+        if !self.doc.is_trusted(this_device) {
+            return std::collections::BTreeSet::new();
+        }
         self.doc
             .entries()
             .into_iter()
@@ -171,7 +178,7 @@ impl Engine {
         if me_removed {
             tracing::warn!("this device was removed from the mesh by another device");
         }
-        let trusted = self.roster.lock().await.trusted();
+        let trusted = self.roster.lock().await.trusted(&self.device.id);
         self.trusted.send_replace(trusted);
         Ok(true)
     }
@@ -206,7 +213,7 @@ impl Engine {
         let (entry, receipt) = receipt;
         receipt.durable().await?;
         // Read under the lock now, so that racing changes always leave the latest roster.
-        let trusted = self.roster.lock().await.trusted();
+        let trusted = self.roster.lock().await.trusted(&self.device.id);
         self.trusted.send_replace(trusted);
         Ok(entry)
     }

@@ -99,7 +99,7 @@ impl Engine {
     ) -> Result<Arc<Engine>, EngineError> {
         let records: BTreeMap<_, _> = store.chat_records()?.into_iter().collect();
         let roster = devices::LoadedRoster::open(&store, &device)?;
-        let (trusted, _) = tokio::sync::watch::channel(roster.trusted());
+        let (trusted, _) = tokio::sync::watch::channel(roster.trusted(&device.id));
         let (events, _) = broadcast::channel(events::EVENT_BUFFER);
         let engine = Arc::new(Engine {
             committer: Committer::start(store.clone(), events.clone())
