@@ -3,7 +3,9 @@
 //! client is a working device), then with garbage, a forged change in another device's name,
 //! and a flood of requests. The daemon refuses each, suspends the device (closes its connection,
 //! refuses it on reconnect, shows the suspension in `GET /v1/peers`), and carries on syncing with
-//! an honest device and answering its API.
+//! an honest device and answering its API. The same client checks the daemon's own manners: it
+//! pauses when told to slow down, and a device it removes that plays deaf is sent nothing but
+//! the roster that removes it, then cut off.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -528,4 +530,93 @@ async fn a_daemon_told_to_slow_down_pauses_then_asks_again() {
             .sync
             .send_response(channel, response);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_device_that_does_not_answer_is_sent_nothing_but_the_roster() {
+    let (daemon, _honest, mut hostile, chat) = mesh().await;
+    assert!(
+        hostile.connect().await,
+        "the daemon refused a roster device"
+    );
+    // Wait until the daemon counts it as connected (identify ran), serving it meanwhile.
+    let device = hostile.device();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let peers: PeerListJson = daemon.get("/peers").await.json(StatusCode::OK);
+        if peers
+            .peers
+            .iter()
+            .any(|p| p.device == device.as_str() && p.connected)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never took the device up"
+        );
+        assert!(hostile.stays_up(Duration::from_millis(100)).await);
+    }
+
+    // Removed, and deaf to the roster that tells it so; the mesh writes on meanwhile.
+    daemon
+        .delete(&format!("/devices/{}", hostile.device()))
+        .await;
+    // What was on the wire before the removal may still arrive: let it, then write.
+    let mut unanswered = Vec::new();
+    let settle = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(event) = tokio::time::timeout_at(settle, hostile.swarm.select_next_some()).await {
+        if let SwarmEvent::Behaviour(ClientEvent::Sync(request_response::Event::Message {
+            message: request_response::Message::Request { channel, .. },
+            ..
+        })) = event
+        {
+            unanswered.push(channel);
+        }
+    }
+    daemon
+        .post_message(chat.as_str(), "after the removal")
+        .await;
+    let fetch = hostile.swarm.behaviour_mut().sync.send_request(
+        &hostile.daemon,
+        SyncRequest::Fetch {
+            chat: chat.to_string(),
+        },
+    );
+    let mut fetch_answer = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while let Ok(event) = tokio::time::timeout_at(deadline, hostile.swarm.select_next_some()).await
+    {
+        match event {
+            SwarmEvent::Behaviour(ClientEvent::Sync(request_response::Event::Message {
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            })) => match request {
+                SyncRequest::Roster(_) => unanswered.push(channel),
+                other => panic!("a removed device was sent {other:?}"),
+            },
+            SwarmEvent::Behaviour(ClientEvent::Sync(request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            })) if request_id == fetch => fetch_answer = Some(response),
+            SwarmEvent::ConnectionClosed { .. } => break,
+            _ => {}
+        }
+    }
+    assert!(
+        !matches!(fetch_answer, Some(SyncResponse::Document { .. })),
+        "a removed device fetched a chat"
+    );
+    assert!(
+        !hostile.swarm.is_connected(&hostile.daemon),
+        "a removed device that never answered stayed connected"
+    );
+    assert!(!hostile.connect().await, "a removed device connected again");
 }

@@ -1,6 +1,8 @@
 //! The roster: which devices may sync with this one. The engine keeps it in memory (it is
 //! small) and persists every change like a chat's: one chunk, then a group-commit flush.
 
+use std::collections::BTreeSet;
+
 use chatsync_model::{Device, DeviceId, RosterDoc, RosterEntry};
 
 use super::{Engine, EngineError, Event, commit::Committer, now_ms};
@@ -11,6 +13,16 @@ use crate::store::Store;
 pub struct LoadedRoster {
     doc: RosterDoc,
     next_seq: u64,
+}
+
+/// Who this device deals with, as the roster says: kept current for the network.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Trust {
+    /// Devices this one may connect to and sync with (this one included).
+    pub trusted: BTreeSet<DeviceId>,
+    /// Devices removed from the mesh: refused even where devices that are not paired are
+    /// admitted (while an invitation is open).
+    pub removed: BTreeSet<DeviceId>,
 }
 
 impl LoadedRoster {
@@ -24,16 +36,20 @@ impl LoadedRoster {
     /// mesh: trusting nobody, it drops its connections and stops dialling, instead of calling
     /// on the devices it still lists (which would show them as connected while any of them has
     /// its pairing window open and admits it as a device that comes to pair).
-    pub fn trusted(&self, this_device: &DeviceId) -> std::collections::BTreeSet<DeviceId> {
-        if !self.doc.is_trusted(this_device) {
-            return std::collections::BTreeSet::new();
-        }
-        self.doc
+    pub fn trust(&self, this_device: &DeviceId) -> Trust {
+        let (trusted, removed) = self
+            .doc
             .entries()
             .into_iter()
-            .filter(RosterEntry::trusted)
-            .map(|e| e.id)
-            .collect()
+            .partition::<Vec<_>, _>(RosterEntry::trusted);
+        Trust {
+            trusted: if self.doc.is_trusted(this_device) {
+                trusted.into_iter().map(|e| e.id).collect()
+            } else {
+                BTreeSet::new()
+            },
+            removed: removed.into_iter().map(|e| e.id).collect(),
+        }
     }
 
     /// Loads the roster, or creates one holding only this device on first start.
@@ -178,8 +194,8 @@ impl Engine {
         if me_removed {
             tracing::warn!("this device was removed from the mesh by another device");
         }
-        let trusted = self.roster.lock().await.trusted(&self.device.id);
-        self.trusted.send_replace(trusted);
+        let trust = self.roster.lock().await.trust(&self.device.id);
+        self.trust.send_replace(trust);
         Ok(true)
     }
 
@@ -213,8 +229,8 @@ impl Engine {
         let (entry, receipt) = receipt;
         receipt.durable().await?;
         // Read under the lock now, so that racing changes always leave the latest roster.
-        let trusted = self.roster.lock().await.trusted(&self.device.id);
-        self.trusted.send_replace(trusted);
+        let trust = self.roster.lock().await.trust(&self.device.id);
+        self.trust.send_replace(trust);
         Ok(entry)
     }
 }

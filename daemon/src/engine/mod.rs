@@ -30,6 +30,7 @@ use chatsync_model::{ChatDoc, ChatId, Device, Message, MessageId};
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
 
+pub use devices::Trust;
 pub use error::EngineError;
 pub use events::{Event, MessageEventKind};
 pub use sync::{MAX_SYNC_BYTES, Relation, SyncStep, same_heads};
@@ -68,7 +69,7 @@ pub struct Engine {
     /// Held while a chat received whole is stored.
     imports: tokio::sync::Mutex<()>,
     /// The devices that may connect, for the network task.
-    trusted: tokio::sync::watch::Sender<std::collections::BTreeSet<chatsync_model::DeviceId>>,
+    trust: tokio::sync::watch::Sender<Trust>,
 }
 
 /// A chat as listed: its id and record.
@@ -99,7 +100,7 @@ impl Engine {
     ) -> Result<Arc<Engine>, EngineError> {
         let records: BTreeMap<_, _> = store.chat_records()?.into_iter().collect();
         let roster = devices::LoadedRoster::open(&store, &device)?;
-        let (trusted, _) = tokio::sync::watch::channel(roster.trusted(&device.id));
+        let (trust, _) = tokio::sync::watch::channel(roster.trust(&device.id));
         let (events, _) = broadcast::channel(events::EVENT_BUFFER);
         let engine = Arc::new(Engine {
             committer: Committer::start(store.clone(), events.clone())
@@ -112,7 +113,7 @@ impl Engine {
             background: TaskTracker::new(),
             roster: tokio::sync::Mutex::new(roster),
             signer: signatures::Signer::new(keypair),
-            trusted,
+            trust,
             changed: sync::ChangedChats::default(),
             sync_states: sync::SyncStates::default(),
             imports: tokio::sync::Mutex::new(()),
@@ -137,11 +138,9 @@ impl Engine {
         self.events.clone()
     }
 
-    /// The devices that may connect, kept up to date as the roster changes.
-    pub fn trusted_devices(
-        &self,
-    ) -> tokio::sync::watch::Receiver<std::collections::BTreeSet<chatsync_model::DeviceId>> {
-        self.trusted.subscribe()
+    /// The devices that may connect, and those removed, kept up to date as the roster changes.
+    pub fn trust(&self) -> tokio::sync::watch::Receiver<Trust> {
+        self.trust.subscribe()
     }
 
     pub fn stats(&self) -> EngineStats {

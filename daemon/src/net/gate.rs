@@ -11,7 +11,8 @@
 //! cannot make this device read a request. The network task checks trust again on every sync
 //! request it handles (`pairing.rs`), so neither check alone keeps the chats safe.
 //!
-//! A roster device the network task suspended for misconduct (`conduct.rs`) is refused, both
+//! A device removed from the mesh is refused always, open invitation or not. A roster device the
+//! network task suspended for misconduct (`conduct.rs`) is refused, both
 //! ways, until its suspension ends.
 //!
 //! Trust is decided per connection when it is established: a device that pairs over a
@@ -98,6 +99,9 @@ pub struct Gate {
     open_until: Option<Instant>,
     /// Inviters of tickets being used on this device.
     joining: HashSet<PeerId>,
+    /// Devices removed from the mesh: refused even while devices that are not paired may
+    /// connect.
+    removed: HashSet<PeerId>,
     /// Devices refused until then, trusted or not (see `conduct.rs`).
     suspended: HashMap<PeerId, Instant>,
     /// Connections of devices outside the roster, and when they are closed.
@@ -115,6 +119,7 @@ impl Gate {
             trusted,
             open_until: None,
             joining: HashSet::new(),
+            removed: HashSet::new(),
             suspended: HashMap::new(),
             unpaired: HashMap::new(),
             to_close: VecDeque::new(),
@@ -141,6 +146,11 @@ impl Gate {
         }
     }
 
+    /// The devices removed from the mesh (the roster's word, replacing the last).
+    pub fn set_removed(&mut self, removed: HashSet<PeerId>) {
+        self.removed = removed;
+    }
+
     /// Closes every connection of `peer` and refuses it until `until`.
     pub fn suspend(&mut self, peer: PeerId, until: Instant) {
         let now = Instant::now();
@@ -149,7 +159,11 @@ impl Gate {
         self.close(peer, CloseConnection::All);
     }
 
-    fn check_suspended(&self, peer: &PeerId) -> Result<(), ConnectionDenied> {
+    /// Refuses a removed device, and a suspended one while its suspension lasts.
+    fn check_barred(&self, peer: &PeerId) -> Result<(), ConnectionDenied> {
+        if self.removed.contains(peer) {
+            return Err(ConnectionDenied::new(NotAdmitted(*peer)));
+        }
         match self.suspended.get(peer) {
             Some(until) if Instant::now() < *until => Err(ConnectionDenied::new(Suspended(*peer))),
             _ => Ok(()),
@@ -202,7 +216,7 @@ impl NetworkBehaviour for Gate {
         _: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.check_suspended(&peer)?;
+        self.check_barred(&peer)?;
         if self.is_trusted(&peer) {
             return Ok(dummy::ConnectionHandler);
         }
@@ -222,7 +236,7 @@ impl NetworkBehaviour for Gate {
         _: Endpoint,
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
         if let Some(p) = &peer {
-            self.check_suspended(p)?;
+            self.check_barred(p)?;
         }
         match peer {
             Some(p) if self.is_trusted(&p) || self.joining.contains(&p) => Ok(Vec::new()),
@@ -240,7 +254,7 @@ impl NetworkBehaviour for Gate {
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.check_suspended(&peer)?;
+        self.check_barred(&peer)?;
         if self.is_trusted(&peer) {
             return Ok(dummy::ConnectionHandler);
         }
@@ -493,6 +507,18 @@ mod tests {
         assert!(!inbound(&mut gate, 5, stranger));
         gate.disallow_peer(friend);
         assert!(!inbound(&mut gate, 6, friend));
+    }
+
+    #[test]
+    fn a_removed_device_is_refused_even_while_an_invitation_is_open() {
+        let mut gate = Gate::new(Trusted::default());
+        let (removed, stranger) = (peer(), peer());
+        gate.set_removed([removed].into_iter().collect());
+        gate.open_window(Some(Instant::now() + Duration::from_secs(60)));
+        assert!(!inbound(&mut gate, 1, removed));
+        assert!(inbound(&mut gate, 2, stranger));
+        gate.begin_join(removed);
+        assert!(!outbound(&mut gate, 3, removed));
     }
 
     #[test]

@@ -250,7 +250,10 @@ impl NetworkTask {
     }
 
     pub(super) fn send(&mut self, peer: PeerId, request: SyncRequest, pending: Pending) {
-        if !self.swarm.is_connected(&peer) {
+        // A device being removed stays connected until it is told (`roster.rs`), and hears
+        // nothing else: not the sessions that changes made meanwhile start.
+        let told_only = !self.allowed.contains(&peer) && !matches!(pending, Pending::Roster);
+        if told_only || !self.swarm.is_connected(&peer) {
             self.abandon(peer, pending);
             return;
         }
@@ -361,7 +364,15 @@ impl NetworkTask {
             Internal::Fetch(peer, chat) => self.fetch(peer, chat),
             Internal::SendRoster(peer, roster) => self.roster_ready(peer, roster),
             Internal::Respond(peer, channel, response) => {
-                let response = self.outbox.prepare(peer, response, Instant::now());
+                // Worked out before the device was removed: it gets nothing now but the roster
+                // that tells it.
+                let response = match response {
+                    SyncResponse::Roster(_) => response,
+                    _ if self.allowed.contains(&peer) => {
+                        self.outbox.prepare(peer, response, Instant::now())
+                    }
+                    _ => SyncResponse::Refused("not trusted".into()),
+                };
                 self.respond(peer, channel, response);
             }
             Internal::Start(peer, chat) => self.start_session(peer, chat),

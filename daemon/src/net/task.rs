@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     config::NetworkConfig,
-    engine::{Engine, Event, now_ms},
+    engine::{Engine, Event, Trust, now_ms},
 };
 
 /// Addresses kept per device found by mDNS.
@@ -58,7 +58,7 @@ pub struct NetworkTask {
     pub(super) conduct: Conduct,
     pub(super) internal: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
-    trusted: watch::Receiver<BTreeSet<DeviceId>>,
+    trust: watch::Receiver<Trust>,
     pub(super) allowed: BTreeSet<PeerId>,
     /// Devices just removed from the roster, still connected until they have been told (or a
     /// deadline passed): see `roster.rs`.
@@ -78,7 +78,7 @@ impl NetworkTask {
         engine: Arc<Engine>,
         commands: mpsc::Receiver<Command>,
     ) -> anyhow::Result<NetworkTask> {
-        let trusted = engine.trusted_devices();
+        let trust = engine.trust();
         let events = engine.event_sender();
         let (internal, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
         let mut swarm = build_swarm(keypair, config.mdns)?;
@@ -118,7 +118,7 @@ impl NetworkTask {
             conduct: Conduct::default(),
             internal,
             internal_rx,
-            trusted,
+            trust,
             allowed: BTreeSet::new(),
             removing: HashMap::new(),
             listen_addrs: Vec::new(),
@@ -144,7 +144,7 @@ impl NetworkTask {
                 Some(command) = self.commands.recv() => self.on_command(command),
                 Some(internal) = self.internal_rx.recv() => self.on_internal(internal),
                 Some(paired) = self.pairing.rx.recv() => self.on_pair_internal(paired),
-                Ok(()) = self.trusted.changed() => self.apply_trust(),
+                Ok(()) = self.trust.changed() => self.apply_trust(),
                 _ = redial.tick() => {
                     self.finish_removals(false);
                     self.resume_paused();
@@ -175,13 +175,19 @@ impl NetworkTask {
     /// Makes the allow list match the roster: newly trusted devices may connect (and are
     /// dialled if their address is known); removed ones are disconnected at once.
     pub(super) fn apply_trust(&mut self) {
-        let trusted: BTreeSet<PeerId> = self
-            .trusted
-            .borrow_and_update()
-            .iter()
-            .filter_map(|d| PeerId::from_str(d.as_str()).ok())
-            .filter(|p| p != self.swarm.local_peer_id())
-            .collect();
+        let trust = self.trust.borrow_and_update().clone();
+        let peers = |devices: &BTreeSet<DeviceId>| -> BTreeSet<PeerId> {
+            devices
+                .iter()
+                .filter_map(|d| PeerId::from_str(d.as_str()).ok())
+                .collect()
+        };
+        let mut trusted = peers(&trust.trusted);
+        trusted.remove(self.swarm.local_peer_id());
+        self.swarm
+            .behaviour_mut()
+            .gate
+            .set_removed(peers(&trust.removed).into_iter().collect());
         let gone: Vec<PeerId> = self.allowed.difference(&trusted).copied().collect();
         for peer in gone {
             self.begin_removal(peer);
