@@ -194,6 +194,7 @@ async fn engine_posts(tasks: usize, posts: usize) -> Duration {
         EngineConfig {
             memory_budget_bytes: 256 << 20,
             idle_unload: Duration::from_secs(600),
+            name_configured: true,
         },
     )
     .unwrap();

@@ -45,7 +45,10 @@ pub fn run_with(args: DaemonArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", paths.data_dir.display()))?;
     std::fs::set_permissions(&paths.data_dir, std::fs::Permissions::from_mode(0o700))?;
     let identity = Identity::load_or_create(&paths.identity_file())?;
-    let name = device_name(args.name.as_deref().or(config.name.as_deref()));
+    if let Some(name) = &args.name {
+        config.name = Some(name.clone());
+    }
+    let name = device_name(config.name.as_deref());
     // A fresh actor for every run (see `chatsync_model::authorship`).
     let session: [u8; 8] = rand::random();
     let device = Device::with_session(identity.device_id.clone(), name, &session)?;
@@ -84,6 +87,7 @@ pub async fn serve(
         EngineConfig {
             memory_budget_bytes: config.store.memory_budget_mb * 1024 * 1024,
             idle_unload: std::time::Duration::from_secs(config.store.idle_unload_secs.max(1)),
+            name_configured: config.name.as_deref().is_some_and(|n| !n.trim().is_empty()),
         },
     )?;
     let listener = api::bind(&paths.socket).await?;
@@ -104,7 +108,7 @@ pub async fn serve(
     });
     tracing::info!(
         device_id = %device.id,
-        name = %device.name,
+        name = %engine.device_name(),
         chats = engine.stats().chats,
         socket = %paths.socket.display(),
         startup_ms = started.elapsed().as_millis() as u64,

@@ -55,3 +55,56 @@ async fn peer_events_follow_connections_and_trust() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_catching_up_reports_its_progress_on_the_event_stream() {
+    let a = TestDaemon::start().await;
+    for title in ["family", "work", "club"] {
+        a.create_chat(title).await;
+    }
+    let a_status = a.status().await;
+    let a_addr = format!("{}/p2p/{}", a_status.listen_addrs[0], a_status.device_id);
+    let mut config = Config::default();
+    config.network.peers = vec![a_addr.parse().unwrap()];
+    let b = TestDaemon::start_with(config).await;
+    let b_id = b.status().await.device_id;
+    let mut progress = b.events("progress=true").await;
+    // Where it stands comes first.
+    let now = progress.expect("sync.progress").await;
+    assert_eq!(now["state"], "offline", "{now}");
+    assert_eq!(now["chats"], 0, "{now}");
+    // Without asking, a stream carries no progress.
+    let mut quiet = b.events("").await;
+
+    a.post("/devices", json!({"id": b_id}))
+        .await
+        .json::<serde_json::Value>(StatusCode::CREATED);
+    b.post("/devices", json!({"id": a_status.device_id}))
+        .await
+        .json::<serde_json::Value>(StatusCode::CREATED);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let event = progress
+            .next_within(left)
+            .await
+            .unwrap_or_else(|_| panic!("never in sync; progress seen: {seen:?}"))
+            .unwrap();
+        if event["type"] != "sync.progress" {
+            continue;
+        }
+        seen.push(event.clone());
+        if event["state"] == "in_sync" && event["chats"] == 3 {
+            assert_eq!(event["chats_behind"], 0);
+            assert_eq!(event["peers_connected"], 1);
+            break;
+        }
+    }
+    while let Ok(Some(event)) = quiet.next_within(Duration::from_millis(300)).await {
+        assert_ne!(event["type"], "sync.progress", "{event}");
+    }
+    b.shutdown().await;
+    a.shutdown().await;
+}

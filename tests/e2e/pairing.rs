@@ -153,11 +153,16 @@ fn a_new_device_joins_with_a_ticket_and_receives_every_chat() {
     assert_eq!(log.len(), 1);
     assert_eq!(log[0]["text"], "dinner at 7");
 
+    // The joiner goes by the name it joined with (it configured none), and signs posts with it.
+    assert_eq!(b.ok_json1(&["status", "--json"])["name"], "laptop");
+
     // From now on they sync live.
     b.ok(&["post", &chat, "see you"]);
     wait_for("b's post to reach a", Duration::from_secs(15), || {
         a.ok_json(&["log", &chat, "--json"]).len() == 2
     });
+    let on_a = a.ok_json(&["log", &chat, "--json"]);
+    assert_eq!(on_a[1]["author_name"], "laptop", "{on_a:?}");
 
     // The ticket worked once.
     let again = Device::new();
@@ -167,6 +172,11 @@ fn a_new_device_joins_with_a_ticket_and_receives_every_chat() {
     assert!(reused.stderr.contains("already used"), "{}", reused.stderr);
     assert_eq!(roster_ids(&a), both);
     assert_eq!(roster_ids(&again).len(), 1);
+
+    // The name outlives a restart.
+    b.stop();
+    b.start();
+    assert_eq!(b.ok_json1(&["status", "--json"])["name"], "laptop");
 }
 
 #[test]

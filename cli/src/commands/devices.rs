@@ -42,7 +42,8 @@ fn show(device: &DeviceJson, verb: &str, json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn peers(client: &Client, json: bool) -> anyhow::Result<()> {
-    if !json && let Some(at) = client.status().await?.removed_from_mesh_at {
+    let removed = client.status().await?.removed_from_mesh_at;
+    if !json && let Some(at) = removed {
         eprintln!("{}", super::daemon::removed_notice(at));
     }
     let peers = client.peers().await?;
@@ -51,7 +52,10 @@ pub async fn peers(client: &Client, json: bool) -> anyhow::Result<()> {
             output::json_line(p)?;
         }
     } else if peers.is_empty() {
-        println!("no other devices yet; add one with `chatsync devices add DEVICE_ID`");
+        // A removed device has nobody, and adding devices is not its way back.
+        if removed.is_none() {
+            println!("no other devices yet; pair one with `chatsync pair`");
+        }
     } else {
         for line in output::peer_table(&peers) {
             println!("{line}");

@@ -30,8 +30,11 @@ struct Subscription {
     rx: broadcast::Receiver<Event>,
     device: DeviceId,
     chat: Option<ChatId>,
+    /// Whether `sync.progress` events are wanted.
+    progress: bool,
     shutdown: CancellationToken,
-    hello: Option<EventJson>,
+    /// Lines sent before any event: `hello`, then the sync state now if progress is wanted.
+    first: std::collections::VecDeque<EventJson>,
 }
 
 pub async fn events(
@@ -42,16 +45,29 @@ pub async fn events(
         Some(r) => Some(state.engine.resolve_chat(r)?.id),
         None => None,
     };
-    let subscription = Subscription {
+    let mut subscription = Subscription {
         rx: state.engine.subscribe(),
         device: state.engine.device().id.clone(),
         chat,
+        progress: query.progress,
         shutdown: state.shutdown.clone(),
-        hello: Some(EventJson::Hello {
+        first: [EventJson::Hello {
             device_id: state.engine.device().id.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-        }),
+        }]
+        .into(),
     };
+    if query.progress {
+        // Where things stand, so that a progress display need not wait for a change.
+        let sync = state.network.sync_state().await;
+        subscription.first.push_back(EventJson::SyncProgress {
+            state: sync.state.to_string(),
+            chats: state.engine.stats().chats,
+            chats_behind: sync.chats_behind,
+            chats_ahead: sync.chats_ahead,
+            peers_connected: sync.peers_connected,
+        });
+    }
     let lines = stream::unfold(subscription, |mut sub| async move {
         let event = next_event(&mut sub).await?;
         let mut line = serde_json::to_vec(&event).unwrap_or_default();
@@ -69,8 +85,8 @@ pub async fn events(
 }
 
 async fn next_event(sub: &mut Subscription) -> Option<EventJson> {
-    if let Some(hello) = sub.hello.take() {
-        return Some(hello);
+    if let Some(line) = sub.first.pop_front() {
+        return Some(line);
     }
     loop {
         let received = tokio::select! {
@@ -78,6 +94,7 @@ async fn next_event(sub: &mut Subscription) -> Option<EventJson> {
             r = sub.rx.recv() => r,
         };
         match received {
+            Ok(Event::SyncProgress { .. }) if !sub.progress => {}
             Ok(event) => {
                 if sub.chat.is_none() || sub.chat.as_ref() == event.chat() {
                     return Some(EventJson::from_event(event, &sub.device));

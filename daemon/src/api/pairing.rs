@@ -99,7 +99,7 @@ pub async fn join(
             ));
         }
         Some(n) => n.to_string(),
-        None => st.engine.device().name.clone(),
+        None => st.engine.device_name(),
     };
     let joined = st.network.join(ticket, name).await.map_err(join_error)?;
     Ok(Json(JoinedJson {

@@ -62,7 +62,7 @@ async fn status(State(st): St) -> Json<StatusJson> {
     let device = st.engine.device();
     Json(StatusJson {
         device_id: device.id.to_string(),
-        name: device.name.clone(),
+        name: st.engine.device_name(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
         data_dir: st.data_dir.display().to_string(),

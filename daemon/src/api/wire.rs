@@ -234,6 +234,9 @@ pub struct MessagesQuery {
 pub struct EventsQuery {
     /// Only events of this chat (id, title or id prefix).
     pub chat: Option<String>,
+    /// Include `sync.progress` events (off by default: they come and go with the network).
+    #[serde(default)]
+    pub progress: bool,
 }
 
 /// One line of the event stream (`GET /v1/events`, NDJSON).
@@ -275,6 +278,16 @@ pub enum EventJson {
         invite: String,
         device_id: String,
         name: String,
+    },
+    /// This device's sync state changed (at most four times a second).
+    #[serde(rename = "sync.progress")]
+    SyncProgress {
+        /// `offline`, `syncing` or `in_sync`.
+        state: String,
+        chats: usize,
+        chats_behind: usize,
+        chats_ahead: usize,
+        peers_connected: usize,
     },
     /// The subscriber fell behind and `missed` events were dropped; re-read what matters.
     #[serde(rename = "lagged")]
@@ -419,6 +432,19 @@ mod convert {
                     invite,
                     device_id: device.to_string(),
                     name,
+                },
+                Event::SyncProgress {
+                    state,
+                    chats,
+                    chats_behind,
+                    chats_ahead,
+                    peers_connected,
+                } => EventJson::SyncProgress {
+                    state: state.to_string(),
+                    chats,
+                    chats_behind,
+                    chats_ahead,
+                    peers_connected,
                 },
                 Event::DeviceAdded { entry } => EventJson::DeviceAdded {
                     device: DeviceJson::from_entry(entry, this_device),

@@ -52,8 +52,21 @@ impl LoadedRoster {
         }
     }
 
-    /// Loads the roster, or creates one holding only this device on first start.
-    pub fn open(store: &Store, device: &Device) -> Result<LoadedRoster, EngineError> {
+    /// This device's name in the roster, while it is in it.
+    pub fn own_name(&self, this_device: &DeviceId) -> Option<String> {
+        self.doc
+            .entry(this_device)
+            .filter(RosterEntry::trusted)
+            .map(|e| e.name)
+    }
+
+    /// Loads the roster, or creates one holding only this device on first start. A name the
+    /// owner configured replaces the device's own name in it.
+    pub fn open(
+        store: &Store,
+        device: &Device,
+        name_configured: bool,
+    ) -> Result<LoadedRoster, EngineError> {
         match store.load_roster()? {
             Some(stored) => {
                 let mut roster = LoadedRoster {
@@ -62,11 +75,12 @@ impl LoadedRoster {
                     })?,
                     next_seq: stored.next_seq,
                 };
-                // The device's own name follows its configuration.
-                if roster
-                    .doc
-                    .entry(&device.id)
-                    .is_some_and(|e| e.trusted() && e.name != device.name)
+                // The device's own name follows its configuration, when it has one.
+                if name_configured
+                    && roster
+                        .doc
+                        .entry(&device.id)
+                        .is_some_and(|e| e.trusted() && e.name != device.name)
                 {
                     roster.doc.add(device, &device.id, &device.name, now_ms())?;
                     let chunk = roster.doc.take_local_changes();
@@ -194,9 +208,21 @@ impl Engine {
         if me_removed {
             tracing::warn!("this device was removed from the mesh by another device");
         }
-        let trust = self.roster.lock().await.trust(&self.device.id);
-        self.trust.send_replace(trust);
+        self.follow_roster().await;
         Ok(true)
+    }
+
+    /// Publishes who is trusted now, and takes this device's name from the roster unless its
+    /// owner configured one. Read under the lock, so that racing changes always leave the
+    /// latest roster.
+    async fn follow_roster(&self) {
+        let roster = self.roster.lock().await;
+        self.trust.send_replace(roster.trust(&self.device.id));
+        if !self.name_configured
+            && let Some(name) = roster.own_name(&self.device.id)
+        {
+            *self.name.write().unwrap_or_else(|p| p.into_inner()) = name;
+        }
     }
 
     /// When this device was removed from the mesh, if it was (another device revoked it).
@@ -228,9 +254,7 @@ impl Engine {
         };
         let (entry, receipt) = receipt;
         receipt.durable().await?;
-        // Read under the lock now, so that racing changes always leave the latest roster.
-        let trust = self.roster.lock().await.trust(&self.device.id);
-        self.trust.send_replace(trust);
+        self.follow_roster().await;
         Ok(entry)
     }
 }

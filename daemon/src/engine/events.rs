@@ -52,6 +52,17 @@ pub enum Event {
         device: DeviceId,
         name: String,
     },
+    /// This device's sync state changed (sent by the network task, at most four times a
+    /// second): for progress bars while a new device catches up, and for status displays.
+    SyncProgress {
+        /// `offline`, `syncing` or `in_sync`.
+        state: &'static str,
+        /// Chats on this device.
+        chats: usize,
+        chats_behind: usize,
+        chats_ahead: usize,
+        peers_connected: usize,
+    },
 }
 
 impl Event {
@@ -66,7 +77,8 @@ impl Event {
             | Event::DeviceRemoved { .. }
             | Event::PeerUp { .. }
             | Event::PeerDown { .. }
-            | Event::Paired { .. } => None,
+            | Event::Paired { .. }
+            | Event::SyncProgress { .. } => None,
         }
     }
 }

@@ -46,6 +46,10 @@ use crate::store::{ChatRecord, Store};
 pub struct EngineConfig {
     pub memory_budget_bytes: u64,
     pub idle_unload: Duration,
+    /// Whether the device's name was set by its owner (flag or config file). If not (it is the
+    /// host name), the name the device has in the roster wins: the one given when it joined
+    /// (`chatsync join --name`) or set later on any device.
+    pub name_configured: bool,
 }
 
 /// Most messages one read returns.
@@ -54,6 +58,9 @@ pub const MAX_PAGE: usize = 1000;
 pub struct Engine {
     store: Store,
     device: Device,
+    /// The device's name now (see [`EngineConfig::name_configured`]).
+    name: std::sync::RwLock<String>,
+    name_configured: bool,
     records: RwLock<BTreeMap<ChatId, ChatRecord>>,
     cache: ChatCache,
     committer: Committer,
@@ -99,7 +106,14 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Arc<Engine>, EngineError> {
         let records: BTreeMap<_, _> = store.chat_records()?.into_iter().collect();
-        let roster = devices::LoadedRoster::open(&store, &device)?;
+        let roster = devices::LoadedRoster::open(&store, &device, config.name_configured)?;
+        let name = if config.name_configured {
+            device.name.clone()
+        } else {
+            roster
+                .own_name(&device.id)
+                .unwrap_or_else(|| device.name.clone())
+        };
         let (trust, _) = tokio::sync::watch::channel(roster.trust(&device.id));
         let (events, _) = broadcast::channel(events::EVENT_BUFFER);
         let engine = Arc::new(Engine {
@@ -107,6 +121,8 @@ impl Engine {
                 .map_err(|e| EngineError::Internal(format!("cannot start the committer: {e}")))?,
             store,
             device,
+            name: std::sync::RwLock::new(name),
+            name_configured: config.name_configured,
             records: RwLock::new(records),
             cache: ChatCache::new(config.memory_budget_bytes),
             events,
@@ -125,8 +141,23 @@ impl Engine {
         Ok(engine)
     }
 
+    /// This device's id and actor. Its name can change while the daemon runs: see
+    /// [`Engine::device_name`] and [`Engine::writer`].
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// This device's name now.
+    pub fn device_name(&self) -> String {
+        self.name.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// This device as the author of a change: its current name on it.
+    fn writer(&self) -> Device {
+        Device {
+            name: self.device_name(),
+            ..self.device.clone()
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -200,7 +231,7 @@ impl Engine {
         self.committer.check_healthy()?;
         let id = ChatId::new(random_id())?;
         let now = now_ms();
-        let mut doc = ChatDoc::create(id.clone(), title, &self.device, now)?;
+        let mut doc = ChatDoc::create(id.clone(), title, &self.writer(), now)?;
         let bytes = doc.save();
         let record = ChatRecord {
             title: title.to_string(),
@@ -406,7 +437,7 @@ impl Engine {
         let (value, receipt) = {
             let mut loaded = handle.lock().await;
             let now = now_ms();
-            let (value, mut events) = op(&mut loaded.doc, &self.device, now)?;
+            let (value, mut events) = op(&mut loaded.doc, &self.writer(), now)?;
             let chunk = loaded.doc.take_local_changes();
             if chunk.is_empty() {
                 // Nothing changed (an edit to the same text, say): nothing to persist.

@@ -306,7 +306,7 @@ impl NetworkTask {
                     // Trusted in the gate before the answer, so that the joiner's next
                     // connection is admitted for sync.
                     self.apply_trust();
-                    let name = self.engine.device().name.clone();
+                    let name = self.engine.device_name();
                     self.answer(channel, PairResponse::Accepted { name });
                     tracing::info!(%peer, name = %entry.name, "device paired");
                     let _ = self.engine.event_sender().send(Event::Paired {

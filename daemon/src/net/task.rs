@@ -68,6 +68,8 @@ pub struct NetworkTask {
     /// lifetime, so a device trusted later must still be found here.
     discovered: HashMap<PeerId, BTreeSet<Multiaddr>>,
     events: broadcast::Sender<Event>,
+    /// The sync state last published as an event (state, chats, behind, ahead, peers).
+    reported_progress: Option<(&'static str, usize, usize, usize, usize)>,
     commands: mpsc::Receiver<Command>,
 }
 
@@ -124,6 +126,7 @@ impl NetworkTask {
             listen_addrs: Vec::new(),
             discovered: HashMap::new(),
             events,
+            reported_progress: None,
             commands,
         };
         task.apply_trust();
@@ -149,6 +152,7 @@ impl NetworkTask {
                     self.finish_removals(false);
                     self.resume_paused();
                     self.redial_due();
+                    self.report_progress();
                 }
                 _ = resummarize.tick() => self.resummarize(),
             }
@@ -461,6 +465,30 @@ impl NetworkTask {
 }
 
 impl NetworkTask {
+    /// Publishes [`Event::SyncProgress`] if the sync state changed since it was last published.
+    fn report_progress(&mut self) {
+        let state = self.sync_state();
+        let chats = self.engine.stats().chats;
+        let now = (
+            state.state,
+            chats,
+            state.chats_behind,
+            state.chats_ahead,
+            state.peers_connected,
+        );
+        if self.reported_progress == Some(now) {
+            return;
+        }
+        self.reported_progress = Some(now);
+        let _ = self.events.send(Event::SyncProgress {
+            state: state.state,
+            chats,
+            chats_behind: state.chats_behind,
+            chats_ahead: state.chats_ahead,
+            peers_connected: state.peers_connected,
+        });
+    }
+
     /// This device's sync state over every connected device.
     fn sync_state(&self) -> SyncState {
         let connected = self.accepted_peers();
