@@ -146,7 +146,9 @@ pub enum DevicesCommand {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Remove a device from the roster for good (by id or name); it is never trusted again.
+    /// Remove (revoke) a device from the mesh for good, by id or name: every device drops it,
+    /// and it is never trusted again.
+    #[command(visible_alias = "revoke")]
     Remove { device: String },
 }
 

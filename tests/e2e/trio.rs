@@ -7,7 +7,7 @@
 //! them trust each other, that both receive A's history, and that a post by either joiner
 //! reaches the other and A.
 //!
-//! Then C, which did not pair B, revokes it with `chatsync devices remove` (any device may
+//! Then C, which did not pair B, revokes it with `chatsync devices revoke` (any device may
 //! revoke): the removal reaches A through the replicated roster, A and C list B as removed,
 //! B's `chatsync status` tells its user, and from then on nothing crosses in either direction
 //! (a post B makes is refused by the mesh, a post in the mesh never reaches B). Absence is
@@ -270,7 +270,7 @@ fn two_joiners_sync_through_the_inviter_and_one_revokes_the_other() {
     });
 
     // C revokes B, which A paired.
-    let removed = c.ok_json1(&["devices", "remove", "laptop", "--json"]);
+    let removed = c.ok_json1(&["devices", "revoke", "laptop", "--json"]);
     assert_eq!(removed["id"], b_id.as_str(), "{removed}");
     assert_eq!(removed["trusted"], false, "{removed}");
     let removed_at = removed["removed_at"]
