@@ -588,6 +588,11 @@ impl ChatDoc {
         Ok(touched)
     }
 
+    /// Whether the change is applied (not merely waiting for its dependencies).
+    pub fn has_change(&mut self, hash: &ChangeHash) -> bool {
+        self.doc.get_change_by_hash(hash).is_some()
+    }
+
     /// Drops everything applied since `before` (the index has not been touched yet).
     fn revert_to(&mut self, before: &[ChangeHash]) -> Result<(), ModelError> {
         let actor = self.doc.get_actor().clone();

@@ -60,9 +60,15 @@ pub fn public_key(device: &DeviceId) -> Option<PublicKey> {
 
 /// The newest attested change of each actor of a chat: other devices' as received, this
 /// device's signed when first needed.
+///
+/// Only attestations of applied changes are passed on: one whose change still waits for its
+/// dependencies would vouch for nothing the other device can check, and the actor's applied
+/// changes would travel unsigned. Those wait here, in memory like the changes they prove, and
+/// take over when their change is applied.
 #[derive(Debug, Default)]
 pub struct Tops {
     by_actor: BTreeMap<ActorId, (u64, Attestation)>,
+    waiting: BTreeMap<ActorId, authorship::ActorTop>,
 }
 
 impl Tops {
@@ -88,11 +94,14 @@ impl Tops {
     }
 }
 
-/// Stores the attestations that arrived with other devices' changes, newest per actor.
+/// Stores the attestations that arrived with other devices' changes, newest per actor, once
+/// `doc` has applied their change; the others wait (see [`Tops`]). Also takes up those that
+/// waited and whose change `doc` has applied since.
 pub fn keep_received(
     store: &Store,
     chat: &ChatId,
     tops: &mut Tops,
+    doc: &mut ChatDoc,
     received: Vec<authorship::ActorTop>,
     own: &DeviceId,
 ) -> Result<(), EngineError> {
@@ -100,10 +109,35 @@ pub fn keep_received(
         if authorship::device_of_actor(&top.actor).as_ref() == Some(own) {
             continue;
         }
-        let (actor, seq, attestation) = (top.actor.clone(), top.seq, top.attestation.clone());
-        if tops.offer(top) {
-            store.put_attestation(chat, actor.to_bytes(), seq, &attestation)?;
+        if doc.has_change(&top.attestation.hash) {
+            keep(store, chat, tops, top)?;
+        } else if tops.waiting.get(&top.actor).is_none_or(|w| w.seq < top.seq) {
+            tops.waiting.insert(top.actor.clone(), top);
         }
+    }
+    let applied: Vec<ActorId> = tops
+        .waiting
+        .iter()
+        .filter(|(_, top)| doc.has_change(&top.attestation.hash))
+        .map(|(actor, _)| actor.clone())
+        .collect();
+    for actor in applied {
+        if let Some(top) = tops.waiting.remove(&actor) {
+            keep(store, chat, tops, top)?;
+        }
+    }
+    Ok(())
+}
+
+fn keep(
+    store: &Store,
+    chat: &ChatId,
+    tops: &mut Tops,
+    top: authorship::ActorTop,
+) -> Result<(), EngineError> {
+    let (actor, seq, attestation) = (top.actor.clone(), top.seq, top.attestation.clone());
+    if tops.offer(top) {
+        store.put_attestation(chat, actor.to_bytes(), seq, &attestation)?;
     }
     Ok(())
 }
@@ -168,4 +202,92 @@ fn own_attestation(
     tops.by_actor
         .insert(actor.clone(), (seq, attestation.clone()));
     Ok(Some(attestation))
+}
+
+#[cfg(test)]
+mod tests {
+    use chatsync_model::{Device, MessageId};
+
+    use super::*;
+
+    fn device(keypair: &Keypair, session: &[u8]) -> Device {
+        let id = DeviceId::new(keypair.public().to_peer_id().to_base58()).unwrap();
+        Device::with_session(id, "d", session).unwrap()
+    }
+
+    #[test]
+    fn an_attestation_of_a_change_still_waiting_is_kept_back_until_the_change_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let (writer_key, here_key) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let (writer, here) = (device(&writer_key, b"w"), device(&here_key, b"h"));
+        let chat = ChatId::new("c1").unwrap();
+        let mut theirs = ChatDoc::create(chat.clone(), "t", &writer, 1).unwrap();
+        let mut ours = ChatDoc::load(&theirs.save(), &here).unwrap();
+        let mut changes = Vec::new();
+        for (i, text) in ["one", "two"].into_iter().enumerate() {
+            let before = theirs.heads();
+            theirs
+                .post(
+                    &writer,
+                    MessageId::new(format!("m{i}")).unwrap(),
+                    text,
+                    None,
+                    2,
+                )
+                .unwrap();
+            changes.push(
+                theirs
+                    .automerge_mut()
+                    .get_changes(&before)
+                    .remove(0)
+                    .clone(),
+            );
+        }
+        let top_of = |change: &automerge::Change| authorship::ActorTop {
+            actor: change.actor_id().clone(),
+            seq: change.seq(),
+            attestation: Attestation {
+                hash: change.hash(),
+                signature: writer_key
+                    .sign(&authorship::statement(&chat, &change.hash()))
+                    .unwrap(),
+            },
+        };
+        let (first, second) = (changes[0].clone(), changes[1].clone());
+
+        // The second change arrives first: it waits, and so does its attestation.
+        ours.apply_changes(vec![second.clone()]).unwrap();
+        assert!(!ours.has_change(&second.hash()));
+        let mut tops = Tops::default();
+        keep_received(
+            &store,
+            &chat,
+            &mut tops,
+            &mut ours,
+            vec![top_of(&second)],
+            &here.id,
+        )
+        .unwrap();
+        assert!(tops.by_actor.is_empty());
+        assert!(store.attestations(&chat).unwrap().is_empty());
+
+        // The first arrives with its own attestation: both apply, the newest is kept and stored.
+        ours.apply_changes(vec![first.clone()]).unwrap();
+        keep_received(
+            &store,
+            &chat,
+            &mut tops,
+            &mut ours,
+            vec![top_of(&first)],
+            &here.id,
+        )
+        .unwrap();
+        let kept = &tops.by_actor[second.actor_id()];
+        assert_eq!((kept.0, kept.1.hash), (second.seq(), second.hash()));
+        assert!(tops.waiting.is_empty());
+        let stored = store.attestations(&chat).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].2.hash, second.hash());
+    }
 }

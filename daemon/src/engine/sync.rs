@@ -308,7 +308,15 @@ impl Engine {
             } = received;
             // Before the chunk: an attestation in the store without its change is harmless,
             // a change without its attestation could not be passed on.
-            signatures::keep_received(&self.store, chat, &mut loaded.tops, tops, &self.device.id)?;
+            let held = &mut *loaded;
+            signatures::keep_received(
+                &self.store,
+                chat,
+                &mut held.tops,
+                &mut held.doc,
+                tops,
+                &self.device.id,
+            )?;
             let receipt = if changes.is_empty() {
                 None
             } else {
@@ -415,7 +423,14 @@ impl Engine {
             heads: heads_hex(&mut doc),
         };
         let mut tops = signatures::Tops::default();
-        signatures::keep_received(&self.store, chat, &mut tops, received, &self.device.id)?;
+        signatures::keep_received(
+            &self.store,
+            chat,
+            &mut tops,
+            &mut doc,
+            received,
+            &self.device.id,
+        )?;
         self.add_chat(chat, doc, tops, &record, &body).await
     }
 }
