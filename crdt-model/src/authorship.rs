@@ -168,7 +168,7 @@ pub fn check_batch(
         devices.insert(&change.actor, (device, standing));
     }
     if devices.len().saturating_mul(all.len()) > MAX_COVERAGE_STEPS {
-        return Err(refused(&format!(
+        return Err(ModelError::TooLarge(format!(
             "{} changes by {} devices' actors in one batch are too many to check",
             all.len(),
             devices.len()

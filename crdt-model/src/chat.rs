@@ -127,10 +127,15 @@ pub struct ChatDoc {
 }
 
 /// Received changes that may wait for their dependencies at once, per chat: while some wait, a
-/// sync message that could take the count over this is refused (an honest device sends
-/// dependencies first, so waiting changes are rare and few). One message can still leave more
-/// waiting; its size is bounded by the sync message limit.
+/// sync message that could take the count over this is refused unless it brings a dependency
+/// they wait for. Honest devices send dependencies first, but Automerge's sync protocol leaves a
+/// change out when the other side's Bloom filter wrongly says it has it (about 1 in 100), and
+/// then everything after it in the batch waits until the next round brings it: that round must
+/// get through. One message can still leave more waiting; its size is bounded by the sync
+/// message limit, and the total by [`MAX_WAITING_CHANGES_AT_ALL`].
 pub const MAX_WAITING_CHANGES: usize = 10_000;
+/// Waiting changes per chat at most, whatever a message brings.
+pub const MAX_WAITING_CHANGES_AT_ALL: usize = 100_000;
 
 impl std::fmt::Debug for ChatDoc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -645,10 +650,18 @@ impl ChatDoc {
         let new = self.unknown_changes(carried);
         let waiting: Vec<authorship::ChangeMeta> = self.waiting.values().cloned().collect();
         let tops = authorship::check_batch(&new, &waiting, proof)?;
-        if !self.waiting.is_empty() && self.waiting.len() + new.len() > MAX_WAITING_CHANGES {
-            return Err(ModelError::Invalid(format!(
-                "too many changes waiting for their dependencies (at most {MAX_WAITING_CHANGES})"
-            )));
+        let would_wait = self.waiting.len() + new.len();
+        if !self.waiting.is_empty() && would_wait > MAX_WAITING_CHANGES {
+            let missing: std::collections::HashSet<ChangeHash> =
+                self.doc.get_missing_deps(&[]).into_iter().collect();
+            let brings_missing = new.iter().any(|c| missing.contains(&c.hash));
+            if !brings_missing || would_wait > MAX_WAITING_CHANGES_AT_ALL {
+                return Err(ModelError::TooLarge(format!(
+                    "too many changes waiting for their dependencies (at most \
+                     {MAX_WAITING_CHANGES}, or {MAX_WAITING_CHANGES_AT_ALL} with a message that \
+                     brings what they wait for)"
+                )));
+            }
         }
         let before = self.doc.get_heads();
         self.doc.sync().receive_sync_message(state, message)?;

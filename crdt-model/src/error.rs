@@ -20,6 +20,11 @@ pub enum ModelError {
     /// while news of a roster change is still on its way, so they are not misbehaviour.
     #[error("not trusted: {0}")]
     Untrusted(String),
+    /// More than this device takes on at once (changes waiting for their dependencies, or a
+    /// batch too costly to check). An honest device can send it in a large catch-up, so it is
+    /// not misbehaviour; the exchange is refused and starts afresh.
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// The bytes are not a chat document this version understands.
     #[error("not a valid chat document: {0}")]
     Corrupt(String),

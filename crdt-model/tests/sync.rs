@@ -266,3 +266,75 @@ fn a_malformed_message_is_reported_created_once_complete() {
     assert_eq!(got_b.touched, [touched("half", TouchKind::Created)]);
     assert_eq!(b.message(&mid("half")).unwrap().text, "no clock yet");
 }
+
+/// A sync message that carries exactly `changes`.
+fn carrying(changes: &[automerge::Change]) -> Vec<u8> {
+    automerge::sync::Message {
+        heads: Vec::new(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: changes
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect::<Vec<_>>()
+            .into(),
+        flags: None,
+        version: automerge::sync::MessageVersion::V1,
+    }
+    .encode()
+}
+
+/// `doc` receives `changes` in one message, with an attestation of `top` only, as the sender
+/// of a batch attests its newest change.
+fn receive_with_top(
+    doc: &mut ChatDoc,
+    state: &mut State,
+    changes: &[automerge::Change],
+    top: &automerge::Change,
+) -> Result<chatsync_model::SyncReceived, chatsync_model::ModelError> {
+    let chat = doc.id().clone();
+    let device = chatsync_model::authorship::device_of_actor(top.actor_id()).unwrap();
+    let statement = chatsync_model::authorship::statement(&chat, &top.hash());
+    let attestations = [chatsync_model::authorship::Attestation {
+        hash: top.hash(),
+        signature: support::sign(&device, &statement),
+    }];
+    doc.receive_sync_message(
+        state,
+        &carrying(changes),
+        &support::proof(&chat, &attestations),
+    )
+}
+
+#[test]
+fn a_long_wait_for_a_change_the_bloom_filter_hid_ends_when_it_arrives() {
+    // Automerge leaves out a change the other side's Bloom filter wrongly claims, and sends
+    // what came after it: more than the waiting limit here. The next round brings the change.
+    let (da, mut a, _, mut b) = pair();
+    let start = a.heads();
+    let count = chatsync_model::chat::MAX_WAITING_CHANGES + 50;
+    for i in 0..count {
+        a.post(&da, mid(&format!("w{i}")), "x", None, 1_000 + i as i64)
+            .unwrap();
+    }
+    let changes = a.automerge_mut().get_changes(&start);
+    assert_eq!(changes.len(), count);
+    let mut state = State::new();
+    let newest = changes.last().unwrap();
+    receive_with_top(&mut b, &mut state, &changes[1..], newest).unwrap();
+    let had = b.len();
+    assert_eq!(had, 2, "nothing can apply without the first change");
+
+    // Over the limit, a message that brings nothing they wait for is refused...
+    let before_later = a.heads();
+    a.post(&da, mid("later"), "x", None, 1).unwrap();
+    let later = a.automerge_mut().get_changes(&before_later);
+    let refused = receive_with_top(&mut b, &mut state, &later, &later[0]).unwrap_err();
+    assert!(
+        matches!(refused, chatsync_model::ModelError::TooLarge(_)),
+        "{refused}"
+    );
+    // ...and the one that brings the missing change is taken: everything applies.
+    receive_with_top(&mut b, &mut state, &changes[..1], &changes[0]).unwrap();
+    assert_eq!(b.len(), had + count);
+}

@@ -37,6 +37,7 @@ impl From<ModelError> for EngineError {
             ModelError::MessageNotFound(id) => EngineError::NotFound(format!("no message {id}")),
             ModelError::Forbidden(m) | ModelError::Untrusted(m) => EngineError::Forbidden(m),
             ModelError::Deleted(id) => EngineError::Gone(format!("message {id} was deleted")),
+            ModelError::TooLarge(m) => EngineError::Invalid(m),
             e @ (ModelError::Corrupt(_) | ModelError::Automerge(_)) => {
                 EngineError::Internal(e.to_string())
             }

@@ -464,11 +464,13 @@ fn message_events(chat: &ChatId, doc: &ChatDoc, touched: Vec<Touched>) -> Vec<Ev
 
 /// The error for changes refused by the model: why, for the other device's logs and ours.
 /// Changes by devices this one does not trust can come from an honest device that has not yet
-/// heard of a roster change; anything else the model refuses, no honest device sends.
+/// heard of a roster change, and a batch too large to take at once from one in a large
+/// catch-up; anything else the model refuses, no honest device sends.
 fn refusal(e: chatsync_model::ModelError) -> EngineError {
     let why = format!("refused sync data: {e}");
     match e {
         chatsync_model::ModelError::Untrusted(_) => EngineError::Forbidden(why),
+        chatsync_model::ModelError::TooLarge(_) => EngineError::Invalid(why),
         _ => EngineError::Misbehaviour(why),
     }
 }
