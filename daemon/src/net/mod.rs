@@ -18,6 +18,7 @@ pub mod pairing;
 mod peers;
 mod progress;
 pub mod protocol;
+pub mod relay;
 mod roster;
 mod sessions;
 mod task;
@@ -42,8 +43,16 @@ pub struct PeerInfo {
     pub connected: bool,
     /// Addresses it was reached at or can be dialled at.
     pub addresses: Vec<Multiaddr>,
-    /// `tcp` or `quic`, for the oldest live connection.
+    /// `tcp` or `quic`, for the connection shown (a direct one if any, else the oldest).
     pub transport: Option<String>,
+    /// How that connection reaches the device: `lan`, `direct` or `relayed`.
+    pub path: Option<String>,
+    /// The relay it goes through, when relayed.
+    pub relay: Option<String>,
+    /// Whether it was opened by hole punching from a relayed connection.
+    pub hole_punched: bool,
+    /// Live connections to the device (briefly two while a relayed one gives way).
+    pub connections: usize,
     /// Whether this device dialled (`outbound`) or was dialled (`inbound`).
     pub direction: Option<String>,
     /// When the current connection was established (ms since the Unix epoch).
@@ -83,6 +92,7 @@ enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     SyncState(oneshot::Sender<SyncState>),
     Pair(pairing::PairCommand),
+    Relay(oneshot::Sender<relay::RelayStatus>),
 }
 
 /// Handle to the network task.
@@ -122,6 +132,11 @@ impl Network {
             state: "offline",
             ..SyncState::default()
         })
+    }
+
+    /// Reservations on relays, and relay mode's state.
+    pub async fn relay_status(&self) -> relay::RelayStatus {
+        self.ask(Command::Relay).await.unwrap_or_default()
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {

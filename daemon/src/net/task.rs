@@ -29,6 +29,7 @@ use super::{
     pairing::Pairing,
     peers::{MAX_PEERS, PeerBook, transport},
     progress::Progress,
+    relay::{RelayState, path_of, server_config},
     sessions::{Internal, Sessions, forward_changes},
     transfers::Outbox,
 };
@@ -67,6 +68,8 @@ pub struct NetworkTask {
     discovered: HashMap<PeerId, BTreeSet<Multiaddr>>,
     events: broadcast::Sender<Event>,
     commands: mpsc::Receiver<Command>,
+    /// Reservations on relays, and relay mode (`relay.rs`).
+    pub(super) relay: RelayState,
 }
 
 impl NetworkTask {
@@ -79,7 +82,9 @@ impl NetworkTask {
         let trusted = engine.trusted_devices();
         let events = engine.event_sender();
         let (internal, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
-        let mut swarm = build_swarm(keypair, config.mdns)?;
+        let relay_server = config.relay.enabled.then(|| server_config(&config.relay));
+        let mut swarm = build_swarm(keypair, config.mdns, relay_server)?;
+        let relay = RelayState::new(&config.relays, &config.relay);
         let mut listening = 0;
         for addr in &config.listen {
             match swarm.listen_on(addr.clone()) {
@@ -122,7 +127,9 @@ impl NetworkTask {
             discovered: HashMap::new(),
             events,
             commands,
+            relay,
         };
+        task.start_relays();
         task.apply_trust();
         Ok(task)
     }
@@ -145,6 +152,7 @@ impl NetworkTask {
                 _ = redial.tick() => {
                     self.finish_removals(false);
                     self.redial_due();
+                    self.relay_tick();
                 }
                 _ = resummarize.tick() => self.resummarize(),
             }
@@ -165,6 +173,9 @@ impl NetworkTask {
                 let _ = reply.send(self.sync_state());
             }
             Command::Pair(command) => self.on_pair_command(command),
+            Command::Relay(reply) => {
+                let _ = reply.send(self.relay_status());
+            }
         }
     }
 
@@ -213,6 +224,7 @@ impl NetworkTask {
             .map(|(p, e)| (*p, e.addresses.iter().cloned().collect()))
             .collect();
         for (peer, addresses) in due {
+            self.allow_relays_in(&addresses);
             if let Some(entry) = self.book.peers.get_mut(&peer) {
                 entry.dialled(now);
             }
@@ -232,12 +244,24 @@ impl NetworkTask {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                address,
+                listener_id,
+            } => {
                 tracing::info!(%address, "listening for devices");
+                self.relay_new_listen_addr(listener_id, &address);
                 self.listen_addrs.push(address);
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs.retain(|a| a != &address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                self.listen_addrs.retain(|a| !addresses.contains(a));
+                self.relay_listener_closed(listener_id, &reason);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -251,6 +275,7 @@ impl NetworkTask {
                         (send_back_addr.clone(), false)
                     }
                 };
+                let (path, relay) = path_of(&endpoint);
                 if let Some(entry) = self.book.entry(peer_id) {
                     if outbound {
                         entry.add_address(remote.clone());
@@ -261,9 +286,13 @@ impl NetworkTask {
                             remote,
                             outbound,
                             since_ms: now_ms(),
+                            path,
+                            relay,
+                            hole_punched: false,
                         },
                     );
                 }
+                self.prefer_direct(peer_id, connection_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -271,6 +300,7 @@ impl NetworkTask {
                 cause,
                 ..
             } => {
+                self.relay_client_gone(&peer_id);
                 let Some(entry) = self.book.peers.get_mut(&peer_id) else {
                     return;
                 };
@@ -320,6 +350,13 @@ impl NetworkTask {
             },
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync_event_checked(event),
             SwarmEvent::Behaviour(BehaviourEvent::Pair(event)) => self.on_pair_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
+                self.on_relay_server_event(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
+                self.on_relay_client_event(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => self.on_dcutr_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     if self.discovered.len() < MAX_PEERS || self.discovered.contains_key(&peer) {
@@ -366,6 +403,7 @@ impl NetworkTask {
         if !self.allowed.contains(&peer) {
             return;
         }
+        self.learn_relayed_addrs(peer, &info.listen_addrs);
         let Some(entry) = self.book.peers.get_mut(&peer) else {
             return;
         };
@@ -397,7 +435,7 @@ impl NetworkTask {
             .filter(|(p, e)| self.allowed.contains(p) || e.accepted)
             .filter_map(|(peer, e)| {
                 let device = DeviceId::new(peer.to_base58()).ok()?;
-                let oldest = e.connections.values().min_by_key(|c| c.since_ms);
+                let oldest = e.best_connection();
                 let progress = self.progress.get(peer);
                 let counts = progress.and_then(|p| p.counts()).filter(|_| e.accepted);
                 Some(PeerInfo {
@@ -407,6 +445,15 @@ impl NetworkTask {
                     transport: oldest
                         .filter(|_| e.accepted)
                         .map(|c| transport(&c.remote).to_string()),
+                    path: oldest
+                        .filter(|_| e.accepted)
+                        .map(|c| c.path.as_str().to_string()),
+                    relay: oldest
+                        .filter(|_| e.accepted)
+                        .and_then(|c| c.relay)
+                        .map(|r| r.to_base58()),
+                    hole_punched: oldest.is_some_and(|c| e.accepted && c.hole_punched),
+                    connections: if e.accepted { e.connections.len() } else { 0 },
                     direction: oldest
                         .filter(|_| e.accepted)
                         .map(|c| if c.outbound { "outbound" } else { "inbound" }.to_string()),
@@ -430,6 +477,10 @@ impl NetworkTask {
                     connected: false,
                     addresses: Vec::new(),
                     transport: None,
+                    path: None,
+                    relay: None,
+                    hole_punched: false,
+                    connections: 0,
                     direction: None,
                     connected_since: None,
                     rtt_ms: None,
@@ -494,9 +545,11 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     }
 }
 
-/// The address without its trailing `/p2p/ID`.
+/// The address without its trailing `/p2p/ID` (a relayed address keeps its relay's id).
 fn without_p2p(addr: &Multiaddr) -> Multiaddr {
-    addr.iter()
-        .filter(|p| !matches!(p, Protocol::P2p(_)))
-        .collect()
+    let mut addr = addr.clone();
+    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+        addr.pop();
+    }
+    addr
 }
