@@ -19,6 +19,7 @@ mod peers;
 mod progress;
 pub mod protocol;
 pub mod relay;
+mod resume;
 mod roster;
 mod sessions;
 mod task;

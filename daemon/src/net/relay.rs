@@ -533,15 +533,31 @@ impl NetworkTask {
         }
     }
 
-    /// A relay client's connection to the relay closed: its reservation (if it had one) ends
-    /// with it. (libp2p reports a closed reservation for every closed connection, so the
-    /// count follows connections, not those reports.)
-    pub(super) fn relay_client_gone(&mut self, peer: &PeerId) {
+    /// A connection closed. In relay mode, a device's reservation ends with its last
+    /// connection (libp2p reports a closed reservation for every closed connection, so the
+    /// count follows connections, not those reports).
+    pub(super) fn relay_connection_closed(&mut self, peer: PeerId, connection: ConnectionId) {
         if let Some(server) = self.relay.server.as_mut()
-            && !self.swarm.is_connected(peer)
+            && !self.swarm.is_connected(&peer)
         {
-            server.reserved.remove(peer);
+            server.reserved.remove(&peer);
         }
+        self.update_relayed_only(peer, Some(connection));
+    }
+
+    /// Large payloads go to a device reached only through relays in small parts
+    /// (`transfers.rs`).
+    fn update_relayed_only(&mut self, peer: PeerId, closing: Option<ConnectionId>) {
+        let relayed_only = self.book.peers.get(&peer).is_some_and(|e| {
+            let mut open = e.connections.iter().filter(|(id, _)| Some(**id) != closing);
+            let mut any = false;
+            let all_relayed = open.all(|(_, c)| {
+                any = true;
+                c.path == Path::Relayed
+            });
+            any && all_relayed
+        });
+        self.outbox.set_relayed(peer, relayed_only);
     }
 
     pub(super) fn on_dcutr_event(&mut self, event: dcutr::Event) {
@@ -565,6 +581,7 @@ impl NetworkTask {
 
     /// A direct connection to a device is up: relayed ones to it only cost the relay's limits.
     pub(super) fn prefer_direct(&mut self, peer: PeerId, connection: ConnectionId) {
+        self.update_relayed_only(peer, None);
         let Some(entry) = self.book.peers.get(&peer) else {
             return;
         };

@@ -70,6 +70,8 @@ pub struct NetworkTask {
     commands: mpsc::Receiver<Command>,
     /// Reservations on relays, and relay mode (`relay.rs`).
     pub(super) relay: RelayState,
+    /// Pulls cut with their connection, to resume (`resume.rs`).
+    pub(super) resume: super::resume::Resume,
 }
 
 impl NetworkTask {
@@ -128,6 +130,7 @@ impl NetworkTask {
             events,
             commands,
             relay,
+            resume: Default::default(),
         };
         task.start_relays();
         task.apply_trust();
@@ -300,7 +303,7 @@ impl NetworkTask {
                 cause,
                 ..
             } => {
-                self.relay_client_gone(&peer_id);
+                self.relay_connection_closed(peer_id, connection_id);
                 let Some(entry) = self.book.peers.get_mut(&peer_id) else {
                     return;
                 };
