@@ -49,6 +49,9 @@ pub struct DaemonArgs {
     /// to the config's `network.relays`).
     #[arg(long = "relay-addr", value_name = "MULTIADDR")]
     pub relay_addrs: Vec<libp2p::Multiaddr>,
+    /// Stay on relayed connections: do not try to punch a hole to devices met through a relay.
+    #[arg(long)]
+    pub no_hole_punching: bool,
 }
 
 /// The config file. Unknown keys are an error, so that a typo does not pass silently.
@@ -76,6 +79,8 @@ pub struct NetworkConfig {
     /// Relays to keep a reservation on, so that devices elsewhere can reach this one
     /// (`/ip4/.../tcp/.../p2p/RELAY_ID`).
     pub relays: Vec<libp2p::Multiaddr>,
+    /// Try to turn relayed connections into direct ones (DCUtR hole punching).
+    pub hole_punching: bool,
     /// The relay server's settings (`[relay]`), copied here by [`Config::network_config`].
     #[serde(skip)]
     pub relay: RelayConfig,
@@ -95,6 +100,7 @@ impl Default for NetworkConfig {
             mdns: true,
             peers: Vec::new(),
             relays: Vec::new(),
+            hole_punching: true,
             relay: RelayConfig::default(),
         }
     }
@@ -111,6 +117,9 @@ impl NetworkConfig {
         }
         self.peers.extend(args.peers.iter().cloned());
         self.relays.extend(args.relay_addrs.iter().cloned());
+        if args.no_hole_punching {
+            self.hole_punching = false;
+        }
         self
     }
 }

@@ -339,6 +339,7 @@ async fn list_peers(State(st): St) -> Json<PeerListJson> {
                 relay: p.relay,
                 hole_punched: p.hole_punched,
                 connections: p.connections,
+                hole_punch_failures: p.hole_punch_failures,
                 direction: p.direction,
                 connected_since: p.connected_since,
                 rtt_ms: p.rtt_ms,

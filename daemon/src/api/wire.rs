@@ -137,6 +137,10 @@ pub struct PeerJson {
     /// Live connections to the device.
     #[serde(default)]
     pub connections: usize,
+    /// Hole punching attempts (from a relayed connection) that failed since the daemon
+    /// started.
+    #[serde(default)]
+    pub hole_punch_failures: u32,
     /// `outbound` (this device dialled) or `inbound`.
     pub direction: Option<String>,
     pub connected_since: Option<i64>,

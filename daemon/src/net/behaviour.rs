@@ -39,13 +39,14 @@ pub struct Behaviour {
     /// Reservations on relays, and connections through them (`relay.rs`).
     pub relay_client: relay::client::Behaviour,
     /// Hole punching: turns a relayed connection into a direct one when the network allows.
-    pub dcutr: dcutr::Behaviour,
+    pub dcutr: Toggle<dcutr::Behaviour>,
 }
 
 pub fn build_swarm(
     keypair: Keypair,
     use_mdns: bool,
     relay_server: Option<relay::Config>,
+    hole_punching: bool,
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -105,7 +106,7 @@ pub fn build_swarm(
                 pair: pair_behaviour(),
                 relay: Toggle::from(relay_server.map(|c| relay::Behaviour::new(peer_id, c))),
                 relay_client,
-                dcutr: dcutr::Behaviour::new(peer_id),
+                dcutr: Toggle::from(hole_punching.then(|| dcutr::Behaviour::new(peer_id))),
             })
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))

@@ -6,7 +6,9 @@
 //! anyone else is refused right after the encrypted handshake, before any protocol runs
 //! (except, while an invitation is open, devices that come to pair: see `gate.rs`).
 //! Liveness: ping every few seconds, a failed ping closes the connection, and known devices are
-//! redialled with exponential backoff. Chat sync runs over these connections (next step).
+//! redialled with exponential backoff. Chat sync runs over these connections. Devices apart
+//! meet through relays, and try to punch a hole to each other (`relay.rs`); a daemon can be a
+//! relay itself.
 //!
 //! Why one task: the `Swarm` is not shareable, and a single owner makes every state change
 //! (dials, trust updates, connection book-keeping) sequential and easy to reason about.
@@ -54,6 +56,8 @@ pub struct PeerInfo {
     pub hole_punched: bool,
     /// Live connections to the device (briefly two while a relayed one gives way).
     pub connections: usize,
+    /// Hole punching attempts that failed since this daemon started.
+    pub hole_punch_failures: u32,
     /// Whether this device dialled (`outbound`) or was dialled (`inbound`).
     pub direction: Option<String>,
     /// When the current connection was established (ms since the Unix epoch).

@@ -85,7 +85,7 @@ impl NetworkTask {
         let events = engine.event_sender();
         let (internal, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
         let relay_server = config.relay.enabled.then(|| server_config(&config.relay));
-        let mut swarm = build_swarm(keypair, config.mdns, relay_server)?;
+        let mut swarm = build_swarm(keypair, config.mdns, relay_server, config.hole_punching)?;
         let relay = RelayState::new(&config.relays, &config.relay);
         let mut listening = 0;
         for addr in &config.listen {
@@ -457,6 +457,7 @@ impl NetworkTask {
                         .map(|r| r.to_base58()),
                     hole_punched: oldest.is_some_and(|c| e.accepted && c.hole_punched),
                     connections: if e.accepted { e.connections.len() } else { 0 },
+                    hole_punch_failures: e.hole_punch_failures,
                     direction: oldest
                         .filter(|_| e.accepted)
                         .map(|c| if c.outbound { "outbound" } else { "inbound" }.to_string()),
@@ -484,6 +485,7 @@ impl NetworkTask {
                     relay: None,
                     hole_punched: false,
                     connections: 0,
+                    hole_punch_failures: 0,
                     direction: None,
                     connected_since: None,
                     rtt_ms: None,
