@@ -278,6 +278,11 @@ async fn run(s: &Settings, relayed: bool) {
     wait_messages(&b.client, &one, s.catch_up as u64).await;
     let took = started.elapsed();
     let received = bytes_received(&b.client, &p.a_id).await;
+    eprintln!(
+        "catch-up of {} messages in one chat ({over}): {:.0} ms, {received} bytes",
+        s.catch_up,
+        ms(took)
+    );
     let raw = raw_sync(s.catch_up);
     println!(
         "| {} messages in one chat | {:.0} ms | {:.0} ms | {:.2} | {} | {} | {} | {:.2} |",

@@ -545,6 +545,26 @@ impl NetworkTask {
         self.update_relayed_only(peer, Some(connection));
     }
 
+    /// A relay this device dials that is not also a roster device.
+    pub(super) fn is_relay_only(&self, peer: &PeerId) -> bool {
+        self.swarm.behaviour().gate.is_relay(peer) && !self.allowed.contains(peer)
+    }
+
+    /// A device outside the roster (a relay client, a relay, a device that came to pair) left:
+    /// its book entry goes, so that a busy relay's passing clients never fill the book that
+    /// roster devices need.
+    pub(super) fn forget_stranger(&mut self, peer: PeerId) {
+        if !self.allowed.contains(&peer)
+            && self
+                .book
+                .peers
+                .get(&peer)
+                .is_some_and(|e| !e.configured && !e.connected())
+        {
+            self.book.peers.remove(&peer);
+        }
+    }
+
     /// Large payloads go to a device reached only through relays in small parts
     /// (`transfers.rs`).
     fn update_relayed_only(&mut self, peer: PeerId, closing: Option<ConnectionId>) {

@@ -316,6 +316,7 @@ impl NetworkTask {
                         self.announce(peer_id, false);
                         self.on_peer_gone(peer_id);
                     }
+                    self.forget_stranger(peer_id);
                 }
             }
             SwarmEvent::IncomingConnectionError {
@@ -397,6 +398,10 @@ impl NetworkTask {
 
     /// Identify ran, so the other side accepted the connection: the device is up.
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
+        // A relay this device uses need not be chatsync (any circuit relay v2 server will do).
+        if self.is_relay_only(&peer) {
+            return;
+        }
         if info.protocol_version != PROTOCOL_VERSION {
             tracing::warn!(%peer, version = %info.protocol_version, "not a compatible chatsync device; disconnecting");
             let _ = self.swarm.disconnect_peer_id(peer);
