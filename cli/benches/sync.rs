@@ -1,7 +1,9 @@
 //! Benchmarks of sync between two real daemons on loopback, beside the raw figures of the same
 //! run: libp2p's ping round trip on the same connection, and Automerge's sync protocol between
 //! two in-memory documents. Results: docs/benchmarks.md. Run with
-//! `cargo bench -p chatsync --bench sync` (add `-- --quick` for a smaller run).
+//! `cargo bench -p chatsync --bench sync` (add `-- --quick` for a smaller run). With
+//! `-- --relay`, the two daemons reach each other only through a third one in relay mode
+//! (hole punching off, so that they stay relayed), for the same figures through a relay.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -29,6 +31,7 @@ struct Settings {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let relay = std::env::args().any(|a| a == "--relay");
     let s = if quick {
         Settings {
             latency_posts: 200,
@@ -51,37 +54,96 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "## chatsync sync benchmark{}\n",
+        "## chatsync sync benchmark{}{}\n",
+        if relay { ", through a relay" } else { "" },
         if quick { " (quick)" } else { "" }
     );
-    rt.block_on(run(&s));
+    rt.block_on(run(&s, relay));
 }
 
 struct Pair {
     a: Daemon,
     b: Daemon,
+    /// The relay between them, with `--relay`.
+    relay: Option<(Daemon, tempfile::TempDir)>,
     _homes: (tempfile::TempDir, tempfile::TempDir),
     b_home: std::path::PathBuf,
     b_flags: Vec<String>,
     a_id: String,
 }
 
-/// Two daemons that trust each other, `b` dialling `a`.
-async fn pair() -> Pair {
+/// Two daemons that trust each other, `b` dialling `a` (through a relay with `relayed`).
+async fn pair(relayed: bool) -> Pair {
     let (ha, hb) = (home(), home());
-    let (a, _) = Daemon::start(ha.path()).await;
-    let sa = a.client.status().await.unwrap();
-    let a_addr = format!("{}/p2p/{}", sa.listen_addrs[0], sa.device_id);
-    let b_flags = vec!["--peer".to_string(), a_addr];
+    let mut relay = None;
+    let mut a_flags = Vec::new();
+    if relayed {
+        let hr = home();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let at = format!("/ip4/127.0.0.1/tcp/{port}");
+        let flags = ["--relay", "--listen", &at, "--external-addr", &at].map(String::from);
+        let (r, _) = Daemon::start_with(hr.path(), &flags).await;
+        let id = r.client.status().await.unwrap().device_id;
+        a_flags = [
+            "--no-hole-punching",
+            "--relay-addr",
+            &format!("{at}/p2p/{id}"),
+        ]
+        .map(String::from)
+        .to_vec();
+        relay = Some((r, hr));
+    }
+    let (a, _) = Daemon::start_with(ha.path(), &a_flags).await;
+    let mut sa = a.client.status().await.unwrap();
+    let a_addr = if relayed {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(addr) = sa
+                .reservations
+                .iter()
+                .find(|r| r.state == "reserved")
+                .and_then(|r| r.relayed_addrs.first())
+            {
+                break addr.clone();
+            }
+            assert!(Instant::now() < deadline, "no reservation on the relay");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            sa = a.client.status().await.unwrap();
+        }
+    } else {
+        format!("{}/p2p/{}", sa.listen_addrs[0], sa.device_id)
+    };
+    let mut b_flags = vec!["--peer".to_string(), a_addr];
+    if relayed {
+        b_flags.push("--no-hole-punching".into());
+    }
     let (b, _) = Daemon::start_with(hb.path(), &b_flags).await;
     let sb = b.client.status().await.unwrap();
     a.client.add_device(&sb.device_id, Some("b")).await.unwrap();
     b.client.add_device(&sa.device_id, Some("a")).await.unwrap();
     wait_connected(&b.client, &sa.device_id).await;
+    let path = b
+        .client
+        .peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.device == sa.device_id)
+        .and_then(|p| p.path);
+    assert_eq!(
+        path.as_deref(),
+        Some(if relayed { "relayed" } else { "lan" }),
+        "the devices are not connected the way this run measures"
+    );
     let b_home = hb.path().to_path_buf();
     Pair {
         a,
         b,
+        relay,
         _homes: (ha, hb),
         b_home,
         b_flags,
@@ -137,8 +199,13 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-async fn run(s: &Settings) {
-    let p = pair().await;
+async fn run(s: &Settings, relayed: bool) {
+    let p = pair(relayed).await;
+    let over = if relayed {
+        "through a relay, all on loopback"
+    } else {
+        "loopback"
+    };
 
     // Post-to-visible latency, paced at 100 posts per second.
     let chat = p.a.client.create_chat("latency").await.unwrap().id;
@@ -187,7 +254,7 @@ async fn run(s: &Settings) {
         .find(|x| x.device == p.a_id)
         .and_then(|x| x.rtt_ms)
         .unwrap_or(0.0);
-    println!("### Post-to-visible latency (A's API to B's event stream, loopback)\n");
+    println!("### Post-to-visible latency (A's API to B's event stream, {over})\n");
     println!("| measure | value |\n|---|---:|");
     println!("| posts (paced at 100/s) | {} |", lat.len());
     println!("| p50 | {:.2} ms |", ms(pct(0.5)));
@@ -196,7 +263,7 @@ async fn run(s: &Settings) {
     println!("| libp2p ping round trip on the same connection | {rtt:.2} ms |\n");
 
     // Catch-up: B offline while A posts.
-    println!("### Catch-up after time offline\n");
+    println!("### Catch-up after time offline ({over})\n");
     println!(
         "| missed | B start to fully synced | raw Automerge sync, in memory | ratio | bytes B received | raw Automerge sync bytes | missed changes, compressed | bytes received / compressed |"
     );
@@ -211,6 +278,11 @@ async fn run(s: &Settings) {
     wait_messages(&b.client, &one, s.catch_up as u64).await;
     let took = started.elapsed();
     let received = bytes_received(&b.client, &p.a_id).await;
+    eprintln!(
+        "catch-up of {} messages in one chat ({over}): {:.0} ms, {received} bytes",
+        s.catch_up,
+        ms(took)
+    );
     let raw = raw_sync(s.catch_up);
     println!(
         "| {} messages in one chat | {:.0} ms | {:.0} ms | {:.2} | {} | {} | {} | {:.2} |",
@@ -276,6 +348,9 @@ async fn run(s: &Settings) {
     );
     p.a.stop().await;
     b.stop().await;
+    if let Some((relay, _home)) = p.relay {
+        relay.stop().await;
+    }
 }
 
 /// Sync payload bytes B has received from the device `from` since B started.

@@ -138,10 +138,11 @@ pub fn peer_table(peers: &[PeerJson]) -> Vec<String> {
         .unwrap_or(0)
         .max(4);
     let mut out = vec![format!(
-        "{}  {}  {:<9}  {:<16}  {:>8}  {:<22}  {:<16}  ADDRESS",
+        "{}  {}  {:<9}  {:<24}  {:<16}  {:>8}  {:<22}  {:<16}  ADDRESS",
         pad("DEVICE", 52),
         pad("NAME", name_width),
         "STATE",
+        "PATH",
         "SINCE",
         "PING",
         "SYNC",
@@ -160,10 +161,11 @@ pub fn peer_table(peers: &[PeerJson]) -> Vec<String> {
             _ => sync_words(p.chats_behind, p.chats_ahead),
         };
         out.push(format!(
-            "{}  {}  {:<9}  {:<16}  {:>8}  {:<22}  {:<16}  {}",
+            "{}  {}  {:<9}  {:<24}  {:<16}  {:>8}  {:<22}  {:<16}  {}",
             pad(&p.device, 52),
             pad(&name(p), name_width),
             state,
+            path_words(p),
             p.connected_since.map(local_time).unwrap_or_default(),
             p.rtt_ms.map(|r| format!("{r:.1} ms")).unwrap_or_default(),
             sync,
@@ -172,6 +174,27 @@ pub fn peer_table(peers: &[PeerJson]) -> Vec<String> {
         ));
     }
     out
+}
+
+/// "lan", "direct", "direct (punched)", "relayed via 12D3Ko…Xyz1", or nothing while offline.
+pub fn path_words(p: &PeerJson) -> String {
+    match (p.path.as_deref(), &p.relay) {
+        (Some("relayed"), Some(relay)) => format!("relayed via {}", short_id(relay)),
+        (Some("direct"), _) if p.hole_punched => "direct (hole punched)".into(),
+        (Some(path), _) if p.connected => path.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// A device id cut to its first 6 and last 4 characters.
+pub fn short_id(id: &str) -> String {
+    let chars: Vec<char> = id.chars().collect();
+    if chars.len() <= 12 {
+        return id.to_string();
+    }
+    let head: String = chars[..6].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}…{tail}")
 }
 
 /// "in sync", "2 behind, 1 ahead", or nothing when unknown.

@@ -37,6 +37,21 @@ pub struct DaemonArgs {
     /// config's `peers`).
     #[arg(long = "peer", value_name = "MULTIADDR")]
     pub peers: Vec<libp2p::Multiaddr>,
+    /// Serve as a circuit relay for devices that cannot reach each other (see the config's
+    /// `[relay]` for its limits).
+    #[arg(long)]
+    pub relay: bool,
+    /// An address other machines reach this relay at (repeatable; replaces the config's
+    /// `relay.external_addrs`).
+    #[arg(long = "external-addr", value_name = "MULTIADDR")]
+    pub external_addrs: Vec<libp2p::Multiaddr>,
+    /// A relay to keep a reservation on, `/ip4/ADDR/tcp/PORT/p2p/RELAY_ID` (repeatable; added
+    /// to the config's `network.relays`).
+    #[arg(long = "relay-addr", value_name = "MULTIADDR")]
+    pub relay_addrs: Vec<libp2p::Multiaddr>,
+    /// Stay on relayed connections: do not try to punch a hole to devices met through a relay.
+    #[arg(long)]
+    pub no_hole_punching: bool,
 }
 
 /// The config file. Unknown keys are an error, so that a typo does not pass silently.
@@ -49,6 +64,7 @@ pub struct Config {
     pub log: Option<String>,
     pub store: StoreConfig,
     pub network: NetworkConfig,
+    pub relay: RelayConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -60,6 +76,14 @@ pub struct NetworkConfig {
     pub mdns: bool,
     /// Devices to connect to and keep connected (`/ip4/.../tcp/.../p2p/DEVICE_ID`).
     pub peers: Vec<libp2p::Multiaddr>,
+    /// Relays to keep a reservation on, so that devices elsewhere can reach this one
+    /// (`/ip4/.../tcp/.../p2p/RELAY_ID`).
+    pub relays: Vec<libp2p::Multiaddr>,
+    /// Try to turn relayed connections into direct ones (DCUtR hole punching).
+    pub hole_punching: bool,
+    /// The relay server's settings (`[relay]`), copied here by [`Config::network_config`].
+    #[serde(skip)]
+    pub relay: RelayConfig,
 }
 
 impl Default for NetworkConfig {
@@ -75,6 +99,9 @@ impl Default for NetworkConfig {
             ],
             mdns: true,
             peers: Vec::new(),
+            relays: Vec::new(),
+            hole_punching: true,
+            relay: RelayConfig::default(),
         }
     }
 }
@@ -89,7 +116,116 @@ impl NetworkConfig {
             self.mdns = false;
         }
         self.peers.extend(args.peers.iter().cloned());
+        self.relays.extend(args.relay_addrs.iter().cloned());
+        if args.no_hole_punching {
+            self.hole_punching = false;
+        }
         self
+    }
+}
+
+/// Relay mode: this daemon forwards encrypted bytes between devices that cannot reach each
+/// other (circuit relay v2). Every limit bounds what strangers can make it do; see
+/// docs/security.md ("Relays").
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Serve as a relay.
+    pub enabled: bool,
+    /// Addresses other machines reach this one at (a relay gives them to the devices that
+    /// reserve on it). Without any, its own listen addresses other than loopback are used.
+    pub external_addrs: Vec<libp2p::Multiaddr>,
+    /// Devices that may reserve and open circuits; empty means any device (within the limits).
+    pub allow: Vec<String>,
+    /// Reservations held at once, over all devices.
+    pub max_reservations: usize,
+    /// Reservations held at once by one device.
+    pub max_reservations_per_peer: usize,
+    /// How long a reservation lasts before the device must renew it, in seconds.
+    pub reservation_secs: u64,
+    /// Circuits open at once, over all devices.
+    pub max_circuits: usize,
+    /// Circuits open at once to or from one device.
+    pub max_circuits_per_peer: usize,
+    /// Bytes one circuit may carry (both ways together) before the relay closes it.
+    pub max_circuit_bytes: u64,
+    /// How long one circuit may stay open, in seconds.
+    pub max_circuit_secs: u64,
+    /// Circuits one device may open per minute (a burst of this many, then one a minute...).
+    pub circuits_per_minute: u32,
+    /// Reservations one device may make per minute, likewise.
+    pub reservations_per_minute: u32,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            enabled: false,
+            external_addrs: Vec::new(),
+            allow: Vec::new(),
+            max_reservations: 128,
+            max_reservations_per_peer: 2,
+            reservation_secs: 3600,
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            max_circuit_bytes: 64 * 1024 * 1024,
+            max_circuit_secs: 30 * 60,
+            circuits_per_minute: 30,
+            reservations_per_minute: 10,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The config's relay settings with the daemon's flags applied.
+    pub fn with_flags(mut self, args: &DaemonArgs) -> Self {
+        if args.relay {
+            self.enabled = true;
+        }
+        if !args.external_addrs.is_empty() {
+            self.external_addrs = args.external_addrs.clone();
+        }
+        self
+    }
+
+    /// Refuses settings that would make the relay useless or unbounded.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("max_reservations", self.max_reservations as u64),
+            (
+                "max_reservations_per_peer",
+                self.max_reservations_per_peer as u64,
+            ),
+            ("reservation_secs", self.reservation_secs),
+            ("max_circuits", self.max_circuits as u64),
+            ("max_circuits_per_peer", self.max_circuits_per_peer as u64),
+            ("max_circuit_bytes", self.max_circuit_bytes),
+            ("max_circuit_secs", self.max_circuit_secs),
+            ("circuits_per_minute", u64::from(self.circuits_per_minute)),
+            (
+                "reservations_per_minute",
+                u64::from(self.reservations_per_minute),
+            ),
+        ];
+        for (name, value) in positive {
+            anyhow::ensure!(
+                value > 0,
+                "relay.{name} must be above 0 (a limit of 0 would mean no limit)"
+            );
+        }
+        anyhow::ensure!(
+            self.max_circuit_secs <= u64::from(u32::MAX),
+            "relay.max_circuit_secs is too large"
+        );
+        anyhow::ensure!(
+            self.reservation_secs <= 7 * 24 * 3600,
+            "relay.reservation_secs may be at most a week"
+        );
+        anyhow::ensure!(
+            self.allow.len() <= 4096,
+            "relay.allow may list at most 4096 devices"
+        );
+        Ok(())
     }
 }
 
@@ -163,6 +299,38 @@ mod tests {
         assert_eq!(merged.listen, args.listen);
         assert_eq!(merged.peers.len(), 1);
         assert!(Config::default().network.mdns);
+    }
+
+    #[test]
+    fn relay_settings_and_flags() {
+        let c: Config = toml::from_str(
+            "[network]\nrelays = [\"/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWEvAfV87EuuHwweiPtEs6xdfvGkNJertKqSFytK2ZcTiJ\"]\n\
+             [relay]\nenabled = true\nmax_circuit_bytes = 262144\nmax_circuit_secs = 60\n",
+        )
+        .unwrap();
+        assert!(c.relay.enabled);
+        assert_eq!(c.relay.max_circuit_bytes, 262_144);
+        assert_eq!(c.network.relays.len(), 1);
+        c.relay.check().unwrap();
+        assert!(!Config::default().relay.enabled);
+        Config::default().relay.check().unwrap();
+        let zero: Config = toml::from_str("[relay]\nmax_circuits = 0\n").unwrap();
+        assert!(
+            zero.relay.check().is_err(),
+            "a zero limit is refused, not read as none"
+        );
+        let args = <DaemonArgs as clap::Parser>::parse_from([
+            "chatsyncd",
+            "--relay",
+            "--external-addr",
+            "/ip4/192.0.2.1/tcp/4001",
+            "--relay-addr",
+            "/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWEvAfV87EuuHwweiPtEs6xdfvGkNJertKqSFytK2ZcTiJ",
+        ]);
+        let relay = RelayConfig::default().with_flags(&args);
+        assert!(relay.enabled);
+        assert_eq!(relay.external_addrs.len(), 1);
+        assert_eq!(Config::default().network.with_flags(&args).relays.len(), 1);
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub fn run_with(args: DaemonArgs) -> anyhow::Result<()> {
     let config_file = args.config.clone().unwrap_or(paths.config_file.clone());
     let mut config = Config::load(&config_file)?;
     config.network = config.network.with_flags(&args);
+    config.relay = config.relay.with_flags(&args);
     init_logging(args.log.as_deref().or(config.log.as_deref()))?;
 
     std::fs::create_dir_all(&paths.data_dir)
@@ -75,6 +76,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
+    config.relay.check()?;
     let store_dir = paths.store_dir();
     let cache_bytes = config.store.cache_mb * 1024 * 1024;
     let store = tokio::task::spawn_blocking(move || Store::open(&store_dir, cache_bytes))
@@ -91,9 +93,11 @@ pub async fn serve(
         },
     )?;
     let listener = api::bind(&paths.socket).await?;
+    let mut network_config = config.network.clone();
+    network_config.relay = config.relay.clone();
     let (network, network_task) = Network::start(
         identity.keypair,
-        config.network.clone(),
+        network_config,
         engine.clone(),
         shutdown.clone(),
     )?;

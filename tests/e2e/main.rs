@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod apart;
 mod bad_requests;
 mod cli_flow;
 mod crash;

@@ -226,7 +226,64 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
     for (k, v) in rows {
         println!("{k:<10}  {v}");
     }
+    for line in relay_lines(&s) {
+        println!("{line}");
+    }
     Ok(())
+}
+
+/// The `relays` and `relay mode` rows of `chatsync status`.
+fn relay_lines(s: &chatsync_daemon::api::wire::StatusJson) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, r) in s.reservations.iter().enumerate() {
+        let key = if i == 0 { "relays" } else { "" };
+        let mut line = format!("{key:<10}  {} {}", output::short_id(&r.relay), r.state);
+        if let Some(since) = r.since {
+            line.push_str(&format!(" since {}", output::local_time(since)));
+        }
+        if let Some(bytes) = r.circuit_bytes {
+            line.push_str(&format!(", circuits up to {}", human_bytes(bytes)));
+        }
+        if let Some(secs) = r.circuit_secs {
+            line.push_str(&format!(" / {}", human_duration(secs.saturating_mul(1000))));
+        }
+        if let Some(error) = &r.error
+            && r.state != "reserved"
+        {
+            line.push_str(&format!(" ({error})"));
+        }
+        out.push(line);
+        for addr in &r.relayed_addrs {
+            out.push(format!("{:<10}    reachable at {addr}", ""));
+        }
+    }
+    if let Some(relay) = &s.relay {
+        out.push(format!(
+            "{:<10}  on: {} of {} reservations, {} of {} circuits, {} clients; \
+             circuits up to {} / {}; {}",
+            "relay mode",
+            relay.reservations,
+            relay.max_reservations,
+            relay.circuits,
+            relay.max_circuits,
+            relay.clients,
+            human_bytes(relay.max_circuit_bytes),
+            human_duration(relay.max_circuit_secs.saturating_mul(1000)),
+            if relay.allow.is_empty() {
+                "any device".to_string()
+            } else {
+                format!("{} devices allowed", relay.allow.len())
+            }
+        ));
+        // With the relay's id: what devices pass to `--relay-addr`.
+        for addr in &relay.external_addrs {
+            out.push(format!(
+                "{:<10}    reachable at {addr}/p2p/{}",
+                "", s.device_id
+            ));
+        }
+    }
+    out
 }
 
 /// What a device removed from the mesh tells its user.

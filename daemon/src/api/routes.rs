@@ -59,6 +59,7 @@ async fn status(State(st): St) -> Json<StatusJson> {
     let stats = st.engine.stats();
     let listen_addrs = st.network.listen_addrs().await;
     let sync = st.network.sync_state().await;
+    let relay = st.network.relay_status().await;
     let device = st.engine.device();
     Json(StatusJson {
         device_id: device.id.to_string(),
@@ -86,6 +87,36 @@ async fn status(State(st): St) -> Json<StatusJson> {
             last_sync: sync.last_sync,
         },
         removed_from_mesh_at: st.engine.removed_from_mesh().await,
+        reservations: relay
+            .reservations
+            .into_iter()
+            .map(|r| ReservationJson {
+                relay: r.relay,
+                address: r.address,
+                state: r.state.to_string(),
+                relayed_addrs: r.relayed_addrs,
+                since: r.since,
+                renewals: r.renewals,
+                circuit_bytes: r.circuit_bytes,
+                circuit_secs: r.circuit_secs,
+                error: r.error,
+            })
+            .collect(),
+        relay: relay.server.map(|s| RelayServerJson {
+            reservations: s.reservations,
+            circuits: s.circuits,
+            clients: s.clients,
+            external_addrs: s.external_addrs,
+            reservations_accepted: s.reservations_accepted,
+            reservations_denied: s.reservations_denied,
+            circuits_accepted: s.circuits_accepted,
+            circuits_denied: s.circuits_denied,
+            max_reservations: s.max_reservations,
+            max_circuits: s.max_circuits,
+            max_circuit_bytes: s.max_circuit_bytes,
+            max_circuit_secs: s.max_circuit_secs,
+            allow: s.allow,
+        }),
     })
 }
 
@@ -304,6 +335,11 @@ async fn list_peers(State(st): St) -> Json<PeerListJson> {
                 connected: p.connected,
                 addresses: p.addresses.iter().map(ToString::to_string).collect(),
                 transport: p.transport,
+                path: p.path,
+                relay: p.relay,
+                hole_punched: p.hole_punched,
+                connections: p.connections,
+                hole_punch_failures: p.hole_punch_failures,
                 direction: p.direction,
                 connected_since: p.connected_since,
                 rtt_ms: p.rtt_ms,

@@ -43,6 +43,58 @@ pub struct StatusJson {
     /// while it is a member. A removed device no longer syncs with anyone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_from_mesh_at: Option<i64>,
+    /// Reservations this device keeps on relays (`--relay-addr`), so that devices elsewhere
+    /// reach it through them.
+    #[serde(default)]
+    pub reservations: Vec<ReservationJson>,
+    /// This daemon's relay server, when it runs in relay mode (`--relay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayServerJson>,
+}
+
+/// A reservation on a relay.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReservationJson {
+    /// The relay's device id.
+    pub relay: String,
+    /// The relay's address, as configured.
+    pub address: String,
+    /// `reserved`, `connecting`, or `retrying` (after a failure; see `error`).
+    pub state: String,
+    /// Addresses other devices reach this one at through the relay.
+    pub relayed_addrs: Vec<String>,
+    /// When the reservation was accepted (ms since the Unix epoch).
+    pub since: Option<i64>,
+    pub renewals: u64,
+    /// The relay's limits per circuit: bytes (both ways) and seconds.
+    pub circuit_bytes: Option<u64>,
+    pub circuit_secs: Option<u64>,
+    /// Why the last attempt failed.
+    pub error: Option<String>,
+}
+
+/// A relay server's state and limits.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RelayServerJson {
+    /// Devices holding a reservation now.
+    pub reservations: usize,
+    /// Circuits open now.
+    pub circuits: usize,
+    /// Connections of devices outside the roster using the relay now.
+    pub clients: usize,
+    /// Addresses given to devices that reserve.
+    pub external_addrs: Vec<String>,
+    /// Since the daemon started.
+    pub reservations_accepted: u64,
+    pub reservations_denied: u64,
+    pub circuits_accepted: u64,
+    pub circuits_denied: u64,
+    pub max_reservations: usize,
+    pub max_circuits: usize,
+    pub max_circuit_bytes: u64,
+    pub max_circuit_secs: u64,
+    /// Devices allowed to use the relay; empty means any, within the limits.
+    pub allow: Vec<String>,
 }
 
 /// Sync state over every connected device.
@@ -72,6 +124,23 @@ pub struct PeerJson {
     pub addresses: Vec<String>,
     /// `tcp` or `quic`.
     pub transport: Option<String>,
+    /// How the connection reaches the device: `lan` (directly, at a private or link-local
+    /// address), `direct` (at any other address), or `relayed`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The relay's device id, when relayed.
+    #[serde(default)]
+    pub relay: Option<String>,
+    /// The direct connection was opened by hole punching.
+    #[serde(default)]
+    pub hole_punched: bool,
+    /// Live connections to the device.
+    #[serde(default)]
+    pub connections: usize,
+    /// Hole punching attempts (from a relayed connection) that failed since the daemon
+    /// started.
+    #[serde(default)]
+    pub hole_punch_failures: u32,
     /// `outbound` (this device dialled) or `inbound`.
     pub direction: Option<String>,
     pub connected_since: Option<i64>,

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use libp2p::{
-    Swarm, SwarmBuilder, connection_limits, identify, identity::Keypair, mdns, noise, ping,
-    request_response, swarm::NetworkBehaviour, swarm::behaviour::toggle::Toggle, tcp, yamux,
+    Swarm, SwarmBuilder, connection_limits, dcutr, identify, identity::Keypair, mdns, noise, ping,
+    relay, request_response, swarm::NetworkBehaviour, swarm::behaviour::toggle::Toggle, tcp, yamux,
 };
 
 use super::{
@@ -34,9 +34,20 @@ pub struct Behaviour {
     /// Runs on connections to roster devices only.
     pub sync: TrustedOnly<request_response::cbor::Behaviour<SyncRequest, SyncResponse>>,
     pub pair: PairBehaviour,
+    /// Relay mode (`chatsyncd --relay`): forwards circuits between other devices.
+    pub relay: Toggle<relay::Behaviour>,
+    /// Reservations on relays, and connections through them (`relay.rs`).
+    pub relay_client: relay::client::Behaviour,
+    /// Hole punching: turns a relayed connection into a direct one when the network allows.
+    pub dcutr: Toggle<dcutr::Behaviour>,
 }
 
-pub fn build_swarm(keypair: Keypair, use_mdns: bool) -> anyhow::Result<Swarm<Behaviour>> {
+pub fn build_swarm(
+    keypair: Keypair,
+    use_mdns: bool,
+    relay_server: Option<relay::Config>,
+    hole_punching: bool,
+) -> anyhow::Result<Swarm<Behaviour>> {
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -50,7 +61,8 @@ pub fn build_swarm(keypair: Keypair, use_mdns: bool) -> anyhow::Result<Swarm<Beh
             c.keep_alive_interval = Duration::from_secs(1);
             c
         })
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|key, relay_client| {
             let peer_id = key.public().to_peer_id();
             let mdns = if use_mdns {
                 Some(mdns::tokio::Behaviour::new(
@@ -92,6 +104,9 @@ pub fn build_swarm(keypair: Keypair, use_mdns: bool) -> anyhow::Result<Swarm<Beh
                     trusted,
                 ),
                 pair: pair_behaviour(),
+                relay: Toggle::from(relay_server.map(|c| relay::Behaviour::new(peer_id, c))),
+                relay_client,
+                dcutr: Toggle::from(hole_punching.then(|| dcutr::Behaviour::new(peer_id))),
             })
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))

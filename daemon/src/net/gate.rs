@@ -11,6 +11,14 @@
 //! cannot make this device read a request. The network task checks trust again on every sync
 //! request it handles (`pairing.rs`), so neither check alone keeps the chats safe.
 //!
+//! Relays (`relay.rs`) are the other exception, both ways. A device dials the relays it uses
+//! (configured ones, and those named in its roster devices' and tickets' relayed addresses, at
+//! most [`MAX_RELAYS`]); the gate admits those outbound connections, but they are not roster
+//! connections, so `TrustedOnly` keeps sync off them: a relay gets relay, identify, ping. A
+//! daemon that serves as a relay admits connections from any device, up to a cap, for the same
+//! protocols only. Devices reached *through* a relay are gated exactly like direct ones: the
+//! gate sees the other device's proven id whatever the path.
+//!
 //! A device removed from the mesh is refused always, open invitation or not. A roster device the
 //! network task suspended for misconduct (`conduct.rs`) is refused, both
 //! ways, until its suspension ends.
@@ -42,6 +50,8 @@ pub const MAX_UNPAIRED: usize = 4;
 /// How long a connection from a device that is not paired may stay open; pairing takes one
 /// request.
 pub const UNPAIRED_LIFETIME: Duration = Duration::from_secs(20);
+/// Relays this device may dial, at most (configured ones, and ones its devices use).
+pub const MAX_RELAYS: usize = 16;
 
 /// The roster's devices (without this one), shared by the gate and the sync wrapper.
 #[derive(Clone, Default)]
@@ -104,6 +114,12 @@ pub struct Gate {
     removed: HashSet<PeerId>,
     /// Devices refused until then, trusted or not (see `conduct.rs`).
     suspended: HashMap<PeerId, Instant>,
+    /// Relays this device may dial (never sync with).
+    relays: HashSet<PeerId>,
+    /// While serving as a relay: connections of devices outside the roster that came to use
+    /// it, at most this many.
+    relay_clients: Option<usize>,
+    clients: HashSet<ConnectionId>,
     /// Connections of devices outside the roster, and when they are closed.
     unpaired: HashMap<ConnectionId, (PeerId, Instant)>,
     to_close: VecDeque<(PeerId, CloseConnection)>,
@@ -121,6 +137,9 @@ impl Gate {
             joining: HashSet::new(),
             removed: HashSet::new(),
             suspended: HashMap::new(),
+            relays: HashSet::new(),
+            relay_clients: None,
+            clients: HashSet::new(),
             unpaired: HashMap::new(),
             to_close: VecDeque::new(),
             lifetime: UNPAIRED_LIFETIME,
@@ -185,6 +204,33 @@ impl Gate {
         self.joining.remove(peer);
     }
 
+    /// Lets this device dial `peer` as a relay (not for sync). False when [`MAX_RELAYS`] are
+    /// already allowed.
+    pub fn allow_relay(&mut self, peer: PeerId) -> bool {
+        if self.relays.contains(&peer) {
+            return true;
+        }
+        if self.relays.len() >= MAX_RELAYS {
+            return false;
+        }
+        self.relays.insert(peer)
+    }
+
+    pub fn is_relay(&self, peer: &PeerId) -> bool {
+        self.relays.contains(peer)
+    }
+
+    /// Serves as a relay: up to `max_clients` connections from devices outside the roster are
+    /// admitted (for the relay protocols only).
+    pub fn serve_relay(&mut self, max_clients: usize) {
+        self.relay_clients = Some(max_clients);
+    }
+
+    /// Connections of devices outside the roster using this relay now.
+    pub fn relay_clients(&self) -> usize {
+        self.clients.len()
+    }
+
     fn window_open(&self) -> bool {
         self.open_until.is_some_and(|t| Instant::now() < t)
     }
@@ -213,11 +259,22 @@ impl NetworkBehaviour for Gate {
         &mut self,
         connection: ConnectionId,
         peer: PeerId,
-        _: &Multiaddr,
+        local: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         self.check_barred(&peer)?;
         if self.is_trusted(&peer) {
+            return Ok(dummy::ConnectionHandler);
+        }
+        // Relay clients come directly: nobody relays through a relayed connection.
+        let relayed = local
+            .iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit));
+        if let Some(max) = self.relay_clients
+            && !relayed
+            && self.clients.len() < max
+        {
+            self.clients.insert(connection);
             return Ok(dummy::ConnectionHandler);
         }
         let open = self.window_open() || self.joining.contains(&peer);
@@ -239,7 +296,9 @@ impl NetworkBehaviour for Gate {
             self.check_barred(p)?;
         }
         match peer {
-            Some(p) if self.is_trusted(&p) || self.joining.contains(&p) => Ok(Vec::new()),
+            Some(p) if self.is_trusted(&p) || self.joining.contains(&p) || self.is_relay(&p) => {
+                Ok(Vec::new())
+            }
             Some(p) => Err(ConnectionDenied::new(NotAdmitted(p))),
             // This device only ever dials devices by id.
             None => Err(ConnectionDenied::new(NotAdmitted(PeerId::random()))),
@@ -262,12 +321,16 @@ impl NetworkBehaviour for Gate {
             self.admit_unpaired(connection, peer);
             return Ok(dummy::ConnectionHandler);
         }
+        if self.is_relay(&peer) {
+            return Ok(dummy::ConnectionHandler);
+        }
         Err(ConnectionDenied::new(NotAdmitted(peer)))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         if let FromSwarm::ConnectionClosed(c) = event {
             self.unpaired.remove(&c.connection_id);
+            self.clients.remove(&c.connection_id);
         }
     }
 
@@ -565,6 +628,53 @@ mod tests {
         assert!(!outbound(&mut gate, 2, peer()));
         gate.end_join(&inviter);
         assert!(!outbound(&mut gate, 3, inviter));
+    }
+
+    #[test]
+    fn relays_are_dialled_but_never_admitted_inbound_and_their_number_is_bounded() {
+        let mut gate = Gate::new(Trusted::default());
+        let relay = peer();
+        assert!(!outbound(&mut gate, 1, relay));
+        assert!(gate.allow_relay(relay));
+        assert!(outbound(&mut gate, 2, relay));
+        // A relay does not dial this device, and is not trusted for sync.
+        assert!(!inbound(&mut gate, 3, relay));
+        assert!(!gate.is_trusted(&relay));
+        for _ in 1..MAX_RELAYS {
+            assert!(gate.allow_relay(peer()));
+        }
+        assert!(!gate.allow_relay(peer()));
+        assert!(gate.allow_relay(relay), "one already allowed stays allowed");
+    }
+
+    #[test]
+    fn a_relay_admits_a_bounded_number_of_strangers_directly_only() {
+        let mut gate = Gate::new(Trusted::default());
+        assert!(!inbound(&mut gate, 1, peer()));
+        gate.serve_relay(2);
+        assert!(inbound(&mut gate, 2, peer()));
+        let relayed: Multiaddr = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWEvAfV87EuuHwweiPtEs6xdfvGkNJertKqSFytK2ZcTiJ/p2p-circuit"
+            .parse()
+            .unwrap();
+        assert!(
+            gate.handle_established_inbound_connection(
+                ConnectionId::new_unchecked(3),
+                peer(),
+                &relayed,
+                &addr(),
+            )
+            .is_err(),
+            "a stranger through another relay is not a relay client"
+        );
+        assert!(inbound(&mut gate, 4, peer()));
+        assert!(!inbound(&mut gate, 5, peer()), "over the cap");
+        // A roster device is never counted against the cap.
+        let friend = peer();
+        gate.allow_peer(friend);
+        assert!(inbound(&mut gate, 6, friend));
+        assert_eq!(gate.relay_clients(), 2);
+        // Strangers are still never dialled.
+        assert!(!outbound(&mut gate, 7, peer()));
     }
 
     #[tokio::test]

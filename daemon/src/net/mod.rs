@@ -6,7 +6,9 @@
 //! anyone else is refused right after the encrypted handshake, before any protocol runs
 //! (except, while an invitation is open, devices that come to pair: see `gate.rs`).
 //! Liveness: ping every few seconds, a failed ping closes the connection, and known devices are
-//! redialled with exponential backoff. Chat sync runs over these connections (next step).
+//! redialled with exponential backoff. Chat sync runs over these connections. Devices apart
+//! meet through relays, and try to punch a hole to each other (`relay.rs`); a daemon can be a
+//! relay itself.
 //!
 //! Why one task: the `Swarm` is not shareable, and a single owner makes every state change
 //! (dials, trust updates, connection book-keeping) sequential and easy to reason about.
@@ -19,6 +21,8 @@ pub mod pairing;
 mod peers;
 mod progress;
 pub mod protocol;
+pub mod relay;
+mod resume;
 mod roster;
 mod sessions;
 mod task;
@@ -45,8 +49,18 @@ pub struct PeerInfo {
     pub connected: bool,
     /// Addresses it was reached at or can be dialled at.
     pub addresses: Vec<Multiaddr>,
-    /// `tcp` or `quic`, for the oldest live connection.
+    /// `tcp` or `quic`, for the connection shown (a direct one if any, else the oldest).
     pub transport: Option<String>,
+    /// How that connection reaches the device: `lan`, `direct` or `relayed`.
+    pub path: Option<String>,
+    /// The relay it goes through, when relayed.
+    pub relay: Option<String>,
+    /// Whether it was opened by hole punching from a relayed connection.
+    pub hole_punched: bool,
+    /// Live connections to the device (briefly two while a relayed one gives way).
+    pub connections: usize,
+    /// Hole punching attempts that failed since this daemon started.
+    pub hole_punch_failures: u32,
     /// Whether this device dialled (`outbound`) or was dialled (`inbound`).
     pub direction: Option<String>,
     /// When the current connection was established (ms since the Unix epoch).
@@ -88,6 +102,7 @@ enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     SyncState(oneshot::Sender<SyncState>),
     Pair(pairing::PairCommand),
+    Relay(oneshot::Sender<relay::RelayStatus>),
 }
 
 /// Handle to the network task.
@@ -127,6 +142,11 @@ impl Network {
             state: "offline",
             ..SyncState::default()
         })
+    }
+
+    /// Reservations on relays, and relay mode's state.
+    pub async fn relay_status(&self) -> relay::RelayStatus {
+        self.ask(Command::Relay).await.unwrap_or_default()
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {

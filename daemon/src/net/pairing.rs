@@ -385,6 +385,8 @@ impl NetworkTask {
             );
         }
         self.swarm.behaviour_mut().gate.begin_join(peer);
+        // The ticket's relayed addresses go through relays this device must be let to dial.
+        self.allow_relays_in(&ticket.addresses);
         let request = PairRequest {
             invite: proof::invite_id(&ticket.secret).to_vec(),
             proof: proof::proof(&ticket.secret, &peer, &me).to_vec(),

@@ -21,6 +21,12 @@ pub struct Connection {
     pub remote: Multiaddr,
     pub outbound: bool,
     pub since_ms: i64,
+    /// LAN, direct, or relayed (`relay.rs`).
+    pub path: super::relay::Path,
+    /// The relay it goes through, when relayed.
+    pub relay: Option<PeerId>,
+    /// Opened by hole punching (DCUtR) from a relayed connection.
+    pub hole_punched: bool,
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +38,8 @@ pub struct Peer {
     pub rtt: Option<Duration>,
     /// Configured with `--peer`/`peers`: always worth redialling.
     pub configured: bool,
+    /// Hole punching attempts that failed since this daemon started.
+    pub hole_punch_failures: u32,
     backoff: Option<Duration>,
     next_dial: Option<Instant>,
 }
@@ -71,6 +79,16 @@ impl Peer {
 #[derive(Debug, Default)]
 pub struct PeerBook {
     pub peers: HashMap<PeerId, Peer>,
+}
+
+impl Peer {
+    /// The connection `peers` shows: a direct one if there is one (relayed connections are
+    /// closed once a direct one is up), else the oldest.
+    pub fn best_connection(&self) -> Option<&Connection> {
+        self.connections
+            .values()
+            .min_by_key(|c| (c.path == super::relay::Path::Relayed, c.since_ms))
+    }
 }
 
 impl PeerBook {

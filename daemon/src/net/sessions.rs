@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use super::{
     progress::Comparison,
     protocol::{
-        ChatHeads, MAX_SUMMARY_CHATS, MAX_SUMMARY_HEADS, PART_BYTES, Payload, SLOW_DOWN,
-        SyncRequest, SyncResponse,
+        ChatHeads, MAX_SUMMARY_CHATS, MAX_SUMMARY_HEADS, Payload, SLOW_DOWN, SyncRequest,
+        SyncResponse,
     },
     task::NetworkTask,
     transfers::{Incoming, Progress as PullProgress, Purpose},
@@ -180,6 +180,7 @@ async fn compare(
 impl NetworkTask {
     /// A device accepted the connection: tell it what this device has.
     pub(super) fn on_peer_accepted(&mut self, peer: PeerId) {
+        self.resume_transfers(peer);
         self.send_roster(peer);
         let summary = to_wire(&self.engine.summary(MAX_SUMMARY_CHATS));
         self.send(peer, SyncRequest::Summary(summary), Pending::Summary);
@@ -189,6 +190,7 @@ impl NetworkTask {
         if let Some(device) = device_of(&peer) {
             self.engine.forget_peer(&device);
         }
+        self.keep_cut_transfers(peer);
         self.sessions.running.retain(|(p, _)| *p != peer);
         self.sessions.again.retain(|(p, _)| *p != peer);
         let queued = self.sessions.queued.remove(&peer).unwrap_or_default();
@@ -208,7 +210,6 @@ impl NetworkTask {
             }
             *p != peer
         });
-        self.outbox.forget_peer(&peer);
         self.progress.disconnected(&peer);
     }
 
@@ -346,7 +347,10 @@ impl NetworkTask {
         match pending {
             Pending::Sync(chat) | Pending::Pull(chat) => self.session_over(peer, chat),
             Pending::Part(incoming) => {
-                if let Purpose::Sync(chat) = incoming.purpose {
+                // Kept to resume (`resume.rs`) unless it was cut too often.
+                if let Some(incoming) = self.keep_cut_transfer(peer, incoming)
+                    && let Purpose::Sync(chat) = incoming.purpose
+                {
                     self.session_over(peer, chat);
                 }
             }
@@ -439,6 +443,10 @@ impl NetworkTask {
         });
     }
 
+    pub(super) fn session_over_for_resume(&mut self, peer: PeerId, chat: ChatId) {
+        self.session_over(peer, chat);
+    }
+
     /// The session ended: run it again if a change arrived meanwhile.
     fn session_over(&mut self, peer: PeerId, chat: ChatId) {
         let key = (peer, chat);
@@ -468,7 +476,7 @@ impl NetworkTask {
             self.progress.in_sync(peer, &chat, Instant::now());
         }
         match step.message {
-            Some(message) if message.len() <= PART_BYTES => {
+            Some(message) if message.len() <= self.outbox.part_bytes(&peer) => {
                 let request = SyncRequest::Sync {
                     chat: chat.to_string(),
                     message,
@@ -717,7 +725,7 @@ impl NetworkTask {
         }
     }
 
-    fn pull_next(&mut self, peer: PeerId, incoming: Box<Incoming>) {
+    pub(super) fn pull_next(&mut self, peer: PeerId, incoming: Box<Incoming>) {
         let request = SyncRequest::Part {
             transfer: incoming.transfer,
             offset: incoming.offset(),

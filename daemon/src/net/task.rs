@@ -30,6 +30,7 @@ use super::{
     pairing::Pairing,
     peers::{MAX_PEERS, PeerBook, transport},
     progress::Progress,
+    relay::{RelayState, path_of, server_config},
     sessions::{Internal, Sessions, forward_changes},
     transfers::Outbox,
 };
@@ -71,6 +72,10 @@ pub struct NetworkTask {
     /// The sync state last published as an event (state, chats, behind, ahead, peers).
     reported_progress: Option<(&'static str, usize, usize, usize, usize)>,
     commands: mpsc::Receiver<Command>,
+    /// Reservations on relays, and relay mode (`relay.rs`).
+    pub(super) relay: RelayState,
+    /// Pulls cut with their connection, to resume (`resume.rs`).
+    pub(super) resume: super::resume::Resume,
 }
 
 impl NetworkTask {
@@ -83,7 +88,9 @@ impl NetworkTask {
         let trust = engine.trust();
         let events = engine.event_sender();
         let (internal, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
-        let mut swarm = build_swarm(keypair, config.mdns)?;
+        let relay_server = config.relay.enabled.then(|| server_config(&config.relay));
+        let mut swarm = build_swarm(keypair, config.mdns, relay_server, config.hole_punching)?;
+        let relay = RelayState::new(&config.relays, &config.relay);
         let mut listening = 0;
         for addr in &config.listen {
             match swarm.listen_on(addr.clone()) {
@@ -128,7 +135,10 @@ impl NetworkTask {
             events,
             reported_progress: None,
             commands,
+            relay,
+            resume: Default::default(),
         };
+        task.start_relays();
         task.apply_trust();
         Ok(task)
     }
@@ -153,6 +163,7 @@ impl NetworkTask {
                     self.resume_paused();
                     self.redial_due();
                     self.report_progress();
+                    self.relay_tick();
                 }
                 _ = resummarize.tick() => self.resummarize(),
             }
@@ -173,6 +184,9 @@ impl NetworkTask {
                 let _ = reply.send(self.sync_state());
             }
             Command::Pair(command) => self.on_pair_command(command),
+            Command::Relay(reply) => {
+                let _ = reply.send(self.relay_status());
+            }
         }
     }
 
@@ -229,6 +243,7 @@ impl NetworkTask {
             .map(|(p, e)| (*p, e.addresses.iter().cloned().collect()))
             .collect();
         for (peer, addresses) in due {
+            self.allow_relays_in(&addresses);
             if let Some(entry) = self.book.peers.get_mut(&peer) {
                 entry.dialled(now);
             }
@@ -248,12 +263,24 @@ impl NetworkTask {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                address,
+                listener_id,
+            } => {
                 tracing::info!(%address, "listening for devices");
+                self.relay_new_listen_addr(listener_id, &address);
                 self.listen_addrs.push(address);
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs.retain(|a| a != &address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                self.listen_addrs.retain(|a| !addresses.contains(a));
+                self.relay_listener_closed(listener_id, &reason);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -267,6 +294,7 @@ impl NetworkTask {
                         (send_back_addr.clone(), false)
                     }
                 };
+                let (path, relay) = path_of(&endpoint);
                 if let Some(entry) = self.book.entry(peer_id) {
                     if outbound {
                         entry.add_address(remote.clone());
@@ -277,9 +305,13 @@ impl NetworkTask {
                             remote,
                             outbound,
                             since_ms: now_ms(),
+                            path,
+                            relay,
+                            hole_punched: false,
                         },
                     );
                 }
+                self.prefer_direct(peer_id, connection_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -287,6 +319,7 @@ impl NetworkTask {
                 cause,
                 ..
             } => {
+                self.relay_connection_closed(peer_id, connection_id);
                 let Some(entry) = self.book.peers.get_mut(&peer_id) else {
                     return;
                 };
@@ -299,6 +332,7 @@ impl NetworkTask {
                         self.announce(peer_id, false);
                         self.on_peer_gone(peer_id);
                     }
+                    self.forget_stranger(peer_id);
                 }
             }
             SwarmEvent::IncomingConnectionError {
@@ -336,6 +370,13 @@ impl NetworkTask {
             },
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync_event_checked(event),
             SwarmEvent::Behaviour(BehaviourEvent::Pair(event)) => self.on_pair_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
+                self.on_relay_server_event(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
+                self.on_relay_client_event(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => self.on_dcutr_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     if self.discovered.len() < MAX_PEERS || self.discovered.contains_key(&peer) {
@@ -373,6 +414,10 @@ impl NetworkTask {
 
     /// Identify ran, so the other side accepted the connection: the device is up.
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
+        // A relay this device uses need not be chatsync (any circuit relay v2 server will do).
+        if self.is_relay_only(&peer) {
+            return;
+        }
         if info.protocol_version != PROTOCOL_VERSION {
             tracing::warn!(%peer, version = %info.protocol_version, "not a compatible chatsync device; disconnecting");
             let _ = self.swarm.disconnect_peer_id(peer);
@@ -382,6 +427,7 @@ impl NetworkTask {
         if !self.allowed.contains(&peer) {
             return;
         }
+        self.learn_relayed_addrs(peer, &info.listen_addrs);
         let Some(entry) = self.book.peers.get_mut(&peer) else {
             return;
         };
@@ -413,7 +459,7 @@ impl NetworkTask {
             .filter(|(p, e)| self.allowed.contains(p) || e.accepted)
             .filter_map(|(peer, e)| {
                 let device = DeviceId::new(peer.to_base58()).ok()?;
-                let oldest = e.connections.values().min_by_key(|c| c.since_ms);
+                let oldest = e.best_connection();
                 let progress = self.progress.get(peer);
                 let counts = progress.and_then(|p| p.counts()).filter(|_| e.accepted);
                 Some(PeerInfo {
@@ -423,6 +469,16 @@ impl NetworkTask {
                     transport: oldest
                         .filter(|_| e.accepted)
                         .map(|c| transport(&c.remote).to_string()),
+                    path: oldest
+                        .filter(|_| e.accepted)
+                        .map(|c| c.path.as_str().to_string()),
+                    relay: oldest
+                        .filter(|_| e.accepted)
+                        .and_then(|c| c.relay)
+                        .map(|r| r.to_base58()),
+                    hole_punched: oldest.is_some_and(|c| e.accepted && c.hole_punched),
+                    connections: if e.accepted { e.connections.len() } else { 0 },
+                    hole_punch_failures: e.hole_punch_failures,
                     direction: oldest
                         .filter(|_| e.accepted)
                         .map(|c| if c.outbound { "outbound" } else { "inbound" }.to_string()),
@@ -447,6 +503,11 @@ impl NetworkTask {
                     connected: false,
                     addresses: Vec::new(),
                     transport: None,
+                    path: None,
+                    relay: None,
+                    hole_punched: false,
+                    connections: 0,
+                    hole_punch_failures: 0,
                     direction: None,
                     connected_since: None,
                     rtt_ms: None,
@@ -536,9 +597,11 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     }
 }
 
-/// The address without its trailing `/p2p/ID`.
+/// The address without its trailing `/p2p/ID` (a relayed address keeps its relay's id).
 fn without_p2p(addr: &Multiaddr) -> Multiaddr {
-    addr.iter()
-        .filter(|p| !matches!(p, Protocol::P2p(_)))
-        .collect()
+    let mut addr = addr.clone();
+    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+        addr.pop();
+    }
+    addr
 }

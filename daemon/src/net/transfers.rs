@@ -5,9 +5,15 @@
 //! [`Incoming`] buffer and hands the whole payload on once it is complete. Both sides are
 //! bounded: the outbox by transfers per device, total bytes and idle time; an incoming payload
 //! by the length announced, which must be under [`MAX_TRANSFER_BYTES`].
+//!
+//! Transfers survive a lost connection: the outbox keeps a transfer until nobody has pulled
+//! from it for [`TRANSFER_IDLE`], whether the device is connected or not, and the receiver
+//! keeps what it has pulled (`resume.rs`) and goes on from there when the device is back. Over
+//! relayed connections, whose relay cuts each circuit after a number of bytes, parts are
+//! [`RELAYED_PART_BYTES`] so that every circuit completes some of them.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -22,6 +28,10 @@ const MAX_TRANSFERS_PER_PEER: usize = 8;
 const MAX_OUTBOX_BYTES: usize = 512 * 1024 * 1024;
 /// A transfer nobody pulled from for this long is dropped.
 pub const TRANSFER_IDLE: Duration = Duration::from_secs(60);
+/// Part size (and largest inline payload) for devices reached only through relays: relays
+/// close circuits after a number of bytes (libp2p's default is 128 KiB), and a part that
+/// cannot cross one circuit would never arrive.
+pub const RELAYED_PART_BYTES: usize = 32 * 1024;
 
 struct Outgoing {
     peer: PeerId,
@@ -35,9 +45,29 @@ pub struct Outbox {
     transfers: HashMap<u64, Outgoing>,
     next: u64,
     bytes: usize,
+    /// Devices reached only through relays: they get [`RELAYED_PART_BYTES`] parts.
+    relayed: HashSet<PeerId>,
 }
 
 impl Outbox {
+    /// Whether `peer` is reached only through relays (small parts) or not.
+    pub fn set_relayed(&mut self, peer: PeerId, relayed: bool) {
+        if relayed {
+            self.relayed.insert(peer);
+        } else {
+            self.relayed.remove(&peer);
+        }
+    }
+
+    /// The largest part (and inline payload) for `peer`.
+    pub fn part_bytes(&self, peer: &PeerId) -> usize {
+        if self.relayed.contains(peer) {
+            RELAYED_PART_BYTES
+        } else {
+            PART_BYTES
+        }
+    }
+
     /// Makes `response` fit on the wire: a payload over [`PART_BYTES`] is kept here and
     /// announced instead. A response that cannot be kept becomes a refusal.
     pub fn prepare(&mut self, peer: PeerId, response: SyncResponse, now: Instant) -> SyncResponse {
@@ -67,7 +97,7 @@ impl Outbox {
         let Payload::Inline(bytes) = payload else {
             return Ok(payload);
         };
-        if bytes.len() <= PART_BYTES {
+        if bytes.len() <= self.part_bytes(&peer) {
             return Ok(Payload::Inline(bytes));
         }
         if bytes.len() > MAX_TRANSFER_BYTES {
@@ -77,8 +107,15 @@ impl Outbox {
             ));
         }
         self.expire(now);
-        let for_peer = self.transfers.values().filter(|t| t.peer == peer).count();
-        if for_peer >= MAX_TRANSFERS_PER_PEER || self.bytes + bytes.len() > MAX_OUTBOX_BYTES {
+        // At its limit, a device's least recently pulled transfer makes room: it pulls a few
+        // at a time, so that one was most likely given up (its connection was lost).
+        let mine = || self.transfers.iter().filter(|(_, t)| t.peer == peer);
+        if mine().count() >= MAX_TRANSFERS_PER_PEER
+            && let Some(oldest) = mine().min_by_key(|(_, t)| t.last_pulled).map(|(id, _)| *id)
+        {
+            self.remove(oldest);
+        }
+        if self.bytes + bytes.len() > MAX_OUTBOX_BYTES {
             return Err("busy: too many large transfers under way; try again later".into());
         }
         let transfer = self.next;
@@ -99,6 +136,7 @@ impl Outbox {
     /// The part of `transfer` at `offset`, for `peer` only. The transfer is dropped once its
     /// last part has been handed out.
     pub fn part(&mut self, peer: PeerId, transfer: u64, offset: u64, now: Instant) -> SyncResponse {
+        let part_bytes = self.part_bytes(&peer);
         let Some(outgoing) = self.transfers.get_mut(&transfer) else {
             return SyncResponse::Unknown;
         };
@@ -109,26 +147,13 @@ impl Outbox {
         let Some(start) = usize::try_from(offset).ok().filter(|&o| o < len) else {
             return SyncResponse::Refused(format!("offset {offset} is outside the transfer"));
         };
-        let end = (start + PART_BYTES).min(len);
+        let end = (start + part_bytes).min(len);
         outgoing.last_pulled = now;
         let bytes = outgoing.bytes[start..end].to_vec();
         if end == len {
             self.remove(transfer);
         }
         SyncResponse::Part { bytes }
-    }
-
-    /// Drops every transfer announced to `peer` (it disconnected).
-    pub fn forget_peer(&mut self, peer: &PeerId) {
-        let gone: Vec<u64> = self
-            .transfers
-            .iter()
-            .filter(|(_, t)| t.peer == *peer)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in gone {
-            self.remove(id);
-        }
     }
 
     /// Drops transfers nobody pulled from for [`TRANSFER_IDLE`].
@@ -172,6 +197,8 @@ pub struct Incoming {
     pub transfer: u64,
     len: usize,
     bytes: Vec<u8>,
+    /// Times it was resumed after its connection was lost (`resume.rs` bounds them).
+    pub resumed: u32,
 }
 
 impl std::fmt::Debug for Incoming {
@@ -212,7 +239,13 @@ impl Incoming {
             len,
             // Grows with what actually arrives, not with what was announced.
             bytes: Vec::new(),
+            resumed: 0,
         })
+    }
+
+    /// Bytes pulled so far.
+    pub fn held(&self) -> usize {
+        self.bytes.len()
     }
 
     /// Where the next part starts.
@@ -335,25 +368,75 @@ mod tests {
         let big = || SyncResponse::Document {
             payload: Payload::Inline(vec![0; PART_BYTES + 1]),
         };
-        for _ in 0..MAX_TRANSFERS_PER_PEER {
-            assert!(matches!(
-                outbox.prepare(peer, big(), t0),
-                SyncResponse::Document { .. }
-            ));
+        let mut first = None;
+        for i in 0..MAX_TRANSFERS_PER_PEER {
+            let at = t0 + Duration::from_millis(i as u64);
+            match outbox.prepare(peer, big(), at) {
+                SyncResponse::Document {
+                    payload: Payload::Parts { transfer, .. },
+                } => {
+                    first.get_or_insert(transfer);
+                }
+                other => panic!("{other:?}"),
+            }
         }
+        // One more makes the least recently pulled one go.
         assert!(matches!(
-            outbox.prepare(peer, big(), t0),
-            SyncResponse::Refused(_)
+            outbox.prepare(peer, big(), t0 + Duration::from_secs(1)),
+            SyncResponse::Document { .. }
+        ));
+        assert_eq!(outbox.held(), MAX_TRANSFERS_PER_PEER * (PART_BYTES + 1));
+        assert!(matches!(
+            outbox.part(peer, first.unwrap(), 0, t0),
+            SyncResponse::Unknown
         ));
         // Another device still gets its own.
         assert!(matches!(
             outbox.prepare(PeerId::random(), big(), t0),
             SyncResponse::Document { .. }
         ));
-        outbox.forget_peer(&peer);
-        assert_eq!(outbox.held(), PART_BYTES + 1);
-        outbox.expire(t0 + TRANSFER_IDLE);
+        // Kept while nobody pulls for less than the idle time, connected or not.
+        outbox.expire(t0 + TRANSFER_IDLE / 2);
+        assert_eq!(
+            outbox.held(),
+            (MAX_TRANSFERS_PER_PEER + 1) * (PART_BYTES + 1)
+        );
+        outbox.expire(t0 + Duration::from_secs(1) + TRANSFER_IDLE);
         assert_eq!(outbox.held(), 0);
+    }
+
+    #[test]
+    fn devices_reached_through_relays_get_small_parts() {
+        let mut outbox = Outbox::default();
+        let peer = PeerId::random();
+        outbox.set_relayed(peer, true);
+        let payload = vec![9u8; RELAYED_PART_BYTES * 3 + 5];
+        let announced = outbox.prepare(
+            peer,
+            SyncResponse::Document {
+                payload: Payload::Inline(payload.clone()),
+            },
+            Instant::now(),
+        );
+        let SyncResponse::Document {
+            payload: Payload::Parts { transfer, len },
+        } = announced
+        else {
+            panic!("not announced: {announced:?}");
+        };
+        assert_eq!(len as usize, payload.len());
+        match outbox.part(peer, transfer, 0, Instant::now()) {
+            SyncResponse::Part { bytes } => assert_eq!(bytes.len(), RELAYED_PART_BYTES),
+            other => panic!("{other:?}"),
+        }
+        // Direct again: the rest comes in full-size parts.
+        outbox.set_relayed(peer, false);
+        match outbox.part(peer, transfer, RELAYED_PART_BYTES as u64, Instant::now()) {
+            SyncResponse::Part { bytes } => {
+                assert_eq!(bytes.len(), payload.len() - RELAYED_PART_BYTES)
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -183,7 +183,7 @@ impl Ticket {
             }
             let addr = Multiaddr::try_from(r.take(len)?.to_vec())
                 .map_err(|_| TicketError::Damaged("bad address"))?;
-            if addr.iter().any(|p| matches!(p, Protocol::P2p(_))) {
+            if !carried_form(&addr) {
                 return Err(TicketError::Damaged("bad address"));
             }
             addresses.push(addr);
@@ -216,25 +216,79 @@ fn checksum(body: &[u8]) -> [u8; CHECKSUM_BYTES] {
     out
 }
 
-/// Orders a device's listen addresses for a ticket: usable ones only (no unspecified or
-/// `/p2p` ones, none too long), addresses other devices can reach before loopback ones, at
-/// most [`MAX_ADDRESSES`]. Loopback stays in: devices on one machine (and tests) pair too.
-pub fn ticket_addresses(listen: &[Multiaddr]) -> Vec<Multiaddr> {
-    let mut usable: Vec<&Multiaddr> = listen
+/// Relayed addresses a ticket carries at most, so that direct ones keep their room.
+pub const MAX_RELAYED_ADDRESSES: usize = 4;
+
+/// Whether an address has the form a ticket carries: no device id, except a relay's in a
+/// relayed address (`.../p2p/RELAY_ID/p2p-circuit`, the inviter being the ticket's own).
+fn carried_form(addr: &Multiaddr) -> bool {
+    let parts: Vec<Protocol> = addr.iter().collect();
+    let circuits = parts
         .iter()
-        .filter(|a| a.len() <= MAX_ADDRESS_BYTES)
+        .filter(|p| matches!(p, Protocol::P2pCircuit))
+        .count();
+    let ids = parts
+        .iter()
+        .filter(|p| matches!(p, Protocol::P2p(_)))
+        .count();
+    match (circuits, ids) {
+        (0, 0) => true,
+        (1, 1) => {
+            let n = parts.len();
+            n >= 3
+                && matches!(parts[n - 1], Protocol::P2pCircuit)
+                && matches!(parts[n - 2], Protocol::P2p(_))
+        }
+        _ => false,
+    }
+}
+
+/// Orders a device's listen addresses for a ticket: usable ones only (no unspecified ones,
+/// none too long, no device id but a relay's), direct addresses other devices can reach
+/// first, then relayed ones (at most [`MAX_RELAYED_ADDRESSES`]), then loopback ones, at most
+/// [`MAX_ADDRESSES`]. Loopback stays in: devices on one machine (and tests) pair too. A
+/// relayed listen address ends in this device's own id, which the ticket names already.
+pub fn ticket_addresses(listen: &[Multiaddr]) -> Vec<Multiaddr> {
+    let usable = listen
+        .iter()
+        .map(|a| {
+            let mut a = a.clone();
+            let relayed = a.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+            if relayed && matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+                a.pop();
+            }
+            a
+        })
+        .filter(|a| a.len() <= MAX_ADDRESS_BYTES && carried_form(a))
         .filter(|a| {
             a.iter().all(|p| match p {
                 Protocol::Ip4(ip) => !ip.is_unspecified(),
                 Protocol::Ip6(ip) => !ip.is_unspecified(),
-                Protocol::P2p(_) => false,
                 _ => true,
             })
-        })
-        .collect();
-    usable.sort_by_key(|a| is_loopback(a));
-    usable.dedup();
-    usable.into_iter().take(MAX_ADDRESSES).cloned().collect()
+        });
+    let mut direct = Vec::new();
+    let mut relayed = Vec::new();
+    let mut loopback = Vec::new();
+    for a in usable {
+        let list = if a.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+            &mut relayed
+        } else if is_loopback(&a) {
+            &mut loopback
+        } else {
+            &mut direct
+        };
+        if !list.contains(&a) {
+            list.push(a);
+        }
+    }
+    relayed.truncate(MAX_RELAYED_ADDRESSES);
+    direct.truncate(MAX_ADDRESSES - relayed.len());
+    let mut out = direct;
+    out.append(&mut relayed);
+    out.append(&mut loopback);
+    out.truncate(MAX_ADDRESSES);
+    out
 }
 
 fn is_loopback(addr: &Multiaddr) -> bool {
@@ -431,6 +485,61 @@ mod tests {
                 "/ip6/::1/tcp/1"
             ]
         );
+    }
+
+    #[test]
+    fn relayed_addresses_travel_in_tickets_without_the_inviters_id() {
+        let relay = "12D3KooWEvAfV87EuuHwweiPtEs6xdfvGkNJertKqSFytK2ZcTiJ";
+        let me = sample().inviter;
+        let mut listen: Vec<Multiaddr> = (1..=9)
+            .map(|i| format!("/ip4/10.0.0.{i}/tcp/1").parse().unwrap())
+            .collect();
+        listen.push(
+            format!("/ip4/192.0.2.1/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{me}")
+                .parse()
+                .unwrap(),
+        );
+        listen.insert(0, "/ip4/127.0.0.1/tcp/1".parse().unwrap());
+        let picked = ticket_addresses(&listen);
+        assert_eq!(picked.len(), MAX_ADDRESSES);
+        let relayed = format!("/ip4/192.0.2.1/tcp/4001/p2p/{relay}/p2p-circuit");
+        assert!(
+            picked.iter().any(|a| a.to_string() == relayed),
+            "{picked:?}"
+        );
+        assert!(picked.iter().all(|a| !a.to_string().contains("127.0.0.1")));
+        let ticket = Ticket {
+            addresses: picked.clone(),
+            ..sample()
+        };
+        assert_eq!(
+            Ticket::from_text(&ticket.to_text()).unwrap().addresses,
+            picked
+        );
+        // Any other device id in an address is refused.
+        for bad in [
+            format!("/ip4/192.0.2.1/tcp/4001/p2p/{relay}"),
+            format!("/ip4/192.0.2.1/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{relay}"),
+            "/ip4/192.0.2.1/tcp/4001/p2p-circuit".to_string(),
+        ] {
+            let bad: Multiaddr = bad.parse().unwrap();
+            assert!(!carried_form(&bad), "{bad}");
+            if bad.len() > MAX_ADDRESS_BYTES {
+                continue;
+            }
+            let mut bytes = Ticket {
+                addresses: vec![bad],
+                ..sample()
+            }
+            .to_bytes();
+            bytes.truncate(bytes.len() - CHECKSUM_BYTES);
+            let sum = checksum(&bytes);
+            bytes.extend_from_slice(&sum);
+            assert_eq!(
+                Ticket::from_bytes(&bytes),
+                Err(TicketError::Damaged("bad address"))
+            );
+        }
     }
 
     proptest! {

@@ -73,6 +73,7 @@ pub fn loopback_network() -> chatsync_daemon::config::NetworkConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         mdns: false,
         peers: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -136,6 +137,7 @@ impl TestDaemon {
                 loopback_network().listen
             },
             mdns: false,
+            ..Default::default()
         };
         let task = tokio::spawn(serve(
             paths.clone(),
