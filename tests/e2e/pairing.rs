@@ -327,3 +327,43 @@ fn libp2p_peer() -> libp2p::PeerId {
         .public()
         .to_peer_id()
 }
+
+#[test]
+fn paired_devices_find_each_other_again_after_both_restart() {
+    // No mDNS, no configured peers, ports chosen by the system: only what the devices
+    // remember brings them back together.
+    let a = started();
+    let b = started();
+    let chat = a.ok_json1(&["chat", "create", "family", "--json"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut pairing = Pairing::start(&a, &[]);
+    let join = b.run(&["join", &pairing.ticket]);
+    assert_eq!(join.code, 0, "{}", join.stderr);
+    let (code, stderr) = pairing.wait(Duration::from_secs(10));
+    assert_eq!(code, 0, "{stderr}");
+
+    for restarted in [&a, &b] {
+        restarted.stop();
+    }
+    for restarted in [&a, &b] {
+        restarted.start();
+    }
+    a.ok(&["post", &chat, "still here"]);
+    wait_for(
+        "a's post to reach b after both restarted",
+        Duration::from_secs(20),
+        || {
+            b.ok_json(&["log", &chat, "--json"])
+                .iter()
+                .any(|m| m["text"] == "still here")
+        },
+    );
+    b.ok(&["post", &chat, "me too"]);
+    wait_for("b's post to reach a", Duration::from_secs(20), || {
+        a.ok_json(&["log", &chat, "--json"])
+            .iter()
+            .any(|m| m["text"] == "me too")
+    });
+}

@@ -174,6 +174,12 @@ impl Engine {
         self.trust.subscribe()
     }
 
+    /// The store, for what other parts of the daemon keep beside the chats (the network's
+    /// remembered addresses).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn stats(&self) -> EngineStats {
         let (loaded_chats, loaded_bytes_estimate) = self.cache.stats();
         EngineStats {

@@ -22,6 +22,7 @@ mod peers;
 mod progress;
 pub mod protocol;
 pub mod relay;
+mod remembered;
 mod resume;
 mod roster;
 mod sessions;

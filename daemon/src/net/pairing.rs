@@ -463,6 +463,10 @@ impl NetworkTask {
         self.swarm.behaviour_mut().gate.end_join(&peer);
         if result.is_ok() {
             self.apply_trust();
+            // The ticket's first address stays first.
+            for addr in join.ticket.addresses.iter().rev() {
+                self.remember_reached(peer, addr.clone());
+            }
             if let Some(entry) = self.book.entry(peer) {
                 for addr in join.ticket.addresses {
                     entry.add_address(addr);

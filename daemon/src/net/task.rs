@@ -31,6 +31,7 @@ use super::{
     peers::{MAX_PEERS, PeerBook, transport},
     progress::Progress,
     relay::{RelayState, path_of, server_config},
+    remembered::Remembered,
     sessions::{Internal, Sessions, forward_changes},
     transfers::Outbox,
 };
@@ -56,6 +57,7 @@ pub struct NetworkTask {
     pub(super) outbox: Outbox,
     pub(super) progress: Progress,
     pub(super) pairing: Pairing,
+    pub(super) remembered: Remembered,
     pub(super) conduct: Conduct,
     pub(super) internal: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
@@ -91,11 +93,25 @@ impl NetworkTask {
         let relay_server = config.relay.enabled.then(|| server_config(&config.relay));
         let mut swarm = build_swarm(keypair, config.mdns, relay_server, config.hole_punching)?;
         let relay = RelayState::new(&config.relays, &config.relay);
+        let remembered = Remembered::load(engine.store());
         let mut listening = 0;
-        for addr in &config.listen {
-            match swarm.listen_on(addr.clone()) {
-                Ok(_) => listening += 1,
-                Err(e) => tracing::warn!(%addr, error = %e, "cannot listen"),
+        for configured in &config.listen {
+            // The port of the last run first (see `remembered.rs`), then what is configured.
+            let mut tries = remembered
+                .listen_addresses(configured)
+                .into_iter()
+                .peekable();
+            while let Some(addr) = tries.next() {
+                match swarm.listen_on(addr.clone()) {
+                    Ok(_) => {
+                        listening += 1;
+                        break;
+                    }
+                    Err(e) if tries.peek().is_some() => {
+                        tracing::debug!(%addr, error = %e, "the last run's port is taken");
+                    }
+                    Err(e) => tracing::warn!(%addr, error = %e, "cannot listen"),
+                }
             }
         }
         if listening == 0 && !config.listen.is_empty() {
@@ -124,6 +140,7 @@ impl NetworkTask {
             outbox: Outbox::default(),
             progress: Progress::default(),
             pairing: Pairing::default(),
+            remembered,
             conduct: Conduct::default(),
             internal,
             internal_rx,
@@ -140,6 +157,12 @@ impl NetworkTask {
         };
         task.start_relays();
         task.apply_trust();
+        // Devices removed while this one was not running.
+        for peer in task.remembered.devices() {
+            if !task.allowed.contains(&peer) {
+                task.forget_reached(&peer);
+            }
+        }
         Ok(task)
     }
 
@@ -208,11 +231,13 @@ impl NetworkTask {
             .set_removed(peers(&trust.removed).into_iter().collect());
         let gone: Vec<PeerId> = self.allowed.difference(&trusted).copied().collect();
         for peer in gone {
+            self.forget_reached(&peer);
             self.begin_removal(peer);
         }
         for peer in trusted.difference(&self.allowed) {
             self.swarm.behaviour_mut().gate.allow_peer(*peer);
-            let found = self.discovered.get(peer).cloned().unwrap_or_default();
+            let mut found: Vec<Multiaddr> = self.remembered.reached(peer).to_vec();
+            found.extend(self.discovered.get(peer).into_iter().flatten().cloned());
             if let Some(entry) = self.book.entry(*peer) {
                 for addr in found {
                     entry.add_address(addr);
@@ -268,6 +293,7 @@ impl NetworkTask {
                 listener_id,
             } => {
                 tracing::info!(%address, "listening for devices");
+                self.remember_listening(&address);
                 self.relay_new_listen_addr(listener_id, &address);
                 self.listen_addrs.push(address);
             }
@@ -295,6 +321,9 @@ impl NetworkTask {
                     }
                 };
                 let (path, relay) = path_of(&endpoint);
+                if outbound {
+                    self.remember_reached(peer_id, remote.clone());
+                }
                 if let Some(entry) = self.book.entry(peer_id) {
                     if outbound {
                         entry.add_address(remote.clone());

@@ -6,6 +6,9 @@
 //!   resolving chats never has to load a document.
 //! - tree `roster.v1`: the roster document (devices that may sync), in the same base-and-chunks
 //!   layout as a chat, under the fixed id `roster`.
+//! - tree `network.v1`: what the network remembers between runs (JSON): `listen` -> the ports
+//!   this device last listened on ([`ListenPorts`]); `reached/DEVICE` -> addresses that reached
+//!   a roster device, most recent first.
 //! - tree `docs.v1`: `chat id, 0, 'B'` -> the compacted document (an Automerge save);
 //!   `chat id, 0, 'C', seq (u64 big-endian)` -> one incremental chunk (the changes of one
 //!   operation). Loading a chat concatenates the base and its chunks in key order and hands them
@@ -29,6 +32,19 @@ use serde::{Deserialize, Serialize};
 mod keys;
 
 pub use keys::MAX_CHUNK_SEQ;
+
+/// Keys in the `network.v1` tree.
+const NETWORK_LISTEN: &[u8] = b"listen";
+const NETWORK_REACHED: &[u8] = b"reached/";
+
+/// The ports this device's listeners got when the configuration left the choice to the system
+/// (port 0), so that it listens on the same ones after a restart and devices that remember its
+/// addresses find it again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenPorts {
+    pub tcp: Option<u16>,
+    pub quic: Option<u16>,
+}
 
 /// Version of the store layout written by this build.
 const SCHEMA_VERSION: u32 = 1;
@@ -84,6 +100,7 @@ pub struct Store {
     roster: sled::Tree,
     /// Other devices' newest attestation per chat and actor, to pass their changes on.
     attestations: sled::Tree,
+    network: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -131,6 +148,7 @@ impl Store {
             docs: db.open_tree("docs.v1")?,
             roster: db.open_tree("roster.v1")?,
             attestations: db.open_tree("attestations.v1")?,
+            network: db.open_tree("network.v1")?,
             db,
         })
     }
@@ -281,6 +299,50 @@ impl Store {
             ));
         }
         Ok(out)
+    }
+
+    /// The ports this device listened on last time (see `net/remembered.rs`).
+    pub fn listen_ports(&self) -> Result<ListenPorts, StoreError> {
+        match self.network.get(NETWORK_LISTEN)? {
+            Some(v) => decode(&v),
+            None => Ok(ListenPorts::default()),
+        }
+    }
+
+    pub fn put_listen_ports(&self, ports: &ListenPorts) -> Result<(), StoreError> {
+        self.network.insert(NETWORK_LISTEN, encode(ports)?)?;
+        Ok(())
+    }
+
+    /// Addresses that reached each device, most recent first. Records that cannot be read are
+    /// skipped (they are only a head start for finding the device).
+    pub fn reached_addresses(&self) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.network.scan_prefix(NETWORK_REACHED) {
+            let (key, value) = item?;
+            let device = String::from_utf8_lossy(&key[NETWORK_REACHED.len()..]).into_owned();
+            match decode::<Vec<String>>(&value) {
+                Ok(addresses) => out.push((device, addresses)),
+                Err(e) => tracing::warn!(%device, error = %e, "skipping unreadable addresses"),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put_reached_addresses(
+        &self,
+        device: &str,
+        addresses: &[String],
+    ) -> Result<(), StoreError> {
+        let key = [NETWORK_REACHED, device.as_bytes()].concat();
+        self.network.insert(key, encode(&addresses)?)?;
+        Ok(())
+    }
+
+    pub fn forget_reached_addresses(&self, device: &str) -> Result<(), StoreError> {
+        self.network
+            .remove([NETWORK_REACHED, device.as_bytes()].concat())?;
+        Ok(())
     }
 
     /// Makes every write made before this call durable.
