@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use automerge::sync::SyncDoc;
 use chatsync_daemon::{
-    api::wire::{ChatJson, MessageJson, PeerListJson},
+    api::wire::{ChatJson, PeerListJson},
     config::Config,
     net::{
         PROTOCOL_VERSION,
@@ -36,7 +36,7 @@ use libp2p::{
 };
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{TestDaemon, fixed_loopback_addr};
+use support::{TestDaemon, eventually, fixed_loopback_addr, texts};
 
 #[derive(NetworkBehaviour)]
 struct Client {
@@ -258,28 +258,6 @@ fn change_message(
     authorship::seal(&[hostile.attest(chat, newest)], &carrying)
 }
 
-async fn texts(daemon: &TestDaemon, chat: &str) -> Vec<String> {
-    daemon
-        .try_all_messages(chat, 100)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m: MessageJson| m.text)
-        .collect()
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn is_refusal(outcome: &Outcome) -> bool {
     matches!(
         outcome,
@@ -293,6 +271,19 @@ async fn suspended_on(daemon: &TestDaemon, device: &DeviceId) -> bool {
         .peers
         .iter()
         .any(|p| p.device == device.as_str() && !p.connected && p.suspended_until.is_some())
+}
+
+/// The daemon lists the hostile device as suspended, and refuses it when it dials again.
+async fn assert_suspended(daemon: &TestDaemon, hostile: &mut Hostile) {
+    let device = hostile.device();
+    eventually("the peer list shows the suspension", || {
+        suspended_on(daemon, &device)
+    })
+    .await;
+    assert!(
+        !hostile.connect().await,
+        "a suspended device connected again"
+    );
 }
 
 /// A daemon that trusts an honest device and a hostile one, all on loopback.
@@ -396,16 +387,7 @@ async fn bad_data_from_a_paired_device_gets_it_suspended_and_everyone_else_carri
             .contains(&"forged".to_string()),
         "the forged post is shown"
     );
-    let device = hostile.device();
-    eventually("the peer list shows the suspension", || {
-        suspended_on(&daemon, &device)
-    })
-    .await;
-    // Refused on reconnect while suspended.
-    assert!(
-        !hostile.connect().await,
-        "a suspended device connected again"
-    );
+    assert_suspended(&daemon, &mut hostile).await;
 
     // Everyone else carries on: the honest device's post arrives, the API answers.
     honest.post_message(chat.as_str(), "still here").await;
@@ -467,15 +449,7 @@ async fn a_device_that_floods_requests_is_told_to_slow_down_then_suspended() {
     }
     assert!(refused > 0, "no request was refused for rate");
     assert!(cut, "the flooding device was never disconnected");
-    let device = hostile.device();
-    eventually("the peer list shows the suspension", || {
-        suspended_on(&daemon, &device)
-    })
-    .await;
-    assert!(
-        !hostile.connect().await,
-        "a suspended device connected again"
-    );
+    assert_suspended(&daemon, &mut hostile).await;
     assert_eq!(daemon.status().await.chats, 1);
 }
 

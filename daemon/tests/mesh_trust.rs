@@ -5,28 +5,15 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chatsync_daemon::{
-    api::wire::{ChatJson, DeviceListJson, MessageJson},
+    api::wire::{ChatJson, DeviceListJson},
     config::Config,
 };
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{TestDaemon, fixed_loopback_addr, temp_home};
-
-/// Polls `check` every 100 ms until it holds, for at most 30 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use support::{TestDaemon, eventually, fixed_loopback_addr, temp_home, texts};
 
 async fn trusts(daemon: &TestDaemon, device: &str) -> bool {
     let list: DeviceListJson = daemon.get("/devices").await.json(StatusCode::OK);
@@ -38,17 +25,6 @@ async fn removed(daemon: &TestDaemon, device: &str) -> bool {
     list.devices
         .iter()
         .any(|d| d.id == device && d.removed_at.is_some())
-}
-
-/// The texts of `chat` on `daemon`; none while the chat has not arrived.
-async fn texts(daemon: &TestDaemon, chat: &str) -> Vec<String> {
-    daemon
-        .try_all_messages(chat, 100)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m: MessageJson| m.text)
-        .collect()
 }
 
 async fn has_text(daemon: &TestDaemon, chat: &str, text: &str) -> bool {

@@ -3,8 +3,7 @@
 //! refused; a device that is not paired gets no chat data even while an invitation is open.
 
 use std::{
-    io::Read,
-    process::{Child, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -15,7 +14,7 @@ use nix::{
 };
 use serde_json::Value;
 
-use crate::support::{Device, LineReader};
+use crate::support::{Device, LineReader, Pairing};
 
 fn device_id(dev: &Device) -> String {
     dev.ok_json1(&["status", "--json"])["device_id"]
@@ -39,67 +38,6 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A running `chatsync --json pair`, whose output lines are read as they come.
-struct Pairing {
-    child: Child,
-    lines: LineReader,
-    ticket: String,
-}
-
-impl Pairing {
-    fn start(dev: &Device, extra: &[&str]) -> Pairing {
-        let mut args = vec!["--json", "pair"];
-        args.extend_from_slice(extra);
-        let mut child = dev
-            .command(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot run chatsync pair");
-        let lines = LineReader::new(child.stdout.take().unwrap());
-        // The ticket is the first line, printed at once (not when the join happens).
-        let first = lines
-            .next(Duration::from_secs(10))
-            .expect("pair printed no ticket line");
-        let first: Value = serde_json::from_str(&first).unwrap();
-        let ticket = first["ticket"].as_str().unwrap().to_string();
-        assert_eq!(first.as_object().unwrap().len(), 1, "{first}");
-        Pairing {
-            child,
-            lines,
-            ticket,
-        }
-    }
-
-    /// Waits for the command to exit; returns its exit code and standard error.
-    fn wait(&mut self, timeout: Duration) -> (i32, String) {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "chatsync pair did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        (status.code().unwrap_or(-1), stderr)
-    }
-}
-
-impl Drop for Pairing {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -579,3 +579,77 @@ impl LineReader {
         self.rx.recv_timeout(timeout).ok()
     }
 }
+
+/// A running `chatsync --json pair`, whose output lines are read as they come.
+pub struct Pairing {
+    pub child: Child,
+    pub lines: LineReader,
+    pub ticket: String,
+}
+
+impl Pairing {
+    /// Runs `chatsync --json pair` with `extra` arguments on `dev`, and reads its ticket.
+    pub fn start(dev: &Device, extra: &[&str]) -> Pairing {
+        let mut args = vec!["--json", "pair"];
+        args.extend_from_slice(extra);
+        let mut child = dev
+            .command(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run chatsync pair");
+        let lines = LineReader::new(child.stdout.take().unwrap());
+        // The ticket is the first line, printed at once (not when the join happens).
+        let first = lines
+            .next(Duration::from_secs(10))
+            .expect("pair printed no ticket line");
+        let first: Value = serde_json::from_str(&first).unwrap();
+        let ticket = first["ticket"].as_str().unwrap().to_string();
+        assert_eq!(first.as_object().unwrap().len(), 1, "{first}");
+        Pairing {
+            child,
+            lines,
+            ticket,
+        }
+    }
+
+    /// Waits for the command to exit; returns its exit code and standard error.
+    pub fn wait(&mut self, timeout: Duration) -> (i32, String) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "chatsync pair did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (status.code().unwrap_or(-1), stderr)
+    }
+
+    /// Waits for `pair` to report the join and exit successfully; returns what it reported.
+    pub fn joined(mut self) -> Value {
+        let (code, stderr) = self.wait(Duration::from_secs(10));
+        assert_eq!(code, 0, "chatsync pair failed: {stderr}");
+        let line = self
+            .lines
+            .next(Duration::from_secs(1))
+            .expect("chatsync pair reported no join");
+        let report: Value = serde_json::from_str(&line).unwrap();
+        report["joined"].clone()
+    }
+}
+
+impl Drop for Pairing {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

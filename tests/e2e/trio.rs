@@ -16,14 +16,12 @@
 
 use std::{
     collections::BTreeSet,
-    io::Read,
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use crate::support::{Device, LineReader};
+use crate::support::{Device, Pairing};
 
 /// Bound for every wait on the network (loopback syncs within a second or two).
 const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
@@ -108,74 +106,10 @@ fn wait_for(what: &str, devices: &[&Device], mut check: impl FnMut() -> bool) {
     }
 }
 
-/// A running `chatsync --json pair` on the inviting device.
-struct Invitation {
-    child: Child,
-    lines: LineReader,
-    ticket: String,
-}
-
-impl Invitation {
-    fn open(inviter: &Device) -> Invitation {
-        let mut child = inviter
-            .command(&["--json", "pair"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot run chatsync pair");
-        let lines = LineReader::new(child.stdout.take().unwrap());
-        let first = lines
-            .next(Duration::from_secs(10))
-            .expect("chatsync pair printed no ticket");
-        let first: Value = serde_json::from_str(&first).unwrap();
-        let ticket = first["ticket"].as_str().unwrap().to_string();
-        assert!(ticket.starts_with("cspair1_"), "{first}");
-        Invitation {
-            child,
-            lines,
-            ticket,
-        }
-    }
-
-    /// Waits for `pair` to report the join and exit successfully; returns what it reported.
-    fn joined(mut self) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "chatsync pair did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        assert_eq!(status.code(), Some(0), "chatsync pair failed: {stderr}");
-        let line = self
-            .lines
-            .next(Duration::from_secs(1))
-            .expect("chatsync pair reported no join");
-        let report: Value = serde_json::from_str(&line).unwrap();
-        report["joined"].clone()
-    }
-}
-
-impl Drop for Invitation {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Pairs `joiner` into `inviter`'s mesh under `name` with a fresh ticket, and checks that each
 /// side names the other's device id and that `join` waited for every one of `chats`.
 fn pair(inviter: &Device, joiner: &Device, name: &str, chats: usize) -> String {
-    let invitation = Invitation::open(inviter);
+    let invitation = Pairing::start(inviter, &[]);
     let ticket = invitation.ticket.clone();
     let join = joiner.run(&["--json", "join", &ticket, "--name", name]);
     assert_eq!(

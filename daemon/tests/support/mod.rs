@@ -588,3 +588,27 @@ pub fn is_daemon_id(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
+
+/// Polls `check` every 100 ms until it holds, for at most 30 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The texts of `chat` on `daemon`; none while the chat has not arrived.
+pub async fn texts(daemon: &TestDaemon, chat: &str) -> Vec<String> {
+    daemon
+        .try_all_messages(chat, 100)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m: MessageJson| m.text)
+        .collect()
+}
