@@ -14,33 +14,8 @@ use serde_json::Value;
 
 use crate::{
     netns::ip,
-    support::{Device, LineReader, random_u64},
+    support::{Device, LineReader, device_id, message_ids, random_u64, wait_for},
 };
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn device_id(dev: &Device) -> String {
-    dev.ok_json1(&["status", "--json"])["device_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-/// The ids of `chat`'s messages on `dev`, in display order; none while the chat is not there.
-fn ids_in(dev: &Device, chat: &str) -> Vec<Value> {
-    let run = dev.run(&["--json", "log", chat, "-n", "1000"]);
-    if run.code == 4 {
-        return Vec::new();
-    }
-    assert_eq!(run.code, 0, "chatsync log failed: {}", run.stderr);
-    run.json_lines().iter().map(|m| m["id"].clone()).collect()
-}
 
 /// The relay's byte limit per circuit in this test: far below the catch-up.
 const CIRCUIT_BYTES: u64 = 256 * 1024;
@@ -253,7 +228,7 @@ fn devices_on_two_lans_pair_and_sync_through_a_relay_that_keeps_nothing() {
     wait_for(
         "the catch-up through the relay",
         Duration::from_secs(180),
-        || ids_in(&devs[1], &chat).len() == 31,
+        || message_ids(&devs[1], &chat).len() == 31,
     );
     eprintln!("catch-up of 31 messages took {:?}", began.elapsed());
     assert!(
@@ -275,7 +250,7 @@ fn devices_on_two_lans_pair_and_sync_through_a_relay_that_keeps_nothing() {
             let text = format!("live {round} from {from}");
             devs[from].ok(&["post", &chat, &text]);
             wait_for("a live post", Duration::from_secs(30), || {
-                ids_in(&devs[to], &chat).len() == ids_in(&devs[from], &chat).len()
+                message_ids(&devs[to], &chat).len() == message_ids(&devs[from], &chat).len()
             });
         }
     }
@@ -298,7 +273,7 @@ fn devices_on_two_lans_pair_and_sync_through_a_relay_that_keeps_nothing() {
     wait_for(
         "a post after hole punching failed",
         Duration::from_secs(30),
-        || ids_in(&devs[0], &chat).len() == ids_in(&devs[1], &chat).len(),
+        || message_ids(&devs[0], &chat).len() == message_ids(&devs[1], &chat).len(),
     );
 
     // The relay holds no chat data.
@@ -327,8 +302,8 @@ fn devices_on_two_lans_pair_and_sync_through_a_relay_that_keeps_nothing() {
         "convergence after the relay came back",
         Duration::from_secs(180),
         || {
-            let first = ids_in(&devs[0], &chat);
-            first.len() == 31 + 10 + 1 + 9 && ids_in(&devs[1], &chat) == first
+            let first = message_ids(&devs[0], &chat);
+            first.len() == 31 + 10 + 1 + 9 && message_ids(&devs[1], &chat) == first
         },
     );
     assert_eq!(status(&relay)["chats"], 0);

@@ -1,13 +1,6 @@
 //! `chatsync devices`: the roster of devices that may sync, kept across restarts.
 
-use crate::support::Device;
-
-fn device_id(dev: &Device) -> String {
-    dev.ok_json1(&["status", "--json"])["device_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
+use crate::support::{Device, device_id};
 
 #[test]
 fn devices_are_added_listed_removed_for_good_and_kept() {

@@ -2,36 +2,18 @@
 //! with mDNS alone, sync, converge after one of them is cut off and comes back, and a restarted
 //! device catches up.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::Value;
-
-use crate::{netns::Lan, support::Device};
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use crate::{
+    netns::Lan,
+    support::{Device, message_ids, wait_for},
+};
 
 fn connected_count(dev: &Device) -> usize {
     dev.ok_json(&["peers", "--json"])
         .iter()
         .filter(|p| p["connected"] == true)
         .count()
-}
-
-/// The ids of `chat`'s messages on `dev`, in display order; none while the chat has not reached
-/// `dev` yet.
-fn ids_in(dev: &Device, chat: &str) -> Vec<Value> {
-    let run = dev.run(&["--json", "log", chat, "-n", "1000"]);
-    if run.code == 4 {
-        return Vec::new();
-    }
-    assert_eq!(run.code, 0, "chatsync log failed: {}", run.stderr);
-    run.json_lines().iter().map(|m| m["id"].clone()).collect()
 }
 
 #[test]
@@ -76,7 +58,7 @@ fn three_devices_find_each_other_by_mdns_and_converge_through_a_cut() {
         .to_string();
     devs[0].ok(&["post", &chat, "hello lan"]);
     wait_for("the post everywhere", Duration::from_secs(20), || {
-        devs.iter().all(|d| ids_in(d, &chat).len() == 1)
+        devs.iter().all(|d| message_ids(d, &chat).len() == 1)
     });
 
     // Cut host 2 off; both sides keep posting.
@@ -91,15 +73,19 @@ fn three_devices_find_each_other_by_mdns_and_converge_through_a_cut() {
     for i in 0..10 {
         devs[2].ok(&["post", &chat, &format!("from 2 while cut off {i}")]);
     }
-    assert_eq!(ids_in(&devs[2], &chat).len(), 11, "the cut host got posts");
+    assert_eq!(
+        message_ids(&devs[2], &chat).len(),
+        11,
+        "the cut host got posts"
+    );
 
     lan.heal(2);
     wait_for("convergence after the cut", Duration::from_secs(60), || {
-        let first = ids_in(&devs[0], &chat);
-        first.len() == 51 && devs.iter().all(|d| ids_in(d, &chat) == first)
+        let first = message_ids(&devs[0], &chat);
+        first.len() == 51 && devs.iter().all(|d| message_ids(d, &chat) == first)
     });
     // Nothing duplicated.
-    let all = ids_in(&devs[0], &chat);
+    let all = message_ids(&devs[0], &chat);
     let unique: std::collections::HashSet<_> = all.iter().collect();
     assert_eq!(unique.len(), all.len());
 
@@ -115,8 +101,8 @@ fn three_devices_find_each_other_by_mdns_and_converge_through_a_cut() {
         "host 1 to catch up after its restart",
         Duration::from_secs(60),
         || {
-            let first = ids_in(&devs[0], &chat);
-            first.len() == 61 && ids_in(&devs[1], &chat) == first
+            let first = message_ids(&devs[0], &chat);
+            first.len() == 61 && message_ids(&devs[1], &chat) == first
         },
     );
 }

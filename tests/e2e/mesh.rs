@@ -1,18 +1,11 @@
 //! Devices on one machine, over loopback with configured peers: only devices in each other's
 //! roster connect, an untrusted device gets nowhere, and removal from the roster disconnects.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::Device;
-
-fn device_id(dev: &Device) -> String {
-    dev.ok_json1(&["status", "--json"])["device_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
+use crate::support::{Device, device_id, wait_for};
 
 /// A dialable address of a running device: `/ip4/127.0.0.1/tcp/PORT/p2p/ID`.
 fn address_of(dev: &Device) -> String {
@@ -31,14 +24,6 @@ fn peer(dev: &Device, id: &str) -> Option<Value> {
 
 fn connected(dev: &Device, id: &str) -> bool {
     peer(dev, id).is_some_and(|p| p["connected"] == true)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

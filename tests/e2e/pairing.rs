@@ -2,10 +2,7 @@
 //! loopback only, and receives every chat; used, expired, altered and garbage tickets are
 //! refused; a device that is not paired gets no chat data even while an invitation is open.
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::{process::Stdio, time::Duration};
 
 use chatsync_daemon::pairing::ticket::Ticket;
 use nix::{
@@ -14,14 +11,7 @@ use nix::{
 };
 use serde_json::Value;
 
-use crate::support::{Device, LineReader, Pairing};
-
-fn device_id(dev: &Device) -> String {
-    dev.ok_json1(&["status", "--json"])["device_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
+use crate::support::{Device, LineReader, Pairing, device_id, wait_for};
 
 fn roster_ids(dev: &Device) -> Vec<String> {
     let mut ids: Vec<String> = dev
@@ -31,14 +21,6 @@ fn roster_ids(dev: &Device) -> Vec<String> {
         .collect();
     ids.sort();
     ids
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn started() -> Device {

@@ -653,3 +653,31 @@ impl Drop for Pairing {
         let _ = self.child.wait();
     }
 }
+
+/// Polls `check` every 50 ms until it holds; fails the test after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `dev`'s device id, as `chatsync status` shows it.
+pub fn device_id(dev: &Device) -> String {
+    dev.ok_json1(&["status", "--json"])["device_id"]
+        .as_str()
+        .expect("status --json has a device id")
+        .to_string()
+}
+
+/// The ids of `chat`'s messages on `dev`, in display order; none while the chat has not reached
+/// `dev` yet.
+pub fn message_ids(dev: &Device, chat: &str) -> Vec<Value> {
+    let run = dev.run(&["--json", "log", chat, "-n", "1000"]);
+    if run.code == 4 {
+        return Vec::new();
+    }
+    assert_eq!(run.code, 0, "chatsync log failed: {}", run.stderr);
+    run.json_lines().iter().map(|m| m["id"].clone()).collect()
+}

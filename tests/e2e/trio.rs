@@ -21,7 +21,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::{Device, Pairing};
+use crate::support::{Device, Pairing, device_id};
 
 /// Bound for every wait on the network (loopback syncs within a second or two).
 const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
@@ -30,13 +30,6 @@ const ABSENCE_GRACE: Duration = Duration::from_secs(3);
 
 const FAMILY_HISTORY: [&str; 2] = ["dinner at 7", "bring dessert"];
 const WORK_HISTORY: [&str; 1] = ["standup moved to 10"];
-
-fn device_id(dev: &Device) -> String {
-    dev.ok_json1(&["status", "--json"])["device_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 fn create_chat(dev: &Device, title: &str) -> String {
     dev.ok_json1(&["chat", "create", title, "--json"])["id"]
