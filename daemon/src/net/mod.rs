@@ -1,14 +1,15 @@
 //! The network: one task owns the libp2p `Swarm`; everything else talks to it through a
 //! bounded command channel ([`Network`]) and hears from it through the engine's events.
 //!
-//! What it does so far: listens (TCP and QUIC, Noise, Yamux), finds devices on the LAN with
-//! mDNS, keeps connections to configured peers, and lets only devices in the roster connect —
-//! anyone else is refused right after the encrypted handshake, before any protocol runs
-//! (except, while an invitation is open, devices that come to pair: see `gate.rs`).
-//! Liveness: ping every few seconds, a failed ping closes the connection, and known devices are
-//! redialled with exponential backoff. Chat sync runs over these connections. Devices apart
-//! meet through relays, and try to punch a hole to each other (`relay.rs`); a daemon can be a
-//! relay itself.
+//! What it does: listens (TCP and QUIC, Noise, Yamux), finds devices on the LAN with mDNS, keeps
+//! connections to configured peers and to devices it remembers reaching (`remembered.rs`), and
+//! lets only devices in the roster connect — anyone else is refused right after the encrypted
+//! handshake, before any protocol runs (except, while an invitation is open, devices that come to
+//! pair: see `gate.rs`). Liveness: ping every few seconds, a failed ping closes the connection,
+//! and known devices are redialled with exponential backoff. Chat sync runs over these
+//! connections (`sessions.rs`), within a budget per device (`conduct.rs`). Devices apart meet
+//! through relays, and try to punch a hole to each other (`relay.rs`); a daemon can be a relay
+//! itself.
 //!
 //! Why one task: the `Swarm` is not shareable, and a single owner makes every state change
 //! (dials, trust updates, connection book-keeping) sequential and easy to reason about.
