@@ -116,6 +116,7 @@ async fn post_throughput(s: &Settings) {
         .id;
     let per_client = s.concurrent_posts / s.clients;
     let cpu_before = daemon.cpu();
+    let client_cpu_before = CpuTime::of_process(std::process::id());
     let started = Instant::now();
     let mut tasks = Vec::new();
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(
@@ -142,6 +143,7 @@ async fn post_throughput(s: &Settings) {
     let conc = started.elapsed();
     let daemon_cpu = daemon.cpu().since(&cpu_before);
     let bench_cpu_before = CpuTime::of_process(std::process::id());
+    let client_cpu = bench_cpu_before.since(&client_cpu_before);
     let engine_only = engine_posts(s.clients, per_client * s.clients).await;
     let engine_cpu = CpuTime::of_process(std::process::id()).since(&bench_cpu_before);
     let mut lat = latencies.lock().unwrap().clone();
@@ -184,6 +186,11 @@ async fn post_throughput(s: &Settings) {
     let posts = (per_client * s.clients) as f64;
     println!("CPU per post, from /proc (µs; user + kernel):\n");
     print_cpu("daemon, concurrent run", &daemon_cpu, posts);
+    print_cpu(
+        "its API clients (the benchmark process)",
+        &client_cpu,
+        posts,
+    );
     print_cpu(
         "benchmark process, in-process engine run",
         &engine_cpu,

@@ -274,10 +274,13 @@ impl Engine {
         // Listed only once in memory, so that nobody loads a second copy from the store.
         self.write_records().insert(id.clone(), record.clone());
         let receipt = write
-            .submit(vec![Event::ChatCreated {
-                chat: id.clone(),
-                record: record.clone(),
-            }])
+            .submit(
+                Vec::new(),
+                vec![Event::ChatCreated {
+                    chat: id.clone(),
+                    record: record.clone(),
+                }],
+            )
             .await?;
         receipt.durable().await
     }
@@ -425,7 +428,7 @@ impl Engine {
         ))
     }
 
-    /// Runs one local change: apply, append to the store, submit, wait until durable.
+    /// Runs one local change: apply, submit its chunk to the committer, wait until durable.
     async fn mutate<T>(
         &self,
         chat: &ChatId,
@@ -443,19 +446,22 @@ impl Engine {
                 // Nothing changed (an edit to the same text, say): nothing to persist.
                 return Ok(value);
             }
-            let (record, renamed) = self.persist_chunk(chat, &mut loaded, &chunk, now)?;
-            if renamed {
+            let (store_write, renamed) = self.chunk_write(chat, &mut loaded, chunk, now)?;
+            if let Some(record) = renamed {
                 events.push(Event::ChatUpdated {
                     chat: chat.clone(),
                     record,
                 });
             }
-            let receipt = write.submit(events).await?;
+            let receipt = write.submit(vec![store_write], events).await?;
             self.cache.update_estimate(chat, loaded.estimated_bytes());
             if loaded.wants_compaction() {
                 loaded.compacting = true;
-                self.background
-                    .spawn(compact(self.store.clone(), chat.clone(), handle.clone()));
+                self.background.spawn(compact(
+                    (*self.committer).clone(),
+                    chat.clone(),
+                    handle.clone(),
+                ));
             }
             (value, receipt)
         };
@@ -464,16 +470,17 @@ impl Engine {
         Ok(value)
     }
 
-    /// Appends a change already applied to `loaded.doc` to the store, with the chat's record
-    /// brought up to date, in one transaction. Returns the record and whether the title changed
-    /// (worth an event; counters change with every post and are not announced separately).
-    fn persist_chunk(
+    /// The store write for a change already applied to `loaded.doc`: its chunk and the chat's
+    /// record brought up to date (written together, see `commit`). Updates the record in memory
+    /// and the chunk bookkeeping. Also returns the record if the title changed (worth an event;
+    /// counters change with every post and are not announced separately).
+    fn chunk_write(
         &self,
         chat: &ChatId,
         loaded: &mut LoadedChat,
-        chunk: &[u8],
+        chunk: Vec<u8>,
         now: i64,
-    ) -> Result<(ChatRecord, bool), EngineError> {
+    ) -> Result<(commit::StoreWrite, Option<ChatRecord>), EngineError> {
         let mut record = self
             .read_records()
             .get(chat)
@@ -485,20 +492,21 @@ impl Engine {
         record.messages = loaded.doc.len() as u64;
         record.last_activity = now;
         record.heads = heads_hex(&mut loaded.doc);
-        if let Err(e) = self
-            .store
-            .append_chunk(chat, loaded.next_seq, chunk, &record)
-        {
-            // The document now holds a change the store does not, and later changes would
-            // depend on it: refuse every write until a restart reloads what is stored.
-            self.committer.fail(&e.to_string());
-            return Err(e.into());
-        }
         self.write_records().insert(chat.clone(), record.clone());
+        let seq = loaded.next_seq;
         loaded.next_seq += 1;
         loaded.chunks += 1;
         loaded.chunk_bytes += chunk.len() as u64;
-        Ok((record, renamed))
+        let renamed = renamed.then(|| record.clone());
+        Ok((
+            commit::StoreWrite::Chunk {
+                chat: chat.clone(),
+                seq,
+                bytes: chunk,
+                record,
+            },
+            renamed,
+        ))
     }
 
     /// The chat, loading it from the store if it is not in memory.
@@ -566,8 +574,9 @@ fn load_chat(store: &Store, id: &ChatId, device: &Device) -> Result<LoadedChat, 
 
 /// Folds a chat's chunks into its base. The chat is locked only to copy it; the slow part
 /// (saving and compressing the copy) runs beside further writes, which only append chunks
-/// after the ones being folded.
-async fn compact(store: Store, chat: ChatId, handle: ChatHandle) {
+/// after the ones being folded. The new base goes through the committer, so it is written
+/// after the chunks it folds (they may still be queued there).
+async fn compact(queue: commit::Queue, chat: ChatId, handle: ChatHandle) {
     let started = std::time::Instant::now();
     let (snapshot, through, folded_chunks, folded_bytes) = {
         let mut loaded = handle.lock().await;
@@ -578,19 +587,32 @@ async fn compact(store: Store, chat: ChatId, handle: ChatHandle) {
             loaded.chunk_bytes,
         )
     };
-    let id = chat.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let bytes = snapshot.save();
-        match through {
-            Some(through) => store.compact(&id, &bytes, through).map(|()| bytes.len()),
-            None => Ok(bytes.len()),
+    let result = match tokio::task::spawn_blocking(move || snapshot.save()).await {
+        Ok(base) => {
+            let base_bytes = base.len();
+            match through {
+                Some(through) => {
+                    let write = commit::StoreWrite::Compact {
+                        chat: chat.clone(),
+                        base,
+                        through,
+                    };
+                    match queue.begin().submit(vec![write], Vec::new()).await {
+                        Ok(receipt) => receipt.durable().await.map(|()| base_bytes),
+                        Err(e) => Err(e),
+                    }
+                }
+                None => Ok(base_bytes),
+            }
         }
-    })
-    .await;
+        Err(e) => Err(EngineError::Internal(format!(
+            "the compaction task failed: {e}"
+        ))),
+    };
     let mut loaded = handle.lock().await;
     loaded.compacting = false;
     match result {
-        Ok(Ok(base_bytes)) => {
+        Ok(base_bytes) => {
             tracing::debug!(
                 chat = %chat,
                 chunks = folded_chunks,
@@ -602,8 +624,7 @@ async fn compact(store: Store, chat: ChatId, handle: ChatHandle) {
             loaded.chunks -= folded_chunks;
             loaded.chunk_bytes -= folded_bytes;
         }
-        Ok(Err(e)) => tracing::warn!(chat = %chat, error = %e, "compaction failed; will retry"),
-        Err(e) => tracing::error!(chat = %chat, error = %e, "compaction task failed"),
+        Err(e) => tracing::warn!(chat = %chat, error = %e, "compaction failed; will retry"),
     }
 }
 
