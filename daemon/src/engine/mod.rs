@@ -290,7 +290,7 @@ impl Engine {
         chat: &ChatId,
         title: &str,
     ) -> Result<ChatSummary, EngineError> {
-        self.mutate(chat, |doc, _device, now| {
+        self.mutate(chat, Title::MayChange, |doc, _device, now| {
             doc.set_title(title, now)?;
             Ok(((), Vec::new()))
         })
@@ -340,7 +340,7 @@ impl Engine {
         reply_to: Option<&str>,
     ) -> Result<Message, EngineError> {
         let id = MessageId::new(random_id())?;
-        self.mutate(chat, |doc, device, now| {
+        self.mutate(chat, Title::Kept, |doc, device, now| {
             let parent = reply_to
                 .map(|r| resolve::resolve_message(doc, r))
                 .transpose()?;
@@ -356,7 +356,7 @@ impl Engine {
         reference: &str,
         text: &str,
     ) -> Result<Message, EngineError> {
-        self.mutate(chat, |doc, device, now| {
+        self.mutate(chat, Title::Kept, |doc, device, now| {
             let id = resolve::resolve_message(doc, reference)?;
             let msg = doc.edit(device, &id, text, now)?;
             Ok(message_event(chat, MessageEventKind::Edited, msg))
@@ -365,7 +365,7 @@ impl Engine {
     }
 
     pub async fn delete(&self, chat: &ChatId, reference: &str) -> Result<Message, EngineError> {
-        self.mutate(chat, |doc, device, now| {
+        self.mutate(chat, Title::Kept, |doc, device, now| {
             let id = resolve::resolve_message(doc, reference)?;
             let msg = doc.delete(device, &id, now)?;
             Ok(message_event(chat, MessageEventKind::Deleted, msg))
@@ -379,7 +379,7 @@ impl Engine {
         reference: &str,
         reaction: Option<&str>,
     ) -> Result<Message, EngineError> {
-        self.mutate(chat, |doc, device, now| {
+        self.mutate(chat, Title::Kept, |doc, device, now| {
             let id = resolve::resolve_message(doc, reference)?;
             let msg = doc.react(device, &id, reaction, now)?;
             Ok(message_event(chat, MessageEventKind::Reaction, msg))
@@ -393,7 +393,7 @@ impl Engine {
         chat: &ChatId,
         reference: Option<&str>,
     ) -> Result<Option<MessageId>, EngineError> {
-        self.mutate(chat, |doc, device, now| {
+        self.mutate(chat, Title::Kept, |doc, device, now| {
             let id = match reference {
                 Some(r) => resolve::resolve_message(doc, r)?,
                 None => match doc.message_ids().last() {
@@ -432,6 +432,7 @@ impl Engine {
     async fn mutate<T>(
         &self,
         chat: &ChatId,
+        title: Title,
         op: impl FnOnce(&mut ChatDoc, &Device, i64) -> Result<(T, Vec<Event>), EngineError>,
     ) -> Result<T, EngineError> {
         self.committer.check_healthy()?;
@@ -446,7 +447,7 @@ impl Engine {
                 // Nothing changed (an edit to the same text, say): nothing to persist.
                 return Ok(value);
             }
-            let (store_write, renamed) = self.chunk_write(chat, &mut loaded, chunk, now)?;
+            let (store_write, renamed) = self.chunk_write(chat, &mut loaded, chunk, now, title)?;
             if let Some(record) = renamed {
                 events.push(Event::ChatUpdated {
                     chat: chat.clone(),
@@ -480,15 +481,19 @@ impl Engine {
         loaded: &mut LoadedChat,
         chunk: Vec<u8>,
         now: i64,
+        title: Title,
     ) -> Result<(commit::StoreWrite, Option<ChatRecord>), EngineError> {
         let mut record = self
             .read_records()
             .get(chat)
             .cloned()
             .ok_or_else(|| EngineError::NotFound(format!("no chat {chat}")))?;
-        let title = loaded.doc.title();
-        let renamed = record.title != title;
-        record.title = title;
+        let mut renamed = false;
+        if title == Title::MayChange {
+            let title = loaded.doc.title();
+            renamed = record.title != title;
+            record.title = title;
+        }
         record.messages = loaded.doc.len() as u64;
         record.last_activity = now;
         record.heads = heads_hex(&mut loaded.doc);
@@ -535,6 +540,16 @@ impl Engine {
     fn write_records(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ChatId, ChatRecord>> {
         self.records.write().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Whether a change can have changed the chat's title. Reading the title back is an Automerge
+/// lookup, which every post would pay for otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Title {
+    /// A local message operation: it never touches the title.
+    Kept,
+    /// A rename, or changes from another device.
+    MayChange,
 }
 
 fn message_event(chat: &ChatId, kind: MessageEventKind, message: Message) -> (Message, Vec<Event>) {

@@ -315,8 +315,13 @@ impl Engine {
             let receipt = if changes.is_empty() {
                 None
             } else {
-                let (store_write, renamed) =
-                    self.chunk_write(chat, &mut loaded, changes, now_ms())?;
+                let (store_write, renamed) = self.chunk_write(
+                    chat,
+                    &mut loaded,
+                    changes,
+                    now_ms(),
+                    super::Title::MayChange,
+                )?;
                 let mut events = message_events(chat, &loaded.doc, touched);
                 if let Some(record) = renamed {
                     events.push(Event::ChatUpdated {
