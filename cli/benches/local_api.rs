@@ -21,7 +21,7 @@ use chatsync_daemon::{
 use chatsync_model::{ChatDoc, ChatId, Device, MessageId};
 
 mod common;
-use common::{Daemon, home, paths, text};
+use common::{CpuTime, Daemon, home, paths, text};
 
 struct Settings {
     sequential_posts: usize,
@@ -115,6 +115,8 @@ async fn post_throughput(s: &Settings) {
         .unwrap()
         .id;
     let per_client = s.concurrent_posts / s.clients;
+    let cpu_before = daemon.cpu();
+    let client_cpu_before = CpuTime::of_process(std::process::id());
     let started = Instant::now();
     let mut tasks = Vec::new();
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(
@@ -139,7 +141,11 @@ async fn post_throughput(s: &Settings) {
         t.await.unwrap();
     }
     let conc = started.elapsed();
+    let daemon_cpu = daemon.cpu().since(&cpu_before);
+    let bench_cpu_before = CpuTime::of_process(std::process::id());
+    let client_cpu = bench_cpu_before.since(&client_cpu_before);
     let engine_only = engine_posts(s.clients, per_client * s.clients).await;
+    let engine_cpu = CpuTime::of_process(std::process::id()).since(&bench_cpu_before);
     let mut lat = latencies.lock().unwrap().clone();
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
@@ -177,7 +183,39 @@ async fn post_throughput(s: &Settings) {
         pct(0.99).as_secs_f64() * 1e3,
         lat.last().unwrap().as_secs_f64() * 1e3
     );
+    let posts = (per_client * s.clients) as f64;
+    println!("CPU per post, from /proc (µs; user + kernel):\n");
+    print_cpu("daemon, concurrent run", &daemon_cpu, posts);
+    print_cpu(
+        "its API clients (the benchmark process)",
+        &client_cpu,
+        posts,
+    );
+    print_cpu(
+        "benchmark process, in-process engine run",
+        &engine_cpu,
+        posts,
+    );
+    println!();
     daemon.stop().await;
+}
+
+/// Prints CPU time per post: in all, then by kind of thread (the ones that used any).
+fn print_cpu(what: &str, cpu: &CpuTime, posts: f64) {
+    let us = |secs: f64| secs * 1e6 / posts;
+    let threads: Vec<String> = cpu
+        .threads
+        .iter()
+        .filter(|(_, (u, s))| u + s > 0.0)
+        .map(|(name, (u, s))| format!("{name} {:.0} + {:.0}", us(*u), us(*s)))
+        .collect();
+    println!(
+        "- {what}: {:.0} ({:.0} + {:.0}); by thread: {}",
+        us(cpu.user + cpu.system),
+        us(cpu.user),
+        us(cpu.system),
+        threads.join(", ")
+    );
 }
 
 /// The same concurrent posts through the engine in-process, durable as through the API: what

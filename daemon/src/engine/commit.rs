@@ -1,26 +1,36 @@
-//! Group commit: many operations, one flush.
+//! Group commit: many operations, one store transaction, one flush.
 //!
-//! An operation writes its chunk to the store (into sled's in-memory log) and then submits its
-//! events here. The committer task takes everything submitted so far, flushes the store once,
-//! and only then publishes the events and acknowledges each operation. While one flush runs,
-//! new submissions queue up and share the next one, so the cost of durability is spread over
-//! every operation that arrived during a flush.
+//! An operation changes its document in memory and submits the store writes that persist the
+//! change ([`StoreWrite`]) with its events. The committer thread takes everything submitted so
+//! far, makes its writes (every chunk and record of the group in one sled transaction, see
+//! `Store::append_chunks`), flushes the store once, and only then publishes the events and
+//! acknowledges each operation. While one group is written, new submissions queue up and share
+//! the next one, so the cost of durability is spread over every operation that arrived
+//! meanwhile.
 //!
-//! Events are published in submission order. Operations on one chat submit while holding that
-//! chat's lock, so a chat's events come out in the order its changes were made.
+//! Writes are made, and events published, in submission order. Operations on one chat submit
+//! while holding that chat's lock, so a chat's chunks are written, and its events come out, in
+//! the order its changes were made, and a compaction is written after the chunks it folds.
+//! A chat's writes may therefore still be queued here after its lock is released: code that
+//! reads a chat back from the store while it is in memory waits for them first
+//! ([`Queue::barrier`]).
 //!
-//! If a flush fails, the store is marked failed: every waiting and later write is refused,
-//! because nothing can be acknowledged as durable any more.
+//! If a write or a flush fails, the store is marked failed: every waiting and later write is
+//! refused, because nothing can be acknowledged as durable any more. (A failed compaction only
+//! fails itself: the chunks it would have folded stay.)
 
 use std::sync::{
     Arc,
     atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
+use std::collections::BTreeMap;
+
+use chatsync_model::ChatId;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{EngineError, events::Event};
-use crate::store::Store;
+use crate::store::{ChatRecord, Store, StoreError};
 
 /// Submissions waiting for a flush, at most. Writers wait (back-pressure) beyond it.
 const QUEUE: usize = 8192;
@@ -31,18 +41,53 @@ const MAX_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
 /// How often it looks for them meanwhile.
 const POLL: std::time::Duration = std::time::Duration::from_micros(20);
 
+/// A store write the committer makes for an operation.
+#[derive(Debug)]
+pub enum StoreWrite {
+    /// One chunk of a chat (the changes of one operation) and the chat's record as it is with
+    /// the chunk.
+    Chunk {
+        chat: ChatId,
+        seq: u64,
+        bytes: Vec<u8>,
+        record: ChatRecord,
+    },
+    /// A compaction (`Store::compact`): `base` holds every change of the chunks up to `through`.
+    Compact {
+        chat: ChatId,
+        base: Vec<u8>,
+        through: u64,
+    },
+}
+
 struct Pending {
+    writes: Vec<StoreWrite>,
     events: Vec<Event>,
     done: oneshot::Sender<Result<(), EngineError>>,
 }
 
-/// Handle for submitting writes to the committer task.
+/// The committer thread and the queue to it. Submitting goes through the [`Queue`] (this
+/// dereferences to it; clones of it can be handed to tasks).
 pub struct Committer {
+    queue: Queue,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Handle for submitting writes to the committer thread.
+#[derive(Clone)]
+pub struct Queue {
     tx: mpsc::Sender<Pending>,
     failed: Arc<AtomicBool>,
-    /// Writes begun and not yet answered (see [`Committer::begin`]).
+    /// Writes begun and not yet answered (see [`Queue::begin`]).
     writers: Arc<AtomicUsize>,
-    thread: std::thread::JoinHandle<()>,
+}
+
+impl std::ops::Deref for Committer {
+    type Target = Queue;
+
+    fn deref(&self) -> &Queue {
+        &self.queue
+    }
 }
 
 /// Resolves when a submitted write is durable.
@@ -67,23 +112,28 @@ impl Committer {
             .name("chatsyncd-commit".into())
             .spawn(move || run(store, rx, events, thread_failed, thread_writers))?;
         Ok(Committer {
-            tx,
-            failed,
-            writers,
+            queue: Queue {
+                tx,
+                failed,
+                writers,
+            },
             thread,
         })
     }
 
-    /// Stops the task after it has flushed and answered everything already submitted.
+    /// Stops the thread after it has written, flushed and answered everything already
+    /// submitted. Clones of the queue must be gone (the thread runs while any is left).
     pub async fn close(self) {
-        drop(self.tx);
+        drop(self.queue);
         let thread = self.thread;
         match tokio::task::spawn_blocking(move || thread.join()).await {
             Ok(Ok(())) => {}
             _ => tracing::error!("the committer thread failed"),
         }
     }
+}
 
+impl Queue {
     /// Refuses writes once a flush has failed.
     pub fn check_healthy(&self) -> Result<(), EngineError> {
         if self.failed.load(Ordering::Acquire) {
@@ -111,26 +161,43 @@ impl Committer {
     pub fn begin(&self) -> Write<'_> {
         self.writers.fetch_add(1, Ordering::AcqRel);
         Write {
-            committer: self,
+            queue: self,
             submitted: false,
         }
+    }
+
+    /// Waits until everything submitted before is written and durable.
+    pub async fn barrier(&self) -> Result<(), EngineError> {
+        self.begin()
+            .submit(Vec::new(), Vec::new())
+            .await?
+            .durable()
+            .await
     }
 }
 
 /// A write in progress; see [`Committer::begin`]. Dropping it unsubmitted withdraws it.
 pub struct Write<'a> {
-    committer: &'a Committer,
+    queue: &'a Queue,
     submitted: bool,
 }
 
 impl Write<'_> {
-    /// Queues the events of a write that is already in the store; they are published, and
-    /// the receipt resolves, once a flush has made the write durable.
-    pub async fn submit(mut self, events: Vec<Event>) -> Result<Receipt, EngineError> {
+    /// Queues a write's store writes and events; the writes are made in submission order, and
+    /// the events published and the receipt resolved once a flush has made them durable.
+    pub async fn submit(
+        mut self,
+        writes: Vec<StoreWrite>,
+        events: Vec<Event>,
+    ) -> Result<Receipt, EngineError> {
         let (done, rx) = oneshot::channel();
-        self.committer
+        self.queue
             .tx
-            .send(Pending { events, done })
+            .send(Pending {
+                writes,
+                events,
+                done,
+            })
             .await
             .map_err(|_| EngineError::Storage("the daemon is shutting down".into()))?;
         // From here on the committer counts this write as answered when it answers it.
@@ -142,7 +209,7 @@ impl Write<'_> {
 impl Drop for Write<'_> {
     fn drop(&mut self) {
         if !self.submitted {
-            self.committer.writers.fetch_sub(1, Ordering::AcqRel);
+            self.queue.writers.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -177,37 +244,91 @@ fn run(
             std::thread::sleep(POLL);
         }
         let started = std::time::Instant::now();
+        let mut refused: Vec<Option<StoreError>> = batch.iter().map(|_| None).collect();
         let result = if failed.load(Ordering::Acquire) {
             Err(EngineError::Storage(
                 "the store failed to write earlier".into(),
             ))
         } else {
-            store.flush().map_err(EngineError::from)
+            write_batch(&store, &batch, &mut refused)
+                .and_then(|()| store.flush())
+                .map_err(EngineError::from)
         };
         tracing::trace!(
             batch = batch.len(),
-            flush_us = started.elapsed().as_micros() as u64,
+            elapsed_us = started.elapsed().as_micros() as u64,
             "group commit"
         );
         if let Err(e) = &result
             && !failed.swap(true, Ordering::AcqRel)
         {
-            tracing::error!(error = %e, "store flush failed; refusing further writes");
+            tracing::error!(error = %e, "store write failed; refusing further writes");
         }
         writers.fetch_sub(batch.len(), Ordering::AcqRel);
-        for pending in batch.drain(..) {
-            match &result {
-                Ok(()) => {
+        for (pending, refused) in batch.drain(..).zip(refused) {
+            match (&result, refused) {
+                (Ok(()), Some(e)) => {
+                    let _ = pending.done.send(Err(EngineError::from(e)));
+                }
+                (Ok(()), None) => {
                     for event in pending.events {
                         // No subscribers is fine.
                         let _ = events.send(event);
                     }
                     let _ = pending.done.send(Ok(()));
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     let _ = pending.done.send(Err(EngineError::Storage(e.to_string())));
                 }
             }
         }
     }
+}
+
+/// Makes a group's store writes in submission order: each run of chunks in one transaction,
+/// with each chat's newest record; compactions between them alone. A failed compaction is put
+/// in `refused` at its submission's place; any other failure fails the whole group.
+fn write_batch(
+    store: &Store,
+    batch: &[Pending],
+    refused: &mut [Option<StoreError>],
+) -> Result<(), StoreError> {
+    let mut chunks: Vec<(&ChatId, u64, &[u8])> = Vec::new();
+    let mut records: BTreeMap<&ChatId, &ChatRecord> = BTreeMap::new();
+    let append = |chunks: &mut Vec<_>, records: &mut BTreeMap<_, _>| {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<_> = std::mem::take(records).into_iter().collect();
+        store.append_chunks(chunks, &records)?;
+        chunks.clear();
+        Ok::<_, StoreError>(())
+    };
+    for (pending, refused) in batch.iter().zip(refused.iter_mut()) {
+        for write in &pending.writes {
+            match write {
+                StoreWrite::Chunk {
+                    chat,
+                    seq,
+                    bytes,
+                    record,
+                } => {
+                    chunks.push((chat, *seq, bytes.as_slice()));
+                    // A later record of the same chat includes this chunk.
+                    records.insert(chat, record);
+                }
+                StoreWrite::Compact {
+                    chat,
+                    base,
+                    through,
+                } => {
+                    append(&mut chunks, &mut records)?;
+                    if let Err(e) = store.compact(chat, base, *through) {
+                        *refused = Some(e);
+                    }
+                }
+            }
+        }
+    }
+    append(&mut chunks, &mut records)
 }

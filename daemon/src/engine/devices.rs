@@ -202,7 +202,7 @@ impl Engine {
                 }
             }
             let me_removed = !roster.doc.is_trusted(&self.device.id);
-            (write.submit(events).await?, me_removed)
+            (write.submit(Vec::new(), events).await?, me_removed)
         };
         receipt.durable().await?;
         if me_removed {
@@ -250,7 +250,7 @@ impl Engine {
             }
             persist_roster_chunk(&self.store, &self.committer, roster.next_seq, &chunk)?;
             roster.next_seq += 1;
-            (entry, write.submit(vec![event]).await?)
+            (entry, write.submit(Vec::new(), vec![event]).await?)
         };
         let (entry, receipt) = receipt;
         receipt.durable().await?;

@@ -280,10 +280,13 @@ impl Engine {
         // Listed only once in memory, so that nobody loads a second copy from the store.
         self.write_records().insert(id.clone(), record.clone());
         let receipt = write
-            .submit(vec![Event::ChatCreated {
-                chat: id.clone(),
-                record: record.clone(),
-            }])
+            .submit(
+                Vec::new(),
+                vec![Event::ChatCreated {
+                    chat: id.clone(),
+                    record: record.clone(),
+                }],
+            )
             .await?;
         receipt.durable().await
     }
@@ -293,7 +296,7 @@ impl Engine {
         chat: &ChatId,
         title: &str,
     ) -> Result<ChatSummary, EngineError> {
-        self.mutate(chat, |doc, _device, now| {
+        self.mutate(chat, Title::MayChange, |doc, _device, now| {
             doc.set_title(title, now)?;
             Ok(((), Vec::new()))
         })
@@ -343,7 +346,7 @@ impl Engine {
         reply_to: Option<&str>,
     ) -> Result<Message, EngineError> {
         let id = MessageId::new(random_id())?;
-        self.mutate(chat, |doc, device, now| {
+        self.mutate(chat, Title::Kept, |doc, device, now| {
             let parent = reply_to
                 .map(|r| resolve::resolve_message(doc, r))
                 .transpose()?;
@@ -359,7 +362,7 @@ impl Engine {
         reference: &str,
         text: &str,
     ) -> Result<Message, EngineError> {
-        self.mutate(chat, |doc, device, now| {
+        self.mutate(chat, Title::Kept, |doc, device, now| {
             let id = resolve::resolve_message(doc, reference)?;
             let msg = doc.edit(device, &id, text, now)?;
             Ok(message_event(chat, MessageEventKind::Edited, msg))
@@ -368,7 +371,7 @@ impl Engine {
     }
 
     pub async fn delete(&self, chat: &ChatId, reference: &str) -> Result<Message, EngineError> {
-        self.mutate(chat, |doc, device, now| {
+        self.mutate(chat, Title::Kept, |doc, device, now| {
             let id = resolve::resolve_message(doc, reference)?;
             let msg = doc.delete(device, &id, now)?;
             Ok(message_event(chat, MessageEventKind::Deleted, msg))
@@ -382,7 +385,7 @@ impl Engine {
         reference: &str,
         reaction: Option<&str>,
     ) -> Result<Message, EngineError> {
-        self.mutate(chat, |doc, device, now| {
+        self.mutate(chat, Title::Kept, |doc, device, now| {
             let id = resolve::resolve_message(doc, reference)?;
             let msg = doc.react(device, &id, reaction, now)?;
             Ok(message_event(chat, MessageEventKind::Reaction, msg))
@@ -396,7 +399,7 @@ impl Engine {
         chat: &ChatId,
         reference: Option<&str>,
     ) -> Result<Option<MessageId>, EngineError> {
-        self.mutate(chat, |doc, device, now| {
+        self.mutate(chat, Title::Kept, |doc, device, now| {
             let id = match reference {
                 Some(r) => resolve::resolve_message(doc, r)?,
                 None => match doc.message_ids().last() {
@@ -431,10 +434,11 @@ impl Engine {
         ))
     }
 
-    /// Runs one local change: apply, append to the store, submit, wait until durable.
+    /// Runs one local change: apply, submit its chunk to the committer, wait until durable.
     async fn mutate<T>(
         &self,
         chat: &ChatId,
+        title: Title,
         op: impl FnOnce(&mut ChatDoc, &Device, i64) -> Result<(T, Vec<Event>), EngineError>,
     ) -> Result<T, EngineError> {
         self.committer.check_healthy()?;
@@ -449,19 +453,22 @@ impl Engine {
                 // Nothing changed (an edit to the same text, say): nothing to persist.
                 return Ok(value);
             }
-            let (record, renamed) = self.persist_chunk(chat, &mut loaded, &chunk, now)?;
-            if renamed {
+            let (store_write, renamed) = self.chunk_write(chat, &mut loaded, chunk, now, title)?;
+            if let Some(record) = renamed {
                 events.push(Event::ChatUpdated {
                     chat: chat.clone(),
                     record,
                 });
             }
-            let receipt = write.submit(events).await?;
+            let receipt = write.submit(vec![store_write], events).await?;
             self.cache.update_estimate(chat, loaded.estimated_bytes());
             if loaded.wants_compaction() {
                 loaded.compacting = true;
-                self.background
-                    .spawn(compact(self.store.clone(), chat.clone(), handle.clone()));
+                self.background.spawn(compact(
+                    (*self.committer).clone(),
+                    chat.clone(),
+                    handle.clone(),
+                ));
             }
             (value, receipt)
         };
@@ -470,41 +477,47 @@ impl Engine {
         Ok(value)
     }
 
-    /// Appends a change already applied to `loaded.doc` to the store, with the chat's record
-    /// brought up to date, in one transaction. Returns the record and whether the title changed
-    /// (worth an event; counters change with every post and are not announced separately).
-    fn persist_chunk(
+    /// The store write for a change already applied to `loaded.doc`: its chunk and the chat's
+    /// record brought up to date (written together, see `commit`). Updates the record in memory
+    /// and the chunk bookkeeping. Also returns the record if the title changed (worth an event;
+    /// counters change with every post and are not announced separately).
+    fn chunk_write(
         &self,
         chat: &ChatId,
         loaded: &mut LoadedChat,
-        chunk: &[u8],
+        chunk: Vec<u8>,
         now: i64,
-    ) -> Result<(ChatRecord, bool), EngineError> {
+        title: Title,
+    ) -> Result<(commit::StoreWrite, Option<ChatRecord>), EngineError> {
         let mut record = self
             .read_records()
             .get(chat)
             .cloned()
             .ok_or_else(|| EngineError::NotFound(format!("no chat {chat}")))?;
-        let title = loaded.doc.title();
-        let renamed = record.title != title;
-        record.title = title;
+        let mut renamed = false;
+        if title == Title::MayChange {
+            let title = loaded.doc.title();
+            renamed = record.title != title;
+            record.title = title;
+        }
         record.messages = loaded.doc.len() as u64;
         record.last_activity = now;
         record.heads = heads_hex(&mut loaded.doc);
-        if let Err(e) = self
-            .store
-            .append_chunk(chat, loaded.next_seq, chunk, &record)
-        {
-            // The document now holds a change the store does not, and later changes would
-            // depend on it: refuse every write until a restart reloads what is stored.
-            self.committer.fail(&e.to_string());
-            return Err(e.into());
-        }
         self.write_records().insert(chat.clone(), record.clone());
+        let seq = loaded.next_seq;
         loaded.next_seq += 1;
         loaded.chunks += 1;
         loaded.chunk_bytes += chunk.len() as u64;
-        Ok((record, renamed))
+        let renamed = renamed.then(|| record.clone());
+        Ok((
+            commit::StoreWrite::Chunk {
+                chat: chat.clone(),
+                seq,
+                bytes: chunk,
+                record,
+            },
+            renamed,
+        ))
     }
 
     /// The chat, loading it from the store if it is not in memory.
@@ -533,6 +546,16 @@ impl Engine {
     fn write_records(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ChatId, ChatRecord>> {
         self.records.write().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Whether a change can have changed the chat's title. Reading the title back is an Automerge
+/// lookup, which every post would pay for otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Title {
+    /// A local message operation: it never touches the title.
+    Kept,
+    /// A rename, or changes from another device.
+    MayChange,
 }
 
 fn message_event(chat: &ChatId, kind: MessageEventKind, message: Message) -> (Message, Vec<Event>) {
@@ -572,8 +595,9 @@ fn load_chat(store: &Store, id: &ChatId, device: &Device) -> Result<LoadedChat, 
 
 /// Folds a chat's chunks into its base. The chat is locked only to copy it; the slow part
 /// (saving and compressing the copy) runs beside further writes, which only append chunks
-/// after the ones being folded.
-async fn compact(store: Store, chat: ChatId, handle: ChatHandle) {
+/// after the ones being folded. The new base goes through the committer, so it is written
+/// after the chunks it folds (they may still be queued there).
+async fn compact(queue: commit::Queue, chat: ChatId, handle: ChatHandle) {
     let started = std::time::Instant::now();
     let (snapshot, through, folded_chunks, folded_bytes) = {
         let mut loaded = handle.lock().await;
@@ -584,19 +608,32 @@ async fn compact(store: Store, chat: ChatId, handle: ChatHandle) {
             loaded.chunk_bytes,
         )
     };
-    let id = chat.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let bytes = snapshot.save();
-        match through {
-            Some(through) => store.compact(&id, &bytes, through).map(|()| bytes.len()),
-            None => Ok(bytes.len()),
+    let result = match tokio::task::spawn_blocking(move || snapshot.save()).await {
+        Ok(base) => {
+            let base_bytes = base.len();
+            match through {
+                Some(through) => {
+                    let write = commit::StoreWrite::Compact {
+                        chat: chat.clone(),
+                        base,
+                        through,
+                    };
+                    match queue.begin().submit(vec![write], Vec::new()).await {
+                        Ok(receipt) => receipt.durable().await.map(|()| base_bytes),
+                        Err(e) => Err(e),
+                    }
+                }
+                None => Ok(base_bytes),
+            }
         }
-    })
-    .await;
+        Err(e) => Err(EngineError::Internal(format!(
+            "the compaction task failed: {e}"
+        ))),
+    };
     let mut loaded = handle.lock().await;
     loaded.compacting = false;
     match result {
-        Ok(Ok(base_bytes)) => {
+        Ok(base_bytes) => {
             tracing::debug!(
                 chat = %chat,
                 chunks = folded_chunks,
@@ -608,8 +645,7 @@ async fn compact(store: Store, chat: ChatId, handle: ChatHandle) {
             loaded.chunks -= folded_chunks;
             loaded.chunk_bytes -= folded_bytes;
         }
-        Ok(Err(e)) => tracing::warn!(chat = %chat, error = %e, "compaction failed; will retry"),
-        Err(e) => tracing::error!(chat = %chat, error = %e, "compaction task failed"),
+        Err(e) => tracing::warn!(chat = %chat, error = %e, "compaction failed; will retry"),
     }
 }
 

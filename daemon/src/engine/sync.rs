@@ -290,9 +290,12 @@ impl Engine {
                 }
                 Err(_) => {
                     // Automerge gave up half-way: the copy in memory cannot be trusted, and the
-                    // store holds exactly what was acknowledged, so the chat is reloaded.
+                    // store holds every change of the chat once the writes still queued in the
+                    // committer are made, so the chat is reloaded from it after those.
                     tracing::warn!(%device, %chat, "a sync message made Automerge panic; reloading the chat");
                     self.sync_states.forget_chat(device, chat);
+                    drop(write);
+                    self.committer.barrier().await?;
                     let compacting = loaded.compacting;
                     *loaded = super::load_chat(&self.store, chat, &self.device)?;
                     loaded.compacting = compacting;
@@ -320,16 +323,21 @@ impl Engine {
             let receipt = if changes.is_empty() {
                 None
             } else {
-                let (record, renamed) =
-                    self.persist_chunk(chat, &mut loaded, &changes, now_ms())?;
+                let (store_write, renamed) = self.chunk_write(
+                    chat,
+                    &mut loaded,
+                    changes,
+                    now_ms(),
+                    super::Title::MayChange,
+                )?;
                 let mut events = message_events(chat, &loaded.doc, touched);
-                if renamed {
+                if let Some(record) = renamed {
                     events.push(Event::ChatUpdated {
                         chat: chat.clone(),
                         record,
                     });
                 }
-                Some(write.submit(events).await?)
+                Some(write.submit(vec![store_write], events).await?)
             };
             let heads = loaded.doc.heads();
             let (message, synced) = self.sync_states.with(key, |state| {

@@ -37,6 +37,36 @@ fn chunks_load_in_order_after_the_base() {
 }
 
 #[test]
+fn chunks_of_several_chats_and_their_records_are_written_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let (a, b) = (ChatId::new("a").unwrap(), ChatId::new("b").unwrap());
+    store.create_chat(&a, &record("a"), b"A").unwrap();
+    store.create_chat(&b, &record("b"), b"B").unwrap();
+    let (ra, rb) = (
+        ChatRecord {
+            messages: 2,
+            ..record("a2")
+        },
+        ChatRecord {
+            messages: 1,
+            ..record("b2")
+        },
+    );
+    store
+        .append_chunks(
+            &[(&a, 0, b"1"), (&b, 0, b"x"), (&a, 1, b"2")],
+            &[(&a, &ra), (&b, &rb)],
+        )
+        .unwrap();
+    assert_eq!(store.load_chat(&a).unwrap().unwrap().bytes, b"A12");
+    assert_eq!(store.load_chat(&b).unwrap().unwrap().bytes, b"Bx");
+    let mut records = store.chat_records().unwrap();
+    records.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(records, vec![(a, ra), (b, rb)]);
+}
+
+#[test]
 fn compaction_replaces_base_and_drops_only_covered_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), 1 << 20).unwrap();
