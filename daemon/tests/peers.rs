@@ -11,14 +11,19 @@ use reqwest::StatusCode;
 use serde_json::json;
 use support::TestDaemon;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peer_events_follow_connections_and_trust() {
-    let a = TestDaemon::start().await;
+/// A second daemon configured to dial `a`; returns `a`'s status with it.
+async fn start_dialling(a: &TestDaemon) -> (chatsync_daemon::api::wire::StatusJson, TestDaemon) {
     let a_status = a.status().await;
     let a_addr = format!("{}/p2p/{}", a_status.listen_addrs[0], a_status.device_id);
     let mut config = Config::default();
     config.network.peers = vec![a_addr.parse().unwrap()];
-    let b = TestDaemon::start_with(config).await;
+    (a_status, TestDaemon::start_with(config).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_events_follow_connections_and_trust() {
+    let a = TestDaemon::start().await;
+    let (a_status, b) = start_dialling(&a).await;
     let b_id = b.status().await.device_id;
     let mut a_events = a.events("").await;
 
@@ -62,11 +67,7 @@ async fn a_device_catching_up_reports_its_progress_on_the_event_stream() {
     for title in ["family", "work", "club"] {
         a.create_chat(title).await;
     }
-    let a_status = a.status().await;
-    let a_addr = format!("{}/p2p/{}", a_status.listen_addrs[0], a_status.device_id);
-    let mut config = Config::default();
-    config.network.peers = vec![a_addr.parse().unwrap()];
-    let b = TestDaemon::start_with(config).await;
+    let (a_status, b) = start_dialling(&a).await;
     let b_id = b.status().await.device_id;
     let mut progress = b.events("progress=true").await;
     // Where it stands comes first.
