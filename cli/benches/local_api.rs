@@ -293,6 +293,7 @@ fn build_store(home: &Path, chats: usize, messages: usize) {
                         messages: messages as u64,
                         last_activity: 1_700_000_000_000 + c as i64,
                         heads: Vec::new(),
+                        next_seq: 0,
                     };
                     store.create_chat(&id, &record, &doc.save()).unwrap();
                 }

@@ -15,9 +15,9 @@ use std::{
 use chatsync_daemon::{
     api::wire::{ChatJson, MessageJson},
     config::Config,
-    store::Store,
+    store::{Store, Unsettled},
 };
-use chatsync_model::ChatId;
+use chatsync_model::{ChatDoc, ChatId, Device, DeviceId, MessageId};
 use reqwest::StatusCode;
 use serde_json::json;
 use support::TestDaemon;
@@ -297,6 +297,64 @@ async fn compaction_keeps_every_message_exactly_once() {
     let tail = d.messages(&chat.id, Some(2), None).await;
     assert_eq!(tail, vec![before.last().unwrap().clone(), next]);
     assert_eq!(d.chat(&chat.id).await.messages, COUNT as u64 + 1);
+    d.shutdown().await;
+}
+
+/// A crash can keep a group's chunks and lose the records written after them (the store writes
+/// them in that order, not atomically). Here the store is left as such a crash leaves it: a
+/// chunk past the chat's record, and the note of the chats being written. The next start
+/// rebuilds the record, and chunk numbering goes on after that chunk (reusing its number would
+/// overwrite it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_a_crash_left_behind_its_chunks_is_rebuilt_at_start() {
+    let d = TestDaemon::start().await;
+    let chat = d.create_chat("crash").await;
+    for i in 0..3 {
+        d.post_message(&chat.id, &format!("before {i}")).await;
+    }
+    let paths = d.paths.clone();
+    let home = d.shutdown().await;
+
+    {
+        let store = Store::open(&paths.store_dir(), 4 << 20).unwrap();
+        let id = ChatId::new(chat.id.clone()).unwrap();
+        assert_eq!(store.unsettled().unwrap(), None, "a clean stop settles");
+        let record = store
+            .chat_records()
+            .unwrap()
+            .into_iter()
+            .find(|(c, _)| *c == id)
+            .unwrap()
+            .1;
+        assert_eq!((record.messages, record.next_seq), (3, 3));
+        let stored = store.load_chat(&id).unwrap().unwrap();
+        let writer = Device::new(DeviceId::new("writer").unwrap(), "writer").unwrap();
+        let mut doc = ChatDoc::load(&stored.bytes, &writer).unwrap();
+        let message = MessageId::new("lost-record").unwrap();
+        doc.post(&writer, message, "after the crash", None, support::now_ms())
+            .unwrap();
+        let chunk = doc.take_local_changes();
+        // The chunk and the note, without the record.
+        store.append_chunks(&[(&id, 3, &chunk)], &[]).unwrap();
+        store.flush().unwrap();
+        assert_eq!(
+            store.unsettled().unwrap(),
+            Some(Unsettled::Chats(vec![id.clone()]))
+        );
+    }
+
+    let d = TestDaemon::start_in(home, Config::default()).await;
+    let listed = d.chat(&chat.id).await;
+    assert_eq!(listed.messages, 4, "the record counts the chunk again");
+    let texts = support::texts(&d, &chat.id).await;
+    assert_eq!(texts.last().unwrap(), "after the crash");
+    d.post_message(&chat.id, "after the restart").await;
+    let d = d.restart().await;
+    let texts = support::texts(&d, &chat.id).await;
+    assert_eq!(texts.len(), 5, "no chunk was overwritten: {texts:?}");
+    assert!(texts.contains(&"after the crash".to_string()));
+    assert!(texts.contains(&"after the restart".to_string()));
+    assert_eq!(d.chat(&chat.id).await.messages, 5);
     d.shutdown().await;
 }
 

@@ -2,7 +2,7 @@
 //!
 //! An operation changes its document in memory and submits the store writes that persist the
 //! change ([`StoreWrite`]) with its events. The committer thread takes everything submitted so
-//! far, makes its writes (every chunk and record of the group in one sled transaction, see
+//! far, makes its writes (every chunk and record of the group in one go, see
 //! `Store::append_chunks`), flushes the store once, and only then publishes the events and
 //! acknowledges each operation. While one group is written, new submissions queue up and share
 //! the next one, so the cost of durability is spread over every operation that arrived
@@ -285,8 +285,8 @@ fn run(
     }
 }
 
-/// Makes a group's store writes in submission order: each run of chunks in one transaction,
-/// with each chat's newest record; compactions between them alone. A failed compaction is put
+/// Makes a group's store writes in submission order: each run of chunks in one
+/// `Store::append_chunks`, with each chat's newest record; compactions between them alone. A failed compaction is put
 /// in `refused` at its submission's place; any other failure fails the whole group.
 fn write_batch(
     store: &Store,

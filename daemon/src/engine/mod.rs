@@ -16,6 +16,7 @@ pub mod commit;
 mod devices;
 mod error;
 pub mod events;
+mod recovery;
 pub mod resolve;
 mod signatures;
 mod sync;
@@ -105,7 +106,8 @@ impl Engine {
         keypair: libp2p::identity::Keypair,
         config: EngineConfig,
     ) -> Result<Arc<Engine>, EngineError> {
-        let records: BTreeMap<_, _> = store.chat_records()?.into_iter().collect();
+        let mut records: BTreeMap<_, _> = store.chat_records()?.into_iter().collect();
+        recovery::settle_records(&store, &mut records, &device)?;
         let roster = devices::LoadedRoster::open(&store, &device, config.name_configured)?;
         let name = if config.name_configured {
             device.name.clone()
@@ -196,11 +198,19 @@ impl Engine {
     pub async fn close(self) -> Result<(), EngineError> {
         self.background.close();
         self.background.wait().await;
+        // Every write is made and answered; if all of them succeeded, every record accounts
+        // for its chunks.
+        let settled = self.committer.is_healthy();
         self.committer.close().await;
         let store = self.store;
-        tokio::task::spawn_blocking(move || store.flush())
-            .await
-            .map_err(|e| EngineError::Internal(e.to_string()))??;
+        tokio::task::spawn_blocking(move || {
+            if settled {
+                store.settle()?;
+            }
+            store.flush()
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))??;
         Ok(())
     }
 
@@ -246,6 +256,7 @@ impl Engine {
             messages: 0,
             last_activity: now,
             heads: heads_hex(&mut doc),
+            next_seq: 0,
         };
         self.add_chat(&id, doc, signatures::Tops::default(), &record, &bytes)
             .await?;
@@ -503,9 +514,10 @@ impl Engine {
         record.messages = loaded.doc.len() as u64;
         record.last_activity = now;
         record.heads = heads_hex(&mut loaded.doc);
-        self.write_records().insert(chat.clone(), record.clone());
         let seq = loaded.next_seq;
         loaded.next_seq += 1;
+        record.next_seq = loaded.next_seq;
+        self.write_records().insert(chat.clone(), record.clone());
         loaded.chunks += 1;
         loaded.chunk_bytes += chunk.len() as u64;
         let renamed = renamed.then(|| record.clone());
@@ -522,18 +534,20 @@ impl Engine {
 
     /// The chat, loading it from the store if it is not in memory.
     async fn chat(&self, chat: &ChatId) -> Result<ChatHandle, EngineError> {
-        if !self.read_records().contains_key(chat) {
+        let Some(recorded_seq) = self.read_records().get(chat).map(|r| r.next_seq) else {
             return Err(EngineError::NotFound(format!("no chat {chat}")));
-        }
+        };
         self.cache
             .get_or_load(chat, || {
                 let store = self.store.clone();
                 let device = self.device.clone();
                 let id = chat.clone();
                 async move {
-                    tokio::task::spawn_blocking(move || load_chat(&store, &id, &device))
-                        .await
-                        .map_err(|e| EngineError::Internal(format!("loading a chat failed: {e}")))?
+                    tokio::task::spawn_blocking(move || {
+                        load_chat(&store, &id, &device, recorded_seq)
+                    })
+                    .await
+                    .map_err(|e| EngineError::Internal(format!("loading a chat failed: {e}")))?
                 }
             })
             .await
@@ -567,7 +581,14 @@ fn message_event(chat: &ChatId, kind: MessageEventKind, message: Message) -> (Me
     (message, vec![event])
 }
 
-fn load_chat(store: &Store, id: &ChatId, device: &Device) -> Result<LoadedChat, EngineError> {
+/// Loads a chat from the store. `recorded_seq` is its record's next chunk number: numbering goes
+/// on from it even when compaction has folded every chunk.
+fn load_chat(
+    store: &Store,
+    id: &ChatId,
+    device: &Device,
+    recorded_seq: u64,
+) -> Result<LoadedChat, EngineError> {
     let started = std::time::Instant::now();
     let stored = store
         .load_chat(id)?
@@ -585,7 +606,7 @@ fn load_chat(store: &Store, id: &ChatId, device: &Device) -> Result<LoadedChat, 
     Ok(LoadedChat {
         doc,
         tops,
-        next_seq: stored.next_seq,
+        next_seq: stored.next_seq.max(recorded_seq),
         base_bytes: stored.base_bytes,
         chunks: stored.chunks,
         chunk_bytes: stored.chunk_bytes,

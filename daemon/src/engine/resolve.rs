@@ -92,6 +92,7 @@ mod tests {
                         messages: 0,
                         last_activity: 0,
                         heads: Vec::new(),
+                        next_seq: 0,
                     },
                 )
             })

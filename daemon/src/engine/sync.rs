@@ -296,8 +296,8 @@ impl Engine {
                     self.sync_states.forget_chat(device, chat);
                     drop(write);
                     self.committer.barrier().await?;
-                    let compacting = loaded.compacting;
-                    *loaded = super::load_chat(&self.store, chat, &self.device)?;
+                    let (compacting, next_seq) = (loaded.compacting, loaded.next_seq);
+                    *loaded = super::load_chat(&self.store, chat, &self.device, next_seq)?;
                     loaded.compacting = compacting;
                     return Err(EngineError::Misbehaviour(
                         "the data from the other device could not be processed".into(),
@@ -429,6 +429,7 @@ impl Engine {
             messages: info.messages as u64,
             last_activity: now_ms(),
             heads: heads_hex(&mut doc),
+            next_seq: 0,
         };
         let mut tops = signatures::Tops::default();
         signatures::keep_received(

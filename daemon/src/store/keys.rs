@@ -4,9 +4,6 @@
 
 use chatsync_model::ChatId;
 
-/// Largest chunk sequence number (chunks are renumbered by compaction long before this).
-pub const MAX_CHUNK_SEQ: u64 = u64::MAX - 1;
-
 const BASE: u8 = b'B';
 const CHUNK: u8 = b'C';
 

@@ -1,7 +1,8 @@
 //! The store: every chat document on disk, in sled. Only this module knows sled.
 //!
 //! Layout (every value starts with a one-byte format version, [`FORMAT`]):
-//! - tree `meta`: `schema` -> the store schema version.
+//! - tree `meta`: `schema` -> the store schema version; `unsettled` -> the chats whose chunks
+//!   are being written ([`Unsettled`], JSON; see "Crash consistency" below).
 //! - tree `chats.v1`: chat id -> [`ChatRecord`] (JSON): title and counters, so that listing and
 //!   resolving chats never has to load a document.
 //! - tree `roster.v1`: the roster document (devices that may sync), in the same base-and-chunks
@@ -20,6 +21,17 @@
 //! Durability: writes land in sled's log; [`Store::flush`] makes everything written before it
 //! durable. The engine acknowledges an operation only after a flush that started after its
 //! write (group commit, see `engine::commit`).
+//!
+//! Crash consistency: after a crash sled recovers a prefix of its log (its recovery stops at
+//! the first torn message), so writes survive in the order they were made. Chunks and records
+//! are written with plain inserts, in that order, not in a sled transaction: a transaction (or
+//! batch) makes sled write its log buffer out an extra time, a second block-device write per
+//! group commit, which cost about a tenth of the post throughput. The price is that a crash
+//! may keep a group's chunks but not its records. [`Store::append_chunks`] therefore first
+//! notes which chats it is writing (`unsettled`), and each record carries the sequence number
+//! of the next chunk: on the next start the engine looks for chunks past their record in the
+//! chats noted and rebuilds those records from the documents. A clean stop clears the note
+//! ([`Store::settle`]).
 
 use std::path::Path;
 
@@ -31,7 +43,20 @@ use serde::{Deserialize, Serialize};
 
 mod keys;
 
-pub use keys::MAX_CHUNK_SEQ;
+/// Key in the `meta` tree of the chats being written ([`Unsettled`]).
+const META_UNSETTLED: &[u8] = b"unsettled";
+/// Most chats an [`Unsettled`] note names; a write of more notes [`Unsettled::All`].
+const MAX_UNSETTLED_CHATS: usize = 1024;
+
+/// The chats whose records may lag behind their chunks: those the last chunk write before a
+/// crash was writing (see "Crash consistency" in the module docs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unsettled {
+    Chats(Vec<ChatId>),
+    /// Too many to name: any chat may.
+    All,
+}
 
 /// Keys in the `network.v1` tree.
 const NETWORK_LISTEN: &[u8] = b"listen";
@@ -78,6 +103,12 @@ pub struct ChatRecord {
     /// The document's heads (hex), so that devices can compare chats without loading them.
     #[serde(default)]
     pub heads: Vec<String>,
+    /// Sequence number of the chat's next chunk: the record accounts for every chunk before it.
+    /// Chunk numbers keep growing across compactions (loading takes the larger of this and the
+    /// last chunk's), so a chunk at or past it was written after the record. 0 in records of
+    /// older builds (they wrote record and chunk atomically).
+    #[serde(default)]
+    pub next_seq: u64,
 }
 
 /// A document's stored bytes (a chat's or the roster's), ready to load.
@@ -101,6 +132,7 @@ pub struct Store {
     /// Other devices' newest attestation per chat and actor, to pass their changes on.
     attestations: sled::Tree,
     network: sled::Tree,
+    meta: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -149,6 +181,7 @@ impl Store {
             roster: db.open_tree("roster.v1")?,
             attestations: db.open_tree("attestations.v1")?,
             network: db.open_tree("network.v1")?,
+            meta,
             db,
         })
     }
@@ -208,8 +241,7 @@ impl Store {
         Ok(())
     }
 
-    /// Appends one incremental chunk and the chat's updated record, atomically: after a crash
-    /// the record never disagrees with the chunks.
+    /// Appends one incremental chunk and the chat's updated record (see [`Store::append_chunks`]).
     pub fn append_chunk(
         &self,
         id: &ChatId,
@@ -220,44 +252,64 @@ impl Store {
         self.append_chunks(&[(id, seq, chunk)], &[(id, record)])
     }
 
-    /// Appends incremental chunks (chat, sequence number, bytes) of any chats and those chats'
-    /// updated records in one transaction: after a crash the records never disagree with the
-    /// chunks.
+    /// Appends incremental chunks (chat, sequence number, bytes) of any chats, then those chats'
+    /// updated records. Not atomic: a crash before the next flush may keep the chunks and lose
+    /// the records, never the other way round. The chats are first noted as unsettled, so that
+    /// the next start finds such records (see "Crash consistency" in the module docs).
     ///
-    /// Why many at once: every sled transaction writes the log out twice (it seals the log
-    /// buffer before and after its batch marker), each time a block-device write and a wake-up
-    /// of sled's IO threads. One transaction per post cost more CPU than anything else on the
-    /// post path; one per group commit (`engine::commit`) spreads it over the whole group.
+    /// Why many at once: the note, the chunks and the records of a whole group commit
+    /// (`engine::commit`) go into sled's log buffer together and out to disk with one flush.
     pub fn append_chunks(
         &self,
         chunks: &[(&ChatId, u64, &[u8])],
         records: &[(&ChatId, &ChatRecord)],
     ) -> Result<(), StoreError> {
-        use sled::Transactional;
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mut chats: Vec<ChatId> = chunks.iter().map(|(id, _, _)| (*id).clone()).collect();
+        chats.sort();
+        chats.dedup();
+        let note = if chats.len() > MAX_UNSETTLED_CHATS {
+            Unsettled::All
+        } else {
+            Unsettled::Chats(chats)
+        };
+        self.meta.insert(META_UNSETTLED, encode(&note)?)?;
+        for (id, seq, chunk) in chunks {
+            self.docs.insert(keys::chunk(id, *seq), framed(chunk))?;
+        }
+        for (id, record) in records {
+            self.chats.insert(id.as_str(), encode(record)?)?;
+        }
+        Ok(())
+    }
 
-        let chunks: Vec<(Vec<u8>, Vec<u8>)> = chunks
-            .iter()
-            .map(|(id, seq, chunk)| (keys::chunk(id, *seq), framed(chunk)))
-            .collect();
-        let records = records
-            .iter()
-            .map(|(id, record)| Ok((id.as_str(), encode(record)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        (&self.docs, &self.chats)
-            .transaction(|(docs, chats)| {
-                for (key, value) in &chunks {
-                    docs.insert(key.as_slice(), value.as_slice())?;
-                }
-                for (id, record) in &records {
-                    chats.insert(*id, record.as_slice())?;
-                }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => StoreError::Sled(e),
-                TransactionError::Abort(()) => StoreError::Corrupt("transaction aborted".into()),
-            })
+    /// The chats the last chunk write named, if the store was not closed cleanly after it.
+    /// An unreadable note counts as naming every chat.
+    pub fn unsettled(&self) -> Result<Option<Unsettled>, StoreError> {
+        match self.meta.get(META_UNSETTLED)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(decode(&v).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "unreadable note of unsettled chats; checking them all");
+                Unsettled::All
+            }))),
+        }
+    }
+
+    /// Clears the note of unsettled chats: every record accounts for its chunks. Call only when
+    /// no chunk write is under way (and before the closing flush).
+    pub fn settle(&self) -> Result<(), StoreError> {
+        self.meta.remove(META_UNSETTLED)?;
+        Ok(())
+    }
+
+    /// Whether the chat has a chunk numbered `seq` or higher.
+    pub fn has_chunks_from(&self, id: &ChatId, seq: u64) -> Result<bool, StoreError> {
+        match self.docs.range(keys::chunk(id, seq)..).next().transpose()? {
+            Some((key, _)) => Ok(key.starts_with(&keys::chunks_prefix(id))),
+            None => Ok(false),
+        }
     }
 
     /// Replaces a chat's base with `doc` and removes the chunks up to `through_seq`, in one

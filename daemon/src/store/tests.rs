@@ -8,6 +8,7 @@ fn record(title: &str) -> ChatRecord {
         messages: 0,
         last_activity: 1,
         heads: Vec::new(),
+        next_seq: 0,
     }
 }
 
@@ -103,4 +104,39 @@ fn values_in_an_unknown_format_are_errors() {
     assert!(unframe(&[]).is_err());
     assert!(unframe(&[9, 1]).is_err());
     assert_eq!(unframe(&[FORMAT, 1]).unwrap(), &[1]);
+}
+
+#[test]
+fn chunk_writes_note_their_chats_until_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let (a, b) = (ChatId::new("a").unwrap(), ChatId::new("b").unwrap());
+    store.create_chat(&a, &record("a"), b"A").unwrap();
+    store.create_chat(&b, &record("b"), b"B").unwrap();
+    assert_eq!(store.unsettled().unwrap(), None);
+    store
+        .append_chunks(&[(&b, 0, b"x"), (&a, 4, b"1"), (&b, 1, b"y")], &[])
+        .unwrap();
+    assert_eq!(
+        store.unsettled().unwrap(),
+        Some(Unsettled::Chats(vec![a.clone(), b.clone()]))
+    );
+    assert!(store.has_chunks_from(&a, 4).unwrap());
+    assert!(!store.has_chunks_from(&a, 5).unwrap());
+    assert!(store.has_chunks_from(&b, 1).unwrap());
+    assert!(!store.has_chunks_from(&b, 2).unwrap());
+    assert!(
+        !store
+            .has_chunks_from(&ChatId::new("c").unwrap(), 0)
+            .unwrap()
+    );
+    store.settle().unwrap();
+    assert_eq!(store.unsettled().unwrap(), None);
+
+    let many: Vec<ChatId> = (0..=MAX_UNSETTLED_CHATS)
+        .map(|i| ChatId::new(format!("chat{i}")).unwrap())
+        .collect();
+    let chunks: Vec<(&ChatId, u64, &[u8])> = many.iter().map(|id| (id, 0, &b"z"[..])).collect();
+    store.append_chunks(&chunks, &[]).unwrap();
+    assert_eq!(store.unsettled().unwrap(), Some(Unsettled::All));
 }
