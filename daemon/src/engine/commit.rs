@@ -20,7 +20,7 @@
 //! fails itself: the chunks it would have folded stay.)
 
 use std::sync::{
-    Arc,
+    Arc, OnceLock,
     atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
@@ -38,8 +38,6 @@ const QUEUE: usize = 8192;
 const MAX_BATCH: usize = 8192;
 /// Longest a flush waits for writes that have begun but not yet submitted.
 const MAX_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
-/// How often it looks for them meanwhile.
-const POLL: std::time::Duration = std::time::Duration::from_micros(20);
 
 /// A store write the committer makes for an operation.
 #[derive(Debug)]
@@ -78,8 +76,54 @@ pub struct Committer {
 pub struct Queue {
     tx: mpsc::Sender<Pending>,
     failed: Arc<AtomicBool>,
-    /// Writes begun and not yet answered (see [`Queue::begin`]).
-    writers: Arc<AtomicUsize>,
+    unsubmitted: Arc<Unsubmitted>,
+}
+
+/// Writes begun and not yet submitted (see [`Queue::begin`]), and how the last of them wakes
+/// the committer when it waits for them: it parks rather than polls, and is woken once, by
+/// whichever write brings the count to zero.
+#[derive(Default)]
+struct Unsubmitted {
+    count: AtomicUsize,
+    /// Whether the committer is (about to be) parked waiting for the count to reach zero.
+    waiting: AtomicBool,
+    committer: OnceLock<std::thread::Thread>,
+}
+
+impl Unsubmitted {
+    fn begin(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A begun write was submitted or withdrawn.
+    fn end(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.waiting.load(Ordering::SeqCst)
+            && let Some(committer) = self.committer.get()
+        {
+            committer.unpark();
+        }
+    }
+
+    /// Waits until no write is begun and unsubmitted, or until `deadline`. Returns whether
+    /// none is.
+    fn wait_for_none(&self, deadline: std::time::Instant) -> bool {
+        self.waiting.store(true, Ordering::SeqCst);
+        let none = loop {
+            // Checked after announcing the wait: a write ending after this sees the
+            // announcement and unparks (an unpark before the park makes it return at once).
+            if self.count.load(Ordering::SeqCst) == 0 {
+                break true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break false;
+            }
+            std::thread::park_timeout(deadline - now);
+        };
+        self.waiting.store(false, Ordering::SeqCst);
+        none
+    }
 }
 
 impl std::ops::Deref for Committer {
@@ -106,16 +150,18 @@ impl Committer {
     pub fn start(store: Store, events: broadcast::Sender<Event>) -> std::io::Result<Committer> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
-        let writers = Arc::new(AtomicUsize::new(0));
-        let (thread_failed, thread_writers) = (failed.clone(), writers.clone());
+        let unsubmitted = Arc::new(Unsubmitted::default());
+        let (thread_failed, thread_unsubmitted) = (failed.clone(), unsubmitted.clone());
         let thread = std::thread::Builder::new()
             .name("chatsyncd-commit".into())
-            .spawn(move || run(store, rx, events, thread_failed, thread_writers))?;
+            .spawn(move || run(store, rx, events, thread_failed, thread_unsubmitted))?;
+        // Until this is set, a wait for writes ends only at its deadline.
+        let _ = unsubmitted.committer.set(thread.thread().clone());
         Ok(Committer {
             queue: Queue {
                 tx,
                 failed,
-                writers,
+                unsubmitted,
             },
             thread,
         })
@@ -159,7 +205,7 @@ impl Queue {
     /// Announces a write about to happen. The committer waits briefly for announced writes
     /// before flushing, so that writes arriving together share one flush.
     pub fn begin(&self) -> Write<'_> {
-        self.writers.fetch_add(1, Ordering::AcqRel);
+        self.unsubmitted.begin();
         Write {
             queue: self,
             submitted: false,
@@ -200,8 +246,8 @@ impl Write<'_> {
             })
             .await
             .map_err(|_| EngineError::Storage("the daemon is shutting down".into()))?;
-        // From here on the committer counts this write as answered when it answers it.
         self.submitted = true;
+        self.queue.unsubmitted.end();
         Ok(Receipt(rx))
     }
 }
@@ -209,7 +255,7 @@ impl Write<'_> {
 impl Drop for Write<'_> {
     fn drop(&mut self) {
         if !self.submitted {
-            self.queue.writers.fetch_sub(1, Ordering::AcqRel);
+            self.queue.unsubmitted.end();
         }
     }
 }
@@ -221,27 +267,18 @@ fn run(
     mut rx: mpsc::Receiver<Pending>,
     events: broadcast::Sender<Event>,
     failed: Arc<AtomicBool>,
-    writers: Arc<AtomicUsize>,
+    unsubmitted: Arc<Unsubmitted>,
 ) {
     let mut batch = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         // Writes already under way will submit within moments: wait for them (briefly) so
         // they share this flush instead of each paying for one.
-        let deadline = std::time::Instant::now() + MAX_WAIT;
-        loop {
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
-            if batch.len() >= writers.load(Ordering::Acquire).min(MAX_BATCH)
-                || std::time::Instant::now() >= deadline
-            {
-                break;
-            }
-            std::thread::sleep(POLL);
+        take_submitted(&mut rx, &mut batch);
+        if batch.len() < MAX_BATCH
+            && unsubmitted.wait_for_none(std::time::Instant::now() + MAX_WAIT)
+        {
+            take_submitted(&mut rx, &mut batch);
         }
         let started = std::time::Instant::now();
         let mut refused: Vec<Option<StoreError>> = batch.iter().map(|_| None).collect();
@@ -264,7 +301,6 @@ fn run(
         {
             tracing::error!(error = %e, "store write failed; refusing further writes");
         }
-        writers.fetch_sub(batch.len(), Ordering::AcqRel);
         for (pending, refused) in batch.drain(..).zip(refused) {
             match (&result, refused) {
                 (Ok(()), Some(e)) => {
@@ -281,6 +317,16 @@ fn run(
                     let _ = pending.done.send(Err(EngineError::Storage(e.to_string())));
                 }
             }
+        }
+    }
+}
+
+/// Moves what is queued into `batch`, up to [`MAX_BATCH`].
+fn take_submitted(rx: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
         }
     }
 }
@@ -331,4 +377,50 @@ fn write_batch(
         }
     }
     append(&mut chunks, &mut records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn unsubmitted_for_this_thread() -> Arc<Unsubmitted> {
+        let unsubmitted = Arc::new(Unsubmitted::default());
+        let _ = unsubmitted.committer.set(std::thread::current());
+        unsubmitted
+    }
+
+    #[test]
+    fn no_write_under_way_means_no_wait() {
+        let unsubmitted = unsubmitted_for_this_thread();
+        assert!(unsubmitted.wait_for_none(Instant::now() + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_write_never_submitted_ends_the_wait_at_its_deadline() {
+        let unsubmitted = unsubmitted_for_this_thread();
+        unsubmitted.begin();
+        assert!(!unsubmitted.wait_for_none(Instant::now() + Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn the_last_write_to_submit_wakes_the_waiting_committer() {
+        let unsubmitted = unsubmitted_for_this_thread();
+        unsubmitted.begin();
+        unsubmitted.begin();
+        let writers = unsubmitted.clone();
+        let ending = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            writers.end();
+            std::thread::sleep(Duration::from_millis(20));
+            writers.end();
+        });
+        let started = Instant::now();
+        let deadline = Duration::from_secs(30);
+        assert!(unsubmitted.wait_for_none(started + deadline));
+        assert_eq!(unsubmitted.count.load(Ordering::SeqCst), 0);
+        // Woken by the second end, not by the deadline.
+        assert!(started.elapsed() < deadline);
+        ending.join().unwrap();
+    }
 }
