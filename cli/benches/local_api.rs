@@ -93,6 +93,45 @@ fn raw_posts(n: usize) -> Duration {
     started.elapsed()
 }
 
+/// `clients` clients post `per_client` messages each, client `c` to `chats[c % chats.len()]`,
+/// each waiting for its post's answer before the next. Returns the time it took and every
+/// post's latency (request to durable answer).
+async fn concurrent_posts(
+    daemon: &Daemon,
+    chats: &[String],
+    clients: usize,
+    per_client: usize,
+) -> (Duration, Vec<Duration>) {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = daemon.client.clone();
+        let chat = chats[c % chats.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per_client);
+            for i in 0..per_client {
+                let t = Instant::now();
+                client
+                    .post(&chat, &text(c * per_client + i), None)
+                    .await
+                    .unwrap();
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::with_capacity(clients * per_client);
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    (started.elapsed(), latencies)
+}
+
+/// [`raw_posts`] into `docs` documents of `per_doc` posts each, one after the other.
+fn raw_posts_split(docs: usize, per_doc: usize) -> Duration {
+    (0..docs).map(|_| raw_posts(per_doc)).sum()
+}
+
 async fn post_throughput(s: &Settings) {
     let dir = home();
     let (daemon, _) = Daemon::start(dir.path()).await;
@@ -117,37 +156,29 @@ async fn post_throughput(s: &Settings) {
     let per_client = s.concurrent_posts / s.clients;
     let cpu_before = daemon.cpu();
     let client_cpu_before = CpuTime::of_process(std::process::id());
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(
-        s.concurrent_posts,
-    )));
-    for c in 0..s.clients {
-        let client = daemon.client.clone();
-        let chat = chat2.clone();
-        let latencies = latencies.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..per_client {
-                let t = Instant::now();
-                client
-                    .post(&chat, &text(c * per_client + i), None)
-                    .await
-                    .unwrap();
-                latencies.lock().unwrap().push(t.elapsed());
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let conc = started.elapsed();
+    let (conc, latencies) =
+        concurrent_posts(&daemon, std::slice::from_ref(&chat2), s.clients, per_client).await;
     let daemon_cpu = daemon.cpu().since(&cpu_before);
     let bench_cpu_before = CpuTime::of_process(std::process::id());
     let client_cpu = bench_cpu_before.since(&client_cpu_before);
     let engine_only = engine_posts(s.clients, per_client * s.clients).await;
     let engine_cpu = CpuTime::of_process(std::process::id()).since(&bench_cpu_before);
-    let mut lat = latencies.lock().unwrap().clone();
+    let mut lat = latencies;
     lat.sort();
+
+    // The same clients, each posting to a chat of its own: the chats' changes run side by side
+    // (one chat's run one at a time, under its lock), and their durability work is still
+    // grouped.
+    let raw_split = raw_posts_split(s.clients, per_client);
+    let mut own_chats = Vec::new();
+    for c in 0..s.clients {
+        let chat = daemon
+            .client
+            .create_chat(&format!("bench-client-{c}"))
+            .await;
+        own_chats.push(chat.unwrap().id);
+    }
+    let (split, _) = concurrent_posts(&daemon, &own_chats, s.clients, per_client).await;
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
 
     let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
@@ -168,6 +199,14 @@ async fn post_throughput(s: &Settings) {
         rate(per_client * s.clients, conc),
         rate(s.concurrent_posts, raw_conc),
         raw_conc.as_secs_f64() / conc.as_secs_f64()
+    );
+    println!(
+        "| concurrent, {} clients, a chat each | {} | {:.0} | {:.0} | {:.3} |",
+        s.clients,
+        per_client * s.clients,
+        rate(per_client * s.clients, split),
+        rate(per_client * s.clients, raw_split),
+        raw_split.as_secs_f64() / split.as_secs_f64()
     );
     println!(
         "| in-process engine, {} tasks (no HTTP) | {} | {:.0} | {:.0} | {:.3} |",
