@@ -348,7 +348,7 @@ fn startup(s: &Settings) {
         .build()
         .unwrap();
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "startup-store-{}x{}-v2",
+        "startup-store-{}x{}-v3",
         s.startup_chats, s.startup_messages
     ));
     let built = Instant::now();

@@ -29,6 +29,7 @@ use crate::{
     ChatId, Clock, DeviceId, MessageId, ModelError,
     access::{change_time, check_text, get_int, get_map, get_str, truncate_utf8, write_change},
     authorship::{self, ActorTop, Provenance},
+    header::Header,
     limits::{MAX_DEVICE_NAME_BYTES, MAX_REACTION_BYTES, MAX_TEXT_BYTES, MAX_TITLE_BYTES},
     message::{Message, OrderKey},
     schema as s,
@@ -364,17 +365,18 @@ impl ChatDoc {
             )
         })?;
         let messages = self.messages.clone();
+        let header = Header {
+            author: device.id.clone(),
+            author_name: device.name.clone(),
+            ts: now_ms,
+            clock,
+            reply_to: reply_to.cloned(),
+        };
         let mut created = None;
         self.write(now_ms, None, |doc| {
             let obj = doc.put_object(&messages, id.as_str(), ObjType::Map)?;
-            doc.put(&obj, s::AUTHOR, device.id.as_str())?;
-            doc.put(&obj, s::AUTHOR_NAME, device.name.as_str())?;
-            doc.put(&obj, s::TS, now_ms)?;
-            doc.put(&obj, s::CLOCK, clock.to_stored())?;
+            doc.put(&obj, s::HEADER, header.encode())?;
             doc.put(&obj, s::TEXT, text)?;
-            if let Some(parent) = reply_to {
-                doc.put(&obj, s::REPLY_TO, parent.as_str())?;
-            }
             created = Some(obj);
             Ok(())
         })?;
@@ -985,12 +987,20 @@ impl ChatDoc {
     }
 
     fn index_message(&mut self, id: MessageId, obj: &ObjId) {
-        let Some(clock) = get_int(&self.doc, obj, s::CLOCK).and_then(Clock::from_stored) else {
-            return;
-        };
-        let Some(author) = get_str(&self.doc, obj, s::AUTHOR).and_then(|a| DeviceId::new(a).ok())
-        else {
-            return;
+        let (clock, author) = match get_str(&self.doc, obj, s::HEADER) {
+            Some(header) => match Header::decode(&header) {
+                Some(h) => (h.clock, h.author),
+                None => return,
+            },
+            // Written by a schema 1 replica.
+            None => {
+                let clock = get_int(&self.doc, obj, s::CLOCK).and_then(Clock::from_stored);
+                let author = get_str(&self.doc, obj, s::AUTHOR).and_then(|a| DeviceId::new(a).ok());
+                match (clock, author) {
+                    (Some(clock), Some(author)) => (clock, author),
+                    _ => return,
+                }
+            }
         };
         if !written_by(obj, &author) {
             return;
@@ -1038,9 +1048,11 @@ fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message
     // One pass over the message's fields: far cheaper than one lookup per field.
     let (mut author, mut author_name, mut text, mut reply_to) = (None, None, None, None);
     let (mut ts, mut clock, mut edited_at, mut deleted) = (0, None, None, false);
+    let mut header = None;
     let mut reactions = BTreeMap::new();
     for item in doc.map_range(obj, ..) {
         match (item.key.as_ref(), &item.value) {
+            (s::HEADER, ValueRef::Scalar(V::Str(v))) => header = Some(Header::decode(v)),
             (s::AUTHOR, ValueRef::Scalar(V::Str(v))) => author = DeviceId::new(v.as_ref()).ok(),
             (s::AUTHOR_NAME, ValueRef::Scalar(V::Str(v))) => author_name = Some(v.to_string()),
             (s::TEXT, ValueRef::Scalar(V::Str(v))) => text = Some(v.to_string()),
@@ -1060,6 +1072,19 @@ fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message
             }
             _ => {}
         }
+    }
+    match header {
+        Some(Some(h)) => {
+            author = Some(h.author);
+            author_name = Some(h.author_name);
+            ts = h.ts;
+            clock = Some(h.clock);
+            reply_to = h.reply_to;
+        }
+        // A header this version cannot read: what it says is unknown.
+        Some(None) => return None,
+        // Written by a schema 1 replica: the fields read above.
+        None => {}
     }
     let mut text = if deleted {
         String::new()

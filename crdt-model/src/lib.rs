@@ -42,6 +42,7 @@ pub mod wire_check;
 
 mod access;
 mod error;
+pub mod header;
 mod touched;
 
 pub use chat::{ChatDoc, ChatInfo, Device, Snapshot, SyncReceived};

@@ -6,15 +6,19 @@
 //!   schema: int (SCHEMA_VERSION)
 //!   id: str, title: str, created_at: int (ms), created_by: str (device id)
 //!   messages: map { message id -> map {
-//!       author: str (device id), author_name: str, ts: int (ms, author's wall clock),
-//!       clock: int (hybrid logical clock, see crate::clock), text: str,
-//!       reply_to: str (optional), edited_at: int (ms, optional), deleted: bool (optional),
+//!       header: str (author, author's name, ts, clock, reply_to: see crate::header),
+//!       text: str, edited_at: int (ms, optional), deleted: bool (optional),
 //!       "reaction:<device id>": str (one key per reacting device) } }
 //!   read: map { device id -> message id }
 //! ```
+//!
+//! Documents of schema 1 held the header's facts in fields of their own: author: str (device
+//! id), author_name: str, ts: int (ms, author's wall clock), clock: int (hybrid logical clock,
+//! see crate::clock), reply_to: str (optional). Messages written so are still read; a message
+//! with a header is read from its header alone.
 
 /// Version of the document layout. A replica refuses documents with a newer version.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 pub const SCHEMA: &str = "schema";
 pub const ID: &str = "id";
@@ -24,6 +28,7 @@ pub const CREATED_BY: &str = "created_by";
 pub const MESSAGES: &str = "messages";
 pub const READ: &str = "read";
 
+pub const HEADER: &str = "header";
 pub const AUTHOR: &str = "author";
 pub const AUTHOR_NAME: &str = "author_name";
 pub const TS: &str = "ts";

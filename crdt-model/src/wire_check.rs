@@ -105,7 +105,7 @@
 //! # Limits
 //!
 //! See [`WireLimits`]; [`WireLimits::default`] is sized for this app: a message text is at most
-//! 64 KiB ([`crate::limits::MAX_TEXT_BYTES`]), a post is six or seven ops in one change, and a
+//! 64 KiB ([`crate::limits::MAX_TEXT_BYTES`]), a post is three ops in one change, and a
 //! whole document may be up to 256 MiB on the wire.
 
 use flate2::{Decompress, FlushDecompress, Status};
@@ -132,7 +132,7 @@ pub struct WireLimits {
     /// the changes stored in documents. A post is one change; a chat of a million changes is
     /// far beyond what one device reads.
     pub max_changes: u64,
-    /// Most ops in one input: eight per change at the change limit (a post is six or seven).
+    /// Most ops in one input: eight per change at the change limit (a post is three).
     pub max_ops: u64,
     /// Most ops in one change. The largest change this app writes is a deletion that clears
     /// every reaction of a message (two ops plus one per reacting device); 100 000 leaves room

@@ -6,8 +6,9 @@ mod support;
 
 use automerge::{ROOT, ReadDoc, sync::State, transaction::Transactable};
 use chatsync_model::{
-    ChatDoc, ChatId, Device, DeviceId, MessageId, ModelError, SyncReceived,
+    ChatDoc, ChatId, Clock, Device, DeviceId, MessageId, ModelError, SyncReceived,
     authorship::{self, Attestation, Provenance, Standing},
+    header::Header,
     schema,
 };
 
@@ -179,6 +180,31 @@ fn a_message_naming_another_author_is_not_shown() {
     am.put(&obj, schema::AUTHOR_NAME, "a").unwrap();
     am.put(&obj, schema::TS, 40_i64).unwrap();
     am.put(&obj, schema::CLOCK, 40_i64 << 16).unwrap();
+    am.put(&obj, schema::TEXT, "posing as a").unwrap();
+    am.commit();
+    let _ = db;
+    sync_into(&mut b, &mut c, &honest, &trusted).unwrap();
+    assert!(c.message(&mid("posing")).is_none());
+    assert_eq!(c.messages().count(), 1);
+}
+
+#[test]
+fn a_header_naming_another_author_is_not_shown() {
+    let (_, _, db, mut b, _, mut c) = three();
+    // b writes a message whose header says dev-a wrote it, bypassing the model.
+    let forged = Header {
+        author: DeviceId::new("dev-a").unwrap(),
+        author_name: "a".into(),
+        ts: 40,
+        clock: Clock::from_stored(40 << 16).unwrap(),
+        reply_to: None,
+    };
+    let am = b.automerge_mut();
+    let (_, messages) = am.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let obj = am
+        .put_object(&messages, "posing", automerge::ObjType::Map)
+        .unwrap();
+    am.put(&obj, schema::HEADER, forged.encode()).unwrap();
     am.put(&obj, schema::TEXT, "posing as a").unwrap();
     am.commit();
     let _ = db;

@@ -7,6 +7,7 @@
 use automerge::{ObjType, ROOT, ReadDoc, Value, transaction::Transactable};
 use chatsync_model::{
     ChatDoc, ChatId, Clock, Device, DeviceId, Message, MessageId, ModelError,
+    header::Header,
     limits::{MAX_DEVICE_NAME_BYTES, MAX_REACTION_BYTES, MAX_TEXT_BYTES, MAX_TITLE_BYTES},
     schema,
 };
@@ -1278,6 +1279,81 @@ fn messages_are_sorted_by_their_order_keys() {
     assert_eq!(all(&reloaded), all(&c));
 }
 
+/// A post is three operations: the message's map, its header and its text. (The count is what
+/// a post costs; see `header.rs`.)
+#[test]
+fn a_post_writes_its_map_header_and_text_only() {
+    let a = dev("dev-a");
+    let mut c = new_chat(&a);
+    let parent = c.post(&a, mid("parent"), "p", None, T0).unwrap();
+    c.post(&a, mid("reply"), "r", Some(&parent.id), T0 + 1)
+        .unwrap();
+    let change = c.automerge_mut().get_last_local_change().unwrap().clone();
+    assert_eq!(change.len(), 3);
+    let reply = c.message(&mid("reply")).unwrap();
+    assert_eq!(reply.reply_to, Some(parent.id));
+    assert_eq!((reply.author.as_str(), reply.ts), ("dev-a", T0 + 1));
+}
+
+/// Messages of schema 1 documents keep their facts in fields of their own; they are read as
+/// before, and sort among messages with headers.
+#[test]
+fn messages_written_with_separate_fields_are_still_read() {
+    let a = dev("dev-a");
+    let mut c = new_chat(&a);
+    c.post(&a, mid("new"), "with a header", None, T0 + 10)
+        .unwrap();
+    let doc = c.automerge_mut();
+    let (_, messages) = doc.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let obj = doc.put_object(&messages, "old", ObjType::Map).unwrap();
+    doc.put(&obj, schema::AUTHOR, "dev-a").unwrap();
+    doc.put(&obj, schema::AUTHOR_NAME, "old laptop").unwrap();
+    doc.put(&obj, schema::TS, T0).unwrap();
+    doc.put(&obj, schema::CLOCK, T0 << 16).unwrap();
+    doc.put(&obj, schema::TEXT, "before headers").unwrap();
+    doc.put(&obj, schema::REPLY_TO, "new").unwrap();
+    doc.commit();
+    let reloaded = ChatDoc::load(&c.save(), &a).unwrap();
+    assert_eq!(ids(&reloaded), ["old", "new"]);
+    let old = reloaded.message(&mid("old")).unwrap();
+    assert_eq!(
+        (old.author_name.as_str(), old.ts, old.text.as_str()),
+        ("old laptop", T0, "before headers")
+    );
+    assert_eq!(old.reply_to, Some(mid("new")));
+}
+
+/// A header this version cannot read hides its message, on every replica alike; the rest of
+/// the chat is unaffected.
+#[test]
+fn a_message_with_an_unreadable_header_is_not_shown() {
+    let a = dev("dev-a");
+    let mut c = new_chat(&a);
+    c.post(&a, mid("fine"), "fine", None, T0).unwrap();
+    c.post(&a, mid("broken"), "broken", None, T0 + 1).unwrap();
+    let doc = c.automerge_mut();
+    let (_, messages) = doc.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let (_, obj) = doc.get(&messages, "broken").unwrap().unwrap();
+    doc.put(&obj, schema::HEADER, "9\nfrom a later version")
+        .unwrap();
+    doc.commit();
+    let reloaded = ChatDoc::load(&c.save(), &a).unwrap();
+    assert_eq!(ids(&reloaded), ["fine"]);
+    assert!(reloaded.message(&mid("broken")).is_none());
+}
+
+/// Rewrites the clock in a message's header, bypassing the model.
+fn set_stored_clock(chat: &mut ChatDoc, message: &str, clock: i64) {
+    let doc = chat.automerge_mut();
+    let (_, messages) = doc.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let (_, obj) = doc.get(&messages, message).unwrap().unwrap();
+    let (header, _) = doc.get(&obj, schema::HEADER).unwrap().unwrap();
+    let mut header = Header::decode(header.as_str().unwrap()).unwrap();
+    header.clock = Clock::from_stored(clock).unwrap();
+    doc.put(&obj, schema::HEADER, header.encode()).unwrap();
+    doc.commit();
+}
+
 /// The clock space ends at `i64::MAX` (`Clock::MAX`). A chat whose largest clock is already
 /// there (a device stamping clocks thousands of years ahead, or a forged document) cannot give
 /// a new message a clock that sorts after it, so the post is refused; no replica ever shows a
@@ -1290,13 +1366,7 @@ fn at_the_largest_clock_posts_are_refused_and_order_holds() {
     let mut cz = new_chat(&z);
     let parent = cz.post(&z, mid("parent"), "p", None, T0).unwrap();
     // Move the parent's stored clock to the largest value `Clock` can store.
-    {
-        let doc = cz.automerge_mut();
-        let (_, messages) = doc.get(ROOT, schema::MESSAGES).unwrap().unwrap();
-        let (_, obj) = doc.get(&messages, "parent").unwrap().unwrap();
-        doc.put(&obj, schema::CLOCK, i64::MAX).unwrap();
-        doc.commit();
-    }
+    set_stored_clock(&mut cz, "parent", i64::MAX);
     let bytes = cz.save();
     let mut ca = ChatDoc::load(&bytes, &a).unwrap();
     let mut cy = ChatDoc::load(&bytes, &y).unwrap();
@@ -1317,11 +1387,7 @@ fn at_the_largest_clock_posts_are_refused_and_order_holds() {
     }
     // One below the largest clock still leaves room for exactly one more message.
     let mut cw = ChatDoc::load(&bytes, &a).unwrap();
-    let doc = cw.automerge_mut();
-    let (_, messages) = doc.get(ROOT, schema::MESSAGES).unwrap().unwrap();
-    let (_, obj) = doc.get(&messages, "parent").unwrap().unwrap();
-    doc.put(&obj, schema::CLOCK, i64::MAX - 1).unwrap();
-    doc.commit();
+    set_stored_clock(&mut cw, "parent", i64::MAX - 1);
     let mut cw = ChatDoc::load(&cw.save(), &a).unwrap();
     let reply = cw
         .post(&a, mid("reply"), "r", Some(&parent.id), T0)
