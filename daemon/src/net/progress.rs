@@ -4,7 +4,9 @@
 //!
 //! The picture comes from the summary exchange (every chat's heads) and is then kept current by
 //! sync sessions: a chat leaves both sets when a session shows both sides have the same heads,
-//! and joins `ahead` when it changes here. A summary comparison takes a while (it may load the
+//! and joins `ahead` when it changes here. A session cannot always tell that it ended in sync,
+//! so when the last one with a device ends and chats still look apart, summaries are traded
+//! again a second later (`sessions.rs`, `RECHECK_AFTER`). A summary comparison takes a while (it may load the
 //! chats that differ), so chats that reached sync while it ran are not put back by its result.
 
 use std::{

@@ -87,7 +87,23 @@ pub struct Sessions {
     pub fetching: HashSet<ChatId>,
     /// Devices that said "slow down", and until when their requests wait in their queue.
     pub paused: HashMap<PeerId, Instant>,
+    /// Devices to trade summaries with again soon, and when (see [`RECHECK_AFTER`]).
+    pub recheck: HashMap<PeerId, Instant>,
+    /// When summaries were last traded early with each device.
+    pub rechecked: HashMap<PeerId, Instant>,
 }
+
+/// How long after its last session ends a device whose chats still look apart is sent a
+/// summary again, rather than at the next periodic exchange.
+///
+/// Why: a session can end with both devices in sync while one of them cannot tell. When the
+/// last changes of a chat went out in this device's answer to the other's request, and the
+/// other then had nothing more to say, Automerge here still waits for an answer and never
+/// learns the other's new heads; the chat would show as "ahead" for up to 30 s. A summary
+/// carries every chat's heads and settles the picture for both.
+const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// Early summary trades with one device, at most one per this.
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Pending {
     /// The chat this request fetches whole, if it does.
@@ -182,8 +198,59 @@ impl NetworkTask {
     pub(super) fn on_peer_accepted(&mut self, peer: PeerId) {
         self.resume_transfers(peer);
         self.send_roster(peer);
+        self.send_summary(peer);
+    }
+
+    fn send_summary(&mut self, peer: PeerId) {
         let summary = to_wire(&self.engine.summary(MAX_SUMMARY_CHATS));
         self.send(peer, SyncRequest::Summary(summary), Pending::Summary);
+    }
+
+    /// Trades summaries with the devices due for it (see [`RECHECK_AFTER`]).
+    pub(super) fn recheck_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .sessions
+            .recheck
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            self.sessions.recheck.remove(&peer);
+            let apart = self
+                .progress
+                .get(&peer)
+                .and_then(|p| p.counts())
+                .is_some_and(|(behind, ahead)| behind + ahead > 0);
+            if apart && self.accepted_peers().contains(&peer) {
+                self.sessions.rechecked.insert(peer, now);
+                self.send_summary(peer);
+            }
+        }
+    }
+
+    /// Schedules an early summary trade with `peer` if no session with it is left and its
+    /// chats still look apart.
+    fn recheck_when_idle(&mut self, peer: PeerId) {
+        let apart = self
+            .progress
+            .get(&peer)
+            .and_then(|p| p.counts())
+            .is_some_and(|(behind, ahead)| behind + ahead > 0);
+        if !apart || self.sessions.running.iter().any(|(p, _)| *p == peer) {
+            return;
+        }
+        let now = Instant::now();
+        let earliest = self
+            .sessions
+            .rechecked
+            .get(&peer)
+            .map_or(now, |at| *at + RECHECK_EVERY);
+        self.sessions
+            .recheck
+            .entry(peer)
+            .or_insert((now + RECHECK_AFTER).max(earliest));
     }
 
     pub(super) fn on_peer_gone(&mut self, peer: PeerId) {
@@ -193,6 +260,8 @@ impl NetworkTask {
         self.keep_cut_transfers(peer);
         self.sessions.running.retain(|(p, _)| *p != peer);
         self.sessions.again.retain(|(p, _)| *p != peer);
+        self.sessions.recheck.remove(&peer);
+        self.sessions.rechecked.remove(&peer);
         let queued = self.sessions.queued.remove(&peer).unwrap_or_default();
         self.sessions.in_flight.remove(&peer);
         self.sessions.paused.remove(&peer);
@@ -453,6 +522,8 @@ impl NetworkTask {
         self.sessions.running.remove(&key);
         if self.sessions.again.remove(&key) {
             self.start_session(key.0, key.1);
+        } else {
+            self.recheck_when_idle(key.0);
         }
     }
 

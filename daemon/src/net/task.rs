@@ -184,6 +184,7 @@ impl NetworkTask {
                 _ = redial.tick() => {
                     self.finish_removals(false);
                     self.resume_paused();
+                    self.recheck_due();
                     self.redial_due();
                     self.report_progress();
                     self.relay_tick();
