@@ -332,8 +332,9 @@ fn take_submitted(rx: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>) {
 }
 
 /// Makes a group's store writes in submission order: each run of chunks in one
-/// `Store::append_chunks`, with each chat's newest record; compactions between them alone. A failed compaction is put
-/// in `refused` at its submission's place; any other failure fails the whole group.
+/// `Store::append_chunks`, with each chat's newest record; compactions between them alone. A
+/// failed compaction is put in `refused` at its submission's place; any other failure fails the
+/// whole group.
 fn write_batch(
     store: &Store,
     batch: &[Pending],
