@@ -119,6 +119,15 @@ impl Pending {
     }
 }
 
+/// The devices whose time in `times` has come.
+fn due(times: &HashMap<PeerId, Instant>, now: Instant) -> Vec<PeerId> {
+    times
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(peer, _)| *peer)
+        .collect()
+}
+
 fn device_of(peer: &PeerId) -> Option<DeviceId> {
     DeviceId::new(peer.to_base58()).ok()
 }
@@ -209,36 +218,27 @@ impl NetworkTask {
     /// Trades summaries with the devices due for it (see [`RECHECK_AFTER`]).
     pub(super) fn recheck_due(&mut self) {
         let now = Instant::now();
-        let due: Vec<PeerId> = self
-            .sessions
-            .recheck
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in due {
+        for peer in due(&self.sessions.recheck, now) {
             self.sessions.recheck.remove(&peer);
-            let apart = self
-                .progress
-                .get(&peer)
-                .and_then(|p| p.counts())
-                .is_some_and(|(behind, ahead)| behind + ahead > 0);
-            if apart && self.accepted_peers().contains(&peer) {
+            if self.looks_apart(peer) && self.accepted_peers().contains(&peer) {
                 self.sessions.rechecked.insert(peer, now);
                 self.send_summary(peer);
             }
         }
     }
 
+    /// Whether some chat is known to differ between this device and `peer`.
+    fn looks_apart(&self, peer: PeerId) -> bool {
+        self.progress
+            .get(&peer)
+            .and_then(|p| p.counts())
+            .is_some_and(|(behind, ahead)| behind + ahead > 0)
+    }
+
     /// Schedules an early summary trade with `peer` if no session with it is left and its
     /// chats still look apart.
     fn recheck_when_idle(&mut self, peer: PeerId) {
-        let apart = self
-            .progress
-            .get(&peer)
-            .and_then(|p| p.counts())
-            .is_some_and(|(behind, ahead)| behind + ahead > 0);
-        if !apart || self.sessions.running.iter().any(|(p, _)| *p == peer) {
+        if !self.looks_apart(peer) || self.sessions.running.iter().any(|(p, _)| *p == peer) {
             return;
         }
         let now = Instant::now();
@@ -382,15 +382,7 @@ impl NetworkTask {
 
     /// Sends what waited for devices whose pause is over.
     pub(super) fn resume_paused(&mut self) {
-        let now = Instant::now();
-        let over: Vec<PeerId> = self
-            .sessions
-            .paused
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in over {
+        for peer in due(&self.sessions.paused, Instant::now()) {
             self.sessions.paused.remove(&peer);
             let free = MAX_IN_FLIGHT
                 .saturating_sub(self.sessions.in_flight.get(&peer).copied().unwrap_or(0));
