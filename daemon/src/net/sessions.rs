@@ -93,8 +93,8 @@ pub struct Sessions {
     pub rechecked: HashMap<PeerId, Instant>,
 }
 
-/// How long after its last session ends a device whose chats still look apart is sent a
-/// summary again, rather than at the next periodic exchange.
+/// How long after a session with it ends a device whose chats still look apart is sent a
+/// summary again (once no session with it is left), rather than at the next periodic exchange.
 ///
 /// Why: a session can end with both devices in sync while one of them cannot tell. When the
 /// last changes of a chat went out in this device's answer to the other's request, and the
@@ -220,10 +220,16 @@ impl NetworkTask {
         let now = Instant::now();
         for peer in due(&self.sessions.recheck, now) {
             self.sessions.recheck.remove(&peer);
-            if self.looks_apart(peer) && self.accepted_peers().contains(&peer) {
-                self.sessions.rechecked.insert(peer, now);
-                self.send_summary(peer);
+            if !self.looks_apart(peer) || !self.accepted_peers().contains(&peer) {
+                continue;
             }
+            // Sessions still running may yet settle the picture: look again once they end.
+            if self.sessions.running.iter().any(|(p, _)| *p == peer) {
+                self.sessions.recheck.insert(peer, now + RECHECK_AFTER);
+                continue;
+            }
+            self.sessions.rechecked.insert(peer, now);
+            self.send_summary(peer);
         }
     }
 
@@ -235,10 +241,11 @@ impl NetworkTask {
             .is_some_and(|(behind, ahead)| behind + ahead > 0)
     }
 
-    /// Schedules an early summary trade with `peer` if no session with it is left and its
-    /// chats still look apart.
+    /// Schedules an early summary trade with `peer` if its chats still look apart; it happens
+    /// once no session with it is left ([`Self::recheck_due`], so that ending a session costs
+    /// no scan of the running ones).
     fn recheck_when_idle(&mut self, peer: PeerId) {
-        if !self.looks_apart(peer) || self.sessions.running.iter().any(|(p, _)| *p == peer) {
+        if !self.looks_apart(peer) {
             return;
         }
         let now = Instant::now();
