@@ -16,6 +16,15 @@
 //! the batch must hold an attested change of that actor, every attestation must be the actor's
 //! device's signature, and every change of the actor in the batch must be reached from an
 //! attested one through dependencies inside the batch (or changes still waiting for theirs).
+//! A wrong signature is an offence (no honest device sends one); a change no attestation
+//! reaches is only *unproven* ([`ModelError::Unproven`]): it is refused, never applied, but an
+//! honest device can send one, so nobody is blamed.
+//!
+//! **Senders make every batch provable** (`crate::proofs`): a batch of changes is completed
+//! with the changes that lead from it to the attested change of each of its actors, and a
+//! device signs its own newest change in the batch, so that the receiver can check the batch on
+//! its own, whatever subset and order of changes reached it before (Automerge's sync leaves a
+//! change out when the other side's Bloom filter wrongly claims it, about 1 in 100).
 //! A change claiming another device's actor is never reached from that device's attested
 //! changes unless the device really built on it;
 //! forging one means breaking SHA-256 or Ed25519. Signatures are checked by the caller
@@ -179,7 +188,7 @@ pub fn check_batch(
     let mut removed_changes: Vec<usize> = Vec::new();
     for (actor, (device, standing)) in &devices {
         let Some(signed) = attested.get(actor) else {
-            return Err(refused(&format!(
+            return Err(unproven(&format!(
                 "changes by device {device} came without its signature"
             )));
         };
@@ -205,7 +214,7 @@ pub fn check_batch(
             .ok_or_else(|| refused("no attestation"))?;
         let own = |i: &usize| is_new(*i) && all[*i].actor == **actor;
         if let Some(stray) = (0..all.len()).filter(own).find(|i| !reached[*i]) {
-            return Err(refused(&format!(
+            return Err(unproven(&format!(
                 "change {} claims to be by device {device} but is not covered by its signature",
                 all[stray].hash
             )));
@@ -258,8 +267,14 @@ fn reach(all: &[&ChangeMeta], index: &HashMap<ChangeHash, usize>, from: &[usize]
     reached
 }
 
+/// Data no honest device sends: a forged or garbled attestation.
 fn refused(why: &str) -> ModelError {
-    ModelError::Invalid(format!("unproven authorship: {why}"))
+    ModelError::Invalid(format!("bad authorship proof: {why}"))
+}
+
+/// Changes this replica cannot prove yet; see [`ModelError::Unproven`].
+fn unproven(why: &str) -> ModelError {
+    ModelError::Unproven(why.to_string())
 }
 
 /// Marks a [`seal`]ed payload, and its version.

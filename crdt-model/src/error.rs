@@ -25,6 +25,13 @@ pub enum ModelError {
     /// not misbehaviour; the exchange is refused and starts afresh.
     #[error("too large: {0}")]
     TooLarge(String),
+    /// Changes whose authorship this replica cannot prove yet: no attestation that reaches
+    /// them came along. An honest device can send these (it may hold changes whose covering
+    /// attestation it has not applied yet), so they are refused without blame; a forged change
+    /// is refused here too, and never applied. An attestation whose signature is wrong is
+    /// [`ModelError::Invalid`]: no honest device sends one.
+    #[error("unproven authorship: {0}")]
+    Unproven(String),
     /// The bytes are not a chat document this version understands.
     #[error("not a valid chat document: {0}")]
     Corrupt(String),

@@ -13,6 +13,8 @@
 //! - `touched`: what received changes did to each message ([`Touched`]), read off their
 //!   operations.
 //! - [`authorship`]: which device wrote a change, and the signatures that prove it.
+//! - [`proofs`]: one replica's attestations for one chat, and outgoing sync messages made
+//!   provable on their own.
 //! - [`roster`]: [`RosterDoc`], the replicated list of the devices that may sync.
 //! - [`limits`]: size limits every replica enforces on what it writes and what it shows.
 //! - [`wire_check`]: checks on bytes from peers (sync messages, documents) before Automerge
@@ -35,6 +37,7 @@ pub mod chat;
 pub mod clock;
 pub mod ids;
 pub mod limits;
+pub mod proofs;
 pub mod message;
 pub mod roster;
 pub mod schema;

@@ -26,8 +26,8 @@ use super::EngineError;
 #[derive(Debug)]
 pub struct LoadedChat {
     pub doc: ChatDoc,
-    /// The newest attestation of each actor, to send with its changes.
-    pub tops: super::signatures::Tops,
+    /// The attestations that vouch for each actor's changes, to send with them.
+    pub proofs: chatsync_model::proofs::Proofs,
     /// Sequence number of the next chunk to write.
     pub next_seq: u64,
     pub base_bytes: u64,
@@ -217,7 +217,7 @@ mod tests {
         let device = Device::new(DeviceId::new("dev").unwrap(), "d").unwrap();
         LoadedChat {
             doc: ChatDoc::create(ChatId::new(id).unwrap(), "t", &device, 0).unwrap(),
-            tops: Default::default(),
+            proofs: Default::default(),
             next_seq: 0,
             base_bytes: bytes,
             chunks: 0,

@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 pub use devices::Trust;
 pub use error::EngineError;
 pub use events::{Event, MessageEventKind};
-pub use sync::{MAX_SYNC_BYTES, Relation, SyncStep, same_heads};
+pub use sync::{MAX_SYNC_BYTES, Relation, SyncRole, SyncStep, same_heads};
 
 use self::{
     cache::{ChatCache, ChatHandle, LoadedChat},
@@ -258,7 +258,7 @@ impl Engine {
             heads: heads_hex(&mut doc),
             next_seq: 0,
         };
-        self.add_chat(&id, doc, signatures::Tops::default(), &record, &bytes)
+        self.add_chat(&id, doc, Default::default(), &record, &bytes)
             .await?;
         self.changed.mark(&id);
         Ok(ChatSummary { id, record })
@@ -270,7 +270,7 @@ impl Engine {
         &self,
         id: &ChatId,
         doc: ChatDoc,
-        tops: signatures::Tops,
+        proofs: chatsync_model::proofs::Proofs,
         record: &ChatRecord,
         bytes: &[u8],
     ) -> Result<(), EngineError> {
@@ -280,7 +280,7 @@ impl Engine {
             id.clone(),
             LoadedChat {
                 doc,
-                tops,
+                proofs,
                 next_seq: 0,
                 base_bytes: bytes.len() as u64,
                 chunks: 0,
@@ -593,9 +593,9 @@ fn load_chat(
     let stored = store
         .load_chat(id)?
         .ok_or_else(|| EngineError::Storage(format!("chat {id} has a record but no document")))?;
-    let doc = ChatDoc::load(&stored.bytes, device)
+    let mut doc = ChatDoc::load(&stored.bytes, device)
         .map_err(|e| EngineError::Storage(format!("chat {id} cannot be loaded: {e}")))?;
-    let tops = signatures::Tops::load(store, id)?;
+    let proofs = signatures::load_proofs(store, id, &mut doc)?;
     tracing::debug!(
         chat = %id,
         messages = doc.len(),
@@ -605,7 +605,7 @@ fn load_chat(
     );
     Ok(LoadedChat {
         doc,
-        tops,
+        proofs,
         next_seq: stored.next_seq.max(recorded_seq),
         base_bytes: stored.base_bytes,
         chunks: stored.chunks,

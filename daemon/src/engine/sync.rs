@@ -11,6 +11,7 @@ use automerge::sync::State;
 use chatsync_model::{
     ChatDoc, ChatId, DeviceId, Message, TouchKind, Touched,
     authorship::{self, Provenance, Standing},
+    proofs::Proofs,
 };
 
 use super::{
@@ -52,14 +53,29 @@ impl ChangedChats {
     }
 }
 
-/// Per device and chat: how far the sync protocol has got.
+/// Which side of a conversation about a chat this device is on. Both devices can run a session
+/// about the same chat at once (each after a change of its own); each conversation is a strict
+/// request-answer sequence, and keeps its own Automerge sync state, so that the two never
+/// interleave in one state (Automerge's protocol assumes messages of one conversation arrive
+/// in order, and that nothing it sent was lost).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SyncRole {
+    /// This device runs the session: it sent the first message and applies the answers.
+    Running,
+    /// The other device runs it: this device applies its requests and answers them.
+    Answering,
+}
+
+type SyncKey = (DeviceId, ChatId, SyncRole);
+
+/// Per device, chat and role: how far the sync protocol has got.
 #[derive(Default)]
 pub struct SyncStates {
-    states: std::sync::Mutex<HashMap<(DeviceId, ChatId), State>>,
+    states: std::sync::Mutex<HashMap<SyncKey, State>>,
 }
 
 impl SyncStates {
-    fn with<T>(&self, key: (DeviceId, ChatId), f: impl FnOnce(&mut State) -> T) -> T {
+    fn with<T>(&self, key: SyncKey, f: impl FnOnce(&mut State) -> T) -> T {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         if !states.contains_key(&key) && states.len() >= MAX_SYNC_STATES {
             // A fresh state only costs a larger first message next time.
@@ -72,14 +88,15 @@ impl SyncStates {
         self.states
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(d, _), _| d != device);
+            .retain(|(d, _, _), _| d != device);
     }
 
+    /// Forgets both conversations with `device` about `chat`.
     fn forget_chat(&self, device: &DeviceId, chat: &ChatId) {
-        self.states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(device.clone(), chat.clone()));
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        for role in [SyncRole::Running, SyncRole::Answering] {
+            states.remove(&(device.clone(), chat.clone(), role));
+        }
     }
 }
 
@@ -180,8 +197,9 @@ impl Engine {
         self.sync_states.forget(device);
     }
 
-    /// Forgets sync progress with a device about one chat: a message generated for it was not
-    /// sent, so the state must not assume the device has what it carried.
+    /// Forgets sync progress with a device about one chat (both conversations): a message
+    /// generated for it was not sent or not taken, so the state must not assume the device has
+    /// what it carried.
     pub fn forget_sync(&self, device: &DeviceId, chat: &ChatId) {
         self.sync_states.forget_chat(device, chat);
     }
@@ -196,34 +214,33 @@ impl Engine {
         let handle = self.chat(chat).await?;
         let mut loaded = handle.lock().await;
         let heads = loaded.doc.heads();
-        let (message, in_sync) = self
-            .sync_states
-            .with((device.clone(), chat.clone()), |state| {
-                (
-                    loaded.doc.generate_sync_message(state),
-                    in_sync(state, &heads),
-                )
-            });
+        let key = (device.clone(), chat.clone(), SyncRole::Running);
+        let (message, in_sync) = self.sync_states.with(key.clone(), |state| {
+            let message = loaded.doc.generate_sync_message(state);
+            (
+                message.map(|m| self.seal(&mut loaded, state, &m)),
+                in_sync(state, &heads),
+            )
+        });
         Ok(SyncStep {
-            message: self.seal(chat, &mut loaded, message)?,
+            message: message.transpose()?,
             in_sync,
         })
     }
 
-    /// Wraps a sync message with the attestations for the changes it carries.
+    /// Makes a sync message provable on its own and wraps it with the attestations of the
+    /// changes it carries (`chatsync_model::proofs`).
     fn seal(
         &self,
-        chat: &ChatId,
         loaded: &mut LoadedChat,
-        message: Option<Vec<u8>>,
-    ) -> Result<Option<Vec<u8>>, EngineError> {
-        let Some(message) = message else {
-            return Ok(None);
-        };
-        let actors = authorship::actors_of_sync_message(&message);
-        let attestations =
-            signatures::attestations_for(&self.signer, &self.device.id, chat, loaded, actors)?;
-        Ok(Some(authorship::seal(&attestations, &message)))
+        state: &State,
+        message: &[u8],
+    ) -> Result<Vec<u8>, EngineError> {
+        let LoadedChat { doc, proofs, .. } = loaded;
+        let sign = |statement: &[u8]| self.signer.sign(statement);
+        proofs
+            .seal_sync_message(doc, state, message, &self.device.id, &sign)
+            .map_err(|e| EngineError::Internal(format!("cannot seal a sync message: {e}")))
     }
 
     /// Where each device stands in this device's roster, for checking who wrote changes.
@@ -244,12 +261,14 @@ impl Engine {
             .collect()
     }
 
-    /// Applies a sync message from `device` about `chat`, persists what it brought, and
-    /// returns the reply (no message when there is nothing more to say).
+    /// Applies a sync message from `device` about `chat` in the conversation where this device
+    /// plays `role`, persists what it brought, and returns the reply (no message when there is
+    /// nothing more to say).
     pub async fn receive_sync(
         &self,
         device: &DeviceId,
         chat: &ChatId,
+        role: SyncRole,
         message: &[u8],
     ) -> Result<SyncStep, EngineError> {
         if message.len() > MAX_SYNC_BYTES {
@@ -263,7 +282,7 @@ impl Engine {
         let write = self.committer.begin();
         let (reply, receipt) = {
             let mut loaded = handle.lock().await;
-            let key = (device.clone(), chat.clone());
+            let key = (device.clone(), chat.clone(), role);
             let received = self.sync_states.with(key.clone(), |state| {
                 let standing =
                     |d: &DeviceId| standings.get(d).copied().unwrap_or(Standing::Unknown);
@@ -309,17 +328,13 @@ impl Engine {
                 changes,
                 tops,
             } = received;
-            // Before the chunk: an attestation in the store without its change is harmless,
-            // a change without its attestation could not be passed on.
+            // Before the chunk: an attestation in the store without its change is passed over
+            // at the next load, a change without its attestation could not be passed on.
             let held = &mut *loaded;
-            signatures::keep_received(
-                &self.store,
-                chat,
-                &mut held.tops,
-                &mut held.doc,
-                tops,
-                &self.device.id,
-            )?;
+            let kept = held
+                .proofs
+                .take_received(tops, &mut held.doc, &self.device.id);
+            signatures::persist(&self.store, chat, kept)?;
             let receipt = if changes.is_empty() {
                 None
             } else {
@@ -341,13 +356,14 @@ impl Engine {
             };
             let heads = loaded.doc.heads();
             let (message, synced) = self.sync_states.with(key, |state| {
+                let message = loaded.doc.generate_sync_message(state);
                 (
-                    loaded.doc.generate_sync_message(state),
+                    message.map(|m| self.seal(&mut loaded, state, &m)),
                     in_sync(state, &heads),
                 )
             });
             let reply = SyncStep {
-                message: self.seal(chat, &mut loaded, message)?,
+                message: message.transpose()?,
                 in_sync: synced,
             };
             self.cache.update_estimate(chat, loaded.estimated_bytes());
@@ -367,13 +383,18 @@ impl Engine {
         let handle = self.chat(chat).await?;
         let mut loaded = handle.lock().await;
         let snapshot = loaded.doc.snapshot();
-        let attestations =
-            signatures::attestations_for(&self.signer, &self.device.id, chat, &mut loaded, None)?;
+        let LoadedChat { doc, proofs, .. } = &mut *loaded;
+        let sign = |statement: &[u8]| self.signer.sign(statement);
+        // Sealing needs only the attestations; the body is saved from the snapshot, which has
+        // exactly the changes they were chosen for.
+        let sealed_empty = proofs.seal_document(doc, &[], &self.device.id, &sign);
         drop(loaded);
         let bytes = tokio::task::spawn_blocking(move || snapshot.save())
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))?;
-        Ok(authorship::seal(&attestations, &bytes))
+        let mut sealed = sealed_empty;
+        sealed.extend_from_slice(&bytes);
+        Ok(sealed)
     }
 
     /// Stores a chat received whole from another device. A chat this device already has is
@@ -431,16 +452,14 @@ impl Engine {
             heads: heads_hex(&mut doc),
             next_seq: 0,
         };
-        let mut tops = signatures::Tops::default();
-        signatures::keep_received(
-            &self.store,
-            chat,
-            &mut tops,
-            &mut doc,
-            received,
-            &self.device.id,
-        )?;
-        self.add_chat(chat, doc, tops, &record, &body).await
+        let mut proofs = Proofs::default();
+        let kept = proofs.take_received(received, &mut doc, &self.device.id);
+        signatures::persist(&self.store, chat, kept)?;
+        self.add_chat(chat, doc, proofs, &record, &body).await?;
+        // Passed on at once: every other connected device that lacks it fetches it from here,
+        // however many devices away the one that created it is.
+        self.changed.mark(chat);
+        Ok(())
     }
 }
 
@@ -473,12 +492,15 @@ fn message_events(chat: &ChatId, doc: &ChatDoc, touched: Vec<Touched>) -> Vec<Ev
 
 /// The error for changes refused by the model: why, for the other device's logs and ours.
 /// Changes by devices this one does not trust can come from an honest device that has not yet
-/// heard of a roster change, and a batch too large to take at once from one in a large
-/// catch-up; anything else the model refuses, no honest device sends.
+/// heard of a roster change, changes whose proof has not reached this device yet from one that
+/// holds them before their proof (`chatsync_model::proofs`), and a batch too large to take at
+/// once from one in a large catch-up; anything else the model refuses, no honest device sends.
 fn refusal(e: chatsync_model::ModelError) -> EngineError {
     let why = format!("refused sync data: {e}");
     match e {
-        chatsync_model::ModelError::Untrusted(_) => EngineError::Forbidden(why),
+        chatsync_model::ModelError::Untrusted(_) | chatsync_model::ModelError::Unproven(_) => {
+            EngineError::Forbidden(why)
+        }
         chatsync_model::ModelError::TooLarge(_) => EngineError::Invalid(why),
         _ => EngineError::Misbehaviour(why),
     }

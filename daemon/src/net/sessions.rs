@@ -25,7 +25,7 @@ use super::{
     task::NetworkTask,
     transfers::{Incoming, Progress as PullProgress, Purpose},
 };
-use crate::engine::{Engine, EngineError, Relation, SyncStep, same_heads};
+use crate::engine::{Engine, EngineError, Relation, SyncRole, SyncStep, same_heads};
 
 /// Messages from spawned sync work back to the network task.
 pub enum Internal {
@@ -413,7 +413,14 @@ impl NetworkTask {
             self.sessions.fetching.remove(chat);
         }
         match pending {
-            Pending::Sync(chat) | Pending::Pull(chat) => self.session_over(peer, chat),
+            Pending::Sync(chat) | Pending::Pull(chat) => {
+                // The other device may or may not have taken what went out: the next session
+                // starts from fresh state rather than assume it did.
+                if let Some(device) = device_of(&peer) {
+                    self.engine.forget_sync(&device, &chat);
+                }
+                self.session_over(peer, chat)
+            }
             Pending::Part(incoming) => {
                 // Kept to resume (`resume.rs`) unless it was cut too often.
                 if let Some(incoming) = self.keep_cut_transfer(peer, incoming)
@@ -690,7 +697,10 @@ impl NetworkTask {
         tokio::spawn(async move {
             let response = match (chat, message) {
                 (chat, Some(message)) if engine.has_chat(&chat) => {
-                    match engine.receive_sync(&device, &chat, &message).await {
+                    match engine
+                        .receive_sync(&device, &chat, SyncRole::Answering, &message)
+                        .await
+                    {
                         Ok(step) => {
                             let _ = internal
                                 .send(Internal::Answered(peer, chat, step.in_sync))
@@ -855,7 +865,11 @@ impl NetworkTask {
         let (engine, internal) = (self.engine.clone(), self.internal.clone());
         tokio::spawn(async move {
             let step = match message {
-                Some(m) => engine.receive_sync(&device, &chat, &m).await,
+                Some(m) => {
+                    engine
+                        .receive_sync(&device, &chat, SyncRole::Running, &m)
+                        .await
+                }
                 None => engine.sync_message(&device, &chat).await,
             };
             let _ = internal.send(Internal::Step(peer, chat, step)).await;

@@ -46,6 +46,22 @@ pub fn parse(id: &ChatId, key: &[u8]) -> Option<DocKey> {
     }
 }
 
+/// Key of an attestation in the `attestations.v2` tree: `chat id, 0, actor, seq` (big-endian).
+/// The sequence number is the last 8 bytes, so the actor needs no length.
+pub fn attestation(id: &ChatId, actor: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = prefix(id);
+    k.extend_from_slice(actor);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The actor and sequence number of an [`attestation`] key of chat `id`.
+pub fn parse_attestation(id: &ChatId, key: &[u8]) -> Option<(Vec<u8>, u64)> {
+    let rest = key.strip_prefix(prefix(id).as_slice())?;
+    let (actor, seq) = rest.split_last_chunk::<8>()?;
+    (!actor.is_empty()).then(|| (actor.to_vec(), u64::from_be_bytes(*seq)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,10 @@
 //! - tree `network.v1`: what the network remembers between runs (JSON): `listen` -> the ports
 //!   this device last listened on ([`ListenPorts`]); `reached/DEVICE` -> addresses that reached
 //!   a roster device, most recent first.
+//! - tree `attestations.v2`: `chat id, 0, actor, seq (u64 big-endian)` -> another device's
+//!   signature over that change (`hash, signature`), to pass its changes on; older ones of an
+//!   actor are removed once a newer one's change is known to be stored. `attestations.v1`
+//!   (one per chat and actor, from earlier versions) is still read.
 //! - tree `docs.v1`: `chat id, 0, 'B'` -> the compacted document (an Automerge save);
 //!   `chat id, 0, 'C', seq (u64 big-endian)` -> one incremental chunk (the changes of one
 //!   operation). Loading a chat concatenates the base and its chunks in key order and hands them
@@ -129,8 +133,11 @@ pub struct Store {
     chats: sled::Tree,
     docs: sled::Tree,
     roster: sled::Tree,
-    /// Other devices' newest attestation per chat and actor, to pass their changes on.
+    /// Other devices' attestations per chat, actor and sequence number, to pass their changes
+    /// on.
     attestations: sled::Tree,
+    /// The same, one per chat and actor, as earlier versions wrote them: read, never written.
+    attestations_v1: sled::Tree,
     network: sled::Tree,
     meta: sled::Tree,
 }
@@ -179,7 +186,8 @@ impl Store {
             chats: db.open_tree("chats.v1")?,
             docs: db.open_tree("docs.v1")?,
             roster: db.open_tree("roster.v1")?,
-            attestations: db.open_tree("attestations.v1")?,
+            attestations: db.open_tree("attestations.v2")?,
+            attestations_v1: db.open_tree("attestations.v1")?,
             network: db.open_tree("network.v1")?,
             meta,
             db,
@@ -328,8 +336,10 @@ impl Store {
         Ok(())
     }
 
-    /// Keeps the newest attestation of another device's actor in a chat (see
-    /// `chatsync_model::authorship`), replacing an older one.
+    /// Keeps an attestation of another device's change in a chat (see
+    /// `chatsync_model::proofs`), under its actor and sequence number. Older ones of the same
+    /// actor stay until [`Store::remove_attestations`]: written before the chunk with their
+    /// change, a newer one may name a change a crash lost, and the older one still vouches.
     pub fn put_attestation(
         &self,
         chat: &ChatId,
@@ -337,12 +347,24 @@ impl Store {
         seq: u64,
         attestation: &Attestation,
     ) -> Result<(), StoreError> {
-        let mut key = keys::prefix(chat);
-        key.extend_from_slice(actor);
-        let mut value = seq.to_be_bytes().to_vec();
+        let mut value = vec![FORMAT];
         value.extend_from_slice(&attestation.hash.0);
         value.extend_from_slice(&attestation.signature);
-        self.attestations.insert(key, value)?;
+        self.attestations
+            .insert(keys::attestation(chat, actor, seq), value)?;
+        Ok(())
+    }
+
+    /// Forgets attestations a newer one of the same actor replaced.
+    pub fn remove_attestations(
+        &self,
+        chat: &ChatId,
+        stale: &[(Vec<u8>, u64)],
+    ) -> Result<(), StoreError> {
+        for (actor, seq) in stale {
+            self.attestations
+                .remove(keys::attestation(chat, actor, *seq))?;
+        }
         Ok(())
     }
 
@@ -357,23 +379,26 @@ impl Store {
         let mut out = Vec::new();
         for item in self.attestations.scan_prefix(&prefix) {
             let (key, value) = item?;
-            let actor = key[prefix.len()..].to_vec();
-            if value.len() != 8 + 32 + SIGNATURE_BYTES {
-                tracing::warn!(%chat, "skipping an unreadable attestation record");
-                continue;
+            let parsed = keys::parse_attestation(chat, &key).zip(
+                value
+                    .strip_prefix(&[FORMAT])
+                    .and_then(attestation_from),
+            );
+            match parsed {
+                Some(((actor, seq), attestation)) => out.push((actor, seq, attestation)),
+                None => tracing::warn!(%chat, "skipping an unreadable attestation record"),
             }
-            let mut seq = [0; 8];
-            seq.copy_from_slice(&value[..8]);
-            let mut hash = [0; 32];
-            hash.copy_from_slice(&value[8..40]);
-            out.push((
-                actor,
-                u64::from_be_bytes(seq),
-                Attestation {
-                    hash: automerge::ChangeHash(hash),
-                    signature: value[40..].to_vec(),
-                },
-            ));
+        }
+        // Written by earlier versions: one per actor, `seq, hash, signature`.
+        for item in self.attestations_v1.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let actor = key[prefix.len()..].to_vec();
+            let Some((seq, rest)) = value.split_first_chunk::<8>() else {
+                continue;
+            };
+            if let Some(attestation) = attestation_from(rest) {
+                out.push((actor, u64::from_be_bytes(*seq), attestation));
+            }
         }
         Ok(out)
     }
@@ -499,3 +524,16 @@ fn decode<T: for<'de> Deserialize<'de>>(value: &[u8]) -> Result<T, StoreError> {
 
 #[cfg(test)]
 mod tests;
+
+/// An attestation stored as `hash, signature`.
+fn attestation_from(bytes: &[u8]) -> Option<Attestation> {
+    if bytes.len() != 32 + SIGNATURE_BYTES {
+        return None;
+    }
+    let mut hash = [0; 32];
+    hash.copy_from_slice(&bytes[..32]);
+    Some(Attestation {
+        hash: automerge::ChangeHash(hash),
+        signature: bytes[32..].to_vec(),
+    })
+}
