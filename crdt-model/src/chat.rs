@@ -97,6 +97,10 @@ impl Snapshot {
     pub fn save(mut self) -> Vec<u8> {
         self.0.save()
     }
+
+    pub(crate) fn automerge_mut(&mut self) -> &mut AutoCommit {
+        &mut self.0
+    }
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -753,6 +757,11 @@ impl ChatDoc {
     /// large chat takes far longer than copying it).
     pub fn snapshot(&mut self) -> Snapshot {
         Snapshot(self.doc.fork())
+    }
+
+    /// A copy of the document as it was at `heads` (which must be changes it has).
+    pub fn snapshot_at(&mut self, heads: &[ChangeHash]) -> Result<Snapshot, ModelError> {
+        Ok(Snapshot(self.doc.fork_at(heads)?))
     }
 
     /// The full document, compacted. Resets the incremental-save point.

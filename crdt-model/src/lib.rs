@@ -13,6 +13,8 @@
 //! - `touched`: what received changes did to each message ([`Touched`]), read off their
 //!   operations.
 //! - [`authorship`]: which device wrote a change, and the signatures that prove it.
+//! - [`exchange`]: one step of a sync conversation about a chat (sealed messages out, checked
+//!   messages in), the same in the daemon and in the simulator.
 //! - [`proofs`]: one replica's attestations for one chat, and outgoing sync messages made
 //!   provable on their own.
 //! - [`roster`]: [`RosterDoc`], the replicated list of the devices that may sync.
@@ -35,6 +37,7 @@
 pub mod authorship;
 pub mod chat;
 pub mod clock;
+pub mod exchange;
 pub mod ids;
 pub mod limits;
 pub mod proofs;

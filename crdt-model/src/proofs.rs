@@ -29,12 +29,12 @@
 //! No IO: signing is a callback, persisting is the caller's (the engine's store; the
 //! simulator's in-memory disk).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::{ActorId, ChangeHash};
 
 use crate::{
-    ChatDoc, DeviceId, ModelError,
+    ChatDoc, DeviceId, ModelError, Snapshot,
     authorship::{self, ActorTop, Attestation},
 };
 
@@ -136,11 +136,14 @@ impl Proofs {
     }
 
     /// Completes a sync message generated for the replica whose progress `state` tracks (see
-    /// the module docs) and seals it with the attestations of every actor in it.
+    /// the module docs) and seals it with the attestations of every actor in it. Changes this
+    /// replica cannot prove yet ([`Proofs::provable`]) are taken out, with everything in the
+    /// message built on them, and `state` forgets that it sent them, so that they go out once
+    /// they can be proven.
     pub fn seal_sync_message(
         &mut self,
         doc: &mut ChatDoc,
-        state: &automerge::sync::State,
+        state: &mut automerge::sync::State,
         message: &[u8],
         own: &DeviceId,
         sign: &SignFn<'_>,
@@ -148,118 +151,202 @@ impl Proofs {
         let mut decoded = automerge::sync::Message::decode(message)
             .map_err(|e| ModelError::Invalid(format!("cannot read own sync message: {e}")))?;
         let Some(carried) = carried_changes(&decoded)? else {
-            // A whole document: every actor's attestation.
-            let attestations = self.for_every_actor(doc, own, sign);
-            return Ok(authorship::seal(&attestations, message));
+            // A whole document (Automerge sends one when the other side lacks most of it).
+            if self.provable_heads(doc, own).is_none() && nothing_waits(doc) {
+                let attestations = self.for_every_actor(doc, own, sign);
+                return Ok(authorship::seal(&attestations, message));
+            }
+            let (mut part, attestations) = self.document_to_send(doc, own, sign)?;
+            let kept: HashSet<ChangeHash> = part
+                .automerge_mut()
+                .get_changes_meta(&[])
+                .into_iter()
+                .map(|m| m.hash)
+                .collect();
+            state.sent_hashes.retain(|h| kept.contains(h));
+            decoded.changes = vec![part.save()].into();
+            return Ok(authorship::seal(&attestations, &decoded.encode()));
         };
         if carried.is_empty() {
             return Ok(authorship::seal(&[], message));
         }
-        let mut in_batch: HashSet<ChangeHash> = carried.iter().map(|c| c.hash).collect();
-        // Newest change of each actor in the batch, by sequence number.
-        let mut newest: BTreeMap<ActorId, (u64, ChangeHash)> = BTreeMap::new();
-        let note = |newest: &mut BTreeMap<ActorId, (u64, ChangeHash)>,
-                        c: &authorship::ChangeMeta| {
-            let entry = newest.entry(c.actor.clone()).or_insert((c.seq, c.hash));
-            if c.seq > entry.0 {
-                *entry = (c.seq, c.hash);
-            }
-        };
-        for c in &carried {
-            note(&mut newest, c);
-        }
-        let mut added: Vec<automerge::Change> = Vec::new();
+        let mut batch = Batch::new(carried);
         let mut not_shared: Option<HashSet<ChangeHash>> = None;
-        let mut done: HashSet<ActorId> = HashSet::new();
-        let mut attestations = Vec::new();
-        loop {
-            let Some(actor) = newest.keys().find(|a| !done.contains(*a)).cloned() else {
-                break;
-            };
-            done.insert(actor.clone());
-            if authorship::device_of_actor(&actor).as_ref() == Some(own) {
-                let (seq, hash) = newest[&actor];
-                if let Some(attestation) = self.own(doc, &actor, seq, hash, sign) {
-                    attestations.push(attestation);
-                }
-                continue;
-            }
-            let Some((_, attestation)) = self.kept.get(&actor).cloned() else {
-                // Nothing vouches for this actor's changes here: the batch goes out unproven.
-                continue;
-            };
-            if !in_batch.contains(&attestation.hash) {
+        'settle: loop {
+            let newest = batch.newest_per_actor();
+            for (actor, (_, newest_hash)) in newest {
+                // The change whose attestation goes along: this device signs its own newest in
+                // the batch; another device's is the one kept.
+                let top = if authorship::device_of_actor(&actor).as_ref() == Some(own) {
+                    newest_hash
+                } else {
+                    let kept = self.kept.get(&actor).map(|k| k.0);
+                    let too_new = batch.of_actor_beyond(&actor, kept);
+                    if !too_new.is_empty() {
+                        batch.drop_with_dependents(too_new);
+                        continue 'settle;
+                    }
+                    match self.kept.get(&actor) {
+                        Some((_, attestation)) => attestation.hash,
+                        None => continue,
+                    }
+                };
                 let shared = not_shared
                     .get_or_insert_with(|| not_shared_with(doc, &state.shared_heads));
-                for change in path_to(doc, attestation.hash, &in_batch, shared) {
-                    in_batch.insert(change.hash());
-                    note(
-                        &mut newest,
-                        &authorship::ChangeMeta {
-                            hash: change.hash(),
-                            actor: change.actor_id().clone(),
-                            seq: change.seq(),
-                            deps: Vec::new(),
-                        },
-                    );
-                    added.push(change);
+                let path = path_to(doc, top, &batch, shared);
+                if path.is_empty() {
+                    continue;
                 }
+                // A change taken out before stays out: what is built on it cannot be proven.
+                if path
+                    .iter()
+                    .all(|c| self.provable(c, own) && !batch.dropped.contains(&c.hash()))
+                {
+                    batch.add(path);
+                } else {
+                    // The way to the attested change passes a change this replica cannot
+                    // prove: the actor's changes wait until it can.
+                    let all = batch.of_actor_beyond(&actor, Some(0));
+                    batch.drop_with_dependents(all);
+                }
+                continue 'settle;
             }
-            attestations.push(attestation);
+            break;
         }
-        if added.is_empty() {
+        for (actor, (seq, hash)) in batch.newest_per_actor() {
+            debug_assert!(
+                authorship::device_of_actor(&actor).as_ref() == Some(own)
+                    || self.kept.get(&actor).is_some_and(|(k, _)| *k >= seq),
+                "unprovable {actor} seq {seq} {hash} kept {:?} changed {} dropped {}",
+                self.kept.get(&actor).map(|k| (k.0, k.1.hash)),
+                batch.changed,
+                batch.dropped.len()
+            );
+        }
+        let attestations = self.attest(doc, batch.newest_per_actor(), own, sign);
+        if !batch.changed {
             return Ok(authorship::seal(&attestations, message));
         }
-        // Dependencies before the changes that need them, so nothing waits needlessly.
-        added.reverse();
-        let mut chunks: Vec<Vec<u8>> = decoded.changes.iter().map(<[u8]>::to_vec).collect();
-        let extra = added.iter().map(|c| c.raw_bytes().to_vec());
-        match decoded.version {
-            automerge::sync::MessageVersion::V1 => chunks.extend(extra),
-            _ => {
-                let mut joined = chunks.concat();
-                extra.for_each(|bytes| joined.extend_from_slice(&bytes));
-                chunks = vec![joined];
-            }
-        }
-        decoded.changes = chunks.into();
+        state.sent_hashes.retain(|h| !batch.dropped.contains(h));
+        let changes = batch.into_chunks();
+        decoded.changes = match decoded.version {
+            automerge::sync::MessageVersion::V1 => changes.into(),
+            _ if changes.is_empty() => automerge::sync::ChunkList::empty(),
+            _ => vec![changes.concat()].into(),
+        };
         Ok(authorship::seal(&attestations, &decoded.encode()))
     }
 
-    /// Seals a whole document with the attestations of every actor in it.
-    pub fn seal_document(
-        &mut self,
-        doc: &mut ChatDoc,
-        body: &[u8],
-        own: &DeviceId,
-        sign: &SignFn<'_>,
-    ) -> Vec<u8> {
-        let attestations = self.for_every_actor(doc, own, sign);
-        authorship::seal(&attestations, body)
+    /// Whether this replica can prove `change` to another: its own device's changes it signs
+    /// itself; another device's only up to the attestation kept for the actor (an actor's
+    /// changes form a chain, each built on the one before).
+    fn provable(&self, change: &automerge::Change, own: &DeviceId) -> bool {
+        authorship::device_of_actor(change.actor_id()).as_ref() == Some(own)
+            || self
+                .kept
+                .get(change.actor_id())
+                .is_some_and(|(seq, _)| change.seq() <= *seq)
     }
 
+    /// The heads of the part of `doc` this replica can prove to another, or `None` when it can
+    /// prove all of it. Costs a walk over every change's metadata; for whole documents only.
+    ///
+    /// A change is out if it cannot be proven ([`Proofs::provable`]), if it is built on one
+    /// that is out, or if the attested change of its actor is out (then nothing vouches for it).
+    fn provable_heads(&self, doc: &mut ChatDoc, own: &DeviceId) -> Option<Vec<ChangeHash>> {
+        let metas = doc.automerge_mut().document().get_changes_meta(&[]);
+        let own_actor =
+            |m: &automerge::ChangeMetadata<'_>| authorship::device_of_actor(&m.actor).as_ref() == Some(own);
+        let provable_meta = |m: &automerge::ChangeMetadata<'_>| {
+            own_actor(m)
+                || self
+                    .kept
+                    .get(m.actor.as_ref())
+                    .is_some_and(|(seq, _)| m.seq <= *seq)
+        };
+        if metas.iter().all(provable_meta) {
+            return None;
+        }
+        let mut out: HashSet<ChangeHash> = HashSet::new();
+        loop {
+            let before = out.len();
+            // In causal order, so one pass carries "built on" all the way.
+            for m in &metas {
+                let attested_out = !own_actor(m)
+                    && self
+                        .kept
+                        .get(m.actor.as_ref())
+                        .is_some_and(|(_, a)| out.contains(&a.hash));
+                if !out.contains(&m.hash)
+                    && (!provable_meta(m) || attested_out || m.deps.iter().any(|d| out.contains(d)))
+                {
+                    out.insert(m.hash);
+                }
+            }
+            if out.len() == before {
+                break;
+            }
+        }
+        let mut has_children: HashSet<ChangeHash> = HashSet::new();
+        for m in metas.iter().filter(|m| !out.contains(&m.hash)) {
+            has_children.extend(m.deps.iter().copied());
+        }
+        Some(
+            metas
+                .iter()
+                .filter(|m| !out.contains(&m.hash) && !has_children.contains(&m.hash))
+                .map(|m| m.hash)
+                .collect(),
+        )
+    }
+
+    /// The document to send whole to a replica that lacks it: a copy of `doc` cut to what this
+    /// replica can prove, and the attestations of every actor in it.
+    pub fn document_to_send(
+        &mut self,
+        doc: &mut ChatDoc,
+        own: &DeviceId,
+        sign: &SignFn<'_>,
+    ) -> Result<(Snapshot, Vec<Attestation>), ModelError> {
+        // Automerge saves the changes still waiting for their dependencies too: they are
+        // nobody's to vouch for here, so a document with some is cut at its heads.
+        let mut snapshot = match self.provable_heads(doc, own) {
+            None if nothing_waits(doc) => doc.snapshot(),
+            None => {
+                let heads = doc.heads();
+                doc.snapshot_at(&heads)?
+            }
+            Some(heads) => doc.snapshot_at(&heads)?,
+        };
+        let newest = newest_per_actor(snapshot.automerge_mut().document());
+        let attestations = self.attest(doc, newest, own, sign);
+        Ok((snapshot, attestations))
+    }
+
+    /// Attestations for every actor of `doc`, each for its newest change there.
     fn for_every_actor(
         &mut self,
         doc: &mut ChatDoc,
         own: &DeviceId,
         sign: &SignFn<'_>,
     ) -> Vec<Attestation> {
+        let newest = newest_per_actor(doc.automerge_mut().document());
+        self.attest(doc, newest, own, sign)
+    }
+
+    /// This device's own attestations for `newest` (actor -> newest change in what is sent),
+    /// and the kept ones of other devices' actors.
+    fn attest(
+        &mut self,
+        doc: &mut ChatDoc,
+        newest: BTreeMap<ActorId, (u64, ChangeHash)>,
+        own: &DeviceId,
+        sign: &SignFn<'_>,
+    ) -> Vec<Attestation> {
         let mut out = Vec::new();
-        for actor in doc.actors() {
+        for (actor, (seq, hash)) in newest {
             if authorship::device_of_actor(&actor).as_ref() == Some(own) {
-                let newest = if doc.actor() == &actor {
-                    doc.last_local_change()
-                } else {
-                    match self.kept.get(&actor) {
-                        Some((seq, a)) => Some((*seq, a.hash)),
-                        None => doc.newest_change_of(&actor),
-                    }
-                };
-                if let Some((seq, hash)) = newest
-                    && let Some(a) = self.own(doc, &actor, seq, hash, sign)
-                {
-                    out.push(a);
-                }
+                out.extend(self.own(doc, &actor, seq, hash, sign));
             } else if let Some((_, attestation)) = self.kept.get(&actor) {
                 out.push(attestation.clone());
             }
@@ -292,10 +379,29 @@ impl Proofs {
     }
 }
 
-/// The changes a sync message carries; `None` when it carries a whole document.
+/// The newest change of each actor in `doc`: sequence number and hash.
+fn newest_per_actor(doc: &automerge::Automerge) -> BTreeMap<ActorId, (u64, ChangeHash)> {
+    let mut newest: BTreeMap<ActorId, (u64, ChangeHash)> = BTreeMap::new();
+    for m in doc.get_changes_meta(&[]) {
+        let entry = newest.entry(m.actor.into_owned()).or_insert((m.seq, m.hash));
+        if m.seq > entry.0 {
+            *entry = (m.seq, m.hash);
+        }
+    }
+    newest
+}
+
+/// Whether no change waits in Automerge's queue for its dependencies (every such change has a
+/// missing dependency).
+fn nothing_waits(doc: &mut ChatDoc) -> bool {
+    doc.automerge_mut().get_missing_deps(&[]).is_empty()
+}
+
+/// The changes a sync message carries, each with its bytes; `None` when it carries a whole
+/// document.
 fn carried_changes(
     message: &automerge::sync::Message,
-) -> Result<Option<Vec<authorship::ChangeMeta>>, ModelError> {
+) -> Result<Option<Vec<(authorship::ChangeMeta, Vec<u8>)>>, ModelError> {
     let mut out = Vec::new();
     for entry in message.changes.iter() {
         for (document, chunk) in crate::wire_check::split_chunks(entry)
@@ -306,15 +412,102 @@ fn carried_changes(
             }
             let change = automerge::Change::try_from(chunk)
                 .map_err(|e| ModelError::Invalid(format!("cannot read own change: {e}")))?;
-            out.push(authorship::ChangeMeta {
-                hash: change.hash(),
-                actor: change.actor_id().clone(),
-                seq: change.seq(),
-                deps: change.deps().to_vec(),
-            });
+            out.push((meta_of(&change), chunk.to_vec()));
         }
     }
     Ok(Some(out))
+}
+
+fn meta_of(change: &automerge::Change) -> authorship::ChangeMeta {
+    authorship::ChangeMeta {
+        hash: change.hash(),
+        actor: change.actor_id().clone(),
+        seq: change.seq(),
+        deps: change.deps().to_vec(),
+    }
+}
+
+/// The changes of an outgoing message while it is being made provable, in the order they go.
+struct Batch {
+    changes: Vec<(authorship::ChangeMeta, Vec<u8>)>,
+    /// The dependencies of each change in the batch.
+    deps: HashMap<ChangeHash, Vec<ChangeHash>>,
+    dropped: HashSet<ChangeHash>,
+    /// Whether anything was added or dropped.
+    changed: bool,
+}
+
+impl Batch {
+    fn new(changes: Vec<(authorship::ChangeMeta, Vec<u8>)>) -> Batch {
+        let deps = changes.iter().map(|(m, _)| (m.hash, m.deps.clone())).collect();
+        Batch {
+            changes,
+            deps,
+            dropped: HashSet::new(),
+            changed: false,
+        }
+    }
+
+    /// The dependencies of a change in the batch; `None` if it is not in it.
+    fn deps_of(&self, hash: &ChangeHash) -> Option<&[ChangeHash]> {
+        self.deps.get(hash).map(Vec::as_slice)
+    }
+
+    /// The changes of `actor` with a sequence number above `seq` (all of them for `None`).
+    fn of_actor_beyond(&self, actor: &ActorId, seq: Option<u64>) -> Vec<ChangeHash> {
+        self.changes
+            .iter()
+            .filter(|(m, _)| &m.actor == actor && seq.is_none_or(|s| m.seq > s))
+            .map(|(m, _)| m.hash)
+            .collect()
+    }
+
+    fn newest_per_actor(&self) -> BTreeMap<ActorId, (u64, ChangeHash)> {
+        let mut newest: BTreeMap<ActorId, (u64, ChangeHash)> = BTreeMap::new();
+        for (m, _) in &self.changes {
+            let entry = newest.entry(m.actor.clone()).or_insert((m.seq, m.hash));
+            if m.seq > entry.0 {
+                *entry = (m.seq, m.hash);
+            }
+        }
+        newest
+    }
+
+    /// Takes out `hashes` and every change in the batch built on them.
+    fn drop_with_dependents(&mut self, hashes: Vec<ChangeHash>) {
+        let mut out: HashSet<ChangeHash> = hashes.into_iter().collect();
+        loop {
+            let before = out.len();
+            for (m, _) in &self.changes {
+                if !out.contains(&m.hash) && m.deps.iter().any(|d| out.contains(d)) {
+                    out.insert(m.hash);
+                }
+            }
+            if out.len() == before {
+                break;
+            }
+        }
+        self.changes.retain(|(m, _)| !out.contains(&m.hash));
+        self.deps.retain(|h, _| !out.contains(h));
+        self.dropped.extend(out);
+        self.changed = true;
+    }
+
+    /// Adds changes found by [`path_to`] (the attested change first): dependencies go first.
+    fn add(&mut self, path: Vec<automerge::Change>) {
+        for change in path.into_iter().rev() {
+            if !self.deps.contains_key(&change.hash()) {
+                self.deps.insert(change.hash(), change.deps().to_vec());
+                self.changes
+                    .push((meta_of(&change), change.raw_bytes().to_vec()));
+                self.changed = true;
+            }
+        }
+    }
+
+    fn into_chunks(self) -> Vec<Vec<u8>> {
+        self.changes.into_iter().map(|(_, bytes)| bytes).collect()
+    }
 }
 
 /// The changes of `doc` that are not ancestors of `shared` (heads both sides are known to
@@ -334,18 +527,24 @@ fn not_shared_with(doc: &mut ChatDoc, shared: &[ChangeHash]) -> HashSet<ChangeHa
 }
 
 /// The changes from `top` back through its dependencies that are neither in the batch nor
-/// shared, `top` first: what leads from the batch to the attested change.
+/// shared, `top` first: what the batch lacks for the receiver to follow the dependencies from
+/// the attested change `top` down to every change it covers. Changes in the batch are walked
+/// through (a hole can sit below one); shared ones end the walk.
 fn path_to(
     doc: &mut ChatDoc,
     top: ChangeHash,
-    in_batch: &HashSet<ChangeHash>,
+    batch: &Batch,
     not_shared: &HashSet<ChangeHash>,
 ) -> Vec<automerge::Change> {
     let mut out = Vec::new();
     let mut seen: HashSet<ChangeHash> = HashSet::new();
     let mut stack = vec![top];
     while let Some(hash) = stack.pop() {
-        if in_batch.contains(&hash) || !not_shared.contains(&hash) || !seen.insert(hash) {
+        if !not_shared.contains(&hash) || !seen.insert(hash) {
+            continue;
+        }
+        if let Some(deps) = batch.deps_of(&hash) {
+            stack.extend(deps.iter().copied());
             continue;
         }
         let Some(change) = doc.automerge_mut().get_change_by_hash(&hash) else {

@@ -11,6 +11,7 @@ use automerge::sync::State;
 use chatsync_model::{
     ChatDoc, ChatId, DeviceId, Message, TouchKind, Touched,
     authorship::{self, Provenance, Standing},
+    exchange,
     proofs::Proofs,
 };
 
@@ -102,11 +103,7 @@ impl SyncStates {
 
 /// One step of a sync session: the next message to send, if any, and whether this device now
 /// knows that the other one has exactly its changes.
-#[derive(Debug)]
-pub struct SyncStep {
-    pub message: Option<Vec<u8>>,
-    pub in_sync: bool,
-}
+pub use exchange::Step as SyncStep;
 
 /// How another device's copy of a chat compares with this one, from its heads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,17 +115,6 @@ pub enum Relation {
     Ahead,
 }
 
-/// Whether the other side (as far as `state` knows) has exactly `ours` heads.
-fn in_sync(state: &State, ours: &[automerge::ChangeHash]) -> bool {
-    let Some(theirs) = &state.their_heads else {
-        return false;
-    };
-    let mut theirs = theirs.clone();
-    let mut ours = ours.to_vec();
-    theirs.sort_unstable();
-    ours.sort_unstable();
-    theirs == ours
-}
 
 impl Engine {
     /// Every chat and its heads, without loading any document; at most `limit` chats, the
@@ -204,8 +190,8 @@ impl Engine {
         self.sync_states.forget_chat(device, chat);
     }
 
-    /// The next sync message for `device` about `chat` (none if it is up to date), sealed with
-    /// the attestations of the changes it carries.
+    /// The next sync message for `device` about `chat` in the conversation this device runs
+    /// (none if it is up to date), made provable and sealed (`chatsync_model::exchange`).
     pub async fn sync_message(
         &self,
         device: &DeviceId,
@@ -213,34 +199,35 @@ impl Engine {
     ) -> Result<SyncStep, EngineError> {
         let handle = self.chat(chat).await?;
         let mut loaded = handle.lock().await;
-        let heads = loaded.doc.heads();
+        let LoadedChat { doc, proofs, .. } = &mut *loaded;
+        let no_standings = HashMap::new();
         let key = (device.clone(), chat.clone(), SyncRole::Running);
-        let (message, in_sync) = self.sync_states.with(key.clone(), |state| {
-            let message = loaded.doc.generate_sync_message(state);
-            (
-                message.map(|m| self.seal(&mut loaded, state, &m)),
-                in_sync(state, &heads),
-            )
-        });
-        Ok(SyncStep {
-            message: message.transpose()?,
-            in_sync,
-        })
+        self.sync_states
+            .with(key, |state| {
+                self.with_keys(&no_standings, |keys| {
+                    exchange::next_step(doc, proofs, state, keys)
+                })
+            })
+            .map_err(|e| EngineError::Internal(format!("cannot make a sync message: {e}")))
     }
 
-    /// Makes a sync message provable on its own and wraps it with the attestations of the
-    /// changes it carries (`chatsync_model::proofs`).
-    fn seal(
+    /// Runs `f` with this device's keys and `standings` as its roster.
+    fn with_keys<T>(
         &self,
-        loaded: &mut LoadedChat,
-        state: &State,
-        message: &[u8],
-    ) -> Result<Vec<u8>, EngineError> {
-        let LoadedChat { doc, proofs, .. } = loaded;
+        standings: &HashMap<DeviceId, Standing>,
+        f: impl FnOnce(&exchange::Keys<'_>) -> T,
+    ) -> T {
         let sign = |statement: &[u8]| self.signer.sign(statement);
-        proofs
-            .seal_sync_message(doc, state, message, &self.device.id, &sign)
-            .map_err(|e| EngineError::Internal(format!("cannot seal a sync message: {e}")))
+        let verify = |d: &DeviceId, statement: &[u8], signature: &[u8]| {
+            self.signer.verify(d, statement, signature)
+        };
+        let standing = |d: &DeviceId| standings.get(d).copied().unwrap_or(Standing::Unknown);
+        f(&exchange::Keys {
+            own: &self.device.id,
+            sign: &sign,
+            verify: &verify,
+            standing: &standing,
+        })
     }
 
     /// Where each device stands in this device's roster, for checking who wrote changes.
@@ -275,32 +262,22 @@ impl Engine {
             return Err(EngineError::Misbehaviour("sync message too large".into()));
         }
         self.committer.check_healthy()?;
-        let (attestations, message) =
-            authorship::open(message).map_err(|e| EngineError::Misbehaviour(e.to_string()))?;
         let standings = self.standings().await;
         let handle = self.chat(chat).await?;
         let write = self.committer.begin();
         let (reply, receipt) = {
             let mut loaded = handle.lock().await;
             let key = (device.clone(), chat.clone(), role);
-            let received = self.sync_states.with(key.clone(), |state| {
-                let standing =
-                    |d: &DeviceId| standings.get(d).copied().unwrap_or(Standing::Unknown);
-                let verify = |d: &DeviceId, statement: &[u8], signature: &[u8]| {
-                    self.signer.verify(d, statement, signature)
-                };
-                let proof = Provenance {
-                    chat,
-                    attestations: &attestations,
-                    verify: &verify,
-                    standing: &standing,
-                };
+            let taken = self.sync_states.with(key, |state| {
+                let LoadedChat { doc, proofs, .. } = &mut *loaded;
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    loaded.doc.receive_sync_message(state, message, &proof)
+                    self.with_keys(&standings, |keys| {
+                        exchange::take_message(doc, proofs, state, message, keys)
+                    })
                 }))
             });
-            let received = match received {
-                Ok(Ok(received)) => received,
+            let taken = match taken {
+                Ok(Ok(taken)) => taken,
                 Ok(Err(e)) => {
                     // The state may count changes that were refused; the next session starts
                     // afresh.
@@ -323,17 +300,14 @@ impl Engine {
                     ));
                 }
             };
-            let chatsync_model::SyncReceived {
+            let exchange::Taken {
+                reply,
                 touched,
                 changes,
-                tops,
-            } = received;
+                kept,
+            } = taken;
             // Before the chunk: an attestation in the store without its change is passed over
             // at the next load, a change without its attestation could not be passed on.
-            let held = &mut *loaded;
-            let kept = held
-                .proofs
-                .take_received(tops, &mut held.doc, &self.device.id);
             signatures::persist(&self.store, chat, kept)?;
             let receipt = if changes.is_empty() {
                 None
@@ -354,18 +328,6 @@ impl Engine {
                 }
                 Some(write.submit(vec![store_write], events).await?)
             };
-            let heads = loaded.doc.heads();
-            let (message, synced) = self.sync_states.with(key, |state| {
-                let message = loaded.doc.generate_sync_message(state);
-                (
-                    message.map(|m| self.seal(&mut loaded, state, &m)),
-                    in_sync(state, &heads),
-                )
-            });
-            let reply = SyncStep {
-                message: message.transpose()?,
-                in_sync: synced,
-            };
             self.cache.update_estimate(chat, loaded.estimated_bytes());
             (reply, receipt)
         };
@@ -382,19 +344,18 @@ impl Engine {
     pub async fn export_chat(&self, chat: &ChatId) -> Result<Vec<u8>, EngineError> {
         let handle = self.chat(chat).await?;
         let mut loaded = handle.lock().await;
-        let snapshot = loaded.doc.snapshot();
         let LoadedChat { doc, proofs, .. } = &mut *loaded;
         let sign = |statement: &[u8]| self.signer.sign(statement);
-        // Sealing needs only the attestations; the body is saved from the snapshot, which has
-        // exactly the changes they were chosen for.
-        let sealed_empty = proofs.seal_document(doc, &[], &self.device.id, &sign);
+        // What this device can prove of the chat, and the attestations for it; saved from the
+        // snapshot beside further writes.
+        let (snapshot, attestations) = proofs
+            .document_to_send(doc, &self.device.id, &sign)
+            .map_err(|e| EngineError::Internal(format!("cannot copy chat {chat}: {e}")))?;
         drop(loaded);
         let bytes = tokio::task::spawn_blocking(move || snapshot.save())
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))?;
-        let mut sealed = sealed_empty;
-        sealed.extend_from_slice(&bytes);
-        Ok(sealed)
+        Ok(authorship::seal(&attestations, &bytes))
     }
 
     /// Stores a chat received whole from another device. A chat this device already has is

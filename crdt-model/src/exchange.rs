@@ -1,0 +1,114 @@
+//! One step of a sync conversation about one chat, without IO: what the daemon's engine does
+//! with the document under the chat's lock, and what the simulator
+//! (`crdt-model/tests/simulator/`) runs on many replicas at once.
+//!
+//! A conversation is Automerge's sync protocol between two replicas, as a strict sequence of
+//! messages: the side that runs it sends, the other answers, and so on until neither has
+//! anything to say. Each side keeps one [`automerge::sync::State`] per conversation. Two
+//! conversations about one chat between the same two replicas (each side may run one after a
+//! change of its own) must not share a state: Automerge assumes the messages of one state
+//! arrive in order and that nothing it sent was lost. When a message is lost or refused, the
+//! side that notices drops its state, and the next conversation starts afresh.
+//!
+//! Every message that carries changes is sealed with the attestations that prove who wrote
+//! them, after [`Proofs::seal_sync_message`] made it provable on its own; every message that
+//! arrives is checked before Automerge sees it ([`ChatDoc::receive_sync_message`]).
+
+use automerge::sync::State;
+
+use crate::{
+    ChatDoc, DeviceId, ModelError, Touched,
+    authorship::{self, ActorTop, Provenance, Standing, VerifyFn},
+    proofs::{Proofs, SignFn},
+};
+
+/// What a replica needs to sign its own changes and check others'.
+pub struct Keys<'a> {
+    /// The device this replica belongs to.
+    pub own: &'a DeviceId,
+    pub sign: &'a SignFn<'a>,
+    pub verify: &'a VerifyFn<'a>,
+    /// Where each device stands in this replica's roster.
+    pub standing: &'a dyn Fn(&DeviceId) -> Standing,
+}
+
+/// The next message of a conversation, if any, and whether this replica now knows that the
+/// other one has exactly its changes.
+#[derive(Debug)]
+pub struct Step {
+    pub message: Option<Vec<u8>>,
+    pub in_sync: bool,
+}
+
+/// What taking a message did: the reply, what it brought (to persist and announce) and the
+/// attestations to persist before the changes.
+#[derive(Debug)]
+pub struct Taken {
+    pub reply: Step,
+    /// The messages the changes added or changed, and how.
+    pub touched: Vec<Touched>,
+    /// The changes that were applied, encoded for the store (empty if none).
+    pub changes: Vec<u8>,
+    /// Attestations newly in charge (see [`Proofs::take_received`]): store them before
+    /// `changes`.
+    pub kept: Vec<ActorTop>,
+}
+
+/// The next message this replica sends in the conversation `state` tracks, sealed.
+pub fn next_step(
+    doc: &mut ChatDoc,
+    proofs: &mut Proofs,
+    state: &mut State,
+    keys: &Keys<'_>,
+) -> Result<Step, ModelError> {
+    let heads = doc.heads();
+    let message = match doc.generate_sync_message(state) {
+        Some(m) => Some(proofs.seal_sync_message(doc, state, &m, keys.own, keys.sign)?),
+        None => None,
+    };
+    Ok(Step {
+        message,
+        in_sync: in_sync(state, &heads),
+    })
+}
+
+/// Takes a sealed message of the conversation `state` tracks: checks and applies it, and
+/// works out the reply. On an error nothing was applied, and the caller must drop `state`
+/// (it may count changes that were refused).
+pub fn take_message(
+    doc: &mut ChatDoc,
+    proofs: &mut Proofs,
+    state: &mut State,
+    sealed: &[u8],
+    keys: &Keys<'_>,
+) -> Result<Taken, ModelError> {
+    let (attestations, body) = authorship::open(sealed)?;
+    let chat = doc.id().clone();
+    let proof = Provenance {
+        chat: &chat,
+        attestations: &attestations,
+        verify: keys.verify,
+        standing: keys.standing,
+    };
+    let received = doc.receive_sync_message(state, body, &proof)?;
+    let kept = proofs.take_received(received.tops, doc, keys.own);
+    let reply = next_step(doc, proofs, state, keys)?;
+    Ok(Taken {
+        reply,
+        touched: received.touched,
+        changes: received.changes,
+        kept,
+    })
+}
+
+/// Whether the other side (as far as `state` knows) has exactly `ours` heads.
+fn in_sync(state: &State, ours: &[automerge::ChangeHash]) -> bool {
+    let Some(theirs) = &state.their_heads else {
+        return false;
+    };
+    let mut theirs = theirs.clone();
+    let mut ours = ours.to_vec();
+    theirs.sort_unstable();
+    ours.sort_unstable();
+    theirs == ours
+}
