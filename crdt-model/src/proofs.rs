@@ -104,11 +104,7 @@ impl Proofs {
             }
             if doc.has_change(&top.attestation.hash) {
                 self.keep(top, &mut persist);
-            } else if self
-                .waiting
-                .get(&top.actor)
-                .is_none_or(|w| w.seq < top.seq)
-            {
+            } else if self.waiting.get(&top.actor).is_none_or(|w| w.seq < top.seq) {
                 self.waiting.insert(top.actor.clone(), top);
             }
         }
@@ -127,7 +123,11 @@ impl Proofs {
     }
 
     fn keep(&mut self, top: ActorTop, persist: &mut Vec<ActorTop>) {
-        if self.kept.get(&top.actor).is_some_and(|(seq, _)| *seq >= top.seq) {
+        if self
+            .kept
+            .get(&top.actor)
+            .is_some_and(|(seq, _)| *seq >= top.seq)
+        {
             return;
         }
         self.kept
@@ -191,8 +191,8 @@ impl Proofs {
                         None => continue,
                     }
                 };
-                let shared = not_shared
-                    .get_or_insert_with(|| not_shared_with(doc, &state.shared_heads));
+                let shared =
+                    not_shared.get_or_insert_with(|| not_shared_with(doc, &state.shared_heads));
                 let path = path_to(doc, top, &batch, shared);
                 if path.is_empty() {
                     continue;
@@ -255,8 +255,9 @@ impl Proofs {
     /// that is out, or if the attested change of its actor is out (then nothing vouches for it).
     fn provable_heads(&self, doc: &mut ChatDoc, own: &DeviceId) -> Option<Vec<ChangeHash>> {
         let metas = doc.automerge_mut().document().get_changes_meta(&[]);
-        let own_actor =
-            |m: &automerge::ChangeMetadata<'_>| authorship::device_of_actor(&m.actor).as_ref() == Some(own);
+        let own_actor = |m: &automerge::ChangeMetadata<'_>| {
+            authorship::device_of_actor(&m.actor).as_ref() == Some(own)
+        };
         let provable_meta = |m: &automerge::ChangeMetadata<'_>| {
             own_actor(m)
                 || self
@@ -383,7 +384,9 @@ impl Proofs {
 fn newest_per_actor(doc: &automerge::Automerge) -> BTreeMap<ActorId, (u64, ChangeHash)> {
     let mut newest: BTreeMap<ActorId, (u64, ChangeHash)> = BTreeMap::new();
     for m in doc.get_changes_meta(&[]) {
-        let entry = newest.entry(m.actor.into_owned()).or_insert((m.seq, m.hash));
+        let entry = newest
+            .entry(m.actor.into_owned())
+            .or_insert((m.seq, m.hash));
         if m.seq > entry.0 {
             *entry = (m.seq, m.hash);
         }
@@ -439,7 +442,10 @@ struct Batch {
 
 impl Batch {
     fn new(changes: Vec<(authorship::ChangeMeta, Vec<u8>)>) -> Batch {
-        let deps = changes.iter().map(|(m, _)| (m.hash, m.deps.clone())).collect();
+        let deps = changes
+            .iter()
+            .map(|(m, _)| (m.hash, m.deps.clone()))
+            .collect();
         Batch {
             changes,
             deps,

@@ -360,9 +360,12 @@ impl World {
         let node = &mut self.nodes[at];
         node.runs += 1;
         let session = format!("{}", node.runs);
-        node.device =
-            Device::with_session(node.id.clone(), node.device.name.clone(), session.as_bytes())
-                .unwrap();
+        node.device = Device::with_session(
+            node.id.clone(),
+            node.device.name.clone(),
+            session.as_bytes(),
+        )
+        .unwrap();
         node.alive = true;
         if let Some(base) = &node.disk.base {
             let mut bytes = base.clone();
@@ -406,8 +409,7 @@ impl World {
     /// A connection went down: what was in flight is lost, and both sides forget their
     /// conversations with each other (the daemon's `on_peer_gone`).
     fn disconnected(&mut self, a: usize, b: usize) {
-        self.in_flight
-            .retain(|e| key(e.from, e.to) != key(a, b));
+        self.in_flight.retain(|e| key(e.from, e.to) != key(a, b));
         for (me, other) in [(a, b), (b, a)] {
             let node = &mut self.nodes[me];
             node.states.retain(|(peer, _), _| *peer != other);
@@ -710,10 +712,18 @@ impl World {
         for (who, node) in [(at, &mut self.nodes[at])] {
             let doc = &mut node.chat.as_mut().unwrap().doc;
             for c in &changes {
-                eprintln!("  {who} has {}: {}", short(&c.hash), doc.has_change(&c.hash));
+                eprintln!(
+                    "  {who} has {}: {}",
+                    short(&c.hash),
+                    doc.has_change(&c.hash)
+                );
             }
             for a in &attestations {
-                eprintln!("  {who} has attested {}: {}", short(&a.hash), doc.has_change(&a.hash));
+                eprintln!(
+                    "  {who} has attested {}: {}",
+                    short(&a.hash),
+                    doc.has_change(&a.hash)
+                );
             }
         }
         let sender = self.nodes[peer].chat.as_mut().unwrap();
@@ -726,10 +736,16 @@ impl World {
                     sender.doc.has_change(&a.hash)
                 );
             } else {
-                eprintln!("  sender keeps nothing for {:?}", String::from_utf8_lossy(&c.actor.to_bytes()[..]));
+                eprintln!(
+                    "  sender keeps nothing for {:?}",
+                    String::from_utf8_lossy(&c.actor.to_bytes()[..])
+                );
             }
         }
-        eprintln!("  events: {:#?}", self.log.iter().rev().take(12).collect::<Vec<_>>());
+        eprintln!(
+            "  events: {:#?}",
+            self.log.iter().rev().take(12).collect::<Vec<_>>()
+        );
     }
 
     fn refused(&mut self, at: usize, peer: usize, e: ModelError) {
@@ -786,7 +802,12 @@ impl World {
             let doc = &node.chat.as_mut().unwrap().doc;
             let order: Vec<MessageId> = doc.messages().map(|m| m.id).collect();
             let unique: BTreeSet<&MessageId> = order.iter().collect();
-            assert_eq!(unique.len(), order.len(), "seed {}: a message shows twice", self.seed);
+            assert_eq!(
+                unique.len(),
+                order.len(),
+                "seed {}: a message shows twice",
+                self.seed
+            );
             orders.push(order);
         }
         for (i, order) in orders.iter().enumerate() {
@@ -795,7 +816,9 @@ impl World {
             }
             let have: BTreeSet<&MessageId> = order.iter().collect();
             if let Some(lost) = self.acknowledged.iter().find(|id| !have.contains(id)) {
-                self.fail(&format!("acknowledged post {lost} is missing on device {i}"));
+                self.fail(&format!(
+                    "acknowledged post {lost} is missing on device {i}"
+                ));
             }
         }
         let _ = rounds;

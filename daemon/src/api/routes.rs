@@ -348,6 +348,8 @@ async fn list_peers(State(st): St) -> Json<PeerListJson> {
                 chats_ahead: p.chats_ahead,
                 bytes_sent: p.bytes_sent,
                 bytes_received: p.bytes_received,
+                refusals: p.refusals,
+                offences: p.offences,
                 suspended_until: p.suspended_until,
             })
             .collect(),

@@ -161,6 +161,14 @@ pub struct PeerJson {
     /// Sync payload bytes received from it since this daemon started.
     #[serde(default)]
     pub bytes_received: u64,
+    /// Requests and answers from it this device refused without blame since it started
+    /// (changes this device cannot prove yet, by devices it does not know yet, or too many at
+    /// once). An honest mesh shows none after it settles.
+    #[serde(default)]
+    pub refusals: u64,
+    /// Data from it that no honest device sends, since this device started.
+    #[serde(default)]
+    pub offences: u64,
     /// Until when it is refused for sending data no honest device sends, or flooding.
     #[serde(default)]
     pub suspended_until: Option<i64>,

@@ -52,6 +52,15 @@ impl EngineError {
     pub fn is_misbehaviour(&self) -> bool {
         matches!(self, EngineError::Misbehaviour(_))
     }
+
+    /// Whether this is a refusal of the other device's data (with or without blame), rather
+    /// than a failure here.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Misbehaviour(_) | EngineError::Forbidden(_) | EngineError::Invalid(_)
+        )
+    }
 }
 
 impl From<StoreError> for EngineError {

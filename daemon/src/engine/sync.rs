@@ -115,7 +115,6 @@ pub enum Relation {
     Ahead,
 }
 
-
 impl Engine {
     /// Every chat and its heads, without loading any document; at most `limit` chats, the
     /// most recently active first.

@@ -78,6 +78,10 @@ pub struct PeerInfo {
     /// Sync payload bytes sent to it and received from it since this daemon started.
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Requests and answers from it this device refused without blame since it started, and
+    /// data from it that no honest device sends (`conduct.rs`).
+    pub refusals: u64,
+    pub offences: u64,
     /// Until when it is refused for misconduct (ms since the Unix epoch): see `conduct.rs`.
     pub suspended_until: Option<i64>,
 }

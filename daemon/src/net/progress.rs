@@ -37,6 +37,10 @@ pub struct PeerProgress {
     pub last_sync_ms: Option<i64>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Requests and answers from it this device refused without blame.
+    pub refusals: u64,
+    /// Data from it that no honest device sends (`conduct.rs`).
+    pub offences: u64,
 }
 
 impl PeerProgress {
@@ -130,6 +134,20 @@ impl Progress {
     pub fn sent(&mut self, peer: PeerId, bytes: usize) {
         if let Some(p) = self.entry(peer) {
             p.bytes_sent += bytes as u64;
+        }
+    }
+
+    /// This device refused a request or an answer of `peer`'s.
+    pub fn refused(&mut self, peer: PeerId) {
+        if let Some(p) = self.entry(peer) {
+            p.refusals += 1;
+        }
+    }
+
+    /// `peer` sent data no honest device sends.
+    pub fn offence(&mut self, peer: PeerId) {
+        if let Some(p) = self.entry(peer) {
+            p.offences += 1;
         }
     }
 

@@ -47,6 +47,9 @@ pub enum Internal {
     SendRoster(PeerId, Vec<u8>),
     /// This device sent data no honest device sends, refused for this reason (`conduct.rs`).
     Misbehaved(PeerId, String),
+    /// Data from this device was refused without blame (changes this one cannot prove yet,
+    /// by devices it does not know yet, or too many at once).
+    Refused(PeerId),
 }
 
 /// What an outbound request was for.
@@ -471,6 +474,7 @@ impl NetworkTask {
             }
             Internal::Compared(peer, comparison) => self.progress.compared(peer, comparison),
             Internal::Misbehaved(peer, why) => self.offence(peer, &why),
+            Internal::Refused(peer) => self.progress.refused(peer),
             Internal::Changed(chats) => {
                 for peer in self.accepted_peers() {
                     for chat in &chats {
@@ -544,6 +548,9 @@ impl NetworkTask {
                     self.offence(peer, &format!("chat {chat}: {e}"));
                 } else {
                     tracing::warn!(%peer, %chat, error = %e, "a sync round failed");
+                }
+                if e.is_refusal() && !e.is_misbehaviour() {
+                    self.progress.refused(peer);
                 }
                 self.session_over(peer, chat);
                 return;
@@ -714,7 +721,12 @@ impl NetworkTask {
                             let _ = internal.send(Internal::Misbehaved(peer, why)).await;
                             SyncResponse::Refused(e.to_string())
                         }
-                        Err(e) => refused(&peer, e),
+                        Err(e) => {
+                            if e.is_refusal() {
+                                let _ = internal.send(Internal::Refused(peer)).await;
+                            }
+                            refused(&peer, e)
+                        }
                     }
                 }
                 (chat, Some(_)) => {

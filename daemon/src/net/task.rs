@@ -519,6 +519,8 @@ impl NetworkTask {
                     chats_ahead: counts.map(|(_, ahead)| ahead),
                     bytes_sent: progress.map_or(0, |p| p.bytes_sent),
                     bytes_received: progress.map_or(0, |p| p.bytes_received),
+                    refusals: progress.map_or(0, |p| p.refusals),
+                    offences: progress.map_or(0, |p| p.offences),
                     suspended_until: self.suspended_until_ms(peer),
                 })
             })
@@ -546,6 +548,8 @@ impl NetworkTask {
                     chats_ahead: None,
                     bytes_sent: self.progress.get(peer).map_or(0, |p| p.bytes_sent),
                     bytes_received: self.progress.get(peer).map_or(0, |p| p.bytes_received),
+                    refusals: self.progress.get(peer).map_or(0, |p| p.refusals),
+                    offences: self.progress.get(peer).map_or(0, |p| p.offences),
                     suspended_until: self.suspended_until_ms(peer),
                 });
             }

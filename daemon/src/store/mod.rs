@@ -379,11 +379,8 @@ impl Store {
         let mut out = Vec::new();
         for item in self.attestations.scan_prefix(&prefix) {
             let (key, value) = item?;
-            let parsed = keys::parse_attestation(chat, &key).zip(
-                value
-                    .strip_prefix(&[FORMAT])
-                    .and_then(attestation_from),
-            );
+            let parsed = keys::parse_attestation(chat, &key)
+                .zip(value.strip_prefix(&[FORMAT]).and_then(attestation_from));
             match parsed {
                 Some(((actor, seq), attestation)) => out.push((actor, seq, attestation)),
                 None => tracing::warn!(%chat, "skipping an unreadable attestation record"),

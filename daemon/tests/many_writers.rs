@@ -1,0 +1,185 @@
+//! Many daemons in one process over loopback, all writing at once: every post reaches every
+//! device, every device shows them in one order, and no device refuses another's data (no
+//! unproven authorship, no offence, no suspension). And a chat made on one end of a chain of
+//! devices is passed on at once by the device in the middle, not at its next summary exchange.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use chatsync_daemon::{
+    api::wire::{ChatJson, DeviceListJson, PeerListJson},
+    config::Config,
+};
+use reqwest::StatusCode;
+use serde_json::json;
+use support::{TestDaemon, fixed_loopback_addr, temp_home};
+
+/// Starts `count` daemons; `dials(i)` lists the daemons daemon `i` dials. Every daemon trusts
+/// daemon 0 and daemon 0 trusts every daemon, so the roster makes them all trust each other.
+async fn start(
+    count: usize,
+    dials: impl Fn(usize) -> Vec<usize>,
+) -> (Vec<TestDaemon>, Vec<String>) {
+    let addrs: Vec<String> = (0..count).map(|_| fixed_loopback_addr()).collect();
+    // Start each once to learn its device id, which the others' peer addresses need.
+    let mut ids = Vec::new();
+    let mut homes = Vec::new();
+    for _ in 0..count {
+        let first = TestDaemon::start_in(temp_home(), Config::default()).await;
+        ids.push(first.device_id.clone());
+        homes.push(first.shutdown().await);
+    }
+    let mut daemons = Vec::new();
+    for (i, home) in homes.into_iter().enumerate() {
+        let mut config = Config::default();
+        config.network.listen = vec![addrs[i].parse().unwrap()];
+        config.network.peers = dials(i)
+            .into_iter()
+            .map(|j| format!("{}/p2p/{}", addrs[j], ids[j]).parse().unwrap())
+            .collect();
+        daemons.push(TestDaemon::start_in(home, config).await);
+    }
+    for i in 1..count {
+        for (x, y) in [(0, i), (i, 0)] {
+            daemons[x]
+                .post("/devices", json!({ "id": ids[y] }))
+                .await
+                .json::<serde_json::Value>(StatusCode::CREATED);
+        }
+    }
+    for daemon in &daemons {
+        wait(
+            "every device trusts every other",
+            Duration::from_secs(60),
+            || async {
+                let list: DeviceListJson = daemon.get("/devices").await.json(StatusCode::OK);
+                list.devices.iter().filter(|d| d.trusted).count() >= count - 1
+            },
+        )
+        .await;
+    }
+    (daemons, ids)
+}
+
+async fn wait<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn has_chat(daemon: &TestDaemon, chat: &str) -> bool {
+    daemon.get(&format!("/chats/{chat}")).await.status == StatusCode::OK
+}
+
+/// Every refusal of another device's data that `daemon` counted, by device.
+async fn refusals(daemon: &TestDaemon) -> Vec<(String, u64, u64, Option<i64>)> {
+    let peers: PeerListJson = daemon.get("/peers").await.json(StatusCode::OK);
+    peers
+        .peers
+        .into_iter()
+        .filter(|p| p.refusals > 0 || p.offences > 0 || p.suspended_until.is_some())
+        .map(|p| (p.device, p.refusals, p.offences, p.suspended_until))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_devices_posting_at_once_converge_with_no_refusal() {
+    const DEVICES: usize = 8;
+    const POSTS: usize = 12;
+    // Every device dials every device before it: one connection per pair.
+    let (daemons, _) = start(DEVICES, |i| (0..i).collect()).await;
+    let chat: ChatJson = daemons[0]
+        .post("/chats", json!({ "title": "everyone" }))
+        .await
+        .json(StatusCode::CREATED);
+    for daemon in &daemons {
+        wait("every device has the chat", Duration::from_secs(60), || {
+            has_chat(daemon, &chat.id)
+        })
+        .await;
+    }
+
+    // Everyone posts at the same moment.
+    let posting = daemons.iter().enumerate().map(|(i, daemon)| {
+        let chat = chat.id.clone();
+        async move {
+            for n in 0..POSTS {
+                daemon.post_message(&chat, &format!("{i}-{n}")).await;
+            }
+        }
+    });
+    futures_util::future::join_all(posting).await;
+
+    let expected = DEVICES * POSTS;
+    for daemon in &daemons {
+        wait(
+            "every post is on every device",
+            Duration::from_secs(90),
+            || async {
+                daemon
+                    .try_all_messages(&chat.id, 1000)
+                    .await
+                    .is_ok_and(|m| m.len() == expected)
+            },
+        )
+        .await;
+    }
+    let order = |messages: Vec<chatsync_daemon::api::wire::MessageJson>| -> Vec<String> {
+        messages.into_iter().map(|m| m.id).collect()
+    };
+    let first = order(daemons[0].all_messages(&chat.id, 1000).await);
+    for (i, daemon) in daemons.iter().enumerate() {
+        assert_eq!(
+            order(daemon.all_messages(&chat.id, 1000).await),
+            first,
+            "device {i} shows another order than device 0"
+        );
+    }
+    for (i, daemon) in daemons.iter().enumerate() {
+        assert_eq!(
+            refusals(daemon).await,
+            Vec::new(),
+            "device {i} refused honest devices' data"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_chat_crosses_a_device_in_the_middle_at_once() {
+    // A and B both dial S; A and B never meet.
+    let (daemons, _) = start(3, |i| if i == 0 { Vec::new() } else { vec![0] }).await;
+    let (s, a, b) = (&daemons[0], &daemons[1], &daemons[2]);
+    let began = Instant::now();
+    let chat: ChatJson = a
+        .post("/chats", json!({ "title": "two hops" }))
+        .await
+        .json(StatusCode::CREATED);
+    // The summary exchange that would otherwise bring it runs every 30 s.
+    wait(
+        "the chat reaches B through S",
+        Duration::from_secs(10),
+        || has_chat(b, &chat.id),
+    )
+    .await;
+    assert!(has_chat(s, &chat.id).await);
+    eprintln!("a new chat crossed two hops in {:?}", began.elapsed());
+    a.post_message(&chat.id, "over two hops").await;
+    wait(
+        "a post reaches B through S",
+        Duration::from_secs(10),
+        || async {
+            support::texts(b, &chat.id)
+                .await
+                .contains(&"over two hops".to_string())
+        },
+    )
+    .await;
+}
