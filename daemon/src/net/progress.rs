@@ -11,7 +11,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use chatsync_model::ChatId;
@@ -34,6 +34,9 @@ pub struct PeerProgress {
     sets: Option<(BTreeSet<ChatId>, BTreeSet<ChatId>)>,
     /// When each chat was last seen in sync during this connection.
     in_sync_at: HashMap<ChatId, Instant>,
+    /// Since when each chat has been seen apart, without a sync in between (see
+    /// [`STALLED_AFTER`]).
+    apart_since: HashMap<ChatId, Instant>,
     pub last_sync_ms: Option<i64>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
@@ -60,6 +63,12 @@ impl PeerProgress {
     }
 }
 
+/// How long a chat may stay apart from a device, with no session about it under way and no
+/// sync in between, before its sync counts as stalled and starts afresh (both sides' sync
+/// states forgotten). Summaries are traded again a second after a session leaves chats apart
+/// (at most every 10 s) and every 30 s, so a stall is found within about half a minute.
+pub const STALLED_AFTER: Duration = Duration::from_secs(10);
+
 /// Progress per device. Bounded: only devices that exchanged sync data are kept, at most
 /// [`MAX_PEERS`].
 #[derive(Debug, Default)]
@@ -83,16 +92,32 @@ impl Progress {
         Some(self.peers.entry(peer).or_default())
     }
 
-    /// A summary comparison finished.
-    pub fn compared(&mut self, peer: PeerId, mut comparison: Comparison) {
-        let Some(p) = self.entry(peer) else { return };
+    /// A summary comparison finished. Returns the chats that have been apart since at least
+    /// [`STALLED_AFTER`] before it, with no sync in between: their sync made no progress.
+    pub fn compared(&mut self, peer: PeerId, mut comparison: Comparison) -> Vec<ChatId> {
+        let Some(p) = self.entry(peer) else {
+            return Vec::new();
+        };
         p.in_sync_at.retain(|_, at| *at >= comparison.began);
         for chat in p.in_sync_at.keys() {
             comparison.behind.remove(chat);
             comparison.ahead.remove(chat);
         }
+        let began = comparison.began;
+        p.apart_since
+            .retain(|chat, _| comparison.behind.contains(chat) || comparison.ahead.contains(chat));
+        let mut stalled = Vec::new();
+        for chat in comparison.behind.iter().chain(&comparison.ahead) {
+            let since = p.apart_since.entry(chat.clone()).or_insert(began);
+            if began.saturating_duration_since(*since) >= STALLED_AFTER {
+                stalled.push(chat.clone());
+                // Started afresh now: judged again only after as long again.
+                *since = began;
+            }
+        }
         p.sets = Some((comparison.behind, comparison.ahead));
         p.last_sync_ms = Some(now_ms());
+        stalled
     }
 
     /// A session showed that both devices have the same heads for `chat`.
@@ -103,6 +128,7 @@ impl Progress {
             ahead.remove(chat);
         }
         p.in_sync_at.insert(chat.clone(), now);
+        p.apart_since.remove(chat);
         p.last_sync_ms = Some(now_ms());
     }
 
@@ -128,6 +154,7 @@ impl Progress {
         if let Some(p) = self.peers.get_mut(peer) {
             p.sets = None;
             p.in_sync_at.clear();
+            p.apart_since.clear();
         }
     }
 
@@ -210,5 +237,41 @@ mod tests {
             },
         );
         assert_eq!(progress.get(&peer).unwrap().counts(), Some((1, 0)));
+    }
+
+    #[test]
+    fn a_chat_apart_with_no_sync_in_between_counts_as_stalled_once_per_period() {
+        let mut progress = Progress::default();
+        let peer = PeerId::random();
+        let start = Instant::now();
+        let compare = |progress: &mut Progress, began: Instant, behind: &[&str]| {
+            progress.compared(
+                peer,
+                Comparison {
+                    began,
+                    behind: chats(behind),
+                    ahead: BTreeSet::new(),
+                },
+            )
+        };
+        assert!(compare(&mut progress, start, &["a", "b"]).is_empty());
+        // Still apart, but not for long enough.
+        let soon = start + STALLED_AFTER / 2;
+        assert!(compare(&mut progress, soon, &["a", "b"]).is_empty());
+        // "a" synced meanwhile; only "b" stayed apart all along.
+        let later = start + STALLED_AFTER;
+        progress.in_sync(peer, &ChatId::new("a").unwrap(), later);
+        let after_sync = later + Duration::from_millis(1);
+        assert_eq!(
+            compare(&mut progress, after_sync, &["a", "b"]),
+            vec![ChatId::new("b").unwrap()]
+        );
+        // Restarted: judged again only a whole period later.
+        let next = after_sync + STALLED_AFTER / 2;
+        assert!(compare(&mut progress, next, &["a", "b"]).is_empty());
+        // A chat that is no longer apart starts a new period when it is apart again.
+        assert!(compare(&mut progress, next, &[]).is_empty());
+        let again = next + STALLED_AFTER;
+        assert!(compare(&mut progress, again, &["b"]).is_empty());
     }
 }

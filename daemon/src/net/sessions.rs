@@ -472,7 +472,11 @@ impl NetworkTask {
                     self.start_session(peer, chat);
                 }
             }
-            Internal::Compared(peer, comparison) => self.progress.compared(peer, comparison),
+            Internal::Compared(peer, comparison) => {
+                for chat in self.progress.compared(peer, comparison) {
+                    self.restart_stalled(peer, chat);
+                }
+            }
             Internal::Misbehaved(peer, why) => self.offence(peer, &why),
             Internal::Refused(peer) => self.progress.refused(peer),
             Internal::Changed(chats) => {
@@ -498,6 +502,25 @@ impl NetworkTask {
             .behaviour_mut()
             .sync
             .send_response(channel, response);
+    }
+
+    /// A chat has stayed apart from `peer` with no session about it under way and no sync in
+    /// between (`progress::STALLED_AFTER`): whatever the conversation states believe, it
+    /// starts afresh from both sides' fresh states.
+    fn restart_stalled(&mut self, peer: PeerId, chat: ChatId) {
+        if self.sessions.running.contains(&(peer, chat.clone())) {
+            return;
+        }
+        let Some(device) = device_of(&peer) else {
+            return;
+        };
+        tracing::info!(
+            %peer,
+            %chat,
+            "sync with this device about this chat made no progress since it was last found              apart; starting it afresh"
+        );
+        self.engine.forget_sync(&device, &chat);
+        self.start_session(peer, chat);
     }
 
     /// Starts a sync session, or marks it to run again if one is under way.
