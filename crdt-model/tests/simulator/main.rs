@@ -52,19 +52,27 @@ fn run(base: u64, shape: Shape) {
     for seed in seeds(base) {
         let outcome = std::panic::catch_unwind(|| World::new(seed, shape).run());
         match outcome {
-            Ok(report) => rounds.push(report.rounds_to_converge),
+            Ok(report) => rounds.push((
+                report.rounds_to_converge,
+                report.messages_to_converge,
+                report.bytes_to_converge,
+                report.most_missed,
+            )),
             Err(_) => panic!(
                 "simulator seed {seed} failed; replay it with CHATSYNC_SIM_SEED={seed} cargo test -p chatsync-model --test simulator"
             ),
         }
     }
     if !rounds.is_empty() {
-        rounds.sort_unstable();
+        let max = |f: fn(&(usize, usize, usize, usize)) -> usize| rounds.iter().map(f).max();
         eprintln!(
-            "{} seeds from {base}: rounds to converge after the heal p50 {} max {}",
+            "{} seeds from {base}: after the heal at most {:?} rounds, {:?} messages, {:?} bytes \
+             (at most {:?} changes missed); see docs/benchmarks.md for the distribution",
             rounds.len(),
-            rounds[rounds.len() / 2],
-            rounds[rounds.len() - 1]
+            max(|r| r.0),
+            max(|r| r.1),
+            max(|r| r.2),
+            max(|r| r.3),
         );
     }
 }

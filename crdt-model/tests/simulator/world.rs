@@ -30,7 +30,7 @@ pub enum Shape {
 const FAULT_STEPS: usize = 400;
 /// Rounds (every message in flight delivered, then a summary exchange on every link) within
 /// which the devices must converge after the heal.
-const MAX_ROUNDS: usize = 60;
+pub const MAX_ROUNDS: usize = 60;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Role {
@@ -97,8 +97,16 @@ struct Envelope {
     body: Body,
 }
 
+/// What one run measured after the final heal.
 pub struct Report {
+    /// Rounds (every message in flight delivered, then a summary exchange on every link)
+    /// until every device had the same heads.
     pub rounds_to_converge: usize,
+    /// Messages delivered until then, and their bytes.
+    pub messages_to_converge: usize,
+    pub bytes_to_converge: usize,
+    /// Changes the device that lacked the most lacked at the heal.
+    pub most_missed: usize,
 }
 
 pub struct World {
@@ -116,6 +124,9 @@ pub struct World {
     clock: i64,
     /// Every refusal of one device's data by another, with why.
     refusals: Vec<String>,
+    /// Messages delivered so far, and their bytes.
+    delivered: usize,
+    delivered_bytes: usize,
     log: Vec<String>,
 }
 
@@ -170,6 +181,8 @@ impl World {
             posts: 0,
             clock: 1_000,
             refusals: Vec::new(),
+            delivered: 0,
+            delivered_bytes: 0,
             log: Vec::new(),
         };
         // The chat is created on one device (durably) and reaches the others by fetches.
@@ -219,10 +232,15 @@ impl World {
             }
         }
         self.heal_everything();
+        let most_missed = self.most_missed();
+        let (messages_before, bytes_before) = (self.delivered, self.delivered_bytes);
         let rounds = self.converge();
-        self.check(rounds);
+        self.check();
         Report {
             rounds_to_converge: rounds,
+            messages_to_converge: self.delivered - messages_before,
+            bytes_to_converge: self.delivered_bytes - bytes_before,
+            most_missed,
         }
     }
 
@@ -573,6 +591,11 @@ impl World {
     }
 
     fn deliver(&mut self, envelope: Envelope) {
+        self.delivered += 1;
+        self.delivered_bytes += match &envelope.body {
+            Body::Sync(m) | Body::Reply(Some(m)) | Body::Document(Some(m)) => m.len(),
+            _ => 0,
+        };
         let Envelope { from, to, body } = envelope;
         match body {
             Body::Sync(message) => {
@@ -789,7 +812,29 @@ impl World {
         heads.iter().all(|h| h.is_some() && *h == heads[0])
     }
 
-    fn check(&mut self, rounds: usize) {
+    /// The most changes any device lacks of all the devices have together.
+    fn most_missed(&mut self) -> usize {
+        let mut all: BTreeSet<automerge::ChangeHash> = BTreeSet::new();
+        let mut each = Vec::new();
+        for node in &mut self.nodes {
+            let hashes: BTreeSet<automerge::ChangeHash> = match &mut node.chat {
+                Some(chat) => chat
+                    .doc
+                    .automerge_mut()
+                    .document()
+                    .get_changes_meta(&[])
+                    .into_iter()
+                    .map(|m| m.hash)
+                    .collect(),
+                None => BTreeSet::new(),
+            };
+            all.extend(hashes.iter().copied());
+            each.push(hashes);
+        }
+        each.iter().map(|h| all.len() - h.len()).max().unwrap_or(0)
+    }
+
+    fn check(&mut self) {
         if !self.refusals.is_empty() {
             let first = self.refusals[0].clone();
             self.fail(&format!(
@@ -821,7 +866,6 @@ impl World {
                 ));
             }
         }
-        let _ = rounds;
     }
 
     fn fail(&self, why: &str) -> ! {

@@ -505,8 +505,9 @@ impl NetworkTask {
     }
 
     /// A chat has stayed apart from `peer` with no session about it under way and no sync in
-    /// between (`progress::STALLED_AFTER`): whatever the conversation states believe, it
-    /// starts afresh from both sides' fresh states.
+    /// between (`progress::STALLED_AFTER`): whatever the conversation states believe, this
+    /// device forgets its two states with `peer` about the chat and runs a session afresh.
+    /// The other device trades the same summaries, finds the same stall and does the same.
     fn restart_stalled(&mut self, peer: PeerId, chat: ChatId) {
         if self.sessions.running.contains(&(peer, chat.clone())) {
             return;
@@ -879,6 +880,9 @@ impl NetworkTask {
                             let _ = internal.send(Internal::Misbehaved(peer, why)).await;
                         }
                         Err(e) => {
+                            if e.is_refusal() {
+                                let _ = internal.send(Internal::Refused(peer)).await;
+                            }
                             tracing::warn!(%peer, %chat, error = %e, "could not store a chat")
                         }
                         Ok(()) => {}
