@@ -45,7 +45,9 @@ fn main() {
         println!("| {shape:?} | {seeds} | {rate:.1} |");
     }
     println!();
-    println!("| changes missed at the heal | runs | rounds p50 / p90 / max | messages p50 / p90 / max | KiB p50 / p90 / max |");
+    println!(
+        "| changes missed at the heal | runs | rounds p50 / p90 / max | messages p50 / p90 / max | KiB p50 / p90 / max |"
+    );
     println!("|---|---:|---:|---:|---:|");
     for (low, high) in [(0, 0), (1, 10), (11, 50), (51, 200), (201, usize::MAX)] {
         let bucket: Vec<&Report> = reports

@@ -213,16 +213,6 @@ impl Proofs {
             }
             break;
         }
-        for (actor, (seq, hash)) in batch.newest_per_actor() {
-            debug_assert!(
-                authorship::device_of_actor(&actor).as_ref() == Some(own)
-                    || self.kept.get(&actor).is_some_and(|(k, _)| *k >= seq),
-                "unprovable {actor} seq {seq} {hash} kept {:?} changed {} dropped {}",
-                self.kept.get(&actor).map(|k| (k.0, k.1.hash)),
-                batch.changed,
-                batch.dropped.len()
-            );
-        }
         let attestations = self.attest(doc, batch.newest_per_actor(), own, sign);
         if !batch.changed {
             return Ok(authorship::seal(&attestations, message));
@@ -394,6 +384,9 @@ fn newest_per_actor(doc: &automerge::Automerge) -> BTreeMap<ActorId, (u64, Chang
     newest
 }
 
+/// A change carried by a message, with its bytes.
+type Carried = (authorship::ChangeMeta, Vec<u8>);
+
 /// Whether no change waits in Automerge's queue for its dependencies (every such change has a
 /// missing dependency).
 fn nothing_waits(doc: &mut ChatDoc) -> bool {
@@ -402,9 +395,7 @@ fn nothing_waits(doc: &mut ChatDoc) -> bool {
 
 /// The changes a sync message carries, each with its bytes; `None` when it carries a whole
 /// document.
-fn carried_changes(
-    message: &automerge::sync::Message,
-) -> Result<Option<Vec<(authorship::ChangeMeta, Vec<u8>)>>, ModelError> {
+fn carried_changes(message: &automerge::sync::Message) -> Result<Option<Vec<Carried>>, ModelError> {
     let mut out = Vec::new();
     for entry in message.changes.iter() {
         for (document, chunk) in crate::wire_check::split_chunks(entry)
@@ -432,7 +423,7 @@ fn meta_of(change: &automerge::Change) -> authorship::ChangeMeta {
 
 /// The changes of an outgoing message while it is being made provable, in the order they go.
 struct Batch {
-    changes: Vec<(authorship::ChangeMeta, Vec<u8>)>,
+    changes: Vec<Carried>,
     /// The dependencies of each change in the batch.
     deps: HashMap<ChangeHash, Vec<ChangeHash>>,
     dropped: HashSet<ChangeHash>,
@@ -441,7 +432,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(changes: Vec<(authorship::ChangeMeta, Vec<u8>)>) -> Batch {
+    fn new(changes: Vec<Carried>) -> Batch {
         let deps = changes
             .iter()
             .map(|(m, _)| (m.hash, m.deps.clone()))
@@ -502,8 +493,9 @@ impl Batch {
     /// Adds changes found by [`path_to`] (the attested change first): dependencies go first.
     fn add(&mut self, path: Vec<automerge::Change>) {
         for change in path.into_iter().rev() {
-            if !self.deps.contains_key(&change.hash()) {
-                self.deps.insert(change.hash(), change.deps().to_vec());
+            if let std::collections::hash_map::Entry::Vacant(entry) = self.deps.entry(change.hash())
+            {
+                entry.insert(change.deps().to_vec());
                 self.changes
                     .push((meta_of(&change), change.raw_bytes().to_vec()));
                 self.changed = true;

@@ -27,7 +27,7 @@ pub enum Shape {
 }
 
 /// Steps of faults and writes before the final heal.
-const FAULT_STEPS: usize = 400;
+const FAULT_STEPS: usize = 250;
 /// Rounds (every message in flight delivered, then a summary exchange on every link) within
 /// which the devices must converge after the heal.
 pub const MAX_ROUNDS: usize = 60;
