@@ -137,7 +137,8 @@ impl NetworkTask {
             book,
             engine,
             sessions: Sessions::default(),
-            outbox: Outbox::default(),
+            // Numbers of an earlier run must not be taken for this run's (`transfers.rs`).
+            outbox: Outbox::starting_at(rand::random()),
             progress: Progress::default(),
             pairing: Pairing::default(),
             remembered,

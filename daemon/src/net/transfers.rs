@@ -40,6 +40,12 @@ struct Outgoing {
 }
 
 /// Large payloads waiting to be pulled by the devices they were announced to.
+///
+/// Transfer numbers start where the caller says ([`Outbox::starting_at`]); the daemon starts
+/// them at a random number each run, because a device that lost its connection in the middle
+/// of a pull resumes it by number for a while (`resume.rs`): were numbers to restart at 0, a
+/// device that pulled transfer 0 from this one before a restart could resume it with parts of
+/// another payload that the restarted daemon numbered 0 too, and take them for a lie.
 #[derive(Default)]
 pub struct Outbox {
     transfers: HashMap<u64, Outgoing>,
@@ -50,6 +56,14 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// An outbox whose first transfer is numbered `first`.
+    pub fn starting_at(first: u64) -> Outbox {
+        Outbox {
+            next: first,
+            ..Outbox::default()
+        }
+    }
+
     /// Whether `peer` is reached only through relays (small parts) or not.
     pub fn set_relayed(&mut self, peer: PeerId, relayed: bool) {
         if relayed {
