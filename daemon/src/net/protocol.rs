@@ -29,6 +29,10 @@ pub const MAX_TRANSFER_BYTES: usize = MAX_SYNC_BYTES;
 pub const MAX_SUMMARY_CHATS: usize = 50_000;
 /// Heads listed per chat in a summary at most (a chat normally has one or two).
 pub const MAX_SUMMARY_HEADS: usize = 32;
+/// A summary's encoded size at most: what fits under [`MAX_WIRE_BYTES`] with room for the
+/// request's own framing. 50,000 chats with two heads each would not fit; the most recently
+/// active that do are listed.
+pub const MAX_SUMMARY_BYTES: usize = MAX_WIRE_BYTES as usize - 64 * 1024;
 /// Largest request or response on the wire: a full summary, or one part plus framing.
 pub const MAX_WIRE_BYTES: u64 = 8 * 1024 * 1024;
 /// The [`SyncResponse::Refused`] reason of a device over its request rate (`conduct.rs`): the

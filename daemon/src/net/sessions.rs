@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use super::{
     progress::Comparison,
     protocol::{
-        ChatHeads, MAX_SUMMARY_CHATS, MAX_SUMMARY_HEADS, Payload, SLOW_DOWN, SyncRequest,
-        SyncResponse,
+        ChatHeads, MAX_SUMMARY_BYTES, MAX_SUMMARY_CHATS, MAX_SUMMARY_HEADS, Payload, SLOW_DOWN,
+        SyncRequest, SyncResponse,
     },
     task::NetworkTask,
     transfers::{Incoming, Progress as PullProgress, Purpose},
@@ -135,14 +135,31 @@ fn device_of(peer: &PeerId) -> Option<DeviceId> {
     DeviceId::new(peer.to_base58()).ok()
 }
 
+/// A summary as it goes on the wire: the most recently active chats first, as many as fit in
+/// [`MAX_SUMMARY_BYTES`] (a summary cut by the codec's size limit would never decode, and the
+/// two devices would never compare their chats again).
 fn to_wire(summary: &[(ChatId, Vec<String>)]) -> Vec<ChatHeads> {
-    summary
-        .iter()
-        .map(|(chat, heads)| ChatHeads {
+    let mut budget = MAX_SUMMARY_BYTES;
+    let mut out = Vec::with_capacity(summary.len());
+    for (chat, heads) in summary {
+        let heads: Vec<String> = heads.iter().take(MAX_SUMMARY_HEADS).cloned().collect();
+        let cost = summary_entry_bytes(chat.as_str(), &heads);
+        if cost > budget {
+            break;
+        }
+        budget -= cost;
+        out.push(ChatHeads {
             chat: chat.to_string(),
-            heads: heads.iter().take(MAX_SUMMARY_HEADS).cloned().collect(),
-        })
-        .collect()
+            heads,
+        });
+    }
+    out
+}
+
+/// An upper bound of one summary entry's CBOR size: a two-entry map, its keys, the chat id, and
+/// each head (64 hex characters) with its string header.
+fn summary_entry_bytes(chat: &str, heads: &[String]) -> usize {
+    16 + chat.len() + heads.iter().map(|h| h.len() + 3).sum::<usize>()
 }
 
 /// Decides what to do about another device's summary: fetch the chats this one lacks, and
@@ -937,5 +954,50 @@ pub async fn forward_changes(engine: Arc<Engine>, internal: mpsc::Sender<Interna
         if internal.send(Internal::Changed(chats)).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use libp2p::request_response::Codec;
+
+    use super::*;
+    use crate::net::protocol::{MAX_WIRE_BYTES, PROTOCOL};
+
+    #[test]
+    fn the_largest_summary_still_fits_on_the_wire() {
+        // 50,000 chats with two heads each is more than 8 MiB of CBOR: the summary keeps the
+        // most recently active chats that fit, and it encodes under the codec's limit.
+        let head = "ab".repeat(32);
+        let summary: Vec<(ChatId, Vec<String>)> = (0..MAX_SUMMARY_CHATS)
+            .map(|i| {
+                let chat = ChatId::new(format!("{i:032x}")).unwrap();
+                (chat, vec![head.clone(), head.clone()])
+            })
+            .collect();
+        let wire = to_wire(&summary);
+        assert!(wire.len() < summary.len(), "all {} chats fit", wire.len());
+        assert!(wire.len() > 40_000, "only {} chats fit", wire.len());
+        assert_eq!(
+            wire[0].chat,
+            summary[0].0.as_str(),
+            "the first chats are kept"
+        );
+        let mut codec =
+            request_response::cbor::codec::Codec::<SyncRequest, SyncResponse>::default();
+        let mut bytes = Vec::new();
+        libp2p::futures::executor::block_on(codec.write_request(
+            &PROTOCOL,
+            &mut libp2p::futures::io::Cursor::new(&mut bytes),
+            SyncRequest::Summary(wire),
+        ))
+        .unwrap();
+        assert!(
+            (bytes.len() as u64) < MAX_WIRE_BYTES,
+            "{} bytes is over the limit",
+            bytes.len()
+        );
     }
 }
