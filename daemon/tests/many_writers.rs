@@ -92,10 +92,14 @@ async fn refusals(daemon: &TestDaemon) -> Vec<(String, u64, u64, Option<i64>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_devices_posting_at_once_converge_with_no_refusal() {
-    const DEVICES: usize = 8;
+    // `CHATSYNC_MESH_DEVICES` runs a larger mesh by hand (12 is about 30 s on two cores).
+    let devices: usize = std::env::var("CHATSYNC_MESH_DEVICES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(8);
     const POSTS: usize = 12;
     // Every device dials every device before it: one connection per pair.
-    let (daemons, _) = start(DEVICES, |i| (0..i).collect()).await;
+    let (daemons, _) = start(devices, |i| (0..i).collect()).await;
     let chat: ChatJson = daemons[0]
         .post("/chats", json!({ "title": "everyone" }))
         .await
@@ -118,7 +122,7 @@ async fn eight_devices_posting_at_once_converge_with_no_refusal() {
     });
     futures_util::future::join_all(posting).await;
 
-    let expected = DEVICES * POSTS;
+    let expected = devices * POSTS;
     for daemon in &daemons {
         wait(
             "every post is on every device",
