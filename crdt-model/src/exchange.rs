@@ -18,8 +18,8 @@ use automerge::sync::State;
 
 use crate::{
     ChatDoc, DeviceId, ModelError, Touched,
-    authorship::{self, ActorTop, Provenance, Standing, VerifyFn},
-    proofs::{Proofs, SignFn},
+    authorship::{self, Provenance, Standing, VerifyFn},
+    proofs::{ProofWrites, Proofs, SignFn},
 };
 
 /// What a replica needs to sign its own changes and check others'.
@@ -49,9 +49,9 @@ pub struct Taken {
     pub touched: Vec<Touched>,
     /// The changes that were applied, encoded for the store (empty if none).
     pub changes: Vec<u8>,
-    /// Attestations newly in charge (see [`Proofs::take_received`]): store them before
-    /// `changes`.
-    pub kept: Vec<ActorTop>,
+    /// Attestations to store before `changes`, and to forget after them (see
+    /// [`Proofs::take_received`]).
+    pub proofs: ProofWrites,
 }
 
 /// The next message this replica sends in the conversation `state` tracks, sealed.
@@ -91,13 +91,13 @@ pub fn take_message(
         standing: keys.standing,
     };
     let received = doc.receive_sync_message(state, body, &proof)?;
-    let kept = proofs.take_received(received.tops, doc, keys.own);
+    let writes = proofs.take_received(received.tops, doc, keys.own);
     let reply = next_step(doc, proofs, state, keys)?;
     Ok(Taken {
         reply,
         touched: received.touched,
         changes: received.changes,
-        kept,
+        proofs: writes,
     })
 }
 

@@ -42,11 +42,25 @@ use crate::{
 /// out unproven, and the receiver refuses it without blame).
 pub type SignFn<'a> = dyn Fn(&[u8]) -> Option<Vec<u8>> + 'a;
 
+/// What storage must do after a receive ([`Proofs::take_received`]).
+#[derive(Debug, Default)]
+pub struct ProofWrites {
+    /// Attestations newly in charge: store them before the chunk with their changes.
+    pub store: Vec<ActorTop>,
+    /// Attestations (actor, sequence number) two generations old: forget them after the chunk
+    /// of this receive, in storage order. The one they were replaced by vouches for their
+    /// changes and is in storage behind the chunk with its change, and so stays in charge
+    /// whatever a crash keeps.
+    pub forget: Vec<(ActorId, u64)>,
+}
+
 /// The attestations one replica keeps for one chat.
 #[derive(Debug, Default)]
 pub struct Proofs {
     /// Per actor, the newest attestation of an applied change: sequence number and attestation.
     kept: BTreeMap<ActorId, (u64, Attestation)>,
+    /// Per actor, the sequence number of the stored attestation the kept one replaced.
+    replaced: BTreeMap<ActorId, u64>,
     /// Per actor, a newer attestation whose change still waits for its dependencies.
     waiting: BTreeMap<ActorId, ActorTop>,
 }
@@ -88,16 +102,17 @@ impl Proofs {
     }
 
     /// Takes the attested tops a received batch proved (from [`ChatDoc::receive_sync_message`]
-    /// or [`ChatDoc::load_untrusted`]), once `doc` has applied it. Returns those to persist now:
-    /// newer than what was kept, and their change applied (also those that waited and whose
-    /// change applied since). This device's own are skipped: it signs its own when sending.
+    /// or [`ChatDoc::load_untrusted`]), once `doc` has applied it. Returns those to persist now
+    /// (newer than what was kept, and their change applied; also those that waited and whose
+    /// change applied since), and those storage may forget. This device's own are skipped: it
+    /// signs its own when sending.
     pub fn take_received(
         &mut self,
         received: Vec<ActorTop>,
         doc: &mut ChatDoc,
         own: &DeviceId,
-    ) -> Vec<ActorTop> {
-        let mut persist = Vec::new();
+    ) -> ProofWrites {
+        let mut persist = ProofWrites::default();
         for top in received {
             if authorship::device_of_actor(&top.actor).as_ref() == Some(own) {
                 continue;
@@ -122,7 +137,7 @@ impl Proofs {
         persist
     }
 
-    fn keep(&mut self, top: ActorTop, persist: &mut Vec<ActorTop>) {
+    fn keep(&mut self, top: ActorTop, persist: &mut ProofWrites) {
         if self
             .kept
             .get(&top.actor)
@@ -130,20 +145,27 @@ impl Proofs {
         {
             return;
         }
-        self.kept
-            .insert(top.actor.clone(), (top.seq, top.attestation.clone()));
-        persist.push(top);
+        if let Some((old, _)) = self
+            .kept
+            .insert(top.actor.clone(), (top.seq, top.attestation.clone()))
+            && let Some(older) = self.replaced.insert(top.actor.clone(), old)
+        {
+            persist.forget.push((top.actor.clone(), older));
+        }
+        persist.store.push(top);
     }
 
     /// Completes a sync message generated for the replica whose progress `state` tracks (see
     /// the module docs) and seals it with the attestations of every actor in it. Changes this
     /// replica cannot prove yet ([`Proofs::provable`]) are taken out, with everything in the
-    /// message built on them, and `state` forgets that it sent them, so that they go out once
-    /// they can be proven.
+    /// message built on them. `state` still counts them as sent: offered again and taken out
+    /// again, they would keep the conversation going with empty messages for as long as the
+    /// proof takes. The conversation goes quiet instead; the next one (after a change, or when
+    /// the chat is found stalled, `net/progress.rs` in the daemon) offers them again.
     pub fn seal_sync_message(
         &mut self,
         doc: &mut ChatDoc,
-        state: &mut automerge::sync::State,
+        state: &automerge::sync::State,
         message: &[u8],
         own: &DeviceId,
         sign: &SignFn<'_>,
@@ -156,14 +178,7 @@ impl Proofs {
                 let attestations = self.for_every_actor(doc, own, sign);
                 return Ok(authorship::seal(&attestations, message));
             }
-            let (mut part, attestations) = self.document_to_send(doc, own, sign)?;
-            let kept: HashSet<ChangeHash> = part
-                .automerge_mut()
-                .get_changes_meta(&[])
-                .into_iter()
-                .map(|m| m.hash)
-                .collect();
-            state.sent_hashes.retain(|h| kept.contains(h));
+            let (part, attestations) = self.document_to_send(doc, own, sign)?;
             decoded.changes = vec![part.save()].into();
             return Ok(authorship::seal(&attestations, &decoded.encode()));
         };
@@ -217,7 +232,6 @@ impl Proofs {
         if !batch.changed {
             return Ok(authorship::seal(&attestations, message));
         }
-        state.sent_hashes.retain(|h| !batch.dropped.contains(h));
         let changes = batch.into_chunks();
         decoded.changes = match decoded.version {
             automerge::sync::MessageVersion::V1 => changes.into(),

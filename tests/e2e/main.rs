@@ -5,6 +5,7 @@
 
 mod apart;
 mod bad_requests;
+mod chaos;
 mod cli_flow;
 mod crash;
 mod devices;

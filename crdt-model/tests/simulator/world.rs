@@ -47,10 +47,13 @@ struct Disk {
     attestations: Vec<(ActorId, u64, Attestation)>,
 }
 
-/// A write not yet flushed.
+/// A write not yet flushed. A crash keeps a prefix of them, any prefix (sled recovers a
+/// prefix of its log).
 enum Write {
     Chunk(Vec<u8>),
     Attestation(ActorTop),
+    /// An attestation (actor, sequence number) forgotten.
+    Forget(ActorId, u64),
     /// A post whose chunk was written before this: acknowledged by the flush.
     Post(MessageId),
 }
@@ -75,6 +78,9 @@ struct Node {
     chat: Option<Chat>,
     disk: Disk,
     unflushed: Vec<Write>,
+    /// Messages that go out once what they answer is flushed (the daemon answers only once
+    /// what arrived is durable).
+    held: Vec<Envelope>,
     states: HashMap<(usize, Role), State>,
     running: HashMap<usize, Running>,
     /// A fetch of the chat is under way (from one device at a time).
@@ -117,6 +123,8 @@ pub struct World {
     /// Links that exist when nothing is cut, as (smaller, larger).
     links: BTreeSet<(usize, usize)>,
     cut: BTreeSet<(usize, usize)>,
+    /// Links whose devices the last summary exchange found apart (see `summary`).
+    apart: BTreeSet<(usize, usize)>,
     in_flight: VecDeque<Envelope>,
     chat: ChatId,
     acknowledged: BTreeSet<MessageId>,
@@ -149,6 +157,7 @@ impl World {
                     chat: None,
                     disk: Disk::default(),
                     unflushed: Vec::new(),
+                    held: Vec::new(),
                     states: HashMap::new(),
                     running: HashMap::new(),
                     fetching: false,
@@ -175,6 +184,7 @@ impl World {
             nodes,
             links,
             cut: BTreeSet::new(),
+            apart: BTreeSet::new(),
             in_flight: VecDeque::new(),
             chat: ChatId::new("simulated").unwrap(),
             acknowledged: BTreeSet::new(),
@@ -294,26 +304,51 @@ impl World {
         let writes = std::mem::take(&mut self.nodes[at].unflushed);
         let mut posted = false;
         for write in writes {
-            match write {
-                Write::Chunk(bytes) => {
-                    if !bytes.is_empty() {
-                        self.nodes[at].disk.chunks.push(bytes);
-                        posted = true;
-                    }
+            posted |= self.write_to_disk(at, write, true);
+        }
+        let held = std::mem::take(&mut self.nodes[at].held);
+        self.in_flight.extend(held);
+        if posted {
+            self.changed(at);
+        }
+    }
+
+    /// Puts one write on `at`'s disk; a post is acknowledged only by a flush. Returns whether
+    /// it was a chunk of changes.
+    fn write_to_disk(&mut self, at: usize, write: Write, flushed: bool) -> bool {
+        let disk = &mut self.nodes[at].disk;
+        match write {
+            Write::Chunk(bytes) => {
+                let some = !bytes.is_empty();
+                if some {
+                    disk.chunks.push(bytes);
                 }
-                Write::Attestation(top) => {
-                    self.nodes[at]
-                        .disk
-                        .attestations
-                        .push((top.actor, top.seq, top.attestation));
-                }
-                Write::Post(id) => {
+                return some;
+            }
+            Write::Attestation(top) => {
+                disk.attestations
+                    .push((top.actor, top.seq, top.attestation));
+            }
+            Write::Forget(actor, seq) => {
+                disk.attestations
+                    .retain(|(a, s, _)| !(*a == actor && *s == seq));
+            }
+            Write::Post(id) => {
+                if flushed {
                     self.acknowledged.insert(id);
                 }
             }
         }
-        if posted {
-            self.changed(at);
+        false
+    }
+
+    /// Sends what `from` worked out from data it just took: at once if nothing waits to be
+    /// flushed, else once it is.
+    fn send_when_durable(&mut self, from: usize, to: usize, body: Body) {
+        if self.nodes[from].unflushed.is_empty() {
+            self.send(from, to, body);
+        } else {
+            self.nodes[from].held.push(Envelope { from, to, body });
         }
     }
 
@@ -355,10 +390,17 @@ impl World {
         for peer in peers {
             self.disconnected(at, peer);
         }
+        // The disk keeps any prefix of what was written since the last flush.
+        let mut writes = std::mem::take(&mut self.nodes[at].unflushed);
+        let kept = self.rng.random_range(0..=writes.len());
+        writes.truncate(kept);
+        for write in writes {
+            self.write_to_disk(at, write, false);
+        }
         let node = &mut self.nodes[at];
         node.alive = false;
         node.chat = None;
-        node.unflushed.clear();
+        node.held.clear();
         node.states.clear();
         node.running.clear();
         node.fetching = false;
@@ -391,7 +433,10 @@ impl World {
                 bytes.extend_from_slice(chunk);
             }
             let mut doc = ChatDoc::load(&bytes, &node.device).unwrap();
-            let (proofs, _stale) = Proofs::restore(node.disk.attestations.clone(), &mut doc);
+            let (proofs, stale) = Proofs::restore(node.disk.attestations.clone(), &mut doc);
+            node.disk
+                .attestations
+                .retain(|(a, s, _)| !stale.iter().any(|(x, t)| x == a && t == s));
             node.chat = Some(Chat { doc, proofs });
         }
         for peer in self.peers(at) {
@@ -430,6 +475,7 @@ impl World {
         self.in_flight.retain(|e| key(e.from, e.to) != key(a, b));
         for (me, other) in [(a, b), (b, a)] {
             let node = &mut self.nodes[me];
+            node.held.retain(|e| e.to != other);
             node.states.retain(|(peer, _), _| *peer != other);
             node.running.remove(&other);
             // A fetch from the other device is lost with the connection.
@@ -471,9 +517,25 @@ impl World {
             (Some(mut x), Some(mut y)) => {
                 x.sort();
                 y.sort();
-                if x != y {
-                    self.start(a.min(b), a.max(b));
+                if x == y {
+                    self.apart.remove(&key(a, b));
+                    return;
                 }
+                // Apart at two exchanges in a row with no conversation under way: the daemon
+                // counts the chat as stalled and both devices start afresh
+                // (`net/progress.rs`, `restart_stalled`).
+                let busy = |w: &World, i: usize, j: usize| {
+                    w.nodes[i].running.get(&j).is_some_and(|r| r.busy)
+                };
+                if !self.apart.insert(key(a, b)) && !busy(self, a, b) && !busy(self, b, a) {
+                    self.note(format!("restart stalled {a} {b}"));
+                    for (me, other) in [(a, b), (b, a)] {
+                        let node = &mut self.nodes[me];
+                        node.states.remove(&(other, Role::Running));
+                        node.states.remove(&(other, Role::Answering));
+                    }
+                }
+                self.start(a.min(b), a.max(b));
             }
             (None, None) => {}
         }
@@ -504,7 +566,7 @@ impl World {
                     eprintln!(
                         "device {from} sends {} of {:?} seq {} to {to} without an attestation in the message (events {:?})",
                         &c.hash.to_string()[..8],
-                        String::from_utf8_lossy(&c.actor.to_bytes()[..]),
+                        String::from_utf8_lossy(c.actor.to_bytes()),
                         c.seq,
                         self.log.iter().rev().take(3).collect::<Vec<_>>()
                     );
@@ -605,13 +667,13 @@ impl World {
                     return;
                 }
                 match self.take(to, from, Role::Answering, &message) {
-                    Some(reply) => self.send(to, from, Body::Reply(reply)),
+                    Some(reply) => self.send_when_durable(to, from, Body::Reply(reply)),
                     None => self.send(to, from, Body::Refused),
                 }
             }
             Body::Reply(None) => self.next_request(to, from),
             Body::Reply(Some(message)) => match self.take(to, from, Role::Running, &message) {
-                Some(Some(next)) => self.send(to, from, Body::Sync(next)),
+                Some(Some(next)) => self.send_when_durable(to, from, Body::Sync(next)),
                 Some(None) => self.session_over(to, from),
                 None => self.abandon(to, from),
             },
@@ -657,13 +719,19 @@ impl World {
         });
         match taken {
             Ok(taken) => {
-                for top in taken.kept {
+                // As the engine writes them: attestations, the chunk, then what is forgotten
+                // (through the committer, after the chunk).
+                for top in taken.proofs.store {
                     node.unflushed.push(Write::Attestation(top));
                 }
-                node.unflushed.push(Write::Chunk(taken.changes));
-                // The daemon answers only once what arrived is durable; then it tells the
-                // other linked devices (`flush` does when something arrived).
-                self.flush(at);
+                if !taken.changes.is_empty() {
+                    node.unflushed.push(Write::Chunk(taken.changes));
+                }
+                for (actor, seq) in taken.proofs.forget {
+                    node.unflushed.push(Write::Forget(actor, seq));
+                }
+                // The answer goes out once this is durable (`send_when_durable`), and the
+                // other linked devices hear of it then (`flush`).
                 Some(taken.reply.message)
             }
             Err(e) => {
@@ -701,6 +769,7 @@ impl World {
                 node.disk.base = Some(body);
                 node.disk.chunks.clear();
                 node.disk.attestations = kept
+                    .store
                     .into_iter()
                     .map(|t| (t.actor, t.seq, t.attestation))
                     .collect();
@@ -724,7 +793,7 @@ impl World {
             eprintln!(
                 "  change {} {:?} seq {} deps {:?}",
                 short(&c.hash),
-                String::from_utf8_lossy(&c.actor.to_bytes()[..]),
+                String::from_utf8_lossy(c.actor.to_bytes()),
                 c.seq,
                 c.deps.iter().map(short).collect::<Vec<_>>()
             );
@@ -754,14 +823,14 @@ impl World {
             if let Some((seq, a)) = sender.proofs.kept(&c.actor) {
                 eprintln!(
                     "  sender keeps for {:?}: seq {seq} {} (has it: {})",
-                    String::from_utf8_lossy(&c.actor.to_bytes()[..]),
+                    String::from_utf8_lossy(c.actor.to_bytes()),
                     short(&a.hash),
                     sender.doc.has_change(&a.hash)
                 );
             } else {
                 eprintln!(
                     "  sender keeps nothing for {:?}",
-                    String::from_utf8_lossy(&c.actor.to_bytes()[..])
+                    String::from_utf8_lossy(c.actor.to_bytes())
                 );
             }
         }
@@ -783,14 +852,26 @@ impl World {
     fn converge(&mut self) -> usize {
         for round in 0..MAX_ROUNDS {
             let mut deliveries = 0;
-            while !self.in_flight.is_empty() {
-                self.deliver_one(0.0);
-                deliveries += 1;
-                assert!(
-                    deliveries < 1_000_000,
-                    "seed {}: conversations never end",
-                    self.seed
-                );
+            loop {
+                while !self.in_flight.is_empty() {
+                    self.deliver_one(0.0);
+                    deliveries += 1;
+                    assert!(
+                        deliveries < 1_000_000,
+                        "seed {}: conversations never end",
+                        self.seed
+                    );
+                }
+                let waiting = self
+                    .nodes
+                    .iter()
+                    .any(|n| !n.unflushed.is_empty() || !n.held.is_empty());
+                if !waiting {
+                    break;
+                }
+                for at in 0..self.nodes.len() {
+                    self.flush(at);
+                }
             }
             if self.converged() {
                 return round;

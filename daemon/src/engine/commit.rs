@@ -56,6 +56,12 @@ pub enum StoreWrite {
         base: Vec<u8>,
         through: u64,
     },
+    /// Attestations (actor, sequence number) newer ones replaced, forgotten after every chunk
+    /// submitted before (`chatsync_model::proofs::ProofWrites`).
+    ForgetAttestations {
+        chat: ChatId,
+        stale: Vec<(Vec<u8>, u64)>,
+    },
 }
 
 struct Pending {
@@ -373,6 +379,10 @@ fn write_batch(
                     if let Err(e) = store.compact(chat, base, *through) {
                         *refused = Some(e);
                     }
+                }
+                StoreWrite::ForgetAttestations { chat, stale } => {
+                    append(&mut chunks, &mut records)?;
+                    store.remove_attestations(chat, stale)?;
                 }
             }
         }

@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use automerge::ActorId;
 use chatsync_model::{ChatDoc, ChatId, DeviceId, authorship::ActorTop, proofs::Proofs};
+
 use libp2p::identity::{Keypair, PublicKey};
 
 use super::EngineError;
@@ -87,4 +88,16 @@ pub fn persist(store: &Store, chat: &ChatId, kept: Vec<ActorTop>) -> Result<(), 
         store.put_attestation(chat, top.actor.to_bytes(), top.seq, &top.attestation)?;
     }
     Ok(())
+}
+
+/// The committer's write that forgets attestations [`Proofs::take_received`] no longer needs,
+/// after the chunks submitted before it; `None` if there are none.
+pub fn forget(chat: &ChatId, stale: Vec<(ActorId, u64)>) -> Option<super::commit::StoreWrite> {
+    (!stale.is_empty()).then(|| super::commit::StoreWrite::ForgetAttestations {
+        chat: chat.clone(),
+        stale: stale
+            .into_iter()
+            .map(|(actor, seq)| (actor.to_bytes().to_vec(), seq))
+            .collect(),
+    })
 }

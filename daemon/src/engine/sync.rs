@@ -264,6 +264,7 @@ impl Engine {
         let standings = self.standings().await;
         let handle = self.chat(chat).await?;
         let write = self.committer.begin();
+        let brought: bool;
         let (reply, receipt) = {
             let mut loaded = handle.lock().await;
             let key = (device.clone(), chat.clone(), role);
@@ -303,13 +304,18 @@ impl Engine {
                 reply,
                 touched,
                 changes,
-                kept,
+                proofs,
             } = taken;
             // Before the chunk: an attestation in the store without its change is passed over
             // at the next load, a change without its attestation could not be passed on.
-            signatures::persist(&self.store, chat, kept)?;
+            signatures::persist(&self.store, chat, proofs.store)?;
+            let forget = signatures::forget(chat, proofs.forget);
+            brought = !changes.is_empty();
             let receipt = if changes.is_empty() {
-                None
+                match forget {
+                    Some(forget) => Some(write.submit(vec![forget], Vec::new()).await?),
+                    None => None,
+                }
             } else {
                 let (store_write, renamed) = self.chunk_write(
                     chat,
@@ -325,13 +331,16 @@ impl Engine {
                         record,
                     });
                 }
-                Some(write.submit(vec![store_write], events).await?)
+                let writes = std::iter::once(store_write).chain(forget).collect();
+                Some(write.submit(writes, events).await?)
             };
             self.cache.update_estimate(chat, loaded.estimated_bytes());
             (reply, receipt)
         };
         if let Some(receipt) = receipt {
             receipt.durable().await?;
+        }
+        if brought {
             // Other devices may want what just arrived.
             self.changed.mark(chat);
         }
@@ -414,7 +423,7 @@ impl Engine {
         };
         let mut proofs = Proofs::default();
         let kept = proofs.take_received(received, &mut doc, &self.device.id);
-        signatures::persist(&self.store, chat, kept)?;
+        signatures::persist(&self.store, chat, kept.store)?;
         self.add_chat(chat, doc, proofs, &record, &body).await?;
         // Passed on at once: every other connected device that lacks it fetches it from here,
         // however many devices away the one that created it is.
