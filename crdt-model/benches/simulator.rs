@@ -32,6 +32,8 @@ fn main() {
     println!("| shape | seeds | seeds/s |");
     println!("|---|---:|---:|");
     for (base, shape) in [
+        // The leading digit names the shape, as in the tests: `CHATSYNC_SIM_SEED=<seed> cargo
+        // test -p chatsync-model --test simulator` replays any of these runs.
         (10_000_000, Shape::Mesh),
         (20_000_000, Shape::Chain),
         (30_000_000, Shape::Star),

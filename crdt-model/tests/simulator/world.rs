@@ -68,7 +68,12 @@ struct Chat {
 struct Running {
     busy: bool,
     again: bool,
+    /// Requests sent in this conversation (the daemon ends one after `MAX_SESSION_ROUNDS`).
+    rounds: u32,
 }
+
+/// Requests one conversation sends at most, as in the daemon (`net/sessions.rs`).
+const MAX_SESSION_ROUNDS: u32 = 200;
 
 struct Node {
     id: DeviceId,
@@ -589,6 +594,7 @@ impl World {
             return;
         }
         running.busy = true;
+        running.rounds = 0;
         self.next_request(at, peer);
     }
 
@@ -605,8 +611,25 @@ impl World {
             .unwrap()
         };
         match step.message {
-            Some(message) => self.send(at, peer, Body::Sync(message)),
+            Some(message) => self.request(at, peer, message, false),
             None => self.session_over(at, peer),
+        }
+    }
+
+    /// `at` sends the next request of its conversation with `peer`, unless the conversation
+    /// has gone on for too long (then it ends, as in the daemon).
+    fn request(&mut self, at: usize, peer: usize, message: Vec<u8>, after_taking: bool) {
+        let running = self.nodes[at].running.entry(peer).or_default();
+        running.rounds += 1;
+        if running.rounds > MAX_SESSION_ROUNDS {
+            self.note(format!(
+                "conversation {at} -> {peer} ended after {MAX_SESSION_ROUNDS} rounds"
+            ));
+            self.session_over(at, peer);
+        } else if after_taking {
+            self.send_when_durable(at, peer, Body::Sync(message));
+        } else {
+            self.send(at, peer, Body::Sync(message));
         }
     }
 
@@ -673,7 +696,7 @@ impl World {
             }
             Body::Reply(None) => self.next_request(to, from),
             Body::Reply(Some(message)) => match self.take(to, from, Role::Running, &message) {
-                Some(Some(next)) => self.send_when_durable(to, from, Body::Sync(next)),
+                Some(Some(next)) => self.request(to, from, next, true),
                 Some(None) => self.session_over(to, from),
                 None => self.abandon(to, from),
             },

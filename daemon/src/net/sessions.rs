@@ -69,6 +69,12 @@ pub enum Pending {
 const MAX_IN_FLIGHT: usize = 16;
 /// Requests queued for one device at most (one per chat is the usual worst case).
 const MAX_QUEUED: usize = 64 * 1024;
+/// Rounds one session runs at most. Each round can carry any number of changes, so an honest
+/// session needs a handful; one that goes on is two devices trading the same heads and needs
+/// again and again (one needs a change the other cannot send yet). It ends, logged; the chat
+/// then counts as stalled and starts afresh (`progress::STALLED_AFTER`) instead of costing a
+/// round trip after round trip for as long as that lasts.
+const MAX_SESSION_ROUNDS: u32 = 200;
 /// How long nothing new is sent to a device that said "slow down" (`conduct.rs`). With at most
 /// [`MAX_IN_FLIGHT`] requests refused per pause, an honest device stays far from the refusals
 /// that count as flooding.
@@ -86,6 +92,8 @@ pub struct Sessions {
     pub running: HashSet<(PeerId, ChatId)>,
     /// Sessions to run again when the current one ends (a change arrived meanwhile).
     pub again: HashSet<(PeerId, ChatId)>,
+    /// Requests each running session has sent (see [`MAX_SESSION_ROUNDS`]).
+    pub rounds: HashMap<(PeerId, ChatId), u32>,
     /// Chats being fetched whole (from one device at a time, so each arrives once).
     pub fetching: HashSet<ChatId>,
     /// Devices that said "slow down", and until when their requests wait in their queue.
@@ -287,6 +295,7 @@ impl NetworkTask {
         self.keep_cut_transfers(peer);
         self.sessions.running.retain(|(p, _)| *p != peer);
         self.sessions.again.retain(|(p, _)| *p != peer);
+        self.sessions.rounds.retain(|(p, _), _| *p != peer);
         self.sessions.recheck.remove(&peer);
         self.sessions.rechecked.remove(&peer);
         let queued = self.sessions.queued.remove(&peer).unwrap_or_default();
@@ -571,6 +580,7 @@ impl NetworkTask {
     fn session_over(&mut self, peer: PeerId, chat: ChatId) {
         let key = (peer, chat);
         self.sessions.running.remove(&key);
+        self.sessions.rounds.remove(&key);
         if self.sessions.again.remove(&key) {
             self.start_session(key.0, key.1);
         } else {
@@ -599,6 +609,25 @@ impl NetworkTask {
         };
         if step.in_sync {
             self.progress.in_sync(peer, &chat, Instant::now());
+        }
+        if step.message.is_some() {
+            let rounds = self
+                .sessions
+                .rounds
+                .entry((peer, chat.clone()))
+                .or_default();
+            *rounds += 1;
+            if *rounds > MAX_SESSION_ROUNDS {
+                tracing::warn!(
+                    %peer,
+                    %chat,
+                    rounds = MAX_SESSION_ROUNDS,
+                    "a sync session went on without settling; ending it (it starts afresh once \
+                     the chat counts as stalled)"
+                );
+                self.session_over(peer, chat);
+                return;
+            }
         }
         match step.message {
             Some(message) if message.len() <= self.outbox.part_bytes(&peer) => {
