@@ -102,7 +102,7 @@ pub fn take_message(
 }
 
 /// Whether the other side (as far as `state` knows) has exactly `ours` heads.
-fn in_sync(state: &State, ours: &[automerge::ChangeHash]) -> bool {
+pub fn in_sync(state: &State, ours: &[automerge::ChangeHash]) -> bool {
     let Some(theirs) = &state.their_heads else {
         return false;
     };

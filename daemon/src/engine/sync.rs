@@ -11,7 +11,7 @@ use automerge::sync::State;
 use chatsync_model::{
     ChatDoc, ChatId, DeviceId, Message, TouchKind, Touched,
     authorship::{self, Provenance, Standing},
-    exchange,
+    exchange::{self, in_sync},
     proofs::Proofs,
 };
 
@@ -83,6 +83,28 @@ impl SyncStates {
             states.clear();
         }
         f(states.entry(key).or_default())
+    }
+
+    /// Whether `device` is known to have exactly `heads` of `chat` from the conversation it
+    /// runs with this device, while this device has not started one of its own: then there is
+    /// nothing to start. (After taking a device's changes, this device tells every device of
+    /// them, the one they came from too; without this, every post would cost that device a
+    /// second conversation to learn what it already knows.)
+    fn peer_has_exactly(
+        &self,
+        device: &DeviceId,
+        chat: &ChatId,
+        heads: &[automerge::ChangeHash],
+    ) -> bool {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let running = (device.clone(), chat.clone(), SyncRole::Running);
+        if states.get(&running).is_some_and(|s| s.have_responded) {
+            return false;
+        }
+        let answering = (device.clone(), chat.clone(), SyncRole::Answering);
+        states
+            .get(&answering)
+            .is_some_and(|state| in_sync(state, heads))
     }
 
     fn forget(&self, device: &DeviceId) {
@@ -199,6 +221,15 @@ impl Engine {
         let handle = self.chat(chat).await?;
         let mut loaded = handle.lock().await;
         let LoadedChat { doc, proofs, .. } = &mut *loaded;
+        if self
+            .sync_states
+            .peer_has_exactly(device, chat, &doc.heads())
+        {
+            return Ok(SyncStep {
+                message: None,
+                in_sync: true,
+            });
+        }
         let no_standings = HashMap::new();
         let key = (device.clone(), chat.clone(), SyncRole::Running);
         self.sync_states
