@@ -44,7 +44,9 @@ pub struct Step {
 /// attestations to persist before the changes.
 #[derive(Debug)]
 pub struct Taken {
-    pub reply: Step,
+    /// The reply; an error here is this replica's own (it could not make its message), never
+    /// the other's: what arrived was applied and must be persisted all the same.
+    pub reply: Result<Step, ModelError>,
     /// The messages the changes added or changed, and how.
     pub touched: Vec<Touched>,
     /// The changes that were applied, encoded for the store (empty if none).
@@ -63,7 +65,7 @@ pub fn next_step(
 ) -> Result<Step, ModelError> {
     let heads = doc.heads();
     let message = match doc.generate_sync_message(state) {
-        Some(m) => Some(proofs.seal_sync_message(doc, state, &m, keys.own, keys.sign)?),
+        Some(m) => proofs.seal_sync_message(doc, state, &m, keys.own, keys.sign)?,
         None => None,
     };
     Ok(Step {
@@ -92,7 +94,7 @@ pub fn take_message(
     };
     let received = doc.receive_sync_message(state, body, &proof)?;
     let writes = proofs.take_received(received.tops, doc, keys.own);
-    let reply = next_step(doc, proofs, state, keys)?;
+    let reply = next_step(doc, proofs, state, keys);
     Ok(Taken {
         reply,
         touched: received.touched,

@@ -158,10 +158,11 @@ impl Proofs {
     /// Completes a sync message generated for the replica whose progress `state` tracks (see
     /// the module docs) and seals it with the attestations of every actor in it. Changes this
     /// replica cannot prove yet ([`Proofs::provable`]) are taken out, with everything in the
-    /// message built on them. `state` still counts them as sent: offered again and taken out
-    /// again, they would keep the conversation going with empty messages for as long as the
-    /// proof takes. The conversation goes quiet instead; the next one (after a change, or when
-    /// the chat is found stalled, `net/progress.rs` in the daemon) offers them again.
+    /// message built on them. When that leaves a message that carried changes with none, there
+    /// is nothing to send (`None`): the other side would only ask for them again, and the
+    /// conversation would go round and round for as long as the proof takes. It goes quiet
+    /// instead; once this replica's heads change, or the chat counts as stalled and both sides
+    /// start afresh (`net/progress.rs` in the daemon), the changes are offered again.
     pub fn seal_sync_message(
         &mut self,
         doc: &mut ChatDoc,
@@ -169,21 +170,21 @@ impl Proofs {
         message: &[u8],
         own: &DeviceId,
         sign: &SignFn<'_>,
-    ) -> Result<Vec<u8>, ModelError> {
+    ) -> Result<Option<Vec<u8>>, ModelError> {
         let mut decoded = automerge::sync::Message::decode(message)
             .map_err(|e| ModelError::Invalid(format!("cannot read own sync message: {e}")))?;
         let Some(carried) = carried_changes(&decoded)? else {
             // A whole document (Automerge sends one when the other side lacks most of it).
             if self.provable_heads(doc, own).is_none() && nothing_waits(doc) {
                 let attestations = self.for_every_actor(doc, own, sign);
-                return Ok(authorship::seal(&attestations, message));
+                return Ok(Some(authorship::seal(&attestations, message)));
             }
             let (part, attestations) = self.document_to_send(doc, own, sign)?;
             decoded.changes = vec![part.save()].into();
-            return Ok(authorship::seal(&attestations, &decoded.encode()));
+            return Ok(Some(authorship::seal(&attestations, &decoded.encode())));
         };
         if carried.is_empty() {
-            return Ok(authorship::seal(&[], message));
+            return Ok(Some(authorship::seal(&[], message)));
         }
         let mut batch = Batch::new(carried);
         let mut not_shared: Option<HashSet<ChangeHash>> = None;
@@ -206,9 +207,12 @@ impl Proofs {
                         None => continue,
                     }
                 };
-                let shared =
-                    not_shared.get_or_insert_with(|| not_shared_with(doc, &state.shared_heads));
-                let path = path_to(doc, top, &batch, shared);
+                let shared = not_shared.get_or_insert_with(|| {
+                    let known = state.shared_heads.iter().chain(state.their_heads.iter().flatten());
+                    not_shared_with(doc, known)
+                });
+                let floor = batch.lowest_start_op(&actor);
+                let path = path_to(doc, top, &batch, shared, floor);
                 if path.is_empty() {
                     continue;
                 }
@@ -228,9 +232,12 @@ impl Proofs {
             }
             break;
         }
+        if batch.changes.is_empty() {
+            return Ok(None);
+        }
         let attestations = self.attest(doc, batch.newest_per_actor(), own, sign);
         if !batch.changed {
-            return Ok(authorship::seal(&attestations, message));
+            return Ok(Some(authorship::seal(&attestations, message)));
         }
         let changes = batch.into_chunks();
         decoded.changes = match decoded.version {
@@ -238,7 +245,7 @@ impl Proofs {
             _ if changes.is_empty() => automerge::sync::ChunkList::empty(),
             _ => vec![changes.concat()].into(),
         };
-        Ok(authorship::seal(&attestations, &decoded.encode()))
+        Ok(Some(authorship::seal(&attestations, &decoded.encode())))
     }
 
     /// Whether this replica can prove `change` to another: its own device's changes it signs
@@ -321,6 +328,11 @@ impl Proofs {
                 let heads = doc.heads();
                 doc.snapshot_at(&heads)?
             }
+            Some(heads) if heads.is_empty() => {
+                return Err(ModelError::Unproven(
+                    "nothing of this chat can be proven here yet".into(),
+                ));
+            }
             Some(heads) => doc.snapshot_at(&heads)?,
         };
         let newest = newest_per_actor(snapshot.automerge_mut().document());
@@ -399,7 +411,7 @@ fn newest_per_actor(doc: &automerge::Automerge) -> BTreeMap<ActorId, (u64, Chang
 }
 
 /// A change carried by a message, with its bytes.
-type Carried = (authorship::ChangeMeta, Vec<u8>);
+type Carried = (authorship::ChangeMeta, Vec<u8>, u64);
 
 /// Whether no change waits in Automerge's queue for its dependencies (every such change has a
 /// missing dependency).
@@ -420,7 +432,7 @@ fn carried_changes(message: &automerge::sync::Message) -> Result<Option<Vec<Carr
             }
             let change = automerge::Change::try_from(chunk)
                 .map_err(|e| ModelError::Invalid(format!("cannot read own change: {e}")))?;
-            out.push((meta_of(&change), chunk.to_vec()));
+            out.push((meta_of(&change), chunk.to_vec(), change.start_op().get()));
         }
     }
     Ok(Some(out))
@@ -449,7 +461,7 @@ impl Batch {
     fn new(changes: Vec<Carried>) -> Batch {
         let deps = changes
             .iter()
-            .map(|(m, _)| (m.hash, m.deps.clone()))
+            .map(|(m, _, _)| (m.hash, m.deps.clone()))
             .collect();
         Batch {
             changes,
@@ -457,6 +469,17 @@ impl Batch {
             dropped: HashSet::new(),
             changed: false,
         }
+    }
+
+    /// The lowest start op of `actor`'s changes in the batch: nothing with a lower one is built
+    /// on any of them.
+    fn lowest_start_op(&self, actor: &ActorId) -> u64 {
+        self.changes
+            .iter()
+            .filter(|(m, _, _)| &m.actor == actor)
+            .map(|(_, _, start)| *start)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// The dependencies of a change in the batch; `None` if it is not in it.
@@ -468,14 +491,14 @@ impl Batch {
     fn of_actor_beyond(&self, actor: &ActorId, seq: Option<u64>) -> Vec<ChangeHash> {
         self.changes
             .iter()
-            .filter(|(m, _)| &m.actor == actor && seq.is_none_or(|s| m.seq > s))
-            .map(|(m, _)| m.hash)
+            .filter(|(m, _, _)| &m.actor == actor && seq.is_none_or(|s| m.seq > s))
+            .map(|(m, _, _)| m.hash)
             .collect()
     }
 
     fn newest_per_actor(&self) -> BTreeMap<ActorId, (u64, ChangeHash)> {
         let mut newest: BTreeMap<ActorId, (u64, ChangeHash)> = BTreeMap::new();
-        for (m, _) in &self.changes {
+        for (m, _, _) in &self.changes {
             let entry = newest.entry(m.actor.clone()).or_insert((m.seq, m.hash));
             if m.seq > entry.0 {
                 *entry = (m.seq, m.hash);
@@ -489,7 +512,7 @@ impl Batch {
         let mut out: HashSet<ChangeHash> = hashes.into_iter().collect();
         loop {
             let before = out.len();
-            for (m, _) in &self.changes {
+            for (m, _, _) in &self.changes {
                 if !out.contains(&m.hash) && m.deps.iter().any(|d| out.contains(d)) {
                     out.insert(m.hash);
                 }
@@ -498,7 +521,7 @@ impl Batch {
                 break;
             }
         }
-        self.changes.retain(|(m, _)| !out.contains(&m.hash));
+        self.changes.retain(|(m, _, _)| !out.contains(&m.hash));
         self.deps.retain(|h, _| !out.contains(h));
         self.dropped.extend(out);
         self.changed = true;
@@ -511,25 +534,28 @@ impl Batch {
             {
                 entry.insert(change.deps().to_vec());
                 self.changes
-                    .push((meta_of(&change), change.raw_bytes().to_vec()));
+                    .push((
+                        meta_of(&change),
+                        change.raw_bytes().to_vec(),
+                        change.start_op().get(),
+                    ));
                 self.changed = true;
             }
         }
     }
 
     fn into_chunks(self) -> Vec<Vec<u8>> {
-        self.changes.into_iter().map(|(_, bytes)| bytes).collect()
+        self.changes.into_iter().map(|(_, bytes, _)| bytes).collect()
     }
 }
 
 /// The changes of `doc` that are not ancestors of `shared` (heads both sides are known to
 /// have): what the other side may lack.
-fn not_shared_with(doc: &mut ChatDoc, shared: &[ChangeHash]) -> HashSet<ChangeHash> {
-    let shared: Vec<ChangeHash> = shared
-        .iter()
-        .copied()
-        .filter(|h| doc.has_change(h))
-        .collect();
+fn not_shared_with<'h>(
+    doc: &mut ChatDoc,
+    shared: impl Iterator<Item = &'h ChangeHash>,
+) -> HashSet<ChangeHash> {
+    let shared: Vec<ChangeHash> = shared.copied().filter(|h| doc.has_change(h)).collect();
     doc.automerge_mut()
         .document()
         .get_changes_meta(&shared)
@@ -540,13 +566,17 @@ fn not_shared_with(doc: &mut ChatDoc, shared: &[ChangeHash]) -> HashSet<ChangeHa
 
 /// The changes from `top` back through its dependencies that are neither in the batch nor
 /// shared, `top` first: what the batch lacks for the receiver to follow the dependencies from
-/// the attested change `top` down to every change it covers. Changes in the batch are walked
-/// through (a hole can sit below one); shared ones end the walk.
+/// the attested change `top` down to every change of the actor it covers. Changes in the batch
+/// are walked through (a hole can sit below one); shared ones end the walk, and so do changes
+/// whose start op is below `floor` (the lowest of the actor's changes in the batch): nothing
+/// below it is built on them, so no path to them passes there, and history the receiver may
+/// well hold is never offered.
 fn path_to(
     doc: &mut ChatDoc,
     top: ChangeHash,
     batch: &Batch,
     not_shared: &HashSet<ChangeHash>,
+    floor: u64,
 ) -> Vec<automerge::Change> {
     let mut out = Vec::new();
     let mut seen: HashSet<ChangeHash> = HashSet::new();
@@ -562,6 +592,9 @@ fn path_to(
         let Some(change) = doc.automerge_mut().get_change_by_hash(&hash) else {
             continue;
         };
+        if change.start_op().get() < floor {
+            continue;
+        }
         stack.extend(change.deps().iter().copied());
         out.push(change);
     }

@@ -755,7 +755,7 @@ impl World {
                 }
                 // The answer goes out once this is durable (`send_when_durable`), and the
                 // other linked devices hear of it then (`flush`).
-                Some(taken.reply.message)
+                Some(taken.reply.unwrap().message)
             }
             Err(e) => {
                 node.states.remove(&(peer, Role::Running));

@@ -375,7 +375,11 @@ impl Engine {
             // Other devices may want what just arrived.
             self.changed.mark(chat);
         }
-        Ok(reply)
+        reply.map_err(|e| {
+            // Ours, not the other device's: the next session starts afresh.
+            self.sync_states.forget_chat(device, chat);
+            EngineError::Internal(format!("cannot make a sync message: {e}"))
+        })
     }
 
     /// The whole document of a chat, for a device that does not have it, sealed with the

@@ -625,6 +625,10 @@ impl NetworkTask {
                     "a sync session went on without settling; ending it (it starts afresh once \
                      the chat counts as stalled)"
                 );
+                // The message made is not sent: the state must not assume it was.
+                if let Some(device) = device_of(&peer) {
+                    self.engine.forget_sync(&device, &chat);
+                }
                 self.session_over(peer, chat);
                 return;
             }
