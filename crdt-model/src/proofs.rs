@@ -179,7 +179,12 @@ impl Proofs {
                 let attestations = self.for_every_actor(doc, own, sign);
                 return Ok(Some(authorship::seal(&attestations, message)));
             }
-            let (part, attestations) = self.document_to_send(doc, own, sign)?;
+            let (part, attestations) = match self.document_to_send(doc, own, sign) {
+                Ok(sendable) => sendable,
+                // Nothing provable to send yet: as for a batch whose every change was withheld.
+                Err(ModelError::Unproven(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
             decoded.changes = vec![part.save()].into();
             return Ok(Some(authorship::seal(&attestations, &decoded.encode())));
         };
@@ -208,7 +213,10 @@ impl Proofs {
                     }
                 };
                 let shared = not_shared.get_or_insert_with(|| {
-                    let known = state.shared_heads.iter().chain(state.their_heads.iter().flatten());
+                    let known = state
+                        .shared_heads
+                        .iter()
+                        .chain(state.their_heads.iter().flatten());
                     not_shared_with(doc, known)
                 });
                 let floor = batch.lowest_start_op(&actor);
@@ -533,19 +541,21 @@ impl Batch {
             if let std::collections::hash_map::Entry::Vacant(entry) = self.deps.entry(change.hash())
             {
                 entry.insert(change.deps().to_vec());
-                self.changes
-                    .push((
-                        meta_of(&change),
-                        change.raw_bytes().to_vec(),
-                        change.start_op().get(),
-                    ));
+                self.changes.push((
+                    meta_of(&change),
+                    change.raw_bytes().to_vec(),
+                    change.start_op().get(),
+                ));
                 self.changed = true;
             }
         }
     }
 
     fn into_chunks(self) -> Vec<Vec<u8>> {
-        self.changes.into_iter().map(|(_, bytes, _)| bytes).collect()
+        self.changes
+            .into_iter()
+            .map(|(_, bytes, _)| bytes)
+            .collect()
     }
 }
 

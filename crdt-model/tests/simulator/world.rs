@@ -703,13 +703,15 @@ impl World {
             Body::Refused | Body::Unknown => self.abandon(to, from),
             Body::Fetch => {
                 let own = self.nodes[to].id.clone();
-                let document = self.nodes[to].chat.as_mut().map(|chat| {
+                // Nothing provable to send yet goes as "no document", as the daemon refuses
+                // the fetch; the fetch is tried again at a later summary.
+                let document = self.nodes[to].chat.as_mut().and_then(|chat| {
                     let sign = |statement: &[u8]| Some(support::sign(&own, statement));
                     let (snapshot, attestations) = chat
                         .proofs
                         .document_to_send(&mut chat.doc, &own, &sign)
-                        .unwrap();
-                    authorship::seal(&attestations, &snapshot.save())
+                        .ok()?;
+                    Some(authorship::seal(&attestations, &snapshot.save()))
                 });
                 self.send(to, from, Body::Document(document));
             }
