@@ -175,16 +175,17 @@ impl Proofs {
             .map_err(|e| ModelError::Invalid(format!("cannot read own sync message: {e}")))?;
         let Some(carried) = carried_changes(&decoded)? else {
             // A whole document (Automerge sends one when the other side lacks most of it).
-            if self.provable_heads(doc, own).is_none() && nothing_waits(doc) {
-                let attestations = self.for_every_actor(doc, own, sign);
-                return Ok(Some(authorship::seal(&attestations, message)));
-            }
-            let (part, attestations) = match self.document_to_send(doc, own, sign) {
-                Ok(sendable) => sendable,
+            let heads = match self.cut(doc, own) {
+                Ok(None) => {
+                    let attestations = self.for_every_actor(doc, own, sign);
+                    return Ok(Some(authorship::seal(&attestations, message)));
+                }
+                Ok(Some(heads)) => heads,
                 // Nothing provable to send yet: as for a batch whose every change was withheld.
                 Err(ModelError::Unproven(_)) => return Ok(None),
                 Err(e) => return Err(e),
             };
+            let (part, attestations) = self.part_at(doc, &heads, own, sign)?;
             decoded.changes = vec![part.save()].into();
             return Ok(Some(authorship::seal(&attestations, &decoded.encode())));
         };
@@ -328,21 +329,45 @@ impl Proofs {
         own: &DeviceId,
         sign: &SignFn<'_>,
     ) -> Result<(Snapshot, Vec<Attestation>), ModelError> {
-        // Automerge saves the changes still waiting for their dependencies too: they are
-        // nobody's to vouch for here, so a document with some is cut at its heads.
-        let mut snapshot = match self.provable_heads(doc, own) {
-            None if nothing_waits(doc) => doc.snapshot(),
+        match self.cut(doc, own)? {
             None => {
-                let heads = doc.heads();
-                doc.snapshot_at(&heads)?
+                let mut snapshot = doc.snapshot();
+                let newest = newest_per_actor(snapshot.automerge_mut().document());
+                let attestations = self.attest(doc, newest, own, sign);
+                Ok((snapshot, attestations))
             }
-            Some(heads) if heads.is_empty() => {
-                return Err(ModelError::Unproven(
-                    "nothing of this chat can be proven here yet".into(),
-                ));
-            }
-            Some(heads) => doc.snapshot_at(&heads)?,
-        };
+            Some(heads) => self.part_at(doc, &heads, own, sign),
+        }
+    }
+
+    /// Where a whole document must be cut before it goes out: `None` if it can go as it is,
+    /// else the heads of what this replica can prove ([`Proofs::provable_heads`]). Automerge
+    /// saves the changes still waiting for their dependencies too: they are nobody's to vouch
+    /// for here, so a document with some is cut at its heads.
+    fn cut(
+        &self,
+        doc: &mut ChatDoc,
+        own: &DeviceId,
+    ) -> Result<Option<Vec<ChangeHash>>, ModelError> {
+        match self.provable_heads(doc, own) {
+            None if nothing_waits(doc) => Ok(None),
+            None => Ok(Some(doc.heads())),
+            Some(heads) if heads.is_empty() => Err(ModelError::Unproven(
+                "nothing of this chat can be proven here yet".into(),
+            )),
+            Some(heads) => Ok(Some(heads)),
+        }
+    }
+
+    /// A copy of `doc` as it was at `heads`, with the attestations of every actor in it.
+    fn part_at(
+        &mut self,
+        doc: &mut ChatDoc,
+        heads: &[ChangeHash],
+        own: &DeviceId,
+        sign: &SignFn<'_>,
+    ) -> Result<(Snapshot, Vec<Attestation>), ModelError> {
+        let mut snapshot = doc.snapshot_at(heads)?;
         let newest = newest_per_actor(snapshot.automerge_mut().document());
         let attestations = self.attest(doc, newest, own, sign);
         Ok((snapshot, attestations))
@@ -517,16 +542,20 @@ impl Batch {
 
     /// Takes out `hashes` and every change in the batch built on them.
     fn drop_with_dependents(&mut self, hashes: Vec<ChangeHash>) {
-        let mut out: HashSet<ChangeHash> = hashes.into_iter().collect();
-        loop {
-            let before = out.len();
-            for (m, _, _) in &self.changes {
-                if !out.contains(&m.hash) && m.deps.iter().any(|d| out.contains(d)) {
-                    out.insert(m.hash);
-                }
+        // One walk over the batch's dependents, whatever order the batch is in.
+        let mut dependents: HashMap<ChangeHash, Vec<ChangeHash>> = HashMap::new();
+        for (m, _, _) in &self.changes {
+            for dep in &m.deps {
+                dependents.entry(*dep).or_default().push(m.hash);
             }
-            if out.len() == before {
-                break;
+        }
+        let mut out: HashSet<ChangeHash> = hashes.iter().copied().collect();
+        let mut stack = hashes;
+        while let Some(hash) = stack.pop() {
+            for dependent in dependents.get(&hash).into_iter().flatten() {
+                if out.insert(*dependent) {
+                    stack.push(*dependent);
+                }
             }
         }
         self.changes.retain(|(m, _, _)| !out.contains(&m.hash));

@@ -35,7 +35,7 @@ use serde_json::Value;
 
 use crate::{
     netns::ip,
-    support::{CHATSYNC, Device, device_id, random_u64, wait_for},
+    support::{CHATSYNC, Device, SCRUBBED_ENV, device_id, random_u64, wait_for},
 };
 
 const HOSTS: usize = 3;
@@ -44,15 +44,6 @@ const DEFAULT_ROUNDS: usize = 2;
 const CONVERGE_WITHIN: Duration = Duration::from_secs(30);
 /// Longest a single `chatsync post` may take before it counts as failed (and is killed).
 const POST_TIMEOUT: Duration = Duration::from_secs(20);
-/// Environment variables that would point the CLI somewhere other than a device's home
-/// (as in `support.rs`).
-const SCRUBBED_ENV: [&str; 5] = [
-    "CHATSYNC_HOME",
-    "CHATSYNC_SOCKET",
-    "CHATSYNC_CONFIG",
-    "CHATSYNC_LOG",
-    "CHATSYNCD_BIN",
-];
 
 // ---------------------------------------------------------------------------------------------
 // Seeds and randomness
@@ -253,21 +244,7 @@ impl ChaosNet {
             return;
         }
         match end {
-            End::Host => {
-                let host = self.host(i);
-                self.run(&["-n", &host, "link", "set", "eth0", "up"]);
-                // Taking a link down drops the routes through it; the connected route comes
-                // back by itself, the multicast route for mDNS does not.
-                self.run(&[
-                    "-n",
-                    &host,
-                    "route",
-                    "replace",
-                    "224.0.0.0/4",
-                    "dev",
-                    "eth0",
-                ]);
-            }
+            End::Host => self.host_link_up(i),
             End::Switch => {
                 self.run(&["-n", &self.switch(), "link", "set", &Self::port(i), "up"]);
             }
@@ -288,20 +265,27 @@ impl ChaosNet {
         // Belt and braces: the LAN as it was built.
         let switch = self.switch();
         for i in 0..HOSTS {
-            let (host, port) = (self.host(i), Self::port(i));
+            let port = Self::port(i);
             self.run(&["-n", &switch, "link", "set", &port, "master", "br0"]);
             self.run(&["-n", &switch, "link", "set", &port, "up"]);
-            self.run(&["-n", &host, "link", "set", "eth0", "up"]);
-            self.run(&[
-                "-n",
-                &host,
-                "route",
-                "replace",
-                "224.0.0.0/4",
-                "dev",
-                "eth0",
-            ]);
+            self.host_link_up(i);
         }
+    }
+
+    /// Brings host `i`'s link up. Taking a link down drops the routes through it; the
+    /// connected route comes back by itself, the multicast route for mDNS does not.
+    fn host_link_up(&self, i: usize) {
+        let host = self.host(i);
+        self.run(&["-n", &host, "link", "set", "eth0", "up"]);
+        self.run(&[
+            "-n",
+            &host,
+            "route",
+            "replace",
+            "224.0.0.0/4",
+            "dev",
+            "eth0",
+        ]);
     }
 }
 

@@ -31,7 +31,7 @@ pub const CHATSYNCD: &str = env!("CARGO_BIN_EXE_chatsyncd");
 /// How long to wait for a daemon to answer after starting it.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Environment variables that would point the binaries somewhere other than the test's home.
-const SCRUBBED_ENV: [&str; 5] = [
+pub const SCRUBBED_ENV: [&str; 5] = [
     "CHATSYNC_HOME",
     "CHATSYNC_SOCKET",
     "CHATSYNC_CONFIG",
