@@ -1,5 +1,6 @@
 //! The sync simulator as a benchmark: how many seeded runs per second it gets through, and,
-//! from its runs, how many rounds, messages and bytes devices need to converge after the final
+//! from its runs, how many hops (a round trip is two), seconds of virtual time, messages and
+//! bytes devices need to converge after the final
 //! heal, as a function of how much the device furthest behind missed.
 //!
 //! `cargo bench -p chatsync-model --bench simulator` (`CHATSYNC_SIM_SEEDS=<n>` seeds per
@@ -48,9 +49,9 @@ fn main() {
     }
     println!();
     println!(
-        "| changes missed at the heal | runs | rounds p50 / p90 / max | messages p50 / p90 / max | KiB p50 / p90 / max |"
+        "| changes missed at the heal | runs | hops p50 / p90 / max | seconds p50 / p90 / max | messages p50 / p90 / max | KiB p50 / p90 / max |"
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|");
     for (low, high) in [(0, 0), (1, 10), (11, 50), (51, 200), (201, usize::MAX)] {
         let bucket: Vec<&Report> = reports
             .iter()
@@ -80,9 +81,10 @@ fn main() {
             format!("{low}-{high}")
         };
         println!(
-            "| {range} | {} | {} | {} | {} |",
+            "| {range} | {} | {} | {} | {} | {} |",
             bucket.len(),
-            three(sorted(|r| r.rounds_to_converge), 1),
+            three(sorted(|r| r.hops_to_converge), 1),
+            three(sorted(|r| r.ms_to_converge), 1000),
             three(sorted(|r| r.messages_to_converge), 1),
             three(sorted(|r| r.bytes_to_converge), 1024),
         );

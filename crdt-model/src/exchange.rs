@@ -104,6 +104,22 @@ pub fn take_message(
 }
 
 /// Whether the other side (as far as `state` knows) has exactly `ours` heads.
+/// Whether there is nothing to start: the other device is known to have exactly `heads` from
+/// the conversation it runs with this device (`answering`), while this device has not started
+/// one of its own (`running`). After taking a device's changes, this device tells every device
+/// of them, the one they came from too; without this, every post would cost that device a
+/// second conversation to learn what it already knows.
+pub fn peer_has_exactly(
+    running: Option<&State>,
+    answering: Option<&State>,
+    heads: &[automerge::ChangeHash],
+) -> bool {
+    if running.is_some_and(|s| s.have_responded) {
+        return false;
+    }
+    answering.is_some_and(|state| in_sync(state, heads))
+}
+
 pub fn in_sync(state: &State, ours: &[automerge::ChangeHash]) -> bool {
     let Some(theirs) = &state.their_heads else {
         return false;

@@ -18,6 +18,8 @@
 //! - [`proofs`]: one replica's attestations for one chat, and outgoing sync messages made
 //!   provable on their own.
 //! - [`roster`]: [`RosterDoc`], the replicated list of the devices that may sync.
+//! - [`sync`]: the sync protocol between devices as a state machine (summaries, sessions,
+//!   fetches, transfers, timers), driven by the daemon's network task and by the simulator.
 //! - [`limits`]: size limits every replica enforces on what it writes and what it shows.
 //! - [`wire_check`]: checks on bytes from peers (sync messages, documents) before Automerge
 //!   parses them.
@@ -44,6 +46,7 @@ pub mod message;
 pub mod proofs;
 pub mod roster;
 pub mod schema;
+pub mod sync;
 pub mod wire_check;
 
 mod access;

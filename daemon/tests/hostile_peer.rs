@@ -18,7 +18,7 @@ use chatsync_daemon::{
     config::Config,
     net::{
         PROTOCOL_VERSION,
-        protocol::{PROTOCOL, Payload, SLOW_DOWN, SyncRequest, SyncResponse},
+        protocol::{PROTOCOL, Payload, SyncRequest, SyncResponse},
     },
 };
 use chatsync_model::{
@@ -432,7 +432,7 @@ async fn a_device_that_floods_requests_is_told_to_slow_down_then_suspended() {
                     ..
                 })) => {
                     open -= 1;
-                    if matches!(&response, SyncResponse::Refused(why) if why == SLOW_DOWN) {
+                    if matches!(response, SyncResponse::SlowDown) {
                         refused += 1;
                     }
                 }
@@ -482,7 +482,7 @@ async fn a_daemon_told_to_slow_down_pauses_then_asks_again() {
         let response = match (&request, first_refused) {
             (SyncRequest::Summary(_), None) => {
                 first_refused = Some(Instant::now());
-                SyncResponse::Refused(SLOW_DOWN.into())
+                SyncResponse::SlowDown
             }
             (SyncRequest::Summary(_), Some(at)) => {
                 let waited = at.elapsed();

@@ -1,15 +1,13 @@
 //! A deterministic simulator of chatsync devices syncing one chat.
 //!
-//! Each simulated device runs the real sync core of one chat (`ChatDoc`, `Proofs` and
-//! `exchange`, exactly what the daemon's engine runs under the chat's lock) over a simulated
-//! network that reorders messages across conversations, loses them, cuts and heals links
-//! between devices, and crashes devices (losing everything not flushed to their simulated disk,
-//! and every in-memory state: sync states, changes waiting for dependencies, attestations held
-//! back) and restarts them. The network part mirrors the daemon's sessions (`net/sessions.rs`):
-//! a device that changes a chat runs a conversation with each linked device, devices compare
-//! heads now and then (the summary exchange) and the one with the smaller id runs one where
-//! they differ, a device that lacks the chat fetches it whole, and a lost or refused message
-//! makes the side that notices start afresh.
+//! Each simulated device runs the daemon's own sync core (`chatsync_model::sync::SyncCore`:
+//! summaries, sessions, fetches, transfers, slow-down, re-checks and stall restarts) over a real
+//! chat document (`ChatDoc`, `Proofs` and `exchange`, exactly what the engine runs under the
+//! chat's lock). The world around it stands in for the daemon's IO: a network that reorders
+//! messages, loses them, cuts and heals links between devices; disks that keep only what was
+//! flushed; virtual time that drives the cores' timers; and crashes that lose everything not
+//! flushed and every in-memory state (the core itself, sync states, changes waiting for
+//! dependencies, attestations held back), then restarts.
 //!
 //! Every run is decided by its seed: a failure prints the seed, and
 //! `CHATSYNC_SIM_SEED=<seed> cargo test -p chatsync-model --test simulator` replays exactly
@@ -17,8 +15,8 @@
 //!
 //! Properties checked after the final heal, for every seed: every acknowledged post is on every
 //! device exactly once; every device shows the same messages in the same order; they got there
-//! within a bounded number of rounds; and no device ever refused another's data (no offence, no
-//! unproven authorship, nothing).
+//! within a bounded virtual time (`world::CONVERGE_WITHIN`); and no device ever refused
+//! another's data (no offence, no unproven authorship, nothing).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,7 +27,7 @@ mod world;
 use world::{Shape, World};
 
 /// Seeds each test runs unless `CHATSYNC_SIM_SEEDS` says otherwise.
-const DEFAULT_SEEDS: u64 = 250;
+const DEFAULT_SEEDS: u64 = 1_000;
 
 fn seeds(base: u64) -> Vec<u64> {
     if let Ok(seed) = std::env::var("CHATSYNC_SIM_SEED") {
@@ -62,7 +60,8 @@ fn run(base: u64, shape: Shape) {
         let outcome = std::panic::catch_unwind(|| World::new(seed, shape).run());
         match outcome {
             Ok(report) => rounds.push((
-                report.rounds_to_converge,
+                report.hops_to_converge,
+                report.ms_to_converge,
                 report.messages_to_converge,
                 report.bytes_to_converge,
                 report.most_missed,
@@ -73,15 +72,16 @@ fn run(base: u64, shape: Shape) {
         }
     }
     if !rounds.is_empty() {
-        let max = |f: fn(&(usize, usize, usize, usize)) -> usize| rounds.iter().map(f).max();
+        let max = |f: fn(&(usize, usize, usize, usize, usize)) -> usize| rounds.iter().map(f).max();
         eprintln!(
-            "{} seeds from {base}: after the heal at most {:?} rounds, {:?} messages, {:?} bytes \
+            "{} seeds from {base}: after the heal at most {:?} hops, {:?} ms (virtual), {:?} messages, {:?} bytes \
              (at most {:?} changes missed); see docs/benchmarks.md for the distribution",
             rounds.len(),
             max(|r| r.0),
             max(|r| r.1),
             max(|r| r.2),
             max(|r| r.3),
+            max(|r| r.4),
         );
     }
 }

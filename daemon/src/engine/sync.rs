@@ -11,7 +11,7 @@ use automerge::sync::State;
 use chatsync_model::{
     ChatDoc, ChatId, DeviceId, Message, TouchKind, Touched,
     authorship::{self, Provenance, Standing},
-    exchange::{self, in_sync},
+    exchange,
     proofs::Proofs,
 };
 
@@ -85,11 +85,8 @@ impl SyncStates {
         f(states.entry(key).or_default())
     }
 
-    /// Whether `device` is known to have exactly `heads` of `chat` from the conversation it
-    /// runs with this device, while this device has not started one of its own: then there is
-    /// nothing to start. (After taking a device's changes, this device tells every device of
-    /// them, the one they came from too; without this, every post would cost that device a
-    /// second conversation to learn what it already knows.)
+    /// Whether `device` is known to have exactly `heads` of `chat` already
+    /// ([`exchange::peer_has_exactly`]).
     fn peer_has_exactly(
         &self,
         device: &DeviceId,
@@ -97,14 +94,8 @@ impl SyncStates {
         heads: &[automerge::ChangeHash],
     ) -> bool {
         let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        let running = (device.clone(), chat.clone(), SyncRole::Running);
-        if states.get(&running).is_some_and(|s| s.have_responded) {
-            return false;
-        }
-        let answering = (device.clone(), chat.clone(), SyncRole::Answering);
-        states
-            .get(&answering)
-            .is_some_and(|state| in_sync(state, heads))
+        let state = |role| states.get(&(device.clone(), chat.clone(), role));
+        exchange::peer_has_exactly(state(SyncRole::Running), state(SyncRole::Answering), heads)
     }
 
     fn forget(&self, device: &DeviceId) {

@@ -222,7 +222,7 @@ impl NetworkTask {
     /// `peer` sent data no honest device sends: logged, counted, and perhaps suspended.
     pub(super) fn offence(&mut self, peer: PeerId, why: &str) {
         tracing::warn!(%peer, %why, "refused data from a device");
-        self.progress.offence(peer);
+        self.sync.count_offence(peer);
         if let Some(length) = self.conduct.offence(peer, Instant::now()) {
             self.suspend(peer, length, why);
         }

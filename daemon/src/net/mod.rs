@@ -20,15 +20,12 @@ mod gate;
 mod pair_protocol;
 pub mod pairing;
 mod peers;
-mod progress;
 pub mod protocol;
 pub mod relay;
 mod remembered;
-mod resume;
 mod roster;
 mod sessions;
 mod task;
-mod transfers;
 
 use chatsync_model::DeviceId;
 use libp2p::{Multiaddr, identity::Keypair};

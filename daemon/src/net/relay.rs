@@ -577,7 +577,7 @@ impl NetworkTask {
             });
             any && all_relayed
         });
-        self.outbox.set_relayed(peer, relayed_only);
+        self.sync.set_relayed(peer, relayed_only);
     }
 
     pub(super) fn on_dcutr_event(&mut self, event: dcutr::Event) {

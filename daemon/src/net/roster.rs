@@ -9,7 +9,7 @@ use libp2p::{PeerId, request_response::ResponseChannel};
 
 use super::{
     protocol::{SyncRequest, SyncResponse},
-    sessions::{Internal, Pending},
+    sessions::Internal,
     task::NetworkTask,
 };
 
@@ -20,7 +20,7 @@ impl NetworkTask {
     /// Sends this device's roster to `peer`.
     pub(super) fn send_roster(&mut self, peer: PeerId) {
         let (engine, internal) = (self.engine.clone(), self.internal.clone());
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let roster = engine.roster_bytes().await;
             let _ = internal.send(Internal::SendRoster(peer, roster)).await;
         });
@@ -29,7 +29,7 @@ impl NetworkTask {
     /// Merges a roster `peer` sent (it is trusted), in a spawned task.
     pub(super) fn merge_roster(&mut self, peer: PeerId, theirs: Vec<u8>) {
         let (engine, internal) = (self.engine.clone(), self.internal.clone());
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             match engine.merge_roster(&theirs).await {
                 Err(e) if e.is_misbehaviour() => {
                     let why = format!("its roster: {e}");
@@ -51,14 +51,10 @@ impl NetworkTask {
         channel: ResponseChannel<SyncResponse>,
     ) {
         let (engine, internal) = (self.engine.clone(), self.internal.clone());
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let roster = engine.roster_bytes().await;
             let _ = internal
-                .send(Internal::Respond(
-                    peer,
-                    channel,
-                    SyncResponse::Roster(roster),
-                ))
+                .send(Internal::AnswerRoster(peer, channel, roster))
                 .await;
         });
         if !trusted {
@@ -67,6 +63,7 @@ impl NetworkTask {
     }
 
     pub(super) fn on_roster_response(&mut self, peer: PeerId, response: SyncResponse) {
+        self.sync.count_traffic(peer, 0, response.wire_len());
         if let Some(deadline) = self.removing.get_mut(&peer) {
             // It has been told; it gets nothing more.
             *deadline = Instant::now();
@@ -114,8 +111,24 @@ impl NetworkTask {
         }
     }
 
-    /// Queues a roster request to `peer`.
+    /// Sends a roster request to `peer` (outside the sync core: a device being removed hears
+    /// of it, and nothing else). Rosters go again at every summary exchange, so a lost one
+    /// costs nothing but time.
     pub(super) fn roster_ready(&mut self, peer: PeerId, roster: Vec<u8>) {
-        self.send(peer, SyncRequest::Roster(roster), Pending::Roster);
+        if !self.swarm.is_connected(&peer) {
+            self.roster_failed(peer);
+            return;
+        }
+        let request = SyncRequest::Roster(roster);
+        self.sync.count_traffic(peer, request.wire_len(), 0);
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+        self.roster_requests.insert(id, peer);
+    }
+
+    /// A roster request was not answered: a device being removed is disconnected now.
+    pub(super) fn roster_failed(&mut self, peer: PeerId) {
+        if self.removing.contains_key(&peer) {
+            self.finish_removals(true);
+        }
     }
 }

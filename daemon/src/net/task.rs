@@ -15,13 +15,16 @@ use libp2p::{
     identify, mdns,
     multiaddr::Protocol,
     ping,
+    request_response::OutboundRequestId,
     swarm::{
         DialError, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
     },
 };
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use chatsync_model::sync::Token;
 
 use super::{
     Command, PeerInfo, SyncState,
@@ -29,11 +32,9 @@ use super::{
     conduct::Conduct,
     pairing::Pairing,
     peers::{MAX_PEERS, PeerBook, transport},
-    progress::Progress,
     relay::{RelayState, path_of, server_config},
     remembered::Remembered,
-    sessions::{Internal, Sessions, forward_changes},
-    transfers::Outbox,
+    sessions::{Core, Internal, forward_changes},
 };
 use crate::{
     config::NetworkConfig,
@@ -44,18 +45,23 @@ use crate::{
 const MAX_DISCOVERED_ADDRESSES: usize = 8;
 /// Results of spawned sync work waiting for the loop, at most.
 const INTERNAL_QUEUE: usize = 1024;
-/// How often connected devices trade summaries again (anti-entropy).
-const RESUMMARIZE: Duration = Duration::from_secs(30);
-/// How often due redials are looked for.
-const REDIAL_TICK: Duration = Duration::from_millis(250);
+/// How often due redials are looked for, and the sync core's timers run.
+const TICK: Duration = Duration::from_millis(250);
+/// How long shutdown waits for document work under way to finish.
+const WORK_AFTER_SHUTDOWN: Duration = Duration::from_secs(10);
 
 pub struct NetworkTask {
     pub(super) swarm: Swarm<Behaviour>,
     pub(super) book: PeerBook,
     pub(super) engine: Arc<Engine>,
-    pub(super) sessions: Sessions,
-    pub(super) outbox: Outbox,
-    pub(super) progress: Progress,
+    /// Chat sync: every decision about it (`chatsync_model::sync`).
+    pub(super) sync: Core,
+    /// Sync requests in flight, by libp2p's id, under the core's token.
+    pub(super) requests: HashMap<OutboundRequestId, Token>,
+    /// Roster requests in flight (rosters travel outside the core: see `roster.rs`).
+    pub(super) roster_requests: HashMap<OutboundRequestId, PeerId>,
+    /// Document work and other tasks the loop spawned: shutdown waits for them.
+    pub(super) tasks: TaskTracker,
     pub(super) pairing: Pairing,
     pub(super) remembered: Remembered,
     pub(super) conduct: Conduct,
@@ -76,8 +82,6 @@ pub struct NetworkTask {
     commands: mpsc::Receiver<Command>,
     /// Reservations on relays, and relay mode (`relay.rs`).
     pub(super) relay: RelayState,
-    /// Pulls cut with their connection, to resume (`resume.rs`).
-    pub(super) resume: super::resume::Resume,
 }
 
 impl NetworkTask {
@@ -136,10 +140,11 @@ impl NetworkTask {
             swarm,
             book,
             engine,
-            sessions: Sessions::default(),
-            // Numbers of an earlier run must not be taken for this run's (`transfers.rs`).
-            outbox: Outbox::starting_at(rand::random()),
-            progress: Progress::default(),
+            // Numbers of an earlier run must not be taken for this run's (see `Outbox`).
+            sync: Core::new(rand::random()),
+            requests: HashMap::new(),
+            roster_requests: HashMap::new(),
+            tasks: TaskTracker::new(),
             pairing: Pairing::default(),
             remembered,
             conduct: Conduct::default(),
@@ -154,7 +159,6 @@ impl NetworkTask {
             reported_progress: None,
             commands,
             relay,
-            resume: Default::default(),
         };
         task.start_relays();
         task.apply_trust();
@@ -168,12 +172,11 @@ impl NetworkTask {
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let forwarder = tokio::spawn(forward_changes(self.engine.clone(), self.internal.clone()));
-        let mut redial = tokio::time::interval(REDIAL_TICK);
-        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut resummarize = tokio::time::interval(RESUMMARIZE);
-        resummarize.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        resummarize.tick().await;
+        let forwarder = self
+            .tasks
+            .spawn(forward_changes(self.engine.clone(), self.internal.clone()));
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -182,18 +185,27 @@ impl NetworkTask {
                 Some(internal) = self.internal_rx.recv() => self.on_internal(internal),
                 Some(paired) = self.pairing.rx.recv() => self.on_pair_internal(paired),
                 Ok(()) = self.trust.changed() => self.apply_trust(),
-                _ = redial.tick() => {
+                _ = tick.tick() => {
                     self.finish_removals(false);
-                    self.resume_paused();
-                    self.recheck_due();
+                    self.sync.tick(Instant::now());
+                    self.drive();
                     self.redial_due();
                     self.report_progress();
                     self.relay_tick();
                 }
-                _ = resummarize.tick() => self.resummarize(),
             }
         }
         forwarder.abort();
+        self.tasks.close();
+        if tokio::time::timeout(WORK_AFTER_SHUTDOWN, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "document work still under way after shutdown; leaving it"
+            );
+        }
         tracing::debug!("network task stopped");
     }
 
@@ -234,8 +246,11 @@ impl NetworkTask {
         let gone: Vec<PeerId> = self.allowed.difference(&trusted).copied().collect();
         for peer in gone {
             self.forget_reached(&peer);
+            // Nothing more is synced with it; it stays connected only to hear it was removed.
+            self.sync.peer_down(peer, Instant::now());
             self.begin_removal(peer);
         }
+        self.drive();
         for peer in trusted.difference(&self.allowed) {
             self.swarm.behaviour_mut().gate.allow_peer(*peer);
             let mut found: Vec<Multiaddr> = self.remembered.reached(peer).to_vec();
@@ -471,6 +486,16 @@ impl NetworkTask {
         }
     }
 
+    /// Devices connected and accepted (trusted, identified).
+    pub(super) fn accepted_peers(&self) -> Vec<PeerId> {
+        self.book
+            .peers
+            .iter()
+            .filter(|(_, e)| e.accepted)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     fn announce(&self, peer: PeerId, up: bool) {
         let Ok(device) = DeviceId::new(peer.to_base58()) else {
             return;
@@ -491,7 +516,7 @@ impl NetworkTask {
             .filter_map(|(peer, e)| {
                 let device = DeviceId::new(peer.to_base58()).ok()?;
                 let oldest = e.best_connection();
-                let progress = self.progress.get(peer);
+                let progress = self.sync.progress().get(peer);
                 let counts = progress.and_then(|p| p.counts()).filter(|_| e.accepted);
                 Some(PeerInfo {
                     device,
@@ -515,7 +540,7 @@ impl NetworkTask {
                         .map(|c| if c.outbound { "outbound" } else { "inbound" }.to_string()),
                     connected_since: oldest.filter(|_| e.accepted).map(|c| c.since_ms),
                     rtt_ms: e.rtt.map(|d| d.as_secs_f64() * 1000.0),
-                    last_sync: progress.and_then(|p| p.last_sync_ms),
+                    last_sync: progress.and_then(|p| p.last_sync).map(epoch_ms),
                     chats_behind: counts.map(|(behind, _)| behind),
                     chats_ahead: counts.map(|(_, ahead)| ahead),
                     bytes_sent: progress.map_or(0, |p| p.bytes_sent),
@@ -531,6 +556,7 @@ impl NetworkTask {
             if !self.book.peers.contains_key(peer)
                 && let Ok(device) = DeviceId::new(peer.to_base58())
             {
+                let progress = self.sync.progress().get(peer);
                 out.push(PeerInfo {
                     device,
                     connected: false,
@@ -544,13 +570,13 @@ impl NetworkTask {
                     direction: None,
                     connected_since: None,
                     rtt_ms: None,
-                    last_sync: self.progress.get(peer).and_then(|p| p.last_sync_ms),
+                    last_sync: progress.and_then(|p| p.last_sync).map(epoch_ms),
                     chats_behind: None,
                     chats_ahead: None,
-                    bytes_sent: self.progress.get(peer).map_or(0, |p| p.bytes_sent),
-                    bytes_received: self.progress.get(peer).map_or(0, |p| p.bytes_received),
-                    refusals: self.progress.get(peer).map_or(0, |p| p.refusals),
-                    offences: self.progress.get(peer).map_or(0, |p| p.offences),
+                    bytes_sent: progress.map_or(0, |p| p.bytes_sent),
+                    bytes_received: progress.map_or(0, |p| p.bytes_received),
+                    refusals: progress.map_or(0, |p| p.refusals),
+                    offences: progress.map_or(0, |p| p.offences),
                     suspended_until: self.suspended_until_ms(peer),
                 });
             }
@@ -592,7 +618,12 @@ impl NetworkTask {
         let mut ahead = BTreeSet::new();
         let mut known = true;
         for peer in &connected {
-            match self.progress.get(peer).filter(|p| p.counts().is_some()) {
+            match self
+                .sync
+                .progress()
+                .get(peer)
+                .filter(|p| p.counts().is_some())
+            {
                 Some(p) => {
                     behind.extend(p.behind());
                     ahead.extend(p.ahead());
@@ -600,7 +631,7 @@ impl NetworkTask {
                 None => known = false,
             }
         }
-        let sessions = self.sessions.running.len();
+        let sessions = self.sync.sessions_running();
         let state = if connected.is_empty() {
             "offline"
         } else if !known || !behind.is_empty() || !ahead.is_empty() || sessions > 0 {
@@ -616,12 +647,20 @@ impl NetworkTask {
             chats_ahead: ahead.len(),
             sessions,
             last_sync: self
-                .progress
+                .sync
+                .progress()
                 .iter()
-                .filter_map(|(_, p)| p.last_sync_ms)
-                .max(),
+                .filter_map(|(_, p)| p.last_sync)
+                .max()
+                .map(epoch_ms),
         }
     }
+}
+
+/// A moment of this run in ms since the Unix epoch.
+fn epoch_ms(at: Instant) -> i64 {
+    let ago = i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX);
+    now_ms().saturating_sub(ago)
 }
 
 /// The device id at the end of an address (`.../p2p/ID`).

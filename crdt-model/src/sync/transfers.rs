@@ -17,10 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chatsync_model::ChatId;
-use libp2p::PeerId;
-
-use super::protocol::{MAX_TRANSFER_BYTES, PART_BYTES, Payload, SyncResponse};
+use super::{
+    PeerKey,
+    wire::{MAX_TRANSFER_BYTES, PART_BYTES, Payload, SyncResponse},
+};
+use crate::ChatId;
 
 /// Transfers kept for one device at most.
 const MAX_TRANSFERS_PER_PEER: usize = 8;
@@ -33,8 +34,8 @@ pub const TRANSFER_IDLE: Duration = Duration::from_secs(60);
 /// cannot cross one circuit would never arrive.
 pub const RELAYED_PART_BYTES: usize = 32 * 1024;
 
-struct Outgoing {
-    peer: PeerId,
+struct Outgoing<P> {
+    peer: P,
     bytes: Vec<u8>,
     last_pulled: Instant,
 }
@@ -46,26 +47,27 @@ struct Outgoing {
 /// of a pull resumes it by number for a while (`resume.rs`): were numbers to restart at 0, a
 /// device that pulled transfer 0 from this one before a restart could resume it with parts of
 /// another payload that the restarted daemon numbered 0 too, and take them for a lie.
-#[derive(Default)]
-pub struct Outbox {
-    transfers: HashMap<u64, Outgoing>,
+pub struct Outbox<P> {
+    transfers: HashMap<u64, Outgoing<P>>,
     next: u64,
     bytes: usize,
     /// Devices reached only through relays: they get [`RELAYED_PART_BYTES`] parts.
-    relayed: HashSet<PeerId>,
+    relayed: HashSet<P>,
 }
 
-impl Outbox {
+impl<P: PeerKey> Outbox<P> {
     /// An outbox whose first transfer is numbered `first`.
-    pub fn starting_at(first: u64) -> Outbox {
+    pub fn starting_at(first: u64) -> Outbox<P> {
         Outbox {
+            transfers: HashMap::new(),
             next: first,
-            ..Outbox::default()
+            bytes: 0,
+            relayed: HashSet::new(),
         }
     }
 
     /// Whether `peer` is reached only through relays (small parts) or not.
-    pub fn set_relayed(&mut self, peer: PeerId, relayed: bool) {
+    pub fn set_relayed(&mut self, peer: P, relayed: bool) {
         if relayed {
             self.relayed.insert(peer);
         } else {
@@ -74,7 +76,7 @@ impl Outbox {
     }
 
     /// The largest part (and inline payload) for `peer`.
-    pub fn part_bytes(&self, peer: &PeerId) -> usize {
+    pub fn part_bytes(&self, peer: &P) -> usize {
         if self.relayed.contains(peer) {
             RELAYED_PART_BYTES
         } else {
@@ -84,7 +86,7 @@ impl Outbox {
 
     /// Makes `response` fit on the wire: a payload over [`PART_BYTES`] is kept here and
     /// announced instead. A response that cannot be kept becomes a refusal.
-    pub fn prepare(&mut self, peer: PeerId, response: SyncResponse, now: Instant) -> SyncResponse {
+    pub fn prepare(&mut self, peer: P, response: SyncResponse, now: Instant) -> SyncResponse {
         match response {
             SyncResponse::Sync {
                 message: Some(payload),
@@ -102,12 +104,7 @@ impl Outbox {
         }
     }
 
-    fn announce(
-        &mut self,
-        peer: PeerId,
-        payload: Payload,
-        now: Instant,
-    ) -> Result<Payload, String> {
+    fn announce(&mut self, peer: P, payload: Payload, now: Instant) -> Result<Payload, String> {
         let Payload::Inline(bytes) = payload else {
             return Ok(payload);
         };
@@ -149,7 +146,7 @@ impl Outbox {
 
     /// The part of `transfer` at `offset`, for `peer` only. The transfer is dropped once its
     /// last part has been handed out.
-    pub fn part(&mut self, peer: PeerId, transfer: u64, offset: u64, now: Instant) -> SyncResponse {
+    pub fn part(&mut self, peer: P, transfer: u64, offset: u64, now: Instant) -> SyncResponse {
         let part_bytes = self.part_bytes(&peer);
         let Some(outgoing) = self.transfers.get_mut(&transfer) else {
             return SyncResponse::Unknown;
@@ -268,7 +265,7 @@ impl Incoming {
     }
 
     /// Adds a part; refuses empty, oversized, or overlong parts.
-    pub fn add(mut self: Box<Self>, part: &[u8]) -> Progress {
+    pub fn take_part(mut self: Box<Self>, part: &[u8]) -> Progress {
         if part.is_empty() || part.len() > PART_BYTES || self.bytes.len() + part.len() > self.len {
             let why = format!(
                 "bad part of {} bytes at {} of {}",
@@ -290,13 +287,15 @@ impl Incoming {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn chat() -> ChatId {
         ChatId::new("c").unwrap()
     }
 
-    fn pull_all(outbox: &mut Outbox, peer: PeerId, payload: Payload) -> Vec<u8> {
+    fn pull_all(outbox: &mut Outbox<u32>, peer: u32, payload: Payload) -> Vec<u8> {
         let Payload::Parts { transfer, len } = payload else {
             panic!("expected parts");
         };
@@ -308,7 +307,7 @@ mod tests {
             else {
                 panic!("expected a part");
             };
-            match incoming.add(&bytes) {
+            match incoming.take_part(&bytes) {
                 Progress::More(next) => incoming = next,
                 Progress::Complete(_, bytes) => return bytes,
                 Progress::Failed(_, why) => panic!("{why}"),
@@ -318,8 +317,8 @@ mod tests {
 
     #[test]
     fn small_payloads_stay_inline_and_large_ones_round_trip_in_parts() {
-        let mut outbox = Outbox::default();
-        let peer = PeerId::random();
+        let mut outbox = Outbox::starting_at(0);
+        let peer = 1;
         let small = SyncResponse::Document {
             payload: Payload::Inline(vec![7; PART_BYTES]),
         };
@@ -346,8 +345,8 @@ mod tests {
 
     #[test]
     fn only_the_device_it_was_announced_to_can_pull_it() {
-        let mut outbox = Outbox::default();
-        let (peer, other) = (PeerId::random(), PeerId::random());
+        let mut outbox = Outbox::starting_at(0);
+        let (peer, other) = (1, 2);
         let SyncResponse::Sync {
             message: Some(Payload::Parts { transfer, .. }),
         } = outbox.prepare(
@@ -376,8 +375,8 @@ mod tests {
 
     #[test]
     fn the_outbox_is_bounded_per_device_and_expires() {
-        let mut outbox = Outbox::default();
-        let peer = PeerId::random();
+        let mut outbox = Outbox::starting_at(0);
+        let peer = 1;
         let t0 = Instant::now();
         let big = || SyncResponse::Document {
             payload: Payload::Inline(vec![0; PART_BYTES + 1]),
@@ -406,7 +405,7 @@ mod tests {
         ));
         // Another device still gets its own.
         assert!(matches!(
-            outbox.prepare(PeerId::random(), big(), t0),
+            outbox.prepare(3, big(), t0),
             SyncResponse::Document { .. }
         ));
         // Kept while nobody pulls for less than the idle time, connected or not.
@@ -421,8 +420,8 @@ mod tests {
 
     #[test]
     fn devices_reached_through_relays_get_small_parts() {
-        let mut outbox = Outbox::default();
-        let peer = PeerId::random();
+        let mut outbox = Outbox::starting_at(0);
+        let peer = 1;
         outbox.set_relayed(peer, true);
         let payload = vec![9u8; RELAYED_PART_BYTES * 3 + 5];
         let announced = outbox.prepare(
@@ -458,16 +457,16 @@ mod tests {
         assert!(Incoming::start(Purpose::Fetch(chat()), 1, 0).is_err());
         assert!(Incoming::start(Purpose::Fetch(chat()), 1, MAX_TRANSFER_BYTES as u64 + 1).is_err());
         let fresh = || Box::new(Incoming::start(Purpose::Fetch(chat()), 1, 10).unwrap());
-        assert!(matches!(fresh().add(&[]), Progress::Failed(..)));
+        assert!(matches!(fresh().take_part(&[]), Progress::Failed(..)));
         assert!(
-            matches!(fresh().add(&[0; 11]), Progress::Failed(..)),
+            matches!(fresh().take_part(&[0; 11]), Progress::Failed(..)),
             "longer than announced"
         );
-        let Progress::More(incoming) = fresh().add(&[1; 4]) else {
+        let Progress::More(incoming) = fresh().take_part(&[1; 4]) else {
             panic!("expected more");
         };
         assert_eq!(incoming.offset(), 4);
-        let Progress::Complete(_, bytes) = incoming.add(&[2; 6]) else {
+        let Progress::Complete(_, bytes) = incoming.take_part(&[2; 6]) else {
             panic!("expected the whole payload");
         };
         assert_eq!(bytes, [1, 1, 1, 1, 2, 2, 2, 2, 2, 2]);

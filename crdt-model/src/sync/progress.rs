@@ -6,19 +6,16 @@
 //! sync sessions: a chat leaves both sets when a session shows both sides have the same heads,
 //! and joins `ahead` when it changes here. A session cannot always tell that it ended in sync,
 //! so when the last one with a device ends and chats still look apart, summaries are traded
-//! again a second later (`sessions.rs`, `RECHECK_AFTER`). A summary comparison takes a while (it may load the
-//! chats that differ), so chats that reached sync while it ran are not put back by its result.
+//! again a second later (`core.rs`, `RECHECK_AFTER`). A summary comparison takes a while (it
+//! may load the chats that differ), so chats that reached sync while it ran are not put back by its result.
 
 use std::{
     collections::{BTreeSet, HashMap},
     time::{Duration, Instant},
 };
 
-use chatsync_model::ChatId;
-use libp2p::PeerId;
-
-use super::peers::MAX_PEERS;
-use crate::engine::now_ms;
+use super::{MAX_PEERS, PeerKey};
+use crate::ChatId;
 
 /// What one device's summary showed, computed from a comparison that began at `began`.
 #[derive(Debug)]
@@ -37,7 +34,8 @@ pub struct PeerProgress {
     /// Since when each chat has been seen apart, without a sync in between (see
     /// [`STALLED_AFTER`]).
     apart_since: HashMap<ChatId, Instant>,
-    pub last_sync_ms: Option<i64>,
+    /// When a sync exchange with it last completed.
+    pub last_sync: Option<Instant>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     /// Requests and answers from it this device refused without blame.
@@ -71,21 +69,29 @@ pub const STALLED_AFTER: Duration = Duration::from_secs(10);
 
 /// Progress per device. Bounded: only devices that exchanged sync data are kept, at most
 /// [`MAX_PEERS`].
-#[derive(Debug, Default)]
-pub struct Progress {
-    peers: HashMap<PeerId, PeerProgress>,
+#[derive(Debug)]
+pub struct Progress<P> {
+    peers: HashMap<P, PeerProgress>,
 }
 
-impl Progress {
-    pub fn get(&self, peer: &PeerId) -> Option<&PeerProgress> {
+impl<P> Default for Progress<P> {
+    fn default() -> Self {
+        Progress {
+            peers: HashMap::new(),
+        }
+    }
+}
+
+impl<P: PeerKey> Progress<P> {
+    pub fn get(&self, peer: &P) -> Option<&PeerProgress> {
         self.peers.get(peer)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&PeerId, &PeerProgress)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&P, &PeerProgress)> {
         self.peers.iter()
     }
 
-    fn entry(&mut self, peer: PeerId) -> Option<&mut PeerProgress> {
+    fn entry(&mut self, peer: P) -> Option<&mut PeerProgress> {
         if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_PEERS {
             return None;
         }
@@ -94,7 +100,7 @@ impl Progress {
 
     /// A summary comparison finished. Returns the chats that have been apart since at least
     /// [`STALLED_AFTER`] before it, with no sync in between: their sync made no progress.
-    pub fn compared(&mut self, peer: PeerId, mut comparison: Comparison) -> Vec<ChatId> {
+    pub fn compared(&mut self, peer: P, mut comparison: Comparison, now: Instant) -> Vec<ChatId> {
         let Some(p) = self.entry(peer) else {
             return Vec::new();
         };
@@ -116,12 +122,12 @@ impl Progress {
             }
         }
         p.sets = Some((comparison.behind, comparison.ahead));
-        p.last_sync_ms = Some(now_ms());
+        p.last_sync = Some(now);
         stalled
     }
 
     /// A session showed that both devices have the same heads for `chat`.
-    pub fn in_sync(&mut self, peer: PeerId, chat: &ChatId, now: Instant) {
+    pub fn in_sync(&mut self, peer: P, chat: &ChatId, now: Instant) {
         let Some(p) = self.entry(peer) else { return };
         if let Some((behind, ahead)) = &mut p.sets {
             behind.remove(chat);
@@ -129,18 +135,18 @@ impl Progress {
         }
         p.in_sync_at.insert(chat.clone(), now);
         p.apart_since.remove(chat);
-        p.last_sync_ms = Some(now_ms());
+        p.last_sync = Some(now);
     }
 
     /// `chat` arrived whole from `peer`.
-    pub fn fetched(&mut self, peer: PeerId, chat: &ChatId) {
+    pub fn fetched(&mut self, peer: P, chat: &ChatId) {
         if let Some((behind, _)) = self.peers.get_mut(&peer).and_then(|p| p.sets.as_mut()) {
             behind.remove(chat);
         }
     }
 
     /// `chat` changed on this device: connected devices lack it until a session says otherwise.
-    pub fn changed_here(&mut self, peer: PeerId, chat: &ChatId) {
+    pub fn changed_here(&mut self, peer: P, chat: &ChatId) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.in_sync_at.remove(chat);
             if let Some((_, ahead)) = &mut p.sets {
@@ -150,7 +156,7 @@ impl Progress {
     }
 
     /// The device disconnected: how far apart we are is unknown until it is back.
-    pub fn disconnected(&mut self, peer: &PeerId) {
+    pub fn disconnected(&mut self, peer: &P) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.sets = None;
             p.in_sync_at.clear();
@@ -158,27 +164,27 @@ impl Progress {
         }
     }
 
-    pub fn sent(&mut self, peer: PeerId, bytes: usize) {
+    pub fn sent(&mut self, peer: P, bytes: usize) {
         if let Some(p) = self.entry(peer) {
             p.bytes_sent += bytes as u64;
         }
     }
 
     /// This device refused a request or an answer of `peer`'s.
-    pub fn refused(&mut self, peer: PeerId) {
+    pub fn refused(&mut self, peer: P) {
         if let Some(p) = self.entry(peer) {
             p.refusals += 1;
         }
     }
 
     /// `peer` sent data no honest device sends.
-    pub fn offence(&mut self, peer: PeerId) {
+    pub fn offence(&mut self, peer: P) {
         if let Some(p) = self.entry(peer) {
             p.offences += 1;
         }
     }
 
-    pub fn received(&mut self, peer: PeerId, bytes: usize) {
+    pub fn received(&mut self, peer: P, bytes: usize) {
         if let Some(p) = self.entry(peer) {
             p.bytes_received += bytes as u64;
         }
@@ -187,6 +193,8 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn chats(names: &[&str]) -> BTreeSet<ChatId> {
@@ -195,8 +203,8 @@ mod tests {
 
     #[test]
     fn sessions_and_local_changes_keep_the_picture_current() {
-        let mut progress = Progress::default();
-        let peer = PeerId::random();
+        let mut progress = Progress::<u32>::default();
+        let peer = 1u32;
         assert!(progress.get(&peer).is_none());
         progress.compared(
             peer,
@@ -205,6 +213,7 @@ mod tests {
                 behind: chats(&["a", "b"]),
                 ahead: chats(&["c"]),
             },
+            Instant::now(),
         );
         assert_eq!(progress.get(&peer).unwrap().counts(), Some((2, 1)));
         progress.in_sync(peer, &ChatId::new("a").unwrap(), Instant::now());
@@ -215,13 +224,13 @@ mod tests {
         assert_eq!(progress.get(&peer).unwrap().counts(), Some((0, 1)));
         progress.disconnected(&peer);
         assert_eq!(progress.get(&peer).unwrap().counts(), None);
-        assert!(progress.get(&peer).unwrap().last_sync_ms.is_some());
+        assert!(progress.get(&peer).unwrap().last_sync.is_some());
     }
 
     #[test]
     fn a_slow_comparison_does_not_undo_a_newer_sync() {
-        let mut progress = Progress::default();
-        let peer = PeerId::random();
+        let mut progress = Progress::<u32>::default();
+        let peer = 1u32;
         let began = Instant::now();
         progress.in_sync(
             peer,
@@ -235,16 +244,17 @@ mod tests {
                 behind: chats(&["a", "b"]),
                 ahead: BTreeSet::new(),
             },
+            began,
         );
         assert_eq!(progress.get(&peer).unwrap().counts(), Some((1, 0)));
     }
 
     #[test]
     fn a_chat_apart_with_no_sync_in_between_counts_as_stalled_once_per_period() {
-        let mut progress = Progress::default();
-        let peer = PeerId::random();
+        let mut progress = Progress::<u32>::default();
+        let peer = 1u32;
         let start = Instant::now();
-        let compare = |progress: &mut Progress, began: Instant, behind: &[&str]| {
+        let compare = |progress: &mut Progress<u32>, began: Instant, behind: &[&str]| {
             progress.compared(
                 peer,
                 Comparison {
@@ -252,6 +262,7 @@ mod tests {
                     behind: chats(behind),
                     ahead: BTreeSet::new(),
                 },
+                began,
             )
         };
         assert!(compare(&mut progress, start, &["a", "b"]).is_empty());

@@ -16,12 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use libp2p::PeerId;
-
 use super::{
-    sessions::Pending,
-    task::NetworkTask,
-    transfers::{Incoming, Purpose, TRANSFER_IDLE},
+    PeerKey,
+    transfers::{Incoming, TRANSFER_IDLE},
 };
 
 /// Cut transfers kept per device, at most.
@@ -34,17 +31,25 @@ const KEEP_FOR: Duration = TRANSFER_IDLE;
 pub const MAX_RESUMES: u32 = 64;
 
 /// Transfers cut with their connection, per device.
-#[derive(Default)]
-pub struct Resume {
-    kept: HashMap<PeerId, Vec<(Instant, Box<Incoming>)>>,
+pub struct Resume<P> {
+    kept: HashMap<P, Vec<(Instant, Box<Incoming>)>>,
     bytes: usize,
 }
 
-impl Resume {
+impl<P> Default for Resume<P> {
+    fn default() -> Self {
+        Resume {
+            kept: HashMap::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<P: PeerKey> Resume<P> {
     /// Keeps a cut transfer, or hands it back if it cannot be kept (resumed too often).
-    fn keep(
+    pub fn keep(
         &mut self,
-        peer: PeerId,
+        peer: P,
         mut incoming: Box<Incoming>,
         now: Instant,
     ) -> Result<(), Box<Incoming>> {
@@ -72,7 +77,7 @@ impl Resume {
 
     /// The cut transfers of `peer`, taken out (boxed, as every pull carries them).
     #[allow(clippy::vec_box)]
-    fn take(&mut self, peer: &PeerId, now: Instant) -> Vec<Box<Incoming>> {
+    pub fn take(&mut self, peer: &P, now: Instant) -> Vec<Box<Incoming>> {
         self.expire(now);
         let kept = self.kept.remove(peer).unwrap_or_default();
         self.bytes -= kept.iter().map(|(_, i)| i.held()).sum::<usize>();
@@ -94,7 +99,7 @@ impl Resume {
         self.bytes -= freed;
     }
 
-    fn drop_oldest(&mut self, of: Option<PeerId>) {
+    fn drop_oldest(&mut self, of: Option<P>) {
         let oldest = self
             .kept
             .iter()
@@ -118,105 +123,22 @@ impl Resume {
     }
 }
 
-impl NetworkTask {
-    /// A pull was cut (its request failed, or could not be sent). While another connection to
-    /// the device is up it goes on at once; otherwise it is kept to resume when the device is
-    /// back. Returns it if it is given up (cut too often): the caller ends what it was for.
-    pub(super) fn keep_cut_transfer(
-        &mut self,
-        peer: PeerId,
-        mut incoming: Box<Incoming>,
-    ) -> Option<Box<Incoming>> {
-        if incoming.resumed >= MAX_RESUMES {
-            tracing::debug!(%peer, ?incoming, "giving up a transfer cut too often");
-            return Some(incoming);
-        }
-        if self.swarm.is_connected(&peer) && self.accepted_peers().contains(&peer) {
-            incoming.resumed += 1;
-            tracing::debug!(%peer, ?incoming, "resuming a cut transfer on another connection");
-            // Its session still runs; a fetch holds its chat again.
-            if let Purpose::Fetch(chat) = &incoming.purpose {
-                self.sessions.fetching.insert(chat.clone());
-            }
-            self.pull_next(peer, incoming);
-            return None;
-        }
-        let session = match &incoming.purpose {
-            Purpose::Sync(chat) => Some(chat.clone()),
-            Purpose::Fetch(_) => None,
-        };
-        match self.resume.keep(peer, incoming, Instant::now()) {
-            Ok(()) => {
-                tracing::debug!(%peer, "keeping a cut transfer to resume");
-                // The session ends with the connection; the pull starts it again.
-                if let Some(chat) = session {
-                    self.session_over_for_resume(peer, chat);
-                }
-                None
-            }
-            Err(incoming) => Some(incoming),
-        }
-    }
-
-    /// The device is gone: keep its pulls under way, to resume when it is back.
-    pub(super) fn keep_cut_transfers(&mut self, peer: PeerId) {
-        let cut: Vec<_> = self
-            .sessions
-            .outbound
-            .iter()
-            .filter(|(_, (p, pending))| *p == peer && matches!(pending, Pending::Part(_)))
-            .map(|(id, _)| *id)
-            .collect();
-        let now = Instant::now();
-        for id in cut {
-            if let Some((_, Pending::Part(incoming))) = self.sessions.outbound.remove(&id)
-                && let Err(incoming) = self.resume.keep(peer, incoming, now)
-            {
-                tracing::debug!(%peer, ?incoming, "giving up a transfer cut too often");
-            }
-        }
-    }
-
-    /// The device is back: its cut pulls go on from where they stopped.
-    pub(super) fn resume_transfers(&mut self, peer: PeerId) {
-        for incoming in self.resume.take(&peer, Instant::now()) {
-            tracing::debug!(%peer, ?incoming, "resuming a transfer cut with its connection");
-            self.pull_resumed(peer, incoming);
-        }
-    }
-
-    fn pull_resumed(&mut self, peer: PeerId, incoming: Box<Incoming>) {
-        // The pull holds its fetch or its session again, so that neither starts twice.
-        match &incoming.purpose {
-            Purpose::Fetch(chat) => {
-                self.sessions.fetching.insert(chat.clone());
-            }
-            Purpose::Sync(chat) => {
-                let key = (peer, chat.clone());
-                if !self.sessions.running.insert(key) {
-                    // A session about it is under way already: it brings the same changes.
-                    return;
-                }
-            }
-        }
-        self.pull_next(peer, incoming);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use chatsync_model::ChatId;
-
     use super::*;
+    use crate::{
+        ChatId,
+        sync::transfers::{Progress, Purpose},
+    };
 
     fn incoming(held: usize) -> Box<Incoming> {
         let chat = ChatId::new("c").unwrap();
         let mut i = Box::new(Incoming::start(Purpose::Fetch(chat), 1, held as u64 + 10).unwrap());
         if held > 0 {
-            match i.add(&vec![1; held]) {
-                crate::net::transfers::Progress::More(more) => i = more,
+            match i.take_part(&vec![1; held]) {
+                Progress::More(more) => i = more,
                 _ => panic!("not more"),
             }
         }
@@ -225,8 +147,8 @@ mod tests {
 
     #[test]
     fn cut_transfers_are_kept_bounded_and_for_a_while() {
-        let mut r = Resume::default();
-        let peer = PeerId::random();
+        let mut r = Resume::<u32>::default();
+        let peer = 1;
         let t0 = Instant::now();
         for _ in 0..MAX_KEPT_PER_PEER + 3 {
             assert!(r.keep(peer, incoming(100), t0).is_ok());
