@@ -915,3 +915,267 @@ fn failure_text(failure: &Failure) -> &str {
         Failure::Offence(why) | Failure::Refused(why) | Failure::Internal(why) => why,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+    use crate::sync::outbound::MAX_IN_FLIGHT;
+
+    type Test = SyncCore<u32, u32>;
+
+    fn chat(name: &str) -> ChatId {
+        ChatId::new(name).unwrap()
+    }
+
+    fn drain(core: &mut Test) -> Vec<Output<u32, u32>> {
+        std::iter::from_fn(|| core.poll_output()).collect()
+    }
+
+    /// The tokens of the requests sent, with what they ask.
+    fn sent(outputs: &[Output<u32, u32>]) -> Vec<(Token, &Request)> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { token, request, .. } => Some((*token, request)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn steps(outputs: &[Output<u32, u32>]) -> usize {
+        outputs
+            .iter()
+            .filter(|o| matches!(o, Output::Work(Work::Step { .. })))
+            .count()
+    }
+
+    fn message(bytes: usize) -> Result<Step, Failure> {
+        Ok(Step {
+            message: Some(vec![7; bytes]),
+            in_sync: false,
+        })
+    }
+
+    #[test]
+    fn a_device_that_comes_up_is_sent_a_summary_and_the_roster() {
+        let mut core = Test::new(0);
+        let t0 = Instant::now();
+        core.peer_up(1, t0);
+        let out = drain(&mut core);
+        assert!(matches!(out[0], Output::RosterDue { peer: 1 }));
+        assert!(matches!(sent(&out)[..], [(_, Request::Summary)]));
+        // And again every RESUMMARIZE, not before.
+        core.tick(t0);
+        assert!(sent(&drain(&mut core)).is_empty());
+        core.tick(t0 + RESUMMARIZE);
+        assert!(matches!(
+            sent(&drain(&mut core))[..],
+            [(_, Request::Summary)]
+        ));
+    }
+
+    #[test]
+    fn a_local_change_starts_one_session_per_device_and_runs_it_again_if_busy() {
+        let mut core = Test::new(0);
+        let now = Instant::now();
+        core.peer_up(1, now);
+        core.peer_up(2, now);
+        drain(&mut core);
+        let chats = BTreeSet::from([chat("c")]);
+        core.changed(&chats, now);
+        assert_eq!(steps(&drain(&mut core)), 2);
+        // A change while the session with 1 runs: it runs again once that one ends.
+        core.changed(&chats, now);
+        assert_eq!(steps(&drain(&mut core)), 0);
+        let done = Ok(Step {
+            message: None,
+            in_sync: true,
+        });
+        core.stepped(1, chat("c"), done, now);
+        let out = drain(&mut core);
+        assert_eq!(steps(&out), 1, "{out:?}");
+        assert!(core.is_running(1, &chat("c")));
+    }
+
+    #[test]
+    fn a_lost_request_forgets_the_sync_state_and_ends_the_session() {
+        let mut core = Test::new(0);
+        let now = Instant::now();
+        core.peer_up(1, now);
+        drain(&mut core);
+        core.changed(&BTreeSet::from([chat("c")]), now);
+        drain(&mut core);
+        core.stepped(1, chat("c"), message(10), now);
+        let out = drain(&mut core);
+        let (token, _) = sent(&out)[0];
+        core.failed(token, now);
+        let out = drain(&mut core);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::ForgetSync { peer: 1, .. }))
+        );
+        assert!(!core.is_running(1, &chat("c")));
+        // A failure reported twice (or after the device went) changes nothing.
+        core.failed(token, now);
+        assert!(drain(&mut core).is_empty());
+    }
+
+    #[test]
+    fn a_message_too_large_for_a_request_asks_the_other_side_to_run_the_session() {
+        let mut core = Test::new(0);
+        let now = Instant::now();
+        core.peer_up(1, now);
+        drain(&mut core);
+        core.changed(&BTreeSet::from([chat("c")]), now);
+        drain(&mut core);
+        let too_large = core.part_bytes(&1) + 1;
+        core.stepped(1, chat("c"), message(too_large), now);
+        let out = drain(&mut core);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::ForgetSync { peer: 1, .. }))
+        );
+        assert!(matches!(
+            sent(&out)[..],
+            [(_, Request::Wire(SyncRequest::Pull { .. }))]
+        ));
+    }
+
+    #[test]
+    fn slow_down_pauses_the_device_then_the_request_goes_again() {
+        let mut core = Test::new(0);
+        let t0 = Instant::now();
+        core.peer_up(1, t0);
+        let (token, _) = sent(&drain(&mut core))[0];
+        core.answer(token, SyncResponse::SlowDown, t0);
+        assert!(
+            sent(&drain(&mut core)).is_empty(),
+            "nothing during the pause"
+        );
+        core.tick(t0 + SLOW_DOWN_PAUSE / 2);
+        assert!(sent(&drain(&mut core)).is_empty());
+        core.tick(t0 + SLOW_DOWN_PAUSE);
+        assert!(matches!(
+            sent(&drain(&mut core))[..],
+            [(_, Request::Summary)]
+        ));
+    }
+
+    #[test]
+    fn a_session_that_never_settles_ends_after_the_round_cap() {
+        let mut core = Test::new(0);
+        let now = Instant::now();
+        core.peer_up(1, now);
+        drain(&mut core);
+        core.changed(&BTreeSet::from([chat("c")]), now);
+        drain(&mut core);
+        for _ in 0..MAX_SESSION_ROUNDS {
+            core.stepped(1, chat("c"), message(10), now);
+            let out = drain(&mut core);
+            let (token, _) = sent(&out)[0];
+            core.answer(token, SyncResponse::Sync { message: None }, now);
+            drain(&mut core);
+        }
+        core.stepped(1, chat("c"), message(10), now);
+        let out = drain(&mut core);
+        assert!(sent(&out).is_empty(), "a request past the cap: {out:?}");
+        assert!(!core.is_running(1, &chat("c")));
+    }
+
+    #[test]
+    fn a_chat_apart_at_comparisons_ten_seconds_apart_starts_afresh() {
+        let mut core = Test::new(0);
+        let t0 = Instant::now();
+        core.peer_up(1, t0);
+        drain(&mut core);
+        let apart = |began| Comparison {
+            began,
+            behind: BTreeSet::from([chat("c")]),
+            ahead: BTreeSet::new(),
+        };
+        core.compared(1, apart(t0), t0);
+        assert!(drain(&mut core).is_empty());
+        let later = t0 + crate::sync::progress::STALLED_AFTER;
+        core.compared(1, apart(later), later);
+        let out = drain(&mut core);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::ForgetSync { peer: 1, .. }))
+        );
+        assert_eq!(steps(&out), 1);
+    }
+
+    #[test]
+    fn a_pull_cut_with_its_connection_goes_on_when_the_device_is_back() {
+        let mut core = Test::new(0);
+        let now = Instant::now();
+        core.peer_up(1, now);
+        drain(&mut core);
+        core.planned(1, vec![chat("c")], Vec::new(), now);
+        let (token, _) = sent(&drain(&mut core))[0];
+        let announced = SyncResponse::Document {
+            payload: Payload::Parts {
+                transfer: 9,
+                len: 10,
+            },
+        };
+        core.answer(token, announced, now);
+        let out = drain(&mut core);
+        let (token, _) = sent(&out)[0];
+        core.answer(token, SyncResponse::Part { bytes: vec![1; 4] }, now);
+        drain(&mut core);
+        core.peer_down(1, now);
+        assert!(drain(&mut core).is_empty());
+        core.peer_up(1, now);
+        let out = drain(&mut core);
+        assert!(
+            sent(&out).iter().any(|(_, r)| matches!(
+                r,
+                Request::Wire(SyncRequest::Part {
+                    transfer: 9,
+                    offset: 4
+                })
+            )),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn requests_beyond_the_cap_wait_for_a_free_slot() {
+        let mut core = Test::new(0);
+        let now = Instant::now();
+        core.peer_up(1, now);
+        drain(&mut core);
+        let chats: Vec<ChatId> = (0..MAX_IN_FLIGHT + 4)
+            .map(|i| chat(&format!("c{i}")))
+            .collect();
+        core.planned(1, chats, Vec::new(), now);
+        let out = drain(&mut core);
+        // The summary is one of the requests in flight.
+        assert_eq!(sent(&out).len(), MAX_IN_FLIGHT - 1);
+    }
+
+    #[test]
+    fn a_request_naming_no_valid_chat_is_an_offence_and_refused() {
+        let mut core = Test::new(0);
+        let now = Instant::now();
+        core.peer_up(1, now);
+        drain(&mut core);
+        let request = SyncRequest::Fetch {
+            chat: "not a chat id!".into(),
+        };
+        core.request(1, request, 5, now);
+        let out = drain(&mut core);
+        assert!(matches!(out[0], Output::Offence { peer: 1, .. }));
+        assert!(matches!(
+            out[1],
+            Output::Respond {
+                reply: 5,
+                response: Response::Wire(SyncResponse::Refused(_)),
+                ..
+            }
+        ));
+    }
+}
