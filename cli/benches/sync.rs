@@ -22,6 +22,10 @@ mod common;
 use common::{Daemon, home, text};
 
 struct Settings {
+    /// New chats timed across two hops.
+    hop_chats: usize,
+    /// Messages posted by three devices while apart, before they meet again.
+    apart: usize,
     latency_posts: usize,
     catch_up: usize,
     catch_up_chats: usize,
@@ -34,6 +38,8 @@ fn main() {
     let relay = std::env::args().any(|a| a == "--relay");
     let s = if quick {
         Settings {
+            hop_chats: 10,
+            apart: 1_000,
             latency_posts: 200,
             catch_up: 2_000,
             catch_up_chats: 10,
@@ -42,6 +48,8 @@ fn main() {
         }
     } else {
         Settings {
+            hop_chats: 30,
+            apart: 10_000,
             latency_posts: 1_000,
             catch_up: 10_000,
             catch_up_chats: 100,
@@ -59,6 +67,124 @@ fn main() {
         if quick { " (quick)" } else { "" }
     );
     rt.block_on(run(&s, relay));
+    if !relay {
+        rt.block_on(three_devices(&s));
+    }
+}
+
+/// Three daemons: A and B each dial S, and never meet.
+async fn three() -> (
+    Vec<Daemon>,
+    Vec<tempfile::TempDir>,
+    Vec<Vec<String>>,
+    Vec<String>,
+) {
+    let homes: Vec<tempfile::TempDir> = (0..3).map(|_| home()).collect();
+    let (s, _) = Daemon::start(homes[0].path()).await;
+    let ss = s.client.status().await.unwrap();
+    let s_addr = format!("{}/p2p/{}", ss.listen_addrs[0], ss.device_id);
+    let flags = vec![
+        Vec::new(),
+        vec!["--peer".to_string(), s_addr.clone()],
+        vec!["--peer".to_string(), s_addr],
+    ];
+    let mut daemons = vec![s];
+    for i in 1..3 {
+        daemons.push(Daemon::start_with(homes[i].path(), &flags[i]).await.0);
+    }
+    let mut ids = Vec::new();
+    for d in &daemons {
+        ids.push(d.client.status().await.unwrap().device_id);
+    }
+    for (i, d) in daemons.iter().enumerate() {
+        for (j, id) in ids.iter().enumerate() {
+            if i != j {
+                d.client.add_device(id, None).await.unwrap();
+            }
+        }
+    }
+    for d in &daemons[1..] {
+        wait_connected(&d.client, &ids[0]).await;
+    }
+    (daemons, homes, flags, ids)
+}
+
+/// A new chat across two hops (A to B through S), and three devices that posted while apart
+/// meeting again.
+async fn three_devices(s: &Settings) {
+    let (mut daemons, homes, flags, _ids) = three().await;
+    println!(
+        "### Three devices (loopback; A and B each connected to S only)
+"
+    );
+    let mut hops = Vec::new();
+    for i in 0..s.hop_chats {
+        let started = Instant::now();
+        let chat = daemons[1]
+            .client
+            .create_chat(&format!("hop {i}"))
+            .await
+            .unwrap()
+            .id;
+        loop {
+            if daemons[2].client.chat(&chat).await.is_ok() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the chat never crossed"
+            );
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        hops.push(started.elapsed());
+    }
+    hops.sort();
+    println!(
+        "A new chat made on A shows on B ({} chats, one after another): p50 {:.1} ms, max {:.1} ms.\n",
+        hops.len(),
+        ms(hops[hops.len() / 2]),
+        ms(*hops.last().unwrap())
+    );
+
+    // Apart: each device posts a third while the other two are stopped.
+    let chat = daemons[1].client.create_chat("apart").await.unwrap().id;
+    for d in &daemons {
+        wait_messages(&d.client, &chat, 0).await;
+    }
+    let mut stopped: Vec<Option<Daemon>> = daemons.drain(..).map(Some).collect();
+    for d in stopped.iter_mut() {
+        d.take().unwrap().stop().await;
+    }
+    let share = s.apart / 3;
+    for (i, home) in homes.iter().enumerate() {
+        let n = if i == 2 { s.apart - 2 * share } else { share };
+        // Alone: no peers given, so it sees nobody.
+        let (d, _) = Daemon::start(home.path()).await;
+        post_many(&d.client, &chat, n, 8).await;
+        d.stop().await;
+    }
+    let started = Instant::now();
+    for (i, home) in homes.iter().enumerate() {
+        daemons.push(Daemon::start_with(home.path(), &flags[i]).await.0);
+    }
+    for d in &daemons {
+        wait_messages(&d.client, &chat, s.apart as u64).await;
+    }
+    let took = started.elapsed();
+    let raw = raw_sync(s.apart);
+    println!(
+        "Apart, then together: {} messages posted a third on each device while the other two \
+         were stopped, then all three started (each missed two thirds): every device had all \
+         of them {:.0} ms after the first start (raw Automerge sync of as many in one go, in \
+         memory: {:.0} ms; ratio {:.1}).\n",
+        s.apart,
+        ms(took),
+        ms(raw.time),
+        took.as_secs_f64() / raw.time.as_secs_f64()
+    );
+    for d in daemons {
+        d.stop().await;
+    }
 }
 
 struct Pair {
