@@ -1,5 +1,5 @@
 //! The sync simulator as a benchmark: how many seeded runs per second it gets through, and,
-//! from its runs, how many hops (a round trip is two), seconds of virtual time, messages and
+//! from its runs, how many hops (a round trip is two), milliseconds of virtual time, messages and
 //! bytes devices need to converge after the final
 //! heal, as a function of how much the device furthest behind missed.
 //!
@@ -49,7 +49,7 @@ fn main() {
     }
     println!();
     println!(
-        "| changes missed at the heal | runs | hops p50 / p90 / max | seconds p50 / p90 / max | messages p50 / p90 / max | KiB p50 / p90 / max |"
+        "| changes missed at the heal | runs | hops p50 / p90 / max | virtual ms p50 / p90 / max | messages p50 / p90 / max | KiB p50 / p90 / max |"
     );
     println!("|---|---:|---:|---:|---:|---:|");
     for (low, high) in [(0, 0), (1, 10), (11, 50), (51, 200), (201, usize::MAX)] {
@@ -84,7 +84,7 @@ fn main() {
             "| {range} | {} | {} | {} | {} | {} |",
             bucket.len(),
             three(sorted(|r| r.hops_to_converge), 1),
-            three(sorted(|r| r.ms_to_converge), 1000),
+            three(sorted(|r| r.ms_to_converge), 1),
             three(sorted(|r| r.messages_to_converge), 1),
             three(sorted(|r| r.bytes_to_converge), 1024),
         );
