@@ -29,11 +29,13 @@ use crate::{ChatId, exchange::Step};
 
 /// How often connected devices trade summaries again (anti-entropy).
 pub const RESUMMARIZE: Duration = Duration::from_secs(30);
-/// Rounds one session runs at most. Each round can carry any number of changes, so an honest
-/// session needs a handful; one that goes on is two devices trading the same heads and needs
-/// again and again (one needs a change the other cannot send yet). It ends, logged; the chat
-/// then counts as stalled and starts afresh (`progress::STALLED_AFTER`) instead of costing a
-/// round trip after round trip for as long as that lasts.
+/// Rounds one session runs at most without the chat changing here. Each round can carry any
+/// number of changes, so an honest session needs a handful after the last change; one that goes
+/// on with nothing changing is two devices trading the same heads and needs again and again
+/// (one needs a change the other cannot send yet). It ends, logged; the chat then counts as
+/// stalled and starts afresh (`progress::STALLED_AFTER`) instead of costing a round trip after
+/// round trip for as long as that lasts. A session that carries a stream of posts goes on for
+/// as long as they come: every change here counts its rounds from zero again.
 pub const MAX_SESSION_ROUNDS: u32 = 200;
 /// How long nothing new is sent to a device that said "slow down". With at most
 /// `MAX_IN_FLIGHT` requests refused per pause, an honest device stays far from the refusals
@@ -148,7 +150,8 @@ pub struct SyncCore<P, R> {
     running: HashSet<(P, ChatId)>,
     /// Sessions to run again when the current one ends (a change arrived meanwhile).
     again: HashSet<(P, ChatId)>,
-    /// Requests each running session has sent (see [`MAX_SESSION_ROUNDS`]).
+    /// Requests each running session has sent since the chat last changed here (see
+    /// [`MAX_SESSION_ROUNDS`]).
     rounds: HashMap<(P, ChatId), u32>,
     /// Chats being fetched whole (from one device at a time, so each arrives once).
     fetching: HashSet<ChatId>,
@@ -252,6 +255,8 @@ impl<P: PeerKey, R> SyncCore<P, R> {
         for peer in peers {
             for chat in chats {
                 self.progress.changed_here(peer, chat);
+                // A session under way makes progress: its rounds count afresh.
+                self.rounds.remove(&(peer, chat.clone()));
                 self.start_session(peer, chat.clone());
             }
         }
@@ -1082,6 +1087,32 @@ mod tests {
         let out = drain(&mut core);
         assert!(sent(&out).is_empty(), "a request past the cap: {out:?}");
         assert!(!core.is_running(1, &chat("c")));
+    }
+
+    #[test]
+    fn a_session_carrying_a_stream_of_changes_is_not_cut_by_the_round_cap() {
+        let mut core = Test::new(0);
+        let now = Instant::now();
+        core.peer_up(1, now);
+        drain(&mut core);
+        let chats = BTreeSet::from([chat("c")]);
+        core.changed(&chats, now);
+        drain(&mut core);
+        for round in 0..3 * MAX_SESSION_ROUNDS {
+            core.stepped(1, chat("c"), message(10), now);
+            let out = drain(&mut core);
+            let (token, _) = sent(&out)
+                .first()
+                .copied()
+                .unwrap_or_else(|| panic!("cut after {round} rounds"));
+            if round % 10 == 0 {
+                core.changed(&chats, now);
+                drain(&mut core);
+            }
+            core.answer(token, SyncResponse::Sync { message: None }, now);
+            drain(&mut core);
+        }
+        assert!(core.is_running(1, &chat("c")));
     }
 
     #[test]

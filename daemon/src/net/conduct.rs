@@ -8,9 +8,9 @@
 //!   requests one, sync messages more with their size, summaries and whole-chat fetches (which
 //!   make this device read every chat's heads, or save a whole chat) many. The bucket refills at
 //!   [`REQUEST_RATE`] tokens a second up to [`REQUEST_BURST`]; a request it cannot pay for is
-//!   refused at once, unread, with "slow down". Honest devices rarely get there (a new device
+//!   refused at once, unread, with `SlowDown`. Honest devices rarely get there (a new device
 //!   fetching 1,000 chats spends half the burst), and when they do they pause for a second
-//!   (`sessions.rs`), so at most a few in-flight requests are refused each second. A device
+//!   (`chatsync_model::sync::sessions`), so at most a few in-flight requests are refused each second. A device
 //!   that keeps sending after being told to slow down ([`FLOOD_REFUSALS`] refusals within a
 //!   minute, far more than that) is suspended.
 //! - **Offences.** Data that no honest device sends (a sync message that does not decode,
@@ -35,8 +35,7 @@ use std::{
 
 use libp2p::PeerId;
 
-use super::{protocol::SyncRequest, task::NetworkTask};
-use crate::engine::now_ms;
+use super::protocol::SyncRequest;
 
 /// Tokens a device's bucket gains per second.
 pub const REQUEST_RATE: f64 = 2_000.0;
@@ -195,62 +194,6 @@ impl Conduct {
             }
         }
         self.records.entry(peer).or_insert_with(|| Record::new(now))
-    }
-}
-
-impl NetworkTask {
-    /// Charges `peer` for a request. False when the request is to be refused unread: the
-    /// device is over its rate (and perhaps now suspended for ignoring that).
-    pub(super) fn admit_request(&mut self, peer: PeerId, request: &SyncRequest) -> bool {
-        match self.conduct.admit(peer, cost(request), Instant::now()) {
-            Admission::Serve => true,
-            Admission::SlowDown => {
-                tracing::debug!(%peer, "a device is over its request rate; told to slow down");
-                false
-            }
-            Admission::Suspend(length) => {
-                self.suspend(
-                    peer,
-                    length,
-                    "it kept sending requests after being told to slow down",
-                );
-                false
-            }
-        }
-    }
-
-    /// `peer` sent data no honest device sends: logged, counted, and perhaps suspended.
-    pub(super) fn offence(&mut self, peer: PeerId, why: &str) {
-        tracing::warn!(%peer, %why, "refused data from a device");
-        self.sync.count_offence(peer);
-        if let Some(length) = self.conduct.offence(peer, Instant::now()) {
-            self.suspend(peer, length, why);
-        }
-    }
-
-    fn suspend(&mut self, peer: PeerId, length: Duration, why: &str) {
-        tracing::warn!(
-            %peer,
-            seconds = length.as_secs(),
-            %why,
-            "suspending a device for misconduct: its connections are closed and it is refused \
-             until the suspension ends"
-        );
-        self.swarm
-            .behaviour_mut()
-            .gate
-            .suspend(peer, Instant::now() + length);
-    }
-
-    /// Until when `peer` is suspended, in ms since the Unix epoch.
-    pub(super) fn suspended_until_ms(&self, peer: &PeerId) -> Option<i64> {
-        let now = Instant::now();
-        let left = self.conduct.suspended_until(peer, now)?.duration_since(now);
-        Some(now_ms().saturating_add(i64::try_from(left.as_millis()).unwrap_or(i64::MAX)))
-    }
-
-    pub(super) fn is_suspended(&self, peer: &PeerId, now: Instant) -> bool {
-        self.conduct.suspended_until(peer, now).is_some()
     }
 }
 

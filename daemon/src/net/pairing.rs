@@ -464,8 +464,11 @@ impl NetworkTask {
         if result.is_ok() {
             self.apply_trust();
             // The ticket's first address stays first.
-            for addr in join.ticket.addresses.iter().rev() {
-                self.remember_reached(peer, addr.clone());
+            if self.allowed.contains(&peer) {
+                for addr in join.ticket.addresses.iter().rev() {
+                    self.remembered
+                        .save_reached(self.engine.store(), peer, addr.clone());
+                }
             }
             if let Some(entry) = self.book.entry(peer) {
                 for addr in join.ticket.addresses {

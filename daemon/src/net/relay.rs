@@ -28,9 +28,9 @@
 //!
 //! **Limits met mid-transfer.** A relay closes a circuit that has carried its byte limit or
 //! lived its time limit. Over relayed connections large payloads travel in small parts
-//! (`transfers.rs`), and a transfer cut with its connection is resumed from where it stopped
-//! after the devices reconnect (`resume.rs`), so a catch-up larger than one circuit allows
-//! still completes.
+//! (`chatsync_model::sync::transfers`), and a transfer cut with its connection is resumed from
+//! where it stopped after the devices reconnect (`chatsync_model::sync::resume`), so a catch-up
+//! larger than one circuit allows still completes.
 
 use std::{
     collections::HashSet,
@@ -566,7 +566,7 @@ impl NetworkTask {
     }
 
     /// Large payloads go to a device reached only through relays in small parts
-    /// (`transfers.rs`).
+    /// (`chatsync_model::sync::transfers`).
     fn update_relayed_only(&mut self, peer: PeerId, closing: Option<ConnectionId>) {
         let relayed_only = self.book.peers.get(&peer).is_some_and(|e| {
             let mut open = e.connections.iter().filter(|(id, _)| Some(**id) != closing);

@@ -18,7 +18,6 @@ use std::{collections::HashMap, str::FromStr};
 
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 
-use super::task::NetworkTask;
 use crate::store::{ListenPorts, Store};
 
 /// Addresses remembered per device at most.
@@ -150,40 +149,32 @@ fn is_quic(address: &Multiaddr) -> bool {
     address.iter().any(|p| matches!(p, Protocol::QuicV1))
 }
 
-impl NetworkTask {
+/// The same, written through to the store at once (a failure is logged: what is remembered only
+/// saves time at the next start).
+impl Remembered {
     /// Remembers that `peer` (a roster device) was reached at `address`.
-    pub(super) fn remember_reached(&mut self, peer: PeerId, address: Multiaddr) {
-        if !self.allowed.contains(&peer) {
-            return;
-        }
-        if let Some(list) = self.remembered.reached_at(peer, address) {
+    pub fn save_reached(&mut self, store: &Store, peer: PeerId, address: Multiaddr) {
+        if let Some(list) = self.reached_at(peer, address) {
             let list: Vec<String> = list.iter().map(ToString::to_string).collect();
-            if let Err(e) = self
-                .engine
-                .store()
-                .put_reached_addresses(&peer.to_base58(), &list)
-            {
+            if let Err(e) = store.put_reached_addresses(&peer.to_base58(), &list) {
                 tracing::warn!(%peer, error = %e, "cannot remember where a device was reached");
             }
         }
     }
 
     /// Forgets where `peer` was reached (it left the roster).
-    pub(super) fn forget_reached(&mut self, peer: &PeerId) {
-        if self.remembered.forget(peer)
-            && let Err(e) = self
-                .engine
-                .store()
-                .forget_reached_addresses(&peer.to_base58())
+    pub fn save_forgotten(&mut self, store: &Store, peer: &PeerId) {
+        if self.forget(peer)
+            && let Err(e) = store.forget_reached_addresses(&peer.to_base58())
         {
             tracing::warn!(%peer, error = %e, "cannot forget a removed device's addresses");
         }
     }
 
     /// Notes the port a new listener got, for the next start.
-    pub(super) fn remember_listening(&mut self, address: &Multiaddr) {
-        if let Some(ports) = self.remembered.listening_on(address)
-            && let Err(e) = self.engine.store().put_listen_ports(&ports)
+    pub fn save_listening(&mut self, store: &Store, address: &Multiaddr) {
+        if let Some(ports) = self.listening_on(address)
+            && let Err(e) = store.put_listen_ports(&ports)
         {
             tracing::warn!(error = %e, "cannot remember the listen ports");
         }

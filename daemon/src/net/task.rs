@@ -29,9 +29,10 @@ use chatsync_model::sync::Token;
 use super::{
     Command, PeerInfo, SyncState,
     behaviour::{Behaviour, BehaviourEvent, PROTOCOL_VERSION, build_swarm},
-    conduct::Conduct,
+    conduct::{Admission, Conduct, cost},
     pairing::Pairing,
     peers::{MAX_PEERS, PeerBook, transport},
+    protocol::SyncRequest,
     relay::{RelayState, path_of, server_config},
     remembered::Remembered,
     sessions::{Core, Internal, forward_changes},
@@ -165,7 +166,7 @@ impl NetworkTask {
         // Devices removed while this one was not running.
         for peer in task.remembered.devices() {
             if !task.allowed.contains(&peer) {
-                task.forget_reached(&peer);
+                task.remembered.save_forgotten(task.engine.store(), &peer);
             }
         }
         Ok(task)
@@ -245,7 +246,7 @@ impl NetworkTask {
             .set_removed(peers(&trust.removed).into_iter().collect());
         let gone: Vec<PeerId> = self.allowed.difference(&trusted).copied().collect();
         for peer in gone {
-            self.forget_reached(&peer);
+            self.remembered.save_forgotten(self.engine.store(), &peer);
             // Nothing more is synced with it; it stays connected only to hear it was removed.
             self.sync.peer_down(peer, Instant::now());
             self.begin_removal(peer);
@@ -310,7 +311,8 @@ impl NetworkTask {
                 listener_id,
             } => {
                 tracing::info!(%address, "listening for devices");
-                self.remember_listening(&address);
+                self.remembered
+                    .save_listening(self.engine.store(), &address);
                 self.relay_new_listen_addr(listener_id, &address);
                 self.listen_addrs.push(address);
             }
@@ -338,8 +340,9 @@ impl NetworkTask {
                     }
                 };
                 let (path, relay) = path_of(&endpoint);
-                if outbound {
-                    self.remember_reached(peer_id, remote.clone());
+                if outbound && self.allowed.contains(&peer_id) {
+                    self.remembered
+                        .save_reached(self.engine.store(), peer_id, remote.clone());
                 }
                 if let Some(entry) = self.book.entry(peer_id) {
                     if outbound {
@@ -654,6 +657,64 @@ impl NetworkTask {
                 .max()
                 .map(epoch_ms),
         }
+    }
+}
+
+/// Conduct (`conduct.rs` keeps the books): what the task does about a device's requests and
+/// offences.
+impl NetworkTask {
+    /// Charges `peer` for a request. False when the request is to be refused unread: the
+    /// device is over its rate (and perhaps now suspended for ignoring that).
+    pub(super) fn admit_request(&mut self, peer: PeerId, request: &SyncRequest) -> bool {
+        match self.conduct.admit(peer, cost(request), Instant::now()) {
+            Admission::Serve => true,
+            Admission::SlowDown => {
+                tracing::debug!(%peer, "a device is over its request rate; told to slow down");
+                false
+            }
+            Admission::Suspend(length) => {
+                self.suspend(
+                    peer,
+                    length,
+                    "it kept sending requests after being told to slow down",
+                );
+                false
+            }
+        }
+    }
+
+    /// `peer` sent data no honest device sends: logged, counted, and perhaps suspended.
+    pub(super) fn offence(&mut self, peer: PeerId, why: &str) {
+        tracing::warn!(%peer, %why, "refused data from a device");
+        self.sync.count_offence(peer);
+        if let Some(length) = self.conduct.offence(peer, Instant::now()) {
+            self.suspend(peer, length, why);
+        }
+    }
+
+    fn suspend(&mut self, peer: PeerId, length: Duration, why: &str) {
+        tracing::warn!(
+            %peer,
+            seconds = length.as_secs(),
+            %why,
+            "suspending a device for misconduct: its connections are closed and it is refused \
+             until the suspension ends"
+        );
+        self.swarm
+            .behaviour_mut()
+            .gate
+            .suspend(peer, Instant::now() + length);
+    }
+
+    /// Until when `peer` is suspended, in ms since the Unix epoch.
+    pub(super) fn suspended_until_ms(&self, peer: &PeerId) -> Option<i64> {
+        let now = Instant::now();
+        let left = self.conduct.suspended_until(peer, now)?.duration_since(now);
+        Some(now_ms().saturating_add(i64::try_from(left.as_millis()).unwrap_or(i64::MAX)))
+    }
+
+    pub(super) fn is_suspended(&self, peer: &PeerId, now: Instant) -> bool {
+        self.conduct.suspended_until(peer, now).is_some()
     }
 }
 
