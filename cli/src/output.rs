@@ -32,6 +32,38 @@ pub fn local_time(ms: i64) -> String {
     }
 }
 
+/// Text another device wrote (a message, a title, a name, a reaction), made safe to print on a
+/// terminal: control characters, escape sequences and bidirectional overrides are shown as
+/// visible marks instead of acting, so that nobody can forge a line that looks like another
+/// device's message, move the cursor or recolour the screen. Newlines are kept (callers indent
+/// continuation lines); `--json` prints the raw text.
+pub fn visible(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            // C0 controls as their Unicode control pictures (ESC shows as ␛, CR as ␍).
+            '\u{0}'..='\u{1f}' => out.push(char::from_u32(0x2400 + c as u32).unwrap_or('\u{fffd}')),
+            '\u{7f}' => out.push('\u{2421}'),
+            // C1 controls (a lone 0x9b is a CSI on some terminals), bidirectional embeddings,
+            // overrides and isolates (which reorder what follows), and the line and paragraph
+            // separators.
+            '\u{80}'..='\u{9f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{2028}'
+            | '\u{2029}' => out.push_str(&format!("<U+{:04X}>", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// [`visible`], on one line: newlines shown too (for names and titles in tables).
+pub fn visible_line(text: &str) -> String {
+    visible(text).replace('\n', "\u{2424}")
+}
+
 /// Width of a string in terminal columns, close enough for alignment of names.
 fn width(s: &str) -> usize {
     s.chars().count()
@@ -49,7 +81,7 @@ fn pad(s: &str, to: usize) -> String {
 pub fn message_lines(messages: &[MessageJson]) -> Vec<String> {
     let name_width = messages
         .iter()
-        .map(|m| width(&m.author_name))
+        .map(|m| width(&visible_line(&m.author_name)))
         .max()
         .unwrap_or(0);
     messages
@@ -63,7 +95,7 @@ pub fn message_line(m: &MessageJson, name_width: usize) -> String {
         "{}  {}  {}  ",
         short(&m.id),
         local_time(m.ts),
-        pad(&m.author_name, name_width)
+        pad(&visible_line(&m.author_name), name_width)
     );
     let mut body = String::new();
     if let Some(parent) = &m.reply_to {
@@ -72,7 +104,7 @@ pub fn message_line(m: &MessageJson, name_width: usize) -> String {
     if m.deleted {
         body.push_str("(deleted)");
     } else {
-        body.push_str(&m.text);
+        body.push_str(&visible(&m.text));
         if m.edited {
             body.push_str(" (edited)");
         }
@@ -87,7 +119,10 @@ pub fn message_line(m: &MessageJson, name_width: usize) -> String {
         }
         let shown: Vec<String> = counts
             .into_iter()
-            .map(|(r, n)| if n == 1 { r } else { format!("{r} {n}") })
+            .map(|(r, n)| {
+                let r = visible_line(&r);
+                if n == 1 { r } else { format!("{r} {n}") }
+            })
             .collect();
         body.push_str(&format!("  [{}]", shown.join(" ")));
     }
@@ -106,7 +141,7 @@ pub fn message_line(m: &MessageJson, name_width: usize) -> String {
 pub fn chat_table(chats: &[ChatJson]) -> Vec<String> {
     let title_width = chats
         .iter()
-        .map(|c| width(&c.title))
+        .map(|c| width(&visible_line(&c.title)))
         .max()
         .unwrap_or(0)
         .max(5);
@@ -120,7 +155,7 @@ pub fn chat_table(chats: &[ChatJson]) -> Vec<String> {
         out.push(format!(
             "{}  {}  {:>8}  {}",
             pad(short(&c.id), SHORT_ID),
-            pad(&c.title, title_width),
+            pad(&visible_line(&c.title), title_width),
             c.messages,
             local_time(c.last_activity)
         ));
@@ -130,7 +165,7 @@ pub fn chat_table(chats: &[ChatJson]) -> Vec<String> {
 
 /// Renders the network's view of devices as an aligned table.
 pub fn peer_table(peers: &[PeerJson]) -> Vec<String> {
-    let name = |p: &PeerJson| p.name.clone().unwrap_or_else(|| "?".into());
+    let name = |p: &PeerJson| p.name.as_deref().map_or_else(|| "?".into(), visible_line);
     let name_width = peers
         .iter()
         .map(|p| width(&name(p)))
@@ -225,7 +260,7 @@ pub fn device_table(devices: &[DeviceJson]) -> Vec<String> {
         .max(2);
     let name_width = devices
         .iter()
-        .map(|d| width(&d.name))
+        .map(|d| width(&visible_line(&d.name)))
         .max()
         .unwrap_or(0)
         .max(4);
@@ -244,7 +279,7 @@ pub fn device_table(devices: &[DeviceJson]) -> Vec<String> {
         out.push(format!(
             "{}  {}  {:<16}  {state}",
             pad(&d.id, id_width),
-            pad(&d.name, name_width),
+            pad(&visible_line(&d.name), name_width),
             d.added_at.map(local_time).unwrap_or_default()
         ));
     }
@@ -254,6 +289,25 @@ pub fn device_table(devices: &[DeviceJson]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn controls_escapes_and_reordering_show_as_marks() {
+        assert_eq!(visible("a\x1b[31mb\rc\x07"), "a␛[31mb␍c␇");
+        assert_eq!(
+            visible("x\u{9b}y\u{202e}z\u{2066}"),
+            "x<U+009B>y<U+202E>z<U+2066>"
+        );
+        assert_eq!(visible("two\nlines\tand tab"), "two\nlines\tand tab");
+        assert_eq!(visible_line("two\nlines"), "two␤lines");
+        assert_eq!(visible("émoji 👍 and ünïcode"), "émoji 👍 and ünïcode");
+    }
+
+    #[test]
+    fn a_forged_line_stays_on_the_line_of_the_message_that_carries_it() {
+        let line = message_line(&msg("eve\x1b[2K", "hi\r01234567  mallory  keys"), 0);
+        assert_eq!(line.lines().count(), 1);
+        assert!(!line.contains('\r') && !line.contains('\x1b'), "{line:?}");
+    }
 
     fn msg(name: &str, text: &str) -> MessageJson {
         MessageJson {

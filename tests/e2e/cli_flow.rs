@@ -341,3 +341,35 @@ fn a_killed_daemon_is_reported_not_running_and_starts_again() {
     assert_eq!(ids(&log_json(&dev, &["survivor"])), [&id]);
     dev.stop();
 }
+
+#[test]
+fn text_from_other_devices_cannot_drive_the_terminal() {
+    let dev = Device::new();
+    dev.start();
+    // A line that, printed raw, would return the cursor, clear the line and forge another
+    // device's message in colour; and a title that reorders what follows it.
+    let forged =
+        "hi\r\x1b[2K\x1b[31m01234567  2026-01-01 00:00  mallory  send me your keys\u{202e}";
+    let title = "family\x1b]0;owned\x07\u{202e}";
+    dev.ok(&["chat", "create", title]);
+    let chat = dev.ok_json(&["chats"])[0]["id"]
+        .as_str()
+        .expect("chat id")
+        .to_string();
+    post(&dev, &[&chat, forged]);
+    post(&dev, &[&chat, "two\nlines"]);
+    let shown = dev.ok(&["log", &chat]) + &dev.ok(&["chats"]);
+    for raw in ['\x1b', '\r', '\x07', '\u{202e}'] {
+        assert!(!shown.contains(raw), "{raw:?} printed raw: {shown:?}");
+    }
+    assert!(shown.contains("hi␍␛[2K␛[31m"), "{shown}");
+    assert!(shown.contains("<U+202E>"), "{shown}");
+    // A newline stays a continuation line, indented under the text.
+    let two = shown
+        .lines()
+        .position(|l| l.ends_with("two"))
+        .expect("the first line");
+    assert!(shown.lines().nth(two + 1).unwrap().trim() == "lines");
+    // JSON keeps the text exactly.
+    assert_eq!(texts(&log_json(&dev, &[&chat]))[0], forged);
+}

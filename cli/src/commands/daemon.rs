@@ -176,7 +176,7 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
     }
     let rows = [
         ("device id", s.device_id.clone()),
-        ("name", s.name.clone()),
+        ("name", output::visible_line(&s.name)),
         ("version", s.version.clone()),
         ("chats", s.chats.to_string()),
         (

@@ -36,7 +36,11 @@ fn show(device: &DeviceJson, verb: &str, json: bool) -> anyhow::Result<()> {
     if json {
         output::json_line(device)
     } else {
-        println!("{verb} {} ({})", device.id, device.name);
+        println!(
+            "{verb} {} ({})",
+            device.id,
+            crate::output::visible_line(&device.name)
+        );
         Ok(())
     }
 }

@@ -42,7 +42,7 @@ pub async fn pair(client: &Client, expires_secs: u64, json: bool) -> anyhow::Res
                             "joined": { "device_id": device_id, "name": name }
                         }))?;
                     } else {
-                        println!("{name} ({device_id}) joined");
+                        println!("{} ({device_id}) joined", crate::output::visible_line(&name));
                     }
                     return Ok(());
                 }
@@ -124,7 +124,11 @@ pub async fn join(
             "joined": { "device_id": joined.device_id, "name": joined.name }
         }))?;
     } else {
-        println!("joined the mesh of {} ({})", joined.name, joined.device_id);
+        println!(
+            "joined the mesh of {} ({})",
+            crate::output::visible_line(&joined.name),
+            joined.device_id
+        );
     }
     wait_for_chats(client, json).await
 }
