@@ -272,6 +272,7 @@ async fn engine_posts(tasks: usize, posts: usize) -> Duration {
             memory_budget_bytes: 256 << 20,
             idle_unload: Duration::from_secs(600),
             name_configured: true,
+            reserve_bytes: 64 << 20,
         },
     )
     .unwrap();

@@ -20,6 +20,9 @@ pub const AMBIGUOUS: u8 = 5;
 pub const REFUSED: u8 = 6;
 /// The daemon could not store the change.
 pub const STORAGE: u8 = 7;
+/// The daemon refused the change because its disk is nearly full (nothing was stored; the same
+/// command succeeds once space is freed).
+pub const STORAGE_FULL: u8 = 11;
 /// `join`: the ticket is not valid (damaged, expired, already used, or refused by the
 /// inviting device).
 pub const TICKET: u8 = 8;
@@ -74,6 +77,7 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
                 "not_found" => NOT_FOUND,
                 "ambiguous" => AMBIGUOUS,
                 "storage" => STORAGE,
+                "storage_full" => STORAGE_FULL,
                 "invalid" | "forbidden" | "deleted" | "too_large" | "bad_json"
                 | "too_many_invites" => REFUSED,
                 "ticket_invalid" | "ticket_expired" | "ticket_used" | "ticket_refused" => TICKET,

@@ -238,6 +238,9 @@ pub struct StoreConfig {
     pub memory_budget_mb: u64,
     /// Chats unused for this many seconds are unloaded from memory.
     pub idle_unload_secs: u64,
+    /// Space kept free on the store's disk, in MiB: new writes are refused (`storage_full`)
+    /// while less is free, and resume by themselves once there is more.
+    pub reserve_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -246,6 +249,7 @@ impl Default for StoreConfig {
             cache_mb: 16,
             memory_budget_mb: 256,
             idle_unload_secs: 600,
+            reserve_mb: 64,
         }
     }
 }

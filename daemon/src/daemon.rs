@@ -90,6 +90,7 @@ pub async fn serve(
             memory_budget_bytes: config.store.memory_budget_mb * 1024 * 1024,
             idle_unload: std::time::Duration::from_secs(config.store.idle_unload_secs.max(1)),
             name_configured: config.name.as_deref().is_some_and(|n| !n.trim().is_empty()),
+            reserve_bytes: config.store.reserve_mb.saturating_mul(1024 * 1024),
         },
     )?;
     let listener = api::bind(&paths.socket).await?;

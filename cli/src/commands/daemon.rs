@@ -201,12 +201,15 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
         (
             "store",
             format!(
-                "{} on disk, {}",
+                "{} on disk{}, {}",
                 human_bytes(s.store_bytes),
-                if s.store_healthy {
-                    "healthy"
-                } else {
-                    "FAILED (writes refused; see the daemon log)"
+                s.store_free_bytes
+                    .map(|f| format!(", {} free", human_bytes(f)))
+                    .unwrap_or_default(),
+                match s.store_state.as_str() {
+                    "ok" => "healthy",
+                    "full" => "DISK FULL (new writes refused until space is freed; reads work)",
+                    _ => "FAILED (writes refused; see the daemon log)",
                 }
             ),
         ),

@@ -73,6 +73,15 @@ async fn status(State(st): St) -> Json<StatusJson> {
         loaded_bytes_estimate: stats.loaded_bytes_estimate,
         store_bytes: stats.store_bytes,
         store_healthy: stats.store_healthy,
+        store_state: if !stats.store_healthy {
+            "failed"
+        } else if stats.store_full {
+            "full"
+        } else {
+            "ok"
+        }
+        .to_string(),
+        store_free_bytes: stats.store_free_bytes,
         started_at: st.started_at,
         uptime_ms: st.started.elapsed().as_millis() as u64,
         listen_addrs: listen_addrs.iter().map(ToString::to_string).collect(),

@@ -30,6 +30,12 @@ pub struct StatusJson {
     pub store_bytes: u64,
     /// False after a failed write to the store: writes are refused until a restart.
     pub store_healthy: bool,
+    /// `ok`; `full` while the store's disk has less than its reserve free (new writes are
+    /// refused with `storage_full`, reads work, writing resumes by itself once space is freed);
+    /// `failed` after a failed write (writes refused until a restart).
+    pub store_state: String,
+    /// Bytes free on the store's disk (absent if it could not be measured).
+    pub store_free_bytes: Option<u64>,
     pub started_at: i64,
     pub uptime_ms: u64,
     /// Addresses other devices can reach this one at.

@@ -30,7 +30,7 @@ use chatsync_model::ChatId;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{EngineError, events::Event};
-use crate::store::{ChatRecord, Store, StoreError};
+use crate::store::{ChatRecord, Space, Store, StoreError};
 
 /// Submissions waiting for a flush, at most. Writers wait (back-pressure) beyond it.
 const QUEUE: usize = 8192;
@@ -82,6 +82,8 @@ pub struct Committer {
 pub struct Queue {
     tx: mpsc::Sender<Pending>,
     failed: Arc<AtomicBool>,
+    /// Free space on the store's disk: new writes begin only while the reserve is free.
+    space: Arc<Space>,
     unsubmitted: Arc<Unsubmitted>,
 }
 
@@ -153,7 +155,11 @@ impl Receipt {
 
 impl Committer {
     /// Starts the committer task.
-    pub fn start(store: Store, events: broadcast::Sender<Event>) -> std::io::Result<Committer> {
+    pub fn start(
+        store: Store,
+        events: broadcast::Sender<Event>,
+        space: Arc<Space>,
+    ) -> std::io::Result<Committer> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
         let unsubmitted = Arc::new(Unsubmitted::default());
@@ -167,6 +173,7 @@ impl Committer {
             queue: Queue {
                 tx,
                 failed,
+                space,
                 unsubmitted,
             },
             thread,
@@ -186,15 +193,27 @@ impl Committer {
 }
 
 impl Queue {
-    /// Refuses writes once a flush has failed.
+    /// Whether a new write may begin: refused once a flush has failed, and while the disk has
+    /// less than the reserve free (until space comes back). Every write checks this before it
+    /// changes anything, so that a refused write leaves nothing behind.
     pub fn check_healthy(&self) -> Result<(), EngineError> {
         if self.failed.load(Ordering::Acquire) {
-            Err(EngineError::Storage(
+            return Err(EngineError::Storage(
                 "the store failed to write earlier; restart chatsyncd (see its log)".into(),
-            ))
-        } else {
-            Ok(())
+            ));
         }
+        self.space.room().map_err(|free| {
+            EngineError::StorageFull(format!(
+                "the disk holding the store is nearly full ({free} bytes free, {} kept in \
+                 reserve): nothing was written; free some space and try again",
+                self.space.reserve()
+            ))
+        })
+    }
+
+    /// The store's disk: free space and whether writes are refused for want of it.
+    pub fn space(&self) -> &Space {
+        &self.space
     }
 
     /// Marks the store failed after a write error outside the committer.

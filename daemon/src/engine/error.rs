@@ -24,6 +24,10 @@ pub enum EngineError {
     /// longer, trusted) are [`EngineError::Forbidden`] instead.
     #[error("{0}")]
     Misbehaviour(String),
+    /// Not written for want of space: the disk holding the store has less than its reserve
+    /// free (`store::Space`). Nothing was changed; the same request succeeds once space is freed.
+    #[error("{0}")]
+    StorageFull(String),
     #[error("storage failure: {0}")]
     Storage(String),
     #[error("internal error: {0}")]

@@ -51,6 +51,8 @@ pub struct EngineConfig {
     /// host name), the name the device has in the roster wins: the one given when it joined
     /// (`chatsync join --name`) or set later on any device.
     pub name_configured: bool,
+    /// Bytes kept free on the store's disk: new writes are refused below it (`store::Space`).
+    pub reserve_bytes: u64,
 }
 
 /// Most messages one read returns.
@@ -95,6 +97,10 @@ pub struct EngineStats {
     pub loaded_bytes_estimate: u64,
     pub store_bytes: u64,
     pub store_healthy: bool,
+    /// New writes are refused for want of space (`store::Space`).
+    pub store_full: bool,
+    /// Bytes free on the store's disk, if it could be measured.
+    pub store_free_bytes: Option<u64>,
 }
 
 impl Engine {
@@ -119,8 +125,12 @@ impl Engine {
         let (trust, _) = tokio::sync::watch::channel(roster.trust(&device.id));
         let (events, _) = broadcast::channel(events::EVENT_BUFFER);
         let engine = Arc::new(Engine {
-            committer: Committer::start(store.clone(), events.clone())
-                .map_err(|e| EngineError::Internal(format!("cannot start the committer: {e}")))?,
+            committer: Committer::start(
+                store.clone(),
+                events.clone(),
+                Arc::new(crate::store::Space::new(store.dir(), config.reserve_bytes)),
+            )
+            .map_err(|e| EngineError::Internal(format!("cannot start the committer: {e}")))?,
             store,
             device,
             name: std::sync::RwLock::new(name),
@@ -190,6 +200,8 @@ impl Engine {
             loaded_bytes_estimate,
             store_bytes: self.store.size_on_disk(),
             store_healthy: self.committer.is_healthy(),
+            store_full: self.committer.space().is_full(),
+            store_free_bytes: self.committer.space().free(),
         }
     }
 

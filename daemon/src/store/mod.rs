@@ -46,6 +46,9 @@ use chatsync_model::{
 use serde::{Deserialize, Serialize};
 
 mod keys;
+mod space;
+
+pub use space::{Space, free_bytes};
 
 /// Key in the `meta` tree of the chats being written ([`Unsettled`]).
 const META_UNSETTLED: &[u8] = b"unsettled";
@@ -79,6 +82,29 @@ pub struct ListenPorts {
 const SCHEMA_VERSION: u32 = 1;
 /// Format byte in front of every value.
 const FORMAT: u8 = 1;
+/// Below this much free space, a store that fails to open is reported as on a full disk.
+const OPEN_NEEDS_FREE: u64 = 16 * 1024 * 1024;
+
+/// Removes the snapshots sled left unfinished in `dir` (see [`Store::open`]); returns how many.
+fn remove_unfinished_snapshots(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(file = %name, error = %e, "cannot remove an unfinished snapshot")
+                }
+            }
+        }
+    }
+    removed
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -92,6 +118,11 @@ pub enum StoreError {
     TooNew { path: String, found: u32 },
     #[error("another chatsyncd is already using the store at {0}")]
     Locked(String),
+    #[error(
+        "the disk holding the store at {path} is full ({free} bytes free); free some space and \
+         start chatsyncd again (nothing was lost)"
+    )]
+    Full { path: String, free: u64 },
 }
 
 /// What the store keeps about a chat besides its document.
@@ -129,6 +160,8 @@ pub struct StoredDoc {
 
 #[derive(Clone)]
 pub struct Store {
+    /// Where the store lives (for measuring the disk's free space).
+    dir: std::sync::Arc<Path>,
     db: sled::Db,
     chats: sled::Tree,
     docs: sled::Tree,
@@ -150,7 +183,46 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (or creates) the store in `dir`, using at most `cache_bytes` for sled's page cache.
+    ///
+    /// sled writes a snapshot on every open, first to `snap.N.generating`, renamed once
+    /// complete. When that fails (the disk is full), it leaves the unfinished file behind, and
+    /// its next open takes it for the newest snapshot and fails with "corrupted data" for good.
+    /// So after an open that fails (not for a lock: then another daemon may be writing one),
+    /// unfinished snapshots are removed (sled's log and last complete snapshot still hold
+    /// everything) and the open is tried once more; a disk that is still full is then said so.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let first = Self::open_once(dir, cache_bytes);
+        let Err(e) = first else {
+            return first;
+        };
+        if matches!(e, StoreError::Locked(_) | StoreError::TooNew { .. }) {
+            return Err(e);
+        }
+        let removed = remove_unfinished_snapshots(dir);
+        let result = if removed > 0 {
+            tracing::warn!(
+                removed,
+                error = %e,
+                "the store did not open; removed unfinished snapshots and trying again"
+            );
+            let again = Self::open_once(dir, cache_bytes);
+            if again.is_err() {
+                remove_unfinished_snapshots(dir);
+            }
+            again
+        } else {
+            Err(e)
+        };
+        result.map_err(|e| match space::free_bytes(dir) {
+            Ok(free) if free < OPEN_NEEDS_FREE => StoreError::Full {
+                path: dir.display().to_string(),
+                free,
+            },
+            _ => e,
+        })
+    }
+
+    fn open_once(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -183,6 +255,7 @@ impl Store {
             }
         }
         Ok(Store {
+            dir: dir.into(),
             chats: db.open_tree("chats.v1")?,
             docs: db.open_tree("docs.v1")?,
             roster: db.open_tree("roster.v1")?,
@@ -192,6 +265,11 @@ impl Store {
             meta,
             db,
         })
+    }
+
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Every chat record. Records that cannot be read are skipped with a warning.

@@ -67,6 +67,25 @@ pub async fn wait_store_released(paths: &Paths) {
     }
 }
 
+/// Waits until no daemon holds the store's lock (the store may still fail to open for another
+/// reason: a full disk, say).
+pub async fn wait_store_unlocked(paths: &Paths) {
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        let dir = paths.store_dir();
+        let opened = tokio::task::spawn_blocking(move || Store::open(&dir, 1 << 20))
+            .await
+            .unwrap();
+        match opened {
+            Err(StoreError::Locked(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(StoreError::Locked(e)) => panic!("the store is still in use: {e}"),
+            _ => return,
+        }
+    }
+}
+
 /// Network settings for tests: loopback only, no mDNS, no peers.
 pub fn loopback_network() -> chatsync_daemon::config::NetworkConfig {
     chatsync_daemon::config::NetworkConfig {
@@ -109,6 +128,14 @@ impl TestDaemon {
 
     /// Starts a daemon on `home` (which may hold an earlier daemon's data).
     pub async fn start_in(home: Arc<TempDir>, config: Config) -> TestDaemon {
+        match Self::try_start_in(home, config).await {
+            Ok(daemon) => daemon,
+            Err(e) => panic!("the daemon stopped while starting: {e}"),
+        }
+    }
+
+    /// Like [`Self::start_in`], but a daemon that stops while starting is an `Err` with why.
+    pub async fn try_start_in(home: Arc<TempDir>, config: Config) -> Result<TestDaemon, String> {
         let paths = Paths::resolve(&PathArgs {
             home: Some(home.path().to_path_buf()),
             socket: None,
@@ -159,21 +186,24 @@ impl TestDaemon {
             token,
             task: Some(task),
         };
-        daemon.wait_ready().await;
-        daemon
+        daemon.wait_ready().await?;
+        Ok(daemon)
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if self.task.as_ref().is_some_and(|t| t.is_finished()) {
                 let result = self.task.take().unwrap().await;
-                panic!("the daemon stopped while starting: {result:?}");
+                return Err(match result {
+                    Ok(Err(e)) => format!("{e:#}"),
+                    other => format!("{other:?}"),
+                });
             }
             if let Ok(resp) = self.client.get(self.url("/status")).send().await
                 && resp.status() == StatusCode::OK
             {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
@@ -206,14 +236,29 @@ impl TestDaemon {
     }
 
     async fn join(&mut self) {
+        if let Err(e) = self.try_join().await {
+            panic!("the daemon stopped with an error: {e}");
+        }
+    }
+
+    /// Waits (at most [`STOP_TIMEOUT`]) for `serve` to return; `Err` with its error.
+    async fn try_join(&mut self) -> Result<(), String> {
         let task = self.task.take().expect("the daemon was already stopped");
         let joined = tokio::time::timeout(STOP_TIMEOUT, task)
             .await
             .unwrap_or_else(|_| panic!("the daemon did not stop within {STOP_TIMEOUT:?}"));
         let served = joined.expect("the daemon task panicked");
-        if let Err(e) = served {
-            panic!("the daemon stopped with an error: {e:#}");
-        }
+        served.map_err(|e| format!("{e:#}"))
+    }
+
+    /// Cancels the daemon and waits for it to stop and release the store, whether `serve`
+    /// returned `Ok` or not (a store that failed to write may fail to close); returns the home
+    /// and what `serve` returned.
+    pub async fn shutdown_even_failed(mut self) -> (Arc<TempDir>, Result<(), String>) {
+        self.token.cancel();
+        let served = self.try_join().await;
+        wait_store_unlocked(&self.paths).await;
+        (self.home.clone(), served)
     }
 
     /// Stops the daemon and starts a new one on the same home and config.

@@ -1,0 +1,271 @@
+//! A full disk never bricks a device: with the home on a small tmpfs, new writes are refused
+//! (`storage_full`) before the disk is full while reads keep working, writing resumes by
+//! itself when space comes back, and a start on a disk too full to open the store refuses
+//! clearly and leaves the store openable once space is freed.
+//!
+//! Mounting a tmpfs needs root: without it (or without `mount`) the tests say so and pass.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+    time::Duration,
+};
+
+use chatsync_daemon::{
+    api::wire::{ErrorBody, MessageListJson},
+    config::Config,
+    store::free_bytes,
+};
+use reqwest::StatusCode;
+use serde_json::json;
+use support::TestDaemon;
+use tempfile::TempDir;
+
+/// A tmpfs of a fixed size, mounted for the test and unmounted after it.
+struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    fn mount(mib: u64) -> Option<Tmpfs> {
+        let dir = tempfile::Builder::new()
+            .prefix("csfull")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Some(Tmpfs { dir }),
+            Ok(out) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: no `mount` command: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A home for a daemon on this disk.
+    fn home(&self) -> Arc<TempDir> {
+        Arc::new(tempfile::tempdir_in(self.path()).unwrap())
+    }
+
+    /// Fills the disk until `leave` bytes are free (0: until a write fails for want of space).
+    fn fill(&self, leave: u64) -> PathBuf {
+        let path = self
+            .path()
+            .join(format!("filler-{}", rand::random::<u32>()));
+        let mut file = std::fs::File::create(&path).unwrap();
+        let block = vec![0x5a_u8; 64 * 1024];
+        loop {
+            let free = free_bytes(self.path()).unwrap();
+            if free <= leave {
+                break;
+            }
+            let n = (free - leave).min(block.len() as u64) as usize;
+            if let Err(e) = file.write_all(&block[..n]) {
+                assert_eq!(e.raw_os_error(), Some(libc_enospc()), "{e}");
+                break;
+            }
+        }
+        // Whatever could not be written stays unwritten: the disk is as full as asked.
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+/// ENOSPC.
+fn libc_enospc() -> i32 {
+    28
+}
+
+fn config(reserve_mb: u64) -> Config {
+    let mut config = Config::default();
+    config.store.reserve_mb = reserve_mb;
+    config.store.cache_mb = 1;
+    config
+}
+
+/// Waits out the interval at which free space is measured again.
+async fn let_space_be_measured() {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_stop_at_the_reserve_and_resume_when_space_comes_back() {
+    let Some(disk) = Tmpfs::mount(64) else {
+        return;
+    };
+    let d = TestDaemon::try_start_in(disk.home(), config(8))
+        .await
+        .unwrap();
+    let chat = d.create_chat("family").await.id;
+    d.post_message(&chat, "before").await;
+    assert_eq!(d.status().await.store_state, "ok");
+
+    let filler = disk.fill(4 * 1024 * 1024);
+    let_space_be_measured().await;
+    let refused = d
+        .post(
+            &format!("/chats/{chat}/messages"),
+            json!({ "text": "refused" }),
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "{refused:?}"
+    );
+    let body: ErrorBody = refused.json(StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(body.error.code, "storage_full");
+    let created = d.post("/chats", json!({ "title": "new" })).await;
+    assert_eq!(created.status, StatusCode::INSUFFICIENT_STORAGE);
+    // Reads work, and show nothing of what was refused.
+    let texts: Vec<String> = d
+        .get(&format!("/chats/{chat}/messages"))
+        .await
+        .json::<MessageListJson>(StatusCode::OK)
+        .messages
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["before"]);
+    let status = d.status().await;
+    assert_eq!(status.store_state, "full");
+    assert!(status.store_free_bytes.unwrap() < 8 * 1024 * 1024);
+
+    // Space comes back: writing resumes, with no restart.
+    std::fs::remove_file(filler).unwrap();
+    let_space_be_measured().await;
+    d.post_message(&chat, "after").await;
+    assert_eq!(d.status().await.store_state, "ok");
+    assert_eq!(d.chats().await.len(), 1);
+    let home = d.shutdown().await;
+    // And all of it is there after a restart.
+    let d = TestDaemon::try_start_in(home, config(8)).await.unwrap();
+    assert_eq!(d.chat(&chat).await.messages, 2);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_on_a_full_disk_never_leaves_the_store_unopenable() {
+    let Some(disk) = Tmpfs::mount(64) else {
+        return;
+    };
+    let d = TestDaemon::try_start_in(disk.home(), config(1))
+        .await
+        .unwrap();
+    let chat = d.create_chat("family").await.id;
+    for i in 0..20 {
+        d.post_message(&chat, &format!("m{i}")).await;
+    }
+    let home = d.shutdown().await;
+    let store = home.path().join("data").join("store");
+
+    // Completely full: the store cannot even write its snapshot at start.
+    let filler = disk.fill(0);
+    for _ in 0..2 {
+        match TestDaemon::try_start_in(home.clone(), config(1)).await {
+            Err(why) => assert!(why.contains("is full"), "{why}"),
+            Ok(d) => {
+                // It opened after all: then it must refuse writes, not fail them.
+                let status = d.status().await;
+                assert_eq!(status.store_state, "full", "{status:?}");
+                d.shutdown().await;
+            }
+        }
+        let unfinished: Vec<String> = std::fs::read_dir(&store)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".generating"))
+            .collect();
+        assert!(unfinished.is_empty(), "left behind: {unfinished:?}");
+    }
+
+    // Space freed: it starts, with everything it had.
+    std::fs::remove_file(filler).unwrap();
+    let d = TestDaemon::try_start_in(home, config(1)).await.unwrap();
+    assert_eq!(d.chat(&chat).await.messages, 20);
+    d.post_message(&chat, "after").await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_filled_under_a_store_without_reserve_recovers_once_space_is_freed() {
+    let Some(disk) = Tmpfs::mount(64) else {
+        return;
+    };
+    // No reserve: the disk fills under sled itself (as when the reserve is too small for what
+    // another program writes meanwhile).
+    let d = TestDaemon::try_start_in(disk.home(), config(0))
+        .await
+        .unwrap();
+    let chat = d.create_chat("family").await.id;
+    d.post_message(&chat, "before").await;
+    let filler = disk.fill(0);
+    let mut failed = 0;
+    for i in 0..50 {
+        let reply = d
+            .post(
+                &format!("/chats/{chat}/messages"),
+                json!({ "text": format!("{i} {}", "x".repeat(60_000)) }),
+            )
+            .await;
+        if reply.status != StatusCode::CREATED {
+            failed += 1;
+        }
+    }
+    eprintln!("{failed} of 50 posts failed on the full disk");
+    assert!(failed > 0, "the disk never filled");
+    // Stopping finishes (an error closing the store is said, not hung on).
+    let (home, stopped) = d.shutdown_even_failed().await;
+    eprintln!("stopped: {stopped:?}");
+    // Starts on the still-full disk fail or refuse writes; none may leave the store broken.
+    for _ in 0..2 {
+        match TestDaemon::try_start_in(home.clone(), config(0)).await {
+            Ok(d) => {
+                let _ = d.shutdown_even_failed().await;
+            }
+            Err(why) => eprintln!("start on the full disk: {why}"),
+        }
+    }
+    std::fs::remove_file(filler).unwrap();
+    let d = TestDaemon::try_start_in(home, config(0)).await.unwrap();
+    let texts: Vec<String> = d
+        .get(&format!("/chats/{chat}/messages"))
+        .await
+        .json::<MessageListJson>(StatusCode::OK)
+        .messages
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert!(texts.contains(&"before".to_string()), "{texts:?}");
+    d.post_message(&chat, "after").await;
+    d.shutdown().await;
+}
