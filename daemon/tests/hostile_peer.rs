@@ -594,3 +594,32 @@ async fn a_removed_device_that_does_not_answer_is_sent_nothing_but_the_roster() 
     );
     assert!(!hostile.connect().await, "a removed device connected again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_roster_is_an_offence_and_leaves_the_roster_as_it_was() {
+    let (daemon, _honest, mut hostile, _chat) = mesh().await;
+    assert!(hostile.connect().await);
+    let before: serde_json::Value = daemon.get("/devices").await.json(StatusCode::OK);
+    let bad = [
+        b"\x85\x6f\x4a\x83 not a roster".to_vec(),
+        // An Automerge document, but a chat's rather than a roster.
+        {
+            let me = Device::with_session(hostile.device(), "hostile", b"s").unwrap();
+            ChatDoc::create(ChatId::new("x").unwrap(), "x", &me, 1)
+                .unwrap()
+                .save()
+        },
+        vec![0u8; 4096],
+    ];
+    for bytes in bad {
+        // The daemon answers with its own roster whatever it makes of the sender's.
+        let _ = hostile.ask(SyncRequest::Roster(bytes)).await;
+    }
+    assert!(
+        !hostile.stays_up(Duration::from_secs(3)).await,
+        "three bad rosters did not get the device disconnected"
+    );
+    assert_suspended(&daemon, &mut hostile).await;
+    let after: serde_json::Value = daemon.get("/devices").await.json(StatusCode::OK);
+    assert_eq!(before, after, "the roster changed");
+}

@@ -177,17 +177,28 @@ impl Engine {
     /// undo its own removal this way.
     pub async fn merge_roster(&self, bytes: &[u8]) -> Result<bool, EngineError> {
         self.committer.check_healthy()?;
-        let mut theirs = RosterDoc::load_untrusted(bytes, &self.device)
-            .map_err(|e| EngineError::Misbehaviour(e.to_string()))?;
+        // Bytes from another device: Automerge may panic on them (a paired device can sign
+        // what it likes). Loaded and merged into a copy, with panics contained, so that a bad
+        // roster costs that one exchange (an offence) and leaves this device's roster as it was.
+        let mut theirs = super::sync::contain_panic(|| {
+            RosterDoc::load_untrusted(bytes, &self.device)
+                .map_err(|e| EngineError::Misbehaviour(e.to_string()))
+        })?;
         let write = self.committer.begin();
         let (receipt, me_removed) = {
             let mut roster = self.roster.lock().await;
             let before_entries = roster.doc.entries();
             let before = roster.doc.heads();
-            roster.doc.merge(&mut theirs)?;
-            if roster.doc.heads() == before {
+            let mut merged = RosterDoc::load(&roster.doc.save(), &self.device)?;
+            super::sync::contain_panic(|| {
+                merged
+                    .merge(&mut theirs)
+                    .map_err(|e| EngineError::Misbehaviour(e.to_string()))
+            })?;
+            if merged.heads() == before {
                 return Ok(false);
             }
+            roster.doc = merged;
             let chunk = roster.doc.save_after(&before);
             persist_roster_chunk(&self.store, &self.committer, roster.next_seq, &chunk)?;
             roster.next_seq += 1;

@@ -508,7 +508,9 @@ pub fn same_heads(a: &[String], b: &[String]) -> bool {
 
 /// Runs Automerge on bytes from another device, turning a panic inside it into an error: a
 /// malformed message must cost that one exchange, not the daemon.
-fn contain_panic<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
+pub(super) fn contain_panic<T>(
+    f: impl FnOnce() -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(result) => result,
         Err(_) => Err(EngineError::Misbehaviour(
