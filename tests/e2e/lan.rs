@@ -62,10 +62,14 @@ fn three_devices_find_each_other_by_mdns_and_converge_through_a_cut() {
     });
 
     // Cut host 2 off; both sides keep posting.
+    // Pings go every 2 s and time out after 5 s: a dead link shows as disconnected within
+    // about 7 s (not once the close of a dead connection has waited out its own timeout).
+    let cut_at = std::time::Instant::now();
     lan.cut(2);
-    wait_for("the cut to be noticed", Duration::from_secs(20), || {
+    wait_for("the cut to be noticed", Duration::from_secs(12), || {
         connected_count(&devs[0]) == 1 && connected_count(&devs[2]) == 0
     });
+    eprintln!("the cut was noticed after {:?}", cut_at.elapsed());
     for i in 0..20 {
         devs[0].ok(&["post", &chat, &format!("from 0 during the cut {i}")]);
         devs[1].ok(&["post", &chat, &format!("from 1 during the cut {i}")]);

@@ -27,6 +27,8 @@ pub struct Connection {
     pub relay: Option<PeerId>,
     /// Opened by hole punching (DCUtR) from a relayed connection.
     pub hole_punched: bool,
+    /// When it was opened or last answered a ping (see `task.rs`, `close_silent`).
+    pub heard_at: std::time::Instant,
 }
 
 #[derive(Debug, Default)]

@@ -17,7 +17,7 @@ use libp2p::{
     ping,
     request_response::OutboundRequestId,
     swarm::{
-        DialError, SwarmEvent,
+        ConnectionId, DialError, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
     },
 };
@@ -28,7 +28,9 @@ use chatsync_model::sync::Token;
 
 use super::{
     Command, PeerInfo, SyncState,
-    behaviour::{Behaviour, BehaviourEvent, PROTOCOL_VERSION, build_swarm},
+    behaviour::{
+        Behaviour, BehaviourEvent, PING_INTERVAL, PING_TIMEOUT, PROTOCOL_VERSION, build_swarm,
+    },
     conduct::{Admission, Conduct, cost},
     pairing::Pairing,
     peers::{MAX_PEERS, PeerBook, transport},
@@ -48,6 +50,9 @@ const MAX_DISCOVERED_ADDRESSES: usize = 8;
 const INTERNAL_QUEUE: usize = 1024;
 /// How often due redials are looked for, and the sync core's timers run.
 const TICK: Duration = Duration::from_millis(250);
+/// A connection to a device that has answered no ping for this long is dead: a ping goes every
+/// [`PING_INTERVAL`] and may take [`PING_TIMEOUT`].
+const SILENT_AFTER: Duration = PING_INTERVAL.saturating_add(PING_TIMEOUT);
 /// How long shutdown waits for document work under way to finish.
 const WORK_AFTER_SHUTDOWN: Duration = Duration::from_secs(10);
 
@@ -187,6 +192,7 @@ impl NetworkTask {
                 Some(paired) = self.pairing.rx.recv() => self.on_pair_internal(paired),
                 Ok(()) = self.trust.changed() => self.apply_trust(),
                 _ = tick.tick() => {
+                    self.close_silent();
                     self.finish_removals(false);
                     self.sync.tick(Instant::now());
                     self.drive();
@@ -357,6 +363,7 @@ impl NetworkTask {
                             path,
                             relay,
                             hole_punched: false,
+                            heard_at: Instant::now(),
                         },
                     );
                 }
@@ -369,20 +376,7 @@ impl NetworkTask {
                 ..
             } => {
                 self.relay_connection_closed(peer_id, connection_id);
-                let Some(entry) = self.book.peers.get_mut(&peer_id) else {
-                    return;
-                };
-                entry.connections.remove(&connection_id);
-                if !entry.connected() {
-                    let was_up = std::mem::take(&mut entry.accepted);
-                    entry.rtt = None;
-                    if was_up {
-                        tracing::info!(peer = %peer_id, ?cause, "device disconnected");
-                        self.announce(peer_id, false);
-                        self.on_peer_gone(peer_id);
-                    }
-                    self.forget_stranger(peer_id);
-                }
+                self.connection_gone(peer_id, connection_id, &format!("{cause:?}"));
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -408,6 +402,9 @@ impl NetworkTask {
                 Ok(rtt) => {
                     if let Some(entry) = self.book.peers.get_mut(&peer) {
                         entry.rtt = Some(rtt);
+                        if let Some(c) = entry.connections.get_mut(&connection) {
+                            c.heard_at = Instant::now();
+                        }
                     }
                 }
                 Err(e) => {
@@ -415,6 +412,10 @@ impl NetworkTask {
                     // linger until TCP gives up.
                     tracing::debug!(%peer, error = %e, "ping failed; closing the connection");
                     self.swarm.close_connection(connection);
+                    // The link is dead now, not once the close completes: over a dead link
+                    // that waits out a timeout of its own (10 s and more), all the while
+                    // `status` would say connected.
+                    self.connection_gone(peer, connection, &format!("ping failed: {e}"));
                 }
             },
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync_event_checked(event),
@@ -458,6 +459,49 @@ impl NetworkTask {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Closes the connections to devices that have not answered a ping for [`SILENT_AFTER`]:
+    /// their link is dead. libp2p's ping says so only at its second failure, and that one
+    /// waits out a stream timeout (about 17 s in all).
+    fn close_silent(&mut self) {
+        let now = Instant::now();
+        let silent: Vec<(PeerId, ConnectionId)> = self
+            .book
+            .peers
+            .iter()
+            .filter(|(_, e)| e.accepted)
+            .flat_map(|(peer, e)| {
+                e.connections
+                    .iter()
+                    .filter(|(_, c)| now.duration_since(c.heard_at) > SILENT_AFTER)
+                    .map(|(id, _)| (*peer, *id))
+            })
+            .collect();
+        for (peer, connection) in silent {
+            tracing::debug!(%peer, "no answer to pings; closing the connection");
+            self.swarm.close_connection(connection);
+            self.connection_gone(peer, connection, "no answer to pings");
+        }
+    }
+
+    /// A connection is closed, or dead and closing: if it was the device's last, the device is
+    /// gone (once: a dead connection's close arrives later and finds it gone already).
+    fn connection_gone(&mut self, peer: PeerId, connection: ConnectionId, why: &str) {
+        let Some(entry) = self.book.peers.get_mut(&peer) else {
+            return;
+        };
+        entry.connections.remove(&connection);
+        if !entry.connected() {
+            let was_up = std::mem::take(&mut entry.accepted);
+            entry.rtt = None;
+            if was_up {
+                tracing::info!(%peer, cause = why, "device disconnected");
+                self.announce(peer, false);
+                self.on_peer_gone(peer);
+            }
+            self.forget_stranger(peer);
         }
     }
 
