@@ -71,6 +71,13 @@ impl Peer {
         self.next_dial = Some(now + backoff);
     }
 
+    /// The device speaks another version of chatsync: dialled again only after `wait` (it may
+    /// be upgraded meanwhile), not every few seconds.
+    pub fn incompatible(&mut self, now: Instant, wait: Duration) {
+        self.backoff = Some(MAX_BACKOFF);
+        self.next_dial = Some(now + wait);
+    }
+
     /// The connection works: dial at once next time it drops.
     pub fn reset_backoff(&mut self) {
         self.backoff = None;

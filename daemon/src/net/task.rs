@@ -53,6 +53,8 @@ const TICK: Duration = Duration::from_millis(250);
 /// A connection to a device that has answered no ping for this long is dead: a ping goes every
 /// [`PING_INTERVAL`] and may take [`PING_TIMEOUT`].
 const SILENT_AFTER: Duration = PING_INTERVAL.saturating_add(PING_TIMEOUT);
+/// How long a device of another chatsync version waits before it is dialled again.
+const INCOMPATIBLE_REDIAL: Duration = Duration::from_secs(300);
 /// How long shutdown waits for document work under way to finish.
 const WORK_AFTER_SHUTDOWN: Duration = Duration::from_secs(10);
 
@@ -512,7 +514,15 @@ impl NetworkTask {
             return;
         }
         if info.protocol_version != PROTOCOL_VERSION {
-            tracing::warn!(%peer, version = %info.protocol_version, "not a compatible chatsync device; disconnecting");
+            tracing::warn!(
+                %peer,
+                version = %info.protocol_version,
+                agent = %info.agent_version,
+                "not a compatible chatsync device; disconnecting (dialled again in 5 minutes)"
+            );
+            if let Some(entry) = self.book.peers.get_mut(&peer) {
+                entry.incompatible(Instant::now(), INCOMPATIBLE_REDIAL);
+            }
             let _ = self.swarm.disconnect_peer_id(peer);
             return;
         }
