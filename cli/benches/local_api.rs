@@ -276,7 +276,7 @@ async fn engine_posts(tasks: usize, posts: usize) -> Duration {
         },
     )
     .unwrap();
-    let chat = engine.create_chat("bench").await.unwrap().id;
+    let chat = engine.create_chat("bench", None).await.unwrap().id;
     let per_task = posts / tasks;
     let started = Instant::now();
     let mut handles = Vec::new();
@@ -285,7 +285,7 @@ async fn engine_posts(tasks: usize, posts: usize) -> Duration {
         handles.push(tokio::spawn(async move {
             for i in 0..per_task {
                 engine
-                    .post(&chat, &text(t * per_task + i), None)
+                    .post(&chat, &text(t * per_task + i), None, None)
                     .await
                     .unwrap();
             }

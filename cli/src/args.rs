@@ -66,6 +66,10 @@ pub enum Command {
         /// Answer this message (id or id prefix).
         #[arg(long, value_name = "MSG")]
         reply_to: Option<String>,
+        /// Post at most once under this key, however often the command runs (a lost answer is
+        /// retried with a fresh key otherwise chosen per run; see docs/api.md).
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     /// Show the latest messages of a chat, oldest first.
     Log {
@@ -130,6 +134,9 @@ pub enum ChatCommand {
     Create {
         /// The chat's title.
         name: String,
+        /// Create at most one chat under this key, however often the command runs.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     /// Rename a chat.
     Rename { chat: String, title: String },

@@ -93,10 +93,25 @@ impl Client {
         body: Option<&dyn erased::Body>,
         query: &[(&str, String)],
     ) -> Result<reqwest::Response, ClientError> {
+        self.send_keyed(method, path, body, query, None).await
+    }
+
+    /// [`Self::send`] with an `Idempotency-Key` (docs/api.md).
+    async fn send_keyed(
+        &self,
+        method: Method,
+        path: &[&str],
+        body: Option<&dyn erased::Body>,
+        query: &[(&str, String)],
+        key: Option<&str>,
+    ) -> Result<reqwest::Response, ClientError> {
         let mut req = self
             .http
             .request(method, Self::url(path))
             .timeout(REQUEST_TIMEOUT);
+        if let Some(key) = key {
+            req = req.header("Idempotency-Key", key);
+        }
         if !query.is_empty() {
             req = req.query(query);
         }
@@ -121,7 +136,18 @@ impl Client {
         body: Option<&dyn erased::Body>,
         query: &[(&str, String)],
     ) -> Result<T, ClientError> {
-        let resp = self.send(method, path, body, query).await?;
+        self.json_keyed(method, path, body, query, None).await
+    }
+
+    async fn json_keyed<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &[&str],
+        body: Option<&dyn erased::Body>,
+        query: &[(&str, String)],
+        key: Option<&str>,
+    ) -> Result<T, ClientError> {
+        let resp = self.send_keyed(method, path, body, query, key).await?;
         let bytes = resp.bytes().await.map_err(|e| self.map_transport(e))?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
@@ -142,10 +168,20 @@ impl Client {
     }
 
     pub async fn create_chat(&self, title: &str) -> Result<ChatJson, ClientError> {
+        self.create_chat_keyed(title, None).await
+    }
+
+    /// Creates a chat; with `key`, a retry with the same key answers with the same chat.
+    pub async fn create_chat_keyed(
+        &self,
+        title: &str,
+        key: Option<&str>,
+    ) -> Result<ChatJson, ClientError> {
         let body = CreateChatRequest {
             title: title.into(),
         };
-        self.json(Method::POST, &["chats"], Some(&body), &[]).await
+        self.json_keyed(Method::POST, &["chats"], Some(&body), &[], key)
+            .await
     }
 
     pub async fn chat(&self, chat: &str) -> Result<ChatJson, ClientError> {
@@ -183,11 +219,23 @@ impl Client {
         text: &str,
         reply_to: Option<&str>,
     ) -> Result<MessageJson, ClientError> {
+        self.post_keyed(chat, text, reply_to, None).await
+    }
+
+    /// Posts a message; with `key`, a retry with the same key answers with the same message.
+    pub async fn post_keyed(
+        &self,
+        chat: &str,
+        text: &str,
+        reply_to: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<MessageJson, ClientError> {
         let body = PostRequest {
             text: text.into(),
             reply_to: reply_to.map(Into::into),
         };
-        self.json(Method::POST, &["chats", chat, "messages"], Some(&body), &[])
+        let path = ["chats", chat, "messages"];
+        self.json_keyed(Method::POST, &path, Some(&body), &[], key)
             .await
     }
 

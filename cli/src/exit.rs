@@ -78,7 +78,12 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
                 "ambiguous" => AMBIGUOUS,
                 "storage" => STORAGE,
                 "storage_full" => STORAGE_FULL,
-                "invalid" | "forbidden" | "deleted" | "too_large" | "bad_json"
+                "invalid"
+                | "forbidden"
+                | "deleted"
+                | "too_large"
+                | "bad_json"
+                | "idempotency_conflict"
                 | "too_many_invites" => REFUSED,
                 "ticket_invalid" | "ticket_expired" | "ticket_used" | "ticket_refused" => TICKET,
                 "inviter_unreachable" => UNREACHABLE,

@@ -10,3 +10,4 @@ pub mod client;
 pub mod commands;
 pub mod exit;
 pub mod output;
+pub mod retry;

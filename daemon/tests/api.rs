@@ -598,3 +598,83 @@ async fn shutdown_route_stops_the_daemon() {
     let after = client.get("http://chatsyncd/v1/status").send().await;
     assert!(after.is_err(), "the daemon still answers: {after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_retried_with_its_idempotency_key_is_applied_once() {
+    let d = TestDaemon::start().await;
+    let keyed = |method: Method, path: &str, key: &str, body: serde_json::Value| {
+        d.request(method, path)
+            .header("Idempotency-Key", key)
+            .json(&body)
+    };
+    // A chat created twice with one key is one chat, answered the same both times.
+    let first: ChatJson = d
+        .send(keyed(
+            Method::POST,
+            "/chats",
+            "chat-1",
+            json!({"title": "family"}),
+        ))
+        .await
+        .json(StatusCode::CREATED);
+    let again: ChatJson = d
+        .send(keyed(
+            Method::POST,
+            "/chats",
+            "chat-1",
+            json!({"title": "family"}),
+        ))
+        .await
+        .json(StatusCode::CREATED);
+    assert_eq!(first.id, again.id);
+    assert_eq!(d.chats().await.len(), 1);
+
+    // A post retried with its key: one message, the same answer.
+    let path = format!("/chats/{}/messages", first.id);
+    let posted: MessageJson = d
+        .send(keyed(Method::POST, &path, "post-1", json!({"text": "hi"})))
+        .await
+        .json(StatusCode::CREATED);
+    let retried: MessageJson = d
+        .send(keyed(Method::POST, &path, "post-1", json!({"text": "hi"})))
+        .await
+        .json(StatusCode::CREATED);
+    assert_eq!(posted, retried);
+    // Another key is another message; the same key for other content is a conflict.
+    d.send(keyed(Method::POST, &path, "post-2", json!({"text": "hi"})))
+        .await
+        .json::<MessageJson>(StatusCode::CREATED);
+    let reused = d
+        .send(keyed(
+            Method::POST,
+            &path,
+            "post-1",
+            json!({"text": "other"}),
+        ))
+        .await;
+    assert_eq!(reused.status, StatusCode::CONFLICT, "{:?}", reused.body);
+    assert_eq!(reused.body["error"]["code"], "idempotency_conflict");
+    let bad = d
+        .send(keyed(
+            Method::POST,
+            &path,
+            "not a key!",
+            json!({"text": "x"}),
+        ))
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(d.messages(&first.id, None, None).await.len(), 2);
+
+    // Across a restart too: the key finds what the first attempt stored.
+    let d = d.restart().await;
+    let after_restart: MessageJson = d
+        .send(
+            d.request(Method::POST, &path)
+                .header("Idempotency-Key", "post-1")
+                .json(&json!({"text": "hi"})),
+        )
+        .await
+        .json(StatusCode::CREATED);
+    assert_eq!(after_restart.id, posted.id);
+    assert_eq!(d.messages(&first.id, None, None).await.len(), 2);
+}

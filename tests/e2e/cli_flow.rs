@@ -373,3 +373,35 @@ fn text_from_other_devices_cannot_drive_the_terminal() {
     // JSON keeps the text exactly.
     assert_eq!(texts(&log_json(&dev, &[&chat]))[0], forged);
 }
+
+#[test]
+fn a_post_run_twice_with_one_idempotency_key_is_posted_once() {
+    let dev = Device::new();
+    dev.start();
+    let chat = dev.ok_json1(&[
+        "chat",
+        "create",
+        "family",
+        "--idempotency-key",
+        "c1",
+        "--json",
+    ]);
+    let again = dev.ok_json1(&[
+        "chat",
+        "create",
+        "family",
+        "--idempotency-key",
+        "c1",
+        "--json",
+    ]);
+    assert_eq!(chat["id"], again["id"]);
+    let chat = chat["id"].as_str().expect("chat id").to_string();
+    let first = post(&dev, &[&chat, "once", "--idempotency-key", "k1"]);
+    let second = post(&dev, &[&chat, "once", "--idempotency-key", "k1"]);
+    assert_eq!(first, second);
+    assert_eq!(texts(&log_json(&dev, &[&chat])), ["once"]);
+    // The same key for another text is refused, and says why.
+    let reused = dev.run(&["post", &chat, "other", "--idempotency-key", "k1"]);
+    assert_eq!(reused.code, REFUSED, "{reused:?}");
+    assert!(reused.stderr.contains("idempotency key"), "{reused:?}");
+}

@@ -1,8 +1,19 @@
-use crate::{args::ChatCommand, client::Client, output};
+use crate::{args::ChatCommand, client::Client, output, retry};
 
 pub async fn chat(cmd: ChatCommand, client: &Client, json: bool) -> anyhow::Result<()> {
     let (chat, verb) = match cmd {
-        ChatCommand::Create { name } => (client.create_chat(&name).await?, "created"),
+        ChatCommand::Create {
+            name,
+            idempotency_key,
+        } => {
+            let key = idempotency_key.unwrap_or_else(retry::new_key);
+            let chat = retry::with_key("chat", &key, |key| {
+                let name = &name;
+                async move { client.create_chat_keyed(name, Some(&key)).await }
+            })
+            .await?;
+            (chat, "created")
+        }
         ChatCommand::Rename { chat, title } => {
             (client.rename_chat(&chat, &title).await?, "renamed")
         }

@@ -1,15 +1,20 @@
 use chatsync_daemon::api::wire::MessageJson;
 
-use crate::{client::Client, output};
+use crate::{client::Client, output, retry};
 
 pub async fn post(
     client: &Client,
     chat: &str,
     text: &str,
     reply_to: Option<&str>,
+    key: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let msg = client.post(chat, text, reply_to).await?;
+    let key = key.unwrap_or_else(retry::new_key);
+    let msg = retry::with_key("post", &key, |key| async move {
+        client.post_keyed(chat, text, reply_to, Some(&key)).await
+    })
+    .await?;
     if json {
         output::json_line(&msg)
     } else {

@@ -38,7 +38,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             chat,
             text,
             reply_to,
-        } => messages::post(&client, &chat, &text_arg(&text)?, reply_to.as_deref(), json).await,
+            idempotency_key,
+        } => {
+            let text = text_arg(&text)?;
+            messages::post(
+                &client,
+                &chat,
+                &text,
+                reply_to.as_deref(),
+                idempotency_key,
+                json,
+            )
+            .await
+        }
         Command::Log {
             chat,
             count,

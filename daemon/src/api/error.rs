@@ -61,6 +61,9 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
             EngineError::Gone(_) => ApiError::new(StatusCode::GONE, "deleted", message),
+            EngineError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", message)
+            }
             EngineError::StorageFull(_) => {
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", message)
             }

@@ -10,6 +10,7 @@
 mod access;
 mod error;
 mod events;
+mod idempotency;
 mod pairing;
 mod routes;
 pub mod wire;

@@ -13,6 +13,7 @@ use super::{
     ApiError, AppState,
     error::{ApiJson, ApiPath, ApiQuery},
     events::events,
+    idempotency::IdempotencyKey,
     pairing,
     wire::*,
 };
@@ -148,9 +149,10 @@ async fn list_chats(State(st): St) -> Json<ChatListJson> {
 
 async fn create_chat(
     State(st): St,
+    IdempotencyKey(key): IdempotencyKey,
     ApiJson(req): ApiJson<CreateChatRequest>,
 ) -> AppResult<(StatusCode, Json<ChatJson>)> {
-    let chat = st.engine.create_chat(&req.title).await?;
+    let chat = st.engine.create_chat(&req.title, key.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(ChatJson::from_summary(&chat))))
 }
 
@@ -199,12 +201,13 @@ async fn list_messages(
 async fn post_message(
     State(st): St,
     ApiPath(chat): ApiPath<String>,
+    IdempotencyKey(key): IdempotencyKey,
     ApiJson(req): ApiJson<PostRequest>,
 ) -> AppResult<(StatusCode, Json<MessageJson>)> {
     let chat = resolve(&st, &chat)?;
     let msg = st
         .engine
-        .post(&chat.id, &req.text, req.reply_to.as_deref())
+        .post(&chat.id, &req.text, req.reply_to.as_deref(), key.as_deref())
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -24,6 +24,9 @@ pub enum EngineError {
     /// longer, trusted) are [`EngineError::Forbidden`] instead.
     #[error("{0}")]
     Misbehaviour(String),
+    /// A request retried with an idempotency key that an earlier, different request used.
+    #[error("{0}")]
+    Conflict(String),
     /// Not written for want of space: the disk holding the store has less than its reserve
     /// free (`store::Space`). Nothing was changed; the same request succeeds once space is freed.
     #[error("{0}")]

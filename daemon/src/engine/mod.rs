@@ -255,9 +255,28 @@ impl Engine {
         Ok(ChatSummary { id, record })
     }
 
-    pub async fn create_chat(&self, title: &str) -> Result<ChatSummary, EngineError> {
+    /// Creates a chat. With an idempotency `key`, the chat's id comes from the key: a retry
+    /// with the same key and title answers with the chat the first attempt made.
+    pub async fn create_chat(
+        &self,
+        title: &str,
+        key: Option<&str>,
+    ) -> Result<ChatSummary, EngineError> {
+        let id = ChatId::new(match key {
+            Some(key) => keyed_id("chat", &self.device.id, "", key),
+            None => random_id(),
+        })?;
+        if key.is_some()
+            && let Some(record) = self.read_records().get(&id).cloned()
+        {
+            if record.title == title && record.created_by == self.device.id.as_str() {
+                return Ok(ChatSummary { id, record });
+            }
+            return Err(EngineError::Conflict(
+                "this idempotency key was used to create another chat".into(),
+            ));
+        }
         self.committer.check_healthy()?;
-        let id = ChatId::new(random_id())?;
         let now = now_ms();
         let mut doc = ChatDoc::create(id.clone(), title, &self.writer(), now)?;
         let bytes = doc.save();
@@ -362,17 +381,32 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound(format!("no message {id}")))
     }
 
+    /// Posts a message. With an idempotency `key`, the message's id comes from the key: a
+    /// retry with the same key and text answers with the message the first attempt posted.
     pub async fn post(
         &self,
         chat: &ChatId,
         text: &str,
         reply_to: Option<&str>,
+        key: Option<&str>,
     ) -> Result<Message, EngineError> {
-        let id = MessageId::new(random_id())?;
+        let id = MessageId::new(match key {
+            Some(key) => keyed_id("post", &self.device.id, chat.as_str(), key),
+            None => random_id(),
+        })?;
         self.mutate(chat, Title::Kept, |doc, device, now| {
             let parent = reply_to
                 .map(|r| resolve::resolve_message(doc, r))
                 .transpose()?;
+            if let Some(posted) = doc.message(&id) {
+                // Only a key can repeat an id: this is a retry, or a key used twice.
+                if posted.author == device.id && posted.text == text && posted.reply_to == parent {
+                    return Ok((posted, Vec::new()));
+                }
+                return Err(EngineError::Conflict(
+                    "this idempotency key was used for another message in this chat".into(),
+                ));
+            }
             let msg = doc.post(device, id, text, parent.as_ref(), now)?;
             Ok(message_event(chat, MessageEventKind::Created, msg))
         })
@@ -705,6 +739,23 @@ fn heads_hex(doc: &mut ChatDoc) -> Vec<String> {
 /// A fresh random id: 128 bits, as 32 lowercase hex digits.
 pub fn random_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// The id a request with an idempotency key gives what it creates: the same for the same
+/// device, kind, scope (the chat, for a post) and key, unrelated otherwise.
+pub fn keyed_id(kind: &str, device: &chatsync_model::DeviceId, scope: &str, key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"chatsync idempotency key\0")
+        .chain_update(kind.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(device.as_str().as_bytes())
+        .chain_update(b"\0")
+        .chain_update(scope.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(key.as_bytes())
+        .finalize();
+    hex::encode(&digest[..16])
 }
 
 /// Wall-clock time in milliseconds since the Unix epoch.
