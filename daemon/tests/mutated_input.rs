@@ -1,0 +1,219 @@
+//! Bytes from a paired device, mutated: every sealed sync message, sealed chat document and
+//! roster a device can be sent is taken from a real exchange between two engines, then
+//! damaged in seeded random ways (bits flipped, bytes replaced, cut short, spliced, stretched)
+//! and fed to the receiving engine. Whatever Automerge makes of them, the receiver must answer
+//! with a result (never panic or hang), store nothing it cannot prove, and stay whole: its chat
+//! and roster afterwards are exactly what the undamaged exchanges made them.
+//!
+//! A fixed budget runs in CI; `CHATSYNC_MUTATIONS=<n>` runs more, `CHATSYNC_MUTATION_SEED=<s>`
+//! another seed.
+#![allow(clippy::unwrap_used)]
+
+use std::{sync::Arc, time::Duration};
+
+use chatsync_daemon::{
+    engine::{Engine, EngineConfig, SyncRole},
+    identity::Identity,
+    store::Store,
+};
+use chatsync_model::{ChatId, Device, DeviceId};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use tempfile::TempDir;
+
+/// Mutations of each kind of input in one run.
+const DEFAULT_MUTATIONS: usize = 2_000;
+
+struct Node {
+    engine: Arc<Engine>,
+    id: DeviceId,
+    _home: TempDir,
+}
+
+fn node(name: &str) -> Node {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(&home.path().join("store"), 4 << 20).unwrap();
+    let identity = Identity::load_or_create(&home.path().join("identity.key")).unwrap();
+    let id = identity.device_id.clone();
+    let device = Device::with_session(id.clone(), name, b"mutations").unwrap();
+    let engine = Engine::start(
+        store,
+        device,
+        identity.keypair,
+        EngineConfig {
+            memory_budget_bytes: 64 << 20,
+            idle_unload: Duration::from_secs(600),
+            name_configured: true,
+            reserve_bytes: 0,
+        },
+    )
+    .unwrap();
+    Node {
+        engine,
+        id,
+        _home: home,
+    }
+}
+
+/// One damaged copy of `bytes`.
+fn mutate(rng: &mut StdRng, bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let edits = rng.random_range(1..=4);
+    for _ in 0..edits {
+        if out.is_empty() {
+            out.push(rng.random());
+            continue;
+        }
+        let at = rng.random_range(0..out.len());
+        match rng.random_range(0..6) {
+            0 => out[at] ^= 1 << rng.random_range(0..8),
+            1 => out[at] = rng.random(),
+            2 => out.truncate(at),
+            3 => {
+                // A stretch of the input again, somewhere else.
+                let len = rng.random_range(1..=64.min(out.len() - at));
+                let piece = out[at..at + len].to_vec();
+                let to = rng.random_range(0..=out.len());
+                out.splice(to..to, piece);
+            }
+            4 => {
+                let len = rng.random_range(1..=32);
+                let noise: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                out.splice(at..at, noise);
+            }
+            _ => {
+                // A length or count made huge.
+                let end = (at + 4).min(out.len());
+                out[at..end].fill(0xff);
+            }
+        }
+    }
+    out
+}
+
+async fn texts(engine: &Engine, chat: &ChatId) -> Vec<String> {
+    engine
+        .messages(chat, None, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_input_from_a_paired_device_never_breaks_the_receiver() {
+    let count: usize = std::env::var("CHATSYNC_MUTATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(DEFAULT_MUTATIONS);
+    let seed: u64 = std::env::var("CHATSYNC_MUTATION_SEED")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(7);
+    eprintln!("{count} mutations of each input, seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (a, b) = (node("a"), node("b"));
+    a.engine.add_device(b.id.as_str(), Some("b")).await.unwrap();
+    b.engine.add_device(a.id.as_str(), Some("a")).await.unwrap();
+
+    // The undamaged exchanges: B makes a chat and A imports it; B posts more and A takes the
+    // sync message that carries it.
+    let chat = b.engine.create_chat("family", None).await.unwrap().id;
+    for i in 0..5 {
+        b.engine
+            .post(&chat, &format!("first {i}"), None, None)
+            .await
+            .unwrap();
+    }
+    let document = b.engine.export_chat(&chat).await.unwrap();
+    for i in 0..5 {
+        b.engine
+            .post(&chat, &format!("then {i}"), None, None)
+            .await
+            .unwrap();
+    }
+    let roster = b.engine.roster_bytes().await;
+    let message = b.engine.sync_message(&a.id, &chat).await.unwrap().message;
+    let message = message.expect("B has changes for A");
+
+    // A fetches the chat whole from damaged documents first (a chat it lacks), then from the
+    // real one.
+    let mut imported = 0;
+    for _ in 0..count {
+        let damaged = mutate(&mut rng, &document);
+        if a.engine.import_chat(&chat, &damaged).await.is_ok() {
+            imported += 1;
+            break;
+        }
+    }
+    if imported == 0 {
+        a.engine.import_chat(&chat, &document).await.unwrap();
+    }
+    let before = texts(&a.engine, &chat).await;
+    assert!(
+        before.iter().all(|t| t.starts_with("first ")),
+        "an import brought what B never sent: {before:?}"
+    );
+
+    // Damaged sync messages: each in a fresh conversation, as after a reconnect.
+    let mut taken = 0;
+    for _ in 0..count {
+        a.engine.forget_sync(&b.id, &chat);
+        let damaged = mutate(&mut rng, &message);
+        if a.engine
+            .receive_sync(&b.id, &chat, SyncRole::Answering, &damaged)
+            .await
+            .is_ok()
+        {
+            taken += 1;
+        }
+    }
+    // Damaged rosters.
+    for _ in 0..count {
+        let damaged = mutate(&mut rng, &roster);
+        let _ = a.engine.merge_roster(&damaged).await;
+    }
+    eprintln!("{imported} damaged document(s) imported, {taken} damaged message(s) taken");
+
+    // A is whole: what it shows is a prefix-free subset of what B wrote, it still takes the
+    // real message, and then it shows exactly B's chat.
+    let shown = texts(&a.engine, &chat).await;
+    let written = texts(&b.engine, &chat).await;
+    assert!(
+        shown.iter().all(|t| written.contains(t)),
+        "A shows what B never wrote: {shown:?}"
+    );
+    a.engine.forget_sync(&b.id, &chat);
+    let mut reply = a
+        .engine
+        .receive_sync(&b.id, &chat, SyncRole::Answering, &message)
+        .await
+        .unwrap()
+        .message;
+    // Finish the conversation, as the devices would.
+    for _ in 0..10 {
+        let Some(to_b) = reply else { break };
+        let back = b
+            .engine
+            .receive_sync(&a.id, &chat, SyncRole::Running, &to_b)
+            .await
+            .unwrap();
+        let Some(to_a) = back.message else { break };
+        reply = a
+            .engine
+            .receive_sync(&b.id, &chat, SyncRole::Answering, &to_a)
+            .await
+            .unwrap()
+            .message;
+    }
+    assert_eq!(texts(&a.engine, &chat).await, written);
+    let devices: Vec<String> = a
+        .engine
+        .devices()
+        .await
+        .into_iter()
+        .map(|d| d.id.to_string())
+        .collect();
+    assert_eq!(devices.len(), 2, "the roster changed: {devices:?}");
+    assert!(a.engine.stats().store_healthy);
+}
