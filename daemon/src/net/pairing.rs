@@ -269,7 +269,7 @@ impl NetworkTask {
         let name = clean_name(&request.name).map(str::to_string);
         let engine = self.engine.clone();
         let tx = self.pairing.tx.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let result = engine.add_device(&peer.to_base58(), name.as_deref()).await;
             let _ = tx
                 .send(PairInternal::Added {
@@ -407,6 +407,7 @@ impl NetworkTask {
                 reply,
             },
         );
+        // A timer only (it holds no engine): not tracked, so that shutdown does not wait for it.
         let tx = self.pairing.tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(JOIN_TIMEOUT).await;
@@ -425,7 +426,7 @@ impl NetworkTask {
                 let name = clean_name(&name).map(str::to_string);
                 let engine = self.engine.clone();
                 let tx = self.pairing.tx.clone();
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     let result = engine.add_device(&peer.to_base58(), name.as_deref()).await;
                     let _ = tx.send(PairInternal::Recorded { request, result }).await;
                 });
