@@ -5,6 +5,9 @@
 //! with a result (never panic or hang), store nothing it cannot prove, and stay whole: its chat
 //! and roster afterwards are exactly what the undamaged exchanges made them.
 //!
+//! And a device that equivocates (signs two different changes with one sequence number, one
+//! for each of two devices) must not make those two accuse each other when they sync.
+//!
 //! A fixed budget runs in CI; `CHATSYNC_MUTATIONS=<n>` runs more, `CHATSYNC_MUTATION_SEED=<s>`
 //! another seed.
 #![allow(clippy::unwrap_used)]
@@ -216,4 +219,113 @@ async fn damaged_input_from_a_paired_device_never_breaks_the_receiver() {
         .collect();
     assert_eq!(devices.len(), 2, "the roster changed: {devices:?}");
     assert!(a.engine.stats().store_healthy);
+}
+
+/// A sync message from `from` (holding `doc`) to a device holding exactly `known`, carrying
+/// what `doc` has beyond it, sealed with `signer`'s attestation of `author`'s newest change.
+fn carrying(
+    chat: &ChatId,
+    known: &[u8],
+    doc: &mut chatsync_model::ChatDoc,
+    author: &Device,
+    signer: &libp2p::identity::Keypair,
+) -> Vec<u8> {
+    use automerge::sync::SyncDoc;
+    use chatsync_model::authorship::{self, Attestation};
+    let mut mirror = automerge::AutoCommit::load(known).unwrap();
+    let (mut mine, mut theirs) = (automerge::sync::State::new(), automerge::sync::State::new());
+    let target = doc.heads();
+    for _ in 0..8 {
+        if let Some(bytes) = doc.generate_sync_message(&mut mine) {
+            let message = automerge::sync::Message::decode(&bytes).unwrap();
+            mirror
+                .sync()
+                .receive_sync_message(&mut theirs, message)
+                .unwrap();
+            if mirror.get_heads() == target {
+                let (_, newest) = doc.newest_change_of(&author.actor).unwrap();
+                let attestation = Attestation {
+                    hash: newest,
+                    signature: signer.sign(&authorship::statement(chat, &newest)).unwrap(),
+                };
+                return authorship::seal(&[attestation], &bytes);
+            }
+        }
+        if let Some(message) = mirror.sync().generate_sync_message(&mut theirs) {
+            doc.automerge_mut()
+                .sync()
+                .receive_sync_message(&mut mine, message)
+                .unwrap();
+        }
+    }
+    panic!("the protocol never carried the change");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_equivocates_does_not_make_honest_devices_accuse_each_other() {
+    let (a, b) = (node("a"), node("b"));
+    let x_home = tempfile::tempdir().unwrap();
+    let x = Identity::load_or_create(&x_home.path().join("identity.key")).unwrap();
+    for (on, others) in [(&a, [&b.id, &x.device_id]), (&b, [&a.id, &x.device_id])] {
+        for id in others {
+            on.engine.add_device(id.as_str(), None).await.unwrap();
+        }
+    }
+    let chat = a.engine.create_chat("family", None).await.unwrap().id;
+    a.engine.post(&chat, "from a", None, None).await.unwrap();
+    let sealed = a.engine.export_chat(&chat).await.unwrap();
+    b.engine.import_chat(&chat, &sealed).await.unwrap();
+    let (_, known) = chatsync_model::authorship::open(&sealed).unwrap();
+
+    // X signs two different changes under one actor and sequence number, one for each device.
+    let me = Device::with_session(x.device_id.clone(), "x", b"twice").unwrap();
+    let mut messages = Vec::new();
+    for (n, text) in ["one", "two"].into_iter().enumerate() {
+        let mut doc = chatsync_model::ChatDoc::load(known, &me).unwrap();
+        let id = chatsync_model::MessageId::new(format!("x{n}")).unwrap();
+        doc.post(&me, id, text, None, 10).unwrap();
+        messages.push(carrying(&chat, known, &mut doc, &me, &x.keypair));
+    }
+    a.engine
+        .receive_sync(&x.device_id, &chat, SyncRole::Answering, &messages[0])
+        .await
+        .unwrap();
+    b.engine
+        .receive_sync(&x.device_id, &chat, SyncRole::Answering, &messages[1])
+        .await
+        .unwrap();
+
+    // A and B sync: what A passes on from X clashes with what B took from X. Neither is to
+    // blame for it.
+    let mut refused = Vec::new();
+    let mut to_b = a.engine.sync_message(&b.id, &chat).await.unwrap().message;
+    for _ in 0..10 {
+        let Some(m) = to_b.take() else { break };
+        match b
+            .engine
+            .receive_sync(&a.id, &chat, SyncRole::Answering, &m)
+            .await
+        {
+            Ok(step) => {
+                let Some(back) = step.message else { break };
+                match a
+                    .engine
+                    .receive_sync(&b.id, &chat, SyncRole::Running, &back)
+                    .await
+                {
+                    Ok(next) => to_b = next.message,
+                    Err(e) => refused.push(e),
+                }
+            }
+            Err(e) => refused.push(e),
+        }
+    }
+    assert!(!refused.is_empty(), "the clash went unnoticed");
+    for e in &refused {
+        assert!(
+            !e.is_misbehaviour(),
+            "an honest device was blamed for another's equivocation: {e}"
+        );
+        assert!(e.to_string().contains("equivocated"), "{e}");
+    }
 }

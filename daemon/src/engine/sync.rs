@@ -304,7 +304,7 @@ impl Engine {
                     // The state may count changes that were refused; the next session starts
                     // afresh.
                     self.sync_states.forget_chat(device, chat);
-                    return Err(refusal(e));
+                    return Err(refusal(e, Some(device)));
                 }
                 Err(_) => {
                     // Automerge gave up half-way: the copy in memory cannot be trusted, and the
@@ -424,8 +424,8 @@ impl Engine {
                     verify: &verify,
                     standing: &standing,
                 };
-                let (doc, tops) =
-                    ChatDoc::load_untrusted(&body, &device, &proof).map_err(refusal)?;
+                let (doc, tops) = ChatDoc::load_untrusted(&body, &device, &proof)
+                    .map_err(|e| refusal(e, None))?;
                 Ok((doc, tops, body))
             })
         })
@@ -489,14 +489,39 @@ fn message_events(chat: &ChatId, doc: &ChatDoc, touched: Vec<Touched>) -> Vec<Ev
 /// Changes by devices this one does not trust can come from an honest device that has not yet
 /// heard of a roster change, changes whose proof has not reached this device yet from one that
 /// holds them before their proof (`chatsync_model::proofs`), and a batch too large to take at
-/// once from one in a large catch-up; anything else the model refuses, no honest device sends.
-fn refusal(e: chatsync_model::ModelError) -> EngineError {
+/// once from one in a large catch-up. A change whose actor and sequence number this device
+/// already holds with other contents comes from a device that equivocated (signed two different
+/// changes as one): an honest device passing on what it took from that device is not to blame,
+/// the device itself is when it sends it. Anything else the model refuses, no honest device
+/// sends.
+fn refusal(e: chatsync_model::ModelError, sender: Option<&DeviceId>) -> EngineError {
     let why = format!("refused sync data: {e}");
     match e {
         chatsync_model::ModelError::Untrusted(_) | chatsync_model::ModelError::Unproven(_) => {
             EngineError::Forbidden(why)
         }
         chatsync_model::ModelError::TooLarge(_) => EngineError::Invalid(why),
+        chatsync_model::ModelError::Automerge(automerge::AutomergeError::DuplicateSeqNumber(
+            seq,
+            ref actor,
+        )) => {
+            let equivocator = chatsync_model::authorship::device_of_actor(actor);
+            tracing::warn!(
+                device = ?equivocator.as_ref().map(DeviceId::as_str),
+                seq,
+                from = ?sender.map(DeviceId::as_str),
+                "a device signed two different changes with one sequence number (equivocation); \
+                 the second one to arrive is refused"
+            );
+            if equivocator.is_none() || equivocator.as_ref() == sender {
+                EngineError::Misbehaviour(why)
+            } else {
+                EngineError::Forbidden(format!(
+                    "{why} (device {} equivocated; the device that passed it on is not to blame)",
+                    equivocator.as_ref().map_or("?", DeviceId::as_str)
+                ))
+            }
+        }
         _ => EngineError::Misbehaviour(why),
     }
 }
