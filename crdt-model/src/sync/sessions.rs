@@ -29,6 +29,9 @@ use crate::{ChatId, exchange::Step};
 
 /// How often connected devices trade summaries again (anti-entropy).
 pub const RESUMMARIZE: Duration = Duration::from_secs(30);
+/// Rounds one session runs at most in all, however often the chat changes meanwhile: a session
+/// stuck on a chat that keeps getting posts ends too (and starts afresh as stalled).
+pub const MAX_SESSION_ROUNDS_IN_ALL: u32 = 10 * MAX_SESSION_ROUNDS;
 /// Rounds one session runs at most without the chat changing here. Each round can carry any
 /// number of changes, so an honest session needs a handful after the last change; one that goes
 /// on with nothing changing is two devices trading the same heads and needs again and again
@@ -150,9 +153,9 @@ pub struct SyncCore<P, R> {
     running: HashSet<(P, ChatId)>,
     /// Sessions to run again when the current one ends (a change arrived meanwhile).
     again: HashSet<(P, ChatId)>,
-    /// Requests each running session has sent since the chat last changed here (see
-    /// [`MAX_SESSION_ROUNDS`]).
-    rounds: HashMap<(P, ChatId), u32>,
+    /// Requests each running session has sent since the chat last changed here, and in all
+    /// (see [`MAX_SESSION_ROUNDS`], [`MAX_SESSION_ROUNDS_IN_ALL`]).
+    rounds: HashMap<(P, ChatId), (u32, u32)>,
     /// Chats being fetched whole (from one device at a time, so each arrives once).
     fetching: HashSet<ChatId>,
     /// Devices to trade summaries with again soon, and when (see [`RECHECK_AFTER`]).
@@ -256,7 +259,9 @@ impl<P: PeerKey, R> SyncCore<P, R> {
             for chat in chats {
                 self.progress.changed_here(peer, chat);
                 // A session under way makes progress: its rounds count afresh.
-                self.rounds.remove(&(peer, chat.clone()));
+                if let Some((since_change, _)) = self.rounds.get_mut(&(peer, chat.clone())) {
+                    *since_change = 0;
+                }
                 self.start_session(peer, chat.clone());
             }
         }
@@ -450,9 +455,10 @@ impl<P: PeerKey, R> SyncCore<P, R> {
             self.session_over(peer, chat, now);
             return;
         };
-        let rounds = self.rounds.entry((peer, chat.clone())).or_default();
-        *rounds += 1;
-        if *rounds > MAX_SESSION_ROUNDS {
+        let (since_change, in_all) = self.rounds.entry((peer, chat.clone())).or_default();
+        *since_change += 1;
+        *in_all += 1;
+        if *since_change > MAX_SESSION_ROUNDS || *in_all > MAX_SESSION_ROUNDS_IN_ALL {
             tracing::warn!(
                 %peer,
                 %chat,
@@ -586,14 +592,11 @@ impl<P: PeerKey, R> SyncCore<P, R> {
         });
     }
 
-    /// Answers with a payload made to fit the wire (announced in parts if large); a device no
-    /// longer synced with gets a refusal.
+    /// Answers with a payload made to fit the wire (announced in parts if large). Whether the
+    /// device may be answered at all is the caller's to say (it knows the roster): a device
+    /// often asks before this side has marked it up, and its request was worked on already.
     fn respond_prepared(&mut self, peer: P, reply: R, response: SyncResponse, now: Instant) {
-        let response = if self.up.contains(&peer) {
-            self.outbox.prepare(peer, response, now)
-        } else {
-            SyncResponse::Refused("not trusted".into())
-        };
+        let response = self.outbox.prepare(peer, response, now);
         self.respond(peer, reply, response);
     }
 
@@ -902,7 +905,10 @@ impl<P: PeerKey, R> SyncCore<P, R> {
     fn pull_resumed(&mut self, peer: P, incoming: Box<Incoming>, now: Instant) {
         match &incoming.purpose {
             Purpose::Fetch(chat) => {
-                self.fetching.insert(chat.clone());
+                if !self.fetching.insert(chat.clone()) {
+                    // Being fetched already, from this device or another: it arrives once.
+                    return;
+                }
             }
             Purpose::Sync(chat) => {
                 if !self.running.insert((peer, chat.clone())) {
@@ -1113,6 +1119,24 @@ mod tests {
             drain(&mut core);
         }
         assert!(core.is_running(1, &chat("c")));
+        // But not for ever: a session stuck on a busy chat ends too.
+        let mut ended = false;
+        for _ in 0..MAX_SESSION_ROUNDS_IN_ALL {
+            core.stepped(1, chat("c"), message(10), now);
+            let out = drain(&mut core);
+            let Some((token, _)) = sent(&out).first().copied() else {
+                ended = true;
+                break;
+            };
+            core.changed(&chats, now);
+            drain(&mut core);
+            core.answer(token, SyncResponse::Sync { message: None }, now);
+            drain(&mut core);
+        }
+        assert!(
+            ended,
+            "a session ran past {MAX_SESSION_ROUNDS_IN_ALL} rounds"
+        );
     }
 
     #[test]

@@ -122,7 +122,9 @@ impl<P: PeerKey> Outbox<P> {
         // at a time, so that one was most likely given up (its connection was lost).
         let mine = || self.transfers.iter().filter(|(_, t)| t.peer == peer);
         if mine().count() >= MAX_TRANSFERS_PER_PEER
-            && let Some(oldest) = mine().min_by_key(|(_, t)| t.last_pulled).map(|(id, _)| *id)
+            && let Some(oldest) = mine()
+                .min_by_key(|(id, t)| (t.last_pulled, **id))
+                .map(|(id, _)| *id)
         {
             self.remove(oldest);
         }

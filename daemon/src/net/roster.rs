@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use libp2p::{PeerId, request_response::ResponseChannel};
 
+use chatsync_model::sync::sessions::SLOW_DOWN_PAUSE;
+
 use super::{
     protocol::{SyncRequest, SyncResponse},
     sessions::Internal,
@@ -19,8 +21,14 @@ const TELL_REMOVED: Duration = Duration::from_secs(3);
 impl NetworkTask {
     /// Sends this device's roster to `peer`.
     pub(super) fn send_roster(&mut self, peer: PeerId) {
+        self.send_roster_after(peer, Duration::ZERO);
+    }
+
+    /// Sends this device's roster to `peer` after `wait`.
+    fn send_roster_after(&mut self, peer: PeerId, wait: Duration) {
         let (engine, internal) = (self.engine.clone(), self.internal.clone());
         self.tasks.spawn(async move {
+            tokio::time::sleep(wait).await;
             let roster = engine.roster_bytes().await;
             let _ = internal.send(Internal::SendRoster(peer, roster)).await;
         });
@@ -64,6 +72,11 @@ impl NetworkTask {
 
     pub(super) fn on_roster_response(&mut self, peer: PeerId, response: SyncResponse) {
         self.sync.count_traffic(peer, 0, response.wire_len());
+        if matches!(response, SyncResponse::SlowDown) {
+            // Not told yet: asked again after the pause the other side asked for.
+            self.send_roster_after(peer, SLOW_DOWN_PAUSE);
+            return;
+        }
         if let Some(deadline) = self.removing.get_mut(&peer) {
             // It has been told; it gets nothing more.
             *deadline = Instant::now();

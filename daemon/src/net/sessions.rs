@@ -147,6 +147,11 @@ impl NetworkTask {
                     response,
                 } => {
                     let response = match response {
+                        // Worked out before the device was removed: it gets nothing now but
+                        // the roster that tells it (`roster.rs`).
+                        _ if !self.allowed.contains(&peer) => {
+                            SyncResponse::Refused("not trusted".into())
+                        }
                         Response::Summary => SyncResponse::Summary(self.summary()),
                         Response::Wire(response) => response,
                     };
@@ -218,6 +223,8 @@ impl NetworkTask {
                 message,
             } => {
                 let Some(device) = device_of(&peer) else {
+                    let step = Err(Failure::Internal("not a device id".into()));
+                    self.sync.stepped(peer, chat, step, Instant::now());
                     return;
                 };
                 self.tasks.spawn(async move {
