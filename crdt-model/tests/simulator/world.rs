@@ -114,6 +114,10 @@ struct Node {
 enum Body {
     Request(Token, SyncRequest),
     Response(Token, SyncResponse),
+    /// The receiver learns that the sender is connected (identify finished on its side): the
+    /// two sides of a new connection learn it at different times, and requests can arrive
+    /// before it.
+    Up,
 }
 
 struct Envelope {
@@ -127,6 +131,7 @@ impl Envelope {
         match &self.body {
             Body::Request(_, r) => r.wire_len(),
             Body::Response(_, r) => r.wire_len(),
+            Body::Up => 0,
         }
     }
 }
@@ -589,13 +594,22 @@ impl World {
 
     // ----- connections -----
 
-    /// A connection came up: both cores hear of it (and trade summaries).
+    /// A connection came up: one core hears of it now, the other when its "up" is delivered,
+    /// among the messages in flight (its side's identify may finish later).
     fn connected(&mut self, a: usize, b: usize) {
+        let (first, second) = if self.rng.random_bool(0.5) {
+            (a, b)
+        } else {
+            (b, a)
+        };
         let now = self.now();
-        for (me, other) in [(a, b), (b, a)] {
-            self.nodes[me].core.peer_up(other, now);
-            self.pump(me);
-        }
+        self.nodes[first].core.peer_up(second, now);
+        self.pump(first);
+        self.in_flight.push_back(Envelope {
+            from: first,
+            to: second,
+            body: Body::Up,
+        });
     }
 
     /// A connection went down: what was in flight on it is lost, both cores hear of it, and
@@ -622,11 +636,13 @@ impl World {
         let at = self.rng.random_range(0..self.in_flight.len());
         let envelope = self.in_flight.remove(at).unwrap();
         let now = self.now();
-        if self.rng.random_bool(loss) {
-            let (asker, token) = match envelope.body {
-                Body::Request(token, _) => (envelope.from, token),
-                Body::Response(token, _) => (envelope.to, token),
-            };
+        let lost = match envelope.body {
+            // A connection's "up" is not a message: it cannot be lost.
+            Body::Up => None,
+            Body::Request(token, _) => Some((envelope.from, token)),
+            Body::Response(token, _) => Some((envelope.to, token)),
+        };
+        if let Some((asker, token)) = lost.filter(|_| self.rng.random_bool(loss)) {
             self.nodes[asker].core.failed(token, now);
             self.pump(asker);
         } else {
@@ -644,6 +660,7 @@ impl World {
                 self.nodes[to].core.request(from, request, reply, now);
             }
             Body::Response(token, response) => self.nodes[to].core.answer(token, response, now),
+            Body::Up => self.nodes[to].core.peer_up(from, now),
         }
         self.pump(to);
     }
