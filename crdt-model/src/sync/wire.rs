@@ -177,7 +177,7 @@ pub fn summary_to_wire(summary: &[(ChatId, Vec<String>)]) -> Vec<ChatHeads> {
     let mut budget = MAX_SUMMARY_BYTES;
     let mut out = Vec::with_capacity(summary.len());
     for (chat, heads) in summary {
-        let heads: Vec<String> = heads.iter().take(MAX_SUMMARY_HEADS).cloned().collect();
+        let heads = listed_heads(heads);
         let cost = summary_entry_bytes(chat.as_str(), &heads);
         if cost > budget {
             break;
@@ -191,8 +191,52 @@ pub fn summary_to_wire(summary: &[(ChatId, Vec<String>)]) -> Vec<ChatHeads> {
     out
 }
 
+/// The heads a summary lists for a chat: the [`MAX_SUMMARY_HEADS`] smallest, so that two devices
+/// with the same heads list the same ones.
+fn listed_heads(heads: &[String]) -> Vec<String> {
+    let mut heads = heads.to_vec();
+    heads.sort_unstable();
+    heads.truncate(MAX_SUMMARY_HEADS);
+    heads
+}
+
+/// Whether a chat with heads `ours` (all of them) may be in sync with a device whose summary
+/// listed `theirs` for it. A chat with more heads than a summary lists (many devices wrote at
+/// once, and none since) is compared by the heads listed: otherwise it would always look apart.
+pub fn summary_matches(ours: &[String], theirs: &[String]) -> bool {
+    let ours = listed_heads(ours);
+    let mut theirs = theirs.to_vec();
+    theirs.sort_unstable();
+    ours == theirs
+}
+
 /// An upper bound of one summary entry's CBOR size: a two-entry map, its keys, the chat id, and
 /// each head (64 hex characters) with its string header.
 fn summary_entry_bytes(chat: &str, heads: &[String]) -> usize {
     16 + chat.len() + heads.iter().map(|h| h.len() + 3).sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heads(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{i:064x}")).collect()
+    }
+
+    #[test]
+    fn a_chat_with_more_heads_than_a_summary_lists_still_matches_itself() {
+        let mut all = heads(MAX_SUMMARY_HEADS + 8);
+        all.reverse();
+        let chat = ChatId::new("c").unwrap_or_else(|_| unreachable!());
+        let wire = summary_to_wire(&[(chat, all.clone())]);
+        assert_eq!(wire[0].heads.len(), MAX_SUMMARY_HEADS);
+        assert!(summary_matches(&all, &wire[0].heads));
+        // A head among those listed that the other lacks: apart.
+        let mut other = all.clone();
+        other.retain(|h| *h != format!("{:064x}", 0));
+        assert!(!summary_matches(&other, &wire[0].heads));
+        assert!(!summary_matches(&heads(2), &heads(3)));
+        assert!(summary_matches(&heads(2), &heads(2)));
+    }
 }

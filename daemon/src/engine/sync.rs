@@ -528,7 +528,7 @@ fn refusal(e: chatsync_model::ModelError, sender: Option<&DeviceId>) -> EngineEr
 
 /// Whether two lists of heads (hex) hold the same hashes, in any order.
 pub fn same_heads(a: &[String], b: &[String]) -> bool {
-    a.len() == b.len() && a.iter().all(|h| b.contains(h))
+    chatsync_model::sync::wire::summary_matches(a, b)
 }
 
 /// Runs Automerge on bytes from another device, turning a panic inside it into an error: a
