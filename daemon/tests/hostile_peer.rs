@@ -12,7 +12,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use automerge::sync::SyncDoc;
 use chatsync_daemon::{
     api::wire::{ChatJson, PeerListJson},
     config::Config,
@@ -200,17 +199,6 @@ impl Hostile {
         }
     }
 
-    /// Signs `(chat, hash)` with this device's key, as any device attests its changes.
-    fn attest(&self, chat: &ChatId, hash: automerge::ChangeHash) -> Attestation {
-        Attestation {
-            hash,
-            signature: self
-                .keypair
-                .sign(&authorship::statement(chat, &hash))
-                .unwrap(),
-        }
-    }
-
     fn sync(chat: &ChatId, sealed: Vec<u8>) -> SyncRequest {
         SyncRequest::Sync {
             chat: chat.to_string(),
@@ -228,34 +216,7 @@ fn change_message(
     doc: &mut ChatDoc,
     author: &Device,
 ) -> Vec<u8> {
-    // Run Automerge's protocol against a copy of what the daemon has, in memory, and keep the
-    // message that carries the new change: the daemon has exactly that copy.
-    let mut mirror = automerge::AutoCommit::load(known).unwrap();
-    let (mut mine, mut theirs) = (automerge::sync::State::new(), automerge::sync::State::new());
-    let target = doc.heads();
-    let mut carrying = None;
-    for _ in 0..8 {
-        if let Some(bytes) = doc.generate_sync_message(&mut mine) {
-            let message = automerge::sync::Message::decode(&bytes).unwrap();
-            mirror
-                .sync()
-                .receive_sync_message(&mut theirs, message)
-                .unwrap();
-            if mirror.get_heads() == target {
-                carrying = Some(bytes);
-                break;
-            }
-        }
-        if let Some(message) = mirror.sync().generate_sync_message(&mut theirs) {
-            doc.automerge_mut()
-                .sync()
-                .receive_sync_message(&mut mine, message)
-                .unwrap();
-        }
-    }
-    let carrying = carrying.expect("the protocol never carried the change");
-    let (_, newest) = doc.newest_change_of(&author.actor).unwrap();
-    authorship::seal(&[hostile.attest(chat, newest)], &carrying)
+    support::craft::carrying(chat, known, doc, author, &hostile.keypair)
 }
 
 fn is_refusal(outcome: &Outcome) -> bool {

@@ -12,6 +12,8 @@
 //! another seed.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::{sync::Arc, time::Duration};
 
 use chatsync_daemon::{
@@ -21,6 +23,7 @@ use chatsync_daemon::{
 };
 use chatsync_model::{ChatId, Device, DeviceId};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
+use support::craft;
 use tempfile::TempDir;
 
 /// Mutations of each kind of input in one run.
@@ -221,46 +224,6 @@ async fn damaged_input_from_a_paired_device_never_breaks_the_receiver() {
     assert!(a.engine.stats().store_healthy);
 }
 
-/// A sync message from `from` (holding `doc`) to a device holding exactly `known`, carrying
-/// what `doc` has beyond it, sealed with `signer`'s attestation of `author`'s newest change.
-fn carrying(
-    chat: &ChatId,
-    known: &[u8],
-    doc: &mut chatsync_model::ChatDoc,
-    author: &Device,
-    signer: &libp2p::identity::Keypair,
-) -> Vec<u8> {
-    use automerge::sync::SyncDoc;
-    use chatsync_model::authorship::{self, Attestation};
-    let mut mirror = automerge::AutoCommit::load(known).unwrap();
-    let (mut mine, mut theirs) = (automerge::sync::State::new(), automerge::sync::State::new());
-    let target = doc.heads();
-    for _ in 0..8 {
-        if let Some(bytes) = doc.generate_sync_message(&mut mine) {
-            let message = automerge::sync::Message::decode(&bytes).unwrap();
-            mirror
-                .sync()
-                .receive_sync_message(&mut theirs, message)
-                .unwrap();
-            if mirror.get_heads() == target {
-                let (_, newest) = doc.newest_change_of(&author.actor).unwrap();
-                let attestation = Attestation {
-                    hash: newest,
-                    signature: signer.sign(&authorship::statement(chat, &newest)).unwrap(),
-                };
-                return authorship::seal(&[attestation], &bytes);
-            }
-        }
-        if let Some(message) = mirror.sync().generate_sync_message(&mut theirs) {
-            doc.automerge_mut()
-                .sync()
-                .receive_sync_message(&mut mine, message)
-                .unwrap();
-        }
-    }
-    panic!("the protocol never carried the change");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_equivocates_does_not_make_honest_devices_accuse_each_other() {
     let (a, b) = (node("a"), node("b"));
@@ -284,7 +247,7 @@ async fn a_device_that_equivocates_does_not_make_honest_devices_accuse_each_othe
         let mut doc = chatsync_model::ChatDoc::load(known, &me).unwrap();
         let id = chatsync_model::MessageId::new(format!("x{n}")).unwrap();
         doc.post(&me, id, text, None, 10).unwrap();
-        messages.push(carrying(&chat, known, &mut doc, &me, &x.keypair));
+        messages.push(craft::carrying(&chat, known, &mut doc, &me, &x.keypair));
     }
     a.engine
         .receive_sync(&x.device_id, &chat, SyncRole::Answering, &messages[0])

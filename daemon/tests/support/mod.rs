@@ -4,6 +4,8 @@
 //! Every test file includes this module and uses part of it.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod craft;
+
 use std::{
     path::Path,
     sync::Arc,
@@ -48,28 +50,14 @@ pub fn temp_home() -> Arc<TempDir> {
 /// the store is closed (see `serve_closes_the_store_before_returning` in persistence.rs);
 /// without this, a restart right after a shutdown fails with "already using the store".
 pub async fn wait_store_released(paths: &Paths) {
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    loop {
-        let dir = paths.store_dir();
-        let opened = tokio::task::spawn_blocking(move || Store::open(&dir, 1 << 20))
-            .await
-            .unwrap();
-        match opened {
-            Ok(store) => {
-                drop(store);
-                return;
-            }
-            Err(StoreError::Locked(_)) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err(e) => panic!("the store is still in use after the daemon stopped: {e}"),
-        }
+    if let Err(e) = wait_store_unlocked(paths).await {
+        panic!("the store is still in use after the daemon stopped: {e}");
     }
 }
 
-/// Waits until no daemon holds the store's lock (the store may still fail to open for another
-/// reason: a full disk, say).
-pub async fn wait_store_unlocked(paths: &Paths) {
+/// Waits until no daemon holds the store's lock; then whether the store opens (it may not for
+/// another reason than the lock: a full disk, say).
+pub async fn wait_store_unlocked(paths: &Paths) -> Result<(), StoreError> {
     let deadline = Instant::now() + STOP_TIMEOUT;
     loop {
         let dir = paths.store_dir();
@@ -81,7 +69,7 @@ pub async fn wait_store_unlocked(paths: &Paths) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err(StoreError::Locked(e)) => panic!("the store is still in use: {e}"),
-            _ => return,
+            other => return other.map(drop),
         }
     }
 }
@@ -257,7 +245,8 @@ impl TestDaemon {
     pub async fn shutdown_even_failed(mut self) -> (Arc<TempDir>, Result<(), String>) {
         self.token.cancel();
         let served = self.try_join().await;
-        wait_store_unlocked(&self.paths).await;
+        // Unlocked is enough: on a full disk the store may not open until space is freed.
+        let _ = wait_store_unlocked(&self.paths).await;
         (self.home.clone(), served)
     }
 
