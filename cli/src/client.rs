@@ -82,7 +82,15 @@ impl Client {
                 socket: self.socket.display().to_string(),
             }
         } else {
-            ClientError::Transport(e.to_string())
+            // reqwest's message names the request; what went wrong is further down the chain.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                why.push_str(": ");
+                why.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            ClientError::Transport(why)
         }
     }
 

@@ -172,6 +172,11 @@ fn init_logging(filter: Option<&str>) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (the log's disk is full) is lost, quietly: the
+        // subscriber would otherwise report it with `eprintln!`, which panics when stderr
+        // cannot be written either, taking down whatever task was logging (an API request
+        // was cut off without an answer on a full disk).
+        .log_internal_errors(false)
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
 }

@@ -10,6 +10,7 @@ mod cli_flow;
 mod crash;
 mod devices;
 mod follow;
+mod full_disk;
 mod lan;
 mod mesh;
 mod netns;
