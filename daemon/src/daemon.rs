@@ -9,6 +9,7 @@ use std::{os::unix::fs::PermissionsExt, process::ExitCode, sync::Arc, time::Inst
 use anyhow::Context;
 use chatsync_model::{Device, limits::MAX_DEVICE_NAME_BYTES};
 use clap::Parser;
+use std::io::Write as _;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -28,7 +29,8 @@ pub fn run() -> ExitCode {
     match run_with(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("chatsyncd: {e:#}");
+            // Not `eprintln!`: it panics when stderr cannot be written (a full disk).
+            let _ = writeln!(std::io::stderr(), "chatsyncd: {e:#}");
             ExitCode::FAILURE
         }
     }
