@@ -131,9 +131,9 @@ pub struct ChatDoc {
     waiting: HashMap<ChangeHash, authorship::ChangeMeta>,
 }
 
-/// Received changes that may wait for their dependencies at once, per chat: while some wait, a
-/// sync message that could take the count over this is refused unless it brings a dependency
-/// they wait for. Honest devices send dependencies first, but Automerge's sync protocol leaves a
+/// Received changes by one device that may wait for their dependencies at once, per chat: while
+/// some of its changes wait, a sync message that could take their count over this is refused
+/// unless it brings a dependency they wait for (other devices' changes are not held up). Honest devices send dependencies first, but Automerge's sync protocol leaves a
 /// change out when the other side's Bloom filter wrongly says it has it (about 1 in 100), and
 /// then everything after it in the batch waits until the next round brings it: that round must
 /// get through. One message can still leave more waiting; its size is bounded by the sync
@@ -656,19 +656,7 @@ impl ChatDoc {
         let new = self.unknown_changes(carried);
         let waiting: Vec<authorship::ChangeMeta> = self.waiting.values().cloned().collect();
         let tops = authorship::check_batch(&new, &waiting, proof)?;
-        let would_wait = self.waiting.len() + new.len();
-        if !self.waiting.is_empty() && would_wait > MAX_WAITING_CHANGES {
-            let missing: std::collections::HashSet<ChangeHash> =
-                self.doc.get_missing_deps(&[]).into_iter().collect();
-            let brings_missing = new.iter().any(|c| missing.contains(&c.hash));
-            if !brings_missing || would_wait > MAX_WAITING_CHANGES_AT_ALL {
-                return Err(ModelError::TooLarge(format!(
-                    "too many changes waiting for their dependencies (at most \
-                     {MAX_WAITING_CHANGES}, or {MAX_WAITING_CHANGES_AT_ALL} with a message that \
-                     brings what they wait for)"
-                )));
-            }
-        }
+        self.check_room_to_wait(&new)?;
         let before = self.doc.get_heads();
         self.doc.sync().receive_sync_message(state, message)?;
         self.check_schema_after(&before)?;
@@ -680,6 +668,42 @@ impl ChatDoc {
             changes: concat_raw(&new_changes),
             tops,
         })
+    }
+
+    /// Refuses a batch that could leave too many changes waiting for their dependencies. The
+    /// limit is per author (the device a change's actor belongs to, the only one that can vouch
+    /// for it): a device that floods the chat with changes built on one it never sends fills
+    /// its own share only, and every other device's changes still get through. Over the share,
+    /// a batch is taken only if it brings a change that waiting ones wait for (the round after
+    /// a Bloom filter hid one), and never past [`MAX_WAITING_CHANGES_AT_ALL`] in all.
+    fn check_room_to_wait(&mut self, new: &[authorship::ChangeMeta]) -> Result<(), ModelError> {
+        if self.waiting.is_empty() || new.is_empty() {
+            return Ok(());
+        }
+        let author = |c: &authorship::ChangeMeta| authorship::device_of_actor(&c.actor);
+        let mut adding: HashMap<Option<DeviceId>, usize> = HashMap::new();
+        for change in new {
+            *adding.entry(author(change)).or_default() += 1;
+        }
+        let total = self.waiting.len() + new.len();
+        let over_share = adding.iter().any(|(who, added)| {
+            let already = self.waiting.values().filter(|c| author(c) == *who).count();
+            already > 0 && already + added > MAX_WAITING_CHANGES
+        });
+        if !over_share && total <= MAX_WAITING_CHANGES_AT_ALL {
+            return Ok(());
+        }
+        let missing: std::collections::HashSet<ChangeHash> =
+            self.doc.get_missing_deps(&[]).into_iter().collect();
+        let brings_missing = new.iter().any(|c| missing.contains(&c.hash));
+        if brings_missing && total <= MAX_WAITING_CHANGES_AT_ALL {
+            return Ok(());
+        }
+        Err(ModelError::TooLarge(format!(
+            "too many changes waiting for their dependencies (at most {MAX_WAITING_CHANGES} by \
+             one device, or more with a message that brings what they wait for; \
+             {MAX_WAITING_CHANGES_AT_ALL} in all)"
+        )))
     }
 
     /// The changes of `carried` this replica has neither applied nor queued.

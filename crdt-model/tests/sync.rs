@@ -338,3 +338,32 @@ fn a_long_wait_for_a_change_the_bloom_filter_hid_ends_when_it_arrives() {
     receive_with_top(&mut b, &mut state, &changes[..1], &changes[0]).unwrap();
     assert_eq!(b.len(), had + count);
 }
+
+#[test]
+fn a_device_that_floods_the_waiting_changes_holds_up_only_its_own() {
+    // Device A sends changes built on one it never sends: more than its share wait.
+    let (da, mut a, _, mut b) = pair();
+    let dc = dev("dev-c");
+    let mut c = ChatDoc::load(&a.save(), &dc).unwrap();
+    let start = a.heads();
+    let count = chatsync_model::chat::MAX_WAITING_CHANGES + 50;
+    for i in 0..count {
+        a.post(&da, mid(&format!("w{i}")), "x", None, 1_000 + i as i64)
+            .unwrap();
+    }
+    let changes = a.automerge_mut().get_changes(&start);
+    let mut from_a = State::new();
+    receive_with_top(&mut b, &mut from_a, &changes[1..], changes.last().unwrap()).unwrap();
+    // More from A is refused...
+    let before = a.heads();
+    a.post(&da, mid("more"), "x", None, 1).unwrap();
+    let more = a.automerge_mut().get_changes(&before);
+    assert!(receive_with_top(&mut b, &mut from_a, &more, &more[0]).is_err());
+    // ...but C's post gets through, and shows.
+    let before = c.heads();
+    c.post(&dc, mid("from-c"), "hello", None, 2).unwrap();
+    let posted = c.automerge_mut().get_changes(&before);
+    let mut from_c = State::new();
+    receive_with_top(&mut b, &mut from_c, &posted, &posted[0]).unwrap();
+    assert!(b.message(&mid("from-c")).is_some());
+}
