@@ -74,9 +74,21 @@ async fn writer(
 
 /// Posts from [`WRITERS`] concurrent writers until the daemon child is SIGKILLed, 20 to 200 ms
 /// after the first acknowledgement (so that every round has something to lose). Returns the
-/// acknowledged posts.
-async fn post_until_killed(dev: &mut Device, chat: &str, round: usize) -> Vec<Acked> {
+/// acknowledged posts, and the most messages the chat was seen to have meanwhile (the API shows
+/// only what is durable, so no crash may take the count below it).
+async fn post_until_killed(dev: &mut Device, chat: &str, round: usize) -> (Vec<Acked>, u64) {
     let client = dev.client();
+    let watcher = {
+        let (client, chat) = (client.clone(), chat.to_string());
+        tokio::spawn(async move {
+            let mut most = 0;
+            while let Ok(c) = client.chat(&chat).await {
+                most = most.max(c.messages);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            most
+        })
+    };
     let acked = Arc::new(Mutex::new(Vec::new()));
     let first_ack = Arc::new(Notify::new());
     let tasks: Vec<_> = (0..WRITERS)
@@ -118,7 +130,11 @@ async fn post_until_killed(dev: &mut Device, chat: &str, round: usize) -> Vec<Ac
         "round {round}: {} posts acknowledged, killed after {delay:?}",
         acked.len()
     );
-    acked
+    let seen = tokio::time::timeout(Duration::from_secs(20), watcher)
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: the watcher hung after the kill"))
+        .expect("watcher task panicked");
+    (acked, seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,11 +150,17 @@ async fn acknowledged_posts_survive_sigkill() {
 
     let mut all_acked: Vec<Acked> = Vec::new();
     for round in 0..ROUNDS {
-        all_acked.extend(post_until_killed(&mut dev, &chat, round).await);
+        let (acked, seen) = post_until_killed(&mut dev, &chat, round).await;
+        all_acked.extend(acked);
 
         dev.spawn_daemon();
         let client = dev.client();
         let messages = all_messages(&client, &chat).await;
+        assert!(
+            messages.len() as u64 >= seen,
+            "round {round}: the chat was seen with {seen} messages before the kill, {} after",
+            messages.len()
+        );
         let by_id: HashMap<&str, &MessageJson> =
             messages.iter().map(|m| (m.id.as_str(), m)).collect();
         assert_eq!(
@@ -216,11 +238,16 @@ async fn chat_record_agrees_with_messages_after_sigkill() {
     dev.spawn_daemon();
     let chat = dev.client().create_chat("counts").await.expect("create").id;
     for round in 0..40 {
-        post_until_killed(&mut dev, &chat, round).await;
+        let (_, seen) = post_until_killed(&mut dev, &chat, round).await;
         dev.spawn_daemon();
         let client = dev.client();
         let messages = all_messages(&client, &chat).await;
         let record = client.chat(&chat).await.expect("chat");
+        assert!(
+            record.messages >= seen,
+            "round {round}: the count went back from {seen} to {} across the kill",
+            record.messages
+        );
         assert_eq!(
             record.messages,
             messages.len() as u64,

@@ -501,7 +501,7 @@ impl Engine {
         self.committer.check_healthy()?;
         let handle = self.chat(chat).await?;
         let write = self.committer.begin();
-        let (value, receipt) = {
+        let (value, receipt, record) = {
             let mut loaded = handle.lock().await;
             let now = now_ms();
             let (value, mut events) = op(&mut loaded.doc, &self.writer(), now)?;
@@ -510,11 +510,12 @@ impl Engine {
                 // Nothing changed (an edit to the same text, say): nothing to persist.
                 return Ok(value);
             }
-            let (store_write, renamed) = self.chunk_write(chat, &mut loaded, chunk, now, title)?;
-            if let Some(record) = renamed {
+            let (store_write, record, renamed) =
+                self.chunk_write(chat, &mut loaded, chunk, now, title)?;
+            if renamed {
                 events.push(Event::ChatUpdated {
                     chat: chat.clone(),
-                    record,
+                    record: record.clone(),
                 });
             }
             let receipt = write.submit(vec![store_write], events).await?;
@@ -527,17 +528,19 @@ impl Engine {
                     handle.clone(),
                 ));
             }
-            (value, receipt)
+            (value, receipt, record)
         };
         receipt.durable().await?;
+        self.settle_record(chat, record);
         self.changed.mark(chat);
         Ok(value)
     }
 
     /// The store write for a change already applied to `loaded.doc`: its chunk and the chat's
-    /// record brought up to date (written together, see `commit`). Updates the record in memory
-    /// and the chunk bookkeeping. Also returns the record if the title changed (worth an event;
-    /// counters change with every post and are not announced separately).
+    /// record brought up to date (written together, see `commit`), and that record, to put in
+    /// memory once the write is durable ([`Engine::settle_record`]: lists and counts show only
+    /// what is on disk). Updates the chunk bookkeeping. Also says whether the title changed
+    /// (worth an event; counters change with every post and are not announced separately).
     fn chunk_write(
         &self,
         chat: &ChatId,
@@ -545,37 +548,48 @@ impl Engine {
         chunk: Vec<u8>,
         now: i64,
         title: Title,
-    ) -> Result<(commit::StoreWrite, Option<ChatRecord>), EngineError> {
+    ) -> Result<(commit::StoreWrite, ChatRecord, bool), EngineError> {
         let mut record = self
             .read_records()
             .get(chat)
             .cloned()
             .ok_or_else(|| EngineError::NotFound(format!("no chat {chat}")))?;
-        let mut renamed = false;
-        if title == Title::MayChange {
-            let title = loaded.doc.title();
-            renamed = record.title != title;
-            record.title = title;
-        }
+        // From the document, not the record in memory: that one may lag a write not yet
+        // durable (a rename, say).
+        let doc_title = loaded.doc.title();
+        let renamed = title == Title::MayChange && record.title != doc_title;
+        record.title = doc_title;
         record.messages = loaded.doc.len() as u64;
         record.last_activity = now;
         record.heads = heads_hex(&mut loaded.doc);
         let seq = loaded.next_seq;
         loaded.next_seq += 1;
         record.next_seq = loaded.next_seq;
-        self.write_records().insert(chat.clone(), record.clone());
         loaded.chunks += 1;
         loaded.chunk_bytes += chunk.len() as u64;
-        let renamed = renamed.then(|| record.clone());
         Ok((
             commit::StoreWrite::Chunk {
                 chat: chat.clone(),
                 seq,
                 bytes: chunk,
-                record,
+                record: record.clone(),
             },
+            record,
             renamed,
         ))
+    }
+
+    /// Puts a record written with a chunk in memory, once that write is durable, unless a later
+    /// write's record got there first (writes of one chat become durable together, in any
+    /// order of their waiters).
+    fn settle_record(&self, chat: &ChatId, record: ChatRecord) {
+        let mut records = self.write_records();
+        match records.get(chat) {
+            Some(current) if current.next_seq >= record.next_seq => {}
+            _ => {
+                records.insert(chat.clone(), record);
+            }
+        }
     }
 
     /// The chat, loading it from the store if it is not in memory.

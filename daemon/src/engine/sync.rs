@@ -335,11 +335,11 @@ impl Engine {
             brought = !changes.is_empty();
             let receipt = if changes.is_empty() {
                 match forget {
-                    Some(forget) => Some(write.submit(vec![forget], Vec::new()).await?),
+                    Some(forget) => Some((write.submit(vec![forget], Vec::new()).await?, None)),
                     None => None,
                 }
             } else {
-                let (store_write, renamed) = self.chunk_write(
+                let (store_write, record, renamed) = self.chunk_write(
                     chat,
                     &mut loaded,
                     changes,
@@ -347,20 +347,23 @@ impl Engine {
                     super::Title::MayChange,
                 )?;
                 let mut events = message_events(chat, &loaded.doc, touched);
-                if let Some(record) = renamed {
+                if renamed {
                     events.push(Event::ChatUpdated {
                         chat: chat.clone(),
-                        record,
+                        record: record.clone(),
                     });
                 }
                 let writes = std::iter::once(store_write).chain(forget).collect();
-                Some(write.submit(writes, events).await?)
+                Some((write.submit(writes, events).await?, Some(record)))
             };
             self.cache.update_estimate(chat, loaded.estimated_bytes());
             (reply, receipt)
         };
-        if let Some(receipt) = receipt {
+        if let Some((receipt, record)) = receipt {
             receipt.durable().await?;
+            if let Some(record) = record {
+                self.settle_record(chat, record);
+            }
         }
         if brought {
             // Other devices may want what just arrived.
