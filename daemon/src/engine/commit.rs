@@ -32,6 +32,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::{EngineError, events::Event};
 use crate::store::{ChatRecord, Space, Store, StoreError};
 
+/// Every chat's record in memory, shared by the engine and the committer: the committer puts a
+/// write's record there once the write is durable.
+pub type Records = Arc<std::sync::RwLock<BTreeMap<ChatId, ChatRecord>>>;
+
 /// Submissions waiting for a flush, at most. Writers wait (back-pressure) beyond it.
 const QUEUE: usize = 8192;
 /// Submissions acknowledged by one flush, at most.
@@ -159,6 +163,7 @@ impl Committer {
         store: Store,
         events: broadcast::Sender<Event>,
         space: Arc<Space>,
+        records: Records,
     ) -> std::io::Result<Committer> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
@@ -166,7 +171,16 @@ impl Committer {
         let (thread_failed, thread_unsubmitted) = (failed.clone(), unsubmitted.clone());
         let thread = std::thread::Builder::new()
             .name("chatsyncd-commit".into())
-            .spawn(move || run(store, rx, events, thread_failed, thread_unsubmitted))?;
+            .spawn(move || {
+                run(
+                    store,
+                    rx,
+                    events,
+                    records,
+                    thread_failed,
+                    thread_unsubmitted,
+                )
+            })?;
         // Until this is set, a wait for writes ends only at its deadline.
         let _ = unsubmitted.committer.set(thread.thread().clone());
         Ok(Committer {
@@ -291,6 +305,7 @@ fn run(
     store: Store,
     mut rx: mpsc::Receiver<Pending>,
     events: broadcast::Sender<Event>,
+    records: Records,
     failed: Arc<AtomicBool>,
     unsubmitted: Arc<Unsubmitted>,
 ) {
@@ -332,6 +347,7 @@ fn run(
                     let _ = pending.done.send(Err(EngineError::from(e)));
                 }
                 (Ok(()), None) => {
+                    settle_records(&records, &pending.writes);
                     for event in pending.events {
                         // No subscribers is fine.
                         let _ = events.send(event);
@@ -342,6 +358,22 @@ fn run(
                     let _ = pending.done.send(Err(EngineError::Storage(e.to_string())));
                 }
             }
+        }
+    }
+}
+
+/// Puts the records of durable chunk writes in memory, in submission order (a chat's writes are
+/// submitted in chunk order, so the last one stays). The chunk number went up already, when the
+/// write was made (`Engine::chunk_write`), and never goes back.
+fn settle_records(records: &Records, writes: &[StoreWrite]) {
+    let mut records = records.write().unwrap_or_else(|p| p.into_inner());
+    for write in writes {
+        if let StoreWrite::Chunk { chat, record, .. } = write
+            && let Some(current) = records.get_mut(chat)
+        {
+            let next_seq = current.next_seq.max(record.next_seq);
+            *current = record.clone();
+            current.next_seq = next_seq;
         }
     }
 }

@@ -64,7 +64,10 @@ pub struct Engine {
     /// The device's name now (see [`EngineConfig::name_configured`]).
     name: std::sync::RwLock<String>,
     name_configured: bool,
-    records: RwLock<BTreeMap<ChatId, ChatRecord>>,
+    /// Every chat's record. A write's record is put here by the committer once the write is
+    /// durable (lists and counts show only what is on disk), except its chunk number, which
+    /// goes up at once (a chat loaded again meanwhile must not reuse it).
+    records: commit::Records,
     cache: ChatCache,
     committer: Committer,
     events: broadcast::Sender<Event>,
@@ -114,6 +117,7 @@ impl Engine {
     ) -> Result<Arc<Engine>, EngineError> {
         let mut records: BTreeMap<_, _> = store.chat_records()?.into_iter().collect();
         recovery::settle_records(&store, &mut records, &device)?;
+        let records: commit::Records = Arc::new(RwLock::new(records));
         let roster = devices::LoadedRoster::open(&store, &device, config.name_configured)?;
         let name = if config.name_configured {
             device.name.clone()
@@ -129,13 +133,14 @@ impl Engine {
                 store.clone(),
                 events.clone(),
                 Arc::new(crate::store::Space::new(store.dir(), config.reserve_bytes)),
+                records.clone(),
             )
             .map_err(|e| EngineError::Internal(format!("cannot start the committer: {e}")))?,
             store,
             device,
             name: std::sync::RwLock::new(name),
             name_configured: config.name_configured,
-            records: RwLock::new(records),
+            records: records.clone(),
             cache: ChatCache::new(config.memory_budget_bytes),
             events,
             background: TaskTracker::new(),
@@ -266,10 +271,17 @@ impl Engine {
             Some(key) => keyed_id("chat", &self.device.id, "", key),
             None => random_id(),
         })?;
-        if key.is_some()
-            && let Some(record) = self.read_records().get(&id).cloned()
-        {
+        // Two requests with one key at once: one creates, the other finds it (the lock that
+        // keeps two imports of one chat apart).
+        let _creating = match key {
+            Some(_) => Some(self.imports.lock().await),
+            None => None,
+        };
+        let existing = key.and(self.read_records().get(&id).cloned());
+        if let Some(record) = existing {
             if record.title == title && record.created_by == self.device.id.as_str() {
+                // Answered only once the first attempt's write is durable.
+                self.committer.barrier().await?;
                 return Ok(ChatSummary { id, record });
             }
             return Err(EngineError::Conflict(
@@ -321,16 +333,19 @@ impl Engine {
         );
         // Listed only once in memory, so that nobody loads a second copy from the store.
         self.write_records().insert(id.clone(), record.clone());
-        let receipt = write
-            .submit(
-                Vec::new(),
-                vec![Event::ChatCreated {
-                    chat: id.clone(),
-                    record: record.clone(),
-                }],
-            )
-            .await?;
-        receipt.durable().await
+        let event = Event::ChatCreated {
+            chat: id.clone(),
+            record: record.clone(),
+        };
+        let durable = match write.submit(Vec::new(), vec![event]).await {
+            Ok(receipt) => receipt.durable().await,
+            Err(e) => Err(e),
+        };
+        if durable.is_err() {
+            // Not stored: not listed either.
+            self.write_records().remove(id);
+        }
+        durable
     }
 
     pub async fn rename_chat(
@@ -501,13 +516,18 @@ impl Engine {
         self.committer.check_healthy()?;
         let handle = self.chat(chat).await?;
         let write = self.committer.begin();
-        let (value, receipt, record) = {
+        let (value, receipt) = {
             let mut loaded = handle.lock().await;
             let now = now_ms();
             let (value, mut events) = op(&mut loaded.doc, &self.writer(), now)?;
             let chunk = loaded.doc.take_local_changes();
             if chunk.is_empty() {
-                // Nothing changed (an edit to the same text, say): nothing to persist.
+                // Nothing changed (an edit to the same text, a post retried with its key): nothing
+                // to persist, but what made it so may still be on its way to the disk, and the
+                // answer must not come before it (`barrier` waits for every earlier write).
+                drop(loaded);
+                drop(write);
+                self.committer.barrier().await?;
                 return Ok(value);
             }
             let (store_write, record, renamed) =
@@ -528,18 +548,17 @@ impl Engine {
                     handle.clone(),
                 ));
             }
-            (value, receipt, record)
+            (value, receipt)
         };
         receipt.durable().await?;
-        self.settle_record(chat, record);
         self.changed.mark(chat);
         Ok(value)
     }
 
     /// The store write for a change already applied to `loaded.doc`: its chunk and the chat's
-    /// record brought up to date (written together, see `commit`), and that record, to put in
-    /// memory once the write is durable ([`Engine::settle_record`]: lists and counts show only
-    /// what is on disk). Updates the chunk bookkeeping. Also says whether the title changed
+    /// record brought up to date (written together, see `commit`; the committer puts the record
+    /// in memory once it is durable). Updates the chunk bookkeeping and, at once, the record's
+    /// chunk number. Also says whether the title changed
     /// (worth an event; counters change with every post and are not announced separately).
     fn chunk_write(
         &self,
@@ -565,6 +584,9 @@ impl Engine {
         let seq = loaded.next_seq;
         loaded.next_seq += 1;
         record.next_seq = loaded.next_seq;
+        if let Some(current) = self.write_records().get_mut(chat) {
+            current.next_seq = current.next_seq.max(record.next_seq);
+        }
         loaded.chunks += 1;
         loaded.chunk_bytes += chunk.len() as u64;
         Ok((
@@ -577,19 +599,6 @@ impl Engine {
             record,
             renamed,
         ))
-    }
-
-    /// Puts a record written with a chunk in memory, once that write is durable, unless a later
-    /// write's record got there first (writes of one chat become durable together, in any
-    /// order of their waiters).
-    fn settle_record(&self, chat: &ChatId, record: ChatRecord) {
-        let mut records = self.write_records();
-        match records.get(chat) {
-            Some(current) if current.next_seq >= record.next_seq => {}
-            _ => {
-                records.insert(chat.clone(), record);
-            }
-        }
     }
 
     /// The chat, loading it from the store if it is not in memory.

@@ -335,7 +335,7 @@ impl Engine {
             brought = !changes.is_empty();
             let receipt = if changes.is_empty() {
                 match forget {
-                    Some(forget) => Some((write.submit(vec![forget], Vec::new()).await?, None)),
+                    Some(forget) => Some(write.submit(vec![forget], Vec::new()).await?),
                     None => None,
                 }
             } else {
@@ -354,16 +354,13 @@ impl Engine {
                     });
                 }
                 let writes = std::iter::once(store_write).chain(forget).collect();
-                Some((write.submit(writes, events).await?, Some(record)))
+                Some(write.submit(writes, events).await?)
             };
             self.cache.update_estimate(chat, loaded.estimated_bytes());
             (reply, receipt)
         };
-        if let Some((receipt, record)) = receipt {
+        if let Some(receipt) = receipt {
             receipt.durable().await?;
-            if let Some(record) = record {
-                self.settle_record(chat, record);
-            }
         }
         if brought {
             // Other devices may want what just arrived.
