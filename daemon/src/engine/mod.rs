@@ -540,7 +540,9 @@ impl Engine {
             }
             let receipt = write.submit(vec![store_write], events).await?;
             self.cache.update_estimate(chat, loaded.estimated_bytes());
-            if loaded.wants_compaction() {
+            // A compaction writes the whole chat again: not while the disk is below its reserve
+            // (the chunks stay until there is room).
+            if loaded.wants_compaction() && self.committer.check_healthy().is_ok() {
                 loaded.compacting = true;
                 self.background.spawn(compact(
                     (*self.committer).clone(),
