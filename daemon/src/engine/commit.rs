@@ -347,7 +347,7 @@ fn run(
                     let _ = pending.done.send(Err(EngineError::from(e)));
                 }
                 (Ok(()), None) => {
-                    settle_records(&records, &pending.writes);
+                    records_made_durable(&records, &pending.writes);
                     for event in pending.events {
                         // No subscribers is fine.
                         let _ = events.send(event);
@@ -365,7 +365,7 @@ fn run(
 /// Puts the records of durable chunk writes in memory, in submission order (a chat's writes are
 /// submitted in chunk order, so the last one stays). The chunk number went up already, when the
 /// write was made (`Engine::chunk_write`), and never goes back.
-fn settle_records(records: &Records, writes: &[StoreWrite]) {
+fn records_made_durable(records: &Records, writes: &[StoreWrite]) {
     let mut records = records.write().unwrap_or_else(|p| p.into_inner());
     for write in writes {
         if let StoreWrite::Chunk { chat, record, .. } = write
