@@ -685,10 +685,17 @@ impl ChatDoc {
         for change in new {
             *adding.entry(author(change)).or_default() += 1;
         }
+        // One pass over what waits, counting only the authors this batch brings.
+        let mut already: HashMap<&Option<DeviceId>, usize> = HashMap::new();
+        for change in self.waiting.values() {
+            let who = author(change);
+            if let Some((key, _)) = adding.get_key_value(&who) {
+                *already.entry(key).or_default() += 1;
+            }
+        }
         let total = self.waiting.len() + new.len();
-        let over_share = adding.iter().any(|(who, added)| {
-            let already = self.waiting.values().filter(|c| author(c) == *who).count();
-            already > 0 && already + added > MAX_WAITING_CHANGES
+        let over_share = already.iter().any(|(who, waiting)| {
+            waiting + adding.get(*who).copied().unwrap_or(0) > MAX_WAITING_CHANGES
         });
         if !over_share && total <= MAX_WAITING_CHANGES_AT_ALL {
             return Ok(());
