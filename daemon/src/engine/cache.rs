@@ -35,9 +35,23 @@ pub struct LoadedChat {
     pub chunk_bytes: u64,
     /// A compaction task for this chat is queued or running.
     pub compacting: bool,
+    /// The newest write of this chat's changes still on its way to the disk, if any. Reads and
+    /// sync messages made from the document wait for it before they answer, so that nobody is
+    /// shown a change that is not durable: a chat's chunks become durable in the order they
+    /// were submitted, and only ever fail all together (the store is then failed).
+    pub last_write: Option<super::commit::Receipt>,
 }
 
 impl LoadedChat {
+    /// The chat's newest write, unless it is known durable (then it is forgotten). A failed
+    /// one stays: everything read from this copy must answer its error.
+    pub fn unsettled_write(&mut self) -> Option<super::commit::Receipt> {
+        if self.last_write.as_ref().is_some_and(|w| w.is_durable()) {
+            self.last_write = None;
+        }
+        self.last_write.clone()
+    }
+
     /// Rough memory use, from measurement (docs/benchmarks.md): a loaded chat of 1,000 short
     /// messages added about 1.4 MiB of resident memory (Automerge's op set plus the display
     /// index), while its save was only about 17 KiB; long texts weigh on top of that.
@@ -223,6 +237,7 @@ mod tests {
             chunks: 0,
             chunk_bytes: 0,
             compacting: false,
+            last_write: None,
         }
     }
 

@@ -27,7 +27,7 @@ use std::sync::{
 use std::collections::BTreeMap;
 
 use chatsync_model::ChatId;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::{EngineError, events::Event};
 use crate::store::{ChatRecord, Space, Store, StoreError};
@@ -54,6 +54,12 @@ pub enum StoreWrite {
         bytes: Vec<u8>,
         record: ChatRecord,
     },
+    /// A new chat: its document and its record, listed in memory once durable.
+    NewChat {
+        chat: ChatId,
+        record: ChatRecord,
+        bytes: Vec<u8>,
+    },
     /// A compaction (`Store::compact`): `base` holds every change of the chunks up to `through`.
     Compact {
         chat: ChatId,
@@ -71,8 +77,11 @@ pub enum StoreWrite {
 struct Pending {
     writes: Vec<StoreWrite>,
     events: Vec<Event>,
-    done: oneshot::Sender<Result<(), EngineError>>,
+    done: watch::Sender<Outcome>,
 }
+
+/// What became of a submitted write: `None` while it waits for a flush.
+type Outcome = Option<Result<(), EngineError>>;
 
 /// The committer thread and the queue to it. Submitting goes through the [`Queue`] (this
 /// dereferences to it; clones of it can be handed to tasks).
@@ -146,14 +155,22 @@ impl std::ops::Deref for Committer {
     }
 }
 
-/// Resolves when a submitted write is durable.
-pub struct Receipt(oneshot::Receiver<Result<(), EngineError>>);
+/// Resolves when a submitted write is durable. Clones wait for the same write: a chat keeps
+/// the receipt of its newest write so that reads can wait for it (`LoadedChat::last_write`).
+#[derive(Clone, Debug)]
+pub struct Receipt(watch::Receiver<Outcome>);
 
 impl Receipt {
-    pub async fn durable(self) -> Result<(), EngineError> {
-        self.0
-            .await
-            .unwrap_or_else(|_| Err(EngineError::Storage("the daemon is shutting down".into())))
+    /// Whether the write is known to be durable now.
+    pub fn is_durable(&self) -> bool {
+        matches!(*self.0.borrow(), Some(Ok(())))
+    }
+
+    pub async fn durable(mut self) -> Result<(), EngineError> {
+        match self.0.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone().unwrap_or(Ok(())),
+            Err(_) => Err(EngineError::Storage("the daemon is shutting down".into())),
+        }
     }
 }
 
@@ -275,7 +292,7 @@ impl Write<'_> {
         writes: Vec<StoreWrite>,
         events: Vec<Event>,
     ) -> Result<Receipt, EngineError> {
-        let (done, rx) = oneshot::channel();
+        let (done, rx) = watch::channel(None);
         self.queue
             .tx
             .send(Pending {
@@ -344,7 +361,7 @@ fn run(
         for (pending, refused) in batch.drain(..).zip(refused) {
             match (&result, refused) {
                 (Ok(()), Some(e)) => {
-                    let _ = pending.done.send(Err(EngineError::from(e)));
+                    pending.done.send_replace(Some(Err(EngineError::from(e))));
                 }
                 (Ok(()), None) => {
                     records_made_durable(&records, &pending.writes);
@@ -352,28 +369,36 @@ fn run(
                         // No subscribers is fine.
                         let _ = events.send(event);
                     }
-                    let _ = pending.done.send(Ok(()));
+                    pending.done.send_replace(Some(Ok(())));
                 }
                 (Err(e), _) => {
-                    let _ = pending.done.send(Err(EngineError::Storage(e.to_string())));
+                    pending
+                        .done
+                        .send_replace(Some(Err(EngineError::Storage(e.to_string()))));
                 }
             }
         }
     }
 }
 
-/// Puts the records of durable chunk writes in memory, in submission order (a chat's writes are
-/// submitted in chunk order, so the last one stays). The chunk number went up already, when the
+/// Puts the records of durable chunk writes and new chats in memory, in submission order (a
+/// chat's writes are submitted in chunk order, so the last one stays). The chunk number went up already, when the
 /// write was made (`Engine::chunk_write`), and never goes back.
 fn records_made_durable(records: &Records, writes: &[StoreWrite]) {
     let mut records = records.write().unwrap_or_else(|p| p.into_inner());
     for write in writes {
-        if let StoreWrite::Chunk { chat, record, .. } = write
-            && let Some(current) = records.get_mut(chat)
-        {
-            let next_seq = current.next_seq.max(record.next_seq);
-            *current = record.clone();
-            current.next_seq = next_seq;
+        match write {
+            StoreWrite::Chunk { chat, record, .. } => {
+                if let Some(current) = records.get_mut(chat) {
+                    let next_seq = current.next_seq.max(record.next_seq);
+                    *current = record.clone();
+                    current.next_seq = next_seq;
+                }
+            }
+            StoreWrite::NewChat { chat, record, .. } => {
+                records.insert(chat.clone(), record.clone());
+            }
+            StoreWrite::Compact { .. } | StoreWrite::ForgetAttestations { .. } => {}
         }
     }
 }
@@ -430,6 +455,14 @@ fn write_batch(
                     if let Err(e) = store.compact(chat, base, *through) {
                         *refused = Some(e);
                     }
+                }
+                StoreWrite::NewChat {
+                    chat,
+                    record,
+                    bytes,
+                } => {
+                    append(&mut chunks, &mut records)?;
+                    store.create_chat(chat, record, bytes)?;
                 }
                 StoreWrite::ForgetAttestations { chat, stale } => {
                     append(&mut chunks, &mut records)?;

@@ -3,7 +3,7 @@ use chatsync_model::ModelError;
 use crate::store::StoreError;
 
 /// Why an engine operation failed. The API maps each kind to an HTTP status and a stable code.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("{0}")]
     NotFound(String),

@@ -318,7 +318,9 @@ impl Engine {
         bytes: &[u8],
     ) -> Result<(), EngineError> {
         let write = self.committer.begin();
-        self.store.create_chat(id, record, bytes)?;
+        // In memory before it is listed, so that nobody loads a second copy from the store.
+        // Unreachable until then (lookups go through the list): should the write fail, the
+        // copy is unloaded as idle.
         self.cache.insert_new(
             id.clone(),
             LoadedChat {
@@ -329,23 +331,24 @@ impl Engine {
                 chunks: 0,
                 chunk_bytes: 0,
                 compacting: false,
+                last_write: None,
             },
         );
-        // Listed only once in memory, so that nobody loads a second copy from the store.
-        self.write_records().insert(id.clone(), record.clone());
         let event = Event::ChatCreated {
             chat: id.clone(),
             record: record.clone(),
         };
-        let durable = match write.submit(Vec::new(), vec![event]).await {
-            Ok(receipt) => receipt.durable().await,
-            Err(e) => Err(e),
+        // Listed by the committer once durable, before the event goes out.
+        let create = commit::StoreWrite::NewChat {
+            chat: id.clone(),
+            record: record.clone(),
+            bytes: bytes.to_vec(),
         };
-        if durable.is_err() {
-            // Not stored: not listed either.
-            self.write_records().remove(id);
-        }
-        durable
+        write
+            .submit(vec![create], vec![event])
+            .await?
+            .durable()
+            .await
     }
 
     pub async fn rename_chat(
@@ -377,23 +380,45 @@ impl Engine {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Message>, EngineError> {
-        let handle = self.chat(chat).await?;
-        let loaded = handle.lock().await;
-        let before = match before {
-            Some(r) => Some(resolve::resolve_message(&loaded.doc, r)?),
-            None => None,
-        };
-        Ok(loaded.doc.page_before(before.as_ref(), limit.min(MAX_PAGE)))
+        self.read_durable(chat, |loaded| {
+            let before = match before {
+                Some(r) => Some(resolve::resolve_message(&loaded.doc, r)?),
+                None => None,
+            };
+            Ok(loaded.doc.page_before(before.as_ref(), limit.min(MAX_PAGE)))
+        })
+        .await
     }
 
     pub async fn message(&self, chat: &ChatId, reference: &str) -> Result<Message, EngineError> {
+        self.read_durable(chat, |loaded| {
+            let id = resolve::resolve_message(&loaded.doc, reference)?;
+            loaded
+                .doc
+                .message(&id)
+                .ok_or_else(|| EngineError::NotFound(format!("no message {id}")))
+        })
+        .await
+    }
+
+    /// Reads a chat, answering only once everything the answer shows is durable: `read` runs
+    /// under the chat's lock, then the answer waits for the chat's newest write still on its
+    /// way to the disk (`LoadedChat::last_write`). Waiting outside the lock keeps writers
+    /// going; a write made meanwhile is not in the answer, so it need not be waited for.
+    pub(super) async fn read_durable<T>(
+        &self,
+        chat: &ChatId,
+        read: impl FnOnce(&mut LoadedChat) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
         let handle = self.chat(chat).await?;
-        let loaded = handle.lock().await;
-        let id = resolve::resolve_message(&loaded.doc, reference)?;
-        loaded
-            .doc
-            .message(&id)
-            .ok_or_else(|| EngineError::NotFound(format!("no message {id}")))
+        let (answer, pending) = {
+            let mut loaded = handle.lock().await;
+            (read(&mut loaded)?, loaded.unsettled_write())
+        };
+        if let Some(receipt) = pending {
+            receipt.durable().await?;
+        }
+        Ok(answer)
     }
 
     /// Posts a message. With an idempotency `key`, the message's id comes from the key: a
@@ -498,12 +523,13 @@ impl Engine {
         &self,
         chat: &ChatId,
     ) -> Result<(Option<MessageId>, usize), EngineError> {
-        let handle = self.chat(chat).await?;
-        let loaded = handle.lock().await;
-        Ok((
-            loaded.doc.read_marker(&self.device.id),
-            loaded.doc.unread_count(&self.device.id),
-        ))
+        self.read_durable(chat, |loaded| {
+            Ok((
+                loaded.doc.read_marker(&self.device.id),
+                loaded.doc.unread_count(&self.device.id),
+            ))
+        })
+        .await
     }
 
     /// Runs one local change: apply, submit its chunk to the committer, wait until durable.
@@ -539,6 +565,7 @@ impl Engine {
                 });
             }
             let receipt = write.submit(vec![store_write], events).await?;
+            loaded.last_write = Some(receipt.clone());
             self.cache.update_estimate(chat, loaded.estimated_bytes());
             // A compaction writes the whole chat again: not while the disk is below its reserve
             // (the chunks stay until there is room).
@@ -682,6 +709,7 @@ fn load_chat(
         chunks: stored.chunks,
         chunk_bytes: stored.chunk_bytes,
         compacting: false,
+        last_write: None,
     })
 }
 

@@ -209,27 +209,30 @@ impl Engine {
         device: &DeviceId,
         chat: &ChatId,
     ) -> Result<SyncStep, EngineError> {
-        let handle = self.chat(chat).await?;
-        let mut loaded = handle.lock().await;
-        let LoadedChat { doc, proofs, .. } = &mut *loaded;
-        if self
-            .sync_states
-            .peer_has_exactly(device, chat, &doc.heads())
-        {
-            return Ok(SyncStep {
-                message: None,
-                in_sync: true,
-            });
-        }
-        let no_standings = HashMap::new();
-        let key = (device.clone(), chat.clone(), SyncRole::Running);
-        self.sync_states
-            .with(key, |state| {
-                self.with_keys(&no_standings, |keys| {
-                    exchange::next_step(doc, proofs, state, keys)
+        // Sent only once durable, like every answer made from the document: a change goes to
+        // other devices only after it is saved here.
+        self.read_durable(chat, |loaded| {
+            let LoadedChat { doc, proofs, .. } = loaded;
+            if self
+                .sync_states
+                .peer_has_exactly(device, chat, &doc.heads())
+            {
+                return Ok(SyncStep {
+                    message: None,
+                    in_sync: true,
+                });
+            }
+            let no_standings = HashMap::new();
+            let key = (device.clone(), chat.clone(), SyncRole::Running);
+            self.sync_states
+                .with(key, |state| {
+                    self.with_keys(&no_standings, |keys| {
+                        exchange::next_step(doc, proofs, state, keys)
+                    })
                 })
-            })
-            .map_err(|e| EngineError::Internal(format!("cannot make a sync message: {e}")))
+                .map_err(|e| EngineError::Internal(format!("cannot make a sync message: {e}")))
+        })
+        .await
     }
 
     /// Runs `f` with this device's keys and `standings` as its roster.
@@ -356,6 +359,13 @@ impl Engine {
                 let writes = std::iter::once(store_write).chain(forget).collect();
                 Some(write.submit(writes, events).await?)
             };
+            if let Some(receipt) = &receipt
+                && brought
+            {
+                loaded.last_write = Some(receipt.clone());
+            }
+            // The reply may carry changes still on their way to the disk; it waits for them.
+            let receipt = receipt.or_else(|| loaded.unsettled_write());
             self.cache.update_estimate(chat, loaded.estimated_bytes());
             (reply, receipt)
         };
@@ -376,16 +386,17 @@ impl Engine {
     /// The whole document of a chat, for a device that does not have it, sealed with the
     /// attestations of every actor in it.
     pub async fn export_chat(&self, chat: &ChatId) -> Result<Vec<u8>, EngineError> {
-        let handle = self.chat(chat).await?;
-        let mut loaded = handle.lock().await;
-        let LoadedChat { doc, proofs, .. } = &mut *loaded;
         let sign = |statement: &[u8]| self.signer.sign(statement);
         // What this device can prove of the chat, and the attestations for it; saved from the
-        // snapshot beside further writes.
-        let (snapshot, attestations) = proofs
-            .document_to_send(doc, &self.device.id, &sign)
-            .map_err(|e| EngineError::Internal(format!("cannot copy chat {chat}: {e}")))?;
-        drop(loaded);
+        // snapshot beside further writes, and sent once all of it is durable.
+        let (snapshot, attestations) = self
+            .read_durable(chat, |loaded| {
+                let LoadedChat { doc, proofs, .. } = loaded;
+                proofs
+                    .document_to_send(doc, &self.device.id, &sign)
+                    .map_err(|e| EngineError::Internal(format!("cannot copy chat {chat}: {e}")))
+            })
+            .await?;
         let bytes = tokio::task::spawn_blocking(move || snapshot.save())
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))?;
