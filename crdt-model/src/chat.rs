@@ -93,9 +93,10 @@ pub struct SyncReceived {
 pub struct Snapshot(AutoCommit);
 
 impl Snapshot {
-    /// The document as it was when the snapshot was taken, compacted.
+    /// The document as it was when the snapshot was taken, compacted: its applied changes
+    /// only, never ones still waiting for their dependencies (see [`save_applied`]).
     pub fn save(mut self) -> Vec<u8> {
-        self.0.save()
+        save_applied(&mut self.0)
     }
 
     pub(crate) fn automerge_mut(&mut self) -> &mut AutoCommit {
@@ -129,6 +130,21 @@ pub struct ChatDoc {
     /// Received changes that passed the authorship check and wait (in Automerge's queue) for
     /// their dependencies; at most [`MAX_WAITING_CHANGES`].
     waiting: HashMap<ChangeHash, authorship::ChangeMeta>,
+    /// How many waiting changes have been applied since the document was loaded: a count that
+    /// moves shows that what waits is being completed (see [`ChatDoc::drop_waiting`]).
+    released_from_waiting: u64,
+}
+
+/// Saves the changes a document has applied. Automerge's plain `save` appends the changes
+/// still waiting in its queue for their dependencies; those are not part of the chat (nothing
+/// shows them, nobody vouched for what they wait for), and a store that kept them would bring
+/// them back at every load, beyond the per-device bound on what waits and out of reach of its
+/// expiry.
+fn save_applied(doc: &mut AutoCommit) -> Vec<u8> {
+    doc.save_with_options(automerge::SaveOptions {
+        deflate: true,
+        retain_orphans: false,
+    })
 }
 
 /// Received changes by one device that may wait for their dependencies at once, per chat: while
@@ -194,6 +210,12 @@ impl ChatDoc {
         crate::wire_check::check_chunks(bytes, &crate::wire_check::WireLimits::default())
             .map_err(|e| ModelError::Corrupt(format!("refused document: {e}")))?;
         let mut doc = AutoCommit::load(bytes).map_err(|e| ModelError::Corrupt(e.to_string()))?;
+        if !doc.get_missing_deps(&[]).is_empty() {
+            // Honest devices send only what they have applied (`Snapshot::save`).
+            return Err(ModelError::Corrupt(
+                "refused document: it holds changes without their dependencies".into(),
+            ));
+        }
         let all = authorship::metas_of(doc.document(), &[]);
         let tops = authorship::check_batch(&all, &[], proof)?;
         let mut chat = Self::from_doc(doc, device)?;
@@ -213,6 +235,11 @@ impl ChatDoc {
     /// Wraps an Automerge document, checking its shape and building the index.
     pub fn from_doc(mut doc: AutoCommit, device: &Device) -> Result<Self, ModelError> {
         doc.set_actor(device.actor.clone());
+        Self::wrap(doc)
+    }
+
+    /// [`from_doc`](Self::from_doc) for a document that already writes under its actor.
+    fn wrap(doc: AutoCommit) -> Result<Self, ModelError> {
         match get_int(&doc, &automerge::ROOT, s::SCHEMA) {
             Some(v) if (1..=s::SCHEMA_VERSION).contains(&v) => {}
             Some(v) => {
@@ -240,6 +267,7 @@ impl ChatDoc {
             max_clock: Clock::ZERO,
             unsaved_local: Vec::new(),
             waiting: HashMap::new(),
+            released_from_waiting: 0,
         };
         chat.reindex_all();
         Ok(chat)
@@ -670,6 +698,44 @@ impl ChatDoc {
         })
     }
 
+    /// How many received changes wait for their dependencies.
+    pub fn waiting_changes(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// How many waiting changes have been applied since the document was loaded.
+    pub fn released_from_waiting(&self) -> u64 {
+        self.released_from_waiting
+    }
+
+    /// Whether anything waits in Automerge's queue for its dependencies (including changes a
+    /// store kept from before [`save_applied`]).
+    pub fn has_waiting_changes(&mut self) -> bool {
+        !self.waiting.is_empty() || !self.doc.get_missing_deps(&[]).is_empty()
+    }
+
+    /// Drops every change waiting for its dependencies, for when they have waited too long:
+    /// the dependencies never came (a device that builds on changes it never sends), and what
+    /// waits holds memory and the sender's share of the bound. Honest changes among them come
+    /// again in a later sync, once the sync states that counted them are forgotten (the caller
+    /// does that). The document is rebuilt from its applied changes, which takes as long as a
+    /// load. Returns how many tracked changes were dropped.
+    pub fn drop_waiting(&mut self) -> Result<usize, ModelError> {
+        let dropped = self.waiting.len();
+        if self.doc.get_missing_deps(&[]).is_empty() {
+            self.waiting.clear();
+            return Ok(dropped);
+        }
+        let actor = self.doc.get_actor().clone();
+        let bytes = save_applied(&mut self.doc);
+        let mut doc = AutoCommit::load(&bytes).map_err(|e| ModelError::Corrupt(e.to_string()))?;
+        doc.set_actor(actor);
+        let unsaved_local = std::mem::take(&mut self.unsaved_local);
+        *self = Self::wrap(doc)?;
+        self.unsaved_local = unsaved_local;
+        Ok(dropped)
+    }
+
     /// Refuses a batch that could leave too many changes waiting for their dependencies. The
     /// limit is per author (the device a change's actor belongs to, the only one that can vouch
     /// for it): a device that floods the chat with changes built on one it never sends fills
@@ -735,7 +801,9 @@ impl ChatDoc {
     fn track_waiting(&mut self, new: Vec<authorship::ChangeMeta>, applied: &[Change]) {
         let applied: std::collections::HashSet<ChangeHash> =
             applied.iter().map(|c| c.hash()).collect();
+        let before = self.waiting.len();
         self.waiting.retain(|hash, _| !applied.contains(hash));
+        self.released_from_waiting += (before - self.waiting.len()) as u64;
         for change in new {
             if !applied.contains(&change.hash) {
                 self.waiting.insert(change.hash, change);
@@ -795,9 +863,10 @@ impl ChatDoc {
         Ok(Snapshot(self.doc.fork_at(heads)?))
     }
 
-    /// The full document, compacted. Resets the incremental-save point.
+    /// The full document, compacted, without changes still waiting for their dependencies
+    /// (see [`save_applied`]). Resets the incremental-save point.
     pub fn save(&mut self) -> Vec<u8> {
-        self.doc.save()
+        save_applied(&mut self.doc)
     }
 
     /// Changes since the last [`save`](Self::save) or `save_incremental`, in a form that can be

@@ -339,3 +339,24 @@ fn whole_documents_are_checked_like_sync_messages() {
     assert_eq!(partial.len(), 1);
     assert!(ChatDoc::load_untrusted(&bytes, &dc, &support::proof(&chat, &partial)).is_err());
 }
+
+#[test]
+fn a_whole_document_with_changes_missing_their_dependencies_is_refused() {
+    let (da, mut a, _, _, dc, _) = three();
+    let before = a.heads();
+    a.post(&da, mid("gap"), "never sent", None, 30).unwrap();
+    a.post(&da, mid("on-gap"), "built on it", None, 31).unwrap();
+    let after = a.automerge_mut().get_changes(&before);
+    let chat = a.id().clone();
+    let attestations = support::attest_all(&mut a);
+    // The document as it was, then a change whose dependency is left out.
+    let mut bytes = ChatDoc::load(&a.save(), &dc)
+        .unwrap()
+        .snapshot_at(&before)
+        .unwrap()
+        .save();
+    bytes.extend_from_slice(after[1].raw_bytes());
+    let err =
+        ChatDoc::load_untrusted(&bytes, &dc, &support::proof(&chat, &attestations)).unwrap_err();
+    assert!(matches!(err, ModelError::Corrupt(_)), "{err}");
+}

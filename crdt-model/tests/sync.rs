@@ -367,3 +367,38 @@ fn a_device_that_floods_the_waiting_changes_holds_up_only_its_own() {
     receive_with_top(&mut b, &mut from_c, &posted, &posted[0]).unwrap();
     assert!(b.message(&mid("from-c")).is_some());
 }
+
+#[test]
+fn changes_that_waited_too_long_are_dropped_and_can_come_again() {
+    let (da, mut a, _, mut b) = pair();
+    let start = a.heads();
+    for i in 0..20 {
+        a.post(&da, mid(&format!("w{i}")), "x", None, 1_000 + i)
+            .unwrap();
+    }
+    let changes = a.automerge_mut().get_changes(&start);
+    let mut from_a = State::new();
+    // Everything but the first: all of it waits for the one never sent.
+    receive_with_top(&mut b, &mut from_a, &changes[1..], changes.last().unwrap()).unwrap();
+    assert_eq!(b.waiting_changes(), 19);
+    assert!(b.has_waiting_changes());
+    // What waits is no part of the chat: a save leaves it out.
+    let saved = ChatDoc::load(&b.save(), &dev("dev-b2")).unwrap();
+    let mut saved = saved;
+    assert!(!saved.has_waiting_changes());
+    let shown = b.page_before(None, 100);
+    assert_eq!(b.drop_waiting().unwrap(), 19);
+    assert_eq!(b.waiting_changes(), 0);
+    assert!(!b.has_waiting_changes());
+    assert_eq!(b.page_before(None, 100), shown, "the chat is as it was");
+    // The same changes, with the one they wait for, are taken afterwards.
+    let mut again = State::new();
+    receive_with_top(&mut b, &mut again, &changes, changes.last().unwrap()).unwrap();
+    assert_eq!(b.waiting_changes(), 0);
+    assert!(b.message(&mid("w19")).is_some());
+    assert_eq!(b.len(), a.len());
+    // b still writes under its own actor, after its own changes.
+    let db = dev("dev-b");
+    b.post(&db, mid("after"), "y", None, 5_000).unwrap();
+    assert!(!b.take_local_changes().is_empty());
+}

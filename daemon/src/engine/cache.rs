@@ -40,9 +40,40 @@ pub struct LoadedChat {
     /// shown a change that is not durable: a chat's chunks become durable in the order they
     /// were submitted, and only ever fail all together (the store is then failed).
     pub last_write: Option<super::commit::Receipt>,
+    /// While received changes wait for their dependencies: when what waits last made progress
+    /// (began to wait, or had some of it applied), and how many had been applied by then
+    /// (`ChatDoc::released_from_waiting`). See [`WAITING_EXPIRES_AFTER`].
+    pub waiting_progress: Option<(Instant, u64)>,
 }
 
+/// How long received changes may wait for their dependencies with none of them applied before
+/// they are dropped (`ChatDoc::drop_waiting`): well beyond any honest catch-up, where a change a
+/// Bloom filter hid comes in the next round. Until then they count against their sender's
+/// share of the bound on what waits, which a device that builds on changes it never sends
+/// fills.
+pub const WAITING_EXPIRES_AFTER: Duration = Duration::from_secs(10 * 60);
+
 impl LoadedChat {
+    /// Notes, after changes were received, whether some wait and whether what waits moved.
+    pub fn note_waiting(&mut self, now: Instant) {
+        if !self.doc.has_waiting_changes() {
+            self.waiting_progress = None;
+            return;
+        }
+        let released = self.doc.released_from_waiting();
+        match self.waiting_progress {
+            Some((_, before)) if before == released => {}
+            _ => self.waiting_progress = Some((now, released)),
+        }
+    }
+
+    /// Whether received changes have waited for their dependencies, with none applied, for
+    /// longer than [`WAITING_EXPIRES_AFTER`].
+    pub fn waited_too_long(&self, now: Instant) -> bool {
+        self.waiting_progress
+            .is_some_and(|(since, _)| now.saturating_duration_since(since) > WAITING_EXPIRES_AFTER)
+    }
+
     /// The chat's newest write, unless it is known durable (then it is forgotten). A failed
     /// one stays: everything read from this copy must answer its error.
     pub fn unsettled_write(&mut self) -> Option<super::commit::Receipt> {
@@ -238,6 +269,7 @@ mod tests {
             chunk_bytes: 0,
             compacting: false,
             last_write: None,
+            waiting_progress: None,
         }
     }
 
@@ -268,6 +300,35 @@ mod tests {
             .unwrap();
         assert_eq!(reloaded_b.lock().await.base_bytes, 1000);
         assert!(Arc::ptr_eq(&held_a, &load(&cache, &a, 1).await));
+    }
+
+    #[test]
+    fn changes_that_wait_with_no_progress_expire() {
+        let device = Device::new(DeviceId::new("dev").unwrap(), "d").unwrap();
+        let mut doc = ChatDoc::create(ChatId::new("a").unwrap(), "t", &device, 0).unwrap();
+        let before = doc.heads();
+        for (id, at) in [("m1", 1), ("m2", 2)] {
+            let id = chatsync_model::MessageId::new(id).unwrap();
+            doc.post(&device, id, "x", None, at).unwrap();
+        }
+        // The chat as it was, and the second post without the first: it waits.
+        let second = doc.automerge_mut().get_changes(&before)[1]
+            .raw_bytes()
+            .to_vec();
+        let mut bytes = doc.snapshot_at(&before).unwrap().save();
+        bytes.extend_from_slice(&second);
+        let mut loaded = chat("a", 1);
+        loaded.doc = ChatDoc::load(&bytes, &device).unwrap();
+        let t0 = Instant::now();
+        loaded.note_waiting(t0);
+        loaded.note_waiting(t0 + Duration::from_secs(60));
+        assert!(!loaded.waited_too_long(t0 + WAITING_EXPIRES_AFTER));
+        assert!(loaded.waited_too_long(t0 + WAITING_EXPIRES_AFTER + Duration::from_secs(1)));
+        loaded.doc.drop_waiting().unwrap();
+        loaded.note_waiting(t0 + WAITING_EXPIRES_AFTER * 2);
+        assert_eq!(loaded.waiting_progress, None);
+        assert!(!loaded.waited_too_long(t0 + WAITING_EXPIRES_AFTER * 3));
+        assert_eq!(loaded.doc.len(), 0);
     }
 
     #[tokio::test]

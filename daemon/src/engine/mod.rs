@@ -332,6 +332,7 @@ impl Engine {
                 chunk_bytes: 0,
                 compacting: false,
                 last_write: None,
+                waiting_progress: None,
             },
         );
         let event = Event::ChatCreated {
@@ -694,6 +695,7 @@ fn load_chat(
     let mut doc = ChatDoc::load(&stored.bytes, device)
         .map_err(|e| EngineError::Storage(format!("chat {id} cannot be loaded: {e}")))?;
     let proofs = signatures::load_proofs(store, id, &mut doc)?;
+    let doc_waits = doc.has_waiting_changes();
     tracing::debug!(
         chat = %id,
         messages = doc.len(),
@@ -710,6 +712,8 @@ fn load_chat(
         chunk_bytes: stored.chunk_bytes,
         compacting: false,
         last_write: None,
+        // Changes a store kept from before they were left out of saves start to wait now.
+        waiting_progress: doc_waits.then(|| (std::time::Instant::now(), 0)),
     })
 }
 

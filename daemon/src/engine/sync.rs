@@ -105,6 +105,14 @@ impl SyncStates {
             .retain(|(d, _, _), _| d != device);
     }
 
+    /// Forgets every conversation about `chat`, with any device.
+    fn forget_chat_everywhere(&self, chat: &ChatId) {
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, c, _), _| c != chat);
+    }
+
     /// Forgets both conversations with `device` about `chat`.
     fn forget_chat(&self, device: &DeviceId, chat: &ChatId) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
@@ -292,6 +300,14 @@ impl Engine {
         let brought: bool;
         let (reply, receipt) = {
             let mut loaded = handle.lock().await;
+            if loaded.waited_too_long(std::time::Instant::now()) {
+                let dropped = loaded.doc.drop_waiting()?;
+                loaded.waiting_progress = None;
+                // The states count what was dropped as received: the next sessions start
+                // afresh, and bring again whatever of it was honest.
+                self.sync_states.forget_chat_everywhere(chat);
+                tracing::warn!(%chat, dropped, "changes waited too long for their dependencies; dropped them");
+            }
             let key = (device.clone(), chat.clone(), role);
             let taken = self.sync_states.with(key, |state| {
                 let LoadedChat { doc, proofs, .. } = &mut *loaded;
@@ -325,6 +341,7 @@ impl Engine {
                     ));
                 }
             };
+            loaded.note_waiting(std::time::Instant::now());
             let exchange::Taken {
                 reply,
                 touched,
