@@ -271,11 +271,19 @@ pub fn device_table(devices: &[DeviceJson]) -> Vec<String> {
         "ADDED"
     )];
     for d in devices {
-        let state = match (d.this_device, d.trusted) {
+        let mut state = match (d.this_device, d.trusted) {
             (true, _) => "this device",
             (false, true) => "trusted",
             (false, false) => "removed",
-        };
+        }
+        .to_string();
+        if let Some(found) = &d.equivocated {
+            // No honest device signs two changes with one sequence number.
+            state.push_str(&format!(
+                ", EQUIVOCATED in chat {} (seq {}): remove it with `chatsync devices remove {}`",
+                found.chat, found.seq, d.id
+            ));
+        }
         out.push(format!(
             "{}  {}  {:<16}  {state}",
             pad(&d.id, id_width),

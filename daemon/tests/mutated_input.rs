@@ -227,6 +227,7 @@ async fn damaged_input_from_a_paired_device_never_breaks_the_receiver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_equivocates_does_not_make_honest_devices_accuse_each_other() {
     let (a, b) = (node("a"), node("b"));
+    let mut events = [a.engine.subscribe(), b.engine.subscribe()];
     let x_home = tempfile::tempdir().unwrap();
     let x = Identity::load_or_create(&x_home.path().join("identity.key")).unwrap();
     for (on, others) in [(&a, [&b.id, &x.device_id]), (&b, [&a.id, &x.device_id])] {
@@ -291,4 +292,32 @@ async fn a_device_that_equivocates_does_not_make_honest_devices_accuse_each_othe
         );
         assert!(e.to_string().contains("equivocated"), "{e}");
     }
+    // The device that refused it reports the one that signed both, once, and nobody else.
+    let mut reports = Vec::new();
+    for (node, events) in [&a, &b].into_iter().zip(&mut events) {
+        if let Some(found) = node.engine.equivocation(&x.device_id) {
+            assert_eq!(found.chat, chat);
+            reports.push(found);
+        }
+        for honest in [&a.id, &b.id] {
+            assert_eq!(node.engine.equivocation(honest), None);
+        }
+        let mut equivocators = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            if let chatsync_daemon::engine::Event::Equivocation { device, .. } = event {
+                equivocators.push(device);
+            }
+        }
+        let reported = node.engine.equivocation(&x.device_id).is_some();
+        let expected = if reported {
+            vec![x.device_id.clone()]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(equivocators, expected, "one event for each report");
+    }
+    assert!(
+        !reports.is_empty(),
+        "nobody reported the device that equivocated"
+    );
 }

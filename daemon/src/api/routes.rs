@@ -303,7 +303,10 @@ async fn list_devices(State(st): St) -> Json<DeviceListJson> {
             .devices()
             .await
             .into_iter()
-            .map(|e| DeviceJson::from_entry(e, me))
+            .map(|e| {
+                let found = st.engine.equivocation(&e.id);
+                DeviceJson::from_entry(e, me).with_equivocation(found)
+            })
             .collect(),
     })
 }

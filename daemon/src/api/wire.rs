@@ -248,6 +248,19 @@ pub struct DeviceJson {
     pub trusted: bool,
     /// This is the device answering.
     pub this_device: bool,
+    /// Where this device caught it signing two different changes with one sequence number
+    /// (since chatsyncd started): no honest device does that; remove it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equivocated: Option<EquivocationJson>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EquivocationJson {
+    pub chat: String,
+    /// The sequence number it used twice.
+    pub seq: u64,
+    /// When this device noticed (ms since the Unix epoch).
+    pub detected_at: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -362,6 +375,14 @@ pub enum EventJson {
         device_id: String,
         name: String,
     },
+    /// A device signed two different changes with one sequence number (sent once per device
+    /// and run): devices that took one each cannot exchange the chat's later changes; remove it.
+    #[serde(rename = "device.equivocated")]
+    DeviceEquivocated {
+        device: String,
+        chat: String,
+        seq: u64,
+    },
     /// This device's sync state changed (at most four times a second).
     #[serde(rename = "sync.progress")]
     SyncProgress {
@@ -441,7 +462,7 @@ mod convert {
 
     use super::*;
     use crate::{
-        engine::{ChatSummary, Event, MessageEventKind},
+        engine::{ChatSummary, Event, MessageEventKind, equivocation::Equivocation},
         store::ChatRecord,
     };
 
@@ -477,7 +498,18 @@ mod convert {
                 added_by: e.added_by.map(|d| d.to_string()),
                 added_at: e.added_at,
                 removed_at: e.removed_at,
+                equivocated: None,
             }
+        }
+
+        /// With where the device was caught equivocating, if it was.
+        pub fn with_equivocation(mut self, found: Option<Equivocation>) -> Self {
+            self.equivocated = found.map(|e| EquivocationJson {
+                chat: e.chat.to_string(),
+                seq: e.seq,
+                detected_at: e.detected_at,
+            });
+            self
         }
     }
 
@@ -506,6 +538,11 @@ mod convert {
                 },
                 Event::PeerDown { device } => EventJson::PeerDown {
                     device: device.to_string(),
+                },
+                Event::Equivocation { device, chat, seq } => EventJson::DeviceEquivocated {
+                    device: device.to_string(),
+                    chat: chat.to_string(),
+                    seq,
                 },
                 Event::Paired {
                     invite,

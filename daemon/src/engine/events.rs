@@ -52,6 +52,13 @@ pub enum Event {
         device: DeviceId,
         name: String,
     },
+    /// A device was caught signing two different changes with one sequence number
+    /// ([`super::equivocation`]); sent once per device and run, when first noticed.
+    Equivocation {
+        device: DeviceId,
+        chat: ChatId,
+        seq: u64,
+    },
     /// This device's sync state changed (sent by the network task, at most four times a
     /// second): for progress bars while a new device catches up, and for status displays.
     SyncProgress {
@@ -72,7 +79,8 @@ impl Event {
             Event::ChatCreated { chat, .. }
             | Event::ChatUpdated { chat, .. }
             | Event::Message { chat, .. }
-            | Event::ReadMarker { chat, .. } => Some(chat),
+            | Event::ReadMarker { chat, .. }
+            | Event::Equivocation { chat, .. } => Some(chat),
             Event::DeviceAdded { .. }
             | Event::DeviceRemoved { .. }
             | Event::PeerUp { .. }

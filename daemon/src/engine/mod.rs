@@ -14,6 +14,7 @@
 pub mod cache;
 pub mod commit;
 mod devices;
+pub mod equivocation;
 mod error;
 pub mod events;
 mod recovery;
@@ -83,6 +84,8 @@ pub struct Engine {
     imports: tokio::sync::Mutex<()>,
     /// The devices that may connect, for the network task.
     trust: tokio::sync::watch::Sender<Trust>,
+    /// Devices caught signing two different changes with one sequence number.
+    equivocations: equivocation::Equivocations,
 }
 
 /// A chat as listed: its id and record.
@@ -150,6 +153,7 @@ impl Engine {
             changed: sync::ChangedChats::default(),
             sync_states: sync::SyncStates::default(),
             imports: tokio::sync::Mutex::new(()),
+            equivocations: Default::default(),
         });
         tokio::spawn(unload_idle_chats(
             Arc::downgrade(&engine),
@@ -165,6 +169,14 @@ impl Engine {
     }
 
     /// This device's name now.
+    /// Where `device` was caught equivocating, if it was (see [`equivocation`]).
+    pub fn equivocation(
+        &self,
+        device: &chatsync_model::DeviceId,
+    ) -> Option<equivocation::Equivocation> {
+        self.equivocations.of(device)
+    }
+
     pub fn device_name(&self) -> String {
         self.name.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -323,6 +323,7 @@ impl Engine {
                     // The state may count changes that were refused; the next session starts
                     // afresh.
                     self.sync_states.forget_chat(device, chat);
+                    self.report_equivocation(&e, chat);
                     return Err(refusal(e, Some(device)));
                 }
                 Err(_) => {
@@ -398,6 +399,28 @@ impl Engine {
             self.sync_states.forget_chat(device, chat);
             EngineError::Internal(format!("cannot make a sync message: {e}"))
         })
+    }
+
+    /// Reports the device that signed both changes when `e` is a clash of sequence numbers.
+    fn report_equivocation(&self, e: &chatsync_model::ModelError, chat: &ChatId) {
+        if let chatsync_model::ModelError::Automerge(automerge::AutomergeError::DuplicateSeqNumber(
+            seq,
+            actor,
+        )) = e
+            && let Some(device) = chatsync_model::authorship::device_of_actor(actor)
+            && self.equivocations.note(&device, chat, *seq, now_ms())
+        {
+            tracing::error!(
+                %device, %chat, seq,
+                "device signed two different changes with one sequence number; devices that                  took one each cannot exchange this chat's later changes: remove it from the                  mesh (`chatsync device remove`)"
+            );
+            // Not a durable change: straight to the subscribers.
+            let _ = self.events.send(Event::Equivocation {
+                device,
+                chat: chat.clone(),
+                seq: *seq,
+            });
+        }
     }
 
     /// The whole document of a chat, for a device that does not have it, sealed with the
