@@ -14,8 +14,8 @@ use std::{
 };
 
 use automerge::sync::State;
-use chatsync::client::Client;
-use chatsync_daemon::api::wire::EventJson;
+use chatsync_api::client::Client;
+use chatsync_api::wire::{ConnectionPath, EventJson, ReservationState};
 use chatsync_model::{ChatDoc, ChatId, Device, DeviceId, MessageId};
 
 mod common;
@@ -231,7 +231,7 @@ async fn pair(relayed: bool) -> Pair {
             if let Some(addr) = sa
                 .reservations
                 .iter()
-                .find(|r| r.state == "reserved")
+                .find(|r| r.state == ReservationState::Reserved)
                 .and_then(|r| r.relayed_addrs.first())
             {
                 break addr.clone();
@@ -261,8 +261,12 @@ async fn pair(relayed: bool) -> Pair {
         .find(|p| p.device == sa.device_id)
         .and_then(|p| p.path);
     assert_eq!(
-        path.as_deref(),
-        Some(if relayed { "relayed" } else { "lan" }),
+        path,
+        Some(if relayed {
+            ConnectionPath::Relayed
+        } else {
+            ConnectionPath::Lan
+        }),
         "the devices are not connected the way this run measures"
     );
     let b_home = hb.path().to_path_buf();

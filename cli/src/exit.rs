@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use crate::client::ClientError;
+use chatsync_api::{ClientError, ErrorCode};
 
 pub const OK: u8 = 0;
 /// Anything not covered below.
@@ -73,21 +73,33 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
             for c in candidates {
                 eprintln!("  {c}");
             }
-            match code.as_str() {
-                "not_found" => NOT_FOUND,
-                "ambiguous" => AMBIGUOUS,
-                "storage" => STORAGE,
-                "storage_full" => STORAGE_FULL,
-                "invalid"
-                | "forbidden"
-                | "deleted"
-                | "too_large"
-                | "bad_json"
-                | "idempotency_conflict"
-                | "too_many_invites" => REFUSED,
-                "ticket_invalid" | "ticket_expired" | "ticket_used" | "ticket_refused" => TICKET,
-                "inviter_unreachable" => UNREACHABLE,
-                _ => FAILURE,
+            match code {
+                ErrorCode::NotFound => NOT_FOUND,
+                ErrorCode::Ambiguous => AMBIGUOUS,
+                ErrorCode::Storage => STORAGE,
+                ErrorCode::StorageFull => STORAGE_FULL,
+                ErrorCode::Invalid
+                | ErrorCode::Forbidden
+                | ErrorCode::Deleted
+                | ErrorCode::TooLarge
+                | ErrorCode::BadJson
+                | ErrorCode::IdempotencyConflict
+                | ErrorCode::TooManyInvites => REFUSED,
+                ErrorCode::TicketInvalid
+                | ErrorCode::TicketExpired
+                | ErrorCode::TicketUsed
+                | ErrorCode::TicketRefused => TICKET,
+                ErrorCode::InviterUnreachable => UNREACHABLE,
+                ErrorCode::Internal
+                | ErrorCode::UnsupportedMediaType
+                | ErrorCode::BadQuery
+                | ErrorCode::BadPath
+                | ErrorCode::NoRoute
+                | ErrorCode::MethodNotAllowed
+                | ErrorCode::BrowserRefused
+                | ErrorCode::Network
+                | ErrorCode::JoinFailed
+                | ErrorCode::Unknown => FAILURE,
             }
         }
         _ => {

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use chatsync_daemon::api::wire::{ChatJson, DeviceJson, MessageJson, PeerJson};
+use chatsync_api::wire::{ChatJson, ConnectionPath, DeviceJson, MessageJson, PeerJson};
 use serde::Serialize;
 
 /// Characters of an id shown to people (any unambiguous prefix of 4 or more is accepted back).
@@ -185,7 +185,7 @@ pub fn peer_table(peers: &[PeerJson]) -> Vec<String> {
     )];
     for p in peers {
         let state = if p.connected {
-            p.transport.clone().unwrap_or_default()
+            p.transport.map(|t| t.to_string()).unwrap_or_default()
         } else if p.suspended_until.is_some() {
             "suspended".into()
         } else {
@@ -213,9 +213,9 @@ pub fn peer_table(peers: &[PeerJson]) -> Vec<String> {
 
 /// "lan", "direct", "direct (punched)", "relayed via 12D3Ko…Xyz1", or nothing while offline.
 pub fn path_words(p: &PeerJson) -> String {
-    match (p.path.as_deref(), &p.relay) {
-        (Some("relayed"), Some(relay)) => format!("relayed via {}", short_id(relay)),
-        (Some("direct"), _) if p.hole_punched => "direct (hole punched)".into(),
+    match (p.path, &p.relay) {
+        (Some(ConnectionPath::Relayed), Some(relay)) => format!("relayed via {}", short_id(relay)),
+        (Some(ConnectionPath::Direct), _) if p.hole_punched => "direct (hole punched)".into(),
         (Some(path), _) if p.connected => path.to_string(),
         _ => String::new(),
     }

@@ -6,7 +6,7 @@
 
 use std::{future::Future, time::Duration};
 
-use crate::client::ClientError;
+use chatsync_api::ClientError;
 
 /// Waits before each retry of a write whose answer was lost.
 const RETRY_AFTER: [Duration; 3] = [

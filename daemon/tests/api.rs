@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use chatsync_daemon::api::wire::{ChatJson, MessageJson, ReadStateJson, StatusJson};
+use chatsync_api::wire::{ChatJson, MessageJson, ReadStateJson, StatusJson};
 use reqwest::{Method, StatusCode, header::CONTENT_TYPE};
 use serde_json::json;
 use support::{DEVICE_NAME, TestDaemon, is_daemon_id, now_ms, seg};

@@ -3,7 +3,7 @@
 
 mod support;
 
-use chatsync_daemon::api::wire::DeviceJson;
+use chatsync_api::wire::DeviceJson;
 use reqwest::StatusCode;
 use serde_json::json;
 use support::TestDaemon;

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use chatsync_daemon::api::wire::{ChatJson, MessageJson};
+use chatsync_api::wire::{ChatJson, MessageJson};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{STOP_TIMEOUT, TestDaemon};

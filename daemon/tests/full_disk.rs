@@ -16,11 +16,8 @@ use std::{
     time::Duration,
 };
 
-use chatsync_daemon::{
-    api::wire::{ErrorBody, MessageListJson},
-    config::Config,
-    store::free_bytes,
-};
+use chatsync_api::wire::{ErrorBody, MessageListJson, StoreState};
+use chatsync_daemon::{config::Config, store::free_bytes};
 use reqwest::StatusCode;
 use serde_json::json;
 use support::TestDaemon;
@@ -126,7 +123,7 @@ async fn writes_stop_at_the_reserve_and_resume_when_space_comes_back() {
         .unwrap();
     let chat = d.create_chat("family").await.id;
     d.post_message(&chat, "before").await;
-    assert_eq!(d.status().await.store_state, "ok");
+    assert_eq!(d.status().await.store_state, StoreState::Ok);
 
     let filler = disk.fill(4 * 1024 * 1024);
     let_space_be_measured().await;
@@ -142,7 +139,7 @@ async fn writes_stop_at_the_reserve_and_resume_when_space_comes_back() {
         "{refused:?}"
     );
     let body: ErrorBody = refused.json(StatusCode::INSUFFICIENT_STORAGE);
-    assert_eq!(body.error.code, "storage_full");
+    assert_eq!(body.error.code, chatsync_api::ErrorCode::StorageFull);
     let created = d.post("/chats", json!({ "title": "new" })).await;
     assert_eq!(created.status, StatusCode::INSUFFICIENT_STORAGE);
     // Reads work, and show nothing of what was refused.
@@ -156,14 +153,14 @@ async fn writes_stop_at_the_reserve_and_resume_when_space_comes_back() {
         .collect();
     assert_eq!(texts, ["before"]);
     let status = d.status().await;
-    assert_eq!(status.store_state, "full");
+    assert_eq!(status.store_state, StoreState::Full);
     assert!(status.store_free_bytes.unwrap() < 8 * 1024 * 1024);
 
     // Space comes back: writing resumes, with no restart.
     std::fs::remove_file(filler).unwrap();
     let_space_be_measured().await;
     d.post_message(&chat, "after").await;
-    assert_eq!(d.status().await.store_state, "ok");
+    assert_eq!(d.status().await.store_state, StoreState::Ok);
     assert_eq!(d.chats().await.len(), 1);
     let home = d.shutdown().await;
     // And all of it is there after a restart.
@@ -195,7 +192,7 @@ async fn a_start_on_a_full_disk_never_leaves_the_store_unopenable() {
             Ok(d) => {
                 // It opened after all: then it must refuse writes, not fail them.
                 let status = d.status().await;
-                assert_eq!(status.store_state, "full", "{status:?}");
+                assert_eq!(status.store_state, StoreState::Full, "{status:?}");
                 d.shutdown().await;
             }
         }

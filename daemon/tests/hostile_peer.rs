@@ -12,8 +12,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use chatsync_api::wire::{ChatJson, PeerListJson};
 use chatsync_daemon::{
-    api::wire::{ChatJson, PeerListJson},
     config::Config,
     net::{
         PROTOCOL_VERSION,

@@ -9,11 +9,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use chatsync_daemon::{
-    api::wire::{ChatJson, PeerJson, PeerListJson},
-    config::Config,
-    net::protocol::PART_BYTES,
-};
+use chatsync_api::wire::{ChatJson, PeerJson, PeerListJson};
+use chatsync_daemon::{config::Config, net::protocol::PART_BYTES};
 use reqwest::StatusCode;
 use serde_json::json;
 use support::{TestDaemon, fixed_loopback_addr, temp_home};
@@ -143,7 +140,7 @@ async fn chats_over_the_part_size_sync_both_ways_and_progress_is_reported() {
     wait_synced(&a, &b_id, &chat, 320).await;
     wait_synced(&b, &a_id, &chat, 320).await;
 
-    let ids = |messages: Vec<chatsync_daemon::api::wire::MessageJson>| {
+    let ids = |messages: Vec<chatsync_api::wire::MessageJson>| {
         messages.into_iter().map(|m| m.id).collect::<Vec<_>>()
     };
     assert_eq!(
@@ -153,7 +150,7 @@ async fn chats_over_the_part_size_sync_both_ways_and_progress_is_reported() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let sync = a.status().await.sync;
-        if sync.state == "in_sync" {
+        if sync.state == chatsync_api::wire::SyncStatus::InSync {
             assert_eq!((sync.chats_behind, sync.chats_ahead), (0, 0));
             assert!(sync.last_sync.is_some());
             break;

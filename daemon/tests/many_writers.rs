@@ -8,10 +8,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use chatsync_daemon::{
-    api::wire::{ChatJson, DeviceListJson, PeerListJson},
-    config::Config,
-};
+use chatsync_api::wire::{ChatJson, DeviceListJson, PeerListJson};
+use chatsync_daemon::config::Config;
 use reqwest::StatusCode;
 use serde_json::json;
 use support::{TestDaemon, fixed_loopback_addr, temp_home};
@@ -136,7 +134,7 @@ async fn eight_devices_posting_at_once_converge_with_no_refusal() {
         )
         .await;
     }
-    let order = |messages: Vec<chatsync_daemon::api::wire::MessageJson>| -> Vec<String> {
+    let order = |messages: Vec<chatsync_api::wire::MessageJson>| -> Vec<String> {
         messages.into_iter().map(|m| m.id).collect()
     };
     let first = order(daemons[0].all_messages(&chat.id, 1000).await);

@@ -7,10 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use chatsync_daemon::{
-    api::wire::{ChatJson, DeviceListJson},
-    config::Config,
-};
+use chatsync_api::wire::{ChatJson, DeviceListJson};
+use chatsync_daemon::config::Config;
 use reqwest::StatusCode;
 use serde_json::json;
 use support::{TestDaemon, eventually, fixed_loopback_addr, temp_home, texts};

@@ -6,13 +6,14 @@ mod support;
 
 use std::time::Duration;
 
-use chatsync_daemon::{api::wire::PeerListJson, config::Config};
+use chatsync_api::wire::PeerListJson;
+use chatsync_daemon::config::Config;
 use reqwest::StatusCode;
 use serde_json::json;
 use support::TestDaemon;
 
 /// A second daemon configured to dial `a`; returns `a`'s status with it.
-async fn start_dialling(a: &TestDaemon) -> (chatsync_daemon::api::wire::StatusJson, TestDaemon) {
+async fn start_dialling(a: &TestDaemon) -> (chatsync_api::wire::StatusJson, TestDaemon) {
     let a_status = a.status().await;
     let a_addr = format!("{}/p2p/{}", a_status.listen_addrs[0], a_status.device_id);
     let mut config = Config::default();
@@ -43,7 +44,7 @@ async fn peer_events_follow_connections_and_trust() {
     let bee = peers.peers.iter().find(|p| p.device == b_id).unwrap();
     assert!(bee.connected);
     assert_eq!(bee.name.as_deref(), Some("bee"));
-    assert_eq!(bee.direction.as_deref(), Some("inbound"));
+    assert_eq!(bee.direction, Some(chatsync_api::wire::Direction::Inbound));
     assert_eq!(a.status().await.peers_connected, 1);
 
     // Removing b from a's roster disconnects it.

@@ -12,8 +12,8 @@ use std::{
     },
 };
 
+use chatsync_api::wire::{ChatJson, MessageJson};
 use chatsync_daemon::{
-    api::wire::{ChatJson, MessageJson},
     config::Config,
     store::{Store, Unsettled},
 };

@@ -7,8 +7,8 @@ use std::{
     time::Duration,
 };
 
-use chatsync::client::{Client, ClientError};
-use chatsync_daemon::api::wire::MessageJson;
+use chatsync_api::client::{Client, ClientError};
+use chatsync_api::wire::MessageJson;
 use tokio::sync::Notify;
 
 use crate::support::{Device, random_u64};

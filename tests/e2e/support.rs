@@ -297,8 +297,8 @@ impl Device {
     }
 
     /// An API client for this device's socket.
-    pub fn client(&self) -> chatsync::client::Client {
-        chatsync::client::Client::new(&self.socket()).expect("cannot build a client")
+    pub fn client(&self) -> chatsync_api::client::Client {
+        chatsync_api::client::Client::new(&self.socket()).expect("cannot build a client")
     }
 
     /// The text of every daemon log in this home (for failure messages).

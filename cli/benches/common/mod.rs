@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chatsync::client::Client;
+use chatsync_api::client::Client;
 use chatsync_daemon::paths::{PathArgs, Paths};
 
 pub fn bin(name: &str) -> PathBuf {

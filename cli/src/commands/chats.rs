@@ -1,4 +1,6 @@
-use crate::{args::ChatCommand, client::Client, output, retry};
+use chatsync_api::Client;
+
+use crate::{args::ChatCommand, output, retry};
 
 pub async fn chat(cmd: ChatCommand, client: &Client, json: bool) -> anyhow::Result<()> {
     let (chat, verb) = match cmd {

@@ -9,18 +9,15 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use chatsync_daemon::{
-    api::wire::SyncJson,
-    paths::{PathArgs, Paths},
+use chatsync_api::{
+    Client, ClientError,
+    wire::{ReservationState, StoreState, SyncJson, SyncStatus},
 };
+use chatsync_daemon::paths::{PathArgs, Paths};
 use nix::{sys::signal, unistd::Pid};
 use serde_json::json;
 
-use crate::{
-    args::DaemonCommand,
-    client::{Client, ClientError},
-    output,
-};
+use crate::{args::DaemonCommand, output};
 
 /// How long `start` waits for the API to answer, and `stop` for the process to exit.
 const WAIT: Duration = Duration::from_secs(30);
@@ -139,12 +136,12 @@ fn sync_line(sync: &SyncJson) -> String {
         .last_sync
         .map(|t| format!("; last sync {}", output::local_time(t)))
         .unwrap_or_default();
-    match sync.state.as_str() {
-        "offline" => format!(
+    match sync.state {
+        SyncStatus::Offline => format!(
             "offline: none of {} trusted devices connected{last}",
             sync.peers_trusted
         ),
-        "in_sync" => format!(
+        SyncStatus::InSync => format!(
             "in sync with {} of {} trusted devices{last}",
             sync.peers_connected, sync.peers_trusted
         ),
@@ -206,10 +203,14 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
                 s.store_free_bytes
                     .map(|f| format!(", {} free", human_bytes(f)))
                     .unwrap_or_default(),
-                match s.store_state.as_str() {
-                    "ok" => "healthy",
-                    "full" => "DISK FULL (new writes refused until space is freed; reads work)",
-                    _ => "FAILED (writes refused; see the daemon log)",
+                match s.store_state {
+                    StoreState::Ok => "healthy",
+                    StoreState::Full => {
+                        "DISK FULL (new writes refused until space is freed; reads work)"
+                    }
+                    StoreState::Failed | StoreState::Unknown => {
+                        "FAILED (writes refused; see the daemon log)"
+                    }
                 }
             ),
         ),
@@ -236,7 +237,7 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
 }
 
 /// The `relays` and `relay mode` rows of `chatsync status`.
-fn relay_lines(s: &chatsync_daemon::api::wire::StatusJson) -> Vec<String> {
+fn relay_lines(s: &chatsync_api::wire::StatusJson) -> Vec<String> {
     let mut out = Vec::new();
     for (i, r) in s.reservations.iter().enumerate() {
         let key = if i == 0 { "relays" } else { "" };
@@ -251,7 +252,7 @@ fn relay_lines(s: &chatsync_daemon::api::wire::StatusJson) -> Vec<String> {
             line.push_str(&format!(" / {}", human_duration(secs.saturating_mul(1000))));
         }
         if let Some(error) = &r.error
-            && r.state != "reserved"
+            && r.state != ReservationState::Reserved
         {
             line.push_str(&format!(" ({error})"));
         }
@@ -299,7 +300,7 @@ pub fn removed_notice(at: i64) -> String {
 }
 
 fn report_running(
-    s: &chatsync_daemon::api::wire::StatusJson,
+    s: &chatsync_api::wire::StatusJson,
     what: &str,
     json: bool,
 ) -> anyhow::Result<()> {

@@ -1,8 +1,10 @@
 //! `chatsync devices [list|add|remove]` and `chatsync peers`.
 
-use chatsync_daemon::api::wire::DeviceJson;
+use chatsync_api::wire::DeviceJson;
 
-use crate::{args::DevicesCommand, client::Client, output};
+use chatsync_api::Client;
+
+use crate::{args::DevicesCommand, output};
 
 pub async fn run(cmd: Option<DevicesCommand>, client: &Client, json: bool) -> anyhow::Result<()> {
     match cmd.unwrap_or(DevicesCommand::List) {

@@ -7,9 +7,11 @@
 use std::collections::HashSet;
 
 use anyhow::bail;
-use chatsync_daemon::api::wire::{EventJson, MessageJson};
+use chatsync_api::wire::{EventJson, MessageJson};
 
-use crate::{client::Client, exit, output};
+use chatsync_api::Client;
+
+use crate::{exit, output};
 
 pub async fn run(
     client: &Client,

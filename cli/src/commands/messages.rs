@@ -1,6 +1,8 @@
-use chatsync_daemon::api::wire::MessageJson;
+use chatsync_api::wire::MessageJson;
 
-use crate::{client::Client, output, retry};
+use chatsync_api::Client;
+
+use crate::{output, retry};
 
 pub async fn post(
     client: &Client,

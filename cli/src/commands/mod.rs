@@ -10,13 +10,11 @@ mod pairing;
 use std::io::Read;
 
 use anyhow::{Context, bail};
+use chatsync_api::Client;
 use chatsync_daemon::paths::Paths;
 use clap::CommandFactory;
 
-use crate::{
-    args::{Cli, Command},
-    client::Client,
-};
+use crate::args::{Cli, Command};
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {

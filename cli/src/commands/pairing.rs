@@ -10,11 +10,13 @@ use std::{
     time::Duration,
 };
 
-use chatsync_daemon::api::wire::{EventJson, InviteJson, StatusJson};
+use chatsync_api::{
+    Client,
+    wire::{EventJson, InviteJson, StatusJson, SyncStatus},
+};
 use serde_json::json;
 
 use crate::{
-    client::Client,
     exit::{self, Failure},
     output,
 };
@@ -183,7 +185,7 @@ async fn wait_for_chats(client: &Client, json: bool) -> anyhow::Result<()> {
 }
 
 fn in_sync(status: &StatusJson) -> bool {
-    status.sync.state == "in_sync" && status.sync.peers_connected > 0
+    status.sync.state == SyncStatus::InSync && status.sync.peers_connected > 0
 }
 
 fn report_progress(

@@ -15,6 +15,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use chatsync_api::ErrorCode;
 use tokio::net::{UnixListener, UnixStream, unix::SocketAddr};
 
 use super::ApiError;
@@ -66,7 +67,7 @@ pub async fn refuse_browsers(request: Request, next: Next) -> Response {
     if from_a_browser(request.headers()) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            "browser_refused",
+            ErrorCode::BrowserRefused,
             "requests from web pages are refused (the request has an Origin or Referer header)",
         )
         .into_response();

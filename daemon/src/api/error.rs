@@ -7,6 +7,7 @@ use axum::{
     http::{StatusCode, request::Parts},
     response::{IntoResponse, Response},
 };
+use chatsync_api::ErrorCode;
 use serde::de::DeserializeOwned;
 
 use super::wire::{ErrorBody, ErrorJson};
@@ -15,13 +16,13 @@ use crate::engine::EngineError;
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub candidates: Vec<String>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -34,11 +35,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
-            tracing::warn!(code = self.code, message = %self.message, "API request failed");
+            tracing::warn!(code = %self.code, message = %self.message, "API request failed");
         }
         let body = ErrorBody {
             error: ErrorJson {
-                code: self.code.to_string(),
+                code: self.code,
                 message: self.message,
                 candidates: self.candidates,
             },
@@ -51,28 +52,38 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let message = e.to_string();
         match e {
-            EngineError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            EngineError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
+            }
             EngineError::Ambiguous { candidates, .. } => ApiError {
                 candidates,
-                ..ApiError::new(StatusCode::CONFLICT, "ambiguous", message)
+                ..ApiError::new(StatusCode::CONFLICT, ErrorCode::Ambiguous, message)
             },
             EngineError::Invalid(_) | EngineError::Misbehaviour(_) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
+                ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, message)
             }
-            EngineError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
-            EngineError::Gone(_) => ApiError::new(StatusCode::GONE, "deleted", message),
-            EngineError::Conflict(_) => {
-                ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", message)
+            EngineError::Forbidden(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
             }
-            EngineError::StorageFull(_) => {
-                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", message)
-            }
+            EngineError::Gone(_) => ApiError::new(StatusCode::GONE, ErrorCode::Deleted, message),
+            EngineError::Conflict(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::IdempotencyConflict,
+                message,
+            ),
+            EngineError::StorageFull(_) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::StorageFull,
+                message,
+            ),
             EngineError::Storage(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage", message)
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Storage, message)
             }
-            EngineError::Internal(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-            }
+            EngineError::Internal(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                message,
+            ),
         }
     }
 }
@@ -94,9 +105,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 fn json_rejection(r: JsonRejection) -> ApiError {
     let status = r.status();
     let code = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        _ => "bad_json",
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::TooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+        _ => ErrorCode::BadJson,
     };
     let message = match status {
         StatusCode::PAYLOAD_TOO_LARGE => format!(
@@ -128,7 +139,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
             Err(r) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "bad_query",
+                ErrorCode::BadQuery,
                 r.body_text(),
             )),
         }
@@ -146,7 +157,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
             Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
             Err(r) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "bad_path",
+                ErrorCode::BadPath,
                 r.body_text(),
             )),
         }

@@ -61,7 +61,7 @@ pub async fn events(
         // Where things stand, so that a progress display need not wait for a change.
         let sync = state.network.sync_state().await;
         subscription.first.push_back(EventJson::SyncProgress {
-            state: sync.state.to_string(),
+            state: super::convert::sync_status(sync.state),
             chats: state.engine.stats().chats,
             chats_behind: sync.chats_behind,
             chats_ahead: sync.chats_ahead,
@@ -97,7 +97,7 @@ async fn next_event(sub: &mut Subscription) -> Option<EventJson> {
             Ok(Event::SyncProgress { .. }) if !sub.progress => {}
             Ok(event) => {
                 if sub.chat.is_none() || sub.chat.as_ref() == event.chat() {
-                    return Some(EventJson::from_event(event, &sub.device));
+                    return Some(super::convert::event(event, &sub.device));
                 }
             }
             Err(RecvError::Lagged(missed)) => return Some(EventJson::Lagged { missed }),

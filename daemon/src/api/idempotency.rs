@@ -7,6 +7,7 @@ use axum::{
     extract::FromRequestParts,
     http::{StatusCode, request::Parts},
 };
+use chatsync_api::ErrorCode;
 
 use super::error::ApiError;
 
@@ -28,7 +29,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         let key = value.to_str().ok().filter(|k| valid(k)).ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid",
+                ErrorCode::Invalid,
                 format!(
                     "an Idempotency-Key is 1 to {MAX_KEY_BYTES} letters, digits, '-', '_', \
                          '.' or ':'"

@@ -8,13 +8,16 @@
 //! handler becomes a 500 instead of taking the daemon down.
 
 mod access;
+mod convert;
 mod error;
 mod events;
 mod idempotency;
 mod pairing;
 mod routes;
-pub mod wire;
 
+use chatsync_api::wire;
+
+use chatsync_api::ErrorCode;
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -52,12 +55,16 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .nest(wire::API_PREFIX, routes::routes())
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such API route")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NoRoute,
+                "no such API route",
+            )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "this route does not take that method",
             )
         })
@@ -73,7 +80,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("an API handler panicked");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
+        ErrorCode::Internal,
         "internal error (see the daemon log)",
     )
     .into_response()

@@ -3,6 +3,7 @@
 //! codes (`ticket_invalid`, `ticket_expired`, `ticket_used`, `ticket_refused`,
 //! `inviter_unreachable`), so that programs and the CLI can tell a person what to do next.
 
+use chatsync_api::ErrorCode;
 use std::sync::Arc;
 
 use axum::{Json, extract::State, http::StatusCode};
@@ -33,19 +34,21 @@ pub async fn create_invite(
     if !(1..=MAX_EXPIRES_SECS).contains(&expires_secs) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid",
+            ErrorCode::Invalid,
             format!("expires_secs must be between 1 and {MAX_EXPIRES_SECS}"),
         ));
     }
     let created = st.network.invite(expires_secs).await.map_err(|e| match e {
         InviteError::TooMany(_) => ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "too_many_invites",
+            ErrorCode::TooManyInvites,
             e.to_string(),
         ),
-        InviteError::NoAddress | InviteError::Stopped => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "network", e.to_string())
-        }
+        InviteError::NoAddress | InviteError::Stopped => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Network,
+            e.to_string(),
+        ),
     })?;
     Ok((
         StatusCode::CREATED,
@@ -66,7 +69,7 @@ pub async fn cancel_invite(
     let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("no open invitation {invite:?}"),
         )
     };
@@ -84,8 +87,13 @@ pub async fn join(
     State(st): St,
     ApiJson(req): ApiJson<JoinRequest>,
 ) -> Result<Json<JoinedJson>, ApiError> {
-    let ticket = Ticket::from_text(&req.ticket)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "ticket_invalid", e.to_string()))?;
+    let ticket = Ticket::from_text(&req.ticket).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::TicketInvalid,
+            e.to_string(),
+        )
+    })?;
     // Checked here too, so that an expired ticket is refused without dialling anyone.
     if ticket.expired(unix_now()) {
         return Err(join_error(JoinError::Expired));
@@ -94,7 +102,7 @@ pub async fn join(
         Some(n) if n.is_empty() || n.len() > MAX_DEVICE_NAME_BYTES => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid",
+                ErrorCode::Invalid,
                 format!("a device name must be 1 to {MAX_DEVICE_NAME_BYTES} bytes"),
             ));
         }
@@ -111,12 +119,12 @@ pub async fn join(
 fn join_error(e: JoinError) -> ApiError {
     let message = e.to_string();
     let (status, code) = match e {
-        JoinError::Invalid(_) => (StatusCode::BAD_REQUEST, "ticket_invalid"),
-        JoinError::Expired => (StatusCode::GONE, "ticket_expired"),
-        JoinError::Used => (StatusCode::GONE, "ticket_used"),
-        JoinError::Refused(_) => (StatusCode::FORBIDDEN, "ticket_refused"),
-        JoinError::Unreachable(_) => (StatusCode::GATEWAY_TIMEOUT, "inviter_unreachable"),
-        JoinError::Failed(_) => (StatusCode::SERVICE_UNAVAILABLE, "join_failed"),
+        JoinError::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::TicketInvalid),
+        JoinError::Expired => (StatusCode::GONE, ErrorCode::TicketExpired),
+        JoinError::Used => (StatusCode::GONE, ErrorCode::TicketUsed),
+        JoinError::Refused(_) => (StatusCode::FORBIDDEN, ErrorCode::TicketRefused),
+        JoinError::Unreachable(_) => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::InviterUnreachable),
+        JoinError::Failed(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::JoinFailed),
     };
     ApiError::new(status, code, message)
 }

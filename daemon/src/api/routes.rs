@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use chatsync_api::ErrorCode;
+
 use axum::{
     Json, Router,
     extract::State,
@@ -10,7 +12,7 @@ use axum::{
 };
 
 use super::{
-    ApiError, AppState,
+    ApiError, AppState, convert,
     error::{ApiJson, ApiPath, ApiQuery},
     events::events,
     idempotency::IdempotencyKey,
@@ -60,7 +62,7 @@ async fn status(State(st): St) -> Json<StatusJson> {
     let stats = st.engine.stats();
     let listen_addrs = st.network.listen_addrs().await;
     let sync = st.network.sync_state().await;
-    let relay = st.network.relay_status().await;
+    let (reservations, relay) = convert::relay(st.network.relay_status().await);
     let device = st.engine.device();
     Json(StatusJson {
         device_id: device.id.to_string(),
@@ -74,59 +76,16 @@ async fn status(State(st): St) -> Json<StatusJson> {
         loaded_bytes_estimate: stats.loaded_bytes_estimate,
         store_bytes: stats.store_bytes,
         store_healthy: stats.store_healthy,
-        store_state: if !stats.store_healthy {
-            "failed"
-        } else if stats.store_full {
-            "full"
-        } else {
-            "ok"
-        }
-        .to_string(),
+        store_state: convert::store_state(&stats),
         store_free_bytes: stats.store_free_bytes,
         started_at: st.started_at,
         uptime_ms: st.started.elapsed().as_millis() as u64,
         listen_addrs: listen_addrs.iter().map(ToString::to_string).collect(),
         peers_connected: sync.peers_connected,
-        sync: SyncJson {
-            state: sync.state.to_string(),
-            peers_connected: sync.peers_connected,
-            peers_trusted: sync.peers_trusted,
-            chats_behind: sync.chats_behind,
-            chats_ahead: sync.chats_ahead,
-            sessions: sync.sessions,
-            last_sync: sync.last_sync,
-        },
+        sync: convert::sync(&sync),
         removed_from_mesh_at: st.engine.removed_from_mesh().await,
-        reservations: relay
-            .reservations
-            .into_iter()
-            .map(|r| ReservationJson {
-                relay: r.relay,
-                address: r.address,
-                state: r.state.to_string(),
-                relayed_addrs: r.relayed_addrs,
-                since: r.since,
-                renewals: r.renewals,
-                circuit_bytes: r.circuit_bytes,
-                circuit_secs: r.circuit_secs,
-                error: r.error,
-            })
-            .collect(),
-        relay: relay.server.map(|s| RelayServerJson {
-            reservations: s.reservations,
-            circuits: s.circuits,
-            clients: s.clients,
-            external_addrs: s.external_addrs,
-            reservations_accepted: s.reservations_accepted,
-            reservations_denied: s.reservations_denied,
-            circuits_accepted: s.circuits_accepted,
-            circuits_denied: s.circuits_denied,
-            max_reservations: s.max_reservations,
-            max_circuits: s.max_circuits,
-            max_circuit_bytes: s.max_circuit_bytes,
-            max_circuit_secs: s.max_circuit_secs,
-            allow: s.allow,
-        }),
+        reservations,
+        relay,
     })
 }
 
@@ -138,12 +97,7 @@ async fn shutdown(State(st): St) -> StatusCode {
 
 async fn list_chats(State(st): St) -> Json<ChatListJson> {
     Json(ChatListJson {
-        chats: st
-            .engine
-            .list_chats()
-            .iter()
-            .map(ChatJson::from_summary)
-            .collect(),
+        chats: st.engine.list_chats().iter().map(convert::chat).collect(),
     })
 }
 
@@ -153,13 +107,11 @@ async fn create_chat(
     ApiJson(req): ApiJson<CreateChatRequest>,
 ) -> AppResult<(StatusCode, Json<ChatJson>)> {
     let chat = st.engine.create_chat(&req.title, key.as_deref()).await?;
-    Ok((StatusCode::CREATED, Json(ChatJson::from_summary(&chat))))
+    Ok((StatusCode::CREATED, Json(convert::chat(&chat))))
 }
 
 async fn get_chat(State(st): St, ApiPath(chat): ApiPath<String>) -> AppResult<Json<ChatJson>> {
-    Ok(Json(ChatJson::from_summary(
-        &st.engine.resolve_chat(&chat)?,
-    )))
+    Ok(Json(convert::chat(&st.engine.resolve_chat(&chat)?)))
 }
 
 async fn rename_chat(
@@ -169,7 +121,7 @@ async fn rename_chat(
 ) -> AppResult<Json<ChatJson>> {
     let chat = resolve(&st, &chat)?;
     let renamed = st.engine.rename_chat(&chat.id, &req.title).await?;
-    Ok(Json(ChatJson::from_summary(&renamed)))
+    Ok(Json(convert::chat(&renamed)))
 }
 
 async fn list_messages(
@@ -182,7 +134,7 @@ async fn list_messages(
     if limit > MAX_PAGE {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid",
+            ErrorCode::Invalid,
             format!("limit may be at most {MAX_PAGE}; page with `before`"),
         ));
     }
@@ -193,7 +145,7 @@ async fn list_messages(
     Ok(Json(MessageListJson {
         messages: messages
             .into_iter()
-            .map(|m| MessageJson::from_model(&chat.id, m))
+            .map(|m| convert::message(&chat.id, m))
             .collect(),
     }))
 }
@@ -209,10 +161,7 @@ async fn post_message(
         .engine
         .post(&chat.id, &req.text, req.reply_to.as_deref(), key.as_deref())
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(MessageJson::from_model(&chat.id, msg)),
-    ))
+    Ok((StatusCode::CREATED, Json(convert::message(&chat.id, msg))))
 }
 
 async fn get_message(
@@ -221,7 +170,7 @@ async fn get_message(
 ) -> AppResult<Json<MessageJson>> {
     let chat = resolve(&st, &chat)?;
     let msg = st.engine.message(&chat.id, &message).await?;
-    Ok(Json(MessageJson::from_model(&chat.id, msg)))
+    Ok(Json(convert::message(&chat.id, msg)))
 }
 
 async fn edit_message(
@@ -231,7 +180,7 @@ async fn edit_message(
 ) -> AppResult<Json<MessageJson>> {
     let chat = resolve(&st, &chat)?;
     let msg = st.engine.edit(&chat.id, &message, &req.text).await?;
-    Ok(Json(MessageJson::from_model(&chat.id, msg)))
+    Ok(Json(convert::message(&chat.id, msg)))
 }
 
 async fn delete_message(
@@ -240,7 +189,7 @@ async fn delete_message(
 ) -> AppResult<Json<MessageJson>> {
     let chat = resolve(&st, &chat)?;
     let msg = st.engine.delete(&chat.id, &message).await?;
-    Ok(Json(MessageJson::from_model(&chat.id, msg)))
+    Ok(Json(convert::message(&chat.id, msg)))
 }
 
 async fn set_reaction(
@@ -253,7 +202,7 @@ async fn set_reaction(
         .engine
         .react(&chat.id, &message, Some(&req.reaction))
         .await?;
-    Ok(Json(MessageJson::from_model(&chat.id, msg)))
+    Ok(Json(convert::message(&chat.id, msg)))
 }
 
 async fn clear_reaction(
@@ -262,7 +211,7 @@ async fn clear_reaction(
 ) -> AppResult<Json<MessageJson>> {
     let chat = resolve(&st, &chat)?;
     let msg = st.engine.react(&chat.id, &message, None).await?;
-    Ok(Json(MessageJson::from_model(&chat.id, msg)))
+    Ok(Json(convert::message(&chat.id, msg)))
 }
 
 async fn read_state(
@@ -305,7 +254,7 @@ async fn list_devices(State(st): St) -> Json<DeviceListJson> {
             .into_iter()
             .map(|e| {
                 let found = st.engine.equivocation(&e.id);
-                DeviceJson::from_entry(e, me).with_equivocation(found)
+                convert::device(e, me, found)
             })
             .collect(),
     })
@@ -318,7 +267,7 @@ async fn add_device(
     let entry = st.engine.add_device(&req.id, req.name.as_deref()).await?;
     Ok((
         StatusCode::CREATED,
-        Json(DeviceJson::from_entry(entry, &st.engine.device().id)),
+        Json(convert::device(entry, &st.engine.device().id, None)),
     ))
 }
 
@@ -327,7 +276,7 @@ async fn remove_device(
     ApiPath(device): ApiPath<String>,
 ) -> AppResult<Json<DeviceJson>> {
     let entry = st.engine.remove_device(&device).await?;
-    Ok(Json(DeviceJson::from_entry(entry, &st.engine.device().id)))
+    Ok(Json(convert::device(entry, &st.engine.device().id, None)))
 }
 
 async fn list_peers(State(st): St) -> Json<PeerListJson> {
@@ -344,28 +293,9 @@ async fn list_peers(State(st): St) -> Json<PeerListJson> {
             .peers()
             .await
             .into_iter()
-            .map(|p| PeerJson {
-                name: names.get(&p.device).cloned(),
-                device: p.device.to_string(),
-                connected: p.connected,
-                addresses: p.addresses.iter().map(ToString::to_string).collect(),
-                transport: p.transport,
-                path: p.path,
-                relay: p.relay,
-                hole_punched: p.hole_punched,
-                connections: p.connections,
-                hole_punch_failures: p.hole_punch_failures,
-                direction: p.direction,
-                connected_since: p.connected_since,
-                rtt_ms: p.rtt_ms,
-                last_sync: p.last_sync,
-                chats_behind: p.chats_behind,
-                chats_ahead: p.chats_ahead,
-                bytes_sent: p.bytes_sent,
-                bytes_received: p.bytes_received,
-                refusals: p.refusals,
-                offences: p.offences,
-                suspended_until: p.suspended_until,
+            .map(|p| {
+                let name = names.get(&p.device).cloned();
+                convert::peer(p, name)
             })
             .collect(),
     })

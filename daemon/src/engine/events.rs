@@ -62,8 +62,7 @@ pub enum Event {
     /// This device's sync state changed (sent by the network task, at most four times a
     /// second): for progress bars while a new device catches up, and for status displays.
     SyncProgress {
-        /// `offline`, `syncing` or `in_sync`.
-        state: &'static str,
+        state: SyncStatus,
         /// Chats on this device.
         chats: usize,
         chats_behind: usize,
@@ -89,6 +88,19 @@ impl Event {
             | Event::SyncProgress { .. } => None,
         }
     }
+}
+
+/// How this device stands with the devices it syncs with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SyncStatus {
+    /// No trusted device is connected.
+    #[default]
+    Offline,
+    /// Some connected device has changes this one lacks, or lacks some of this one's, or a
+    /// session is under way.
+    Syncing,
+    /// Every connected device has exactly this device's changes.
+    InSync,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 pub use devices::Trust;
 pub use error::EngineError;
-pub use events::{Event, MessageEventKind};
+pub use events::{Event, MessageEventKind, SyncStatus};
 pub use sync::{MAX_SYNC_BYTES, Relation, SyncRole, SyncStep, same_heads};
 
 use self::{

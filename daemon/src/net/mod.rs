@@ -19,7 +19,7 @@ mod conduct;
 mod gate;
 mod pair_protocol;
 pub mod pairing;
-mod peers;
+pub mod peers;
 pub mod protocol;
 pub mod relay;
 mod remembered;
@@ -29,11 +29,13 @@ mod task;
 
 use chatsync_model::DeviceId;
 use libp2p::{Multiaddr, identity::Keypair};
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::NetworkConfig, engine::Engine};
+use crate::{
+    config::NetworkConfig,
+    engine::{Engine, SyncStatus},
+};
 
 pub use behaviour::PROTOCOL_VERSION;
 
@@ -41,17 +43,17 @@ pub use behaviour::PROTOCOL_VERSION;
 const COMMAND_QUEUE: usize = 64;
 
 /// One device the network knows: trusted, or connected.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct PeerInfo {
     pub device: DeviceId,
     /// Connected and accepted by the other side.
     pub connected: bool,
     /// Addresses it was reached at or can be dialled at.
     pub addresses: Vec<Multiaddr>,
-    /// `tcp` or `quic`, for the connection shown (a direct one if any, else the oldest).
-    pub transport: Option<String>,
-    /// How that connection reaches the device: `lan`, `direct` or `relayed`.
-    pub path: Option<String>,
+    /// The transport of the connection shown (a direct one if any, else the oldest).
+    pub transport: Option<peers::Transport>,
+    /// How that connection reaches the device.
+    pub path: Option<relay::Path>,
     /// The relay it goes through, when relayed.
     pub relay: Option<String>,
     /// Whether it was opened by hole punching from a relayed connection.
@@ -60,8 +62,8 @@ pub struct PeerInfo {
     pub connections: usize,
     /// Hole punching attempts that failed since this daemon started.
     pub hole_punch_failures: u32,
-    /// Whether this device dialled (`outbound`) or was dialled (`inbound`).
-    pub direction: Option<String>,
+    /// Whether this device dialled it (rather than being dialled).
+    pub outbound: Option<bool>,
     /// When the current connection was established (ms since the Unix epoch).
     pub connected_since: Option<i64>,
     /// Latest ping round trip, in milliseconds.
@@ -84,10 +86,9 @@ pub struct PeerInfo {
 }
 
 /// This device's sync state over all connected devices.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
 pub struct SyncState {
-    /// `offline` (no trusted device connected), `syncing`, or `in_sync`.
-    pub state: &'static str,
+    pub state: SyncStatus,
     pub peers_connected: usize,
     pub peers_trusted: usize,
     /// Chats where some connected device has changes this one lacks.
@@ -142,7 +143,7 @@ impl Network {
     /// This device's sync state; `offline` if the network task is gone.
     pub async fn sync_state(&self) -> SyncState {
         self.ask(Command::SyncState).await.unwrap_or(SyncState {
-            state: "offline",
+            state: SyncStatus::Offline,
             ..SyncState::default()
         })
     }

@@ -110,18 +110,26 @@ impl PeerBook {
     }
 }
 
-/// `tcp` or `quic`, from a connection's address.
-pub fn transport(addr: &Multiaddr) -> &'static str {
+/// A connection's transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Quic,
+    Other,
+}
+
+/// The transport of a connection, from its address.
+pub fn transport(addr: &Multiaddr) -> Transport {
     use libp2p::multiaddr::Protocol;
     if addr
         .iter()
         .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
     {
-        "quic"
+        Transport::Quic
     } else if addr.iter().any(|p| matches!(p, Protocol::Tcp(_))) {
-        "tcp"
+        Transport::Tcp
     } else {
-        "other"
+        Transport::Other
     }
 }
 
@@ -163,10 +171,13 @@ mod tests {
 
     #[test]
     fn transports_are_told_apart() {
-        assert_eq!(transport(&"/ip4/1.2.3.4/tcp/5".parse().unwrap()), "tcp");
+        assert_eq!(
+            transport(&"/ip4/1.2.3.4/tcp/5".parse().unwrap()),
+            Transport::Tcp
+        );
         assert_eq!(
             transport(&"/ip4/1.2.3.4/udp/5/quic-v1".parse().unwrap()),
-            "quic"
+            Transport::Quic
         );
     }
 }

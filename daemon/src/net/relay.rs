@@ -43,7 +43,6 @@ use libp2p::{
     Multiaddr, PeerId, core::ConnectedPoint, core::transport::ListenerId, dcutr,
     multiaddr::Protocol, relay, swarm::ConnectionId,
 };
-use serde::Serialize;
 
 use super::task::NetworkTask;
 use crate::{config::RelayConfig, engine::now_ms};
@@ -59,8 +58,7 @@ const MAX_RETRY: Duration = Duration::from_secs(15);
 const MAX_RELAYED_ADDRS: usize = 8;
 
 /// How a connection reaches the other device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
     /// Directly, at a private, link-local or loopback address.
     Lan,
@@ -68,16 +66,6 @@ pub enum Path {
     Direct,
     /// Through a relay.
     Relayed,
-}
-
-impl Path {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Path::Lan => "lan",
-            Path::Direct => "direct",
-            Path::Relayed => "relayed",
-        }
-    }
 }
 
 /// The path of a connection, and the relay it goes through if it is relayed.
@@ -131,14 +119,22 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
+/// Where a reservation on a relay stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReservationState {
+    Reserved,
+    Connecting,
+    /// After a failure.
+    Retrying,
+}
+
 /// A reservation this device keeps (or tries to keep) on a relay.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct ReservationInfo {
     pub relay: String,
     /// The relay's address as configured.
     pub address: String,
-    /// `reserved`, `connecting`, or `retrying` (after a failure).
-    pub state: &'static str,
+    pub state: ReservationState,
     /// Addresses other devices reach this one at through the relay.
     pub relayed_addrs: Vec<String>,
     /// When the current reservation was first accepted (ms since the Unix epoch).
@@ -153,7 +149,7 @@ pub struct ReservationInfo {
 }
 
 /// This daemon's relay server, when it runs one.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct RelayServerInfo {
     /// Devices holding a reservation now.
     pub reservations: usize,
@@ -177,7 +173,7 @@ pub struct RelayServerInfo {
 }
 
 /// Both sides of relaying, as `status` shows them.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
 pub struct RelayStatus {
     pub reservations: Vec<ReservationInfo>,
     pub server: Option<RelayServerInfo>,
@@ -667,11 +663,11 @@ impl NetworkTask {
                     relay: r.relay.to_base58(),
                     address: r.addr.to_string(),
                     state: if r.reserved {
-                        "reserved"
+                        ReservationState::Reserved
                     } else if r.listener.is_some() {
-                        "connecting"
+                        ReservationState::Connecting
                     } else {
-                        "retrying"
+                        ReservationState::Retrying
                     },
                     relayed_addrs: r.relayed.iter().map(ToString::to_string).collect(),
                     since: r.since_ms,

@@ -41,7 +41,7 @@ use super::{
 };
 use crate::{
     config::NetworkConfig,
-    engine::{Engine, Event, Trust, now_ms},
+    engine::{Engine, Event, SyncStatus, Trust, now_ms},
 };
 
 /// Addresses kept per device found by mDNS.
@@ -86,7 +86,7 @@ pub struct NetworkTask {
     discovered: HashMap<PeerId, BTreeSet<Multiaddr>>,
     events: broadcast::Sender<Event>,
     /// The sync state last published as an event (state, chats, behind, ahead, peers).
-    reported_progress: Option<(&'static str, usize, usize, usize, usize)>,
+    reported_progress: Option<(SyncStatus, usize, usize, usize, usize)>,
     commands: mpsc::Receiver<Command>,
     /// Reservations on relays, and relay mode (`relay.rs`).
     pub(super) relay: RelayState,
@@ -579,12 +579,8 @@ impl NetworkTask {
                     device,
                     connected: e.accepted,
                     addresses: e.addresses.iter().cloned().collect(),
-                    transport: oldest
-                        .filter(|_| e.accepted)
-                        .map(|c| transport(&c.remote).to_string()),
-                    path: oldest
-                        .filter(|_| e.accepted)
-                        .map(|c| c.path.as_str().to_string()),
+                    transport: oldest.filter(|_| e.accepted).map(|c| transport(&c.remote)),
+                    path: oldest.filter(|_| e.accepted).map(|c| c.path),
                     relay: oldest
                         .filter(|_| e.accepted)
                         .and_then(|c| c.relay)
@@ -592,9 +588,7 @@ impl NetworkTask {
                     hole_punched: oldest.is_some_and(|c| e.accepted && c.hole_punched),
                     connections: if e.accepted { e.connections.len() } else { 0 },
                     hole_punch_failures: e.hole_punch_failures,
-                    direction: oldest
-                        .filter(|_| e.accepted)
-                        .map(|c| if c.outbound { "outbound" } else { "inbound" }.to_string()),
+                    outbound: oldest.filter(|_| e.accepted).map(|c| c.outbound),
                     connected_since: oldest.filter(|_| e.accepted).map(|c| c.since_ms),
                     rtt_ms: e.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     last_sync: progress.and_then(|p| p.last_sync).map(epoch_ms),
@@ -624,7 +618,7 @@ impl NetworkTask {
                     hole_punched: false,
                     connections: 0,
                     hole_punch_failures: 0,
-                    direction: None,
+                    outbound: None,
                     connected_since: None,
                     rtt_ms: None,
                     last_sync: progress.and_then(|p| p.last_sync).map(epoch_ms),
@@ -690,11 +684,11 @@ impl NetworkTask {
         }
         let sessions = self.sync.sessions_running();
         let state = if connected.is_empty() {
-            "offline"
+            SyncStatus::Offline
         } else if !known || !behind.is_empty() || !ahead.is_empty() || sessions > 0 {
-            "syncing"
+            SyncStatus::Syncing
         } else {
-            "in_sync"
+            SyncStatus::InSync
         };
         SyncState {
             state,

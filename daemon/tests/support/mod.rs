@@ -12,8 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chatsync_api::wire::{ChatJson, ChatListJson, MessageJson, MessageListJson, StatusJson};
 use chatsync_daemon::{
-    api::wire::{ChatJson, ChatListJson, MessageJson, MessageListJson, StatusJson},
     config::Config,
     daemon::serve,
     identity::Identity,

@@ -1,8 +1,11 @@
-//! The wire format of the local API: every JSON body the daemon reads or writes. The CLI and
-//! other Rust programs use these same types; docs/api.md documents them for everyone else.
+//! The wire format of the local API: every JSON body the daemon reads or writes, each a plain
+//! type that serializes to what docs/api.md documents. The daemon converts its own types into
+//! these in one place (`chatsync_daemon::api::convert`); nothing else of the daemon goes on the
+//! wire.
 //!
-//! Model types never go on the wire directly: [`MessageJson::from_model`] and friends convert
-//! them explicitly, so the model can change without changing the API.
+//! Statuses are enums that serialize to their documented strings, so that both sides of the API
+//! name every value the compiler knows of. Each has an `Unknown` variant that a value from a
+//! newer daemon decodes to, so that an older client keeps working.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +15,130 @@ use serde::{Deserialize, Serialize};
 pub const API_PREFIX: &str = "/v1";
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// `StatusJson::store_state`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreState {
+    /// Writes are taken.
+    #[default]
+    Ok,
+    /// The store's disk has less than its reserve free: new writes are refused with
+    /// `storage_full`, reads work, and writing resumes by itself once space is freed.
+    Full,
+    /// A write failed: writes are refused until chatsyncd restarts.
+    Failed,
+    /// A state this version does not know (from a newer daemon).
+    #[serde(other)]
+    Unknown,
+}
+
+/// How this device stands with the devices it syncs with (`SyncJson::state`, `sync.progress`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncStatus {
+    /// No trusted device is connected.
+    #[default]
+    Offline,
+    /// Some connected device has changes this one lacks, or lacks some of this one's.
+    Syncing,
+    /// Every connected device has exactly this device's changes.
+    InSync,
+    #[serde(other)]
+    Unknown,
+}
+
+/// How a connection reaches a device (`PeerJson::path`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionPath {
+    /// Directly, at a private or link-local address.
+    Lan,
+    /// Directly, at any other address.
+    Direct,
+    /// Through a relay.
+    Relayed,
+    #[serde(other)]
+    Unknown,
+}
+
+/// A connection's transport (`PeerJson::transport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    Tcp,
+    Quic,
+    /// Neither (a connection this version cannot name).
+    Other,
+    #[serde(other)]
+    Unknown,
+}
+
+/// Who opened a connection (`PeerJson::direction`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// This device dialled.
+    Outbound,
+    /// The other device dialled.
+    Inbound,
+    #[serde(other)]
+    Unknown,
+}
+
+/// A reservation's state on a relay (`ReservationJson::state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationState {
+    Reserved,
+    Connecting,
+    /// After a failure (see `ReservationJson::error`).
+    Retrying,
+    #[serde(other)]
+    Unknown,
+}
+
+/// `as_str` (the value as it appears on the wire) and `Display` for a status enum.
+macro_rules! wire_names {
+    ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $name {
+            /// The value as it appears on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+wire_names!(StoreState { Ok => "ok", Full => "full", Failed => "failed", Unknown => "unknown" });
+wire_names!(SyncStatus {
+    Offline => "offline",
+    Syncing => "syncing",
+    InSync => "in_sync",
+    Unknown => "unknown",
+});
+wire_names!(ConnectionPath {
+    Lan => "lan",
+    Direct => "direct",
+    Relayed => "relayed",
+    Unknown => "unknown",
+});
+wire_names!(Transport { Tcp => "tcp", Quic => "quic", Other => "other", Unknown => "unknown" });
+wire_names!(Direction { Outbound => "outbound", Inbound => "inbound", Unknown => "unknown" });
+wire_names!(ReservationState {
+    Reserved => "reserved",
+    Connecting => "connecting",
+    Retrying => "retrying",
+    Unknown => "unknown",
+});
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatusJson {
@@ -30,10 +157,7 @@ pub struct StatusJson {
     pub store_bytes: u64,
     /// False after a failed write to the store: writes are refused until a restart.
     pub store_healthy: bool,
-    /// `ok`; `full` while the store's disk has less than its reserve free (new writes are
-    /// refused with `storage_full`, reads work, writing resumes by itself once space is freed);
-    /// `failed` after a failed write (writes refused until a restart).
-    pub store_state: String,
+    pub store_state: StoreState,
     /// Bytes free on the store's disk (absent if it could not be measured).
     pub store_free_bytes: Option<u64>,
     pub started_at: i64,
@@ -65,8 +189,7 @@ pub struct ReservationJson {
     pub relay: String,
     /// The relay's address, as configured.
     pub address: String,
-    /// `reserved`, `connecting`, or `retrying` (after a failure; see `error`).
-    pub state: String,
+    pub state: ReservationState,
     /// Addresses other devices reach this one at through the relay.
     pub relayed_addrs: Vec<String>,
     /// When the reservation was accepted (ms since the Unix epoch).
@@ -106,8 +229,7 @@ pub struct RelayServerJson {
 /// Sync state over every connected device.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct SyncJson {
-    /// `offline` (no trusted device connected), `syncing`, or `in_sync`.
-    pub state: String,
+    pub state: SyncStatus,
     pub peers_connected: usize,
     pub peers_trusted: usize,
     /// Chats where some connected device has changes this one lacks.
@@ -128,12 +250,10 @@ pub struct PeerJson {
     pub name: Option<String>,
     pub connected: bool,
     pub addresses: Vec<String>,
-    /// `tcp` or `quic`.
-    pub transport: Option<String>,
-    /// How the connection reaches the device: `lan` (directly, at a private or link-local
-    /// address), `direct` (at any other address), or `relayed`.
+    pub transport: Option<Transport>,
+    /// How the connection reaches the device.
     #[serde(default)]
-    pub path: Option<String>,
+    pub path: Option<ConnectionPath>,
     /// The relay's device id, when relayed.
     #[serde(default)]
     pub relay: Option<String>,
@@ -147,8 +267,7 @@ pub struct PeerJson {
     /// started.
     #[serde(default)]
     pub hole_punch_failures: u32,
-    /// `outbound` (this device dialled) or `inbound`.
-    pub direction: Option<String>,
+    pub direction: Option<Direction>,
     pub connected_since: Option<i64>,
     /// Latest ping round trip.
     pub rtt_ms: Option<f64>,
@@ -386,8 +505,7 @@ pub enum EventJson {
     /// This device's sync state changed (at most four times a second).
     #[serde(rename = "sync.progress")]
     SyncProgress {
-        /// `offline`, `syncing` or `in_sync`.
-        state: String,
+        state: SyncStatus,
         chats: usize,
         chats_behind: usize,
         chats_ahead: usize,
@@ -450,157 +568,33 @@ pub struct ErrorBody {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorJson {
     /// Stable, machine-readable code (see docs/api.md).
-    pub code: String,
+    pub code: crate::ErrorCode,
     pub message: String,
     /// For `ambiguous`: what the name could mean.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub candidates: Vec<String>,
 }
 
-mod convert {
-    use chatsync_model::{ChatId, DeviceId, Message, RosterEntry};
-
+#[cfg(test)]
+mod tests {
     use super::*;
-    use crate::{
-        engine::{ChatSummary, Event, MessageEventKind, equivocation::Equivocation},
-        store::ChatRecord,
-    };
 
-    impl MessageJson {
-        pub fn from_model(chat: &ChatId, m: Message) -> Self {
-            MessageJson {
-                id: m.id.to_string(),
-                chat: chat.to_string(),
-                author: m.author.to_string(),
-                author_name: m.author_name,
-                ts: m.ts,
-                text: m.text,
-                reply_to: m.reply_to.map(|r| r.to_string()),
-                edited: m.edited_at.is_some(),
-                edited_at: m.edited_at,
-                deleted: m.deleted,
-                reactions: m
-                    .reactions
-                    .into_iter()
-                    .map(|(d, r)| (d.to_string(), r))
-                    .collect(),
-            }
+    #[test]
+    fn statuses_are_written_as_their_names() {
+        fn same<T: Serialize + std::fmt::Display>(value: T) {
+            assert_eq!(
+                serde_json::to_string(&value).unwrap(),
+                format!("\"{value}\"")
+            );
         }
-    }
-
-    impl DeviceJson {
-        pub fn from_entry(e: RosterEntry, this_device: &DeviceId) -> Self {
-            DeviceJson {
-                trusted: e.trusted(),
-                this_device: &e.id == this_device,
-                id: e.id.to_string(),
-                name: e.name,
-                added_by: e.added_by.map(|d| d.to_string()),
-                added_at: e.added_at,
-                removed_at: e.removed_at,
-                equivocated: None,
-            }
-        }
-
-        /// With where the device was caught equivocating, if it was.
-        pub fn with_equivocation(mut self, found: Option<Equivocation>) -> Self {
-            self.equivocated = found.map(|e| EquivocationJson {
-                chat: e.chat.to_string(),
-                seq: e.seq,
-                detected_at: e.detected_at,
-            });
-            self
-        }
-    }
-
-    impl ChatJson {
-        pub fn from_record(id: &ChatId, r: &ChatRecord) -> Self {
-            ChatJson {
-                id: id.to_string(),
-                title: r.title.clone(),
-                created_at: r.created_at,
-                created_by: r.created_by.clone(),
-                messages: r.messages,
-                last_activity: r.last_activity,
-            }
-        }
-
-        pub fn from_summary(s: &ChatSummary) -> Self {
-            Self::from_record(&s.id, &s.record)
-        }
-    }
-
-    impl EventJson {
-        pub fn from_event(event: Event, this_device: &DeviceId) -> Self {
-            match event {
-                Event::PeerUp { device } => EventJson::PeerUp {
-                    device: device.to_string(),
-                },
-                Event::PeerDown { device } => EventJson::PeerDown {
-                    device: device.to_string(),
-                },
-                Event::Equivocation { device, chat, seq } => EventJson::DeviceEquivocated {
-                    device: device.to_string(),
-                    chat: chat.to_string(),
-                    seq,
-                },
-                Event::Paired {
-                    invite,
-                    device,
-                    name,
-                } => EventJson::Paired {
-                    invite,
-                    device_id: device.to_string(),
-                    name,
-                },
-                Event::SyncProgress {
-                    state,
-                    chats,
-                    chats_behind,
-                    chats_ahead,
-                    peers_connected,
-                } => EventJson::SyncProgress {
-                    state: state.to_string(),
-                    chats,
-                    chats_behind,
-                    chats_ahead,
-                    peers_connected,
-                },
-                Event::DeviceAdded { entry } => EventJson::DeviceAdded {
-                    device: DeviceJson::from_entry(entry, this_device),
-                },
-                Event::DeviceRemoved { entry } => EventJson::DeviceRemoved {
-                    device: DeviceJson::from_entry(entry, this_device),
-                },
-                Event::ChatCreated { chat, record } => EventJson::ChatCreated {
-                    chat: ChatJson::from_record(&chat, &record),
-                },
-                Event::ChatUpdated { chat, record } => EventJson::ChatUpdated {
-                    chat: ChatJson::from_record(&chat, &record),
-                },
-                Event::Message {
-                    kind,
-                    chat,
-                    message,
-                } => {
-                    let message = MessageJson::from_model(&chat, message);
-                    match kind {
-                        MessageEventKind::Created => EventJson::MessageCreated { message },
-                        MessageEventKind::Edited => EventJson::MessageEdited { message },
-                        MessageEventKind::Deleted => EventJson::MessageDeleted { message },
-                        MessageEventKind::Reaction => EventJson::MessageReaction { message },
-                    }
-                }
-                Event::ReadMarker {
-                    chat,
-                    device,
-                    message,
-                } => EventJson::ReadUpdated {
-                    chat: chat.to_string(),
-                    device: device.to_string(),
-                    message: message.to_string(),
-                },
-            }
-        }
+        same(StoreState::Full);
+        same(SyncStatus::InSync);
+        same(ConnectionPath::Relayed);
+        same(Transport::Quic);
+        same(Transport::Other);
+        same(Direction::Outbound);
+        same(ReservationState::Retrying);
+        let newer: SyncStatus = serde_json::from_str("\"asleep\"").unwrap();
+        assert_eq!(newer, SyncStatus::Unknown);
     }
 }

@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use chatsync_daemon::api::wire::*;
+use crate::{ErrorCode, wire::*};
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde::{Serialize, de::DeserializeOwned};
@@ -22,7 +22,7 @@ pub enum ClientError {
     #[error("{message}")]
     Api {
         status: u16,
-        code: String,
+        code: ErrorCode,
         message: String,
         candidates: Vec<String>,
     },
@@ -34,9 +34,9 @@ pub enum ClientError {
 
 impl ClientError {
     /// The API's error code, if the daemon answered with an error.
-    pub fn code(&self) -> Option<&str> {
+    pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Api { code, .. } => Some(code),
+            ClientError::Api { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -391,7 +391,7 @@ fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
         },
         Err(_) => ClientError::Api {
             status: status.as_u16(),
-            code: "http".into(),
+            code: ErrorCode::Unknown,
             message: format!("the daemon answered {status}"),
             candidates: Vec::new(),
         },
