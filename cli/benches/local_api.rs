@@ -21,7 +21,8 @@ use chatsync_daemon::{
 use chatsync_model::{ChatDoc, ChatId, Device, MessageId};
 
 mod common;
-use common::{CpuTime, Daemon, home, paths, text};
+use chatsync_testkit::TestDaemon;
+use common::{CpuTime, cpu, home, paths, rss_kib, start, text};
 
 struct Settings {
     sequential_posts: usize,
@@ -97,7 +98,7 @@ fn raw_posts(n: usize) -> Duration {
 /// each waiting for its post's answer before the next. Returns the time it took and every
 /// post's latency (request to durable answer).
 async fn concurrent_posts(
-    daemon: &Daemon,
+    daemon: &TestDaemon,
     chats: &[String],
     clients: usize,
     per_client: usize,
@@ -134,7 +135,7 @@ fn raw_posts_split(docs: usize, per_doc: usize) -> Duration {
 
 async fn post_throughput(s: &Settings) {
     let dir = home();
-    let (daemon, _) = Daemon::start(dir.path()).await;
+    let (daemon, _) = start(&dir, &[]).await;
     let chat = daemon.client.create_chat("bench").await.unwrap().id;
 
     // Sequential: one client, one post at a time (each waits for its own flush).
@@ -154,11 +155,11 @@ async fn post_throughput(s: &Settings) {
         .unwrap()
         .id;
     let per_client = s.concurrent_posts / s.clients;
-    let cpu_before = daemon.cpu();
+    let cpu_before = cpu(&daemon);
     let client_cpu_before = CpuTime::of_process(std::process::id());
     let (conc, latencies) =
         concurrent_posts(&daemon, std::slice::from_ref(&chat2), s.clients, per_client).await;
-    let daemon_cpu = daemon.cpu().since(&cpu_before);
+    let daemon_cpu = cpu(&daemon).since(&cpu_before);
     let bench_cpu_before = CpuTime::of_process(std::process::id());
     let client_cpu = bench_cpu_before.since(&client_cpu_before);
     let engine_only = engine_posts(s.clients, per_client * s.clients).await;
@@ -236,7 +237,7 @@ async fn post_throughput(s: &Settings) {
         posts,
     );
     println!();
-    daemon.stop().await;
+    daemon.shutdown().await;
 }
 
 /// Prints CPU time per post: in all, then by kind of thread (the ones that used any).
@@ -374,9 +375,9 @@ fn startup(s: &Settings) {
         let dir = home();
         copy_dir(&cache, dir.path());
         rt.block_on(async {
-            let (daemon, elapsed) = Daemon::start(dir.path()).await;
+            let (daemon, elapsed) = start(&dir, &[]).await;
             times.push(elapsed);
-            rss.push(daemon.rss_kib());
+            rss.push(rss_kib(&daemon));
             let status = daemon.client.status().await.unwrap();
             assert_eq!(status.chats, s.startup_chats);
             let t = Instant::now();
@@ -394,8 +395,8 @@ fn startup(s: &Settings) {
                     .await
                     .unwrap();
             }
-            rss_after_reads = daemon.rss_kib();
-            daemon.stop().await;
+            rss_after_reads = rss_kib(&daemon);
+            daemon.shutdown().await;
         });
     }
     times.sort();

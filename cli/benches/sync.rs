@@ -19,7 +19,8 @@ use chatsync_api::wire::{ConnectionPath, EventJson, ReservationState};
 use chatsync_model::{ChatDoc, ChatId, Device, DeviceId, MessageId};
 
 mod common;
-use common::{Daemon, home, text};
+use chatsync_testkit::TestDaemon;
+use common::{Home, home, start, text};
 
 struct Settings {
     /// New chats timed across two hops.
@@ -73,14 +74,9 @@ fn main() {
 }
 
 /// Three daemons: A and B each dial S, and never meet.
-async fn three() -> (
-    Vec<Daemon>,
-    Vec<tempfile::TempDir>,
-    Vec<Vec<String>>,
-    Vec<String>,
-) {
-    let homes: Vec<tempfile::TempDir> = (0..3).map(|_| home()).collect();
-    let (s, _) = Daemon::start(homes[0].path()).await;
+async fn three() -> (Vec<TestDaemon>, Vec<Home>, Vec<Vec<String>>, Vec<String>) {
+    let homes: Vec<Home> = (0..3).map(|_| home()).collect();
+    let (s, _) = start(&homes[0], &[]).await;
     let ss = s.client.status().await.unwrap();
     let s_addr = format!("{}/p2p/{}", ss.listen_addrs[0], ss.device_id);
     let flags = vec![
@@ -90,7 +86,7 @@ async fn three() -> (
     ];
     let mut daemons = vec![s];
     for i in 1..3 {
-        daemons.push(Daemon::start_with(homes[i].path(), &flags[i]).await.0);
+        daemons.push(start(&homes[i], &flags[i]).await.0);
     }
     let mut ids = Vec::new();
     for d in &daemons {
@@ -151,21 +147,21 @@ async fn three_devices(s: &Settings) {
     for d in &daemons {
         wait_messages(&d.client, &chat, 0).await;
     }
-    let mut stopped: Vec<Option<Daemon>> = daemons.drain(..).map(Some).collect();
+    let mut stopped: Vec<Option<TestDaemon>> = daemons.drain(..).map(Some).collect();
     for d in stopped.iter_mut() {
-        d.take().unwrap().stop().await;
+        d.take().unwrap().shutdown().await;
     }
     let share = s.apart / 3;
     for (i, home) in homes.iter().enumerate() {
         let n = if i == 2 { s.apart - 2 * share } else { share };
         // Alone: no peers given, so it sees nobody.
-        let (d, _) = Daemon::start(home.path()).await;
+        let (d, _) = start(home, &[]).await;
         post_many(&d.client, &chat, n, 8).await;
-        d.stop().await;
+        d.shutdown().await;
     }
     let started = Instant::now();
     for (i, home) in homes.iter().enumerate() {
-        daemons.push(Daemon::start_with(home.path(), &flags[i]).await.0);
+        daemons.push(start(home, &flags[i]).await.0);
     }
     for d in &daemons {
         wait_messages(&d.client, &chat, s.apart as u64).await;
@@ -183,17 +179,17 @@ async fn three_devices(s: &Settings) {
         took.as_secs_f64() / raw.time.as_secs_f64()
     );
     for d in daemons {
-        d.stop().await;
+        d.shutdown().await;
     }
 }
 
 struct Pair {
-    a: Daemon,
-    b: Daemon,
+    a: TestDaemon,
+    b: TestDaemon,
     /// The relay between them, with `--relay`.
-    relay: Option<(Daemon, tempfile::TempDir)>,
-    _homes: (tempfile::TempDir, tempfile::TempDir),
-    b_home: std::path::PathBuf,
+    relay: Option<(TestDaemon, Home)>,
+    _homes: (Home, Home),
+    b_home: Home,
     b_flags: Vec<String>,
     a_id: String,
 }
@@ -212,7 +208,7 @@ async fn pair(relayed: bool) -> Pair {
             .port();
         let at = format!("/ip4/127.0.0.1/tcp/{port}");
         let flags = ["--relay", "--listen", &at, "--external-addr", &at].map(String::from);
-        let (r, _) = Daemon::start_with(hr.path(), &flags).await;
+        let (r, _) = start(&hr, &flags).await;
         let id = r.client.status().await.unwrap().device_id;
         a_flags = [
             "--no-hole-punching",
@@ -223,7 +219,7 @@ async fn pair(relayed: bool) -> Pair {
         .to_vec();
         relay = Some((r, hr));
     }
-    let (a, _) = Daemon::start_with(ha.path(), &a_flags).await;
+    let (a, _) = start(&ha, &a_flags).await;
     let mut sa = a.client.status().await.unwrap();
     let a_addr = if relayed {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -247,7 +243,7 @@ async fn pair(relayed: bool) -> Pair {
     if relayed {
         b_flags.push("--no-hole-punching".into());
     }
-    let (b, _) = Daemon::start_with(hb.path(), &b_flags).await;
+    let (b, _) = start(&hb, &b_flags).await;
     let sb = b.client.status().await.unwrap();
     a.client.add_device(&sb.device_id, Some("b")).await.unwrap();
     b.client.add_device(&sa.device_id, Some("a")).await.unwrap();
@@ -269,7 +265,7 @@ async fn pair(relayed: bool) -> Pair {
         }),
         "the devices are not connected the way this run measures"
     );
-    let b_home = hb.path().to_path_buf();
+    let b_home = hb.clone();
     Pair {
         a,
         b,
@@ -401,10 +397,10 @@ async fn run(s: &Settings, relayed: bool) {
     let one = p.a.client.create_chat("catch-up").await.unwrap().id;
     wait_messages(&p.b.client, &one, 0).await;
     let b = p.b;
-    b.stop().await;
+    b.shutdown().await;
     post_many(&p.a.client, &one, s.catch_up, 8).await;
     let started = Instant::now();
-    let (b, _) = Daemon::start_with(&p.b_home, &p.b_flags).await;
+    let (b, _) = start(&p.b_home, &p.b_flags).await;
     wait_messages(&b.client, &one, s.catch_up as u64).await;
     let took = started.elapsed();
     let received = bytes_received(&b.client, &p.a_id).await;
@@ -425,7 +421,7 @@ async fn run(s: &Settings, relayed: bool) {
         raw.compressed,
         received as f64 / raw.compressed as f64
     );
-    b.stop().await;
+    b.shutdown().await;
     let mut chats = Vec::new();
     for c in 0..s.catch_up_chats {
         let id =
@@ -438,7 +434,7 @@ async fn run(s: &Settings, relayed: bool) {
         chats.push(id);
     }
     let started = Instant::now();
-    let (b, _) = Daemon::start_with(&p.b_home, &p.b_flags).await;
+    let (b, _) = start(&p.b_home, &p.b_flags).await;
     for id in &chats {
         wait_messages(&b.client, id, s.catch_up_per_chat as u64).await;
     }
@@ -476,10 +472,10 @@ async fn run(s: &Settings, relayed: bool) {
         ms(posted),
         ms(took)
     );
-    p.a.stop().await;
-    b.stop().await;
+    p.a.shutdown().await;
+    b.shutdown().await;
     if let Some((relay, _home)) = p.relay {
-        relay.stop().await;
+        relay.shutdown().await;
     }
 }
 

@@ -1,14 +1,11 @@
 //! The local API, route by route: status codes, bodies, and the error shape.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::time::Duration;
 
 use chatsync_api::wire::{ChatJson, MessageJson, ReadStateJson, StatusJson};
+use chatsync_testkit::{DEVICE_NAME, TestDaemon, is_daemon_id, now_ms, raw::seg};
 use reqwest::{Method, StatusCode, header::CONTENT_TYPE};
 use serde_json::json;
-use support::{DEVICE_NAME, TestDaemon, is_daemon_id, now_ms, seg};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_describes_the_daemon() {
@@ -83,7 +80,7 @@ async fn chats_are_created_listed_found_and_renamed() {
     assert_eq!(listed[0], chat);
 
     // By id, title (percent-encoded) and id prefix.
-    assert_eq!(d.chat(&seg("my family")).await, chat);
+    assert_eq!(d.chat("my family").await, chat);
     assert_eq!(d.chat(&chat.id[..4]).await, chat);
     assert_eq!(d.chat(&chat.id[..12]).await, chat);
     assert_eq!(d.chat("work").await, work);
@@ -552,7 +549,7 @@ async fn bad_requests_get_json_errors() {
         d.get(path).await.error(StatusCode::NOT_FOUND, "no_route");
     }
     for url in ["http://chatsyncd/v2/status", "http://chatsyncd/status"] {
-        d.send(d.client.get(url))
+        d.send(d.raw.request_url(Method::GET, url))
             .await
             .error(StatusCode::NOT_FOUND, "no_route");
     }
@@ -595,7 +592,7 @@ async fn shutdown_route_stops_the_daemon() {
     let client = d.client.clone();
     d.wait_stopped().await;
     assert!(!socket.exists(), "the socket is removed at shutdown");
-    let after = client.get("http://chatsyncd/v1/status").send().await;
+    let after = client.status().await;
     assert!(after.is_err(), "the daemon still answers: {after:?}");
 }
 

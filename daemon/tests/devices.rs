@@ -1,12 +1,9 @@
 //! `/v1/devices`: the roster over the API, its events, and its errors.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use chatsync_api::wire::DeviceJson;
+use chatsync_testkit::TestDaemon;
 use reqwest::StatusCode;
 use serde_json::json;
-use support::TestDaemon;
 
 /// A valid device id that is not this daemon's.
 fn other_device_id() -> String {

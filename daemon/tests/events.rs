@@ -1,14 +1,13 @@
 //! `GET /v1/events`: the NDJSON event stream.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::time::{Duration, Instant};
 
 use chatsync_api::wire::{ChatJson, MessageJson};
+use chatsync_testkit::TestDaemon;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{STOP_TIMEOUT, TestDaemon};
+
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long to listen for events that must not come.
 const QUIET: Duration = Duration::from_millis(300);
@@ -162,16 +161,11 @@ async fn concurrent_posts_are_announced_in_display_order() {
     let mut tasks = Vec::new();
     for t in 0..4 {
         let client = d.client.clone();
-        let url = d.url(&format!("/chats/{}/messages", chat.id));
+        let chat = chat.id.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..15 {
-                let resp = client
-                    .post(&url)
-                    .json(&json!({ "text": format!("task {t} message {i}") }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(resp.status(), StatusCode::CREATED);
+                let text = format!("task {t} message {i}");
+                client.post(&chat, &text, None).await.unwrap();
             }
         }));
     }

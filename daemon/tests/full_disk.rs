@@ -4,9 +4,6 @@
 //! clearly and leaves the store openable once space is freed.
 //!
 //! Mounting a tmpfs needs root: without it (or without `mount`) the tests say so and pass.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::{
     io::Write,
@@ -18,9 +15,9 @@ use std::{
 
 use chatsync_api::wire::{ErrorBody, MessageListJson, StoreState};
 use chatsync_daemon::{config::Config, store::free_bytes};
+use chatsync_testkit::TestDaemon;
 use reqwest::StatusCode;
 use serde_json::json;
-use support::TestDaemon;
 use tempfile::TempDir;
 
 /// A tmpfs of a fixed size, mounted for the test and unmounted after it.

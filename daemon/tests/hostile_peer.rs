@@ -6,13 +6,9 @@
 //! an honest device and answering its API. The same client checks the daemon's own manners: it
 //! pauses when told to slow down, and a device it removes that plays deaf is sent nothing but
 //! the roster that removes it, then cut off.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::time::{Duration, Instant};
 
-use chatsync_api::wire::{ChatJson, PeerListJson};
 use chatsync_daemon::{
     config::Config,
     net::{
@@ -34,8 +30,10 @@ use libp2p::{
     tcp, yamux,
 };
 use reqwest::StatusCode;
-use serde_json::json;
-use support::{TestDaemon, eventually, fixed_loopback_addr, texts};
+
+/// How long a test waits for daemons to converge.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+use chatsync_testkit::{TestDaemon, eventually, home::fixed_loopback_addr};
 
 #[derive(NetworkBehaviour)]
 struct Client {
@@ -216,7 +214,7 @@ fn change_message(
     doc: &mut ChatDoc,
     author: &Device,
 ) -> Vec<u8> {
-    support::craft::carrying(chat, known, doc, author, &hostile.keypair)
+    crate::craft::carrying(chat, known, doc, author, &hostile.keypair)
 }
 
 fn is_refusal(outcome: &Outcome) -> bool {
@@ -227,9 +225,8 @@ fn is_refusal(outcome: &Outcome) -> bool {
 }
 
 async fn suspended_on(daemon: &TestDaemon, device: &DeviceId) -> bool {
-    let peers: PeerListJson = daemon.get("/peers").await.json(StatusCode::OK);
+    let peers = daemon.peers().await;
     peers
-        .peers
         .iter()
         .any(|p| p.device == device.as_str() && !p.connected && p.suspended_until.is_some())
 }
@@ -237,7 +234,7 @@ async fn suspended_on(daemon: &TestDaemon, device: &DeviceId) -> bool {
 /// The daemon lists the hostile device as suspended, and refuses it when it dials again.
 async fn assert_suspended(daemon: &TestDaemon, hostile: &mut Hostile) {
     let device = hostile.device();
-    eventually("the peer list shows the suspension", || {
+    eventually("the peer list shows the suspension", WAIT, || {
         suspended_on(daemon, &device)
     })
     .await;
@@ -263,14 +260,9 @@ async fn mesh() -> (TestDaemon, TestDaemon, Hostile, ChatId) {
         (&honest, &daemon.device_id),
         (&daemon, &hostile_id),
     ] {
-        on.post("/devices", json!({ "id": id }))
-            .await
-            .json::<serde_json::Value>(StatusCode::CREATED);
+        on.trust(id).await;
     }
-    let chat: ChatJson = daemon
-        .post("/chats", json!({ "title": "family" }))
-        .await
-        .json(StatusCode::CREATED);
+    let chat = daemon.create_chat("family").await;
     daemon.post_message(&chat.id, "from the daemon").await;
     let hostile = Hostile::new(
         keypair,
@@ -300,8 +292,9 @@ async fn bad_data_from_a_paired_device_gets_it_suspended_and_everyone_else_carri
         matches!(outcome, Outcome::Answered(SyncResponse::Sync { .. })),
         "{outcome:?}"
     );
-    eventually("the signed post is shown", || async {
-        texts(&daemon, chat.as_str())
+    eventually("the signed post is shown", WAIT, || async {
+        daemon
+            .texts(chat.as_str())
             .await
             .contains(&"signed".to_string())
     })
@@ -343,7 +336,8 @@ async fn bad_data_from_a_paired_device_gets_it_suspended_and_everyone_else_carri
         "the daemon kept the connection of a device that sent three bad messages"
     );
     assert!(
-        !texts(&daemon, chat.as_str())
+        !daemon
+            .texts(chat.as_str())
             .await
             .contains(&"forged".to_string()),
         "the forged post is shown"
@@ -352,8 +346,9 @@ async fn bad_data_from_a_paired_device_gets_it_suspended_and_everyone_else_carri
 
     // Everyone else carries on: the honest device's post arrives, the API answers.
     honest.post_message(chat.as_str(), "still here").await;
-    eventually("the honest post arrives", || async {
-        texts(&daemon, chat.as_str())
+    eventually("the honest post arrives", WAIT, || async {
+        daemon
+            .texts(chat.as_str())
             .await
             .contains(&"still here".to_string())
     })
@@ -478,9 +473,8 @@ async fn a_removed_device_that_does_not_answer_is_sent_nothing_but_the_roster() 
     let device = hostile.device();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let peers: PeerListJson = daemon.get("/peers").await.json(StatusCode::OK);
+        let peers = daemon.peers().await;
         if peers
-            .peers
             .iter()
             .any(|p| p.device == device.as_str() && p.connected)
         {

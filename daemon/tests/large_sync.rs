@@ -3,17 +3,17 @@
 //! the side that starts a session and the side that answers send large messages), and
 //! `/v1/peers` and `/v1/status` report the progress and the bytes moved. Also many chats new to
 //! a device at once: more fetches than may be in flight to one device.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::time::{Duration, Instant};
 
-use chatsync_api::wire::{ChatJson, PeerJson, PeerListJson};
+use chatsync_api::wire::{ChatJson, PeerJson};
 use chatsync_daemon::{config::Config, net::protocol::PART_BYTES};
+use chatsync_testkit::{
+    TestDaemon,
+    home::{fixed_loopback_addr, temp_home},
+};
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{TestDaemon, fixed_loopback_addr, temp_home};
 
 /// Text that compresses poorly, so that a few hundred messages make a document over
 /// [`PART_BYTES`].
@@ -51,8 +51,8 @@ fn config(listen: &str, peer: &str) -> Config {
 }
 
 async fn peer(daemon: &TestDaemon, device: &str) -> Option<PeerJson> {
-    let peers: PeerListJson = daemon.get("/peers").await.json(StatusCode::OK);
-    peers.peers.into_iter().find(|p| p.device == device)
+    let peers = daemon.peers().await;
+    peers.into_iter().find(|p| p.device == device)
 }
 
 /// Messages in `chat` on `daemon`; none while the chat has not arrived.
@@ -99,9 +99,7 @@ async fn chats_over_the_part_size_sync_both_ways_and_progress_is_reported() {
     let b_config = config(&b_addr, &format!("{a_addr}/p2p/{a_id}"));
 
     let a = TestDaemon::start_in(a_home, a_config).await;
-    a.post("/devices", json!({ "id": b_id }))
-        .await
-        .json::<serde_json::Value>(StatusCode::CREATED);
+    a.trust(&b_id).await;
     let chat = a.create_chat("photos").await.id;
     post_noise(&a, &chat, 0, 120).await;
     let a_stored = a.status().await.store_bytes;
@@ -112,9 +110,7 @@ async fn chats_over_the_part_size_sync_both_ways_and_progress_is_reported() {
 
     // B has never seen the chat: it is fetched whole, in parts.
     let b = TestDaemon::start_in(b_home, b_config).await;
-    b.post("/devices", json!({ "id": a_id }))
-        .await
-        .json::<serde_json::Value>(StatusCode::CREATED);
+    b.trust(&a_id).await;
     wait_synced(&b, &a_id, &chat, 120).await;
     let from_a = peer(&b, &a_id).await.unwrap();
     assert!(
@@ -180,12 +176,8 @@ async fn many_chats_new_to_a_device_all_arrive() {
         a.post_message(&chat, &format!("hello {i}")).await;
         chats.push(chat);
     }
-    a.post("/devices", json!({ "id": b.device_id }))
-        .await
-        .json::<serde_json::Value>(StatusCode::CREATED);
-    b.post("/devices", json!({ "id": a.device_id }))
-        .await
-        .json::<serde_json::Value>(StatusCode::CREATED);
+    a.trust(&b.device_id).await;
+    b.trust(&a.device_id).await;
     for chat in &chats {
         wait_synced(&b, &a.device_id, chat, 1).await;
     }

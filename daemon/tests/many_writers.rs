@@ -2,17 +2,17 @@
 //! device, every device shows them in one order, and no device refuses another's data (no
 //! unproven authorship, no offence, no suspension). And a chat made on one end of a chain of
 //! devices is passed on at once by the device in the middle, not at its next summary exchange.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::time::{Duration, Instant};
 
-use chatsync_api::wire::{ChatJson, DeviceListJson, PeerListJson};
+use chatsync_api::wire::ChatJson;
 use chatsync_daemon::config::Config;
+use chatsync_testkit::{
+    TestDaemon,
+    home::{fixed_loopback_addr, temp_home},
+};
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{TestDaemon, fixed_loopback_addr, temp_home};
 
 /// Starts `count` daemons; `dials(i)` lists the daemons daemon `i` dials. Every daemon trusts
 /// daemon 0 and daemon 0 trusts every daemon, so the roster makes them all trust each other.
@@ -41,10 +41,7 @@ async fn start(
     }
     for i in 1..count {
         for (x, y) in [(0, i), (i, 0)] {
-            daemons[x]
-                .post("/devices", json!({ "id": ids[y] }))
-                .await
-                .json::<serde_json::Value>(StatusCode::CREATED);
+            daemons[x].trust(&ids[y]).await;
         }
     }
     for daemon in &daemons {
@@ -52,8 +49,8 @@ async fn start(
             "every device trusts every other",
             Duration::from_secs(60),
             || async {
-                let list: DeviceListJson = daemon.get("/devices").await.json(StatusCode::OK);
-                list.devices.iter().filter(|d| d.trusted).count() >= count - 1
+                let list = daemon.devices().await;
+                list.iter().filter(|d| d.trusted).count() >= count - 1
             },
         )
         .await;
@@ -79,9 +76,8 @@ async fn has_chat(daemon: &TestDaemon, chat: &str) -> bool {
 
 /// Every refusal of another device's data that `daemon` counted, by device.
 async fn refusals(daemon: &TestDaemon) -> Vec<(String, u64, u64, Option<i64>)> {
-    let peers: PeerListJson = daemon.get("/peers").await.json(StatusCode::OK);
+    let peers = daemon.peers().await;
     peers
-        .peers
         .into_iter()
         .filter(|p| p.refusals > 0 || p.offences > 0 || p.suspended_until.is_some())
         .map(|p| (p.device, p.refusals, p.offences, p.suspended_until))
@@ -160,10 +156,7 @@ async fn a_new_chat_crosses_a_device_in_the_middle_at_once() {
     let (daemons, _) = start(3, |i| if i == 0 { Vec::new() } else { vec![0] }).await;
     let (s, a, b) = (&daemons[0], &daemons[1], &daemons[2]);
     let began = Instant::now();
-    let chat: ChatJson = a
-        .post("/chats", json!({ "title": "two hops" }))
-        .await
-        .json(StatusCode::CREATED);
+    let chat = a.create_chat("two hops").await;
     // The summary exchange that would otherwise bring it runs every 30 s. Asked every 2 ms,
     // so that the time printed is the time it took (docs/benchmarks.md has the figures).
     let deadline = began + Duration::from_secs(10);
@@ -182,7 +175,7 @@ async fn a_new_chat_crosses_a_device_in_the_middle_at_once() {
         "a post reaches B through S",
         Duration::from_secs(10),
         || async {
-            support::texts(b, &chat.id)
+            b.texts(&chat.id)
                 .await
                 .contains(&"over two hops".to_string())
         },

@@ -1,32 +1,32 @@
 //! Three daemons in one process over loopback: the roster replicates (a device added on one is
 //! trusted on all), signed changes pass through the mesh, and a device removed on one is
 //! removed everywhere, told so, and neither receives nor adds anything afterwards.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::time::Duration;
 
-use chatsync_api::wire::{ChatJson, DeviceListJson};
 use chatsync_daemon::config::Config;
+use chatsync_testkit::{
+    TestDaemon, eventually,
+    home::{fixed_loopback_addr, temp_home},
+};
 use reqwest::StatusCode;
-use serde_json::json;
-use support::{TestDaemon, eventually, fixed_loopback_addr, temp_home, texts};
+
+/// How long a test waits for daemons to converge.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn trusts(daemon: &TestDaemon, device: &str) -> bool {
-    let list: DeviceListJson = daemon.get("/devices").await.json(StatusCode::OK);
-    list.devices.iter().any(|d| d.id == device && d.trusted)
+    let list = daemon.devices().await;
+    list.iter().any(|d| d.id == device && d.trusted)
 }
 
 async fn removed(daemon: &TestDaemon, device: &str) -> bool {
-    let list: DeviceListJson = daemon.get("/devices").await.json(StatusCode::OK);
-    list.devices
-        .iter()
+    let list = daemon.devices().await;
+    list.iter()
         .any(|d| d.id == device && d.removed_at.is_some())
 }
 
 async fn has_text(daemon: &TestDaemon, chat: &str, text: &str) -> bool {
-    texts(daemon, chat).await.iter().any(|t| t == text)
+    daemon.texts(chat).await.iter().any(|t| t == text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,32 +60,32 @@ async fn the_roster_replicates_and_a_removed_device_is_cut_off_everywhere() {
 
     // a pairs with b and with c; b and c only pair with a.
     for (x, y) in [(0, 1), (0, 2), (1, 0), (2, 0)] {
-        daemons[x]
-            .post("/devices", json!({ "id": ids[y] }))
-            .await
-            .json::<serde_json::Value>(StatusCode::CREATED);
+        daemons[x].trust(&ids[y]).await;
     }
     // a's roster reaches b and c: they trust each other without anyone typing an id.
-    eventually("b trusts c", || trusts(b, c_id)).await;
-    eventually("c trusts b", || trusts(c, b_id)).await;
+    eventually("b trusts c", WAIT, || trusts(b, c_id)).await;
+    eventually("c trusts b", WAIT, || trusts(c, b_id)).await;
 
     // Signed changes from b reach c, directly or through a.
-    let chat: ChatJson = a
-        .post("/chats", json!({ "title": "family" }))
-        .await
-        .json(StatusCode::CREATED);
-    eventually("b has the chat", || async {
+    let chat = a.create_chat("family").await;
+    eventually("b has the chat", WAIT, || async {
         b.get(&format!("/chats/{}", chat.id)).await.status == StatusCode::OK
     })
     .await;
     b.post_message(&chat.id, "hello from b").await;
-    eventually("c has b's post", || has_text(c, &chat.id, "hello from b")).await;
-    eventually("a has b's post", || has_text(a, &chat.id, "hello from b")).await;
+    eventually("c has b's post", WAIT, || {
+        has_text(c, &chat.id, "hello from b")
+    })
+    .await;
+    eventually("a has b's post", WAIT, || {
+        has_text(a, &chat.id, "hello from b")
+    })
+    .await;
 
     // a removes b: everyone learns it, and b is told.
-    a.delete(&format!("/devices/{b_id}")).await;
-    eventually("c saw the removal", || removed(c, b_id)).await;
-    eventually("b was told it was removed", || async {
+    a.remove(b_id).await;
+    eventually("c saw the removal", WAIT, || removed(c, b_id)).await;
+    eventually("b was told it was removed", WAIT, || async {
         b.status().await.removed_from_mesh_at.is_some()
     })
     .await;
@@ -93,7 +93,10 @@ async fn the_roster_replicates_and_a_removed_device_is_cut_off_everywhere() {
     // b keeps writing; nobody takes it. The mesh keeps writing; b gets none of it.
     b.post_message(&chat.id, "after removal").await;
     a.post_message(&chat.id, "without b").await;
-    eventually("c has a's post", || has_text(c, &chat.id, "without b")).await;
+    eventually("c has a's post", WAIT, || {
+        has_text(c, &chat.id, "without b")
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (name, daemon) in [("a", a), ("c", c)] {
         assert!(

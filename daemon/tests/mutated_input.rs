@@ -10,12 +10,10 @@
 //!
 //! A fixed budget runs in CI; `CHATSYNC_MUTATIONS=<n>` runs more, `CHATSYNC_MUTATION_SEED=<s>`
 //! another seed.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::{sync::Arc, time::Duration};
 
+use crate::craft;
 use chatsync_daemon::{
     engine::{Engine, EngineConfig, SyncRole},
     identity::Identity,
@@ -23,7 +21,6 @@ use chatsync_daemon::{
 };
 use chatsync_model::{ChatId, Device, DeviceId};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use support::craft;
 use tempfile::TempDir;
 
 /// Mutations of each kind of input in one run.

@@ -1,16 +1,11 @@
 //! Two daemons in one process over loopback: `peer.up` and `peer.down` on the event stream,
 //! and `/v1/peers` as connections come and go.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::time::Duration;
 
-use chatsync_api::wire::PeerListJson;
 use chatsync_daemon::config::Config;
+use chatsync_testkit::TestDaemon;
 use reqwest::StatusCode;
-use serde_json::json;
-use support::TestDaemon;
 
 /// A second daemon configured to dial `a`; returns `a`'s status with it.
 async fn start_dialling(a: &TestDaemon) -> (chatsync_api::wire::StatusJson, TestDaemon) {
@@ -28,20 +23,16 @@ async fn peer_events_follow_connections_and_trust() {
     let b_id = b.status().await.device_id;
     let mut a_events = a.events("").await;
 
-    a.post("/devices", json!({"id": b_id, "name": "bee"}))
-        .await
-        .json::<serde_json::Value>(StatusCode::CREATED);
+    a.client.add_device(&b_id, Some("bee")).await.unwrap();
     a_events.expect("device.added").await;
-    b.post("/devices", json!({"id": a_status.device_id}))
-        .await
-        .json::<serde_json::Value>(StatusCode::CREATED);
+    b.trust(&a_status.device_id).await;
 
     let up = tokio::time::timeout(Duration::from_secs(15), a_events.expect("peer.up"))
         .await
         .expect("no peer.up within 15 s");
     assert_eq!(up["device"], b_id.as_str());
-    let peers: PeerListJson = a.get("/peers").await.json(StatusCode::OK);
-    let bee = peers.peers.iter().find(|p| p.device == b_id).unwrap();
+    let peers = a.peers().await;
+    let bee = peers.iter().find(|p| p.device == b_id).unwrap();
     assert!(bee.connected);
     assert_eq!(bee.name.as_deref(), Some("bee"));
     assert_eq!(bee.direction, Some(chatsync_api::wire::Direction::Inbound));
@@ -56,8 +47,8 @@ async fn peer_events_follow_connections_and_trust() {
         .await
         .expect("no peer.down within 10 s");
     assert_eq!(down["device"], b_id.as_str());
-    let peers: PeerListJson = a.get("/peers").await.json(StatusCode::OK);
-    assert!(peers.peers.iter().all(|p| p.device != b_id));
+    let peers = a.peers().await;
+    assert!(peers.iter().all(|p| p.device != b_id));
     b.shutdown().await;
     a.shutdown().await;
 }
@@ -78,12 +69,8 @@ async fn a_device_catching_up_reports_its_progress_on_the_event_stream() {
     // Without asking, a stream carries no progress.
     let mut quiet = b.events("").await;
 
-    a.post("/devices", json!({"id": b_id}))
-        .await
-        .json::<serde_json::Value>(StatusCode::CREATED);
-    b.post("/devices", json!({"id": a_status.device_id}))
-        .await
-        .json::<serde_json::Value>(StatusCode::CREATED);
+    a.trust(&b_id).await;
+    b.trust(&a_status.device_id).await;
 
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();

@@ -1,8 +1,5 @@
 //! What survives a restart: chats, messages in their order, the device identity; and that
 //! compaction loses and duplicates nothing.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,9 +15,9 @@ use chatsync_daemon::{
     store::{Store, Unsettled},
 };
 use chatsync_model::{ChatDoc, ChatId, Device, DeviceId, MessageId};
+use chatsync_testkit::TestDaemon;
 use reqwest::StatusCode;
 use serde_json::json;
-use support::TestDaemon;
 
 /// Posts `count` messages to `chat` from `tasks` concurrent tasks; returns what was posted,
 /// keyed by text (texts are `{tag} {task}.{i}`), and the failures.
@@ -34,25 +31,16 @@ async fn try_post_concurrently(
     let mut handles = Vec::new();
     for t in 0..tasks {
         let client = d.client.clone();
-        let url = d.url(&format!("/chats/{chat}/messages"));
+        let chat = chat.to_string();
         let tag = tag.to_string();
         let mine = count / tasks + usize::from(t < count % tasks);
         handles.push(tokio::spawn(async move {
             let mut posted = Vec::new();
             let mut failures = Vec::new();
             for i in 0..mine {
-                let resp = client
-                    .post(&url)
-                    .json(&json!({ "text": format!("{tag} {t}.{i}") }))
-                    .send()
-                    .await
-                    .unwrap();
-                let status = resp.status();
-                let body = resp.text().await.unwrap();
-                if status == StatusCode::CREATED {
-                    posted.push(serde_json::from_str::<MessageJson>(&body).unwrap());
-                } else {
-                    failures.push(format!("POST {tag} {t}.{i}: {status} {body}"));
+                match client.post(&chat, &format!("{tag} {t}.{i}"), None).await {
+                    Ok(message) => posted.push(message),
+                    Err(e) => failures.push(format!("POST {tag} {t}.{i}: {e}")),
                 }
             }
             (posted, failures)
@@ -331,8 +319,14 @@ async fn a_record_a_crash_left_behind_its_chunks_is_rebuilt_at_start() {
         let writer = Device::new(DeviceId::new("writer").unwrap(), "writer").unwrap();
         let mut doc = ChatDoc::load(&stored.bytes, &writer).unwrap();
         let message = MessageId::new("lost-record").unwrap();
-        doc.post(&writer, message, "after the crash", None, support::now_ms())
-            .unwrap();
+        doc.post(
+            &writer,
+            message,
+            "after the crash",
+            None,
+            chatsync_testkit::now_ms(),
+        )
+        .unwrap();
         let chunk = doc.take_local_changes();
         // The chunk and the note, without the record.
         store.append_chunks(&[(&id, 3, &chunk)], &[]).unwrap();
@@ -346,11 +340,11 @@ async fn a_record_a_crash_left_behind_its_chunks_is_rebuilt_at_start() {
     let d = TestDaemon::start_in(home, Config::default()).await;
     let listed = d.chat(&chat.id).await;
     assert_eq!(listed.messages, 4, "the record counts the chunk again");
-    let texts = support::texts(&d, &chat.id).await;
+    let texts = d.texts(&chat.id).await;
     assert_eq!(texts.last().unwrap(), "after the crash");
     d.post_message(&chat.id, "after the restart").await;
     let d = d.restart().await;
-    let texts = support::texts(&d, &chat.id).await;
+    let texts = d.texts(&chat.id).await;
     assert_eq!(texts.len(), 5, "no chunk was overwritten: {texts:?}");
     assert!(texts.contains(&"after the crash".to_string()));
     assert!(texts.contains(&"after the restart".to_string()));
@@ -369,11 +363,11 @@ async fn a_second_daemon_on_the_same_home_is_refused() {
         chatsync_model::Device::with_session(identity.device_id.clone(), "second", b"second")
             .unwrap();
     let config = Config {
-        network: support::loopback_network(),
+        network: chatsync_testkit::home::loopback_network(),
         ..Config::default()
     };
     let second = tokio::time::timeout(
-        support::STOP_TIMEOUT,
+        std::time::Duration::from_secs(10),
         chatsync_daemon::daemon::serve(
             paths,
             config,
@@ -414,20 +408,14 @@ async fn acknowledged_posts_survive_a_tiny_memory_budget() {
     let mut readers = Vec::new();
     for r in 0..2 {
         let client = d.client.clone();
-        let urls: Vec<String> = chats
-            .iter()
-            .map(|c| d.url(&format!("/chats/{}/messages?limit=1", c.id)))
-            .collect();
+        let ids: Vec<String> = chats.iter().map(|c| c.id.clone()).collect();
         let stop = stop.clone();
         readers.push(tokio::spawn(async move {
             let mut failures = Vec::new();
             let mut i = r;
             while !stop.load(Ordering::Relaxed) {
-                let resp = client.get(&urls[i % urls.len()]).send().await.unwrap();
-                let status = resp.status();
-                let body = resp.text().await.unwrap();
-                if status != StatusCode::OK {
-                    failures.push(format!("GET: {status} {body}"));
+                if let Err(e) = client.messages(&ids[i % ids.len()], 1, None).await {
+                    failures.push(format!("GET: {e}"));
                 }
                 i += 1;
             }
@@ -456,7 +444,7 @@ async fn acknowledged_posts_survive_a_tiny_memory_budget() {
             Ok(listed) => problems.extend(
                 check_same_messages(&listed, posted).map(|p| format!("chat {}: {p}", chat.title)),
             ),
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
         }
     }
     let d = d.restart().await;
@@ -493,7 +481,7 @@ async fn serve_closes_the_store_before_returning() {
     let home = d.shutdown_without_waiting_for_the_store().await;
     let reopened = Store::open(&paths.store_dir(), 1 << 20).map(drop);
     // Let the old store close before the home is removed, whatever the outcome.
-    support::wait_store_released(&paths).await;
+    chatsync_testkit::home::wait_store_released(&paths).await;
     drop(home);
     assert!(
         reopened.is_ok(),

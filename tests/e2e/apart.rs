@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::{
     netns::ip,
-    support::{Device, LineReader, device_id, message_ids, random_u64, wait_for},
+    support::{Device, LineReader, device_id, eventually_blocking, message_ids, random_u64},
 };
 
 /// The relay's byte limit per circuit in this test: far below the catch-up.
@@ -179,7 +179,7 @@ fn devices_on_two_lans_pair_and_sync_through_a_relay_that_keeps_nothing() {
         dev.spawn_daemon_in(Some(&net.ns(if lan == 0 { "h0" } else { "h1" })));
     }
     let ids: Vec<String> = devs.iter().map(device_id).collect();
-    wait_for("both reservations", Duration::from_secs(30), || {
+    eventually_blocking("both reservations", Duration::from_secs(30), || {
         devs.iter().all(reserved)
     });
     let relay_status = status(&relay);
@@ -225,7 +225,7 @@ fn devices_on_two_lans_pair_and_sync_through_a_relay_that_keeps_nothing() {
 
     // The catch-up arrives in full, over circuits the relay keeps cutting.
     let began = Instant::now();
-    wait_for(
+    eventually_blocking(
         "the catch-up through the relay",
         Duration::from_secs(180),
         || message_ids(&devs[1], &chat).len() == 31,
@@ -249,7 +249,7 @@ fn devices_on_two_lans_pair_and_sync_through_a_relay_that_keeps_nothing() {
         for (from, to) in [(0, 1), (1, 0)] {
             let text = format!("live {round} from {from}");
             devs[from].ok(&["post", &chat, &text]);
-            wait_for("a live post", Duration::from_secs(30), || {
+            eventually_blocking("a live post", Duration::from_secs(30), || {
                 message_ids(&devs[to], &chat).len() == message_ids(&devs[from], &chat).len()
             });
         }
@@ -266,11 +266,11 @@ fn devices_on_two_lans_pair_and_sync_through_a_relay_that_keeps_nothing() {
             .and_then(|p| p["hole_punch_failures"].as_u64())
             .unwrap_or(0)
     };
-    wait_for("a hole punching attempt", Duration::from_secs(30), || {
+    eventually_blocking("a hole punching attempt", Duration::from_secs(30), || {
         failures(&devs[0], &ids[1]) + failures(&devs[1], &ids[0]) > 0
     });
     devs[1].ok(&["post", &chat, "after hole punching failed"]);
-    wait_for(
+    eventually_blocking(
         "a post after hole punching failed",
         Duration::from_secs(30),
         || message_ids(&devs[0], &chat).len() == message_ids(&devs[1], &chat).len(),
@@ -286,7 +286,7 @@ fn devices_on_two_lans_pair_and_sync_through_a_relay_that_keeps_nothing() {
 
     // The relay goes away; both sides keep posting; it comes back, and they catch up.
     relay.kill_daemon();
-    wait_for("the devices to notice", Duration::from_secs(30), || {
+    eventually_blocking("the devices to notice", Duration::from_secs(30), || {
         peer(&devs[0], &ids[1]).is_none()
     });
     for i in 0..8 {
@@ -298,7 +298,7 @@ fn devices_on_two_lans_pair_and_sync_through_a_relay_that_keeps_nothing() {
     }
     devs[1].ok(&["post", &chat, "from 1 while the relay was down"]);
     relay.spawn_daemon_in(Some(&net.ns("rl")));
-    wait_for(
+    eventually_blocking(
         "convergence after the relay came back",
         Duration::from_secs(180),
         || {

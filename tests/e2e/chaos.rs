@@ -35,7 +35,7 @@ use serde_json::Value;
 
 use crate::{
     netns::ip,
-    support::{CHATSYNC, Device, SCRUBBED_ENV, device_id, random_u64, wait_for},
+    support::{CHATSYNC, Device, SCRUBBED_ENV, device_id, eventually_blocking, random_u64},
 };
 
 const HOSTS: usize = 3;
@@ -907,7 +907,7 @@ fn devices_converge_after_any_fault() {
             net.host(i)
         );
     }
-    wait_for("all three connected", Duration::from_secs(30), || {
+    eventually_blocking("all three connected", Duration::from_secs(30), || {
         homes.iter().all(|h| connected_count(h) == HOSTS - 1)
     });
     let chat = devs[0].ok_json1(&["chat", "create", "chaos", "--json"])["id"]
@@ -920,7 +920,7 @@ fn devices_converge_after_any_fault() {
         text: "before the chaos".into(),
         device: 0,
     }]));
-    wait_for("the chat on every device", Duration::from_secs(30), || {
+    eventually_blocking("the chat on every device", Duration::from_secs(30), || {
         homes
             .iter()
             .all(|h| messages(h, &chat).is_ok_and(|m| m.len() == 1))

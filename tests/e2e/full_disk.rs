@@ -134,7 +134,7 @@ fn stop_finishes_on_a_disk_filled_under_the_store_and_nothing_is_lost() {
     let stopped = std::time::Instant::now();
     let run = dev.run(&["daemon", "stop"]);
     eprintln!("stop on a full disk: {run:?} after {:?}", stopped.elapsed());
-    crate::support::wait_for("the daemon to exit", Duration::from_secs(20), || {
+    crate::support::eventually_blocking("the daemon to exit", Duration::from_secs(20), || {
         !alive(pid as u32)
     });
     std::fs::remove_file(filler).unwrap();

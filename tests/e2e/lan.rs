@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::{
     netns::Lan,
-    support::{Device, message_ids, wait_for},
+    support::{Device, eventually_blocking, message_ids},
 };
 
 fn connected_count(dev: &Device) -> usize {
@@ -46,7 +46,7 @@ fn three_devices_find_each_other_by_mdns_and_converge_through_a_cut() {
             }
         }
     }
-    wait_for(
+    eventually_blocking(
         "all three connected by mDNS",
         Duration::from_secs(30),
         || devs.iter().all(|d| connected_count(d) == 2),
@@ -57,7 +57,7 @@ fn three_devices_find_each_other_by_mdns_and_converge_through_a_cut() {
         .unwrap()
         .to_string();
     devs[0].ok(&["post", &chat, "hello lan"]);
-    wait_for("the post everywhere", Duration::from_secs(20), || {
+    eventually_blocking("the post everywhere", Duration::from_secs(20), || {
         devs.iter().all(|d| message_ids(d, &chat).len() == 1)
     });
 
@@ -66,7 +66,7 @@ fn three_devices_find_each_other_by_mdns_and_converge_through_a_cut() {
     // about 7 s (not once the close of a dead connection has waited out its own timeout).
     let cut_at = std::time::Instant::now();
     lan.cut(2);
-    wait_for("the cut to be noticed", Duration::from_secs(12), || {
+    eventually_blocking("the cut to be noticed", Duration::from_secs(12), || {
         connected_count(&devs[0]) == 1 && connected_count(&devs[2]) == 0
     });
     eprintln!("the cut was noticed after {:?}", cut_at.elapsed());
@@ -84,7 +84,7 @@ fn three_devices_find_each_other_by_mdns_and_converge_through_a_cut() {
     );
 
     lan.heal(2);
-    wait_for("convergence after the cut", Duration::from_secs(60), || {
+    eventually_blocking("convergence after the cut", Duration::from_secs(60), || {
         let first = message_ids(&devs[0], &chat);
         first.len() == 51 && devs.iter().all(|d| message_ids(d, &chat) == first)
     });
@@ -101,7 +101,7 @@ fn three_devices_find_each_other_by_mdns_and_converge_through_a_cut() {
         devs[0].ok(&["post", &chat, &format!("while 1 was down {i}")]);
     }
     devs[1].spawn_daemon_in(Some(lan.host(1)));
-    wait_for(
+    eventually_blocking(
         "host 1 to catch up after its restart",
         Duration::from_secs(60),
         || {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Device, device_id, wait_for};
+use crate::support::{Device, device_id, eventually_blocking};
 
 /// A dialable address of a running device: `/ip4/127.0.0.1/tcp/PORT/p2p/ID`.
 fn address_of(dev: &Device) -> String {
@@ -47,7 +47,7 @@ fn only_trusted_devices_connect_and_removal_disconnects() {
     b.ok(&["devices", "add", &a_id, "--name", "ay"]);
     c.ok(&["devices", "add", &a_id]);
 
-    wait_for("a and b to connect", Duration::from_secs(15), || {
+    eventually_blocking("a and b to connect", Duration::from_secs(15), || {
         connected(&a, &b_id) && connected(&b, &a_id)
     });
     let seen_by_b = peer(&b, &a_id).unwrap();
@@ -70,7 +70,7 @@ fn only_trusted_devices_connect_and_removal_disconnects() {
 
     // Removing b disconnects it, and its redials are refused from then on.
     a.ok(&["devices", "remove", &b_id]);
-    wait_for("b to be disconnected", Duration::from_secs(10), || {
+    eventually_blocking("b to be disconnected", Duration::from_secs(10), || {
         !connected(&a, &b_id) && !connected(&b, &a_id)
     });
     std::thread::sleep(Duration::from_secs(2));
@@ -82,11 +82,11 @@ fn only_trusted_devices_connect_and_removal_disconnects() {
 fn a_device_reconnects_after_the_other_restarts() {
     let (a, b, a_id, b_id) = connected_pair();
     a.stop();
-    wait_for("b to notice", Duration::from_secs(15), || {
+    eventually_blocking("b to notice", Duration::from_secs(15), || {
         !connected(&b, &a_id)
     });
     a.start();
-    wait_for("b to reconnect", Duration::from_secs(30), || {
+    eventually_blocking("b to reconnect", Duration::from_secs(30), || {
         connected(&b, &a_id)
     });
     assert!(connected(&a, &b_id));
@@ -112,7 +112,7 @@ fn connected_pair() -> (Device, Device, String, String) {
     let b_id = device_id(&b);
     a.ok(&["devices", "add", &b_id]);
     b.ok(&["devices", "add", &a_id]);
-    wait_for("a and b to connect", Duration::from_secs(15), || {
+    eventually_blocking("a and b to connect", Duration::from_secs(15), || {
         connected(&a, &b_id) && connected(&b, &a_id)
     });
     (a, b, a_id, b_id)
@@ -139,11 +139,11 @@ fn chats_and_posts_sync_both_ways_and_converge() {
         .unwrap()
         .to_string();
     a.ok(&["post", &chat, "dinner at 7"]);
-    wait_for("the chat to reach b", Duration::from_secs(15), || {
+    eventually_blocking("the chat to reach b", Duration::from_secs(15), || {
         has_chat(&b, &chat) && log_texts(&b, &chat) == ["dinner at 7"]
     });
     b.ok(&["post", &chat, "see you"]);
-    wait_for("b's post to reach a", Duration::from_secs(15), || {
+    eventually_blocking("b's post to reach a", Duration::from_secs(15), || {
         log_texts(&a, &chat).len() == 2
     });
     // Concurrent posts on both sides end in the same messages in the same order.
@@ -151,7 +151,7 @@ fn chats_and_posts_sync_both_ways_and_converge() {
         a.ok(&["post", &chat, &format!("a{i}")]);
         b.ok(&["post", &chat, &format!("b{i}")]);
     }
-    wait_for("both to have 22 messages", Duration::from_secs(20), || {
+    eventually_blocking("both to have 22 messages", Duration::from_secs(20), || {
         log_texts(&a, &chat).len() == 22 && log_texts(&b, &chat).len() == 22
     });
     let (la, lb) = (
@@ -161,7 +161,7 @@ fn chats_and_posts_sync_both_ways_and_converge() {
     let ids = |l: &Vec<Value>| l.iter().map(|m| m["id"].clone()).collect::<Vec<_>>();
     assert_eq!(ids(&la), ids(&lb));
     // Both report being in sync, in `peers` and in `status`, for people and for programs.
-    wait_for("both to report in sync", Duration::from_secs(15), || {
+    eventually_blocking("both to report in sync", Duration::from_secs(15), || {
         [(&a, &b_id), (&b, &a_id)].iter().all(|(d, other)| {
             peer(d, other).is_some_and(|p| {
                 p["chats_behind"] == 0 && p["chats_ahead"] == 0 && p["last_sync"].is_i64()
@@ -179,7 +179,7 @@ fn chats_and_posts_sync_both_ways_and_converge() {
     let first = la[0]["id"].as_str().unwrap().to_string();
     a.ok(&["edit", &chat, &first, "dinner at 8"]);
     b.ok(&["react", &chat, &first, "👍"]);
-    wait_for(
+    eventually_blocking(
         "the edit and the reaction on both",
         Duration::from_secs(15),
         || {
@@ -200,11 +200,11 @@ fn a_device_that_was_offline_catches_up() {
         .unwrap()
         .to_string();
     a.ok(&["post", &chat, "before"]);
-    wait_for("the chat to reach b", Duration::from_secs(15), || {
+    eventually_blocking("the chat to reach b", Duration::from_secs(15), || {
         has_chat(&b, &chat)
     });
     b.stop();
-    wait_for("a to notice", Duration::from_secs(15), || {
+    eventually_blocking("a to notice", Duration::from_secs(15), || {
         !connected(&a, &b_id)
     });
     for i in 0..200 {
@@ -216,11 +216,11 @@ fn a_device_that_was_offline_catches_up() {
         .to_string();
     a.ok(&["post", &other, "hello"]);
     b.start();
-    wait_for("b to catch up", Duration::from_secs(30), || {
+    eventually_blocking("b to catch up", Duration::from_secs(30), || {
         log_texts(&b, &chat).len() == 201 && has_chat(&b, &other)
     });
     assert_eq!(log_texts(&b, &chat), log_texts(&a, &chat));
-    wait_for("the new chat's post", Duration::from_secs(15), || {
+    eventually_blocking("the new chat's post", Duration::from_secs(15), || {
         log_texts(&b, &other) == ["hello"]
     });
 }

@@ -11,7 +11,7 @@ use nix::{
 };
 use serde_json::Value;
 
-use crate::support::{Device, LineReader, Pairing, device_id, wait_for};
+use crate::support::{Device, LineReader, Pairing, device_id, eventually_blocking};
 
 fn roster_ids(dev: &Device) -> Vec<String> {
     let mut ids: Vec<String> = dev
@@ -78,7 +78,7 @@ fn a_new_device_joins_with_a_ticket_and_receives_every_chat() {
 
     // From now on they sync live.
     b.ok(&["post", &chat, "see you"]);
-    wait_for("b's post to reach a", Duration::from_secs(15), || {
+    eventually_blocking("b's post to reach a", Duration::from_secs(15), || {
         a.ok_json(&["log", &chat, "--json"]).len() == 2
     });
     let on_a = a.ok_json(&["log", &chat, "--json"]);
@@ -271,7 +271,7 @@ fn paired_devices_find_each_other_again_after_both_restart() {
         restarted.start();
     }
     a.ok(&["post", &chat, "still here"]);
-    wait_for(
+    eventually_blocking(
         "a's post to reach b after both restarted",
         Duration::from_secs(20),
         || {
@@ -281,7 +281,7 @@ fn paired_devices_find_each_other_again_after_both_restart() {
         },
     );
     b.ok(&["post", &chat, "me too"]);
-    wait_for("b's post to reach a", Duration::from_secs(20), || {
+    eventually_blocking("b's post to reach a", Duration::from_secs(20), || {
         a.ok_json(&["log", &chat, "--json"])
             .iter()
             .any(|m| m["text"] == "me too")

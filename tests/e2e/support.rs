@@ -7,7 +7,6 @@
 
 use std::{
     collections::hash_map::RandomState,
-    fs::File,
     hash::{BuildHasher, Hasher},
     io::{Read, Write},
     os::unix::net::UnixStream,
@@ -18,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chatsync_testkit::binary::Chatsyncd;
 use nix::{
     sys::signal::{self, Signal},
     unistd::Pid,
@@ -30,14 +30,7 @@ pub const CHATSYNCD: &str = env!("CARGO_BIN_EXE_chatsyncd");
 
 /// How long to wait for a daemon to answer after starting it.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Environment variables that would point the binaries somewhere other than the test's home.
-pub const SCRUBBED_ENV: [&str; 5] = [
-    "CHATSYNC_HOME",
-    "CHATSYNC_SOCKET",
-    "CHATSYNC_CONFIG",
-    "CHATSYNC_LOG",
-    "CHATSYNCD_BIN",
-];
+pub use chatsync_testkit::binary::SCRUBBED_ENV;
 
 /// What one `chatsync` run did.
 #[derive(Debug)]
@@ -216,27 +209,13 @@ impl Device {
         assert!(self.child.is_none(), "a daemon child is already running");
         self.spawned += 1;
         let log_path = self.home().join(format!("chatsyncd-{}.log", self.spawned));
-        let log = File::create(&log_path).expect("cannot create the daemon log");
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, CHATSYNCD]);
-                c
-            }
-            None => Command::new(CHATSYNCD),
-        };
-        for var in SCRUBBED_ENV {
-            cmd.env_remove(var);
-        }
-        let child = cmd
-            .arg("--home")
-            .arg(self.home())
+        let mut daemon = Chatsyncd::new(Path::new(CHATSYNCD), self.home())
             .args(["--name", "e2e-device", "--log", "info"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("cannot clone the log file"))
-            .stderr(log)
-            .spawn()
-            .expect("cannot run chatsyncd");
+            .log_to(&log_path);
+        if let Some(ns) = netns {
+            daemon = daemon.in_netns(ns);
+        }
+        let child = daemon.spawn();
         let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -396,150 +375,7 @@ pub fn status_pid(socket: &Path) -> Option<u32> {
         .and_then(|p| u32::try_from(p).ok())
 }
 
-/// A response read off the raw socket.
-#[derive(Debug)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body of the {} response is not JSON ({e}): {:?}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    /// The `error.code` of a JSON error body.
-    pub fn error_code(&self) -> String {
-        let body = self.json();
-        let code = body["error"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("not an error body: {body}"));
-        assert!(
-            body["error"]["message"].is_string(),
-            "error without a message: {body}"
-        );
-        code.to_string()
-    }
-}
-
-/// Sends one HTTP/1.1 request over the Unix socket (with `Connection: close`) and reads the
-/// whole response. The body is written from another thread, so that a server that answers
-/// before reading all of it (a body over the limit) cannot deadlock the test.
-pub fn http(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    content_type: Option<&str>,
-    body: &[u8],
-) -> std::io::Result<HttpResponse> {
-    let headers: Vec<(&str, &str)> = content_type
-        .map(|ct| ("Content-Type", ct))
-        .into_iter()
-        .collect();
-    http_with_headers(socket, method, path, &headers, body)
-}
-
-/// Like [`http`], with any extra headers.
-pub fn http_with_headers(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<HttpResponse> {
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: chatsyncd\r\nConnection: close\r\n\
-         Content-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut request = head.into_bytes();
-    request.extend_from_slice(body);
-    let raw = raw_exchange(socket, request)?;
-    parse_response(&raw)
-        .ok_or_else(|| std::io::Error::other(format!("unparsable response: {raw:?}")))
-}
-
-/// Writes `bytes` to the socket (from another thread, ignoring write errors) and reads until
-/// the server closes the connection (at most 10 s).
-pub fn raw_exchange(socket: &Path, bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut writer = stream.try_clone()?;
-    let (done_tx, done_rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let _ = writer.write_all(&bytes);
-        let _ = writer.flush();
-        let _ = done_tx.send(());
-    });
-    let mut raw = Vec::new();
-    let read = stream.read_to_end(&mut raw);
-    // Unblock the writer if the server stopped reading.
-    let _ = stream.shutdown(std::net::Shutdown::Both);
-    let _ = done_rx.recv_timeout(Duration::from_secs(10));
-    let _ = handle.join();
-    match read {
-        Ok(_) => Ok(raw),
-        // A reset after the answer arrived still leaves a usable answer.
-        Err(_) if !raw.is_empty() => Ok(raw),
-        Err(e) => Err(e),
-    }
-}
-
-fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let mut rest = raw[split + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
-    });
-    if chunked {
-        rest = dechunk(&rest)?;
-    }
-    Some(HttpResponse {
-        status,
-        headers,
-        body: rest,
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..eol]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
-    }
-}
+pub use chatsync_testkit::raw::blocking::{HttpResponse, http, http_with_headers, raw_exchange};
 
 /// A random number, different in every call (no rand dependency needed for test jitter).
 pub fn random_u64() -> u64 {
@@ -654,14 +490,7 @@ impl Drop for Pairing {
     }
 }
 
-/// Polls `check` every 50 ms until it holds; fails the test after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+pub use chatsync_testkit::eventually_blocking;
 
 /// `dev`'s device id, as `chatsync status` shows it.
 pub fn device_id(dev: &Device) -> String {

@@ -85,7 +85,7 @@ fn in_sync(dev: &Device) -> bool {
 
 /// Polls `check` every 50 ms until it holds; fails the test after `timeout`, showing `devices`'
 /// daemon logs.
-fn wait_for(what: &str, devices: &[&Device], mut check: impl FnMut() -> bool) {
+fn eventually_blocking(what: &str, devices: &[&Device], mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + SYNC_TIMEOUT;
     while !check() {
         if Instant::now() >= deadline {
@@ -168,7 +168,7 @@ fn two_joiners_sync_through_the_inviter_and_one_revokes_the_other() {
 
     // The replicated roster: every device lists all three, under the names given at join.
     let trio: BTreeSet<String> = [&a_id, &b_id, &c_id].into_iter().cloned().collect();
-    wait_for("every device to list all three", &all, || {
+    eventually_blocking("every device to list all three", &all, || {
         all.iter().all(|d| members(d) == trio)
     });
     for dev in all {
@@ -181,18 +181,18 @@ fn two_joiners_sync_through_the_inviter_and_one_revokes_the_other() {
 
     // Both joiners have A's history.
     for joiner in [&b, &c] {
-        wait_for("a joiner to have A's history", &all, || {
+        eventually_blocking("a joiner to have A's history", &all, || {
             texts(joiner, &family) == FAMILY_HISTORY && texts(joiner, &work) == WORK_HISTORY
         });
     }
 
     // Live sync between the joiners, both ways, and back to A.
     b.ok(&["post", &family, "laptop says hi"]);
-    wait_for("B's post to reach C and A", &all, || {
+    eventually_blocking("B's post to reach C and A", &all, || {
         has_text(&c, &family, "laptop says hi") && has_text(&a, &family, "laptop says hi")
     });
     c.ok(&["post", &family, "desktop says hi"]);
-    wait_for("C's post to reach B and A", &all, || {
+    eventually_blocking("C's post to reach B and A", &all, || {
         has_text(&b, &family, "desktop says hi") && has_text(&a, &family, "desktop says hi")
     });
 
@@ -206,7 +206,7 @@ fn two_joiners_sync_through_the_inviter_and_one_revokes_the_other() {
 
     // A learns it from C; A and C list B as removed, and only each other as members.
     let remaining: BTreeSet<String> = [&a_id, &c_id].into_iter().cloned().collect();
-    wait_for("A and C to list B as removed", &all, || {
+    eventually_blocking("A and C to list B as removed", &all, || {
         [&a, &c].iter().all(|d| members(d) == remaining)
     });
     for dev in [&a, &c] {
@@ -219,7 +219,7 @@ fn two_joiners_sync_through_the_inviter_and_one_revokes_the_other() {
     }
 
     // B is told, for programs and for people.
-    wait_for("B to learn it was removed", &all, || {
+    eventually_blocking("B to learn it was removed", &all, || {
         b.ok_json1(&["status", "--json"])["removed_from_mesh_at"].is_i64()
     });
     assert_eq!(
@@ -240,13 +240,13 @@ fn two_joiners_sync_through_the_inviter_and_one_revokes_the_other() {
     b.ok(&["post", &family, "written after removal"]);
     a.ok(&["post", &family, "sent after the removal"]);
     assert!(has_text(&b, &family, "written after removal"));
-    wait_for("A's post to reach C", &all, || {
+    eventually_blocking("A's post to reach C", &all, || {
         has_text(&c, &family, "sent after the removal")
     });
-    wait_for("A to disconnect B", &all, || {
+    eventually_blocking("A to disconnect B", &all, || {
         !is_connected_to(&a, &b_id) && !is_connected_to(&b, &a_id)
     });
-    wait_for("A and C to be in sync with each other", &all, || {
+    eventually_blocking("A and C to be in sync with each other", &all, || {
         is_connected_to(&a, &c_id)
             && in_sync(&a)
             && in_sync(&c)

@@ -304,3 +304,76 @@ async fn list_peers(State(st): St) -> Json<PeerListJson> {
 fn resolve(st: &AppState, chat: &str) -> AppResult<ChatSummary> {
     Ok(st.engine.resolve_chat(chat)?)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The routes this file serves, as (method, path) pairs, read from its `.route(...)` calls.
+    fn served() -> Vec<(String, String)> {
+        let source = include_str!("routes.rs");
+        let router = &source[source.find("Router::new()").unwrap()..];
+        let router = &router[..router.find("\n}\n").unwrap()];
+        let mut routes = Vec::new();
+        for call in router.split(".route(").skip(1) {
+            let path = call.split('"').nth(1).unwrap();
+            for method in ["get", "post", "put", "patch", "delete"] {
+                let called = format!("{method}(");
+                if call
+                    .match_indices(&called)
+                    .any(|(i, _)| !call[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_'))
+                {
+                    routes.push((method.to_uppercase(), format!("/v1{path}")));
+                }
+            }
+        }
+        routes
+    }
+
+    /// docs/api.md's headings name every method and route: `### \`GET /v1/chats\`, …`; a
+    /// heading's `METHOD …` stands for the heading's first path.
+    fn documented() -> Vec<(String, String)> {
+        let mut routes = Vec::new();
+        for heading in include_str!("../../../docs/api.md")
+            .lines()
+            .filter(|l| l.starts_with("### `"))
+        {
+            let mut first_path = None;
+            for item in heading.split('`').skip(1).step_by(2) {
+                let Some((method, path)) = item.split_once(' ') else {
+                    continue;
+                };
+                let path = path.split('?').next().unwrap().to_string();
+                let path = if path == "…" {
+                    first_path.clone().unwrap()
+                } else {
+                    first_path.get_or_insert(path.clone());
+                    path
+                };
+                routes.push((method.to_string(), path));
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn every_route_served_is_documented_and_nothing_else() {
+        let served = served();
+        assert!(served.len() >= 20, "routes not read: {served:?}");
+        let documented = documented();
+        for route in &served {
+            assert!(
+                documented.contains(route),
+                "{} {} is served but docs/api.md has no heading for it",
+                route.0,
+                route.1
+            );
+        }
+        for route in &documented {
+            assert!(
+                served.contains(route),
+                "docs/api.md documents {} {}, which is not served",
+                route.0,
+                route.1
+            );
+        }
+    }
+}

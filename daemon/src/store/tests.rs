@@ -1,5 +1,19 @@
 use super::*;
 
+/// Opens the store in `dir`. A store dropped a moment ago may still hold its lock while sled's
+/// background thread lets go of the files: that is waited out.
+fn open(dir: &Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Store::open(dir, 1 << 20) {
+            Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 fn record(title: &str) -> ChatRecord {
     ChatRecord {
         title: title.into(),
@@ -15,7 +29,7 @@ fn record(title: &str) -> ChatRecord {
 #[test]
 fn chunks_load_in_order_after_the_base() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let store = open(dir.path());
     let id = ChatId::new("c1").unwrap();
     store.create_chat(&id, &record("t"), b"base").unwrap();
     for seq in 0..300u64 {
@@ -40,7 +54,7 @@ fn chunks_load_in_order_after_the_base() {
 #[test]
 fn chunks_of_several_chats_and_their_records_are_written_together() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let store = open(dir.path());
     let (a, b) = (ChatId::new("a").unwrap(), ChatId::new("b").unwrap());
     store.create_chat(&a, &record("a"), b"A").unwrap();
     store.create_chat(&b, &record("b"), b"B").unwrap();
@@ -70,7 +84,7 @@ fn chunks_of_several_chats_and_their_records_are_written_together() {
 #[test]
 fn compaction_replaces_base_and_drops_only_covered_chunks() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let store = open(dir.path());
     let id = ChatId::new("c1").unwrap();
     store.create_chat(&id, &record("t"), b"b0").unwrap();
     for seq in 0..5u64 {
@@ -87,13 +101,13 @@ fn compaction_replaces_base_and_drops_only_covered_chunks() {
 fn records_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = open(dir.path());
         store
             .put_chat_record(&ChatId::new("c1").unwrap(), &record("family"))
             .unwrap();
         store.flush().unwrap();
     }
-    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let store = open(dir.path());
     let records = store.chat_records().unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].1.title, "family");
@@ -109,7 +123,7 @@ fn values_in_an_unknown_format_are_errors() {
 #[test]
 fn chunk_writes_note_their_chats_until_settled() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let store = open(dir.path());
     let (a, b) = (ChatId::new("a").unwrap(), ChatId::new("b").unwrap());
     store.create_chat(&a, &record("a"), b"A").unwrap();
     store.create_chat(&b, &record("b"), b"B").unwrap();
@@ -146,7 +160,7 @@ fn a_snapshot_left_unfinished_by_a_full_disk_does_not_make_the_store_unopenable(
     let dir = tempfile::tempdir().unwrap();
     let id = ChatId::new("c1").unwrap();
     {
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = open(dir.path());
         store.create_chat(&id, &record("t"), b"base").unwrap();
         store.flush().unwrap();
     }
@@ -158,7 +172,7 @@ fn a_snapshot_left_unfinished_by_a_full_disk_does_not_make_the_store_unopenable(
         .path()
         .join(format!("snap.{:016X}.generating", 1u64 << 40));
     std::fs::write(&unfinished, b"").unwrap();
-    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let store = open(dir.path());
     assert!(store.load_chat(&id).unwrap().is_some());
     assert!(!unfinished.exists());
 }
