@@ -19,7 +19,7 @@ use chatsync_api::wire::{ConnectionPath, EventJson, ReservationState};
 use chatsync_model::{ChatDoc, ChatId, Device, DeviceId, MessageId};
 
 mod common;
-use chatsync_testkit::TestDaemon;
+use chatsync_testkit::{TestDaemon, eventually, pair_by_address};
 use common::{Home, home, start, text};
 
 struct Settings {
@@ -244,10 +244,7 @@ async fn pair(relayed: bool) -> Pair {
         b_flags.push("--no-hole-punching".into());
     }
     let (b, _) = start(&hb, &b_flags).await;
-    let sb = b.client.status().await.unwrap();
-    a.client.add_device(&sb.device_id, Some("b")).await.unwrap();
-    b.client.add_device(&sa.device_id, Some("a")).await.unwrap();
-    wait_connected(&b.client, &sa.device_id).await;
+    pair_by_address(&a, &b).await;
     let path = b
         .client
         .peers()
@@ -278,15 +275,13 @@ async fn pair(relayed: bool) -> Pair {
 }
 
 async fn wait_connected(client: &Client, other: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let peers = client.peers().await.unwrap();
-        if peers.iter().any(|p| p.device == other && p.connected) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "devices did not connect");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the devices connect", Duration::from_secs(60), || async {
+        client
+            .peers()
+            .await
+            .is_ok_and(|peers| peers.iter().any(|p| p.device == other && p.connected))
+    })
+    .await;
 }
 
 async fn wait_messages(client: &Client, chat: &str, n: u64) -> Duration {

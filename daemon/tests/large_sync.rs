@@ -4,12 +4,12 @@
 //! `/v1/peers` and `/v1/status` report the progress and the bytes moved. Also many chats new to
 //! a device at once: more fetches than may be in flight to one device.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chatsync_api::wire::{ChatJson, PeerJson};
 use chatsync_daemon::{config::Config, net::protocol::PART_BYTES};
 use chatsync_testkit::{
-    TestDaemon,
+    TestDaemon, eventually,
     home::{fixed_loopback_addr, temp_home},
 };
 use reqwest::StatusCode;
@@ -66,22 +66,14 @@ async fn message_count(daemon: &TestDaemon, chat: &str) -> usize {
 
 /// Waits until `daemon` has `count` messages in `chat` and reports being in sync with `other`.
 async fn wait_synced(daemon: &TestDaemon, other: &str, chat: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let have = message_count(daemon, chat).await;
-        let p = peer(daemon, other).await;
-        let in_sync = p
-            .as_ref()
+    let what = format!("{count} messages arrived and the devices report being in sync");
+    eventually(&what, Duration::from_secs(60), || async {
+        let in_sync = peer(daemon, other)
+            .await
             .is_some_and(|p| p.connected && p.chats_behind == Some(0) && p.chats_ahead == Some(0));
-        if have == count && in_sync {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not synced after 60 s: {have} of {count} messages; peer {p:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        message_count(daemon, chat).await == count && in_sync
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,20 +135,13 @@ async fn chats_over_the_part_size_sync_both_ways_and_progress_is_reported() {
         ids(a.all_messages(&chat, 500).await),
         ids(b.all_messages(&chat, 500).await)
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let sync = a.status().await.sync;
-        if sync.state == chatsync_api::wire::SyncStatus::InSync {
-            assert_eq!((sync.chats_behind, sync.chats_ahead), (0, 0));
-            assert!(sync.last_sync.is_some());
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "A never reported in_sync: {sync:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("A reports in_sync", Duration::from_secs(10), || async {
+        a.status().await.sync.state == chatsync_api::wire::SyncStatus::InSync
+    })
+    .await;
+    let sync = a.status().await.sync;
+    assert_eq!((sync.chats_behind, sync.chats_ahead), (0, 0));
+    assert!(sync.last_sync.is_some());
     b.shutdown().await;
     a.shutdown().await;
 }

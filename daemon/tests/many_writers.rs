@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chatsync_api::wire::ChatJson;
 use chatsync_daemon::config::Config;
 use chatsync_testkit::{
-    TestDaemon,
+    TestDaemon, eventually,
     home::{fixed_loopback_addr, temp_home},
 };
 use reqwest::StatusCode;
@@ -45,7 +45,7 @@ async fn start(
         }
     }
     for daemon in &daemons {
-        wait(
+        eventually(
             "every device trusts every other",
             Duration::from_secs(60),
             || async {
@@ -56,18 +56,6 @@ async fn start(
         .await;
     }
     (daemons, ids)
-}
-
-async fn wait<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn has_chat(daemon: &TestDaemon, chat: &str) -> bool {
@@ -99,7 +87,7 @@ async fn eight_devices_posting_at_once_converge_with_no_refusal() {
         .await
         .json(StatusCode::CREATED);
     for daemon in &daemons {
-        wait("every device has the chat", Duration::from_secs(60), || {
+        eventually("every device has the chat", Duration::from_secs(60), || {
             has_chat(daemon, &chat.id)
         })
         .await;
@@ -118,7 +106,7 @@ async fn eight_devices_posting_at_once_converge_with_no_refusal() {
 
     let expected = devices * POSTS;
     for daemon in &daemons {
-        wait(
+        eventually(
             "every post is on every device",
             Duration::from_secs(90),
             || async {
@@ -171,7 +159,7 @@ async fn a_new_chat_crosses_a_device_in_the_middle_at_once() {
     assert!(has_chat(s, &chat.id).await);
     eprintln!("a new chat crossed two hops in {crossed:?}");
     a.post_message(&chat.id, "over two hops").await;
-    wait(
+    eventually(
         "a post reaches B through S",
         Duration::from_secs(10),
         || async {

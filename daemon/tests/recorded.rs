@@ -4,7 +4,9 @@
 //! shapes, statuses, codes and states are compared as they are.
 //!
 //! After a deliberate change to the API, record again with `CHATSYNC_RECORD=1` and document
-//! the change in docs/api.md.
+//! the change in docs/api.md. `CHATSYNC_RECORDED_BIN=/path/to/chatsyncd` runs the same
+//! requests against that binary instead of the daemon in this process: how an older build is
+//! shown to answer alike.
 
 use std::collections::BTreeMap;
 
@@ -94,10 +96,26 @@ fn kind(value: &Value) -> Value {
     }
 }
 
+/// A daemon in this process, or the binary `CHATSYNC_RECORDED_BIN` names.
+async fn daemon() -> TestDaemon {
+    match std::env::var_os("CHATSYNC_RECORDED_BIN") {
+        Some(bin) => {
+            let name = [
+                "--name".to_string(),
+                chatsync_testkit::DEVICE_NAME.to_string(),
+            ];
+            let home = chatsync_testkit::home::temp_home();
+            TestDaemon::start_binary(std::path::Path::new(&bin), home, &name)
+                .await
+                .0
+        }
+        None => TestDaemon::start().await,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_as_recorded() {
-    let d = TestDaemon::start().await;
-    let other = TestDaemon::start().await;
+    let (d, other) = (daemon().await, daemon().await);
     let mut answers: BTreeMap<String, Value> = BTreeMap::new();
     let mut record = |what: &str, status: reqwest::StatusCode, body: &Value| {
         answers.insert(
