@@ -339,6 +339,7 @@ pub fn alive(pid: u32) -> bool {
 }
 
 /// Waits until a process (not necessarily our child) has gone; returns whether it did.
+/// (Not `eventually_blocking`: it runs in `Drop`, where a failing test must not panic again.)
 pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while alive(pid) {
@@ -352,15 +353,10 @@ pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
 
 /// Waits until nothing listens on `socket` any more (connecting is refused).
 pub fn wait_refused(socket: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(socket).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "{} still accepts connections",
-            socket.display()
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    let what = format!("{} refuses connections", socket.display());
+    eventually_blocking(&what, Duration::from_secs(10), || {
+        UnixStream::connect(socket).is_err()
+    });
 }
 
 /// The pid of the daemon answering on `socket`, if one does.
