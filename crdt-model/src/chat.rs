@@ -730,9 +730,9 @@ impl ChatDoc {
         let bytes = save_applied(&mut self.doc);
         let mut doc = AutoCommit::load(&bytes).map_err(|e| ModelError::Corrupt(e.to_string()))?;
         doc.set_actor(actor);
-        let unsaved_local = std::mem::take(&mut self.unsaved_local);
-        *self = Self::wrap(doc)?;
-        self.unsaved_local = unsaved_local;
+        let mut rebuilt = Self::wrap(doc)?;
+        rebuilt.unsaved_local = std::mem::take(&mut self.unsaved_local);
+        *self = rebuilt;
         Ok(dropped)
     }
 

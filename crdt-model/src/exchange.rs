@@ -103,6 +103,24 @@ pub fn take_message(
     })
 }
 
+/// Whether a sealed sync message carries any change: so that a device short of disk space can
+/// still answer devices that only read. The body is checked as a received message is before
+/// Automerge decodes it; a message that cannot be read counts as carrying changes (taking it
+/// refuses it anyway).
+pub fn carries_changes(sealed: &[u8]) -> bool {
+    let Ok((_, body)) = authorship::open(sealed) else {
+        return true;
+    };
+    let limits = crate::wire_check::WireLimits::default();
+    if crate::wire_check::check_sync_message(body, &limits).is_err() {
+        return true;
+    }
+    match automerge::sync::Message::decode(body) {
+        Ok(message) => authorship::changes_of_sync_message(&message).is_ok_and(|c| !c.is_empty()),
+        Err(_) => true,
+    }
+}
+
 /// Whether the other side (as far as `state` knows) has exactly `ours` heads.
 /// Whether there is nothing to start: the other device is known to have exactly `heads` from
 /// the conversation it runs with this device (`answering`), while this device has not started

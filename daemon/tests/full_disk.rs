@@ -277,3 +277,78 @@ async fn a_disk_filled_under_a_store_without_reserve_recovers_once_space_is_free
     d.post_message(&chat, "after").await;
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_short_of_space_still_answers_a_device_that_only_reads() {
+    use chatsync_daemon::engine::{EngineError, SyncRole};
+    use chatsync_model::ChatId;
+    use chatsync_testkit::engine::{close_engine, start_engine};
+    let (home_a, home_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, a_id) = start_engine(home_a.path(), "a", 0);
+    let (b, b_id) = start_engine(home_b.path(), "b", 0);
+    a.add_device(b_id.as_str(), None).await.unwrap();
+    b.add_device(a_id.as_str(), None).await.unwrap();
+    let chat = a.create_chat("family", None).await.unwrap().id;
+    a.post(&chat, "first", None, None).await.unwrap();
+    b.import_chat(&chat, &a.export_chat(&chat).await.unwrap())
+        .await
+        .unwrap();
+    a.post(&chat, "second", None, None).await.unwrap();
+    // A's disk is now too full for any write (a reserve larger than any disk).
+    close_engine(a).await;
+    let (a, _) = start_engine(home_a.path(), "a", u64::MAX);
+    let (a_dev, b_dev) = (a_id.clone(), b_id.clone());
+    let texts = |e: Arc<chatsync_daemon::engine::Engine>, chat: ChatId| async move {
+        e.messages(&chat, None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect::<Vec<_>>()
+    };
+
+    // B has nothing new: its messages carry no change, and A answers them with what B lacks.
+    let mut to_a = b.sync_message(&a_dev, &chat).await.unwrap().message;
+    for _ in 0..10 {
+        let Some(message) = to_a.take() else { break };
+        let reply = a
+            .receive_sync(&b_dev, &chat, SyncRole::Answering, &message)
+            .await
+            .expect("a device short of space refused a device that only reads");
+        let Some(reply) = reply.message else { break };
+        to_a = b
+            .receive_sync(&a_dev, &chat, SyncRole::Running, &reply)
+            .await
+            .unwrap()
+            .message;
+    }
+    assert_eq!(texts(b.clone(), chat.clone()).await, ["first", "second"]);
+
+    // What B writes cannot be stored on A: refused for want of space, and nothing of it shows.
+    b.post(&chat, "third", None, None).await.unwrap();
+    b.forget_sync(&a_dev, &chat);
+    let mut refused = None;
+    let mut to_a = b.sync_message(&a_dev, &chat).await.unwrap().message;
+    for _ in 0..10 {
+        let Some(message) = to_a.take() else { break };
+        match a
+            .receive_sync(&b_dev, &chat, SyncRole::Answering, &message)
+            .await
+        {
+            Ok(reply) => {
+                let Some(reply) = reply.message else { break };
+                to_a = b
+                    .receive_sync(&a_dev, &chat, SyncRole::Running, &reply)
+                    .await
+                    .unwrap()
+                    .message;
+            }
+            Err(e) => refused = Some(e),
+        }
+    }
+    assert!(
+        matches!(refused, Some(EngineError::StorageFull(_))),
+        "{refused:?}"
+    );
+    assert_eq!(texts(a, chat).await, ["first", "second"]);
+}

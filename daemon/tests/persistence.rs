@@ -489,3 +489,31 @@ async fn serve_closes_the_store_before_returning() {
         reopened.err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_whose_request_went_away_is_finished_not_made_twice() {
+    use chatsync_testkit::engine::{close_engine, start_engine};
+    use futures_util::FutureExt;
+    let home = tempfile::tempdir().unwrap();
+    let (engine, _) = start_engine(home.path(), "d", 0);
+    // The first attempt goes away while its write is on its way to the disk (polled once:
+    // everything up to the wait for the flush, then dropped).
+    let first = engine.create_chat("family", Some("k1")).now_or_never();
+    assert!(first.is_none(), "the creation was durable at once");
+    // The retry with the same key answers with that chat, and the chat takes posts.
+    let chat = engine.create_chat("family", Some("k1")).await.unwrap();
+    engine.post(&chat.id, "hello", None, None).await.unwrap();
+    assert_eq!(engine.list_chats().len(), 1);
+    close_engine(engine).await;
+    // What is on disk is the chat the posts were made in.
+    let (engine, _) = start_engine(home.path(), "d", 0);
+    let shown: Vec<String> = engine
+        .messages(&chat.id, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(shown, ["hello"]);
+    close_engine(engine).await;
+}

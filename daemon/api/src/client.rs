@@ -417,9 +417,12 @@ impl EventStream {
                 if line.is_empty() {
                     continue;
                 }
-                return serde_json::from_slice(line)
-                    .map(Some)
-                    .map_err(|e| ClientError::Decode(format!("bad event line: {e}")));
+                match serde_json::from_slice(line) {
+                    // A newer daemon's event: nothing this client can act on.
+                    Ok(EventJson::Unknown) => continue,
+                    Ok(event) => return Ok(Some(event)),
+                    Err(e) => return Err(ClientError::Decode(format!("bad event line: {e}"))),
+                }
             }
             if self.buf.len() > MAX_EVENT_LINE {
                 return Err(ClientError::Decode("event line too long".into()));

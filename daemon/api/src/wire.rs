@@ -514,6 +514,10 @@ pub enum EventJson {
     /// The subscriber fell behind and `missed` events were dropped; re-read what matters.
     #[serde(rename = "lagged")]
     Lagged { missed: u64 },
+    /// An event of a type this version does not know (from a newer daemon). The client's
+    /// event stream skips it; the daemon never sends it.
+    #[serde(other)]
+    Unknown,
 }
 
 /// `POST /v1/invites`.
@@ -596,5 +600,8 @@ mod tests {
         same(ReservationState::Retrying);
         let newer: SyncStatus = serde_json::from_str("\"asleep\"").unwrap();
         assert_eq!(newer, SyncStatus::Unknown);
+        let newer: EventJson =
+            serde_json::from_str(r#"{"type": "chat.archived", "chat": "c"}"#).unwrap();
+        assert!(matches!(newer, EventJson::Unknown));
     }
 }

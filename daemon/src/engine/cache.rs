@@ -118,13 +118,17 @@ impl Entry {
         }
     }
 
-    /// Nobody but the cache holds this chat (or its pending load): unloading it is safe.
+    /// Nobody but the cache holds this chat (or its pending load), and no write of it is on
+    /// its way to the disk: unloading it is safe. (A copy loaded again from the store while a
+    /// write is queued would miss it, or show it before it is durable.)
     fn unused(&self) -> bool {
         Arc::strong_count(&self.slot) == 1
-            && self
-                .slot
-                .get()
-                .is_none_or(|handle| Arc::strong_count(handle) == 1)
+            && self.slot.get().is_none_or(|handle| {
+                Arc::strong_count(handle) == 1
+                    && handle.try_lock().is_ok_and(|loaded| {
+                        loaded.last_write.as_ref().is_none_or(|w| w.is_durable())
+                    })
+            })
     }
 }
 
@@ -201,6 +205,20 @@ impl ChatCache {
         }
         self.update_estimate(&id, estimated_bytes);
         handle
+    }
+
+    /// The chat, if it is in memory (never loads it).
+    pub fn loaded(&self, id: &ChatId) -> Option<ChatHandle> {
+        self.lock()
+            .entries
+            .get(id)
+            .and_then(|e| e.slot.get().cloned())
+    }
+
+    /// Drops a copy nobody can reach any more (a chat whose creation failed, so that it is not
+    /// listed).
+    pub fn forget(&self, id: &ChatId) {
+        self.lock().entries.remove(id);
     }
 
     /// Records a chat's new size estimate after it changed, and unloads others if the total

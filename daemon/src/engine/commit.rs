@@ -242,6 +242,19 @@ impl Queue {
         })
     }
 
+    /// [`Self::check_healthy`] for a write of about `bytes`: also refused when it would take
+    /// the disk below its reserve (`Space::room_for`).
+    pub fn check_room_for(&self, bytes: usize) -> Result<(), EngineError> {
+        self.check_healthy()?;
+        self.space.room_for(bytes as u64).map_err(|free| {
+            EngineError::StorageFull(format!(
+                "the disk holding the store has {free} bytes free: too little for {bytes} more \
+                 bytes and the {} kept in reserve; nothing was written",
+                self.space.reserve()
+            ))
+        })
+    }
+
     /// The store's disk: free space and whether writes are refused for want of it.
     pub fn space(&self) -> &Space {
         &self.space
@@ -284,7 +297,24 @@ pub struct Write<'a> {
     submitted: bool,
 }
 
-impl Write<'_> {
+impl<'a> Write<'a> {
+    /// Takes the write's place in the queue (waiting while it is full), so that it can then be
+    /// submitted without waiting. Taken before a change is made in memory, it leaves no point
+    /// between the change and its submission where a caller that goes away (a request whose
+    /// client hung up) could leave the change in memory but never written.
+    pub async fn reserve(self) -> Result<Reserved<'a>, EngineError> {
+        let permit = self
+            .queue
+            .tx
+            .reserve()
+            .await
+            .map_err(|_| EngineError::Storage("the daemon is shutting down".into()))?;
+        Ok(Reserved {
+            write: self,
+            permit,
+        })
+    }
+
     /// Queues a write's store writes and events; the writes are made in submission order, and
     /// the events published and the receipt resolved once a flush has made them durable.
     pub async fn submit(
@@ -305,6 +335,27 @@ impl Write<'_> {
         self.submitted = true;
         self.queue.unsubmitted.end();
         Ok(Receipt(rx))
+    }
+}
+
+/// A write with its place in the queue: see [`Write::reserve`].
+pub struct Reserved<'a> {
+    write: Write<'a>,
+    permit: mpsc::Permit<'a, Pending>,
+}
+
+impl Reserved<'_> {
+    /// [`Write::submit`], at once.
+    pub fn submit(mut self, writes: Vec<StoreWrite>, events: Vec<Event>) -> Receipt {
+        let (done, rx) = watch::channel(None);
+        self.permit.send(Pending {
+            writes,
+            events,
+            done,
+        });
+        self.write.submitted = true;
+        self.write.queue.unsubmitted.end();
+        Receipt(rx)
     }
 }
 

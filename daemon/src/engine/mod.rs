@@ -289,6 +289,19 @@ impl Engine {
             Some(_) => Some(self.imports.lock().await),
             None => None,
         };
+        if key.is_some()
+            && let Some(earlier) = self.cache.loaded(&id)
+        {
+            // An earlier attempt's creation, perhaps still on its way to the disk (its request
+            // went away meanwhile): waited for, never made twice. If it failed, its copy goes.
+            let pending = earlier.lock().await.unsettled_write();
+            if let Some(pending) = pending {
+                let _ = pending.durable().await;
+            }
+            if !self.read_records().contains_key(&id) {
+                self.cache.forget(&id);
+            }
+        }
         let existing = key.and(self.read_records().get(&id).cloned());
         if let Some(record) = existing {
             if record.title == title && record.created_by == self.device.id.as_str() {
@@ -329,11 +342,12 @@ impl Engine {
         record: &ChatRecord,
         bytes: &[u8],
     ) -> Result<(), EngineError> {
-        let write = self.committer.begin();
+        // Its place in the queue first: from the copy in memory to the submission nothing waits.
+        let write = self.committer.begin().reserve().await?;
         // In memory before it is listed, so that nobody loads a second copy from the store.
         // Unreachable until then (lookups go through the list): should the write fail, the
         // copy is unloaded as idle.
-        self.cache.insert_new(
+        let handle = self.cache.insert_new(
             id.clone(),
             LoadedChat {
                 doc,
@@ -357,11 +371,12 @@ impl Engine {
             record: record.clone(),
             bytes: bytes.to_vec(),
         };
-        write
-            .submit(vec![create], vec![event])
-            .await?
-            .durable()
-            .await
+        let receipt = write.submit(vec![create], vec![event]);
+        // A new copy: nobody else holds its lock yet.
+        if let Ok(mut loaded) = handle.try_lock() {
+            loaded.last_write = Some(receipt.clone());
+        }
+        receipt.durable().await
     }
 
     pub async fn rename_chat(
@@ -557,6 +572,9 @@ impl Engine {
         let write = self.committer.begin();
         let (value, receipt) = {
             let mut loaded = handle.lock().await;
+            // From here to the submission nothing waits: a request cancelled meanwhile cannot
+            // leave the change in memory unwritten.
+            let write = write.reserve().await?;
             let now = now_ms();
             let (value, mut events) = op(&mut loaded.doc, &self.writer(), now)?;
             let chunk = loaded.doc.take_local_changes();
@@ -577,7 +595,7 @@ impl Engine {
                     record: record.clone(),
                 });
             }
-            let receipt = write.submit(vec![store_write], events).await?;
+            let receipt = write.submit(vec![store_write], events);
             loaded.last_write = Some(receipt.clone());
             self.cache.update_estimate(chat, loaded.estimated_bytes());
             // A compaction writes the whole chat again: not while the disk is below its reserve

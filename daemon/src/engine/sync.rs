@@ -293,20 +293,35 @@ impl Engine {
         if message.len() > MAX_SYNC_BYTES {
             return Err(EngineError::Misbehaviour("sync message too large".into()));
         }
-        self.committer.check_healthy()?;
+        if let Err(e) = self.committer.check_room_for(message.len()) {
+            // Short of space, a device that only reads is still answered: what it sends
+            // writes nothing. (Decoded twice then, only while the disk is full.)
+            let writes = std::panic::catch_unwind(|| exchange::carries_changes(message));
+            if writes.unwrap_or(true) {
+                return Err(e);
+            }
+        }
         let standings = self.standings().await;
         let handle = self.chat(chat).await?;
         let write = self.committer.begin();
         let brought: bool;
         let (reply, receipt) = {
             let mut loaded = handle.lock().await;
+            // From here to the submission nothing waits: a caller that goes away meanwhile
+            // cannot leave what arrived in memory unwritten.
+            let write = write.reserve().await?;
             if loaded.waited_too_long(std::time::Instant::now()) {
-                let dropped = loaded.doc.drop_waiting()?;
-                loaded.waiting_progress = None;
-                // The states count what was dropped as received: the next sessions start
+                // The states count what is dropped as received: the next sessions start
                 // afresh, and bring again whatever of it was honest.
                 self.sync_states.forget_chat_everywhere(chat);
-                tracing::warn!(%chat, dropped, "changes waited too long for their dependencies; dropped them");
+                loaded.waiting_progress = None;
+                match loaded.doc.drop_waiting() {
+                    Ok(dropped) => tracing::warn!(
+                        %chat, dropped,
+                        "changes waited too long for their dependencies; dropped them"
+                    ),
+                    Err(e) => tracing::error!(%chat, error = %e, "cannot drop waiting changes"),
+                }
             }
             let key = (device.clone(), chat.clone(), role);
             let taken = self.sync_states.with(key, |state| {
@@ -351,14 +366,15 @@ impl Engine {
             } = taken;
             // Before the chunk: an attestation in the store without its change is passed over
             // at the next load, a change without its attestation could not be passed on.
-            signatures::persist(&self.store, chat, proofs.store)?;
+            if let Err(e) = signatures::persist(&self.store, chat, proofs.store) {
+                // What arrived is in memory and cannot be stored: nothing more may be written.
+                self.committer.fail(&e.to_string());
+                return Err(e);
+            }
             let forget = signatures::forget(chat, proofs.forget);
             brought = !changes.is_empty();
             let receipt = if changes.is_empty() {
-                match forget {
-                    Some(forget) => Some(write.submit(vec![forget], Vec::new()).await?),
-                    None => None,
-                }
+                forget.map(|forget| write.submit(vec![forget], Vec::new()))
             } else {
                 let (store_write, record, renamed) = self.chunk_write(
                     chat,
@@ -375,7 +391,7 @@ impl Engine {
                     });
                 }
                 let writes = std::iter::once(store_write).chain(forget).collect();
-                Some(write.submit(writes, events).await?)
+                Some(write.submit(writes, events))
             };
             if let Some(receipt) = &receipt
                 && brought
@@ -412,7 +428,9 @@ impl Engine {
         {
             tracing::error!(
                 %device, %chat, seq,
-                "device signed two different changes with one sequence number; devices that                  took one each cannot exchange this chat's later changes: remove it from the                  mesh (`chatsync device remove`)"
+                "device signed two different changes with one sequence number; devices that \
+                 took one each cannot exchange this chat's later changes: remove it from the \
+                 mesh (`chatsync devices remove`)"
             );
             // Not a durable change: straight to the subscribers.
             let _ = self.events.send(Event::Equivocation {
@@ -454,7 +472,7 @@ impl Engine {
         if self.has_chat(chat) {
             return Ok(());
         }
-        self.committer.check_healthy()?;
+        self.committer.check_room_for(bytes.len())?;
         let (attestations, body) =
             authorship::open(bytes).map_err(|e| EngineError::Misbehaviour(e.to_string()))?;
         let body = body.to_vec();

@@ -61,6 +61,19 @@ impl Space {
         }
     }
 
+    /// Whether a write of about `bytes` may begin: [`Self::room`], and the reserve still free
+    /// after it. A write is counted twice over: sled's log holds a value until its segment is
+    /// rewritten elsewhere. So one large write (a sync message of hundreds of MiB) cannot fill
+    /// the disk past the reserve on its own. `Err` carries the bytes free.
+    pub fn room_for(&self, bytes: u64) -> Result<(), u64> {
+        self.room()?;
+        let free = self.free.load(Ordering::Acquire);
+        if free != u64::MAX && free < self.reserve.saturating_add(bytes.saturating_mul(2)) {
+            return Err(free);
+        }
+        Ok(())
+    }
+
     /// Bytes free when last measured (measured now if never).
     pub fn free(&self) -> Option<u64> {
         self.measure_if_stale();
@@ -124,5 +137,21 @@ mod tests {
         };
         assert!(reported > 0 && reported < u64::MAX);
         assert!(always.is_full());
+    }
+
+    #[test]
+    fn a_write_that_would_eat_into_the_reserve_is_refused_beforehand() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).unwrap();
+        let space = Space::new(dir.path(), 1 << 20);
+        assert!(space.room_for(0).is_ok());
+        assert!(space.room_for(1024).is_ok());
+        // Twice the write, plus the reserve, must be free.
+        assert!(space.room_for(free / 2).is_err());
+        assert!(space.room_for(u64::MAX).is_err());
+        assert!(
+            !space.is_full(),
+            "a refused large write does not stop small ones"
+        );
     }
 }

@@ -284,22 +284,24 @@ impl TestDaemon {
                 let served = joined.expect("the daemon task panicked");
                 served.map_err(|e| format!("{e:#}"))
             }
-            Runner::Binary { child, .. } => {
-                let mut child = child.take().expect("the daemon was already stopped");
+            Runner::Binary { child: slot, .. } => {
+                // The child stays in its slot until reaped: should this wait be cancelled or
+                // fail, dropping the daemon still kills it.
                 let deadline = Instant::now() + STOP_TIMEOUT;
                 loop {
-                    if let Some(status) = child.try_wait().unwrap() {
+                    let child = slot.as_mut().expect("the daemon was already stopped");
+                    if let Some(status) = child.try_wait().unwrap_or(None) {
+                        *slot = None;
                         return if status.success() {
                             Ok(())
                         } else {
                             Err(format!("chatsyncd exited: {status}"))
                         };
                     }
-                    if Instant::now() > deadline {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        panic!("chatsyncd did not stop within {STOP_TIMEOUT:?}");
-                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "chatsyncd did not stop within {STOP_TIMEOUT:?}"
+                    );
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }

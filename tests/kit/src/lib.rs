@@ -5,6 +5,7 @@
 //!   benchmarks that kill it or measure it). Either way it is driven through the real client,
 //!   `chatsync_api::Client`.
 //! - [`binary`]: the one way to start the real `chatsyncd` as a child process.
+//! - [`engine`]: an engine alone, for bytes handed to it directly.
 //! - [`home`]: temporary homes and loopback-only network settings.
 //! - [`eventually`] and [`eventually_blocking`]: the one way to wait for something.
 //! - [`pair`]: two daemons in one mesh, by ticket as a user does, or by address.
@@ -14,6 +15,7 @@
 
 pub mod binary;
 mod daemon;
+pub mod engine;
 pub mod home;
 mod pair;
 pub mod raw;
