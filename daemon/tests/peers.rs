@@ -97,3 +97,22 @@ async fn a_device_catching_up_reports_its_progress_on_the_event_stream() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_sync_through_a_relay() {
+    use chatsync_api::wire::ConnectionPath;
+    let (relay, relay_addr) = chatsync_testkit::start_relay().await;
+    let (a, b) = chatsync_testkit::pair_through_relay(&relay_addr).await;
+    let link = b.peer(&a.device_id).await.unwrap();
+    assert_eq!(link.path, Some(ConnectionPath::Relayed), "{link:?}");
+    assert_eq!(link.relay.as_deref(), Some(relay.device_id.as_str()));
+    let chat = a.create_chat("apart").await;
+    a.post_message(&chat.id, "through the relay").await;
+    chatsync_testkit::eventually("b has a's post", Duration::from_secs(30), || async {
+        b.texts(&chat.id).await == ["through the relay"]
+    })
+    .await;
+    b.shutdown().await;
+    a.shutdown().await;
+    relay.shutdown().await;
+}

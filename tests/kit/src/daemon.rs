@@ -94,16 +94,10 @@ impl TestDaemon {
             .listen
             .iter()
             .all(|a| a.to_string().starts_with("/ip4/127.0.0.1/"));
-        run_config.network = chatsync_daemon::config::NetworkConfig {
-            peers: config.network.peers.clone(),
-            listen: if loopback_only && !config.network.listen.is_empty() {
-                config.network.listen.clone()
-            } else {
-                loopback_network().listen
-            },
-            mdns: false,
-            ..Default::default()
-        };
+        if !loopback_only || config.network.listen.is_empty() {
+            run_config.network.listen = loopback_network().listen;
+        }
+        run_config.network.mdns = false;
         let task = tokio::spawn(serve(
             paths.clone(),
             run_config,

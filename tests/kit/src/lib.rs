@@ -8,7 +8,8 @@
 //! - [`engine`]: an engine alone, for bytes handed to it directly.
 //! - [`home`]: temporary homes and loopback-only network settings.
 //! - [`eventually`] and [`eventually_blocking`]: the one way to wait for something.
-//! - [`pair`]: two daemons in one mesh, by ticket as a user does, or by address.
+//! - [`pair_by_ticket`], [`pair_by_address`], [`pair_through_relay`]: two daemons in one mesh,
+//!   as a user pairs them, by address, or through a relay ([`start_relay`]).
 //! - [`raw`]: HTTP below the client, for tests of the wire itself (bad requests, exact JSON,
 //!   the event stream's lines).
 #![allow(clippy::unwrap_used)]
@@ -22,7 +23,7 @@ pub mod raw;
 mod wait;
 
 pub use daemon::{DEVICE_NAME, TestDaemon};
-pub use pair::{pair_by_address, pair_by_ticket, wait_connected};
+pub use pair::{pair_by_address, pair_by_ticket, pair_through_relay, start_relay, wait_connected};
 pub use wait::{eventually, eventually_blocking};
 
 /// Milliseconds since the Unix epoch, like the daemon's clock.
