@@ -497,13 +497,21 @@ async fn a_creation_whose_request_went_away_is_finished_not_made_twice() {
     let home = tempfile::tempdir().unwrap();
     let (engine, _) = start_engine(home.path(), "d", 0);
     // The first attempt goes away while its write is on its way to the disk (polled once:
-    // everything up to the wait for the flush, then dropped).
-    let first = engine.create_chat("family", Some("k1")).now_or_never();
-    assert!(first.is_none(), "the creation was durable at once");
+    // everything up to the wait for the flush, then dropped). Should a flush be that quick,
+    // another key is tried.
+    let key = (0..50)
+        .map(|i| format!("k{i}"))
+        .find(|key| {
+            engine
+                .create_chat("family", Some(key))
+                .now_or_never()
+                .is_none()
+        })
+        .expect("every creation was durable at once");
     // The retry with the same key answers with that chat, and the chat takes posts.
-    let chat = engine.create_chat("family", Some("k1")).await.unwrap();
+    let chat = engine.create_chat("family", Some(&key)).await.unwrap();
     engine.post(&chat.id, "hello", None, None).await.unwrap();
-    assert_eq!(engine.list_chats().len(), 1);
+    assert!(engine.list_chats().iter().any(|c| c.id == chat.id));
     close_engine(engine).await;
     // What is on disk is the chat the posts were made in.
     let (engine, _) = start_engine(home.path(), "d", 0);
@@ -515,5 +523,36 @@ async fn a_creation_whose_request_went_away_is_finished_not_made_twice() {
         .map(|m| m.text)
         .collect();
     assert_eq!(shown, ["hello"]);
+    close_engine(engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_reversed_before_the_first_is_durable_is_announced_both_times() {
+    use chatsync_daemon::engine::Event;
+    use chatsync_testkit::engine::{close_engine, start_engine};
+    use futures_util::FutureExt;
+    let home = tempfile::tempdir().unwrap();
+    let (engine, _) = start_engine(home.path(), "d", 0);
+    let chat = engine.create_chat("a", None).await.unwrap().id;
+    let mut events = engine.subscribe();
+    // The first rename is still on its way to the disk (its request went away) when the
+    // second one reverses it. Should a flush be that quick, it is tried again.
+    let mut expected = Vec::new();
+    for _ in 0..50 {
+        let pending = engine.rename_chat(&chat, "b").now_or_never().is_none();
+        expected.push("b");
+        engine.rename_chat(&chat, "a").await.unwrap();
+        expected.push("a");
+        if pending {
+            break;
+        }
+    }
+    let mut titles = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let Event::ChatUpdated { record, .. } = event {
+            titles.push(record.title);
+        }
+    }
+    assert_eq!(titles, expected);
     close_engine(engine).await;
 }

@@ -575,6 +575,7 @@ impl Engine {
             // From here to the submission nothing waits: a request cancelled meanwhile cannot
             // leave the change in memory unwritten.
             let write = write.reserve().await?;
+            let title_before = (title == Title::MayChange).then(|| loaded.doc.title());
             let now = now_ms();
             let (value, mut events) = op(&mut loaded.doc, &self.writer(), now)?;
             let chunk = loaded.doc.take_local_changes();
@@ -588,7 +589,7 @@ impl Engine {
                 return Ok(value);
             }
             let (store_write, record, renamed) =
-                self.chunk_write(chat, &mut loaded, chunk, now, title)?;
+                self.chunk_write(chat, &mut loaded, chunk, now, title_before)?;
             if renamed {
                 events.push(Event::ChatUpdated {
                     chat: chat.clone(),
@@ -626,7 +627,7 @@ impl Engine {
         loaded: &mut LoadedChat,
         chunk: Vec<u8>,
         now: i64,
-        title: Title,
+        title_before: Option<String>,
     ) -> Result<(commit::StoreWrite, ChatRecord, bool), EngineError> {
         let mut record = self
             .read_records()
@@ -634,9 +635,9 @@ impl Engine {
             .cloned()
             .ok_or_else(|| EngineError::NotFound(format!("no chat {chat}")))?;
         // From the document, not the record in memory: that one may lag a write not yet
-        // durable (a rename, say).
+        // durable (a rename, say, which a second one may already have reversed).
         let doc_title = loaded.doc.title();
-        let renamed = title == Title::MayChange && record.title != doc_title;
+        let renamed = title_before.is_some_and(|before| before != doc_title);
         record.title = doc_title;
         record.messages = loaded.doc.len() as u64;
         record.last_activity = now;

@@ -323,6 +323,7 @@ impl Engine {
                     Err(e) => tracing::error!(%chat, error = %e, "cannot drop waiting changes"),
                 }
             }
+            let title_before = loaded.doc.title();
             let key = (device.clone(), chat.clone(), role);
             let taken = self.sync_states.with(key, |state| {
                 let LoadedChat { doc, proofs, .. } = &mut *loaded;
@@ -376,13 +377,8 @@ impl Engine {
             let receipt = if changes.is_empty() {
                 forget.map(|forget| write.submit(vec![forget], Vec::new()))
             } else {
-                let (store_write, record, renamed) = self.chunk_write(
-                    chat,
-                    &mut loaded,
-                    changes,
-                    now_ms(),
-                    super::Title::MayChange,
-                )?;
+                let (store_write, record, renamed) =
+                    self.chunk_write(chat, &mut loaded, changes, now_ms(), Some(title_before))?;
                 let mut events = message_events(chat, &loaded.doc, touched);
                 if renamed {
                     events.push(Event::ChatUpdated {
