@@ -218,28 +218,18 @@ impl Device {
         let child = daemon.spawn();
         let pid = child.id();
         self.child = Some(child);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if status_pid(&self.socket()).is_some() {
-                return pid;
-            }
-            if let Some(exit) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().expect("cannot poll chatsyncd"))
-            {
-                self.child = None;
+        let socket = self.socket();
+        let child = self.child.as_mut().expect("the child just started");
+        eventually_blocking("chatsyncd answers", READY_TIMEOUT, || {
+            if let Some(exit) = child.try_wait().expect("cannot poll chatsyncd") {
                 panic!(
                     "chatsyncd exited at start ({exit}):\n{}",
                     std::fs::read_to_string(&log_path).unwrap_or_default()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "chatsyncd did not answer within {READY_TIMEOUT:?}"
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+            status_pid(&socket).is_some()
+        });
+        pid
     }
 
     /// SIGKILLs the daemon started by [`Device::spawn_daemon`] and reaps it.

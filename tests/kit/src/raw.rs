@@ -22,6 +22,9 @@ impl RawHttp {
         RawHttp {
             client: reqwest::Client::builder()
                 .unix_socket(socket)
+                // A daemon that hangs fails the test instead of hanging it (an event stream
+                // held by a test lasts seconds).
+                .timeout(Duration::from_secs(120))
                 .build()
                 .expect("cannot build an HTTP client"),
         }
