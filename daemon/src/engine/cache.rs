@@ -126,7 +126,7 @@ impl Entry {
             && self.slot.get().is_none_or(|handle| {
                 Arc::strong_count(handle) == 1
                     && handle.try_lock().is_ok_and(|loaded| {
-                        loaded.last_write.as_ref().is_none_or(|w| w.is_durable())
+                        loaded.last_write.as_ref().is_none_or(|w| w.is_settled())
                     })
             })
     }
@@ -190,21 +190,26 @@ impl ChatCache {
     }
 
     /// Adds a chat that was just created (so no other copy of it can exist). Should a copy be
-    /// in the cache all the same, that one is kept and returned: there is never a second.
-    pub fn insert_new(&self, id: ChatId, chat: LoadedChat) -> ChatHandle {
+    /// in the cache all the same, that one is kept and `None` returned: there is never a
+    /// second, and the caller must not write its own.
+    pub fn insert_new(&self, id: ChatId, chat: LoadedChat) -> Option<ChatHandle> {
         let estimated_bytes = chat.estimated_bytes();
         let handle = Arc::new(tokio::sync::Mutex::new(chat));
         let slot = Slot::new(tokio::sync::OnceCell::new_with(Some(handle.clone())));
         {
             let mut inner = self.lock();
-            if let Some(existing) = inner.entries.get(&id).and_then(|e| e.slot.get()) {
+            if inner
+                .entries
+                .get(&id)
+                .is_some_and(|e| e.slot.get().is_some())
+            {
                 tracing::error!(chat = %id, "a new chat was already in memory; keeping that copy");
-                return existing.clone();
+                return None;
             }
             inner.entries.insert(id.clone(), Entry::new(slot));
         }
         self.update_estimate(&id, estimated_bytes);
-        handle
+        Some(handle)
     }
 
     /// The chat, if it is in memory (never loads it).

@@ -166,6 +166,18 @@ impl Receipt {
         matches!(*self.0.borrow(), Some(Ok(())))
     }
 
+    /// Whether the write is done with, durable or failed.
+    pub fn is_settled(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
+    /// A receipt for a write that failed before it reached the committer: what waits for it
+    /// gets `error`.
+    pub fn failed(error: EngineError) -> Receipt {
+        let (_, rx) = watch::channel(Some(Err(error)));
+        Receipt(rx)
+    }
+
     pub async fn durable(mut self) -> Result<(), EngineError> {
         match self.0.wait_for(Option::is_some).await {
             Ok(outcome) => outcome.clone().unwrap_or(Ok(())),

@@ -290,6 +290,7 @@ impl Engine {
             None => None,
         };
         if key.is_some()
+            && !self.read_records().contains_key(&id)
             && let Some(earlier) = self.cache.loaded(&id)
         {
             // An earlier attempt's creation, perhaps still on its way to the disk (its request
@@ -347,7 +348,7 @@ impl Engine {
         // In memory before it is listed, so that nobody loads a second copy from the store.
         // Unreachable until then (lookups go through the list): should the write fail, the
         // copy is unloaded as idle.
-        let handle = self.cache.insert_new(
+        let Some(handle) = self.cache.insert_new(
             id.clone(),
             LoadedChat {
                 doc,
@@ -360,7 +361,11 @@ impl Engine {
                 last_write: None,
                 waiting_progress: None,
             },
-        );
+        ) else {
+            return Err(EngineError::Internal(format!(
+                "chat {id} is already in memory; not writing it again"
+            )));
+        };
         let event = Event::ChatCreated {
             chat: id.clone(),
             record: record.clone(),

@@ -293,13 +293,17 @@ impl Engine {
         if message.len() > MAX_SYNC_BYTES {
             return Err(EngineError::Misbehaviour("sync message too large".into()));
         }
-        if let Err(e) = self.committer.check_room_for(message.len()) {
-            // Short of space, a device that only reads is still answered: what it sends
-            // writes nothing. (Decoded twice then, only while the disk is full.)
-            let writes = std::panic::catch_unwind(|| exchange::carries_changes(message));
-            if writes.unwrap_or(true) {
-                return Err(e);
+        match self.committer.check_room_for(message.len()) {
+            Ok(()) => {}
+            Err(e @ EngineError::StorageFull(_)) => {
+                // Short of space, a device that only reads is still answered: what it sends
+                // writes nothing. (Decoded twice then, only while the disk is full.)
+                let writes = std::panic::catch_unwind(|| exchange::carries_changes(message));
+                if writes.unwrap_or(true) {
+                    return Err(e);
+                }
             }
+            Err(e) => return Err(e),
         }
         let standings = self.standings().await;
         let handle = self.chat(chat).await?;
@@ -368,8 +372,10 @@ impl Engine {
             // Before the chunk: an attestation in the store without its change is passed over
             // at the next load, a change without its attestation could not be passed on.
             if let Err(e) = signatures::persist(&self.store, chat, proofs.store) {
-                // What arrived is in memory and cannot be stored: nothing more may be written.
+                // What arrived is in memory and cannot be stored: nothing more may be written,
+                // and nothing read from this copy is shown (see `read_durable`).
                 self.committer.fail(&e.to_string());
+                loaded.last_write = Some(super::commit::Receipt::failed(e.clone()));
                 return Err(e);
             }
             let forget = signatures::forget(chat, proofs.forget);

