@@ -604,9 +604,10 @@ impl Engine {
             let receipt = write.submit(vec![store_write], events);
             loaded.last_write = Some(receipt.clone());
             self.cache.update_estimate(chat, loaded.estimated_bytes());
-            // A compaction writes the whole chat again: not while the disk is below its reserve
+            // A compaction writes the whole chat again: only while that leaves the reserve free
             // (the chunks stay until there is room).
-            if loaded.wants_compaction() && self.committer.check_healthy().is_ok() {
+            let rewrite = (loaded.base_bytes + loaded.chunk_bytes) as usize;
+            if loaded.wants_compaction() && self.committer.check_room_for(rewrite).is_ok() {
                 loaded.compacting = true;
                 self.background.spawn(compact(
                     (*self.committer).clone(),
