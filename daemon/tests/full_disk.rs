@@ -280,7 +280,7 @@ async fn a_disk_filled_under_a_store_without_reserve_recovers_once_space_is_free
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_short_of_space_still_answers_a_device_that_only_reads() {
-    use chatsync_daemon::engine::{EngineError, SyncRole};
+    use chatsync_daemon::engine::EngineError;
     use chatsync_model::ChatId;
     use chatsync_testkit::engine::{close_engine, start_engine};
     let (home_a, home_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -297,7 +297,7 @@ async fn a_device_short_of_space_still_answers_a_device_that_only_reads() {
     // A's disk is now too full for any write (a reserve larger than any disk).
     close_engine(a).await;
     let (a, _) = start_engine(home_a.path(), "a", u64::MAX);
-    let (a_dev, b_dev) = (a_id.clone(), b_id.clone());
+    let a_dev = a_id.clone();
     let texts = |e: Arc<chatsync_daemon::engine::Engine>, chat: ChatId| async move {
         e.messages(&chat, None, 100)
             .await
@@ -308,47 +308,47 @@ async fn a_device_short_of_space_still_answers_a_device_that_only_reads() {
     };
 
     // B has nothing new: its messages carry no change, and A answers them with what B lacks.
-    let mut to_a = b.sync_message(&a_dev, &chat).await.unwrap().message;
-    for _ in 0..10 {
-        let Some(message) = to_a.take() else { break };
-        let reply = a
-            .receive_sync(&b_dev, &chat, SyncRole::Answering, &message)
-            .await
-            .expect("a device short of space refused a device that only reads");
-        let Some(reply) = reply.message else { break };
-        to_a = b
-            .receive_sync(&a_dev, &chat, SyncRole::Running, &reply)
-            .await
-            .unwrap()
-            .message;
-    }
+    let refused = b_runs_a_session(&a, &b, &chat).await;
+    assert!(
+        refused.is_none(),
+        "a device short of space refused a device that only reads: {refused:?}"
+    );
     assert_eq!(texts(b.clone(), chat.clone()).await, ["first", "second"]);
 
     // What B writes cannot be stored on A: refused for want of space, and nothing of it shows.
     b.post(&chat, "third", None, None).await.unwrap();
     b.forget_sync(&a_dev, &chat);
-    let mut refused = None;
-    let mut to_a = b.sync_message(&a_dev, &chat).await.unwrap().message;
-    for _ in 0..10 {
-        let Some(message) = to_a.take() else { break };
-        match a
-            .receive_sync(&b_dev, &chat, SyncRole::Answering, &message)
-            .await
-        {
-            Ok(reply) => {
-                let Some(reply) = reply.message else { break };
-                to_a = b
-                    .receive_sync(&a_dev, &chat, SyncRole::Running, &reply)
-                    .await
-                    .unwrap()
-                    .message;
-            }
-            Err(e) => refused = Some(e),
-        }
-    }
+    let refused = b_runs_a_session(&a, &b, &chat).await;
     assert!(
         matches!(refused, Some(EngineError::StorageFull(_))),
         "{refused:?}"
     );
     assert_eq!(texts(a, chat).await, ["first", "second"]);
+}
+
+/// B runs a sync session about `chat` with A, engine to engine; A's refusal, if it refused.
+async fn b_runs_a_session(
+    a: &chatsync_daemon::engine::Engine,
+    b: &chatsync_daemon::engine::Engine,
+    chat: &chatsync_model::ChatId,
+) -> Option<chatsync_daemon::engine::EngineError> {
+    use chatsync_daemon::engine::SyncRole;
+    let (a_id, b_id) = (&a.device().id, &b.device().id);
+    let mut to_a = b.sync_message(a_id, chat).await.unwrap().message;
+    for _ in 0..10 {
+        let message = to_a.take()?;
+        let reply = match a
+            .receive_sync(b_id, chat, SyncRole::Answering, &message)
+            .await
+        {
+            Ok(reply) => reply.message?,
+            Err(e) => return Some(e),
+        };
+        to_a = b
+            .receive_sync(a_id, chat, SyncRole::Running, &reply)
+            .await
+            .unwrap()
+            .message;
+    }
+    None
 }
