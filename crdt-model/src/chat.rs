@@ -135,6 +135,15 @@ pub struct ChatDoc {
     released_from_waiting: u64,
 }
 
+/// A sync message from another replica, checked before Automerge decodes it (Automerge trusts
+/// what it decodes; see [`crate::wire_check`]).
+pub(crate) fn decode_sync_message(message: &[u8]) -> Result<automerge::sync::Message, ModelError> {
+    crate::wire_check::check_sync_message(message, &crate::wire_check::WireLimits::default())
+        .map_err(|e| ModelError::Invalid(format!("refused sync message: {e}")))?;
+    automerge::sync::Message::decode(message)
+        .map_err(|e| ModelError::Invalid(format!("bad sync message: {e}")))
+}
+
 /// Saves the changes a document has applied. Automerge's plain `save` appends the changes
 /// still waiting in its queue for their dependencies; those are not part of the chat (nothing
 /// shows them, nobody vouched for what they wait for), and a store that kept them would bring
@@ -676,10 +685,7 @@ impl ChatDoc {
         proof: &Provenance<'_>,
     ) -> Result<SyncReceived, ModelError> {
         use automerge::sync::SyncDoc;
-        crate::wire_check::check_sync_message(message, &crate::wire_check::WireLimits::default())
-            .map_err(|e| ModelError::Invalid(format!("refused sync message: {e}")))?;
-        let message = automerge::sync::Message::decode(message)
-            .map_err(|e| ModelError::Invalid(format!("bad sync message: {e}")))?;
+        let message = decode_sync_message(message)?;
         let carried = authorship::changes_of_sync_message(&message)?;
         let new = self.unknown_changes(carried);
         let waiting: Vec<authorship::ChangeMeta> = self.waiting.values().cloned().collect();

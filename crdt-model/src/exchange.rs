@@ -111,16 +111,9 @@ pub fn carries_changes(sealed: &[u8]) -> bool {
     let Ok((_, body)) = authorship::open(sealed) else {
         return true;
     };
-    let limits = crate::wire_check::WireLimits::default();
-    if crate::wire_check::check_sync_message(body, &limits).is_err() {
-        return true;
-    }
-    match automerge::sync::Message::decode(body) {
-        Ok(message) => {
-            authorship::changes_of_sync_message(&message).map_or(true, |c| !c.is_empty())
-        }
-        Err(_) => true,
-    }
+    crate::chat::decode_sync_message(body)
+        .and_then(|message| authorship::changes_of_sync_message(&message))
+        .map_or(true, |changes| !changes.is_empty())
 }
 
 /// Whether the other side (as far as `state` knows) has exactly `ours` heads.

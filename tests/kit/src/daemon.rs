@@ -209,11 +209,7 @@ impl TestDaemon {
     /// Stops the daemon (cancels it, or asks it through the API) and waits for it to stop and
     /// release the store. Returns the home, for a restart.
     pub async fn shutdown(mut self) -> Arc<TempDir> {
-        if let Runner::InProcess { token, .. } = &self.runner {
-            token.cancel();
-        } else {
-            self.client.shutdown().await.expect("shutdown refused");
-        }
+        self.ask_to_stop().await;
         self.wait_stopped_inner().await;
         self.home.clone()
     }
@@ -225,6 +221,14 @@ impl TestDaemon {
         self.home.clone()
     }
 
+    /// Cancels a daemon in this process; asks a `chatsyncd` process through the API.
+    async fn ask_to_stop(&self) {
+        match &self.runner {
+            Runner::InProcess { token, .. } => token.cancel(),
+            Runner::Binary { .. } => self.client.shutdown().await.expect("shutdown refused"),
+        }
+    }
+
     async fn wait_stopped_inner(&mut self) {
         if let Err(e) = self.try_join().await {
             panic!("the daemon stopped with an error: {e}");
@@ -234,11 +238,7 @@ impl TestDaemon {
 
     /// Like [`Self::shutdown`], but returns as soon as the daemon has stopped.
     pub async fn shutdown_without_waiting_for_the_store(mut self) -> Arc<TempDir> {
-        if let Runner::InProcess { token, .. } = &self.runner {
-            token.cancel();
-        } else {
-            self.client.shutdown().await.expect("shutdown refused");
-        }
+        self.ask_to_stop().await;
         if let Err(e) = self.try_join().await {
             panic!("the daemon stopped with an error: {e}");
         }
