@@ -36,6 +36,9 @@ use crate::{
     touched::{MessageWrites, OpKey, Place, PlaceWrites, TouchKind, Touched},
 };
 
+mod exclusion;
+pub use exclusion::Excluded;
+
 /// The device making local changes: who it is, what it is called, and the Automerge actor its
 /// changes are written under.
 #[derive(Clone, Debug)]
@@ -133,6 +136,9 @@ pub struct ChatDoc {
     /// How many waiting changes have been applied since the document was loaded: a count that
     /// moves shows that what waits is being completed (see [`ChatDoc::drop_waiting`]).
     released_from_waiting: u64,
+    /// Changes this replica does not keep: a device's that equivocated, from the sequence
+    /// number it used twice (see [`crate::equivocation`]).
+    bans: crate::equivocation::Bans,
 }
 
 /// A sync message from another replica, checked before Automerge decodes it (Automerge trusts
@@ -277,6 +283,7 @@ impl ChatDoc {
             unsaved_local: Vec::new(),
             waiting: HashMap::new(),
             released_from_waiting: 0,
+            bans: Default::default(),
         };
         chat.reindex_all();
         Ok(chat)
@@ -688,6 +695,7 @@ impl ChatDoc {
         let message = decode_sync_message(message)?;
         let carried = authorship::changes_of_sync_message(&message)?;
         let new = self.unknown_changes(carried);
+        self.bans.refuse_banned(&new)?;
         let waiting: Vec<authorship::ChangeMeta> = self.waiting.values().cloned().collect();
         let tops = authorship::check_batch(&new, &waiting, proof)?;
         self.check_room_to_wait(&new)?;
@@ -738,6 +746,7 @@ impl ChatDoc {
         doc.set_actor(actor);
         let mut rebuilt = Self::wrap(doc)?;
         rebuilt.unsaved_local = std::mem::take(&mut self.unsaved_local);
+        rebuilt.bans = std::mem::take(&mut self.bans);
         *self = rebuilt;
         Ok(dropped)
     }

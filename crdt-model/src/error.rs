@@ -35,6 +35,12 @@ pub enum ModelError {
     /// The bytes are not a chat document this version understands.
     #[error("not a valid chat document: {0}")]
     Corrupt(String),
+    /// Changes that clash with a device's equivocation (see [`crate::equivocation`]): a change
+    /// that differs from one this replica holds under the same actor and sequence number, or
+    /// one this replica does not keep because the device equivocated. Carries the evidence for
+    /// the other side. The device that passed such changes on may be honest and unaware.
+    #[error("the device that wrote {} equivocated (sequence number {})", .0.actor, .0.seq)]
+    Equivocation(Box<crate::equivocation::Evidence>),
     /// Automerge refused an operation.
     #[error("document error: {0}")]
     Automerge(#[from] automerge::AutomergeError),

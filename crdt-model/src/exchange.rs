@@ -19,6 +19,7 @@ use automerge::sync::State;
 use crate::{
     ChatDoc, DeviceId, ModelError, Touched,
     authorship::{self, Provenance, Standing, VerifyFn},
+    equivocation::Evidence,
     proofs::{ProofWrites, Proofs, SignFn},
 };
 
@@ -92,7 +93,20 @@ pub fn take_message(
         verify: keys.verify,
         standing: keys.standing,
     };
-    let received = doc.receive_sync_message(state, body, &proof)?;
+    let received = match doc.receive_sync_message(state, body, &proof) {
+        Err(ModelError::Automerge(automerge::AutomergeError::DuplicateSeqNumber(seq, actor))) => {
+            // A change that clashes with one this replica holds: an equivocation, shown with
+            // the evidence when both changes' signatures can be found.
+            let top = proofs.kept(&actor).map(|(_, a)| a.clone());
+            let evidence =
+                Evidence::from_clash(doc, top.as_ref(), body, &attestations, &actor, seq);
+            return Err(match evidence {
+                Some(evidence) => ModelError::Equivocation(Box::new(evidence)),
+                None => automerge::AutomergeError::DuplicateSeqNumber(seq, actor).into(),
+            });
+        }
+        received => received?,
+    };
     let writes = proofs.take_received(received.tops, doc, keys.own);
     let reply = next_step(doc, proofs, state, keys);
     Ok(Taken {

@@ -13,6 +13,8 @@
 //! - `touched`: what received changes did to each message ([`Touched`]), read off their
 //!   operations.
 //! - [`authorship`]: which device wrote a change, and the signatures that prove it.
+//! - [`equivocation`]: what replicas keep of a chat once a device signed two changes as one,
+//!   and the evidence that makes them agree.
 //! - [`exchange`]: one step of a sync conversation about a chat (sealed messages out, checked
 //!   messages in), the same in the daemon and in the simulator.
 //! - [`proofs`]: one replica's attestations for one chat, and outgoing sync messages made
@@ -39,6 +41,7 @@
 pub mod authorship;
 pub mod chat;
 pub mod clock;
+pub mod equivocation;
 pub mod exchange;
 pub mod ids;
 pub mod limits;
@@ -54,7 +57,7 @@ mod error;
 pub mod header;
 mod touched;
 
-pub use chat::{ChatDoc, ChatInfo, Device, Snapshot, SyncReceived};
+pub use chat::{ChatDoc, ChatInfo, Device, Excluded, Snapshot, SyncReceived};
 pub use clock::Clock;
 pub use error::ModelError;
 pub use ids::{ChatId, DeviceId, MessageId};

@@ -96,6 +96,14 @@ impl Proofs {
         (proofs, stale)
     }
 
+    /// Forgets the attestations whose change `doc` no longer holds, after changes were dropped
+    /// from it ([`ChatDoc::exclude_banned`]). The actor's remaining changes then go out only
+    /// with a newer attestation (its device signs its own when sending).
+    pub fn retain_held(&mut self, doc: &mut ChatDoc) {
+        self.kept.retain(|_, (_, a)| doc.has_change(&a.hash));
+        self.waiting.clear();
+    }
+
     /// The attestation kept for `actor`, if any: sequence number and attestation.
     pub fn kept(&self, actor: &ActorId) -> Option<&(u64, Attestation)> {
         self.kept.get(actor)
