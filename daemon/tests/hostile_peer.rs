@@ -5,7 +5,8 @@
 //! refuses it on reconnect, shows the suspension in `GET /v1/peers`), and carries on syncing with
 //! an honest device and answering its API. The same client checks the daemon's own manners: it
 //! pauses when told to slow down, and a device it removes that plays deaf is sent nothing but
-//! the roster that removes it, then cut off.
+//! the roster that removes it, then cut off. A device that signs two different changes as one,
+//! one for each of two daemons, cannot keep them apart.
 
 use std::time::{Duration, Instant};
 
@@ -577,4 +578,130 @@ async fn a_malformed_roster_is_an_offence_and_leaves_the_roster_as_it_was() {
     assert_suspended(&daemon, &mut hostile).await;
     let after: serde_json::Value = daemon.get("/devices").await.json(StatusCode::OK);
     assert_eq!(before, after, "the roster changed");
+}
+
+/// Two daemons that trust each other and a device gone bad, apart: each listens on an address
+/// the other has never reached, and dials nobody. Both hold chat `family` with one post of A's.
+async fn apart_with_a_chat(keypair: &Keypair) -> (TestDaemon, String, TestDaemon, Config, ChatId) {
+    let addr_a = fixed_loopback_addr();
+    let mut config_a = Config::default();
+    config_a.network.listen = vec![addr_a.parse().unwrap()];
+    let a = TestDaemon::start_with(config_a.clone()).await;
+    let mut config_b = Config::default();
+    config_b.network.peers = vec![format!("{addr_a}/p2p/{}", a.device_id).parse().unwrap()];
+    let b = TestDaemon::start_with(config_b.clone()).await;
+    let x = keypair.public().to_peer_id().to_base58();
+    for (on, id) in [(&a, &b.device_id), (&b, &a.device_id), (&a, &x), (&b, &x)] {
+        on.trust(id).await;
+    }
+    let chat = a.create_chat("family").await;
+    a.post_message(&chat.id, "from a").await;
+    eventually("B has the chat", WAIT, || async {
+        b.texts(&chat.id).await == ["from a"]
+    })
+    .await;
+    // Both move to addresses the other never reached.
+    let (home_a, home_b) = (a.shutdown().await, b.shutdown().await);
+    let addr_a = fixed_loopback_addr();
+    config_a.network.listen = vec![addr_a.parse().unwrap()];
+    let a = TestDaemon::start_in(home_a, config_a).await;
+    config_b.network.peers.clear();
+    config_b.network.listen = vec![fixed_loopback_addr().parse().unwrap()];
+    let b = TestDaemon::start_in(home_b, config_b.clone()).await;
+    (a, addr_a, b, config_b, ChatId::new(chat.id).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_equivocating_device_cannot_split_the_mesh() {
+    let keypair = Keypair::generate_ed25519();
+    let (a, addr_a, b, mut config_b, chat) = apart_with_a_chat(&keypair).await;
+    let b_addr = config_b.network.listen[0].clone();
+
+    // X signs two different posts under one actor and sequence number: one for A, one for B.
+    let mut to_a = Hostile::new(
+        keypair.clone(),
+        a.device_id.parse().unwrap(),
+        addr_a.parse().unwrap(),
+    );
+    let mut to_b = Hostile::new(keypair, b.device_id.parse().unwrap(), b_addr);
+    assert!(to_a.connect().await && to_b.connect().await);
+    let (_, known) = to_a.fetch(&chat).await;
+    let me = Device::with_session(to_a.device(), "x", b"twice").unwrap();
+    for (hostile, text) in [(&mut to_a, "one"), (&mut to_b, "two")] {
+        let mut doc = ChatDoc::load(&known, &me).unwrap();
+        doc.post(
+            &me,
+            MessageId::new(format!("x-{text}")).unwrap(),
+            text,
+            None,
+            5,
+        )
+        .unwrap();
+        let message = change_message(hostile, &chat, &known, &mut doc, &me);
+        let outcome = hostile.ask(Hostile::sync(&chat, message)).await;
+        assert!(
+            matches!(outcome, Outcome::Answered(SyncResponse::Sync { .. })),
+            "{outcome:?}"
+        );
+    }
+    // Each builds on what it took.
+    a.post_message(chat.as_str(), "a after one").await;
+    b.post_message(chat.as_str(), "b after two").await;
+    assert!(a.texts(chat.as_str()).await.contains(&"one".to_string()));
+    assert!(b.texts(chat.as_str()).await.contains(&"two".to_string()));
+
+    // B finds A again. They meet the clash, pass the evidence, and end with the same chat:
+    // every honest post, neither of X's.
+    config_b.network.peers = vec![format!("{addr_a}/p2p/{}", a.device_id).parse().unwrap()];
+    let b = TestDaemon::start_in(b.shutdown().await, config_b).await;
+    let expected: std::collections::BTreeSet<String> = ["from a", "a after one", "b after two"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let converged = || async {
+        let (on_a, on_b) = (a.texts(chat.as_str()).await, b.texts(chat.as_str()).await);
+        on_a == on_b
+            && on_a
+                .iter()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>()
+                == expected
+    };
+    eventually(
+        "A and B converge without X's clashing posts",
+        WAIT,
+        converged,
+    )
+    .await;
+
+    // Both name X, and only X; neither suspended the other.
+    let x = to_a.device();
+    for daemon in [&a, &b] {
+        for device in daemon.devices().await {
+            assert_eq!(
+                device.equivocated.is_some(),
+                device.id == x.as_str(),
+                "{device:?}"
+            );
+        }
+        for peer in daemon.peers().await {
+            if peer.device != x.as_str() {
+                assert!(peer.suspended_until.is_none(), "{peer:?}");
+            }
+        }
+    }
+
+    // What was dropped stays dropped after a restart.
+    let a = a.restart().await;
+    eventually("A converged again after its restart", WAIT, || async {
+        a.texts(chat.as_str()).await == b.texts(chat.as_str()).await
+    })
+    .await;
+    assert_eq!(
+        a.texts(chat.as_str())
+            .await
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>(),
+        expected
+    );
 }

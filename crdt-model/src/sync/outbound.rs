@@ -39,6 +39,8 @@ pub enum Pending {
     /// Asked the other device to run the session about this chat from its side.
     Pull(ChatId),
     Part(Box<Incoming>),
+    /// Showed the other device evidence of an equivocation in this chat.
+    Evidence(ChatId),
 }
 
 impl Pending {

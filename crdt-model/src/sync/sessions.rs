@@ -65,6 +65,10 @@ pub enum Failure {
     Refused(String),
     /// This device could not do it (storage, a bug): not the other's doing.
     Internal(String),
+    /// The other device's changes clash with a device's equivocation, and this is the
+    /// evidence (`crate::equivocation`): it is shown to the other device, which may be honest
+    /// and unaware. Nobody is blamed.
+    Equivocation(Vec<u8>),
 }
 
 /// An answer as the core asks for it; a summary's contents are read when it goes.
@@ -106,6 +110,13 @@ pub enum Work<P, R> {
     /// Compare `peer`'s summary with this device's chats → [`SyncCore::planned`] (what to
     /// fetch and sync, as soon as known) and then [`SyncCore::compared`].
     Compare { peer: P, theirs: Vec<ChatHeads> },
+    /// Check and take evidence of an equivocation `peer` showed → [`SyncCore::evidence_taken`].
+    TakeEvidence {
+        peer: P,
+        chat: ChatId,
+        evidence: Vec<u8>,
+        reply: R,
+    },
 }
 
 /// What the caller is to do.
@@ -352,6 +363,21 @@ impl<P: PeerKey, R> SyncCore<P, R> {
                 );
                 return;
             }
+            SyncRequest::Evidence { chat, evidence } => {
+                match ChatId::new(chat) {
+                    Ok(chat) => self.outputs.push_back(Output::Work(Work::TakeEvidence {
+                        peer,
+                        chat,
+                        evidence,
+                        reply,
+                    })),
+                    Err(e) => {
+                        self.offence(peer, format!("a request named no valid chat: {e}"));
+                        self.respond(peer, reply, SyncResponse::Refused(e.to_string()));
+                    }
+                }
+                return;
+            }
             SyncRequest::Sync { chat, message } => (chat, Some(message)),
             SyncRequest::Fetch { chat } => (chat, None),
         };
@@ -417,6 +443,9 @@ impl<P: PeerKey, R> SyncCore<P, R> {
                 self.transfer_failed(peer, incoming.purpose, now);
             }
             (Pending::Pull(chat), _) => self.session_over(peer, chat, now),
+            (Pending::Evidence(chat), response) => {
+                tracing::debug!(%peer, %chat, ?response, "evidence of an equivocation was shown");
+            }
             (pending, response) => {
                 if let SyncResponse::Refused(why) = &response {
                     tracing::debug!(%peer, ?pending, %why, "sync refused");
@@ -443,7 +472,7 @@ impl<P: PeerKey, R> SyncCore<P, R> {
         let step = match step {
             Ok(step) => step,
             Err(failure) => {
-                self.failure(peer, &chat, failure, "a sync round failed");
+                self.failure(peer, &chat, failure, "a sync round failed", now);
                 self.session_over(peer, chat, now);
                 return;
             }
@@ -511,7 +540,35 @@ impl<P: PeerKey, R> SyncCore<P, R> {
             }
             Err(failure) => {
                 let why = failure_text(&failure).to_string();
-                self.failure(peer, &chat, failure, "refused a sync request");
+                self.failure(peer, &chat, failure, "refused a sync request", now);
+                SyncResponse::Refused(why)
+            }
+        };
+        self.respond_prepared(peer, reply, response, now);
+    }
+
+    /// Evidence `peer` showed was checked and taken, or not ([`Work::TakeEvidence`]); `Ok(false)`
+    /// when this device lacks the chat.
+    pub fn evidence_taken(
+        &mut self,
+        peer: P,
+        chat: ChatId,
+        reply: R,
+        taken: Result<bool, Failure>,
+        now: Instant,
+    ) {
+        let response = match taken {
+            Ok(true) => SyncResponse::Sync { message: None },
+            Ok(false) => SyncResponse::Unknown,
+            Err(failure) => {
+                let why = failure_text(&failure).to_string();
+                self.failure(
+                    peer,
+                    &chat,
+                    failure,
+                    "refused evidence of an equivocation",
+                    now,
+                );
                 SyncResponse::Refused(why)
             }
         };
@@ -548,7 +605,7 @@ impl<P: PeerKey, R> SyncCore<P, R> {
                 // Catch up with anything written after the document was saved.
                 self.start_session(peer, chat);
             }
-            Err(failure) => self.failure(peer, &chat, failure, "could not store a chat"),
+            Err(failure) => self.failure(peer, &chat, failure, "could not store a chat", now),
         }
         let _ = now;
     }
@@ -604,7 +661,7 @@ impl<P: PeerKey, R> SyncCore<P, R> {
         self.outputs.push_back(Output::Offence { peer, why });
     }
 
-    fn failure(&mut self, peer: P, chat: &ChatId, failure: Failure, what: &str) {
+    fn failure(&mut self, peer: P, chat: &ChatId, failure: Failure, what: &str, now: Instant) {
         match failure {
             Failure::Offence(why) => self.offence(peer, format!("chat {chat}: {why}")),
             Failure::Refused(why) => {
@@ -612,6 +669,15 @@ impl<P: PeerKey, R> SyncCore<P, R> {
                 self.progress.refused(peer);
             }
             Failure::Internal(why) => tracing::warn!(%peer, %chat, error = %why, "{what}"),
+            Failure::Equivocation(evidence) => {
+                tracing::info!(%peer, %chat, "{what}: the changes clash with a device's equivocation; showing the evidence");
+                let request = SyncRequest::Evidence {
+                    chat: chat.to_string(),
+                    evidence,
+                };
+                // Sent at once: the session that met the clash is over.
+                self.send(peer, request, Pending::Evidence(chat.clone()), now);
+            }
         }
     }
 
@@ -677,6 +743,8 @@ impl<P: PeerKey, R> SyncCore<P, R> {
             }
             Pending::Part(incoming) => self.pull_next(peer, incoming, now),
             Pending::Summary => self.submit(peer, Request::Summary, Pending::Summary, now),
+            // Shown again when the clash is met again.
+            Pending::Evidence(_) => {}
         }
     }
 
@@ -700,7 +768,7 @@ impl<P: PeerKey, R> SyncCore<P, R> {
                     self.session_over(peer, chat, now);
                 }
             }
-            Pending::Summary | Pending::Fetch(_) => {}
+            Pending::Summary | Pending::Fetch(_) | Pending::Evidence(_) => {}
         }
     }
 
@@ -924,6 +992,7 @@ impl<P: PeerKey, R> SyncCore<P, R> {
 fn failure_text(failure: &Failure) -> &str {
     match failure {
         Failure::Offence(why) | Failure::Refused(why) | Failure::Internal(why) => why,
+        Failure::Equivocation(_) => "the changes clash with a device's equivocation",
     }
 }
 

@@ -93,6 +93,14 @@ pub enum SyncRequest {
     /// The sender's whole roster (small: a few hundred bytes per device); answered with the
     /// receiver's, merged.
     Roster(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Proof that a device equivocated in this chat (`crate::equivocation::Evidence`), sent
+    /// when the receiver's changes clash with it; answered with [`SyncResponse::Sync`] and no
+    /// message once taken.
+    Evidence {
+        chat: String,
+        #[serde(with = "serde_bytes")]
+        evidence: Vec<u8>,
+    },
 }
 
 impl std::fmt::Debug for SyncRequest {
@@ -106,6 +114,9 @@ impl std::fmt::Debug for SyncRequest {
             SyncRequest::Pull { chat } => write!(f, "Pull({chat})"),
             SyncRequest::Part { transfer, offset } => write!(f, "Part(#{transfer} @{offset})"),
             SyncRequest::Roster(bytes) => write!(f, "Roster({} bytes)", bytes.len()),
+            SyncRequest::Evidence { chat, evidence } => {
+                write!(f, "Evidence({chat}, {} bytes)", evidence.len())
+            }
         }
     }
 }
@@ -145,6 +156,7 @@ impl SyncRequest {
             SyncRequest::Fetch { chat } | SyncRequest::Pull { chat } => chat.len(),
             SyncRequest::Part { .. } => 16,
             SyncRequest::Roster(bytes) => bytes.len(),
+            SyncRequest::Evidence { chat, evidence } => chat.len() + evidence.len(),
         }
     }
 }

@@ -744,6 +744,21 @@ impl World {
                     self.nodes[at].core.changed(&BTreeSet::from([chat]), now);
                 }
             }
+            Work::TakeEvidence {
+                peer, chat, reply, ..
+            } => {
+                // No device in this world equivocates: evidence is refused, and fails the run.
+                let why = format!("device {at} was shown evidence of an equivocation by {peer}");
+                self.note(why.clone());
+                self.refusals.push(why.clone());
+                self.nodes[at].core.evidence_taken(
+                    peer,
+                    chat,
+                    reply,
+                    Err(Failure::Offence(why)),
+                    now,
+                );
+            }
             Work::Compare { peer, theirs } => {
                 let (comparison, fetch, start) = self.compare(at, peer, &theirs);
                 let core = &mut self.nodes[at].core;

@@ -62,7 +62,7 @@ impl From<EngineError> for ApiError {
             EngineError::Invalid(_) | EngineError::Misbehaviour(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, message)
             }
-            EngineError::Forbidden(_) => {
+            EngineError::Forbidden(_) | EngineError::Equivocation(_) => {
                 ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
             }
             EngineError::Gone(_) => ApiError::new(StatusCode::GONE, ErrorCode::Deleted, message),

@@ -33,6 +33,10 @@ pub enum EngineError {
     StorageFull(String),
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The other device's changes clash with a device's equivocation: refused without blame,
+    /// and answered with the evidence (encoded `chatsync_model::equivocation::Evidence`).
+    #[error("the changes clash with a device's equivocation")]
+    Equivocation(Vec<u8>),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -47,6 +51,7 @@ impl From<ModelError> for EngineError {
             }
             ModelError::Deleted(id) => EngineError::Gone(format!("message {id} was deleted")),
             ModelError::TooLarge(m) => EngineError::Invalid(m),
+            ModelError::Equivocation(evidence) => EngineError::Equivocation(evidence.encode()),
             e @ (ModelError::Corrupt(_) | ModelError::Automerge(_)) => {
                 EngineError::Internal(e.to_string())
             }
@@ -65,7 +70,10 @@ impl EngineError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            EngineError::Misbehaviour(_) | EngineError::Forbidden(_) | EngineError::Invalid(_)
+            EngineError::Misbehaviour(_)
+                | EngineError::Forbidden(_)
+                | EngineError::Invalid(_)
+                | EngineError::Equivocation(_)
         )
     }
 }

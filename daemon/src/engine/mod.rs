@@ -731,6 +731,8 @@ fn load_chat(
         .ok_or_else(|| EngineError::Storage(format!("chat {id} has a record but no document")))?;
     let mut doc = ChatDoc::load(&stored.bytes, device)
         .map_err(|e| EngineError::Storage(format!("chat {id} cannot be loaded: {e}")))?;
+    let last_chunk = stored.next_seq.max(recorded_seq).checked_sub(1);
+    let rewritten = equivocation::apply_stored(store, id, &mut doc, device, last_chunk)?;
     let proofs = signatures::load_proofs(store, id, &mut doc)?;
     let doc_waits = doc.has_waiting_changes();
     tracing::debug!(
@@ -744,9 +746,17 @@ fn load_chat(
         doc,
         proofs,
         next_seq: stored.next_seq.max(recorded_seq),
-        base_bytes: stored.base_bytes,
-        chunks: stored.chunks,
-        chunk_bytes: stored.chunk_bytes,
+        base_bytes: rewritten.unwrap_or(stored.base_bytes),
+        chunks: if rewritten.is_some() {
+            0
+        } else {
+            stored.chunks
+        },
+        chunk_bytes: if rewritten.is_some() {
+            0
+        } else {
+            stored.chunk_bytes
+        },
         compacting: false,
         last_write: None,
         // Changes a store kept from before they were left out of saves start to wait now.
@@ -803,8 +813,9 @@ async fn compact(queue: commit::Queue, chat: ChatId, handle: ChatHandle) {
                 "compacted chat"
             );
             loaded.base_bytes = base_bytes as u64;
-            loaded.chunks -= folded_chunks;
-            loaded.chunk_bytes -= folded_bytes;
+            // Saturating: dropping an equivocation's changes may have folded them meanwhile.
+            loaded.chunks = loaded.chunks.saturating_sub(folded_chunks);
+            loaded.chunk_bytes = loaded.chunk_bytes.saturating_sub(folded_bytes);
         }
         Err(e) => tracing::warn!(chat = %chat, error = %e, "compaction failed; will retry"),
     }

@@ -106,7 +106,7 @@ impl SyncStates {
     }
 
     /// Forgets every conversation about `chat`, with any device.
-    fn forget_chat_everywhere(&self, chat: &ChatId) {
+    pub(super) fn forget_chat_everywhere(&self, chat: &ChatId) {
         self.states
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -244,7 +244,7 @@ impl Engine {
     }
 
     /// Runs `f` with this device's keys and `standings` as its roster.
-    fn with_keys<T>(
+    pub(super) fn with_keys<T>(
         &self,
         standings: &HashMap<DeviceId, Standing>,
         f: impl FnOnce(&exchange::Keys<'_>) -> T,
@@ -263,7 +263,7 @@ impl Engine {
     }
 
     /// Where each device stands in this device's roster, for checking who wrote changes.
-    async fn standings(&self) -> HashMap<DeviceId, Standing> {
+    pub(super) async fn standings(&self) -> HashMap<DeviceId, Standing> {
         self.roster
             .lock()
             .await
@@ -339,6 +339,14 @@ impl Engine {
             });
             let taken = match taken {
                 Ok(Ok(taken)) => taken,
+                Ok(Err(chatsync_model::ModelError::Equivocation(evidence))) => {
+                    // The changes clash with an equivocation: drop what the evidence bans (if
+                    // it is news here) and show the other device the evidence.
+                    self.sync_states.forget_chat(device, chat);
+                    let shown = evidence.encode();
+                    self.resolve_equivocation(chat, &mut loaded, *evidence, write, &standings)?;
+                    return Err(EngineError::Equivocation(shown));
+                }
                 Ok(Err(e)) => {
                     // The state may count changes that were refused; the next session starts
                     // afresh.
@@ -419,27 +427,16 @@ impl Engine {
         })
     }
 
-    /// Reports the device that signed both changes when `e` is a clash of sequence numbers.
+    /// Reports the device that signed both changes when `e` is a clash of sequence numbers whose
+    /// evidence could not be made (see `chatsync_model::equivocation::Evidence::from_clash`).
     fn report_equivocation(&self, e: &chatsync_model::ModelError, chat: &ChatId) {
         if let chatsync_model::ModelError::Automerge(automerge::AutomergeError::DuplicateSeqNumber(
             seq,
             actor,
         )) = e
             && let Some(device) = chatsync_model::authorship::device_of_actor(actor)
-            && self.equivocations.note(&device, chat, *seq, now_ms())
         {
-            tracing::error!(
-                %device, %chat, seq,
-                "device signed two different changes with one sequence number; devices that \
-                 took one each cannot exchange this chat's later changes: remove it from the \
-                 mesh (`chatsync devices remove`)"
-            );
-            // Not a durable change: straight to the subscribers.
-            let _ = self.events.send(Event::Equivocation {
-                device,
-                chat: chat.clone(),
-                seq: *seq,
-            });
+            self.report_equivocator(&device, chat, *seq);
         }
     }
 

@@ -63,6 +63,8 @@ pub fn cost(request: &SyncRequest) -> f64 {
         SyncRequest::Roster(bytes) => 10.0 + (bytes.len() / BYTES_PER_TOKEN) as f64,
         SyncRequest::Fetch { .. } => 10.0,
         SyncRequest::Summary(_) => 200.0,
+        // Two signature checks, and a rebuild of the chat when it bans something new.
+        SyncRequest::Evidence { evidence, .. } => 100.0 + (evidence.len() / BYTES_PER_TOKEN) as f64,
     }
 }
 

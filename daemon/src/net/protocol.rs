@@ -2,10 +2,11 @@
 //! the sync core in `chatsync_model::sync::wire`; docs/protocol.md describes the conversation).
 //!
 //! Versions: the protocol name carries the version. `/chatsync/sync/3` added a typed slow-down
-//! answer and never counts an unprovable change as an offence; a device of an older version
-//! does not speak it, so the two do not sync (their connection, roster and pairing still work)
-//! until both are upgraded.
+//! answer and never counts an unprovable change as an offence; `/chatsync/sync/4` added the
+//! evidence of an equivocation (`SyncRequest::Evidence`). A device of an older version does not
+//! speak it, so the two do not sync (their connection, roster and pairing still work) until
+//! both are upgraded.
 
 pub use chatsync_model::sync::wire::*;
 
-pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/chatsync/sync/3");
+pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/chatsync/sync/4");

@@ -59,11 +59,21 @@ pub enum Internal {
     AnswerRoster(PeerId, ResponseChannel<SyncResponse>, Vec<u8>),
     /// This device sent data no honest device sends, refused for this reason (`conduct.rs`).
     Misbehaved(PeerId, String),
+    /// Evidence of an equivocation was taken, or not ([`Work::TakeEvidence`]); `false`: the chat
+    /// is not here.
+    EvidenceTaken(
+        PeerId,
+        ChatId,
+        ResponseChannel<SyncResponse>,
+        Result<bool, Failure>,
+    ),
 }
 
 /// How the engine's errors count for the other device.
 fn failure(e: EngineError) -> Failure {
-    if e.is_misbehaviour() {
+    if let EngineError::Equivocation(evidence) = e {
+        Failure::Equivocation(evidence)
+    } else if e.is_misbehaviour() {
         Failure::Offence(e.to_string())
     } else if e.is_refusal() {
         Failure::Refused(e.to_string())
@@ -281,6 +291,30 @@ impl NetworkTask {
                     let _ = internal.send(Internal::Imported(peer, chat, stored)).await;
                 });
             }
+            Work::TakeEvidence {
+                peer,
+                chat,
+                evidence,
+                reply,
+            } => {
+                let Some(device) = device_of(&peer) else {
+                    return;
+                };
+                self.tasks.spawn(async move {
+                    let taken = if engine.has_chat(&chat) {
+                        engine
+                            .take_evidence(&device, &chat, &evidence)
+                            .await
+                            .map(|()| true)
+                            .map_err(failure)
+                    } else {
+                        Ok(false)
+                    };
+                    let _ = internal
+                        .send(Internal::EvidenceTaken(peer, chat, reply, taken))
+                        .await;
+                });
+            }
             Work::Compare { peer, theirs } => {
                 let me = *self.swarm.local_peer_id();
                 self.tasks
@@ -300,6 +334,9 @@ impl NetworkTask {
                 self.sync.exported(peer, reply, document, now)
             }
             Internal::Imported(peer, chat, stored) => self.sync.imported(peer, chat, stored, now),
+            Internal::EvidenceTaken(peer, chat, reply, taken) => {
+                self.sync.evidence_taken(peer, chat, reply, taken, now)
+            }
             Internal::Planned(peer, fetch, start) => self.sync.planned(peer, fetch, start, now),
             Internal::Compared(peer, comparison) => self.sync.compared(peer, comparison, now),
             Internal::Changed(chats) => self.sync.changed(&chats, now),

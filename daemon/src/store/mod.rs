@@ -171,6 +171,9 @@ pub struct Store {
     attestations: sled::Tree,
     /// The same, one per chat and actor, as earlier versions wrote them: read, never written.
     attestations_v1: sled::Tree,
+    /// Evidence of equivocations, per chat and equivocating actor (see
+    /// `chatsync_model::equivocation`): what the chat does not keep, and why.
+    evidence: sled::Tree,
     network: sled::Tree,
     meta: sled::Tree,
 }
@@ -261,6 +264,7 @@ impl Store {
             roster: db.open_tree("roster.v1")?,
             attestations: db.open_tree("attestations.v2")?,
             attestations_v1: db.open_tree("attestations.v1")?,
+            evidence: db.open_tree("evidence.v1")?,
             network: db.open_tree("network.v1")?,
             meta,
             db,
@@ -473,6 +477,36 @@ impl Store {
             };
             if let Some(attestation) = attestation_from(rest) {
                 out.push((actor, u64::from_be_bytes(*seq), attestation));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keeps evidence that the device behind `actor` equivocated in a chat, replacing what was
+    /// kept for that actor (evidence is only kept when it bans more).
+    pub fn put_evidence(
+        &self,
+        chat: &ChatId,
+        actor: &[u8],
+        evidence: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut key = keys::prefix(chat);
+        key.extend_from_slice(actor);
+        let mut value = vec![FORMAT];
+        value.extend_from_slice(evidence);
+        self.evidence.insert(key, value)?;
+        Ok(())
+    }
+
+    /// The evidence kept for a chat, one per equivocating actor. Records of another format are
+    /// skipped.
+    pub fn evidence(&self, chat: &ChatId) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.evidence.scan_prefix(keys::prefix(chat)) {
+            let (_, value) = item?;
+            match value.strip_prefix(&[FORMAT]) {
+                Some(evidence) => out.push(evidence.to_vec()),
+                None => tracing::warn!(%chat, "skipping an unreadable evidence record"),
             }
         }
         Ok(out)
