@@ -9,13 +9,18 @@
 //! **Attestations prove it.** A device signs `(chat id, hash of its newest change under an
 //! actor)` ([`statement`]). A change hash covers the hashes of the change's dependencies, and
 //! every change an actor makes depends (through its dependencies) on the actor's previous one,
-//! so one signature over the newest change vouches for every earlier change of that actor.
-//! Devices keep the newest attestation of every actor and send it along with changes.
+//! so one signature over the newest change vouches for every earlier change of that actor, and
+//! for every change of the device's other actors it was built on. Devices keep the newest
+//! attestation of every actor and send it along with changes.
 //!
-//! **Receivers check before applying** ([`check_batch`]): for each actor with changes in a batch,
-//! the batch must hold an attested change of that actor, every attestation must be the actor's
-//! device's signature, and every change of the actor in the batch must be reached from an
-//! attested one through dependencies inside the batch (or changes still waiting for theirs).
+//! **Receivers check before applying** ([`check_batch`]): for each device with changes in a
+//! batch, the batch must hold an attested change of that device, every attestation must be the
+//! device's signature, and every change of the device in the batch must be reached from one of
+//! its attested ones through dependencies inside the batch (or changes still waiting for
+//! theirs). The attested change may be under another of the device's actors: after changes were
+//! dropped for an equivocation (`crate::equivocation`), the attestations a replica kept for the
+//! rest of an actor's changes may be gone, and what the device wrote since, under a new actor,
+//! vouches for them.
 //! A wrong signature is an offence (no honest device sends one); a change no attestation
 //! reaches is only *unproven* ([`ModelError::Unproven`]): it is refused, never applied, but an
 //! honest device can send one, so nobody is blamed.
@@ -146,53 +151,56 @@ pub fn check_batch(
     let index: HashMap<ChangeHash, usize> =
         all.iter().enumerate().map(|(i, c)| (c.hash, i)).collect();
     let is_new = |i: usize| i < new.len();
-    // The attested changes of each actor. Each vouches for its own ancestors, so an actor's
-    // changes are covered by any of them; the newest is the one kept and passed on.
-    let mut attested: BTreeMap<&ActorId, Vec<(usize, &Attestation)>> = BTreeMap::new();
+    // The attested changes of each device, whichever of its actors wrote them. Each vouches
+    // for its own ancestors, so a device's changes are covered by any of them; the newest of
+    // each actor is the one kept and passed on.
+    let mut attested: BTreeMap<DeviceId, Vec<(usize, &Attestation)>> = BTreeMap::new();
     for attestation in proof.attestations {
-        if let Some(&at) = index.get(&attestation.hash) {
-            attested
-                .entry(&all[at].actor)
-                .or_default()
-                .push((at, attestation));
+        if let Some(&at) = index.get(&attestation.hash)
+            && let Some(device) = device_of_actor(&all[at].actor)
+        {
+            attested.entry(device).or_default().push((at, attestation));
         }
     }
-    let mut devices: BTreeMap<&ActorId, (DeviceId, Standing)> = BTreeMap::new();
+    let mut devices: BTreeMap<DeviceId, (Standing, Vec<&ActorId>)> = BTreeMap::new();
     for change in new {
-        if devices.contains_key(&change.actor) {
-            continue;
-        }
         let device = device_of_actor(&change.actor).ok_or_else(|| {
             refused(&format!(
                 "a change by actor {} names no device",
                 change.actor
             ))
         })?;
+        if let Some((_, actors)) = devices.get_mut(&device) {
+            if !actors.contains(&&change.actor) {
+                actors.push(&change.actor);
+            }
+            continue;
+        }
         let standing = (proof.standing)(&device);
         if standing == Standing::Unknown {
             return Err(ModelError::Untrusted(format!(
                 "a change by device {device}, which is not in this device's roster"
             )));
         }
-        devices.insert(&change.actor, (device, standing));
+        devices.insert(device, (standing, vec![&change.actor]));
     }
     if devices.len().saturating_mul(all.len()) > MAX_COVERAGE_STEPS {
         return Err(ModelError::TooLarge(format!(
-            "{} changes by {} devices' actors in one batch are too many to check",
+            "{} changes by {} devices in one batch are too many to check",
             all.len(),
             devices.len()
         )));
     }
-    let mut result = Vec::with_capacity(devices.len());
+    let mut result: BTreeMap<&ActorId, ActorTop> = BTreeMap::new();
     let mut vouched_by_trusted: HashSet<usize> = HashSet::new();
     let mut removed_changes: Vec<usize> = Vec::new();
-    for (actor, (device, standing)) in &devices {
-        let Some(signed) = attested.get(actor) else {
+    for (device, (standing, actors)) in &devices {
+        let Some(signed) = attested.get(device) else {
             return Err(unproven(&format!(
                 "changes by device {device} came without its signature"
             )));
         };
-        for (_, attestation) in signed {
+        for (at, attestation) in signed {
             if attestation.signature.len() != SIGNATURE_BYTES
                 || !(proof.verify)(
                     device,
@@ -204,15 +212,24 @@ pub fn check_batch(
                     "the signature of device {device} over its changes is not valid"
                 )));
             }
+            let change = all[*at];
+            if result
+                .get(&change.actor)
+                .is_none_or(|top| top.seq < change.seq)
+            {
+                result.insert(
+                    &change.actor,
+                    ActorTop {
+                        actor: change.actor.clone(),
+                        seq: change.seq,
+                        attestation: (*attestation).clone(),
+                    },
+                );
+            }
         }
         let starts: Vec<usize> = signed.iter().map(|(at, _)| *at).collect();
         let reached = reach(&all, &index, &starts);
-        let (top, attestation) = signed
-            .iter()
-            .max_by_key(|(at, _)| all[*at].seq)
-            .map(|(at, a)| (*at, *a))
-            .ok_or_else(|| refused("no attestation"))?;
-        let own = |i: &usize| is_new(*i) && all[*i].actor == **actor;
+        let own = |i: &usize| is_new(*i) && actors.contains(&&all[*i].actor);
         if let Some(stray) = (0..all.len()).filter(own).find(|i| !reached[*i]) {
             return Err(unproven(&format!(
                 "change {} claims to be by device {device} but is not covered by its signature",
@@ -225,11 +242,6 @@ pub fn check_batch(
             }
             _ => removed_changes.extend((0..all.len()).filter(own)),
         }
-        result.push(ActorTop {
-            actor: (*actor).clone(),
-            seq: all[top].seq,
-            attestation: attestation.clone(),
-        });
     }
     if let Some(late) = removed_changes
         .into_iter()
@@ -243,7 +255,7 @@ pub fn check_batch(
             all[late].hash
         )));
     }
-    Ok(result)
+    Ok(result.into_values().collect())
 }
 
 /// Which changes of the batch are reached from `from` (themselves included) through

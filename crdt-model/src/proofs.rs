@@ -181,26 +181,49 @@ impl Proofs {
     ) -> Result<Option<Vec<u8>>, ModelError> {
         let mut decoded = automerge::sync::Message::decode(message)
             .map_err(|e| ModelError::Invalid(format!("cannot read own sync message: {e}")))?;
-        let Some(carried) = carried_changes(&decoded)? else {
-            // A whole document (Automerge sends one when the other side lacks most of it).
-            let heads = match self.cut(doc, own) {
-                Ok(None) => {
-                    let attestations = self.for_every_actor(doc, own, sign);
-                    return Ok(Some(authorship::seal(&attestations, message)));
+        let (carried, replaced) = match carried_changes(&decoded)? {
+            Some(carried) => (carried, false),
+            None => {
+                // A whole document (Automerge sends one when the other side lacks most of it).
+                let heads = match self.cut(doc, own) {
+                    Ok(None) => {
+                        let attestations = self.for_every_actor(doc, own, sign);
+                        return Ok(Some(authorship::seal(&attestations, message)));
+                    }
+                    Ok(Some(heads)) => Some(heads),
+                    // Nothing provable to send yet: as for a batch whose every change was
+                    // withheld.
+                    Err(ModelError::Unproven(_)) => None,
+                    Err(e) => return Err(e),
+                };
+                match state.their_heads.as_deref() {
+                    // The other side's heads are known: what it may lack are the changes they
+                    // do not reach, and only those need proving. They go as a batch.
+                    Some(theirs) if !theirs.is_empty() => {
+                        (changes_they_lack(doc, state, theirs), true)
+                    }
+                    _ => {
+                        let Some(heads) = heads else {
+                            return Ok(None);
+                        };
+                        let (part, attestations) = self.part_at(doc, &heads, own, sign)?;
+                        decoded.changes = vec![part.save()].into();
+                        return Ok(Some(authorship::seal(&attestations, &decoded.encode())));
+                    }
                 }
-                Ok(Some(heads)) => heads,
-                // Nothing provable to send yet: as for a batch whose every change was withheld.
-                Err(ModelError::Unproven(_)) => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            let (part, attestations) = self.part_at(doc, &heads, own, sign)?;
-            decoded.changes = vec![part.save()].into();
-            return Ok(Some(authorship::seal(&attestations, &decoded.encode())));
+            }
         };
-        if carried.is_empty() {
+        if carried.is_empty() && asks_for_what_was_withheld(doc, state) {
+            // Automerge does not send a change twice in one conversation, and the other side
+            // asks for one this replica held back: the two would go round and round.
+            return Ok(None);
+        }
+        if carried.is_empty() && !replaced {
             return Ok(Some(authorship::seal(&[], message)));
         }
+        let lacks_nothing = carried.is_empty();
         let mut batch = Batch::new(carried);
+        batch.changed = replaced;
         let mut not_shared: Option<HashSet<ChangeHash>> = None;
         'settle: loop {
             let newest = batch.newest_per_actor();
@@ -213,7 +236,20 @@ impl Proofs {
                     let kept = self.kept.get(&actor).map(|k| k.0);
                     let too_new = batch.of_actor_beyond(&actor, kept);
                     if !too_new.is_empty() {
-                        batch.drop_with_dependents(too_new);
+                        let shared = not_shared.get_or_insert_with(|| {
+                            let known = state
+                                .shared_heads
+                                .iter()
+                                .chain(state.their_heads.iter().flatten());
+                            not_shared_with(doc, known)
+                        });
+                        match self
+                            .vouched_by_another_actor(doc, &actor, &too_new, &batch, shared, own)
+                        {
+                            Some(path) if path.is_empty() => continue,
+                            Some(path) => batch.add(path),
+                            None => batch.drop_with_dependents(too_new),
+                        }
                         continue 'settle;
                     }
                     match self.kept.get(&actor) {
@@ -249,7 +285,7 @@ impl Proofs {
             }
             break;
         }
-        if batch.changes.is_empty() {
+        if batch.changes.is_empty() && !lacks_nothing {
             return Ok(None);
         }
         let attestations = self.attest(doc, batch.newest_per_actor(), own, sign);
@@ -263,6 +299,89 @@ impl Proofs {
             _ => vec![changes.concat()].into(),
         };
         Ok(Some(authorship::seal(&attestations, &decoded.encode())))
+    }
+
+    /// Changes of `actor` that its own kept attestation does not cover (`uncovered`, all in the
+    /// batch) may be covered by the attestation kept for another actor of the same device: a
+    /// change the device wrote later, under a new actor, built on them. That is how the rest of
+    /// an actor's changes is proven once the attestation kept for it went with changes dropped
+    /// for an equivocation ([`Proofs::retain_held`]). Returns the changes to add to the batch
+    /// for the receiver to follow such an attestation down to them (empty: nothing to add), or
+    /// `None` when no kept attestation covers them.
+    fn vouched_by_another_actor(
+        &self,
+        doc: &mut ChatDoc,
+        actor: &ActorId,
+        uncovered: &[ChangeHash],
+        batch: &Batch,
+        not_shared: &HashSet<ChangeHash>,
+        own: &DeviceId,
+    ) -> Option<Vec<automerge::Change>> {
+        let device = authorship::device_of_actor(actor)?;
+        let floor = batch.lowest_start_op(actor);
+        let candidates: Vec<ChangeHash> = self
+            .kept
+            .iter()
+            .filter(|(other, _)| {
+                *other != actor && authorship::device_of_actor(other).as_ref() == Some(&device)
+            })
+            .map(|(_, (_, attestation))| attestation.hash)
+            .collect();
+        for top in candidates {
+            let path = path_to(doc, top, batch, not_shared, floor);
+            let of_device = |c: &automerge::Change| {
+                authorship::device_of_actor(c.actor_id()).as_ref() == Some(&device)
+            };
+            let provable = path.iter().all(|c| {
+                (of_device(c) || self.provable(c, own)) && !batch.dropped.contains(&c.hash())
+            });
+            if provable && reaches(top, batch, &path, uncovered) {
+                return Some(path);
+            }
+        }
+        None
+    }
+
+    /// The changes in `metas` that `provable` leaves out but an attestation kept for another
+    /// actor of the same device reaches. One walk back from the kept attestations of each such
+    /// device.
+    fn vouched_by_devices(
+        &self,
+        metas: &[automerge::ChangeMetadata<'_>],
+        provable: &dyn Fn(&automerge::ChangeMetadata<'_>) -> bool,
+    ) -> HashSet<ChangeHash> {
+        let devices: HashSet<DeviceId> = metas
+            .iter()
+            .filter(|m| !provable(m))
+            .filter_map(|m| authorship::device_of_actor(&m.actor))
+            .collect();
+        let by_hash: HashMap<ChangeHash, &automerge::ChangeMetadata<'_>> =
+            metas.iter().map(|m| (m.hash, m)).collect();
+        let mut vouched = HashSet::new();
+        for device in devices {
+            let of_device =
+                |actor: &ActorId| authorship::device_of_actor(actor).as_ref() == Some(&device);
+            let mut stack: Vec<ChangeHash> = self
+                .kept
+                .iter()
+                .filter(|(actor, _)| of_device(actor))
+                .map(|(_, (_, attestation))| attestation.hash)
+                .collect();
+            let mut seen: HashSet<ChangeHash> = HashSet::new();
+            while let Some(hash) = stack.pop() {
+                if !seen.insert(hash) {
+                    continue;
+                }
+                let Some(meta) = by_hash.get(&hash) else {
+                    continue;
+                };
+                if of_device(&meta.actor) {
+                    vouched.insert(hash);
+                }
+                stack.extend(meta.deps.iter().copied());
+            }
+        }
+        vouched
     }
 
     /// Whether this replica can prove `change` to another: its own device's changes it signs
@@ -296,6 +415,11 @@ impl Proofs {
         if metas.iter().all(provable_meta) {
             return None;
         }
+        // Changes of an actor whose own attestation is gone may be vouched for by the device's
+        // attestation of a later change under another actor (see `vouched_by_another_actor`).
+        let vouched = self.vouched_by_devices(&metas, &provable_meta);
+        let provable_meta =
+            |m: &automerge::ChangeMetadata<'_>| provable_meta(m) || vouched.contains(&m.hash);
         let mut out: HashSet<ChangeHash> = HashSet::new();
         loop {
             let before = out.len();
@@ -460,6 +584,52 @@ fn nothing_waits(doc: &mut ChatDoc) -> bool {
     doc.automerge_mut().get_missing_deps(&[]).is_empty()
 }
 
+/// Whether the other side asks for changes this replica has: in a message that carries none,
+/// those are changes it held back earlier in the conversation (unprovable yet).
+fn asks_for_what_was_withheld(doc: &mut ChatDoc, state: &automerge::sync::State) -> bool {
+    state
+        .their_need
+        .iter()
+        .flatten()
+        .any(|hash| doc.has_change(hash))
+}
+
+/// The changes of `doc` the other side of the conversation `state` tracks may lack, in causal
+/// order, each with its bytes, worked out as Automerge does for a batch: those its heads
+/// (`theirs`, some perhaps unknown here) do not reach and, since the last sync, its Bloom
+/// filter does not hold, with everything built on them, and whatever it asked for.
+fn changes_they_lack(
+    doc: &mut ChatDoc,
+    state: &automerge::sync::State,
+    theirs: &[ChangeHash],
+) -> Vec<Carried> {
+    let mut known: Vec<ChangeHash> = theirs
+        .iter()
+        .copied()
+        .filter(|h| doc.has_change(h))
+        .collect();
+    let haves = state.their_have.as_deref().unwrap_or_default();
+    for have in haves {
+        known.extend(have.last_sync.iter().filter(|h| doc.has_change(h)));
+    }
+    let need: HashSet<ChangeHash> = state.their_need.iter().flatten().copied().collect();
+    let mut sending: HashSet<ChangeHash> = HashSet::new();
+    let mut out = Vec::new();
+    for change in doc.automerge_mut().get_changes(&known) {
+        let hash = change.hash();
+        let held = haves.iter().any(|have| have.bloom.contains_hash(&hash));
+        if !held || need.contains(&hash) || change.deps().iter().any(|d| sending.contains(d)) {
+            sending.insert(hash);
+            out.push((
+                meta_of(&change),
+                change.raw_bytes().to_vec(),
+                change.start_op().get(),
+            ));
+        }
+    }
+    out
+}
+
 /// The changes a sync message carries, each with its bytes; `None` when it carries a whole
 /// document.
 fn carried_changes(message: &automerge::sync::Message) -> Result<Option<Vec<Carried>>, ModelError> {
@@ -594,6 +764,29 @@ impl Batch {
             .map(|(_, bytes, _)| bytes)
             .collect()
     }
+}
+
+/// Whether every change of `targets` is reached from `top` through dependencies within the
+/// batch and `path`.
+fn reaches(
+    top: ChangeHash,
+    batch: &Batch,
+    path: &[automerge::Change],
+    targets: &[ChangeHash],
+) -> bool {
+    let in_path: HashMap<ChangeHash, &[ChangeHash]> =
+        path.iter().map(|c| (c.hash(), c.deps())).collect();
+    let mut seen: HashSet<ChangeHash> = HashSet::new();
+    let mut stack = vec![top];
+    while let Some(hash) = stack.pop() {
+        if !seen.insert(hash) {
+            continue;
+        }
+        if let Some(deps) = batch.deps_of(&hash).or_else(|| in_path.get(&hash).copied()) {
+            stack.extend(deps.iter().copied());
+        }
+    }
+    targets.iter().all(|t| seen.contains(t))
 }
 
 /// The changes of `doc` that are not ancestors of `shared` (heads both sides are known to

@@ -35,6 +35,33 @@ impl Replica {
         }
     }
 
+    /// A new device that gets the chat whole from `from`, with the proofs of every change in
+    /// it, as a device joining a chat does.
+    fn import(id: &str, from: &mut Replica) -> Self {
+        let signer = from.device.id.clone();
+        let sign = |s: &[u8]| Some(support::sign(&signer, s));
+        let (snapshot, attestations) = from
+            .proofs
+            .document_to_send(&mut from.doc, &from.device.id, &sign)
+            .unwrap();
+        let device = device(id, "1");
+        let chat = from.doc.id().clone();
+        let (mut doc, tops) = ChatDoc::load_untrusted(
+            &snapshot.save(),
+            &device,
+            &support::proof(&chat, &attestations),
+        )
+        .unwrap();
+        let mut proofs = Proofs::default();
+        proofs.take_received(tops, &mut doc, &device.id);
+        Replica {
+            device,
+            doc,
+            proofs,
+            rebuilds: 0,
+        }
+    }
+
     fn post(&mut self, id: &str, text: &str, at: i64) {
         self.doc
             .post(&self.device, mid(id), text, None, at)
@@ -83,6 +110,17 @@ fn keys<'a>(own: &'a DeviceId, sign: &'a dyn Fn(&[u8]) -> Option<Vec<u8>>) -> Ke
 /// One conversation, `from` running it, until neither side has anything to say. An
 /// equivocation met on the way is returned, as the side that met it would answer.
 fn converse(from: &mut Replica, to: &mut Replica) -> Result<(), Box<Evidence>> {
+    converse_with(from, to, false)
+}
+
+/// [`converse`]; `from_may_refuse`: `from` is the device that equivocated, and may refuse
+/// what is built on its other branch (it keeps no proof of its own changes to make evidence
+/// from): the conversation then ends.
+fn converse_with(
+    from: &mut Replica,
+    to: &mut Replica,
+    from_may_refuse: bool,
+) -> Result<(), Box<Evidence>> {
     let (mut running, mut answering) = (State::new(), State::new());
     let (from_id, to_id) = (from.device.id.clone(), to.device.id.clone());
     let from_sign = |s: &[u8]| Some(support::sign(&from_id, s));
@@ -124,6 +162,7 @@ fn converse(from: &mut Replica, to: &mut Replica) -> Result<(), Box<Evidence>> {
         message = match taken {
             Ok(taken) => taken.reply.unwrap().message,
             Err(ModelError::Equivocation(evidence)) => return Err(evidence),
+            Err(_) if from_may_refuse => return Ok(()),
             Err(e) => panic!("{e}"),
         };
     }
@@ -157,8 +196,8 @@ fn equivocated() -> (Replica, Replica, Replica, Replica) {
     let bytes = doc.save();
     let mut left = Replica::new("mallory", ChatDoc::load(&bytes, &mallory).unwrap());
     let mut right = Replica::new("mallory", ChatDoc::load(&bytes, &mallory).unwrap());
-    let alice = Replica::new("alice", ChatDoc::load(&bytes, &mallory).unwrap());
-    let bob = Replica::new("bob", ChatDoc::load(&bytes, &mallory).unwrap());
+    let alice = Replica::import("alice", &mut left);
+    let bob = Replica::import("bob", &mut left);
     left.post("m-left", "left", 1_200);
     right.post("m-right", "right", 1_200);
     assert_eq!(
@@ -224,10 +263,7 @@ fn honest_devices_that_took_one_change_each_converge_and_keep_their_own_writes()
 #[test]
 fn a_device_that_holds_one_branch_learns_of_the_other_from_the_evidence() {
     let (mut left, mut right, mut alice, mut bob) = equivocated();
-    let mut carol = Replica::new(
-        "carol",
-        ChatDoc::load(&bob.doc.save(), &bob.device).unwrap(),
-    );
+    let mut carol = Replica::import("carol", &mut bob);
     sync(&mut left, &mut alice);
     sync(&mut right, &mut bob);
     sync(&mut bob, &mut carol);
@@ -310,4 +346,152 @@ fn evidence_is_checked_on_its_own() {
             .is_err()
     );
     let _: ActorId = evidence.actor.clone();
+}
+
+/// Random histories around an equivocation: three honest devices post, edit and sync in a
+/// random order while the device that equivocated hands its two branches (and more posts on
+/// each) to whoever it meets. After everyone syncs with everyone, all hold the same chat, with
+/// every honest post once, as its author last wrote it, and none of the equivocator's from the
+/// clashing sequence number on. `CHATSYNC_EQUIVOCATION_SEEDS=<n>` runs more seeds.
+#[test]
+fn random_histories_around_an_equivocation_converge_with_every_honest_write() {
+    let seeds: u64 = std::env::var("CHATSYNC_EQUIVOCATION_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(150);
+    let only: Option<u64> = std::env::var("CHATSYNC_EQUIVOCATION_SEED")
+        .ok()
+        .and_then(|n| n.parse().ok());
+    for seed in only.map_or(0..seeds, |s| s..s + 1) {
+        if let Err(e) = std::panic::catch_unwind(|| random_history(seed)) {
+            eprintln!("failed with seed {seed}");
+            std::panic::resume_unwind(e);
+        }
+    }
+}
+
+fn random_history(seed: u64) {
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+    use std::collections::BTreeMap;
+
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (left, right, alice, mut bob) = equivocated();
+    let carol = Replica::import("carol", &mut bob);
+    let mut branches = [left, right];
+    let mut honest = [alice, bob, carol];
+    // Honest messages: id -> (author, text as last written).
+    let mut written: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    let mut clock = 10_000;
+    for step in 0..40 {
+        clock += 10;
+        let who = rng.random_range(0..honest.len());
+        match rng.random_range(0..10) {
+            0..=3 => {
+                let id = format!("h{who}-{step}");
+                let text = format!("post {step} by {who}");
+                honest[who].post(&id, &text, clock);
+                written.insert(id, (who, text));
+            }
+            4 => {
+                let own: Vec<String> = written
+                    .iter()
+                    .filter(|(_, (author, _))| *author == who)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                if own.is_empty() {
+                    continue;
+                }
+                let id = &own[rng.random_range(0..own.len())];
+                let text = format!("edit {step} by {who}");
+                let replica = &mut honest[who];
+                replica
+                    .doc
+                    .edit(&replica.device, &mid(id), &text, clock)
+                    .unwrap();
+                written.insert(id.clone(), (who, text));
+            }
+            5 => {
+                let branch = rng.random_range(0..2);
+                branches[branch].post(&format!("m{branch}-{step}"), "more from mallory", clock);
+            }
+            6 => {
+                let branch = rng.random_range(0..2);
+                hand_over(&mut branches[branch], &mut honest[who]);
+            }
+            _ => {
+                let other = (who + rng.random_range(1..honest.len())) % honest.len();
+                let (a, b) = pick_two(&mut honest, who, other);
+                sync(a, b);
+            }
+        }
+    }
+    // Everyone meets everyone, until nothing changes (a replica may have to hear from a
+    // change's author again before it can pass the change on: see `proofs`).
+    for _ in 0..8 {
+        let before: Vec<_> = honest.iter_mut().map(|r| r.doc.heads()).collect();
+        for i in 0..honest.len() {
+            for j in i + 1..honest.len() {
+                let (a, b) = pick_two(&mut honest, i, j);
+                sync(a, b);
+            }
+        }
+        if honest.iter_mut().map(|r| r.doc.heads()).collect::<Vec<_>>() == before {
+            break;
+        }
+    }
+    let mut first = honest[0].doc.heads();
+    first.sort();
+    for replica in &mut honest {
+        let mut heads = replica.doc.heads();
+        heads.sort();
+        assert_eq!(heads, first, "seed {seed}: replicas differ");
+        for (id, (_, text)) in &written {
+            let message = replica.doc.message(&mid(id));
+            assert_eq!(
+                message.map(|m| m.text),
+                Some(text.clone()),
+                "seed {seed}: message {id} on {}",
+                replica.device.id
+            );
+        }
+        assert_eq!(
+            replica
+                .doc
+                .messages()
+                .filter(|m| m.id.as_str().starts_with('h'))
+                .count(),
+            written.len(),
+            "seed {seed}: every honest post once"
+        );
+        let banned = replica.doc.bans().evidence().count();
+        if banned > 0 {
+            assert!(replica.doc.message(&mid("m-left")).is_none());
+            assert!(replica.doc.message(&mid("m-right")).is_none());
+        }
+    }
+}
+
+/// Two different replicas of `list`, mutably.
+fn pick_two<T>(list: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
+    assert_ne!(i, j);
+    if i < j {
+        let (low, high) = list.split_at_mut(j);
+        (&mut low[i], &mut high[0])
+    } else {
+        let (low, high) = list.split_at_mut(i);
+        (&mut high[0], &mut low[j])
+    }
+}
+
+/// The equivocator syncs one of its branches with an honest device; evidence met on the way
+/// is taken by the honest device (the equivocator ignores it).
+fn hand_over(branch: &mut Replica, to: &mut Replica) {
+    for _ in 0..3 {
+        match converse_with(branch, to, true) {
+            Ok(()) => return,
+            Err(evidence) => {
+                to.take_evidence(&evidence);
+            }
+        }
+    }
 }
