@@ -171,6 +171,13 @@ impl Proofs {
     /// conversation would go round and round for as long as the proof takes. It goes quiet
     /// instead; once this replica's heads change, or the chat counts as stalled and both sides
     /// start afresh (`net/progress.rs` in the daemon), the changes are offered again.
+    ///
+    /// A whole document goes as it is when this replica can prove all of it. Otherwise, with
+    /// the other side's heads known, the message carries instead the changes it may lack, as a
+    /// batch like any other: only those need proving, and a change this replica cannot prove
+    /// (its attestation went with changes dropped for an equivocation, say) holds up nothing
+    /// the other side already has. With the heads unknown, the document is cut to what this
+    /// replica can prove.
     pub fn seal_sync_message(
         &mut self,
         doc: &mut ChatDoc,
