@@ -495,3 +495,37 @@ fn hand_over(branch: &mut Replica, to: &mut Replica) {
         }
     }
 }
+
+#[test]
+fn evidence_against_a_chats_first_change_leaves_the_chat_as_it_is() {
+    // The chat's creator makes its first change twice: nothing of the chat could be kept.
+    let mallory = device("mallory", "1");
+    let chat = ChatId::new("c").unwrap();
+    let mut one = Replica::new(
+        "mallory",
+        ChatDoc::create(chat.clone(), "one", &mallory, 1_000).unwrap(),
+    );
+    let mut two = Replica::new(
+        "mallory",
+        ChatDoc::create(chat.clone(), "two", &mallory, 1_000).unwrap(),
+    );
+    let mut alice = Replica::import("alice", &mut one);
+    let mut bob = Replica::import("bob", &mut two);
+    alice.post("a1", "still here", 2_000);
+    let evidence = converse(&mut bob, &mut alice).expect_err("a clash");
+    assert_eq!(evidence.seq, 1);
+    evidence.check(&chat, &support::verify).unwrap();
+    let before = alice.texts();
+    let bans = alice.doc.bans().clone();
+    assert!(alice.doc.ban(*evidence).unwrap());
+    let fresh = chatsync_model::authorship::actor_for(&alice.device.id, b"fresh");
+    assert!(
+        alice
+            .doc
+            .exclude_banned(&alice.device, fresh, 3_000)
+            .is_err()
+    );
+    alice.doc.restore_bans(bans);
+    assert!(alice.doc.bans().is_empty());
+    assert_eq!(alice.texts(), before);
+}

@@ -46,6 +46,12 @@ impl ChatDoc {
         &self.bans
     }
 
+    /// Puts back bans as they were (a clone of [`bans`](Self::bans)), for evidence whose
+    /// changes could not be dropped.
+    pub fn restore_bans(&mut self, bans: Bans) {
+        self.bans = bans;
+    }
+
     /// Drops every change the bans cover and every change built on one, then writes again, as
     /// one change, what this device had written that the drop took away. When anything was
     /// dropped, the document writes under `fresh_actor` from then on, whoever wrote what was

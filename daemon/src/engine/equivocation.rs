@@ -120,19 +120,38 @@ impl Engine {
                 .map_err(|e| EngineError::Misbehaviour(e.to_string()))
         })?;
         let encoded = evidence.encode();
+        let bans_before = loaded.doc.bans().clone();
         if !loaded.doc.ban(evidence)? {
             return Ok(None);
         }
-        self.store
-            .put_evidence(chat, ban.actor.to_bytes(), &encoded)?;
         if let Some(device) = ban.device() {
             self.report_equivocator(&device, chat, ban.seq);
         }
         let title_before = loaded.doc.title();
-        let excluded =
-            loaded
-                .doc
-                .exclude_banned(&self.device, fresh_actor(&self.device), now_ms())?;
+        let fresh = fresh_actor(&self.device);
+        let excluded = match loaded.doc.exclude_banned(&self.device, fresh, now_ms()) {
+            Ok(excluded) => excluded,
+            Err(e) => {
+                // Nothing of the chat would be left (its creator equivocated on the first
+                // change): the chat stays as it is, and the evidence is not kept.
+                loaded.doc.restore_bans(bans_before);
+                return Err(EngineError::Forbidden(format!(
+                    "cannot drop what the evidence bans: {e}"
+                )));
+            }
+        };
+        // Stored before the chat without the dropped changes is: a crash in between leaves the
+        // store holding what the next load drops. If it cannot be stored, the copy in memory
+        // (without them) is not the store's, and nothing more may be written.
+        if let Err(e) = self
+            .store
+            .put_evidence(chat, ban.actor.to_bytes(), &encoded)
+        {
+            let e = EngineError::from(e);
+            self.committer.fail(&e.to_string());
+            loaded.last_write = Some(commit::Receipt::failed(e.clone()));
+            return Err(e);
+        }
         loaded.proofs.retain_held(&mut loaded.doc);
         loaded.waiting_progress = None;
         // What any conversation counted as sent may be gone.
@@ -217,7 +236,15 @@ pub(super) fn apply_stored(
     }
     let fresh = fresh_actor(device);
     doc.automerge_mut().set_actor(fresh.clone());
-    let excluded = doc.exclude_banned(device, fresh, now_ms())?;
+    let excluded = match doc.exclude_banned(device, fresh, now_ms()) {
+        Ok(excluded) => excluded,
+        // Evidence is only stored once its changes could be dropped; a chat is never left
+        // unloadable for it.
+        Err(e) => {
+            tracing::warn!(%chat, error = %e, "cannot drop what stored evidence bans");
+            return Ok(None);
+        }
+    };
     if excluded.dropped == 0 {
         return Ok(None);
     }
