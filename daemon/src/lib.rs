@@ -9,11 +9,13 @@
 //! - [`engine`]: the chats, the rules of changing them, group commit, the memory budget.
 //! - [`net`]: the network task that owns the libp2p swarm: connections to trusted devices.
 //! - [`pairing`]: one-time pairing tickets, the proof of holding one, open invitations.
+//! - [`backup`]: encrypted backups to a directory, S3 or WebDAV, and restores from them.
 //! - [`api`]: the local HTTP/JSON API on a Unix socket; the only module that knows the wire
 //!   format ([`api::wire`], shared with the CLI).
 //! - [`daemon`]: start-up, signal handling and graceful shutdown.
 
 pub mod api;
+pub mod backup;
 pub mod config;
 pub mod daemon;
 pub mod engine;

@@ -1,0 +1,440 @@
+//! Encrypted backups of every chat, to storage the user already has, and restores from them
+//! onto any device.
+//!
+//! A snapshot holds each chat's whole document sealed with the attestations that prove who
+//! wrote every change (exactly what a device sends another that lacks the chat), and the
+//! roster. Restoring imports each chat the device lacks through the same checks as a chat
+//! from another device, so a restored device verifies every message's authorship and never
+//! holds the old device's keys: it keeps its own identity and its own actors, and can pair with
+//! a surviving device afterwards (the chats then merge change by change, nothing twice).
+//!
+//! - `target.rs`: where the backup goes (a directory, S3, WebDAV) and the storage it opens.
+//! - `keys.rs`: the repository's secrets, object encryption (age) and names (HMAC).
+//! - `repository.rs`: objects and manifests on the storage.
+//! - this file: the daemon's side: the settings kept on this device, and `init`, `now`,
+//!   `snapshots` and `restore`.
+//!
+//! The repository's secrets live on this device (`backup.json` in the data directory, mode
+//! 0600) so that it can back up without asking, and in the repository encrypted with the
+//! user's passphrase or recovery key, so that a new device can restore.
+
+mod keys;
+mod repository;
+mod target;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use age::secrecy::SecretString;
+use chatsync_model::ChatId;
+use serde::{Deserialize, Serialize};
+
+pub use keys::{new_recovery_key, recovery_passphrase};
+pub use repository::{ChatEntry, Manifest};
+pub use target::Target;
+
+use crate::engine::Engine;
+use keys::RepositoryKeys;
+use repository::Repository;
+
+/// Why a backup operation failed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The passphrase or recovery key does not open the repository.
+    #[error("wrong passphrase or recovery key: it does not open this backup")]
+    WrongKey,
+    /// Something in the repository is not what was written: altered, truncated, swapped,
+    /// missing, or from another repository.
+    #[error("the backup is damaged: {0}")]
+    Damaged(String),
+    /// The target could not be read or written.
+    #[error("the backup target cannot be reached: {0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// How the repository's secrets are protected in the repository.
+pub enum Secret {
+    Passphrase(SecretString),
+    /// A recovery key as the user typed it.
+    RecoveryKey(String),
+    /// Make a recovery key (it is returned once, to show).
+    NewRecoveryKey,
+}
+
+/// What `init` made.
+#[derive(Clone, Debug)]
+pub struct Initialized {
+    pub target: String,
+    pub repository: String,
+    /// The recovery key, when one was made: shown once, never stored.
+    pub recovery_key: Option<String>,
+}
+
+/// What one backup did.
+#[derive(Clone, Debug)]
+pub struct BackupReport {
+    pub snapshot: String,
+    pub seq: u64,
+    pub chats: usize,
+    pub messages: u64,
+    /// Bytes written to the target (objects that were there already are not written again).
+    pub bytes_written: u64,
+    pub objects_written: usize,
+    pub elapsed_ms: u64,
+}
+
+/// One snapshot as listed.
+#[derive(Clone, Debug)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub seq: u64,
+    pub created_at: i64,
+    pub device: String,
+    pub chats: usize,
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// What a verification read.
+#[derive(Clone, Debug)]
+pub struct VerifyReport {
+    pub snapshots: usize,
+    pub objects: usize,
+    pub bytes: u64,
+    pub elapsed_ms: u64,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug)]
+pub struct RestoreReport {
+    pub snapshot: String,
+    /// Chats brought back.
+    pub restored: usize,
+    /// Chats this device had already (kept as they are).
+    pub already_here: usize,
+    pub messages: u64,
+    pub elapsed_ms: u64,
+}
+
+/// The backup settings kept on this device.
+#[derive(Serialize, Deserialize)]
+struct Settings {
+    /// The target as the user gave it (credentials in it stay on this device).
+    target: String,
+    keys: serde_json::Value,
+}
+
+/// The daemon's backups: one repository at a time.
+pub struct Backups {
+    engine: Arc<Engine>,
+    settings_file: PathBuf,
+    /// One backup or restore at a time.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Backups {
+    pub fn new(engine: Arc<Engine>, data_dir: &Path) -> Backups {
+        Backups {
+            engine,
+            settings_file: data_dir.join("backup.json"),
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Creates a repository at `target` and keeps its settings here. `cwd` resolves a
+    /// relative directory.
+    pub async fn init(
+        &self,
+        target: &str,
+        cwd: Option<&Path>,
+        secret: Secret,
+    ) -> Result<Initialized, BackupError> {
+        let _running = self.running.lock().await;
+        let parsed = Target::parse(target, cwd)?;
+        let (passphrase, recovery_key) = match secret {
+            Secret::Passphrase(p) => (p, None),
+            Secret::RecoveryKey(typed) => (recovery_passphrase(&typed)?, None),
+            Secret::NewRecoveryKey => {
+                let key = new_recovery_key();
+                (recovery_passphrase(&key)?, Some(key))
+            }
+        };
+        check_passphrase(&passphrase)?;
+        let keys = RepositoryKeys::generate();
+        let config = keys.wrap(&passphrase)?;
+        let op = parsed.operator()?;
+        Repository::create(op, keys.clone(), config).await?;
+        self.save_settings(&canonical_target(&parsed, target), &keys)?;
+        Ok(Initialized {
+            target: parsed.display(),
+            repository: keys.repository.clone(),
+            recovery_key,
+        })
+    }
+
+    /// Whether backups are set up on this device, and where to.
+    pub fn configured(&self) -> Option<String> {
+        let (target, _) = self.settings().ok()??;
+        Target::parse(&target, None).ok().map(|t| t.display())
+    }
+
+    /// Backs up every chat now.
+    pub async fn now(&self) -> Result<BackupReport, BackupError> {
+        let _running = self.running.lock().await;
+        let started = Instant::now();
+        let repo = self.open_configured()?;
+        let now = crate::engine::now_ms();
+        let mut manifest = repo
+            .next_manifest(self.engine.device().id.as_str(), now)
+            .await?;
+        let mut bytes_written = 0;
+        let mut objects_written = 0;
+        let mut note = |written: u64| {
+            bytes_written += written;
+            objects_written += usize::from(written > 0);
+        };
+        let (roster, written) = repo.put(&self.engine.roster_bytes().await).await?;
+        manifest.roster = roster;
+        note(written);
+        for summary in self.engine.list_chats() {
+            let chat = summary.id.clone();
+            let sealed = match self.engine.export_chat(&chat).await {
+                Ok(sealed) => sealed,
+                // Deleted meanwhile: not in this snapshot.
+                Err(crate::engine::EngineError::NotFound(_)) => continue,
+                Err(e) => {
+                    return Err(BackupError::Internal(format!(
+                        "cannot read chat {chat}: {e}"
+                    )));
+                }
+            };
+            let (object, written) = repo.put(&sealed).await?;
+            note(written);
+            manifest.chats.push(ChatEntry {
+                id: chat.to_string(),
+                title: summary.record.title.clone(),
+                messages: summary.record.messages,
+                object,
+                bytes: sealed.len() as u64,
+            });
+        }
+        bytes_written += repo.put_manifest(&manifest).await?;
+        Ok(BackupReport {
+            snapshot: manifest.id(repo.keys()),
+            seq: manifest.seq,
+            chats: manifest.chats.len(),
+            messages: manifest.messages(),
+            bytes_written,
+            objects_written,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// The snapshots in the configured repository, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<SnapshotInfo>, BackupError> {
+        let repo = self.open_configured()?;
+        Ok(repo
+            .manifests()
+            .await?
+            .into_iter()
+            .map(|m| info(&m, repo.keys()))
+            .collect())
+    }
+
+    /// Reads back every object of every snapshot in the configured repository (or of the one
+    /// whose id starts with `snapshot`) and checks it. Returns how many snapshots and objects
+    /// were checked and their bytes.
+    pub async fn verify(&self, snapshot: Option<&str>) -> Result<VerifyReport, BackupError> {
+        let started = Instant::now();
+        let repo = self.open_configured()?;
+        let manifests: Vec<Manifest> = repo
+            .manifests()
+            .await?
+            .into_iter()
+            .filter(|m| snapshot.is_none_or(|id| m.id(repo.keys()).starts_with(id)))
+            .collect();
+        if manifests.is_empty() {
+            return Err(BackupError::NotFound(match snapshot {
+                Some(id) => format!("no snapshot {id} in the repository"),
+                None => "the repository holds no snapshot yet".into(),
+            }));
+        }
+        let mut checked = std::collections::BTreeSet::new();
+        let mut bytes = 0;
+        for manifest in &manifests {
+            let names =
+                std::iter::once(&manifest.roster).chain(manifest.chats.iter().map(|c| &c.object));
+            for name in names {
+                if checked.insert(name.clone()) {
+                    bytes += repo.get(name).await?.len() as u64;
+                }
+            }
+        }
+        Ok(VerifyReport {
+            snapshots: manifests.len(),
+            objects: checked.len(),
+            bytes,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Restores the newest snapshot at `target` (or the one whose id starts with `snapshot`)
+    /// onto this device, opening the repository with `secret`; then keeps its settings here,
+    /// so that this device goes on backing up to it. Chats this device has are left as they
+    /// are. Running it again after an interruption finishes the job.
+    pub async fn restore(
+        &self,
+        target: &str,
+        cwd: Option<&Path>,
+        secret: Secret,
+        snapshot: Option<&str>,
+    ) -> Result<RestoreReport, BackupError> {
+        let _running = self.running.lock().await;
+        let started = Instant::now();
+        let parsed = Target::parse(target, cwd)?;
+        let passphrase = match secret {
+            Secret::Passphrase(p) => p,
+            Secret::RecoveryKey(typed) => recovery_passphrase(&typed)?,
+            Secret::NewRecoveryKey => {
+                return Err(BackupError::Invalid(
+                    "a restore needs the recovery key that was shown at init".into(),
+                ));
+            }
+        };
+        let op = parsed.operator()?;
+        let config = Repository::config(&op).await?;
+        let keys = RepositoryKeys::unwrap(&config, &passphrase)?;
+        let repo = Repository::with_keys(op, keys.clone());
+        let manifests = repo.manifests().await?;
+        let manifest = match snapshot {
+            None => manifests.last(),
+            Some(id) => manifests.iter().rev().find(|m| m.id(&keys).starts_with(id)),
+        }
+        .ok_or_else(|| {
+            BackupError::NotFound(match snapshot {
+                None => "the repository holds no snapshot yet".into(),
+                Some(id) => format!("no snapshot {id} in the repository"),
+            })
+        })?;
+        let roster = repo.get(&manifest.roster).await?;
+        self.engine
+            .merge_roster(&roster)
+            .await
+            .map_err(|e| BackupError::Damaged(format!("the roster does not load: {e}")))?;
+        let (mut restored, mut already_here) = (0, 0);
+        for entry in &manifest.chats {
+            let chat = ChatId::new(entry.id.as_str())
+                .map_err(|e| BackupError::Damaged(format!("a manifest names a bad chat: {e}")))?;
+            if self.engine.has_chat(&chat) {
+                already_here += 1;
+                continue;
+            }
+            let sealed = repo.get(&entry.object).await?;
+            self.engine
+                .import_chat(&chat, &sealed)
+                .await
+                .map_err(|e| BackupError::Damaged(format!("chat {chat} does not restore: {e}")))?;
+            restored += 1;
+        }
+        self.save_settings(&canonical_target(&parsed, target), &keys)?;
+        Ok(RestoreReport {
+            snapshot: manifest.id(&keys),
+            restored,
+            already_here,
+            messages: manifest.messages(),
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    fn open_configured(&self) -> Result<Repository, BackupError> {
+        let (target, keys) = self.settings()?.ok_or_else(|| {
+            BackupError::NotFound("backups are not set up: run `chatsync backup init`".into())
+        })?;
+        let op = Target::parse(&target, None)?.operator()?;
+        Ok(Repository::with_keys(op, keys))
+    }
+
+    fn settings(&self) -> Result<Option<(String, RepositoryKeys)>, BackupError> {
+        let bytes = match std::fs::read(&self.settings_file) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(BackupError::Internal(format!(
+                    "cannot read backup settings: {e}"
+                )));
+            }
+        };
+        let settings: Settings = serde_json::from_slice(&bytes)
+            .map_err(|e| BackupError::Damaged(format!("the local backup settings: {e}")))?;
+        let keys = RepositoryKeys::from_local(settings.keys.to_string().as_bytes())?;
+        Ok(Some((settings.target, keys)))
+    }
+
+    fn save_settings(&self, target: &str, keys: &RepositoryKeys) -> Result<(), BackupError> {
+        let keys: serde_json::Value = serde_json::from_slice(&keys.to_local())
+            .map_err(|e| BackupError::Internal(e.to_string()))?;
+        let settings = Settings {
+            target: target.to_string(),
+            keys,
+        };
+        let bytes = serde_json::to_vec_pretty(&settings)
+            .map_err(|e| BackupError::Internal(e.to_string()))?;
+        write_private(&self.settings_file, &bytes)
+            .map_err(|e| BackupError::Internal(format!("cannot keep the backup settings: {e}")))
+    }
+}
+
+/// A passphrase worth protecting a backup with.
+fn check_passphrase(passphrase: &SecretString) -> Result<(), BackupError> {
+    use age::secrecy::ExposeSecret;
+    if passphrase.expose_secret().chars().count() < 8 {
+        return Err(BackupError::Invalid(
+            "the passphrase must be at least 8 characters (or use a recovery key)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The target as kept in the settings: a directory made absolute.
+fn canonical_target(parsed: &Target, typed: &str) -> String {
+    match parsed {
+        Target::Directory(path) => path.display().to_string(),
+        _ => typed.trim().to_string(),
+    }
+}
+
+fn info(manifest: &Manifest, keys: &RepositoryKeys) -> SnapshotInfo {
+    SnapshotInfo {
+        id: manifest.id(keys),
+        seq: manifest.seq,
+        created_at: manifest.created_at,
+        device: manifest.device.clone(),
+        chats: manifest.chats.len(),
+        messages: manifest.messages(),
+        bytes: manifest.bytes(),
+    }
+}
+
+/// Writes `bytes` to `path` readable by this user only, replacing it whole.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

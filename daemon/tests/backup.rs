@@ -1,0 +1,255 @@
+//! Backups at the engine: a device backs up, a new device restores, and what the repository
+//! holds cannot be read, altered, swapped, truncated or rolled back unnoticed.
+
+use std::{path::Path, sync::Arc};
+
+use age::secrecy::SecretString;
+use chatsync_daemon::{
+    backup::{BackupError, Backups, Secret},
+    engine::Engine,
+};
+use chatsync_model::ChatId;
+use chatsync_testkit::engine::start_engine;
+
+fn passphrase() -> Secret {
+    Secret::Passphrase(SecretString::from("correct horse battery".to_string()))
+}
+
+async fn texts(engine: &Engine, chat: &ChatId) -> Vec<String> {
+    engine
+        .messages(chat, None, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| format!("{} {} {:?}", m.author_name, m.text, m.reactions))
+        .collect()
+}
+
+/// A device with two chats that saw posts, an edit and a reaction.
+async fn device_with_chats(home: &Path) -> (Arc<Engine>, Vec<ChatId>) {
+    let (engine, _) = start_engine(home, "phone", 0);
+    let mut chats = Vec::new();
+    for title in ["family", "work"] {
+        let chat = engine.create_chat(title, None).await.unwrap().id;
+        for n in 0..5 {
+            engine
+                .post(&chat, &format!("{title} {n}"), None, None)
+                .await
+                .unwrap();
+        }
+        chats.push(chat);
+    }
+    let first = engine.messages(&chats[0], None, 1).await.unwrap().remove(0);
+    engine
+        .edit(&chats[0], first.id.as_str(), "family 4, edited")
+        .await
+        .unwrap();
+    engine.react(&chats[1], "work", Some("👍")).await.ok();
+    (engine, chats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_restores_every_chat_with_its_authorship() {
+    let (home, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (engine, chats) = device_with_chats(home.path()).await;
+    let backups = Backups::new(engine.clone(), home.path());
+    let init = backups
+        .init(target.path().to_str().unwrap(), None, passphrase())
+        .await
+        .unwrap();
+    assert!(init.recovery_key.is_none());
+    let first = backups.now().await.unwrap();
+    assert_eq!((first.seq, first.chats, first.messages), (1, 2, 10));
+    assert_eq!(first.objects_written, 3, "two chats and the roster");
+
+    // Nothing changed: only a manifest is written. One post: one chat again.
+    let again = backups.now().await.unwrap();
+    assert_eq!(again.objects_written, 0);
+    engine.post(&chats[1], "work 5", None, None).await.unwrap();
+    let third = backups.now().await.unwrap();
+    assert_eq!(third.objects_written, 1);
+    assert!(third.bytes_written < first.bytes_written);
+    let listed = backups.snapshots().await.unwrap();
+    assert_eq!(listed.iter().map(|s| s.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(listed[2].messages, 11);
+
+    // Nothing in the repository names a chat, its title or a message.
+    for entry in walk(target.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        for secret in ["family", "work 5", chats[0].as_str()] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes())
+                    && !entry.to_string_lossy().contains(secret),
+                "{} shows {secret}",
+                entry.display()
+            );
+        }
+    }
+
+    // A new device, a new identity: every chat comes back, as it was.
+    let fresh = tempfile::tempdir().unwrap();
+    let (restored, restored_id) = start_engine(fresh.path(), "new phone", 0);
+    assert_ne!(restored_id, engine.device().id);
+    let backups_there = Backups::new(restored.clone(), fresh.path());
+    let wrong = Secret::Passphrase(SecretString::from("battery horse correct".to_string()));
+    let refused = backups_there
+        .restore(target.path().to_str().unwrap(), None, wrong, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, BackupError::WrongKey), "{refused}");
+    let report = backups_there
+        .restore(target.path().to_str().unwrap(), None, passphrase(), None)
+        .await
+        .unwrap();
+    assert_eq!((report.restored, report.already_here), (2, 0));
+    for chat in &chats {
+        assert_eq!(texts(&restored, chat).await, texts(&engine, chat).await);
+    }
+    // Running it again changes nothing; the new device goes on backing up to the repository.
+    let twice = backups_there
+        .restore(target.path().to_str().unwrap(), None, passphrase(), None)
+        .await
+        .unwrap();
+    assert_eq!((twice.restored, twice.already_here), (0, 2));
+    let from_new = backups_there.now().await.unwrap();
+    assert_eq!(from_new.seq, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_altered_swapped_truncated_or_rolled_back_repository_is_refused() {
+    let (home, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (engine, chats) = device_with_chats(home.path()).await;
+    let backups = Backups::new(engine.clone(), home.path());
+    let init = backups
+        .init(
+            target.path().to_str().unwrap(),
+            None,
+            Secret::NewRecoveryKey,
+        )
+        .await
+        .unwrap();
+    let recovery = init.recovery_key.expect("a recovery key is shown");
+    backups.now().await.unwrap();
+    engine.post(&chats[0], "later", None, None).await.unwrap();
+    backups.now().await.unwrap();
+
+    let restore = |damage: &'static str| {
+        let target = target.path().to_path_buf();
+        let recovery = recovery.clone();
+        async move {
+            let fresh = tempfile::tempdir().unwrap();
+            let (engine, _) = start_engine(fresh.path(), "new", 0);
+            let result = Backups::new(engine, fresh.path())
+                .restore(
+                    target.to_str().unwrap(),
+                    None,
+                    Secret::RecoveryKey(recovery),
+                    None,
+                )
+                .await;
+            (damage, result)
+        }
+    };
+    let (_, fine) = restore("none").await;
+    assert!(fine.is_ok(), "{fine:?}");
+
+    let objects: Vec<_> = walk(&target.path().join("objects"));
+    let snapshots: Vec<_> = walk(&target.path().join("snapshots"));
+    assert_eq!(snapshots.len(), 2);
+    let keep = |path: &Path| std::fs::read(path).unwrap();
+
+    assert_eq!(backups.verify(None).await.unwrap().objects, objects.len());
+    // Altered: one byte of any object, found by a verification; of every object, by a restore.
+    for object in &objects {
+        let original = keep(object);
+        let mut altered = original.clone();
+        let at = altered.len() / 2;
+        altered[at] ^= 0x40;
+        std::fs::write(object, &altered).unwrap();
+        let result = backups.verify(None).await;
+        std::fs::write(object, &original).unwrap();
+        assert!(matches!(result, Err(BackupError::Damaged(_))), "{result:?}");
+    }
+    for object in &objects {
+        let mut altered = keep(object);
+        let at = altered.len() / 2;
+        altered[at] ^= 0x40;
+        std::fs::write(object, &altered).unwrap();
+    }
+    let (_, result) = restore("altered").await;
+    assert!(matches!(result, Err(BackupError::Damaged(_))), "{result:?}");
+    for object in &objects {
+        let mut fixed = keep(object);
+        let at = fixed.len() / 2;
+        fixed[at] ^= 0x40;
+        std::fs::write(object, &fixed).unwrap();
+    }
+    // Swapped: two objects under each other's names.
+    let (a, b) = (keep(&objects[0]), keep(&objects[1]));
+    std::fs::write(&objects[0], &b).unwrap();
+    std::fs::write(&objects[1], &a).unwrap();
+    let result = backups.verify(None).await;
+    std::fs::write(&objects[0], &a).unwrap();
+    std::fs::write(&objects[1], &b).unwrap();
+    assert!(
+        matches!(&result, Err(BackupError::Damaged(why)) if why.contains("something else")),
+        "{result:?}"
+    );
+    // Truncated.
+    let original = keep(&objects[0]);
+    std::fs::write(&objects[0], &original[..original.len() / 3]).unwrap();
+    let result = backups.verify(None).await;
+    std::fs::write(&objects[0], &original).unwrap();
+    assert!(matches!(result, Err(BackupError::Damaged(_))), "{result:?}");
+    // Missing.
+    std::fs::remove_file(&objects[0]).unwrap();
+    let result = backups.verify(None).await;
+    std::fs::write(&objects[0], &original).unwrap();
+    assert!(
+        matches!(&result, Err(BackupError::Damaged(why)) if why.contains("missing")),
+        "{result:?}"
+    );
+    assert!(backups.verify(None).await.is_ok());
+    // Rolled back: the newest manifest replaced by the older one.
+    let (older, newer) = (keep(&snapshots[0]), keep(&snapshots[1]));
+    std::fs::write(&snapshots[1], &older).unwrap();
+    std::fs::write(&snapshots[0], &newer).unwrap();
+    let (_, result) = restore("rolled back").await;
+    assert!(
+        matches!(&result, Err(BackupError::Damaged(why)) if why.contains("moved")),
+        "{result:?}"
+    );
+    std::fs::write(&snapshots[0], &older).unwrap();
+    std::fs::write(&snapshots[1], &newer).unwrap();
+    // A wrong recovery key.
+    let fresh = tempfile::tempdir().unwrap();
+    let (other, _) = start_engine(fresh.path(), "new", 0);
+    let wrong = chatsync_daemon::backup::new_recovery_key();
+    let result = Backups::new(other, fresh.path())
+        .restore(
+            target.path().to_str().unwrap(),
+            None,
+            Secret::RecoveryKey(wrong),
+            None,
+        )
+        .await;
+    assert!(matches!(result, Err(BackupError::WrongKey)), "{result:?}");
+}
+
+/// Every file under `dir`, sorted.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
