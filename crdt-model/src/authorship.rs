@@ -162,7 +162,7 @@ pub fn check_batch(
             attested.entry(device).or_default().push((at, attestation));
         }
     }
-    let mut devices: BTreeMap<DeviceId, (Standing, Vec<&ActorId>)> = BTreeMap::new();
+    let mut devices: BTreeMap<DeviceId, (Standing, HashSet<&ActorId>)> = BTreeMap::new();
     for change in new {
         let device = device_of_actor(&change.actor).ok_or_else(|| {
             refused(&format!(
@@ -171,9 +171,7 @@ pub fn check_batch(
             ))
         })?;
         if let Some((_, actors)) = devices.get_mut(&device) {
-            if !actors.contains(&&change.actor) {
-                actors.push(&change.actor);
-            }
+            actors.insert(&change.actor);
             continue;
         }
         let standing = (proof.standing)(&device);
@@ -182,7 +180,7 @@ pub fn check_batch(
                 "a change by device {device}, which is not in this device's roster"
             )));
         }
-        devices.insert(device, (standing, vec![&change.actor]));
+        devices.insert(device, (standing, HashSet::from([&change.actor])));
     }
     if devices.len().saturating_mul(all.len()) > MAX_COVERAGE_STEPS {
         return Err(ModelError::TooLarge(format!(

@@ -31,16 +31,19 @@ use crate::{
 };
 
 /// Changes in one branch of the evidence at most: the path from a signed change down to the
-/// clashing one. Paths are short (an actor's next change builds on its previous one); a longer
-/// one is not looked for.
-pub const MAX_BRANCH_CHANGES: usize = 64;
-/// Encoded evidence at most.
-pub const MAX_EVIDENCE_BYTES: usize = 4 << 20;
-/// Equivocating actors banned per chat at most. Each is a device in the roster that signed
-/// two changes alike; beyond this, further evidence is refused (the chat stays as it is).
+/// clashing one, which holds every change of the actor in between (each builds on the one
+/// before). A device that piles more than this on a branch before the clash is met is reported
+/// but not resolved.
+pub const MAX_BRANCH_CHANGES: usize = 2048;
+/// Encoded evidence at most: it must fit a request on the wire (8 MiB).
+pub const MAX_EVIDENCE_BYTES: usize = 6 << 20;
+/// Equivocating actors banned per chat at most, and per device. Each is an actor with changes
+/// in the chat whose device signed two changes alike; beyond this, further evidence is refused
+/// (the chat stays as it is).
 pub const MAX_BANS: usize = 64;
+pub const MAX_BANS_PER_DEVICE: usize = 8;
 /// Changes visited at most while looking for a branch's path.
-const MAX_PATH_SEARCH: usize = 100_000;
+const MAX_PATH_SEARCH: usize = 20_000;
 const EVIDENCE_MAGIC: &[u8; 4] = b"CSe1";
 
 /// From which sequence number on an actor's changes are not kept.
@@ -80,27 +83,27 @@ impl std::fmt::Debug for Evidence {
 impl Evidence {
     /// Builds the evidence when a received batch clashed with this replica's document: the
     /// batch (`body`, a sync message that passed the authorship check, and its attestations)
-    /// holds a change of `actor` numbered `seq` that differs from the one in `doc`. `local_top`
-    /// is the attestation this replica keeps for the actor. `None` when either path is not
-    /// found within the limits.
+    /// holds a change of `actor` numbered `seq` that differs from the one in `doc`.
+    /// `local_tops` are the attestations this replica keeps for the actor's device (any of its
+    /// actors). `None` when either path is not found, or the evidence exceeds, the limits.
     pub fn from_clash(
         doc: &mut ChatDoc,
-        local_top: Option<&Attestation>,
+        local_tops: &[Attestation],
         body: &[u8],
         attestations: &[Attestation],
         actor: &ActorId,
         seq: u64,
     ) -> Option<Evidence> {
         let received = received_changes(body)?;
-        let local_hash = {
-            let top = local_top?;
+        let device = authorship::device_of_actor(actor)?;
+        let (local_target, local_branch) = local_tops.iter().find_map(|top| {
             let path = path_down(&top.hash, actor, seq, |h| {
                 doc.automerge_mut().get_change_by_hash(h)
             })?;
-            let hash = path.last()?.hash();
-            (hash, branch(top, &path))
-        };
-        let (local_target, local_branch) = local_hash;
+            let signer = authorship::device_of_actor(path.first()?.actor_id());
+            let target = path.last()?.hash();
+            (signer.as_ref() == Some(&device)).then(|| (target, branch(top, &path)))
+        })?;
         let remote_branch = attestations.iter().find_map(|attestation| {
             let path = path_down(&attestation.hash, actor, seq, |h| {
                 received
@@ -109,14 +112,15 @@ impl Evidence {
                     .or_else(|| doc.automerge_mut().get_change_by_hash(h))
             })?;
             let signer = authorship::device_of_actor(path.first()?.actor_id());
-            (signer == authorship::device_of_actor(actor) && path.last()?.hash() != local_target)
+            (signer.as_ref() == Some(&device) && path.last()?.hash() != local_target)
                 .then(|| branch(attestation, &path))
         })?;
-        Some(Evidence {
+        let evidence = Evidence {
             actor: actor.clone(),
             seq,
             branches: [local_branch, remote_branch],
-        })
+        };
+        (evidence.encoded_len() <= MAX_EVIDENCE_BYTES).then_some(evidence)
     }
 
     /// Checks evidence from anywhere (another device, the store) on its own: both branches
@@ -125,6 +129,9 @@ impl Evidence {
     /// [`ModelError::Invalid`]: no honest device sends it.
     pub fn check(&self, chat: &ChatId, verify: &VerifyFn<'_>) -> Result<Ban, ModelError> {
         let bad = |why: &str| ModelError::Invalid(format!("bad equivocation evidence: {why}"));
+        if self.encoded_len() > MAX_EVIDENCE_BYTES {
+            return Err(bad("too large"));
+        }
         let device = authorship::device_of_actor(&self.actor)
             .ok_or_else(|| bad("the actor names no device"))?;
         let mut found = Vec::with_capacity(2);
@@ -179,6 +186,11 @@ impl Evidence {
         })
     }
 
+    /// Bytes of [`encode`](Self::encode)'s output.
+    pub fn encoded_len(&self) -> usize {
+        4 + 12 + 8 + self.actor.to_bytes().len() + self.branches[0].len() + self.branches[1].len()
+    }
+
     /// The evidence as bytes, for the wire and the store.
     pub fn encode(&self) -> Vec<u8> {
         let actor = self.actor.to_bytes();
@@ -230,11 +242,18 @@ impl Bans {
     /// Takes checked evidence. Returns whether it bans more than before (a new actor, or an
     /// earlier sequence number of one already banned); the caller then drops what it bans.
     pub fn add(&mut self, evidence: Evidence) -> Result<bool, ModelError> {
+        let device = authorship::device_of_actor(&evidence.actor);
+        let of_device = self
+            .by_actor
+            .keys()
+            .filter(|a| authorship::device_of_actor(a) == device)
+            .count();
         match self.by_actor.get(&evidence.actor) {
             Some(known) if known.seq <= evidence.seq => return Ok(false),
-            None if self.by_actor.len() >= MAX_BANS => {
+            None if self.by_actor.len() >= MAX_BANS || of_device >= MAX_BANS_PER_DEVICE => {
                 return Err(ModelError::TooLarge(format!(
-                    "more than {MAX_BANS} devices equivocated in this chat"
+                    "more equivocations in this chat than are kept ({MAX_BANS} in all, \
+                     {MAX_BANS_PER_DEVICE} per device)"
                 )));
             }
             _ => {}
@@ -285,8 +304,8 @@ fn path_down(
     seq: u64,
     mut lookup: impl FnMut(&ChangeHash) -> Option<Change>,
 ) -> Option<Vec<Change>> {
+    // Hashes only while searching; the path's changes are looked up again at the end.
     let mut parent: HashMap<ChangeHash, Option<ChangeHash>> = HashMap::new();
-    let mut found: HashMap<ChangeHash, Change> = HashMap::new();
     let mut queue = VecDeque::from([(*top, None)]);
     while let Some((hash, from)) = queue.pop_front() {
         if parent.contains_key(&hash) || parent.len() >= MAX_PATH_SEARCH {
@@ -297,26 +316,24 @@ fn path_down(
         };
         parent.insert(hash, from);
         let target = change.actor_id() == actor && change.seq() == seq;
-        // Below the clashing sequence number, the actor's changes lead away from it.
-        let beneath = change.actor_id() == actor && change.seq() < seq;
-        if !beneath && !target {
-            for dep in change.deps() {
-                queue.push_back((*dep, Some(hash)));
-            }
-        }
-        found.insert(hash, change);
         if target {
             let mut path = vec![];
             let mut at = Some(hash);
             while let Some(h) = at {
-                path.push(found.remove(&h)?);
-                at = parent.get(&h).copied().flatten();
-                if path.len() > MAX_BRANCH_CHANGES {
+                if path.len() >= MAX_BRANCH_CHANGES {
                     return None;
                 }
+                path.push(lookup(&h)?);
+                at = parent.get(&h).copied().flatten();
             }
             path.reverse();
             return Some(path);
+        }
+        // Below the clashing sequence number, the actor's changes lead away from it.
+        if change.actor_id() != actor || change.seq() > seq {
+            for dep in change.deps() {
+                queue.push_back((*dep, Some(hash)));
+            }
         }
     }
     None

@@ -97,9 +97,8 @@ pub fn take_message(
         Err(ModelError::Automerge(automerge::AutomergeError::DuplicateSeqNumber(seq, actor))) => {
             // A change that clashes with one this replica holds: an equivocation, shown with
             // the evidence when both changes' signatures can be found.
-            let top = proofs.kept(&actor).map(|(_, a)| a.clone());
-            let evidence =
-                Evidence::from_clash(doc, top.as_ref(), body, &attestations, &actor, seq);
+            let tops = proofs.kept_by_device_of(&actor);
+            let evidence = Evidence::from_clash(doc, &tops, body, &attestations, &actor, seq);
             return Err(match evidence {
                 Some(evidence) => ModelError::Equivocation(Box::new(evidence)),
                 None => automerge::AutomergeError::DuplicateSeqNumber(seq, actor).into(),

@@ -104,6 +104,26 @@ impl Proofs {
         self.waiting.clear();
     }
 
+    /// The attestations kept for every actor of `actor`'s device, that of `actor` first.
+    pub fn kept_by_device_of(&self, actor: &ActorId) -> Vec<Attestation> {
+        let device = authorship::device_of_actor(actor);
+        let mut out: Vec<Attestation> = self
+            .kept
+            .get(actor)
+            .map(|(_, a)| a.clone())
+            .into_iter()
+            .collect();
+        out.extend(
+            self.kept
+                .iter()
+                .filter(|(other, _)| {
+                    *other != actor && authorship::device_of_actor(other) == device
+                })
+                .map(|(_, (_, a))| a.clone()),
+        );
+        out
+    }
+
     /// The attestation kept for `actor`, if any: sequence number and attestation.
     pub fn kept(&self, actor: &ActorId) -> Option<&(u64, Attestation)> {
         self.kept.get(actor)

@@ -529,3 +529,55 @@ fn evidence_against_a_chats_first_change_leaves_the_chat_as_it_is() {
     assert!(alice.doc.bans().is_empty());
     assert_eq!(alice.texts(), before);
 }
+
+#[test]
+fn evidence_is_made_when_the_equivocator_signs_under_another_actor_or_piles_changes_on() {
+    let (mut left, mut right, mut alice, mut bob) = equivocated();
+    // On one branch it goes on under a second actor, and signs only that actor's changes; on
+    // the other it piles up seventy more changes before anyone meets.
+    let mut later = Replica::new(
+        "mallory",
+        ChatDoc::load(&left.doc.save(), &left.device).unwrap(),
+    );
+    later.device = device("mallory", "2");
+    later
+        .doc
+        .automerge_mut()
+        .set_actor(later.device.actor.clone());
+    later.post("m-later", "under another actor", 1_300);
+    for n in 0..70 {
+        right.post(&format!("m-right-{n}"), "more", 1_300 + n);
+    }
+    sync(&mut later, &mut alice);
+    sync(&mut right, &mut bob);
+    assert!(alice.texts().contains(&"under another actor".to_string()));
+    alice.post("a1", "alice", 2_000);
+    bob.post("b1", "bob", 2_000);
+    sync(&mut alice, &mut bob);
+    assert_eq!(alice.texts(), bob.texts());
+    assert_eq!(
+        alice.texts(),
+        vec![
+            "honest start".to_string(),
+            "alice".to_string(),
+            "bob".to_string()
+        ]
+    );
+    let _ = &mut left;
+}
+
+#[test]
+fn a_device_that_lost_much_writes_it_again_in_changes_every_device_takes() {
+    let (mut left, mut right, mut alice, mut bob) = equivocated();
+    sync(&mut left, &mut alice);
+    sync(&mut right, &mut bob);
+    // Three thousand posts of 400 bytes built on the clashing change: over a megabyte to write
+    // again, more than one change may hold.
+    let text = "x".repeat(400);
+    for n in 0..3_000 {
+        alice.post(&format!("a{n}"), &text, 2_000 + n);
+    }
+    sync(&mut alice, &mut bob);
+    assert_eq!(alice.texts().len(), 3_001);
+    assert_eq!(alice.texts(), bob.texts());
+}

@@ -24,6 +24,11 @@ use crate::{
     schema as s,
 };
 
+/// Writes in one change of what a device writes again at most, and their bytes: far below
+/// what every device takes in one change (`wire_check::WireLimits`).
+const MAX_RESTORES_PER_CHANGE: usize = 2_000;
+const MAX_RESTORE_BYTES_PER_CHANGE: usize = 256 * 1024;
+
 /// What [`ChatDoc::exclude_banned`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Excluded {
@@ -102,9 +107,22 @@ impl ChatDoc {
         let mut unsaved = Vec::new();
         let lost = own_losses(&self.doc, &rebuilt, &device.id);
         let rewritten = !lost.is_empty();
-        if rewritten {
+        // In changes of bounded size: every device takes each of them (`wire_check`).
+        let mut rest = lost.into_iter().peekable();
+        while rest.peek().is_some() {
+            let (mut ops, mut bytes) = (0, 0);
+            let group: Vec<Restore> = std::iter::from_fn(|| {
+                if ops >= MAX_RESTORES_PER_CHANGE || bytes >= MAX_RESTORE_BYTES_PER_CHANGE {
+                    return None;
+                }
+                let restore = rest.next()?;
+                ops += 1;
+                bytes += restore.size();
+                Some(restore)
+            })
+            .collect();
             write_change(&mut rebuilt, &mut unsaved, now_ms, |doc| {
-                lost.into_iter().try_for_each(|restore| restore.apply(doc))
+                group.into_iter().try_for_each(|restore| restore.apply(doc))
             })?;
         }
         let mut chat = Self::wrap(rebuilt)?;
@@ -134,6 +152,23 @@ enum Restore {
 }
 
 impl Restore {
+    /// Roughly the bytes it adds to a change.
+    fn size(&self) -> usize {
+        match self {
+            Restore::Put { key, value, .. } => {
+                key.len()
+                    + 32
+                    + match value {
+                        ScalarValue::Str(s) => s.len(),
+                        ScalarValue::Bytes(b) => b.len(),
+                        _ => 8,
+                    }
+            }
+            Restore::Delete { key, .. } => key.len() + 32,
+            Restore::NewMessage(id) => id.len() + 32,
+        }
+    }
+
     fn apply(self, doc: &mut AutoCommit) -> Result<(), automerge::AutomergeError> {
         let find = |doc: &AutoCommit, path: &[String]| {
             let mut obj = automerge::ROOT;

@@ -35,6 +35,9 @@ pub struct LoadedChat {
     pub chunk_bytes: u64,
     /// A compaction task for this chat is queued or running.
     pub compacting: bool,
+    /// How many times the chat was stored anew without changes an equivocation banned
+    /// (`engine/equivocation.rs`): a compaction that began before must not write its base.
+    pub rebuilds: u64,
     /// The newest write of this chat's changes still on its way to the disk, if any. Reads and
     /// sync messages made from the document wait for it before they answer, so that nobody is
     /// shown a change that is not durable: a chat's chunks become durable in the order they
@@ -291,6 +294,7 @@ mod tests {
             chunks: 0,
             chunk_bytes: 0,
             compacting: false,
+            rebuilds: 0,
             last_write: None,
             waiting_progress: None,
         }

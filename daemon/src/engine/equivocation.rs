@@ -119,6 +119,11 @@ impl Engine {
             self.with_keys(standings, |keys| evidence.check(chat, keys.verify))
                 .map_err(|e| EngineError::Misbehaviour(e.to_string()))
         })?;
+        // Evidence about an actor with nothing in this chat changes nothing here; it is not
+        // kept (a device cannot fill the chat's bans with actors of its making).
+        if loaded.doc.newest_change_of(&ban.actor).is_none() {
+            return Ok(None);
+        }
         let encoded = evidence.encode();
         let bans_before = loaded.doc.bans().clone();
         if !loaded.doc.ban(evidence)? {
@@ -169,6 +174,7 @@ impl Engine {
         }
         let base = loaded.doc.save();
         let rewritten = loaded.doc.take_local_changes();
+        loaded.rebuilds += 1;
         loaded.base_bytes = base.len() as u64;
         let compact = commit::StoreWrite::Compact {
             chat: chat.clone(),
@@ -224,18 +230,20 @@ pub(super) fn apply_stored(
     device: &Device,
     last_chunk: Option<u64>,
 ) -> Result<Option<u64>, EngineError> {
-    for bytes in store.evidence(chat)? {
-        // Checked when it was taken; only this device wrote it.
-        match Evidence::decode(&bytes).and_then(|evidence| doc.ban(evidence)) {
-            Ok(_) => {}
-            Err(e) => tracing::warn!(%chat, error = %e, "skipping stored evidence"),
-        }
-    }
-    if doc.bans().is_empty() {
+    let stored = store.evidence(chat)?;
+    if stored.is_empty() {
         return Ok(None);
     }
+    // Whatever the evidence says, this device may have had changes dropped here under its
+    // session actor: it writes under a new one.
     let fresh = fresh_actor(device);
     doc.automerge_mut().set_actor(fresh.clone());
+    for bytes in stored {
+        // Checked when it was taken; only this device wrote it.
+        if let Err(e) = Evidence::decode(&bytes).and_then(|evidence| doc.ban(evidence)) {
+            tracing::error!(%chat, error = %e, "stored evidence of an equivocation is unreadable");
+        }
+    }
     let excluded = match doc.exclude_banned(device, fresh, now_ms()) {
         Ok(excluded) => excluded,
         // Evidence is only stored once its changes could be dropped; a chat is never left

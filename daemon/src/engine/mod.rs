@@ -358,6 +358,7 @@ impl Engine {
                 chunks: 0,
                 chunk_bytes: 0,
                 compacting: false,
+                rebuilds: 0,
                 last_write: None,
                 waiting_progress: None,
             },
@@ -758,6 +759,7 @@ fn load_chat(
             stored.chunk_bytes
         },
         compacting: false,
+        rebuilds: 0,
         last_write: None,
         // Changes a store kept from before they were left out of saves start to wait now.
         waiting_progress: doc_waits.then(|| (std::time::Instant::now(), 0)),
@@ -770,13 +772,14 @@ fn load_chat(
 /// after the chunks it folds (they may still be queued there).
 async fn compact(queue: commit::Queue, chat: ChatId, handle: ChatHandle) {
     let started = std::time::Instant::now();
-    let (snapshot, through, folded_chunks, folded_bytes) = {
+    let (snapshot, through, folded_chunks, folded_bytes, rebuilds) = {
         let mut loaded = handle.lock().await;
         (
             loaded.doc.snapshot(),
             loaded.next_seq.checked_sub(1),
             loaded.chunks,
             loaded.chunk_bytes,
+            loaded.rebuilds,
         )
     };
     let result = match tokio::task::spawn_blocking(move || snapshot.save()).await {
@@ -789,9 +792,22 @@ async fn compact(queue: commit::Queue, chat: ChatId, handle: ChatHandle) {
                         base,
                         through,
                     };
-                    match queue.begin().submit(vec![write], Vec::new()).await {
-                        Ok(receipt) => receipt.durable().await.map(|()| base_bytes),
-                        Err(e) => Err(e),
+                    // Submitted under the lock, and only if the chat was not stored anew
+                    // meanwhile: the copy may hold changes dropped since.
+                    let submitted = {
+                        let loaded = handle.lock().await;
+                        if loaded.rebuilds == rebuilds {
+                            Some(queue.begin().submit(vec![write], Vec::new()).await)
+                        } else {
+                            None
+                        }
+                    };
+                    match submitted {
+                        Some(Ok(receipt)) => receipt.durable().await.map(|()| base_bytes),
+                        Some(Err(e)) => Err(e),
+                        None => Err(EngineError::Internal(
+                            "the chat was stored anew during the compaction".into(),
+                        )),
                     }
                 }
                 None => Ok(base_bytes),
