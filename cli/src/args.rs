@@ -42,6 +42,9 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<DevicesCommand>,
     },
+    /// Encrypted backups of every chat: set up, back up now, list, verify, restore.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Invite a new device: show a one-time ticket (and its QR code) and wait until it joins.
     Pair {
         /// How long the ticket stays valid, e.g. 90s, 10m, 2h (at most 24h).
@@ -157,6 +160,44 @@ pub enum DevicesCommand {
     /// and it is never trusted again.
     #[command(visible_alias = "revoke")]
     Remove { device: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Set up backups to TARGET: a directory (a USB stick, or a folder your cloud drive
+    /// syncs), `s3://bucket/prefix?endpoint=URL`, or `webdav+https://host/path`. Asks for a
+    /// passphrase that protects the backup.
+    Init {
+        #[arg(long = "to", value_name = "TARGET")]
+        target: String,
+        /// Read the passphrase from standard input (one line) instead of asking.
+        #[arg(long, conflicts_with = "recovery_key")]
+        passphrase_stdin: bool,
+        /// Instead of a passphrase, make a random recovery key and show it once (with a QR
+        /// code): keep it somewhere safe, it is the only way to restore.
+        #[arg(long)]
+        recovery_key: bool,
+    },
+    /// Back up every chat now; prints the snapshot, the bytes written and the time taken.
+    Now,
+    /// List the snapshots: time, chats, messages, size.
+    List,
+    /// Read back and check every object of every snapshot (or of SNAPSHOT).
+    Verify { snapshot: Option<String> },
+    /// Restore every chat from the backup at TARGET onto this device (chats it has already are
+    /// kept). Asks for the passphrase.
+    Restore {
+        target: String,
+        /// This snapshot (id or id prefix) rather than the newest.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Read the passphrase from standard input (one line) instead of asking.
+        #[arg(long, conflicts_with = "recovery_key_stdin")]
+        passphrase_stdin: bool,
+        /// Read the recovery key from standard input (one line).
+        #[arg(long)]
+        recovery_key_stdin: bool,
+    },
 }
 
 /// A duration in whole seconds: `90`, `90s`, `10m`, `2h` or `1d`.

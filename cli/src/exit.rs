@@ -31,6 +31,13 @@ pub const UNREACHABLE: u8 = 9;
 /// `pair`: the ticket expired before a device joined; `join`: the chats had not all arrived
 /// when it stopped waiting (they keep arriving in the background).
 pub const TIMED_OUT: u8 = 10;
+/// `backup`: the passphrase or recovery key does not open the backup.
+pub const WRONG_KEY: u8 = 12;
+/// `backup`: the backup is damaged (an object altered, truncated, swapped, missing, or rolled
+/// back); nothing was restored from the damaged part.
+pub const DAMAGED: u8 = 13;
+/// `backup`: the backup target cannot be reached.
+pub const TARGET_UNREACHABLE: u8 = 14;
 /// Interrupted (Ctrl-C); `pair` cancels its ticket first.
 pub const INTERRUPTED: u8 = 130;
 
@@ -90,6 +97,9 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
                 | ErrorCode::TicketUsed
                 | ErrorCode::TicketRefused => TICKET,
                 ErrorCode::InviterUnreachable => UNREACHABLE,
+                ErrorCode::BackupWrongKey => WRONG_KEY,
+                ErrorCode::BackupDamaged => DAMAGED,
+                ErrorCode::BackupUnreachable => TARGET_UNREACHABLE,
                 ErrorCode::Internal
                 | ErrorCode::UnsupportedMediaType
                 | ErrorCode::BadQuery

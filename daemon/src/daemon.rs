@@ -106,6 +106,7 @@ pub async fn serve(
     )?;
     let state = Arc::new(AppState {
         engine: engine.clone(),
+        backups: crate::backup::Backups::new(engine.clone(), &paths.data_dir),
         network,
         data_dir: paths.data_dir.clone(),
         socket: paths.socket.clone(),

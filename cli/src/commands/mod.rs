@@ -1,5 +1,6 @@
 //! One handler per command. Each talks to the daemon only through the [`Client`].
 
+mod backup;
 mod chats;
 mod daemon;
 mod devices;
@@ -28,6 +29,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chats => chats::list(&client, json).await,
         Command::Devices { command } => devices::run(command, &client, json).await,
         Command::Peers => devices::peers(&client, json).await,
+        Command::Backup(cmd) => backup::run(cmd, &client, json).await,
         Command::Pair { expires } => pairing::pair(&client, expires, json).await,
         Command::Join { ticket, name } => {
             pairing::join(&client, &ticket, name.as_deref(), json).await

@@ -12,6 +12,8 @@ use serde::{Serialize, de::DeserializeOwned};
 
 /// Longest the client waits for an ordinary request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest the client waits for a backup, a verification or a restore.
+const SLOW_REQUEST_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// Longest line accepted from the event stream.
 const MAX_EVENT_LINE: usize = 1024 * 1024;
 
@@ -113,10 +115,20 @@ impl Client {
         query: &[(&str, String)],
         key: Option<&str>,
     ) -> Result<reqwest::Response, ClientError> {
-        let mut req = self
-            .http
-            .request(method, Self::url(path))
-            .timeout(REQUEST_TIMEOUT);
+        self.send_with(method, path, body, query, key, REQUEST_TIMEOUT)
+            .await
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &[&str],
+        body: Option<&dyn erased::Body>,
+        query: &[(&str, String)],
+        key: Option<&str>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut req = self.http.request(method, Self::url(path)).timeout(timeout);
         if let Some(key) = key {
             req = req.header("Idempotency-Key", key);
         }
@@ -156,6 +168,20 @@ impl Client {
         key: Option<&str>,
     ) -> Result<T, ClientError> {
         let resp = self.send_keyed(method, path, body, query, key).await?;
+        let bytes = resp.bytes().await.map_err(|e| self.map_transport(e))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// [`Self::json`] for work that takes as long as the data it moves (backups, restores).
+    async fn json_slow<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &[&str],
+        body: Option<&dyn erased::Body>,
+    ) -> Result<T, ClientError> {
+        let resp = self
+            .send_with(method, path, body, &[], None, SLOW_REQUEST_TIMEOUT)
+            .await?;
         let bytes = resp.bytes().await.map_err(|e| self.map_transport(e))?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
@@ -326,6 +352,50 @@ impl Client {
 
     pub async fn remove_device(&self, device: &str) -> Result<DeviceJson, ClientError> {
         self.json(Method::DELETE, &["devices", device], None, &[])
+            .await
+    }
+
+    /// Sets up backups (`chatsync backup init`).
+    pub async fn backup_init(
+        &self,
+        request: &BackupInitRequest,
+    ) -> Result<BackupInitJson, ClientError> {
+        self.json_slow(Method::POST, &["backup"], Some(request))
+            .await
+    }
+
+    /// Where backups go, if they are set up.
+    pub async fn backup_status(&self) -> Result<BackupStatusJson, ClientError> {
+        self.json(Method::GET, &["backup"], None, &[]).await
+    }
+
+    /// Backs up now (`chatsync backup now`).
+    pub async fn backup_now(&self) -> Result<BackupJson, ClientError> {
+        self.json_slow(Method::POST, &["backup", "snapshots"], None)
+            .await
+    }
+
+    pub async fn backup_snapshots(&self) -> Result<Vec<SnapshotJson>, ClientError> {
+        let list: SnapshotListJson = self
+            .json(Method::GET, &["backup", "snapshots"], None, &[])
+            .await?;
+        Ok(list.snapshots)
+    }
+
+    pub async fn backup_verify(&self, snapshot: Option<&str>) -> Result<VerifyJson, ClientError> {
+        let body = VerifyRequest {
+            snapshot: snapshot.map(Into::into),
+        };
+        self.json_slow(Method::POST, &["backup", "verify"], Some(&body))
+            .await
+    }
+
+    /// Restores from a backup (`chatsync backup restore`).
+    pub async fn backup_restore(
+        &self,
+        request: &RestoreRequest,
+    ) -> Result<RestoreJson, ClientError> {
+        self.json_slow(Method::POST, &["backup", "restore"], Some(request))
             .await
     }
 

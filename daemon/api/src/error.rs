@@ -57,6 +57,12 @@ pub enum ErrorCode {
     InviterUnreachable,
     /// 503: the join could not be recorded.
     JoinFailed,
+    /// 401: the passphrase or recovery key does not open the backup.
+    BackupWrongKey,
+    /// 422: the backup is damaged: an object altered, truncated, swapped, missing or rolled back.
+    BackupDamaged,
+    /// 502: the backup target cannot be read or written.
+    BackupUnreachable,
     /// A code this version does not know (from a newer daemon), or an answer that was not an
     /// API error at all.
     #[serde(other)]
@@ -92,6 +98,9 @@ impl ErrorCode {
             ErrorCode::TicketRefused => "ticket_refused",
             ErrorCode::InviterUnreachable => "inviter_unreachable",
             ErrorCode::JoinFailed => "join_failed",
+            ErrorCode::BackupWrongKey => "backup_wrong_key",
+            ErrorCode::BackupDamaged => "backup_damaged",
+            ErrorCode::BackupUnreachable => "backup_unreachable",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -116,6 +125,8 @@ mod tests {
             ErrorCode::UnsupportedMediaType,
             ErrorCode::TicketRefused,
             ErrorCode::InviterUnreachable,
+            ErrorCode::BackupWrongKey,
+            ErrorCode::BackupDamaged,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -579,6 +579,111 @@ pub struct ErrorJson {
     pub candidates: Vec<String>,
 }
 
+// ----- backups -----
+
+/// `POST /v1/backup`: set up backups to `target`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BackupInitRequest {
+    /// A directory, `s3://bucket/prefix?endpoint=URL`, or `webdav+https://host/path`.
+    pub target: String,
+    /// Protects the repository's key in the repository (at least 8 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<String>,
+    /// Instead of a passphrase: make a recovery key, returned once.
+    #[serde(default)]
+    pub recovery_key: bool,
+    /// Resolves a relative directory (the caller's working directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+}
+
+/// Backups as set up.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackupInitJson {
+    pub target: String,
+    pub repository: String,
+    /// The recovery key, when one was asked for: shown this once, never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_key: Option<String>,
+}
+
+/// `GET /v1/backup`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackupStatusJson {
+    /// Where backups go; `null` when they are not set up.
+    pub target: Option<String>,
+}
+
+/// What one backup did (`POST /v1/backup/snapshots`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackupJson {
+    pub snapshot: String,
+    pub seq: u64,
+    pub chats: u64,
+    pub messages: u64,
+    pub bytes_written: u64,
+    pub objects_written: u64,
+    pub elapsed_ms: u64,
+}
+
+/// One snapshot (`GET /v1/backup/snapshots`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotJson {
+    pub id: String,
+    pub seq: u64,
+    pub created_at: i64,
+    pub device: String,
+    pub chats: u64,
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotListJson {
+    pub snapshots: Vec<SnapshotJson>,
+}
+
+/// `POST /v1/backup/verify`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct VerifyRequest {
+    /// Only this snapshot (id or id prefix); every snapshot when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VerifyJson {
+    pub snapshots: u64,
+    pub objects: u64,
+    pub bytes: u64,
+    pub elapsed_ms: u64,
+}
+
+/// `POST /v1/backup/restore`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<String>,
+    /// The recovery key shown at `init`, instead of a passphrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_key: Option<String>,
+    /// This snapshot (id or id prefix) rather than the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RestoreJson {
+    pub snapshot: String,
+    pub restored: u64,
+    pub already_here: u64,
+    pub messages: u64,
+    pub elapsed_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

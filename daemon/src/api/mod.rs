@@ -8,6 +8,7 @@
 //! handler becomes a 500 instead of taking the daemon down.
 
 mod access;
+mod backup;
 mod convert;
 mod error;
 mod events;
@@ -42,6 +43,7 @@ use crate::engine::Engine;
 /// What the API handlers share.
 pub struct AppState {
     pub engine: Arc<Engine>,
+    pub backups: crate::backup::Backups,
     pub network: crate::net::Network,
     pub data_dir: PathBuf,
     pub socket: PathBuf,

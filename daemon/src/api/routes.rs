@@ -12,7 +12,7 @@ use axum::{
 };
 
 use super::{
-    ApiError, AppState, convert,
+    ApiError, AppState, backup, convert,
     error::{ApiJson, ApiPath, ApiQuery},
     events::events,
     idempotency::IdempotencyKey,
@@ -56,6 +56,13 @@ pub fn routes() -> Router<Arc<AppState>> {
             axum::routing::delete(pairing::cancel_invite),
         )
         .route("/join", post(pairing::join))
+        .route("/backup", get(backup::status).post(backup::init))
+        .route(
+            "/backup/snapshots",
+            get(backup::snapshots).post(backup::now),
+        )
+        .route("/backup/verify", post(backup::verify))
+        .route("/backup/restore", post(backup::restore))
 }
 
 async fn status(State(st): St) -> Json<StatusJson> {

@@ -1,0 +1,230 @@
+//! `chatsync backup init|now|list|verify|restore`.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::{Context, bail};
+use chatsync_api::{
+    Client,
+    wire::{BackupInitRequest, RestoreRequest},
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{args::BackupCommand, output};
+
+pub async fn run(cmd: BackupCommand, client: &Client, json: bool) -> anyhow::Result<()> {
+    let cwd = std::env::current_dir()
+        .ok()
+        .map(|d| d.display().to_string());
+    match cmd {
+        BackupCommand::Init {
+            target,
+            passphrase_stdin,
+            recovery_key,
+        } => {
+            let passphrase = if recovery_key {
+                None
+            } else {
+                Some(secret(passphrase_stdin, "passphrase for the backup", true)?)
+            };
+            let done = client
+                .backup_init(&BackupInitRequest {
+                    target,
+                    passphrase,
+                    recovery_key,
+                    cwd,
+                })
+                .await?;
+            if json {
+                return output::json_line(&done);
+            }
+            println!(
+                "backups go to {} (repository {})",
+                done.target, done.repository
+            );
+            if let Some(key) = &done.recovery_key {
+                show_recovery_key(key)?;
+            }
+            println!("back up now with `chatsync backup now`");
+            Ok(())
+        }
+        BackupCommand::Now => {
+            let spinner = spinner(json, "backing up every chat");
+            let report = client.backup_now().await;
+            spinner.finish_and_clear();
+            let report = report?;
+            if json {
+                return output::json_line(&report);
+            }
+            println!(
+                "snapshot {} (#{}): {} chats, {} messages; wrote {} in {} objects in {:.1} s",
+                report.snapshot,
+                report.seq,
+                report.chats,
+                report.messages,
+                human_bytes(report.bytes_written),
+                report.objects_written,
+                report.elapsed_ms as f64 / 1000.0
+            );
+            Ok(())
+        }
+        BackupCommand::List => {
+            let snapshots = client.backup_snapshots().await?;
+            if json {
+                for s in &snapshots {
+                    output::json_line(s)?;
+                }
+                return Ok(());
+            }
+            if snapshots.is_empty() {
+                println!("no snapshots yet: run `chatsync backup now`");
+            }
+            for s in &snapshots {
+                println!(
+                    "{}  #{:<4} {}  {} chats  {} messages  {}",
+                    s.id,
+                    s.seq,
+                    output::local_time(s.created_at),
+                    s.chats,
+                    s.messages,
+                    human_bytes(s.bytes)
+                );
+            }
+            Ok(())
+        }
+        BackupCommand::Verify { snapshot } => {
+            let spinner = spinner(json, "reading back every object");
+            let report = client.backup_verify(snapshot.as_deref()).await;
+            spinner.finish_and_clear();
+            let report = report?;
+            if json {
+                return output::json_line(&report);
+            }
+            println!(
+                "ok: {} snapshots, {} objects, {} read back and checked in {:.1} s",
+                report.snapshots,
+                report.objects,
+                human_bytes(report.bytes),
+                report.elapsed_ms as f64 / 1000.0
+            );
+            Ok(())
+        }
+        BackupCommand::Restore {
+            target,
+            snapshot,
+            passphrase_stdin,
+            recovery_key_stdin,
+        } => {
+            let (passphrase, recovery_key) = if recovery_key_stdin {
+                (None, Some(secret(true, "recovery key", false)?))
+            } else {
+                (
+                    Some(secret(passphrase_stdin, "passphrase of the backup", false)?),
+                    None,
+                )
+            };
+            let spinner = spinner(json, "restoring every chat");
+            let report = client
+                .backup_restore(&RestoreRequest {
+                    target,
+                    passphrase,
+                    recovery_key,
+                    snapshot,
+                    cwd,
+                })
+                .await;
+            spinner.finish_and_clear();
+            let report = report?;
+            if json {
+                return output::json_line(&report);
+            }
+            println!(
+                "restored snapshot {}: {} chats ({} were here already), {} messages in {:.1} s",
+                report.snapshot,
+                report.restored,
+                report.already_here,
+                report.messages,
+                report.elapsed_ms as f64 / 1000.0
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A secret from standard input (one line), or asked for on the terminal (twice when it is
+/// new).
+fn secret(from_stdin: bool, what: &str, new: bool) -> anyhow::Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read standard input")?;
+        return Ok(line.trim_end_matches(['\n', '\r']).to_string());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to ask for the {what} on: use --passphrase-stdin");
+    }
+    let first = rpassword::prompt_password(format!("{what}: "))?;
+    if new {
+        let again = rpassword::prompt_password("again: ")?;
+        if again != first {
+            bail!("the two passphrases differ");
+        }
+    }
+    Ok(first)
+}
+
+fn show_recovery_key(key: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Your recovery key (shown this once; store it safely, offline):"
+    )?;
+    writeln!(out)?;
+    writeln!(out, "    {key}")?;
+    writeln!(out)?;
+    if out.is_terminal()
+        && let Ok(code) =
+            qrcode::QrCode::with_error_correction_level(key.as_bytes(), qrcode::EcLevel::M)
+    {
+        let art = code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .build();
+        writeln!(out, "{art}")?;
+    }
+    writeln!(
+        out,
+        "Without it the backup cannot be restored: nobody else holds a copy."
+    )?;
+    Ok(())
+}
+
+fn spinner(json: bool, what: &str) -> ProgressBar {
+    if json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner().with_message(what.to_string());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
