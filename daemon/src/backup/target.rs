@@ -4,8 +4,8 @@
 //!   Syncthing client syncs: that is how a backup reaches the user's cloud with no account of
 //!   ours), or `file:///path`;
 //! - any S3-compatible store: `s3://bucket/prefix`, with `?endpoint=URL` (and `&region=NAME`)
-//!   for stores other than AWS; credentials from `AWS_ACCESS_KEY_ID` and
-//!   `AWS_SECRET_ACCESS_KEY` in the daemon's environment;
+//!   for stores other than AWS; credentials as `s3://KEY_ID:SECRET@bucket/prefix`, or from
+//!   `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` in the daemon's environment;
 //! - WebDAV: `webdav+https://host/path` (or `webdav+http://`), with the user and password in
 //!   the URL or in `CHATSYNC_WEBDAV_USER` and `CHATSYNC_WEBDAV_PASSWORD`.
 
@@ -24,6 +24,8 @@ pub enum Target {
         prefix: String,
         endpoint: Option<String>,
         region: Option<String>,
+        /// Access key id and secret given in the target (else from the environment).
+        credentials: Option<(String, String)>,
     },
     Webdav {
         endpoint: String,
@@ -43,6 +45,13 @@ impl Target {
         }
         if let Some(rest) = text.strip_prefix("s3://") {
             let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let (credentials, location) = match location.split_once('@') {
+                Some((userinfo, location)) => match userinfo.split_once(':') {
+                    Some((id, secret)) => (Some((id.to_string(), secret.to_string())), location),
+                    None => return Err(bad("credentials must be KEY_ID:SECRET")),
+                },
+                None => (None, location),
+            };
             let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
             if bucket.is_empty() {
                 return Err(bad("no bucket"));
@@ -61,6 +70,7 @@ impl Target {
                 prefix: format!("/{}", prefix.trim_matches('/')),
                 endpoint,
                 region,
+                credentials,
             });
         }
         for (scheme, http) in [
@@ -120,6 +130,9 @@ impl Target {
 
     /// The storage behind the target.
     pub fn operator(&self) -> Result<Operator, BackupError> {
+        // The HTTP transport S3 and WebDAV use (idempotent; this build registers no services
+        // at start-up).
+        opendal::install_default();
         let failed = |e: opendal::Error| BackupError::Unreachable(e.to_string());
         let op = match self {
             Target::Directory(path) => {
@@ -134,6 +147,7 @@ impl Target {
                 prefix,
                 endpoint,
                 region,
+                credentials,
             } => {
                 let mut builder = opendal::services::S3::default()
                     .bucket(bucket)
@@ -142,10 +156,13 @@ impl Target {
                 if let Some(endpoint) = endpoint {
                     builder = builder.endpoint(endpoint);
                 }
-                if let (Ok(id), Ok(secret)) = (
-                    std::env::var("AWS_ACCESS_KEY_ID"),
-                    std::env::var("AWS_SECRET_ACCESS_KEY"),
-                ) {
+                let credentials = credentials.clone().or_else(|| {
+                    Some((
+                        std::env::var("AWS_ACCESS_KEY_ID").ok()?,
+                        std::env::var("AWS_SECRET_ACCESS_KEY").ok()?,
+                    ))
+                });
+                if let Some((id, secret)) = credentials {
                     builder = builder.access_key_id(&id).secret_access_key(&secret);
                 }
                 Operator::new(builder).map_err(failed)?
@@ -199,7 +216,24 @@ mod tests {
                 prefix: "/phone".into(),
                 endpoint: Some("http://127.0.0.1:9000".into()),
                 region: None,
+                credentials: None,
             }
+        );
+        assert_eq!(
+            Target::parse("s3://AKID:s3cret@chats?region=eu-west-1", None).unwrap(),
+            Target::S3 {
+                bucket: "chats".into(),
+                prefix: "/".into(),
+                endpoint: None,
+                region: Some("eu-west-1".into()),
+                credentials: Some(("AKID".into(), "s3cret".into())),
+            }
+        );
+        assert!(
+            !Target::parse("s3://AKID:s3cret@chats", None)
+                .unwrap()
+                .display()
+                .contains("s3cret")
         );
         assert_eq!(
             Target::parse("webdav+http://u:p@127.0.0.1:8080/dav/chats", None).unwrap(),
