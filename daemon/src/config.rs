@@ -65,6 +65,60 @@ pub struct Config {
     pub store: StoreConfig,
     pub network: NetworkConfig,
     pub relay: RelayConfig,
+    pub backup: BackupConfig,
+}
+
+/// When the daemon backs up by itself, and which snapshots it keeps (once backups are set up
+/// with `chatsync backup init`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// How often: `30m`, `6h`, `24h`, `7d`; `off` never (only `chatsync backup now`).
+    pub every: String,
+    /// Snapshots kept: the newest of each of the last this many days, weeks and months that
+    /// have one (the newest snapshot is always kept).
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            every: "24h".into(),
+            keep_daily: 7,
+            keep_weekly: 4,
+            keep_monthly: 12,
+        }
+    }
+}
+
+impl BackupConfig {
+    /// The interval of `every`; `None` for `off`.
+    pub fn interval(&self) -> anyhow::Result<Option<std::time::Duration>> {
+        let text = self.every.trim();
+        if text == "off" {
+            return Ok(None);
+        }
+        let (number, unit) = text.split_at(
+            text.find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(text.len()),
+        );
+        let n: u64 = number
+            .parse()
+            .with_context(|| format!("backup.every = {text:?}: not a duration like 24h"))?;
+        let secs = match unit {
+            "s" => n,
+            "m" => n * 60,
+            "h" | "" => n * 3600,
+            "d" => n * 86_400,
+            _ => anyhow::bail!("backup.every = {text:?}: use s, m, h or d"),
+        };
+        if secs < 60 {
+            anyhow::bail!("backup.every = {text:?}: at least one minute");
+        }
+        Ok(Some(std::time::Duration::from_secs(secs)))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -269,6 +323,26 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_settings() {
+        let c: Config = toml::from_str("[backup]\nevery = \"6h\"\nkeep_daily = 3\n").unwrap();
+        assert_eq!(
+            c.backup.interval().unwrap(),
+            Some(std::time::Duration::from_secs(6 * 3600))
+        );
+        assert_eq!((c.backup.keep_daily, c.backup.keep_weekly), (3, 4));
+        assert_eq!(
+            Config::default().backup.interval().unwrap(),
+            Some(std::time::Duration::from_secs(86_400))
+        );
+        let off: Config = toml::from_str("[backup]\nevery = \"off\"\n").unwrap();
+        assert_eq!(off.backup.interval().unwrap(), None);
+        for bad in ["soon", "10x", "5s"] {
+            let c: Config = toml::from_str(&format!("[backup]\nevery = {bad:?}\n")).unwrap();
+            assert!(c.backup.interval().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_a_full_config() {

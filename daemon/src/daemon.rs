@@ -95,6 +95,10 @@ pub async fn serve(
             reserve_bytes: config.store.reserve_mb.saturating_mul(1024 * 1024),
         },
     )?;
+    let backup_every = config
+        .backup
+        .interval()
+        .context("invalid [backup] settings")?;
     let listener = api::bind(&paths.socket).await?;
     let mut network_config = config.network.clone();
     network_config.relay = config.relay.clone();
@@ -104,9 +108,22 @@ pub async fn serve(
         engine.clone(),
         shutdown.clone(),
     )?;
+    let backups = Arc::new(crate::backup::Backups::new(engine.clone(), &paths.data_dir));
+    let schedule = backup_every.map(|every| {
+        let retention = crate::backup::Retention {
+            daily: config.backup.keep_daily,
+            weekly: config.backup.keep_weekly,
+            monthly: config.backup.keep_monthly,
+        };
+        tokio::spawn(
+            backups
+                .clone()
+                .run_schedule(every, retention, shutdown.clone()),
+        )
+    });
     let state = Arc::new(AppState {
         engine: engine.clone(),
-        backups: crate::backup::Backups::new(engine.clone(), &paths.data_dir),
+        backups,
         network,
         data_dir: paths.data_dir.clone(),
         socket: paths.socket.clone(),
@@ -124,6 +141,10 @@ pub async fn serve(
     );
     let served = api::serve(listener, state).await;
     tracing::info!("shutting down");
+    if let Some(schedule) = schedule {
+        // It stops at the cancellation, an interrupted backup leaving earlier snapshots whole.
+        let _ = schedule.await;
+    }
     if let Err(e) = network_task.await {
         tracing::error!(error = %e, "the network task failed");
     }

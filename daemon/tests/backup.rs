@@ -385,3 +385,111 @@ async fn backups_go_to_webdav() {
     ))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_snapshots_and_what_only_they_used_are_removed() {
+    use chatsync_daemon::backup::Retention;
+    let (home, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (engine, chats) = device_with_chats(home.path()).await;
+    let backups = Backups::new(engine.clone(), home.path());
+    backups
+        .init(target.path().to_str().unwrap(), None, passphrase())
+        .await
+        .unwrap();
+    for n in 0..3 {
+        engine
+            .post(&chats[0], &format!("round {n}"), None, None)
+            .await
+            .unwrap();
+        backups.now().await.unwrap();
+    }
+    let objects_before = walk(&target.path().join("objects")).len();
+    let nothing_old = Retention {
+        daily: 0,
+        weekly: 0,
+        monthly: 0,
+    };
+    let pruned = backups
+        .prune(nothing_old, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(pruned.snapshots, 2);
+    // Two older copies of the chat that changed went; the other chat and the roster stay.
+    assert_eq!(pruned.objects, 2);
+    assert_eq!(
+        walk(&target.path().join("objects")).len(),
+        objects_before - 2
+    );
+    assert_eq!(backups.snapshots().await.unwrap().len(), 1);
+    assert!(backups.verify(None).await.is_ok());
+    // Within the grace period nothing is removed.
+    engine.post(&chats[0], "later", None, None).await.unwrap();
+    backups.now().await.unwrap();
+    let kept = backups
+        .prune(nothing_old, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!((kept.snapshots, kept.objects), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_backs_up_by_itself_and_reports_failures() {
+    use chatsync_daemon::backup::Retention;
+    let (home, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (engine, chats) = device_with_chats(home.path()).await;
+    let backups = Arc::new(Backups::new(engine.clone(), home.path()));
+    assert!(backups.status().target.is_none());
+    let folder = target.path().join("chatsync");
+    backups
+        .init(folder.to_str().unwrap(), None, passphrase())
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let keep = Retention {
+        daily: 7,
+        weekly: 4,
+        monthly: 12,
+    };
+    let task = tokio::spawn(backups.clone().run_schedule(
+        std::time::Duration::from_millis(300),
+        keep,
+        stop.clone(),
+    ));
+    chatsync_testkit::eventually(
+        "two scheduled backups",
+        std::time::Duration::from_secs(20),
+        || {
+            let backups = backups.clone();
+            async move {
+                backups
+                    .snapshots()
+                    .await
+                    .map(|s| s.len() >= 2)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    let status = backups.status();
+    assert!(
+        status.last.is_some() && status.failure.is_none(),
+        "{status:?}"
+    );
+    assert!(status.next_at.is_some());
+    // The target goes away: the failure shows, and nothing is lost here.
+    std::fs::remove_dir_all(&folder).unwrap();
+    std::fs::write(&folder, b"not a directory").unwrap();
+    engine
+        .post(&chats[0], "while the target is gone", None, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        backups.now().await,
+        Err(BackupError::Unreachable(_))
+    ));
+    let status = backups.status();
+    assert!(status.failure.is_some(), "{status:?}");
+    assert!(status.last.is_some());
+    stop.cancel();
+    task.await.unwrap();
+}

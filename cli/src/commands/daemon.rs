@@ -233,7 +233,39 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
     for line in relay_lines(&s) {
         println!("{line}");
     }
+    // An older daemon may not know the route: no backup line then.
+    if let Ok(backup) = client.backup_status().await {
+        println!("{:<10}  {}", "backups", backup_line(&backup));
+    }
     Ok(())
+}
+
+/// The `backups` row of `chatsync status`: where to, the last good one, any failure, the next.
+fn backup_line(b: &chatsync_api::wire::BackupStatusJson) -> String {
+    let Some(target) = &b.target else {
+        return "not set up (chatsync backup init --to DIR)".into();
+    };
+    let mut line = format!("to {target}");
+    match (&b.last_snapshot, b.last_backup_at) {
+        (Some(snapshot), Some(at)) => {
+            line.push_str(&format!(
+                "; last good {} ({snapshot})",
+                output::local_time(at)
+            ));
+        }
+        _ => line.push_str("; none made yet"),
+    }
+    if let Some(failure) = &b.failure {
+        line.push_str(&format!(
+            "; FAILED {}: {}",
+            output::local_time(failure.at),
+            output::visible_line(&failure.error)
+        ));
+    }
+    if let Some(next) = b.next_at {
+        line.push_str(&format!("; next {}", output::local_time(next)));
+    }
+    line
 }
 
 /// The `relays` and `relay mode` rows of `chatsync status`.

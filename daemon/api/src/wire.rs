@@ -612,6 +612,23 @@ pub struct BackupInitJson {
 pub struct BackupStatusJson {
     /// Where backups go; `null` when they are not set up.
     pub target: Option<String>,
+    /// The newest backup that succeeded: when (ms) and its snapshot.
+    #[serde(default)]
+    pub last_backup_at: Option<i64>,
+    #[serde(default)]
+    pub last_snapshot: Option<String>,
+    /// The newest failure since then (the daemon tries again by itself).
+    #[serde(default)]
+    pub failure: Option<BackupFailureJson>,
+    /// When the daemon backs up next by itself (ms); `null` when it does not.
+    #[serde(default)]
+    pub next_at: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackupFailureJson {
+    pub at: i64,
+    pub error: String,
 }
 
 /// What one backup did (`POST /v1/backup/snapshots`).

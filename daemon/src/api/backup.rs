@@ -26,8 +26,15 @@ impl From<BackupError> for ApiError {
 }
 
 pub async fn status(State(st): St) -> Json<BackupStatusJson> {
+    let status = st.backups.status();
     Json(BackupStatusJson {
-        target: st.backups.configured(),
+        target: status.target,
+        last_backup_at: status.last.as_ref().map(|l| l.at),
+        last_snapshot: status.last.map(|l| l.snapshot),
+        failure: status
+            .failure
+            .map(|(at, error)| BackupFailureJson { at, error }),
+        next_at: status.next_at,
     })
 }
 

@@ -43,7 +43,7 @@ use crate::engine::Engine;
 /// What the API handlers share.
 pub struct AppState {
     pub engine: Arc<Engine>,
-    pub backups: crate::backup::Backups,
+    pub backups: Arc<crate::backup::Backups>,
     pub network: crate::net::Network,
     pub data_dir: PathBuf,
     pub socket: PathBuf,

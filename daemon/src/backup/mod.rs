@@ -20,6 +20,7 @@
 
 mod keys;
 mod repository;
+mod retention;
 mod target;
 
 use std::{
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use keys::{new_recovery_key, recovery_passphrase};
 pub use repository::{ChatEntry, Manifest};
+pub use retention::Retention;
 pub use target::Target;
 
 use crate::engine::Engine;
@@ -131,14 +133,55 @@ struct Settings {
     /// The target as the user gave it (credentials in it stay on this device).
     target: String,
     keys: serde_json::Value,
+    /// The newest backup that succeeded.
+    #[serde(default)]
+    last: Option<LastBackup>,
 }
+
+/// A backup that succeeded.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LastBackup {
+    /// When it finished (ms since the epoch).
+    pub at: i64,
+    pub snapshot: String,
+}
+
+/// Where backups stand, for `chatsync status`.
+#[derive(Clone, Debug, Default)]
+pub struct BackupStatus {
+    /// Where backups go (`None`: not set up).
+    pub target: Option<String>,
+    pub last: Option<LastBackup>,
+    /// The newest failure since the last success: when, and why.
+    pub failure: Option<(i64, String)>,
+    /// When the daemon backs up next by itself (ms since the epoch).
+    pub next_at: Option<i64>,
+}
+
+/// What pruning removed.
+#[derive(Clone, Debug, Default)]
+pub struct Pruned {
+    pub snapshots: usize,
+    pub objects: usize,
+    pub bytes: u64,
+}
+
+/// The scheduler's view: the newest failure since the last success, and the next run.
+type Schedule = (Option<(i64, String)>, Option<i64>);
+
+/// First wait before backing up again after a failure; it doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+const MAX_RETRY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Objects written this recently are never pruned: they may belong to a backup under way.
+pub const PRUNE_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The daemon's backups: one repository at a time.
 pub struct Backups {
     engine: Arc<Engine>,
     settings_file: PathBuf,
-    /// One backup or restore at a time.
+    /// One backup, prune or restore at a time.
     running: tokio::sync::Mutex<()>,
+    schedule: std::sync::Mutex<Schedule>,
 }
 
 impl Backups {
@@ -147,7 +190,114 @@ impl Backups {
             engine,
             settings_file: data_dir.join("backup.json"),
             running: tokio::sync::Mutex::new(()),
+            schedule: std::sync::Mutex::new((None, None)),
         }
+    }
+
+    /// Where backups stand.
+    pub fn status(&self) -> BackupStatus {
+        let (failure, next_at) = self
+            .schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let settings = self.read_settings().ok().flatten();
+        BackupStatus {
+            target: settings
+                .as_ref()
+                .and_then(|s| Target::parse(&s.target, None).ok())
+                .map(|t| t.display()),
+            last: settings.and_then(|s| s.last),
+            failure,
+            next_at,
+        }
+    }
+
+    /// Backs up every `every` once backups are set up, keeping what `retention` says; after a
+    /// failure (the target unreachable, say), tries again after a minute, then after ever
+    /// longer waits up to an hour. Returns when `stop` is cancelled.
+    pub async fn run_schedule(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        retention: Retention,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut retry = FIRST_RETRY;
+        loop {
+            let now = crate::engine::now_ms();
+            let status = self.status();
+            let wait = if status.target.is_none() {
+                // Not set up: look again in a minute.
+                FIRST_RETRY
+            } else if status.failure.is_some() {
+                retry
+            } else {
+                let due = status
+                    .last
+                    .as_ref()
+                    .map_or(now, |l| l.at.saturating_add(every.as_millis() as i64));
+                std::time::Duration::from_millis(due.saturating_sub(now).max(0) as u64)
+            };
+            if status.target.is_some() {
+                self.set_schedule(|s| s.1 = Some(now.saturating_add(wait.as_millis() as i64)));
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if self.status().target.is_none() {
+                continue;
+            }
+            let outcome = tokio::select! {
+                // Dropping the backup half way leaves every earlier snapshot whole.
+                _ = stop.cancelled() => return,
+                outcome = self.now() => outcome,
+            };
+            match outcome {
+                Ok(report) => {
+                    retry = FIRST_RETRY;
+                    tracing::info!(snapshot = %report.snapshot, bytes = report.bytes_written, "backed up");
+                    if let Err(e) = self.prune(retention, PRUNE_GRACE).await {
+                        tracing::warn!(error = %e, "cannot remove old snapshots");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_secs = retry.as_secs(), "backup failed");
+                    retry = (retry * 2).min(MAX_RETRY);
+                }
+            }
+        }
+    }
+
+    fn set_schedule(&self, f: impl FnOnce(&mut Schedule)) {
+        f(&mut self.schedule.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Removes the snapshots `retention` does not keep, then the objects no kept snapshot
+    /// names (an interrupted prune leaves only objects, removed by the next).
+    /// Objects younger than `grace` are left (a backup of another device writing to the same
+    /// repository may be under way).
+    pub async fn prune(
+        &self,
+        retention: Retention,
+        grace: std::time::Duration,
+    ) -> Result<Pruned, BackupError> {
+        let _running = self.running.lock().await;
+        let repo = self.open_configured()?;
+        let manifests = repo.manifests().await?;
+        let times: Vec<(u64, i64)> = manifests.iter().map(|m| (m.seq, m.created_at)).collect();
+        let keep = retention::keep(&times, retention);
+        let mut pruned = Pruned::default();
+        for manifest in manifests.iter().filter(|m| !keep.contains(&m.seq)) {
+            repo.delete_manifest(manifest.seq).await?;
+            pruned.snapshots += 1;
+        }
+        let kept: Vec<Manifest> = manifests
+            .into_iter()
+            .filter(|m| keep.contains(&m.seq))
+            .collect();
+        (pruned.objects, pruned.bytes) = repo.delete_unused(&kept, grace).await?;
+        Ok(pruned)
     }
 
     /// Creates a repository at `target` and keeps its settings here. `cwd` resolves a
@@ -181,14 +331,29 @@ impl Backups {
         })
     }
 
-    /// Whether backups are set up on this device, and where to.
-    pub fn configured(&self) -> Option<String> {
-        let (target, _) = self.settings().ok()??;
-        Target::parse(&target, None).ok().map(|t| t.display())
-    }
-
     /// Backs up every chat now.
     pub async fn now(&self) -> Result<BackupReport, BackupError> {
+        let outcome = self.back_up().await;
+        match &outcome {
+            Ok(report) => {
+                self.set_schedule(|s| s.0 = None);
+                if let Some(mut settings) = self.read_settings()? {
+                    settings.last = Some(LastBackup {
+                        at: crate::engine::now_ms(),
+                        snapshot: report.snapshot.clone(),
+                    });
+                    self.write_settings(&settings)?;
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                self.set_schedule(|s| s.0 = Some((crate::engine::now_ms(), why)));
+            }
+        }
+        outcome
+    }
+
+    async fn back_up(&self) -> Result<BackupReport, BackupError> {
         let _running = self.running.lock().await;
         let started = Instant::now();
         let repo = self.open_configured()?;
@@ -364,6 +529,14 @@ impl Backups {
     }
 
     fn settings(&self) -> Result<Option<(String, RepositoryKeys)>, BackupError> {
+        let Some(settings) = self.read_settings()? else {
+            return Ok(None);
+        };
+        let keys = RepositoryKeys::from_local(settings.keys.to_string().as_bytes())?;
+        Ok(Some((settings.target, keys)))
+    }
+
+    fn read_settings(&self) -> Result<Option<Settings>, BackupError> {
         let bytes = match std::fs::read(&self.settings_file) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -373,20 +546,23 @@ impl Backups {
                 )));
             }
         };
-        let settings: Settings = serde_json::from_slice(&bytes)
-            .map_err(|e| BackupError::Damaged(format!("the local backup settings: {e}")))?;
-        let keys = RepositoryKeys::from_local(settings.keys.to_string().as_bytes())?;
-        Ok(Some((settings.target, keys)))
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| BackupError::Damaged(format!("the local backup settings: {e}")))
     }
 
     fn save_settings(&self, target: &str, keys: &RepositoryKeys) -> Result<(), BackupError> {
         let keys: serde_json::Value = serde_json::from_slice(&keys.to_local())
             .map_err(|e| BackupError::Internal(e.to_string()))?;
-        let settings = Settings {
+        self.write_settings(&Settings {
             target: target.to_string(),
             keys,
-        };
-        let bytes = serde_json::to_vec_pretty(&settings)
+            last: None,
+        })
+    }
+
+    fn write_settings(&self, settings: &Settings) -> Result<(), BackupError> {
+        let bytes = serde_json::to_vec_pretty(settings)
             .map_err(|e| BackupError::Internal(e.to_string()))?;
         write_private(&self.settings_file, &bytes)
             .map_err(|e| BackupError::Internal(format!("cannot keep the backup settings: {e}")))

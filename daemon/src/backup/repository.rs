@@ -211,6 +211,55 @@ impl Repository {
     }
 }
 
+impl Repository {
+    /// Deletes snapshot `seq` (its objects stay until [`Repository::delete_unused`]).
+    pub async fn delete_manifest(&self, seq: u64) -> Result<(), BackupError> {
+        let path = format!("{SNAPSHOTS}{}", manifest_name(&self.keys, seq));
+        self.op.delete(&path).await.map_err(unreachable)
+    }
+
+    /// Deletes every object no snapshot in `kept` names and older than `grace`. Returns how
+    /// many, and their bytes.
+    pub async fn delete_unused(
+        &self,
+        kept: &[Manifest],
+        grace: std::time::Duration,
+    ) -> Result<(usize, u64), BackupError> {
+        let used: std::collections::HashSet<&str> = kept
+            .iter()
+            .flat_map(|m| {
+                std::iter::once(m.roster.as_str()).chain(m.chats.iter().map(|c| c.object.as_str()))
+            })
+            .collect();
+        let entries = self
+            .op
+            .list_with(OBJECTS)
+            .recursive(true)
+            .await
+            .map_err(unreachable)?;
+        let (mut deleted, mut bytes) = (0, 0);
+        for entry in entries {
+            if entry.metadata().is_dir() || used.contains(entry.name()) {
+                continue;
+            }
+            // Written within `grace`: it may belong to a backup still under way.
+            let meta = self.op.stat(entry.path()).await.map_err(unreachable)?;
+            let now_secs = crate::engine::now_ms() / 1000;
+            let recent = !grace.is_zero()
+                && meta.last_modified().is_none_or(|at| {
+                    now_secs - at.into_inner().as_second() < grace.as_secs() as i64
+                });
+            if recent {
+                continue;
+            }
+            bytes += meta.content_length();
+            self.op.delete(entry.path()).await.map_err(unreachable)?;
+            deleted += 1;
+        }
+        Ok((deleted, bytes))
+    }
+}
+
 fn manifest_name(keys: &RepositoryKeys, seq: u64) -> String {
     hex::encode(keys.mac("snapshot", &seq.to_be_bytes()))
 }
