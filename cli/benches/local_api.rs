@@ -14,15 +14,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chatsync_daemon::{
-    identity::Identity,
-    store::{ChatRecord, Store},
-};
+use chatsync_daemon::{identity::Identity, store::Store};
 use chatsync_model::{ChatDoc, ChatId, Device, MessageId};
 
 mod common;
 use chatsync_testkit::TestDaemon;
-use common::{CpuTime, cpu, home, paths, rss_kib, start, text};
+use common::{CpuTime, build_store, cpu, home, rss_kib, start, text};
 
 struct Settings {
     sequential_posts: usize,
@@ -300,48 +297,6 @@ async fn engine_posts(tasks: usize, posts: usize) -> Duration {
         engine.close().await.unwrap();
     }
     elapsed
-}
-
-/// Writes `chats` chats of `messages` messages straight into a store, as the daemon would
-/// find them after compaction. Cached between runs: building a million messages takes a while.
-fn build_store(home: &Path, chats: usize, messages: usize) {
-    let p = paths(home);
-    std::fs::create_dir_all(&p.data_dir).unwrap();
-    let identity = Identity::load_or_create(&p.identity_file()).unwrap();
-    let dev = Device::new(identity.device_id.clone(), "bench").unwrap();
-    let store = Store::open(&p.store_dir(), 16 << 20).unwrap();
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    std::thread::scope(|scope| {
-        for w in 0..workers {
-            let store = store.clone();
-            let dev = dev.clone();
-            scope.spawn(move || {
-                for c in (w..chats).step_by(workers) {
-                    let id = ChatId::new(format!("{c:032x}")).unwrap();
-                    let mut doc =
-                        ChatDoc::create(id.clone(), &format!("chat {c}"), &dev, 0).unwrap();
-                    for i in 0..messages {
-                        let mid = MessageId::new(format!("{c:016x}{i:016x}")).unwrap();
-                        doc.post(&dev, mid, &text(i), None, 1_700_000_000_000 + i as i64)
-                            .unwrap();
-                    }
-                    let record = ChatRecord {
-                        title: format!("chat {c}"),
-                        created_at: 0,
-                        created_by: dev.id.to_string(),
-                        messages: messages as u64,
-                        last_activity: 1_700_000_000_000 + c as i64,
-                        heads: Vec::new(),
-                        next_seq: 0,
-                    };
-                    store.create_chat(&id, &record, &doc.save()).unwrap();
-                }
-            });
-        }
-    });
-    store.flush().unwrap();
 }
 
 fn startup(s: &Settings) {

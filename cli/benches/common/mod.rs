@@ -5,7 +5,12 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use chatsync_daemon::paths::Paths;
+use chatsync_daemon::{
+    identity::Identity,
+    paths::Paths,
+    store::{ChatRecord, Store},
+};
+use chatsync_model::{ChatDoc, ChatId, Device, MessageId};
 use chatsync_testkit::TestDaemon;
 use tempfile::TempDir;
 
@@ -107,4 +112,46 @@ fn stat_times(path: &str) -> Option<(String, f64, f64)> {
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
     let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
     Some((name, ticks(11)? / 100.0, ticks(12)? / 100.0))
+}
+
+/// Writes `chats` chats of `messages` messages straight into a store, as the daemon would
+/// find them after compaction. Cached between runs: building a million messages takes a while.
+pub fn build_store(home: &Path, chats: usize, messages: usize) {
+    let p = paths(home);
+    std::fs::create_dir_all(&p.data_dir).unwrap();
+    let identity = Identity::load_or_create(&p.identity_file()).unwrap();
+    let dev = Device::new(identity.device_id.clone(), "bench").unwrap();
+    let store = Store::open(&p.store_dir(), 16 << 20).unwrap();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    std::thread::scope(|scope| {
+        for w in 0..workers {
+            let store = store.clone();
+            let dev = dev.clone();
+            scope.spawn(move || {
+                for c in (w..chats).step_by(workers) {
+                    let id = ChatId::new(format!("{c:032x}")).unwrap();
+                    let mut doc =
+                        ChatDoc::create(id.clone(), &format!("chat {c}"), &dev, 0).unwrap();
+                    for i in 0..messages {
+                        let mid = MessageId::new(format!("{c:016x}{i:016x}")).unwrap();
+                        doc.post(&dev, mid, &text(i), None, 1_700_000_000_000 + i as i64)
+                            .unwrap();
+                    }
+                    let record = ChatRecord {
+                        title: format!("chat {c}"),
+                        created_at: 0,
+                        created_by: dev.id.to_string(),
+                        messages: messages as u64,
+                        last_activity: 1_700_000_000_000 + c as i64,
+                        heads: Vec::new(),
+                        next_seq: 0,
+                    };
+                    store.create_chat(&id, &record, &doc.save()).unwrap();
+                }
+            });
+        }
+    });
+    store.flush().unwrap();
 }
