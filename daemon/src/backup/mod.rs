@@ -358,9 +358,14 @@ impl Backups {
         let started = Instant::now();
         let repo = self.open_configured()?;
         let now = crate::engine::now_ms();
-        let mut manifest = repo
+        let (mut manifest, newest) = repo
             .next_manifest(self.engine.device().id.as_str(), now)
             .await?;
+        // Chats as they were in the newest snapshot (kept by every retention policy): one
+        // whose heads did not move since is not read again.
+        let before: std::collections::HashMap<String, ChatEntry> = newest
+            .map(|m| m.chats.into_iter().map(|c| (c.id.clone(), c)).collect())
+            .unwrap_or_default();
         let mut bytes_written = 0;
         let mut objects_written = 0;
         let mut note = |written: u64| {
@@ -372,6 +377,14 @@ impl Backups {
         note(written);
         for summary in self.engine.list_chats() {
             let chat = summary.id.clone();
+            if let Some(entry) = before.get(chat.as_str())
+                && entry.heads == summary.record.heads
+                && entry.messages == summary.record.messages
+                && entry.title == summary.record.title
+            {
+                manifest.chats.push(entry.clone());
+                continue;
+            }
             let sealed = match self.engine.export_chat(&chat).await {
                 Ok(sealed) => sealed,
                 // Deleted meanwhile: not in this snapshot.
@@ -390,6 +403,7 @@ impl Backups {
                 messages: summary.record.messages,
                 object,
                 bytes: sealed.len() as u64,
+                heads: summary.record.heads.clone(),
             });
         }
         bytes_written += repo.put_manifest(&manifest).await?;

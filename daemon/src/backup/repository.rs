@@ -52,6 +52,10 @@ pub struct ChatEntry {
     /// prove every change in it (as a device sends it to another).
     pub object: String,
     pub bytes: u64,
+    /// The chat's heads when it was backed up: a chat whose heads are the same next time is
+    /// not read again.
+    #[serde(default)]
+    pub heads: Vec<String>,
 }
 
 impl Manifest {
@@ -196,10 +200,15 @@ impl Repository {
         Ok(manifest)
     }
 
-    /// A new manifest numbered after every snapshot there.
-    pub async fn next_manifest(&self, device: &str, now: i64) -> Result<Manifest, BackupError> {
-        let seq = self.manifests().await?.last().map_or(1, |m| m.seq + 1);
-        Ok(Manifest {
+    /// A new manifest numbered after every snapshot there, and the newest snapshot there.
+    pub async fn next_manifest(
+        &self,
+        device: &str,
+        now: i64,
+    ) -> Result<(Manifest, Option<Manifest>), BackupError> {
+        let newest = self.manifests().await?.pop();
+        let seq = newest.as_ref().map_or(1, |m| m.seq + 1);
+        let next = Manifest {
             format: MANIFEST_FORMAT,
             repository: self.keys.repository.clone(),
             seq,
@@ -207,7 +216,8 @@ impl Repository {
             device: device.to_string(),
             roster: String::new(),
             chats: Vec::new(),
-        })
+        };
+        Ok((next, newest))
     }
 }
 
