@@ -294,6 +294,16 @@ pub fn device_table(devices: &[DeviceJson]) -> Vec<String> {
     out
 }
 
+/// `data` as a QR code drawn with Unicode half blocks (light on dark, for terminals).
+pub fn qr_code(data: &str, level: qrcode::EcLevel) -> Result<String, qrcode::types::QrError> {
+    let code = qrcode::QrCode::with_error_correction_level(data.as_bytes(), level)?;
+    Ok(code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .build())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

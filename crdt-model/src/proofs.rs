@@ -263,13 +263,7 @@ impl Proofs {
                     let kept = self.kept.get(&actor).map(|k| k.0);
                     let too_new = batch.of_actor_beyond(&actor, kept);
                     if !too_new.is_empty() {
-                        let shared = not_shared.get_or_insert_with(|| {
-                            let known = state
-                                .shared_heads
-                                .iter()
-                                .chain(state.their_heads.iter().flatten());
-                            not_shared_with(doc, known)
-                        });
+                        let shared = not_shared.get_or_insert_with(|| not_shared_in(doc, state));
                         match self
                             .vouched_by_another_actor(doc, &actor, &too_new, &batch, shared, own)
                         {
@@ -284,13 +278,7 @@ impl Proofs {
                         None => continue,
                     }
                 };
-                let shared = not_shared.get_or_insert_with(|| {
-                    let known = state
-                        .shared_heads
-                        .iter()
-                        .chain(state.their_heads.iter().flatten());
-                    not_shared_with(doc, known)
-                });
+                let shared = not_shared.get_or_insert_with(|| not_shared_in(doc, state));
                 let floor = batch.lowest_start_op(&actor);
                 let path = path_to(doc, top, &batch, shared, floor);
                 if path.is_empty() {
@@ -814,6 +802,16 @@ fn reaches(
         }
     }
     targets.iter().all(|t| seen.contains(t))
+}
+
+/// The changes of `doc` the other side of the conversation `state` tracks may lack: those its
+/// last shared heads and its last heads do not reach.
+fn not_shared_in(doc: &mut ChatDoc, state: &automerge::sync::State) -> HashSet<ChangeHash> {
+    let known = state
+        .shared_heads
+        .iter()
+        .chain(state.their_heads.iter().flatten());
+    not_shared_with(doc, known)
 }
 
 /// The changes of `doc` that are not ancestors of `shared` (heads both sides are known to

@@ -185,14 +185,8 @@ fn show_recovery_key(key: &str) -> anyhow::Result<()> {
     writeln!(out, "    {key}")?;
     writeln!(out)?;
     if out.is_terminal()
-        && let Ok(code) =
-            qrcode::QrCode::with_error_correction_level(key.as_bytes(), qrcode::EcLevel::M)
+        && let Ok(art) = output::qr_code(key, qrcode::EcLevel::M)
     {
-        let art = code
-            .render::<qrcode::render::unicode::Dense1x2>()
-            .dark_color(qrcode::render::unicode::Dense1x2::Light)
-            .light_color(qrcode::render::unicode::Dense1x2::Dark)
-            .build();
         writeln!(out, "{art}")?;
     }
     writeln!(

@@ -86,15 +86,8 @@ fn show_ticket(invite: &InviteJson, json: bool) -> anyhow::Result<()> {
         // Upper case (the ticket reads the same in any case) lets the QR code use its compact
         // alphanumeric mode for the base32 body; a screen needs little error correction.
         let data = invite.ticket.to_ascii_uppercase();
-        match qrcode::QrCode::with_error_correction_level(data.as_bytes(), qrcode::EcLevel::L) {
-            Ok(code) => {
-                let art = code
-                    .render::<qrcode::render::unicode::Dense1x2>()
-                    .dark_color(qrcode::render::unicode::Dense1x2::Light)
-                    .light_color(qrcode::render::unicode::Dense1x2::Dark)
-                    .build();
-                writeln!(out, "{art}")?;
-            }
+        match output::qr_code(&data, qrcode::EcLevel::L) {
+            Ok(art) => writeln!(out, "{art}")?,
             Err(e) => writeln!(out, "(no QR code: {e})")?,
         }
     }
