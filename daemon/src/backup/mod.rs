@@ -11,8 +11,13 @@
 //! - `target.rs`: where the backup goes (a directory, S3, WebDAV) and the storage it opens.
 //! - `keys.rs`: the repository's secrets, object encryption (age) and names (HMAC).
 //! - `repository.rs`: objects and manifests on the storage.
-//! - this file: the daemon's side: the settings kept on this device, and `init`, `now`,
-//!   `snapshots` and `restore`.
+//! - `retention.rs`: which snapshots a retention policy keeps.
+//! - this file: the daemon's side: the settings kept on this device; `init`, `now`,
+//!   `snapshots`, `verify`, `restore` and `prune`; and the schedule the daemon runs.
+//!
+//! One device backs up to one repository: two devices writing snapshots to the same
+//! repository would number them alike. A restored device takes the repository over, which is
+//! right when the device it replaces is gone.
 //!
 //! The repository's secrets live on this device (`backup.json` in the data directory, mode
 //! 0600) so that it can back up without asking, and in the repository encrypted with the
