@@ -58,7 +58,9 @@ async fn a_new_device_restores_every_chat_with_its_authorship() {
         .await
         .unwrap();
     assert!(init.recovery_key.is_none());
+    let mut events = engine.subscribe();
     let first = backups.now().await.unwrap();
+    assert_eq!(last_progress(&mut events), Some((false, 2, 2)));
     assert_eq!((first.seq, first.chats, first.messages), (1, 2, 10));
     assert_eq!(first.objects_written, 3, "two chats and the roster");
 
@@ -97,11 +99,13 @@ async fn a_new_device_restores_every_chat_with_its_authorship() {
         .await
         .unwrap_err();
     assert!(matches!(refused, BackupError::WrongKey), "{refused}");
+    let mut events = restored.subscribe();
     let report = backups_there
         .restore(target.path().to_str().unwrap(), None, passphrase(), None)
         .await
         .unwrap();
     assert_eq!((report.restored, report.already_here), (2, 0));
+    assert_eq!(last_progress(&mut events), Some((true, 2, 2)));
     for chat in &chats {
         assert_eq!(texts(&restored, chat).await, texts(&engine, chat).await);
     }
@@ -234,6 +238,24 @@ async fn an_altered_swapped_truncated_or_rolled_back_repository_is_refused() {
         )
         .await;
     assert!(matches!(result, Err(BackupError::WrongKey)), "{result:?}");
+}
+
+/// The newest backup progress event received: (restoring, done, total).
+fn last_progress(
+    events: &mut tokio::sync::broadcast::Receiver<chatsync_daemon::engine::Event>,
+) -> Option<(bool, usize, usize)> {
+    let mut last = None;
+    while let Ok(event) = events.try_recv() {
+        if let chatsync_daemon::engine::Event::BackupProgress {
+            restoring,
+            done,
+            total,
+        } = event
+        {
+            last = Some((restoring, done, total));
+        }
+    }
+    last
 }
 
 /// Every file under `dir`, sorted.

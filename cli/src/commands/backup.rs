@@ -48,10 +48,7 @@ pub async fn run(cmd: BackupCommand, client: &Client, json: bool) -> anyhow::Res
             Ok(())
         }
         BackupCommand::Now => {
-            let spinner = spinner(json, "backing up every chat");
-            let report = client.backup_now().await;
-            spinner.finish_and_clear();
-            let report = report?;
+            let report = with_progress(client, json, "backing up", client.backup_now()).await?;
             if json {
                 return output::json_line(&report);
             }
@@ -122,18 +119,15 @@ pub async fn run(cmd: BackupCommand, client: &Client, json: bool) -> anyhow::Res
                     None,
                 )
             };
-            let spinner = spinner(json, "restoring every chat");
-            let report = client
-                .backup_restore(&RestoreRequest {
-                    target,
-                    passphrase,
-                    recovery_key,
-                    snapshot,
-                    cwd,
-                })
-                .await;
-            spinner.finish_and_clear();
-            let report = report?;
+            let request = RestoreRequest {
+                target,
+                passphrase,
+                recovery_key,
+                snapshot,
+                cwd,
+            };
+            let report =
+                with_progress(client, json, "restoring", client.backup_restore(&request)).await?;
             if json {
                 return output::json_line(&report);
             }
@@ -194,6 +188,42 @@ fn show_recovery_key(key: &str) -> anyhow::Result<()> {
         "Without it the backup cannot be restored: nobody else holds a copy."
     )?;
     Ok(())
+}
+
+/// Runs `work` (a backup or a restore) with a bar fed by the daemon's `backup.progress`
+/// events, on a terminal.
+async fn with_progress<T>(
+    client: &Client,
+    json: bool,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T, chatsync_api::ClientError>>,
+) -> Result<T, chatsync_api::ClientError> {
+    if json || !std::io::stderr().is_terminal() {
+        return work.await;
+    }
+    let bar = ProgressBar::new(0).with_message(what.to_string());
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} chats ({elapsed})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let watcher = client.progress_events().await.ok().map(|mut events| {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(event)) = events.next().await {
+                if let chatsync_api::wire::EventJson::BackupProgress { done, total, .. } = event {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                }
+            }
+        })
+    });
+    let outcome = work.await;
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    bar.finish_and_clear();
+    outcome
 }
 
 fn spinner(json: bool, what: &str) -> ProgressBar {

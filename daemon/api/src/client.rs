@@ -425,8 +425,24 @@ impl Client {
     /// Opens the event stream (optionally for one chat) and waits for its `hello` line, after
     /// which no change is missed.
     pub async fn events(&self, chat: Option<&str>) -> Result<EventStream, ClientError> {
-        let query: Vec<(&str, String)> =
+        self.events_with(chat, false).await
+    }
+
+    /// [`Self::events`], with the progress events (`sync.progress`, `backup.progress`) too.
+    pub async fn progress_events(&self) -> Result<EventStream, ClientError> {
+        self.events_with(None, true).await
+    }
+
+    async fn events_with(
+        &self,
+        chat: Option<&str>,
+        progress: bool,
+    ) -> Result<EventStream, ClientError> {
+        let mut query: Vec<(&str, String)> =
             chat.map(|c| ("chat", c.to_string())).into_iter().collect();
+        if progress {
+            query.push(("progress", "true".into()));
+        }
         let mut req = self.http.get(Self::url(&["events"]));
         if !query.is_empty() {
             req = req.query(&query);

@@ -494,8 +494,9 @@ pub enum EventJson {
         device_id: String,
         name: String,
     },
-    /// A device signed two different changes with one sequence number (sent once per device
-    /// and run): devices that took one each cannot exchange the chat's later changes; remove it.
+    /// A device signed two different changes with one sequence number, found here or shown by
+    /// another device (sent once per device and run): its changes from there on were dropped
+    /// from the chat on every device the evidence reaches; remove it.
     #[serde(rename = "device.equivocated")]
     DeviceEquivocated {
         device: String,
@@ -510,6 +511,15 @@ pub enum EventJson {
         chats_behind: usize,
         chats_ahead: usize,
         peers_connected: usize,
+    },
+    /// How far a backup or a restore has got: `done` of `total` chats (with `progress=true`
+    /// only; at most four times a second, and at the end).
+    #[serde(rename = "backup.progress")]
+    BackupProgress {
+        /// `backup` or `restore`.
+        operation: String,
+        done: u64,
+        total: u64,
     },
     /// The subscriber fell behind and `missed` events were dropped; re-read what matters.
     #[serde(rename = "lagged")]

@@ -196,6 +196,15 @@ pub fn event(event: Event, this_device: &DeviceId) -> EventJson {
         Event::PeerDown { device } => EventJson::PeerDown {
             device: device.to_string(),
         },
+        Event::BackupProgress {
+            restoring,
+            done,
+            total,
+        } => EventJson::BackupProgress {
+            operation: if restoring { "restore" } else { "backup" }.into(),
+            done: done as u64,
+            total: total as u64,
+        },
         Event::Equivocation { device, chat, seq } => EventJson::DeviceEquivocated {
             device: device.to_string(),
             chat: chat.to_string(),

@@ -94,7 +94,7 @@ async fn next_event(sub: &mut Subscription) -> Option<EventJson> {
             r = sub.rx.recv() => r,
         };
         match received {
-            Ok(Event::SyncProgress { .. }) if !sub.progress => {}
+            Ok(Event::SyncProgress { .. } | Event::BackupProgress { .. }) if !sub.progress => {}
             Ok(event) => {
                 if sub.chat.is_none() || sub.chat.as_ref() == event.chat() {
                     return Some(super::convert::event(event, &sub.device));

@@ -380,7 +380,10 @@ impl Backups {
         let (roster, written) = repo.put(&self.engine.roster_bytes().await).await?;
         manifest.roster = roster;
         note(written);
-        for summary in self.engine.list_chats() {
+        let chats = self.engine.list_chats();
+        let mut progress = Progress::new(&self.engine, false, chats.len());
+        for summary in chats {
+            progress.step();
             let chat = summary.id.clone();
             if let Some(entry) = before.get(chat.as_str())
                 && entry.heads == summary.record.heads
@@ -411,6 +414,7 @@ impl Backups {
                 heads: summary.record.heads.clone(),
             });
         }
+        progress.finish();
         bytes_written += repo.put_manifest(&manifest).await?;
         Ok(BackupReport {
             snapshot: manifest.id(repo.keys()),
@@ -515,7 +519,9 @@ impl Backups {
             .await
             .map_err(|e| BackupError::Damaged(format!("the roster does not load: {e}")))?;
         let (mut restored, mut already_here) = (0, 0);
+        let mut progress = Progress::new(&self.engine, true, manifest.chats.len());
         for entry in &manifest.chats {
+            progress.step();
             let chat = ChatId::new(entry.id.as_str())
                 .map_err(|e| BackupError::Damaged(format!("a manifest names a bad chat: {e}")))?;
             if self.engine.has_chat(&chat) {
@@ -529,6 +535,7 @@ impl Backups {
                 .map_err(|e| BackupError::Damaged(format!("chat {chat} does not restore: {e}")))?;
             restored += 1;
         }
+        progress.finish();
         self.save_settings(&canonical_target(&parsed, target), &keys)?;
         Ok(RestoreReport {
             snapshot: manifest.id(&keys),
@@ -585,6 +592,56 @@ impl Backups {
             .map_err(|e| BackupError::Internal(e.to_string()))?;
         write_private(&self.settings_file, &bytes)
             .map_err(|e| BackupError::Internal(format!("cannot keep the backup settings: {e}")))
+    }
+}
+
+/// Progress events of one backup or restore, at most four a second and one at the end.
+struct Progress<'a> {
+    engine: &'a Engine,
+    restoring: bool,
+    done: usize,
+    total: usize,
+    last: Option<Instant>,
+}
+
+impl<'a> Progress<'a> {
+    fn new(engine: &'a Engine, restoring: bool, total: usize) -> Progress<'a> {
+        Progress {
+            engine,
+            restoring,
+            done: 0,
+            total,
+            last: None,
+        }
+    }
+
+    /// Counts the chat about to be done (the first call says where it starts).
+    fn step(&mut self) {
+        if self
+            .last
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_millis(250))
+        {
+            self.send();
+        }
+        self.done += 1;
+    }
+
+    fn finish(&mut self) {
+        self.done = self.total;
+        self.send();
+    }
+
+    fn send(&mut self) {
+        self.last = Some(Instant::now());
+        // Nobody listening is fine.
+        let _ = self
+            .engine
+            .event_sender()
+            .send(crate::engine::Event::BackupProgress {
+                restoring: self.restoring,
+                done: self.done,
+                total: self.total,
+            });
     }
 }
 

@@ -59,6 +59,13 @@ pub enum Event {
         chat: ChatId,
         seq: u64,
     },
+    /// How far a backup or a restore has got (`crate::backup`; at most four times a second,
+    /// and at the end): `done` of `total` chats.
+    BackupProgress {
+        restoring: bool,
+        done: usize,
+        total: usize,
+    },
     /// This device's sync state changed (sent by the network task, at most four times a
     /// second): for progress bars while a new device catches up, and for status displays.
     SyncProgress {
@@ -85,6 +92,7 @@ impl Event {
             | Event::PeerUp { .. }
             | Event::PeerDown { .. }
             | Event::Paired { .. }
+            | Event::BackupProgress { .. }
             | Event::SyncProgress { .. } => None,
         }
     }
