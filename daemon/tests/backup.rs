@@ -240,6 +240,13 @@ async fn an_altered_swapped_truncated_or_rolled_back_repository_is_refused() {
     assert!(matches!(result, Err(BackupError::WrongKey)), "{result:?}");
 }
 
+/// Returns once `done` holds (checked every few milliseconds).
+async fn wait_for(done: impl Fn() -> bool) {
+    while !done() {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
 /// The newest backup progress event received: (restoring, done, total).
 fn last_progress(
     events: &mut tokio::sync::broadcast::Receiver<chatsync_daemon::engine::Event>,
@@ -514,4 +521,71 @@ async fn the_daemon_backs_up_by_itself_and_reports_failures() {
     assert!(status.last.is_some());
     stop.cancel();
     task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_backup_or_restore_is_finished_by_the_next_run() {
+    let (home, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (engine, _) = start_engine(home.path(), "phone", 0);
+    let mut chats = Vec::new();
+    for c in 0..40 {
+        let chat = engine
+            .create_chat(&format!("chat {c}"), None)
+            .await
+            .unwrap()
+            .id;
+        for n in 0..20 {
+            engine
+                .post(&chat, &format!("post {n}"), None, None)
+                .await
+                .unwrap();
+        }
+        chats.push(chat);
+    }
+    let backups = Backups::new(engine.clone(), home.path());
+    backups
+        .init(target.path().to_str().unwrap(), None, passphrase())
+        .await
+        .unwrap();
+    backups.now().await.unwrap();
+    for chat in &chats {
+        engine
+            .post(chat, "after the first snapshot", None, None)
+            .await
+            .unwrap();
+    }
+    // A second backup cut off part-way, as by a kill: the first snapshot is whole, and the next
+    // run writes only what the cut one did not.
+    let objects = target.path().join("objects");
+    let cut = tokio::select! {
+        done = backups.now() => Some(done),
+        () = wait_for(|| walk(&objects).len() > 41) => None,
+    };
+    assert!(cut.is_none(), "the backup finished before it could be cut");
+    assert_eq!(backups.snapshots().await.unwrap().len(), 1);
+    let next = backups.now().await.unwrap();
+    assert!(next.objects_written < chats.len(), "{next:?}");
+    assert_eq!(backups.verify(None).await.unwrap().snapshots, 2);
+
+    // A restore cut off part-way: running it again brings the rest.
+    let fresh = tempfile::tempdir().unwrap();
+    let (restored, _) = start_engine(fresh.path(), "new phone", 0);
+    let there = Backups::new(restored.clone(), fresh.path());
+    let target_text = target.path().to_str().unwrap().to_string();
+    let cut = tokio::select! {
+        done = there.restore(&target_text, None, passphrase(), None) => Some(done),
+        () = wait_for(|| !restored.list_chats().is_empty()) => None,
+    };
+    assert!(cut.is_none(), "the restore finished before it could be cut");
+    let partial = restored.list_chats().len();
+    assert!(partial < chats.len());
+    let finished = there
+        .restore(&target_text, None, passphrase(), None)
+        .await
+        .unwrap();
+    assert_eq!(finished.restored + finished.already_here, chats.len());
+    assert_eq!(finished.already_here, partial);
+    for chat in &chats {
+        assert_eq!(texts(&restored, chat).await, texts(&engine, chat).await);
+    }
 }
