@@ -149,3 +149,44 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_backup_to_an_s3_compatible_store_restores_on_a_new_device() {
+    let (key, secret) = (
+        "AKIAIOSFODNN7EXAMPLE",
+        "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY",
+    );
+    let auth = format!("{key},{secret}");
+    let Some(server) =
+        chatsync_testkit::rclone::Rclone::serve("s3", &["--auth-key", &auth], &["chats"])
+    else {
+        return;
+    };
+    let target = format!(
+        "s3://{key}:{secret}@chats/phone?endpoint=http://127.0.0.1:{}",
+        server.port
+    );
+    let phone = started();
+    let family = chat_id(&phone, "family");
+    for n in 0..3 {
+        phone.ok(&["post", &family, &format!("family {n}")]);
+    }
+    let init = phone.run_with_stdin(
+        &["backup", "init", "--to", &target, "--passphrase-stdin"],
+        PASSPHRASE,
+    );
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    // The credentials stay on the device: nothing the CLI prints shows the secret.
+    assert!(!init.stdout.contains(secret), "{}", init.stdout);
+    assert!(!phone.ok(&["status"]).contains(secret));
+    assert_eq!(phone.ok_json1(&["backup", "now", "--json"])["chats"], 1);
+
+    let new_phone = started();
+    let restored = new_phone.run_with_stdin(
+        &["--json", "backup", "restore", &target, "--passphrase-stdin"],
+        PASSPHRASE,
+    );
+    assert_eq!(restored.code, 0, "{}", restored.stderr);
+    let chats = vec![family];
+    assert_eq!(logs(&new_phone, &chats), logs(&phone, &chats));
+}

@@ -7,10 +7,11 @@
 //! snapshots/<64 hex>          a manifest, named by the HMAC of its number
 //! ```
 //!
-//! Objects are written before the manifest that names them, and a manifest is written whole
-//! (every target writes an object at once, or not at all), so an interrupted backup leaves every
-//! earlier snapshot intact; what it did write is found by name and not written again by the
-//! next one. A manifest holds its own HMAC (over its body, under the master secret), its
+//! Objects are written before the manifest that names them, and each object or manifest is
+//! written whole or not at all (a directory target writes it beside the repository and moves it
+//! into place; an S3 store takes an object in one request), so an interrupted backup leaves
+//! every earlier snapshot intact; what it did write is found by name and not written again by
+//! the next one. A manifest holds its own HMAC (over its body, under the master secret), its
 //! repository's id, and its number, which its name must match: a manifest altered, moved to
 //! another name, or taken from another repository is refused.
 

@@ -140,7 +140,16 @@ impl Target {
                     BackupError::Unreachable(format!("cannot create {}: {e}", path.display()))
                 })?;
                 let root = path.to_string_lossy();
-                Operator::new(opendal::services::Fs::default().root(&root)).map_err(failed)?
+                // Each object is written beside the repository and moved into place whole: a
+                // backup cut off mid-write (a kill, a full disk) never leaves a partial object
+                // under a name the next backup would take as written.
+                let partial = path.join(".partial");
+                Operator::new(
+                    opendal::services::Fs::default()
+                        .root(&root)
+                        .atomic_write_dir(&partial.to_string_lossy()),
+                )
+                .map_err(failed)?
             }
             Target::S3 {
                 bucket,

@@ -12,6 +12,7 @@
 //!   as a user pairs them, by address, or through a relay ([`start_relay`]).
 //! - [`raw`]: HTTP below the client, for tests of the wire itself (bad requests, exact JSON,
 //!   the event stream's lines).
+//! - [`rclone`]: S3 and WebDAV servers on loopback, for backups.
 #![allow(clippy::unwrap_used)]
 
 pub mod binary;
@@ -20,6 +21,7 @@ pub mod engine;
 pub mod home;
 mod pair;
 pub mod raw;
+pub mod rclone;
 mod wait;
 
 pub use daemon::{DEVICE_NAME, TestDaemon};
