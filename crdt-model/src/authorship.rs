@@ -163,13 +163,19 @@ pub fn check_batch(
         }
     }
     let mut devices: BTreeMap<DeviceId, (Standing, HashSet<&ActorId>)> = BTreeMap::new();
+    // The device of each actor already seen: a batch holds many changes of few actors.
+    let mut device_of: HashMap<&ActorId, DeviceId> = HashMap::new();
     for change in new {
+        if device_of.contains_key(&change.actor) {
+            continue;
+        }
         let device = device_of_actor(&change.actor).ok_or_else(|| {
             refused(&format!(
                 "a change by actor {} names no device",
                 change.actor
             ))
         })?;
+        device_of.insert(&change.actor, device.clone());
         if let Some((_, actors)) = devices.get_mut(&device) {
             actors.insert(&change.actor);
             continue;

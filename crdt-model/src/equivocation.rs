@@ -281,6 +281,19 @@ impl Bans {
         self.by_actor.is_empty()
     }
 
+    /// The evidence kept for `actor`, if any.
+    pub fn of_actor(&self, actor: &ActorId) -> Option<&Evidence> {
+        self.by_actor.get(actor)
+    }
+
+    /// Puts back what was kept for `actor` before an [`add`](Self::add) (`None`: nothing).
+    pub fn undo(&mut self, actor: &ActorId, before: Option<Evidence>) {
+        match before {
+            Some(evidence) => self.by_actor.insert(actor.clone(), evidence),
+            None => self.by_actor.remove(actor),
+        };
+    }
+
     pub fn evidence(&self) -> impl Iterator<Item = &Evidence> {
         self.by_actor.values()
     }

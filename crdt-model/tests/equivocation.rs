@@ -516,7 +516,8 @@ fn evidence_against_a_chats_first_change_leaves_the_chat_as_it_is() {
     assert_eq!(evidence.seq, 1);
     evidence.check(&chat, &support::verify).unwrap();
     let before = alice.texts();
-    let bans = alice.doc.bans().clone();
+    let actor = evidence.actor.clone();
+    let banned_before = alice.doc.bans().of_actor(&actor).cloned();
     assert!(alice.doc.ban(*evidence).unwrap());
     let fresh = chatsync_model::authorship::actor_for(&alice.device.id, b"fresh");
     assert!(
@@ -525,7 +526,7 @@ fn evidence_against_a_chats_first_change_leaves_the_chat_as_it_is() {
             .exclude_banned(&alice.device, fresh, 3_000)
             .is_err()
     );
-    alice.doc.restore_bans(bans);
+    alice.doc.unban(&actor, banned_before);
     assert!(alice.doc.bans().is_empty());
     assert_eq!(alice.texts(), before);
 }

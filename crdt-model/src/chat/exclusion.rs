@@ -51,10 +51,10 @@ impl ChatDoc {
         &self.bans
     }
 
-    /// Puts back bans as they were (a clone of [`bans`](Self::bans)), for evidence whose
-    /// changes could not be dropped.
-    pub fn restore_bans(&mut self, bans: Bans) {
-        self.bans = bans;
+    /// Puts back what was banned for `actor` before [`ban`](Self::ban) (`None`: nothing), for
+    /// evidence whose changes could not be dropped.
+    pub fn unban(&mut self, actor: &ActorId, before: Option<Evidence>) {
+        self.bans.undo(actor, before);
     }
 
     /// Drops every change the bans cover and every change built on one, then writes again, as

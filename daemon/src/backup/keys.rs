@@ -151,10 +151,7 @@ impl RepositoryKeys {
     /// An object's payload from what was read under `name`: decrypted, unpadded, and checked
     /// against its name.
     pub fn open(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, BackupError> {
-        let padded = age::decrypt(self.identity.as_ref(), sealed)
-            .map_err(|e| BackupError::Damaged(format!("object {name} does not decrypt: {e}")))?;
-        let payload = unpad(&padded)
-            .ok_or_else(|| BackupError::Damaged(format!("object {name} is malformed")))?;
+        let payload = self.decrypt(&format!("object {name}"), sealed)?;
         if self.object_name(&payload) != name {
             return Err(BackupError::Damaged(format!(
                 "object {name} holds something else than its name says (replaced or moved)"
@@ -163,16 +160,13 @@ impl RepositoryKeys {
         Ok(payload)
     }
 
-    /// Encrypts a manifest (its own HMAC is the caller's; see `repository.rs`).
-    pub fn seal_manifest(&self, body: &[u8]) -> Result<Vec<u8>, BackupError> {
-        self.seal(body)
-    }
-
-    /// Decrypts a manifest (no name check: manifests are named by their number).
-    pub fn open_manifest(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, BackupError> {
+    /// What [`seal`](Self::seal) made, decrypted and unpadded, without the name check:
+    /// manifests are named by their number and carry their own HMAC (`repository.rs`). `what`
+    /// names it in errors.
+    pub fn decrypt(&self, what: &str, sealed: &[u8]) -> Result<Vec<u8>, BackupError> {
         let padded = age::decrypt(self.identity.as_ref(), sealed)
-            .map_err(|e| BackupError::Damaged(format!("snapshot {name} does not decrypt: {e}")))?;
-        unpad(&padded).ok_or_else(|| BackupError::Damaged(format!("snapshot {name} is malformed")))
+            .map_err(|e| BackupError::Damaged(format!("{what} does not decrypt: {e}")))?;
+        unpad(&padded).ok_or_else(|| BackupError::Damaged(format!("{what} is malformed")))
     }
 }
 

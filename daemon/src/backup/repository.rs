@@ -155,7 +155,7 @@ impl Repository {
             serde_json::to_vec(manifest).map_err(|e| BackupError::Internal(e.to_string()))?;
         let mut plain = body.clone();
         plain.extend_from_slice(&self.keys.mac("manifest", &body));
-        let sealed = self.keys.seal_manifest(&plain)?;
+        let sealed = self.keys.seal(&plain)?;
         let len = sealed.len() as u64;
         let path = format!("{SNAPSHOTS}{}", manifest_name(&self.keys, manifest.seq));
         self.op.write(&path, sealed).await.map_err(unreachable)?;
@@ -180,7 +180,7 @@ impl Repository {
 
     fn check_manifest(&self, name: &str, sealed: &[u8]) -> Result<Manifest, BackupError> {
         let damaged = |why: &str| BackupError::Damaged(format!("snapshot {name}: {why}"));
-        let plain = self.keys.open_manifest(name, sealed)?;
+        let plain = self.keys.decrypt(&format!("snapshot {name}"), sealed)?;
         let (body, mac) = plain
             .split_last_chunk::<32>()
             .ok_or_else(|| damaged("truncated"))?;

@@ -125,7 +125,7 @@ impl Engine {
             return Ok(None);
         }
         let encoded = evidence.encode();
-        let bans_before = loaded.doc.bans().clone();
+        let before = loaded.doc.bans().of_actor(&ban.actor).cloned();
         if !loaded.doc.ban(evidence)? {
             return Ok(None);
         }
@@ -139,7 +139,7 @@ impl Engine {
             Err(e) => {
                 // Nothing of the chat would be left (its creator equivocated on the first
                 // change): the chat stays as it is, and the evidence is not kept.
-                loaded.doc.restore_bans(bans_before);
+                loaded.doc.unban(&ban.actor, before);
                 return Err(EngineError::Forbidden(format!(
                     "cannot drop what the evidence bans: {e}"
                 )));
