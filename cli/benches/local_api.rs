@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,7 +19,7 @@ use chatsync_model::{ChatDoc, ChatId, Device, MessageId};
 
 mod common;
 use chatsync_testkit::TestDaemon;
-use common::{CpuTime, build_store, cpu, home, rss_kib, start, text};
+use common::{CpuTime, build_store, cpu, home, rss_kib, start, store_cache, text};
 
 struct Settings {
     sequential_posts: usize,
@@ -304,10 +304,7 @@ fn startup(s: &Settings) {
         .enable_all()
         .build()
         .unwrap();
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "startup-store-{}x{}-v3",
-        s.startup_chats, s.startup_messages
-    ));
+    let cache = store_cache(s.startup_chats, s.startup_messages);
     let built = Instant::now();
     if !cache.join("data").join("store").exists() {
         let _ = std::fs::remove_dir_all(&cache);

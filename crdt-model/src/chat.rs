@@ -849,6 +849,24 @@ impl ChatDoc {
             .map(|m| (m.seq, m.hash))
     }
 
+    /// The newest change `device` wrote here, under any of its actors: actor, sequence number
+    /// and hash. Every change a replica writes depends on everything it held, its own earlier
+    /// changes included, so this one change reaches all of the device's changes in the
+    /// document (what one attestation over it vouches for, see [`authorship`]). Newest is the
+    /// one with the highest first operation counter (a change's counters start above its
+    /// dependencies'). A walk over every change's metadata.
+    pub fn newest_change_by(
+        &mut self,
+        device: &DeviceId,
+    ) -> Option<(automerge::ActorId, u64, ChangeHash)> {
+        self.doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .filter(|m| authorship::device_of_actor(&m.actor).as_ref() == Some(device))
+            .max_by_key(|m| (m.start_op, m.max_op, m.seq))
+            .map(|m| (m.actor.into_owned(), m.seq, m.hash))
+    }
+
     /// The actors that wrote in this document.
     pub fn actors(&mut self) -> Vec<automerge::ActorId> {
         let mut actors: Vec<automerge::ActorId> = self

@@ -360,3 +360,38 @@ fn a_whole_document_with_changes_missing_their_dependencies_is_refused() {
         ChatDoc::load_untrusted(&bytes, &dc, &support::proof(&chat, &attestations)).unwrap_err();
     assert!(matches!(err, ModelError::Corrupt(_)), "{err}");
 }
+
+#[test]
+fn one_signature_over_a_devices_newest_change_vouches_for_all_its_sessions() {
+    let (da, mut a, db, mut b, dc, _) = three();
+    // `a` goes on in a second session (a new actor), after changes of `b`'s arrived.
+    b.post(&db, mid("m2"), "from b", None, 20).unwrap();
+    sync_into(&mut b, &mut a, &honest, &trusted).unwrap();
+    let later = dev(da.id.as_str(), b"2");
+    let mut a2 = ChatDoc::load(&a.save(), &later).unwrap();
+    a2.post(&later, mid("m3"), "from a, later", None, 30)
+        .unwrap();
+    let (seq, hash) = a2.last_local_change().unwrap();
+    assert_eq!(
+        a2.newest_change_by(&da.id),
+        Some((a2.actor().clone(), seq, hash))
+    );
+    assert_eq!(a2.newest_change_by(&dc.id), None);
+    // That one signature and `b`'s prove the whole document to a device that saw neither.
+    let chat = a2.id().clone();
+    let (_, _, b_newest) = a2.newest_change_by(&db.id).unwrap();
+    let attestations = [
+        Attestation {
+            hash,
+            signature: support::sign(&da.id, &authorship::statement(&chat, &hash)),
+        },
+        Attestation {
+            hash: b_newest,
+            signature: support::sign(&db.id, &authorship::statement(&chat, &b_newest)),
+        },
+    ];
+    let bytes = a2.save();
+    let (loaded, _) =
+        ChatDoc::load_untrusted(&bytes, &dc, &support::proof(&chat, &attestations)).unwrap();
+    assert_eq!(loaded.len(), 3);
+}

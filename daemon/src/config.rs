@@ -80,6 +80,9 @@ pub struct BackupConfig {
     pub keep_daily: u32,
     pub keep_weekly: u32,
     pub keep_monthly: u32,
+    /// Size of the objects a backup writes, about (KiB): the packs of many chats go in one
+    /// object up to this size (one chat larger than it goes alone).
+    pub object_kib: u32,
 }
 
 impl Default for BackupConfig {
@@ -89,6 +92,7 @@ impl Default for BackupConfig {
             keep_daily: 7,
             keep_weekly: 4,
             keep_monthly: 12,
+            object_kib: 4096,
         }
     }
 }

@@ -108,7 +108,10 @@ pub async fn serve(
         engine.clone(),
         shutdown.clone(),
     )?;
-    let backups = Arc::new(crate::backup::Backups::new(engine.clone(), &paths.data_dir));
+    let backups = Arc::new(
+        crate::backup::Backups::new(engine.clone(), &paths.data_dir)
+            .with_object_bytes(config.backup.object_kib.max(1) as usize * 1024),
+    );
     let schedule = backup_every.map(|every| {
         let retention = crate::backup::Retention {
             daily: config.backup.keep_daily,

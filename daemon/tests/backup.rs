@@ -62,14 +62,18 @@ async fn a_new_device_restores_every_chat_with_its_authorship() {
     let first = backups.now().await.unwrap();
     assert_eq!(last_progress(&mut events), Some((false, 2, 2)));
     assert_eq!((first.seq, first.chats, first.messages), (1, 2, 10));
-    assert_eq!(first.objects_written, 3, "two chats and the roster");
+    assert_eq!(
+        first.objects_written, 3,
+        "the two chats in one object, the roster and the index page"
+    );
 
-    // Nothing changed: only a manifest is written. One post: one chat again.
+    // Nothing changed: only a manifest is written. One post: that post's chunk, and the page
+    // listing its chat.
     let again = backups.now().await.unwrap();
     assert_eq!(again.objects_written, 0);
     engine.post(&chats[1], "work 5", None, None).await.unwrap();
     let third = backups.now().await.unwrap();
-    assert_eq!(third.objects_written, 1);
+    assert_eq!(third.objects_written, 2);
     assert!(third.bytes_written < first.bytes_written);
     let listed = backups.snapshots().await.unwrap();
     assert_eq!(listed.iter().map(|s| s.seq).collect::<Vec<_>>(), [1, 2, 3]);
@@ -109,12 +113,26 @@ async fn a_new_device_restores_every_chat_with_its_authorship() {
     for chat in &chats {
         assert_eq!(texts(&restored, chat).await, texts(&engine, chat).await);
     }
+    // The restored device proves every message's author to a device that never saw the old
+    // one: a third device takes each chat from it through every check.
+    let third_home = tempfile::tempdir().unwrap();
+    let (third_device, _) = start_engine(third_home.path(), "laptop", 0);
+    third_device
+        .merge_roster(&restored.roster_bytes().await)
+        .await
+        .unwrap();
+    for chat in &chats {
+        let sent = restored.export_chat(chat).await.unwrap();
+        third_device.import_chat(chat, &sent).await.unwrap();
+        assert_eq!(texts(&third_device, chat).await, texts(&engine, chat).await);
+    }
     // Running it again changes nothing; the new device goes on backing up to the repository.
     let twice = backups_there
         .restore(target.path().to_str().unwrap(), None, passphrase(), None)
         .await
         .unwrap();
     assert_eq!((twice.restored, twice.already_here), (0, 2));
+    assert_eq!((twice.merged_messages, twice.not_merged), (0, 0));
     let from_new = backups_there.now().await.unwrap();
     assert_eq!(from_new.seq, 4);
 }
@@ -295,7 +313,11 @@ async fn round_trip(target: &str) {
         .post(&chats[0], "one more", None, None)
         .await
         .unwrap();
-    assert_eq!(backups.now().await.unwrap().objects_written, 1);
+    assert_eq!(
+        backups.now().await.unwrap().objects_written,
+        2,
+        "the new chunk and its chat's page"
+    );
     assert_eq!(backups.verify(None).await.unwrap().snapshots, 2);
     let fresh = tempfile::tempdir().unwrap();
     let (restored, _) = start_engine(fresh.path(), "new phone", 0);
@@ -369,6 +391,10 @@ async fn old_snapshots_and_what_only_they_used_are_removed() {
         backups.now().await.unwrap();
     }
     let objects_before = walk(&target.path().join("objects")).len();
+    // What a write cut off part-way left beside the repository goes too.
+    let partial = target.path().join(".partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("cut-off"), b"half an object").unwrap();
     let nothing_old = Retention {
         daily: 0,
         weekly: 0,
@@ -379,8 +405,10 @@ async fn old_snapshots_and_what_only_they_used_are_removed() {
         .await
         .unwrap();
     assert_eq!(pruned.snapshots, 2);
-    // Two older copies of the chat that changed went; the other chat and the roster stay.
-    assert_eq!(pruned.objects, 2);
+    assert!(!partial.join("cut-off").exists());
+    // The two older index pages went; the objects of the newest snapshot stay (the chat that
+    // changed is its first copy and the chunks added since, all still named).
+    assert_eq!(pruned.objects, 3, "two pages and the cut-off write");
     assert_eq!(
         walk(&target.path().join("objects")).len(),
         objects_before - 2
@@ -478,7 +506,8 @@ async fn an_interrupted_backup_or_restore_is_finished_by_the_next_run() {
         }
         chats.push(chat);
     }
-    let backups = Backups::new(engine.clone(), home.path());
+    // Each chat's data in an object of its own, so that there is a middle to cut at.
+    let backups = Backups::new(engine.clone(), home.path()).with_object_bytes(1);
     backups
         .init(target.path().to_str().unwrap(), None, passphrase())
         .await
@@ -493,14 +522,20 @@ async fn an_interrupted_backup_or_restore_is_finished_by_the_next_run() {
     // A second backup cut off part-way, as by a kill: the first snapshot is whole, and the next
     // run writes only what the cut one did not.
     let objects = target.path().join("objects");
+    let written = walk(&objects).len();
     let cut = tokio::select! {
         done = backups.now() => Some(done),
-        () = wait_for(|| walk(&objects).len() > 41) => None,
+        () = wait_for(|| walk(&objects).len() > written + 1) => None,
     };
     assert!(cut.is_none(), "the backup finished before it could be cut");
     assert_eq!(backups.snapshots().await.unwrap().len(), 1);
+    let left_by_the_cut = walk(&objects).len() - written;
     let next = backups.now().await.unwrap();
-    assert!(next.objects_written < chats.len(), "{next:?}");
+    // A whole backup would write the 40 chats' new chunks and the 4 index pages.
+    assert!(
+        next.objects_written <= chats.len() + 4 - left_by_the_cut,
+        "{left_by_the_cut} objects left by the cut backup, then {next:?}"
+    );
     assert_eq!(backups.verify(None).await.unwrap().snapshots, 2);
 
     // A restore cut off part-way: running it again brings the rest.
@@ -524,4 +559,154 @@ async fn an_interrupted_backup_or_restore_is_finished_by_the_next_run() {
     for chat in &chats {
         assert_eq!(texts(&restored, chat).await, texts(&engine, chat).await);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_into_a_device_that_has_the_chats_merges_them() {
+    let (home, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (engine, chats) = device_with_chats(home.path()).await;
+    let target_text = target.path().to_str().unwrap().to_string();
+    let backups = Backups::new(engine.clone(), home.path());
+    backups
+        .init(&target_text, None, passphrase())
+        .await
+        .unwrap();
+    backups.now().await.unwrap();
+    // A second device restores that snapshot, and both go on writing apart.
+    let other_home = tempfile::tempdir().unwrap();
+    let (other, _) = start_engine(other_home.path(), "tablet", 0);
+    let there = Backups::new(other.clone(), other_home.path());
+    there
+        .restore(&target_text, None, passphrase(), None)
+        .await
+        .unwrap();
+    other
+        .post(&chats[0], "written on the tablet", None, None)
+        .await
+        .unwrap();
+    for n in 0..3 {
+        engine
+            .post(&chats[0], &format!("written on the phone {n}"), None, None)
+            .await
+            .unwrap();
+    }
+    engine
+        .rename_chat(&chats[1], "work, renamed")
+        .await
+        .unwrap();
+    backups.now().await.unwrap();
+    // Restoring the newer snapshot merges it in: the phone's posts and rename arrive, the
+    // tablet's post stays, nothing twice; again, it brings nothing.
+    let mut events = other.subscribe();
+    let merged = there
+        .restore(&target_text, None, passphrase(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (merged.restored, merged.already_here, merged.not_merged),
+        (0, 2, 0)
+    );
+    assert_eq!(merged.merged_messages, 3);
+    let mut created = 0;
+    while let Ok(event) = events.try_recv() {
+        if let chatsync_daemon::engine::Event::Message {
+            kind: chatsync_daemon::engine::MessageEventKind::Created,
+            ..
+        } = event
+        {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 3, "an event for each message that arrived");
+    let mut expected = texts(&engine, &chats[0]).await;
+    expected.push("tablet written on the tablet {}".into());
+    let mut got = texts(&other, &chats[0]).await;
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+    assert_eq!(
+        other.resolve_chat(chats[1].as_str()).unwrap().record.title,
+        "work, renamed"
+    );
+    let again = there
+        .restore(&target_text, None, passphrase(), None)
+        .await
+        .unwrap();
+    assert_eq!((again.already_here, again.merged_messages), (2, 0));
+    // What the merge wrote is stored: it survives a restart.
+    drop(there);
+    chatsync_testkit::engine::close_engine(other).await;
+    let (reopened, _) = start_engine(other_home.path(), "tablet", 0);
+    let mut after = texts(&reopened, &chats[0]).await;
+    after.sort();
+    assert_eq!(after, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_chat_that_fails_the_checks_is_kept_but_not_shown() {
+    use chatsync_daemon::store::{ChatRecord, Store};
+    use chatsync_model::{ChatDoc, Device, DeviceId, MessageId};
+    // A device's store holds a chat written by a device nobody knows, with no proof of who
+    // wrote it: what a device that went bad could put in a backup it makes.
+    let (home, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let forged = ChatId::new("0123456789abcdef0123456789abcdef").unwrap();
+    {
+        let store = Store::open(&home.path().join("store"), 4 << 20).unwrap();
+        let stranger = Device::new(
+            DeviceId::new("12D3KooWStrangerStrangerStrangerStrangerStrangerStr").unwrap(),
+            "stranger",
+        )
+        .unwrap();
+        let mut doc = ChatDoc::create(forged.clone(), "forged", &stranger, 1).unwrap();
+        doc.post(
+            &stranger,
+            MessageId::new("m1").unwrap(),
+            "not proven",
+            None,
+            2,
+        )
+        .unwrap();
+        let record = ChatRecord {
+            title: "forged".into(),
+            created_at: 1,
+            created_by: stranger.id.to_string(),
+            messages: 1,
+            last_activity: 2,
+            heads: Vec::new(),
+            next_seq: 0,
+            own_newest: None,
+            unchecked: false,
+        };
+        store.create_chat(&forged, &record, &doc.save()).unwrap();
+        store.flush().unwrap();
+    }
+    let (engine, chats) = device_with_chats(home.path()).await;
+    let backups = Backups::new(engine.clone(), home.path());
+    backups
+        .init(target.path().to_str().unwrap(), None, passphrase())
+        .await
+        .unwrap();
+    assert_eq!(backups.now().await.unwrap().chats, 3);
+
+    let fresh = tempfile::tempdir().unwrap();
+    let (restored, _) = start_engine(fresh.path(), "new phone", 0);
+    let report = Backups::new(restored.clone(), fresh.path())
+        .restore(target.path().to_str().unwrap(), None, passphrase(), None)
+        .await
+        .unwrap();
+    assert_eq!(report.restored, 3);
+    for chat in &chats {
+        assert_eq!(texts(&restored, chat).await, texts(&engine, chat).await);
+    }
+    let refused = restored.messages(&forged, None, 10).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("fails the checks"),
+        "{refused}"
+    );
+    // Kept: still listed, and refused again after a restart.
+    drop(report);
+    chatsync_testkit::engine::close_engine(restored).await;
+    let (reopened, _) = start_engine(fresh.path(), "new phone", 0);
+    assert!(reopened.has_chat(&forged));
+    assert!(reopened.messages(&forged, None, 10).await.is_err());
 }

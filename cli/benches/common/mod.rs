@@ -8,7 +8,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 use chatsync_daemon::{
     identity::Identity,
     paths::Paths,
-    store::{ChatRecord, Store},
+    store::{ChatRecord, OwnNewest, Store},
 };
 use chatsync_model::{ChatDoc, ChatId, Device, MessageId};
 use chatsync_testkit::TestDaemon;
@@ -114,6 +114,13 @@ fn stat_times(path: &str) -> Option<(String, f64, f64)> {
     Some((name, ticks(11)? / 100.0, ticks(12)? / 100.0))
 }
 
+/// Where the store of `chats` x `messages` is kept between runs (named for the layout
+/// [`build_store`] writes: a new layout gets a new name).
+pub fn store_cache(chats: usize, messages: usize) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("startup-store-{chats}x{messages}-v4"))
+}
+
 /// Writes `chats` chats of `messages` messages straight into a store, as the daemon would
 /// find them after compaction. Cached between runs: building a million messages takes a while.
 pub fn build_store(home: &Path, chats: usize, messages: usize) {
@@ -147,6 +154,8 @@ pub fn build_store(home: &Path, chats: usize, messages: usize) {
                         last_activity: 1_700_000_000_000 + c as i64,
                         heads: Vec::new(),
                         next_seq: 0,
+                        own_newest: Some(OwnNewest::of(&mut doc, &dev.id)),
+                        unchecked: false,
                     };
                     store.create_chat(&id, &record, &doc.save()).unwrap();
                 }

@@ -132,13 +132,24 @@ pub async fn run(cmd: BackupCommand, client: &Client, json: bool) -> anyhow::Res
                 return output::json_line(&report);
             }
             println!(
-                "restored snapshot {}: {} chats ({} were here already), {} messages in {:.1} s",
+                "restored snapshot {}: {} chats, {} messages in {:.1} s",
                 report.snapshot,
                 report.restored,
-                report.already_here,
                 report.messages,
                 report.elapsed_ms as f64 / 1000.0
             );
+            if report.already_here > 0 {
+                println!(
+                    "{} chats were here already: {} messages merged into them",
+                    report.already_here, report.merged_messages
+                );
+            }
+            if report.not_merged > 0 {
+                println!(
+                    "{} chats could not be merged (see the daemon's log)",
+                    report.not_merged
+                );
+            }
             Ok(())
         }
     }

@@ -706,7 +706,14 @@ pub struct RestoreRequest {
 pub struct RestoreJson {
     pub snapshot: String,
     pub restored: u64,
+    /// Chats this device had already; the backup's copy was merged into them.
     pub already_here: u64,
+    /// Messages those merges added or changed.
+    #[serde(default)]
+    pub merged_messages: u64,
+    /// Chats this device had whose copy could not be merged (the daemon's log says why).
+    #[serde(default)]
+    pub not_merged: u64,
     pub messages: u64,
     pub elapsed_ms: u64,
 }

@@ -139,6 +139,8 @@ pub async fn restore(
         snapshot: report.snapshot,
         restored: report.restored as u64,
         already_here: report.already_here as u64,
+        merged_messages: report.merged_messages as u64,
+        not_merged: report.not_merged as u64,
         messages: report.messages,
         elapsed_ms: report.elapsed_ms,
     }))

@@ -34,6 +34,8 @@ pub struct RepositoryKeys {
     pub repository: String,
     master: [u8; 32],
     identity: std::sync::Arc<age::pq::Identity>,
+    /// The identity's public half (deriving it takes a key generation's work: done once).
+    recipient: std::sync::Arc<age::pq::Recipient>,
 }
 
 impl std::fmt::Debug for RepositoryKeys {
@@ -55,10 +57,23 @@ struct Written {
 
 impl RepositoryKeys {
     pub fn generate() -> RepositoryKeys {
+        Self::with_identity(
+            hex::encode(rand::random::<[u8; 16]>()),
+            rand::random(),
+            age::pq::Identity::generate(),
+        )
+    }
+
+    fn with_identity(
+        repository: String,
+        master: [u8; 32],
+        identity: age::pq::Identity,
+    ) -> RepositoryKeys {
         RepositoryKeys {
-            repository: hex::encode(rand::random::<[u8; 16]>()),
-            master: rand::random(),
-            identity: std::sync::Arc::new(age::pq::Identity::generate()),
+            repository,
+            master,
+            recipient: std::sync::Arc::new(identity.to_public()),
+            identity: std::sync::Arc::new(identity),
         }
     }
 
@@ -84,11 +99,7 @@ impl RepositoryKeys {
             .identity
             .parse()
             .map_err(|_| damaged("bad identity"))?;
-        Ok(RepositoryKeys {
-            repository: written.repository,
-            master,
-            identity: std::sync::Arc::new(identity),
-        })
+        Ok(Self::with_identity(written.repository, master, identity))
     }
 
     /// The secrets for this device's own file (JSON; the file is the caller's to protect).
@@ -144,8 +155,8 @@ impl RepositoryKeys {
 
     /// An object as it is written: `payload` padded, then encrypted.
     pub fn seal(&self, payload: &[u8]) -> Result<Vec<u8>, BackupError> {
-        let recipient = self.identity.to_public();
-        age::encrypt(&recipient, &pad(payload)).map_err(|e| BackupError::Internal(e.to_string()))
+        age::encrypt(self.recipient.as_ref(), &pad(payload))
+            .map_err(|e| BackupError::Internal(e.to_string()))
     }
 
     /// An object's payload from what was read under `name`: decrypted, unpadded, and checked

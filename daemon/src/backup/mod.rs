@@ -1,31 +1,40 @@
 //! Encrypted backups of every chat, to storage the user already has, and restores from them
 //! onto any device.
 //!
-//! A snapshot holds each chat's whole document sealed with the attestations that prove who
-//! wrote every change (exactly what a device sends another that lacks the chat), and the
-//! roster. Restoring imports each chat the device lacks through the same checks as a chat
-//! from another device, so a restored device verifies every message's authorship and never
-//! holds the old device's keys: it keeps its own identity and its own actors, and can pair with
-//! a surviving device afterwards (the chats then merge change by change, nothing twice).
+//! A snapshot holds each chat's document as the store keeps it, with the attestations that
+//! prove who wrote every change, and the roster. A chat is backed up whole once; while its
+//! stored base stays the same, later backups add only the chunks written since (see
+//! `repository.rs` for the layout, `pack.rs` for a chat's objects, and `engine/copies.rs` for
+//! why the stored bytes are copied rather than the document saved again). Restoring writes each
+//! chat the device lacks into its store as it was, and merges the copy into each chat the
+//! device has. The restored device keeps its own identity and actors (never the old device's
+//! keys): the attestations let it prove every message's authorship to other devices, and it
+//! can pair with a surviving device afterwards (the chats then merge change by change, nothing
+//! twice).
 //!
 //! - `target.rs`: where the backup goes (a directory, S3, WebDAV) and the storage it opens.
 //! - `keys.rs`: the repository's secrets, object encryption (age) and names (HMAC).
-//! - `repository.rs`: objects and manifests on the storage.
+//! - `repository.rs`: objects, index pages and manifests on the storage.
+//! - `pack.rs`: what a chat's packs, and the bundles that hold them, are made of.
+//! - `snapshot.rs`: making a snapshot; `restore.rs`: restoring one.
 //! - `retention.rs`: which snapshots a retention policy keeps.
 //! - this file: the daemon's side: the settings kept on this device; `init`, `now`,
 //!   `snapshots`, `verify`, `restore` and `prune`; and the schedule the daemon runs.
 //!
-//! One device backs up to one repository: two devices writing snapshots to the same
-//! repository would number them alike. A restored device takes the repository over, which is
-//! right when the device it replaces is gone.
+//! A restored device takes the repository over and goes on backing up to it. Should the device
+//! it replaces still back up there too, each keeps its own snapshots (a snapshot is named by its
+//! number and device) and builds each backup on its own newest; a restore takes the newest.
 //!
 //! The repository's secrets live on this device (`backup.json` in the data directory, mode
 //! 0600) so that it can back up without asking, and in the repository encrypted with the
 //! user's passphrase or recovery key, so that a new device can restore.
 
 mod keys;
+mod pack;
 mod repository;
+mod restore;
 mod retention;
+mod snapshot;
 mod target;
 
 use std::{
@@ -35,7 +44,6 @@ use std::{
 };
 
 use age::secrecy::SecretString;
-use chatsync_model::ChatId;
 use serde::{Deserialize, Serialize};
 
 pub use keys::{new_recovery_key, recovery_passphrase};
@@ -126,8 +134,12 @@ pub struct RestoreReport {
     pub snapshot: String,
     /// Chats brought back.
     pub restored: usize,
-    /// Chats this device had already (kept as they are).
+    /// Chats this device had already: the backup's copy was merged into them.
     pub already_here: usize,
+    /// Messages those merges added or changed.
+    pub merged_messages: usize,
+    /// Chats this device had whose copy could not be merged (each logged with why).
+    pub not_merged: usize,
     pub messages: u64,
     pub elapsed_ms: u64,
 }
@@ -179,6 +191,21 @@ const FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 const MAX_RETRY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Objects written this recently are never pruned: they may belong to a backup under way.
 pub const PRUNE_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Objects read or written at once.
+const PARALLEL_OBJECTS: usize = 8;
+/// Objects a chat's entry names at most before the next backup writes it whole again.
+const MAX_CHAIN: usize = 32;
+/// The chunks a chat's entry adds to its whole copy, at most, before the next backup writes it
+/// whole again: this many times the whole copy's bytes, plus [`CHAIN_SLACK_BYTES`]. (Chunks
+/// are single changes, far less compact than a whole document; the store folds them into its
+/// base at about the same point, which makes the next backup write the chat whole anyway.)
+const MAX_CHAIN_FACTOR: u64 = 4;
+const CHAIN_SLACK_BYTES: u64 = 64 << 10;
+/// Chats written to the store together by a restore: first, at most (and about this many
+/// bytes).
+const FIRST_RESTORE_BATCH_CHATS: usize = 8;
+const RESTORE_BATCH_CHATS: usize = 256;
+const RESTORE_BATCH_BYTES: usize = 16 << 20;
 
 /// The daemon's backups: one repository at a time.
 pub struct Backups {
@@ -187,6 +214,8 @@ pub struct Backups {
     /// One backup, prune or restore at a time.
     running: tokio::sync::Mutex<()>,
     schedule: std::sync::Mutex<Schedule>,
+    /// A bundle of packs is written once it holds this many bytes.
+    object_bytes: usize,
 }
 
 impl Backups {
@@ -196,7 +225,14 @@ impl Backups {
             settings_file: data_dir.join("backup.json"),
             running: tokio::sync::Mutex::new(()),
             schedule: std::sync::Mutex::new((None, None)),
+            object_bytes: snapshot::BUNDLE_BYTES,
         }
+    }
+
+    /// Gathers packs into objects of about `bytes` (the config's `backup.object_kib`).
+    pub fn with_object_bytes(mut self, bytes: usize) -> Backups {
+        self.object_bytes = bytes.max(1);
+        self
     }
 
     /// Where backups stand.
@@ -294,14 +330,18 @@ impl Backups {
         let keep = retention::keep(&times, retention);
         let mut pruned = Pruned::default();
         for manifest in manifests.iter().filter(|m| !keep.contains(&m.seq)) {
-            repo.delete_manifest(manifest.seq).await?;
+            repo.delete_manifest(manifest).await?;
             pruned.snapshots += 1;
         }
-        let kept: Vec<Manifest> = manifests
-            .into_iter()
-            .filter(|m| keep.contains(&m.seq))
-            .collect();
-        (pruned.objects, pruned.bytes) = repo.delete_unused(&kept, grace).await?;
+        let mut used = std::collections::HashSet::new();
+        for manifest in manifests.iter().filter(|m| keep.contains(&m.seq)) {
+            used.insert(manifest.roster.clone());
+            used.extend(manifest.pages.iter().cloned());
+            for entry in repo.entries(manifest).await? {
+                used.extend(entry.packs.into_iter().map(|at| at.object));
+            }
+        }
+        (pruned.objects, pruned.bytes) = repo.delete_unused(&used, grace).await?;
         Ok(pruned)
     }
 
@@ -358,75 +398,6 @@ impl Backups {
         outcome
     }
 
-    async fn back_up(&self) -> Result<BackupReport, BackupError> {
-        let _running = self.running.lock().await;
-        let started = Instant::now();
-        let repo = self.open_configured()?;
-        let now = crate::engine::now_ms();
-        let (mut manifest, newest) = repo
-            .next_manifest(self.engine.device().id.as_str(), now)
-            .await?;
-        // Chats as they were in the newest snapshot (kept by every retention policy): one
-        // whose heads did not move since is not read again.
-        let before: std::collections::HashMap<String, ChatEntry> = newest
-            .map(|m| m.chats.into_iter().map(|c| (c.id.clone(), c)).collect())
-            .unwrap_or_default();
-        let mut bytes_written = 0;
-        let mut objects_written = 0;
-        let mut note = |written: u64| {
-            bytes_written += written;
-            objects_written += usize::from(written > 0);
-        };
-        let (roster, written) = repo.put(&self.engine.roster_bytes().await).await?;
-        manifest.roster = roster;
-        note(written);
-        let chats = self.engine.list_chats();
-        let mut progress = Progress::new(&self.engine, false, chats.len());
-        for summary in chats {
-            progress.step();
-            let chat = summary.id.clone();
-            if let Some(entry) = before.get(chat.as_str())
-                && entry.heads == summary.record.heads
-                && entry.messages == summary.record.messages
-                && entry.title == summary.record.title
-            {
-                manifest.chats.push(entry.clone());
-                continue;
-            }
-            let sealed = match self.engine.export_chat(&chat).await {
-                Ok(sealed) => sealed,
-                // Deleted meanwhile: not in this snapshot.
-                Err(crate::engine::EngineError::NotFound(_)) => continue,
-                Err(e) => {
-                    return Err(BackupError::Internal(format!(
-                        "cannot read chat {chat}: {e}"
-                    )));
-                }
-            };
-            let (object, written) = repo.put(&sealed).await?;
-            note(written);
-            manifest.chats.push(ChatEntry {
-                id: chat.to_string(),
-                title: summary.record.title.clone(),
-                messages: summary.record.messages,
-                object,
-                bytes: sealed.len() as u64,
-                heads: summary.record.heads.clone(),
-            });
-        }
-        progress.finish();
-        bytes_written += repo.put_manifest(&manifest).await?;
-        Ok(BackupReport {
-            snapshot: manifest.id(repo.keys()),
-            seq: manifest.seq,
-            chats: manifest.chats.len(),
-            messages: manifest.messages(),
-            bytes_written,
-            objects_written,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-        })
-    }
-
     /// The snapshots in the configured repository, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotInfo>, BackupError> {
         let repo = self.open_configured()?;
@@ -456,92 +427,27 @@ impl Backups {
                 None => "the repository holds no snapshot yet".into(),
             }));
         }
+        let mut reader = restore::PackReader::new(&repo);
         let mut checked = std::collections::BTreeSet::new();
         let mut bytes = 0;
         for manifest in &manifests {
-            let names =
-                std::iter::once(&manifest.roster).chain(manifest.chats.iter().map(|c| &c.object));
-            for name in names {
-                if checked.insert(name.clone()) {
-                    bytes += repo.get(name).await?.len() as u64;
+            if checked.insert(manifest.roster.clone()) {
+                bytes += repo.get(&manifest.roster).await?.len() as u64;
+            }
+            checked.extend(manifest.pages.iter().cloned());
+            for entry in repo.entries(manifest).await? {
+                // Each pack read and checked: its bundle, once.
+                for at in &entry.packs {
+                    checked.insert(at.object.clone());
+                    reader.pack(at).await?;
                 }
             }
         }
+        bytes += reader.read_bytes;
         Ok(VerifyReport {
             snapshots: manifests.len(),
             objects: checked.len(),
             bytes,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-        })
-    }
-
-    /// Restores the newest snapshot at `target` (or the one whose id starts with `snapshot`)
-    /// onto this device, opening the repository with `secret`; then keeps its settings here,
-    /// so that this device goes on backing up to it. Chats this device has are left as they
-    /// are. Running it again after an interruption finishes the job.
-    pub async fn restore(
-        &self,
-        target: &str,
-        cwd: Option<&Path>,
-        secret: Secret,
-        snapshot: Option<&str>,
-    ) -> Result<RestoreReport, BackupError> {
-        let _running = self.running.lock().await;
-        let started = Instant::now();
-        let parsed = Target::parse(target, cwd)?;
-        let passphrase = match secret {
-            Secret::Passphrase(p) => p,
-            Secret::RecoveryKey(typed) => recovery_passphrase(&typed)?,
-            Secret::NewRecoveryKey => {
-                return Err(BackupError::Invalid(
-                    "a restore needs the recovery key that was shown at init".into(),
-                ));
-            }
-        };
-        let op = parsed.operator()?;
-        let config = Repository::config(&op).await?;
-        let keys = RepositoryKeys::unwrap(&config, &passphrase)?;
-        let repo = Repository::with_keys(op, keys.clone());
-        let manifests = repo.manifests().await?;
-        let manifest = match snapshot {
-            None => manifests.last(),
-            Some(id) => manifests.iter().rev().find(|m| m.id(&keys).starts_with(id)),
-        }
-        .ok_or_else(|| {
-            BackupError::NotFound(match snapshot {
-                None => "the repository holds no snapshot yet".into(),
-                Some(id) => format!("no snapshot {id} in the repository"),
-            })
-        })?;
-        let roster = repo.get(&manifest.roster).await?;
-        self.engine
-            .merge_roster(&roster)
-            .await
-            .map_err(|e| BackupError::Damaged(format!("the roster does not load: {e}")))?;
-        let (mut restored, mut already_here) = (0, 0);
-        let mut progress = Progress::new(&self.engine, true, manifest.chats.len());
-        for entry in &manifest.chats {
-            progress.step();
-            let chat = ChatId::new(entry.id.as_str())
-                .map_err(|e| BackupError::Damaged(format!("a manifest names a bad chat: {e}")))?;
-            if self.engine.has_chat(&chat) {
-                already_here += 1;
-                continue;
-            }
-            let sealed = repo.get(&entry.object).await?;
-            self.engine
-                .import_chat(&chat, &sealed)
-                .await
-                .map_err(|e| BackupError::Damaged(format!("chat {chat} does not restore: {e}")))?;
-            restored += 1;
-        }
-        progress.finish();
-        self.save_settings(&canonical_target(&parsed, target), &keys)?;
-        Ok(RestoreReport {
-            snapshot: manifest.id(&keys),
-            restored,
-            already_here,
-            messages: manifest.messages(),
             elapsed_ms: started.elapsed().as_millis() as u64,
         })
     }
@@ -595,35 +501,35 @@ impl Backups {
     }
 }
 
-/// Progress events of one backup or restore, at most four a second and one at the end.
+/// Progress events of one backup or restore: one as it starts, at most four a second as chats
+/// are done, and one at the end.
 struct Progress<'a> {
     engine: &'a Engine,
     restoring: bool,
     done: usize,
     total: usize,
-    last: Option<Instant>,
+    last: Instant,
 }
 
 impl<'a> Progress<'a> {
     fn new(engine: &'a Engine, restoring: bool, total: usize) -> Progress<'a> {
-        Progress {
+        let mut progress = Progress {
             engine,
             restoring,
             done: 0,
             total,
-            last: None,
-        }
+            last: Instant::now(),
+        };
+        progress.send();
+        progress
     }
 
-    /// Counts the chat about to be done (the first call says where it starts).
-    fn step(&mut self) {
-        if self
-            .last
-            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_millis(250))
-        {
+    /// Counts one chat done.
+    fn advance(&mut self) {
+        self.done = (self.done + 1).min(self.total);
+        if self.last.elapsed() >= std::time::Duration::from_millis(250) {
             self.send();
         }
-        self.done += 1;
     }
 
     fn finish(&mut self) {
@@ -632,7 +538,7 @@ impl<'a> Progress<'a> {
     }
 
     fn send(&mut self) {
-        self.last = Some(Instant::now());
+        self.last = Instant::now();
         // Nobody listening is fine.
         let _ = self
             .engine
@@ -670,9 +576,9 @@ fn info(manifest: &Manifest, keys: &RepositoryKeys) -> SnapshotInfo {
         seq: manifest.seq,
         created_at: manifest.created_at,
         device: manifest.device.clone(),
-        chats: manifest.chats.len(),
-        messages: manifest.messages(),
-        bytes: manifest.bytes(),
+        chats: manifest.chats,
+        messages: manifest.messages,
+        bytes: manifest.bytes,
     }
 }
 

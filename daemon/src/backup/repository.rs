@@ -7,6 +7,14 @@
 //! snapshots/<64 hex>          a manifest, named by the HMAC of its number
 //! ```
 //!
+//! A manifest names the roster's object and the snapshot's index pages; each page lists some
+//! of the chats ([`ChatEntry`]), and each chat names its packs in bundle objects (`pack.rs`). Which page a chat
+//! is on depends only on its id and the number of pages, so a backup after a few chats changed
+//! writes those chats' new objects, their pages, and a small manifest: pages and objects that
+//! did not change have the same contents, hence the same name, and are not written again.
+//!
+//! An object's first byte says how the rest is stored: as it is, or compressed (deflate).
+//!
 //! Objects are written before the manifest that names them, and each object or manifest is
 //! written whole or not at all (a directory target writes it beside the repository and moves it
 //! into place; an S3 store takes an object in one request), so an interrupted backup leaves
@@ -15,6 +23,8 @@
 //! repository's id, and its number, which its name must match: a manifest altered, moved to
 //! another name, or taken from another repository is refused.
 
+use std::io::{Read, Write};
+
 use serde::{Deserialize, Serialize};
 
 use super::{BackupError, keys::RepositoryKeys};
@@ -22,10 +32,22 @@ use super::{BackupError, keys::RepositoryKeys};
 const CONFIG: &str = "config";
 const OBJECTS: &str = "objects/";
 const SNAPSHOTS: &str = "snapshots/";
-/// Version of the manifest.
-const MANIFEST_FORMAT: u32 = 1;
-/// Largest object or manifest read (a chat's document is at most 256 MiB).
+/// Where a directory target writes objects before moving them into place (`target.rs`).
+const PARTIAL: &str = ".partial/";
+/// Version of the manifest, its pages and entries.
+const MANIFEST_FORMAT: u32 = 2;
+/// Largest object or manifest read, and largest an object inflates to (a chat's document is at
+/// most 256 MiB).
 const MAX_OBJECT_BYTES: u64 = 300 << 20;
+/// Chats per index page, about: pages are a power of two in number.
+const CHATS_PER_PAGE: usize = 16;
+
+/// How an object's contents are stored, its first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    Stored = 0,
+    Deflate = 1,
+}
 
 /// What one snapshot holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +62,20 @@ pub struct Manifest {
     pub device: String,
     /// The object holding the roster.
     pub roster: String,
-    pub chats: Vec<ChatEntry>,
+    /// The objects listing the chats ([`Repository::entries`]).
+    pub pages: Vec<String>,
+    /// Totals over the chats, for listing snapshots without reading their pages.
+    pub chats: usize,
+    pub messages: u64,
+    /// Bytes of the chats' documents.
+    pub bytes: u64,
+}
+
+/// Where one of a chat's packs is: a bundle object, and the pack's place in it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PackRef {
+    pub object: String,
+    pub index: u32,
 }
 
 /// One chat in a snapshot.
@@ -48,30 +83,30 @@ pub struct Manifest {
 pub struct ChatEntry {
     pub id: String,
     pub title: String,
+    pub created_at: i64,
+    pub created_by: String,
     pub messages: u64,
-    /// The object holding the chat: its whole document, sealed with the attestations that
-    /// prove every change in it (as a device sends it to another).
-    pub object: String,
-    pub bytes: u64,
+    pub last_activity: i64,
     /// The chat's heads when it was backed up: a chat whose heads are the same next time is
     /// not read again.
-    #[serde(default)]
     pub heads: Vec<String>,
+    /// The chat's packs (`pack.rs`), in order: the first a whole copy of its document as
+    /// stored, each further one the chunks stored after those before it.
+    pub packs: Vec<PackRef>,
+    /// Bytes of the document in the first object, and in all of them.
+    pub whole_bytes: u64,
+    pub bytes: u64,
+    /// Where the store stood: a digest of the chat's base, and the number of the chunk after
+    /// the last one backed up. While the base stays the same, the next backup takes only the
+    /// chunks from there.
+    pub base_digest: String,
+    pub next_chunk: u64,
 }
 
 impl Manifest {
     /// The id users see: the start of the manifest's name.
     pub fn id(&self, keys: &RepositoryKeys) -> String {
-        manifest_name(keys, self.seq)[..12].to_string()
-    }
-
-    pub fn messages(&self) -> u64 {
-        self.chats.iter().map(|c| c.messages).sum()
-    }
-
-    /// Bytes of the objects it names (the roster excluded).
-    pub fn bytes(&self) -> u64 {
-        self.chats.iter().map(|c| c.bytes).sum()
+        manifest_name(keys, self.seq, &self.device)[..12].to_string()
     }
 }
 
@@ -120,15 +155,27 @@ impl Repository {
         &self.keys
     }
 
-    /// Writes an object holding `payload` unless one is there already. Returns its name and
-    /// the bytes written (0 when it was there).
-    pub async fn put(&self, payload: &[u8]) -> Result<(String, u64), BackupError> {
-        let name = self.keys.object_name(payload);
+    /// Writes an object holding `payload`, stored as `codec` says, unless one is there
+    /// already. Returns its name and the bytes written (0 when it was there).
+    pub async fn put(&self, payload: &[u8], codec: Codec) -> Result<(String, u64), BackupError> {
+        let keys = self.keys.clone();
+        let payload = payload.to_vec();
+        // Compressing, naming and encrypting are the CPU's work: off the async threads, so that
+        // objects are sealed on every core while others are written.
+        let (name, contents) = tokio::task::spawn_blocking(move || {
+            let contents = encode_contents(&payload, codec)?;
+            Ok::<_, BackupError>((keys.object_name(&contents), contents))
+        })
+        .await
+        .map_err(|e| BackupError::Internal(e.to_string()))??;
         let path = object_path(&name);
         if exists(&self.op, &path).await? {
             return Ok((name, 0));
         }
-        let sealed = self.keys.seal(payload)?;
+        let keys = self.keys.clone();
+        let sealed = tokio::task::spawn_blocking(move || keys.seal(&contents))
+            .await
+            .map_err(|e| BackupError::Internal(e.to_string()))??;
         let len = sealed.len() as u64;
         self.op.write(&path, sealed).await.map_err(unreachable)?;
         Ok((name, len))
@@ -146,7 +193,79 @@ impl Repository {
             return Err(BackupError::Damaged(format!("object {name} is missing")));
         }
         let sealed = read(&self.op, &path).await?;
-        self.keys.open(name, &sealed)
+        let (keys, name) = (self.keys.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || decode_contents(&name, &keys.open(&name, &sealed)?))
+            .await
+            .map_err(|e| BackupError::Internal(e.to_string()))?
+    }
+
+    /// Writes the index pages listing `entries`; returns their names, and the bytes and objects
+    /// written.
+    pub async fn put_pages(
+        &self,
+        entries: Vec<ChatEntry>,
+    ) -> Result<(Vec<String>, u64, usize), BackupError> {
+        let count = entries.len().div_ceil(CHATS_PER_PAGE).next_power_of_two();
+        let mut pages: Vec<Vec<ChatEntry>> = vec![Vec::new(); count];
+        for entry in entries {
+            let page = self.page_of(&entry.id, count);
+            pages[page].push(entry);
+        }
+        let mut names = Vec::with_capacity(count);
+        let (mut written, mut objects) = (0, 0);
+        for mut page in pages {
+            page.sort_by(|a, b| a.id.cmp(&b.id));
+            let body =
+                serde_json::to_vec(&page).map_err(|e| BackupError::Internal(e.to_string()))?;
+            let (name, bytes) = self.put(&body, Codec::Deflate).await?;
+            names.push(name);
+            written += bytes;
+            objects += usize::from(bytes > 0);
+        }
+        Ok((names, written, objects))
+    }
+
+    /// The chats a snapshot holds, read from its pages (each checked: every chat on the page
+    /// its id belongs to, none twice).
+    pub async fn entries(&self, manifest: &Manifest) -> Result<Vec<ChatEntry>, BackupError> {
+        use futures_util::StreamExt;
+        let pages: Vec<Result<Vec<u8>, BackupError>> =
+            futures_util::stream::iter(manifest.pages.clone())
+                .map(|name| async move { self.get(&name).await })
+                .buffered(super::PARALLEL_OBJECTS)
+                .collect()
+                .await;
+        let mut seen = std::collections::HashSet::new();
+        let mut entries = Vec::with_capacity(manifest.chats);
+        for (at, page) in pages.into_iter().enumerate() {
+            let page: Vec<ChatEntry> = serde_json::from_slice(&page?)
+                .map_err(|e| BackupError::Damaged(format!("an index page is unreadable: {e}")))?;
+            for entry in page {
+                if self.page_of(&entry.id, manifest.pages.len()) != at
+                    || !seen.insert(entry.id.clone())
+                {
+                    return Err(BackupError::Damaged(format!(
+                        "chat {} is listed out of place in its snapshot",
+                        entry.id
+                    )));
+                }
+                entries.push(entry);
+            }
+        }
+        if entries.len() != manifest.chats {
+            return Err(BackupError::Damaged(format!(
+                "the snapshot lists {} chats in its pages, not {}",
+                entries.len(),
+                manifest.chats
+            )));
+        }
+        Ok(entries)
+    }
+
+    /// The page a chat is listed on, of `count` (a power of two).
+    fn page_of(&self, chat: &str, count: usize) -> usize {
+        let mac = self.keys.mac("page", chat.as_bytes());
+        (u64::from_be_bytes(mac[..8].try_into().unwrap_or_default()) % count.max(1) as u64) as usize
     }
 
     /// Writes a manifest (after every object it names).
@@ -157,7 +276,10 @@ impl Repository {
         plain.extend_from_slice(&self.keys.mac("manifest", &body));
         let sealed = self.keys.seal(&plain)?;
         let len = sealed.len() as u64;
-        let path = format!("{SNAPSHOTS}{}", manifest_name(&self.keys, manifest.seq));
+        let path = format!(
+            "{SNAPSHOTS}{}",
+            manifest_name(&self.keys, manifest.seq, &manifest.device)
+        );
         self.op.write(&path, sealed).await.map_err(unreachable)?;
         Ok(len)
     }
@@ -174,7 +296,7 @@ impl Repository {
             let sealed = read(&self.op, &format!("{SNAPSHOTS}{name}")).await?;
             out.push(self.check_manifest(&name, &sealed)?);
         }
-        out.sort_by_key(|m| m.seq);
+        out.sort_by_key(|m| (m.seq, m.created_at));
         Ok(out)
     }
 
@@ -195,20 +317,23 @@ impl Repository {
         if manifest.repository != self.keys.repository {
             return Err(damaged("from another repository"));
         }
-        if manifest_name(&self.keys, manifest.seq) != name {
+        if manifest_name(&self.keys, manifest.seq, &manifest.device) != name {
             return Err(damaged("moved: it is not the snapshot its name says"));
         }
         Ok(manifest)
     }
 
-    /// A new manifest numbered after every snapshot there, and the newest snapshot there.
+    /// A new manifest by `device`, numbered after every snapshot there, and the newest snapshot
+    /// `device` made there. (Two devices backing up to one repository, a restored device and the
+    /// one it replaced, say, may both make a snapshot with one number: each keeps its own.)
     pub async fn next_manifest(
         &self,
         device: &str,
         now: i64,
     ) -> Result<(Manifest, Option<Manifest>), BackupError> {
-        let newest = self.manifests().await?.pop();
-        let seq = newest.as_ref().map_or(1, |m| m.seq + 1);
+        let manifests = self.manifests().await?;
+        let seq = manifests.last().map_or(1, |m| m.seq + 1);
+        let newest = manifests.into_iter().rev().find(|m| m.device == device);
         let next = Manifest {
             format: MANIFEST_FORMAT,
             repository: self.keys.repository.clone(),
@@ -216,41 +341,48 @@ impl Repository {
             created_at: now,
             device: device.to_string(),
             roster: String::new(),
-            chats: Vec::new(),
+            pages: Vec::new(),
+            chats: 0,
+            messages: 0,
+            bytes: 0,
         };
         Ok((next, newest))
     }
 }
 
 impl Repository {
-    /// Deletes snapshot `seq` (its objects stay until [`Repository::delete_unused`]).
-    pub async fn delete_manifest(&self, seq: u64) -> Result<(), BackupError> {
-        let path = format!("{SNAPSHOTS}{}", manifest_name(&self.keys, seq));
+    /// Deletes a snapshot (its objects stay until [`Repository::delete_unused`]).
+    pub async fn delete_manifest(&self, manifest: &Manifest) -> Result<(), BackupError> {
+        let path = format!(
+            "{SNAPSHOTS}{}",
+            manifest_name(&self.keys, manifest.seq, &manifest.device)
+        );
         self.op.delete(&path).await.map_err(unreachable)
     }
 
-    /// Deletes every object no snapshot in `kept` names and older than `grace`. Returns how
-    /// many, and their bytes.
+    /// Deletes every object not in `used` (the objects of the snapshots kept) and older than
+    /// `grace`, and what writes cut off part-way left in a directory target's `.partial/` (see
+    /// `target.rs`) as old. Returns how many, and their bytes.
     pub async fn delete_unused(
         &self,
-        kept: &[Manifest],
+        used: &std::collections::HashSet<String>,
         grace: std::time::Duration,
     ) -> Result<(usize, u64), BackupError> {
-        let used: std::collections::HashSet<&str> = kept
-            .iter()
-            .flat_map(|m| {
-                std::iter::once(m.roster.as_str()).chain(m.chats.iter().map(|c| c.object.as_str()))
-            })
-            .collect();
-        let entries = self
+        let mut unused = self
             .op
             .list_with(OBJECTS)
             .recursive(true)
             .await
             .map_err(unreachable)?;
+        unused.retain(|entry| !used.contains(entry.name()));
+        match self.op.list(PARTIAL).await {
+            Ok(partial) => unused.extend(partial),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => {}
+            Err(e) => return Err(unreachable(e)),
+        }
         let (mut deleted, mut bytes) = (0, 0);
-        for entry in entries {
-            if entry.metadata().is_dir() || used.contains(entry.name()) {
+        for entry in unused {
+            if entry.metadata().is_dir() {
                 continue;
             }
             // Written within `grace`: it may belong to a backup still under way.
@@ -271,8 +403,58 @@ impl Repository {
     }
 }
 
-fn manifest_name(keys: &RepositoryKeys, seq: u64) -> String {
-    hex::encode(keys.mac("snapshot", &seq.to_be_bytes()))
+/// An object's contents: its codec byte, then `payload` stored as the codec says.
+fn encode_contents(payload: &[u8], codec: Codec) -> Result<Vec<u8>, BackupError> {
+    match codec {
+        Codec::Stored => {
+            let mut out = Vec::with_capacity(payload.len() + 1);
+            out.push(Codec::Stored as u8);
+            out.extend_from_slice(payload);
+            Ok(out)
+        }
+        Codec::Deflate => {
+            let mut encoder = flate2::write::DeflateEncoder::new(
+                vec![Codec::Deflate as u8],
+                flate2::Compression::default(),
+            );
+            encoder
+                .write_all(payload)
+                .and_then(|()| encoder.finish())
+                .map_err(|e| BackupError::Internal(format!("cannot compress: {e}")))
+        }
+    }
+}
+
+/// The payload of an object's contents (at most [`MAX_OBJECT_BYTES`] once inflated).
+fn decode_contents(name: &str, contents: &[u8]) -> Result<Vec<u8>, BackupError> {
+    match contents.split_first() {
+        Some((&0, payload)) => Ok(payload.to_vec()),
+        Some((&1, compressed)) => {
+            let mut payload = Vec::new();
+            flate2::read::DeflateDecoder::new(compressed)
+                .take(MAX_OBJECT_BYTES + 1)
+                .read_to_end(&mut payload)
+                .map_err(|e| {
+                    BackupError::Damaged(format!("object {name} does not inflate: {e}"))
+                })?;
+            if payload.len() as u64 > MAX_OBJECT_BYTES {
+                return Err(BackupError::Damaged(format!(
+                    "object {name} inflates too large"
+                )));
+            }
+            Ok(payload)
+        }
+        _ => Err(BackupError::Damaged(format!(
+            "object {name} is stored in a way this version does not know"
+        ))),
+    }
+}
+
+/// A manifest's name: an HMAC of its number and the device that made it.
+fn manifest_name(keys: &RepositoryKeys, seq: u64, device: &str) -> String {
+    let mut named = seq.to_be_bytes().to_vec();
+    named.extend_from_slice(device.as_bytes());
+    hex::encode(keys.mac("snapshot", &named))
 }
 
 fn object_path(name: &str) -> String {

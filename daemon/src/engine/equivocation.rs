@@ -183,8 +183,14 @@ impl Engine {
         };
         loaded.chunks = 0;
         loaded.chunk_bytes = 0;
-        let (chunk, record, _) =
+        let (mut chunk, mut record, _) =
             self.chunk_write(chat, loaded, rewritten, now_ms(), Some(title_before))?;
+        // This device's newest change may be among those dropped.
+        let own = crate::store::OwnNewest::of(&mut loaded.doc, &self.device.id);
+        record.own_newest = Some(own.clone());
+        if let commit::StoreWrite::Chunk { record, .. } = &mut chunk {
+            record.own_newest = Some(own);
+        }
         let receipt = write.submit(
             vec![compact, chunk],
             vec![Event::ChatUpdated {
@@ -238,7 +244,7 @@ pub(super) fn apply_stored(
     // session actor: it writes under a new one.
     let fresh = fresh_actor(device);
     doc.automerge_mut().set_actor(fresh.clone());
-    for bytes in stored {
+    for (_, bytes) in stored {
         // Checked when it was taken; only this device wrote it.
         if let Err(e) = Evidence::decode(&bytes).and_then(|evidence| doc.ban(evidence)) {
             tracing::error!(%chat, error = %e, "stored evidence of an equivocation is unreadable");

@@ -13,6 +13,7 @@
 
 pub mod cache;
 pub mod commit;
+mod copies;
 mod devices;
 pub mod equivocation;
 mod error;
@@ -32,6 +33,7 @@ use chatsync_model::{ChatDoc, ChatId, Device, Message, MessageId};
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
 
+pub use copies::{KeptAttestation, KeptEvidence, RestoredChat, StoredChat};
 pub use devices::Trust;
 pub use error::EngineError;
 pub use events::{Event, MessageEventKind, SyncStatus};
@@ -41,7 +43,7 @@ use self::{
     cache::{ChatCache, ChatHandle, LoadedChat},
     commit::Committer,
 };
-use crate::store::{ChatRecord, Store};
+use crate::store::{ChatRecord, OwnNewest, Store};
 
 /// Settings the engine needs from the daemon's config.
 #[derive(Clone, Debug)]
@@ -326,6 +328,8 @@ impl Engine {
             last_activity: now,
             heads: heads_hex(&mut doc),
             next_seq: 0,
+            own_newest: Some(OwnNewest::of(&mut doc, &self.device.id)),
+            unchecked: false,
         };
         self.add_chat(&id, doc, Default::default(), &record, &bytes)
             .await?;
@@ -649,6 +653,12 @@ impl Engine {
         record.messages = loaded.doc.len() as u64;
         record.last_activity = now;
         record.heads = heads_hex(&mut loaded.doc);
+        // A change under the session's actor is this device's newest (the actor is new each
+        // run); changes from other devices leave it as it was.
+        if let Some((seq, hash)) = loaded.doc.last_local_change() {
+            let actor = loaded.doc.actor().clone();
+            record.own_newest = Some(OwnNewest::from_change(Some((&actor, seq, &hash))));
+        }
         let seq = loaded.next_seq;
         loaded.next_seq += 1;
         record.next_seq = loaded.next_seq;
@@ -671,23 +681,47 @@ impl Engine {
 
     /// The chat, loading it from the store if it is not in memory.
     async fn chat(&self, chat: &ChatId) -> Result<ChatHandle, EngineError> {
-        let Some(recorded_seq) = self.read_records().get(chat).map(|r| r.next_seq) else {
+        let Some((recorded_seq, unchecked)) = self
+            .read_records()
+            .get(chat)
+            .map(|r| (r.next_seq, r.unchecked))
+        else {
             return Err(EngineError::NotFound(format!("no chat {chat}")));
         };
-        self.cache
+        let handle = self
+            .cache
             .get_or_load(chat, || {
                 let store = self.store.clone();
                 let device = self.device.clone();
                 let id = chat.clone();
+                let signer = self.signer.clone();
                 async move {
-                    tokio::task::spawn_blocking(move || {
-                        load_chat(&store, &id, &device, recorded_seq)
+                    // A chat restored from a backup is checked like one from another device.
+                    let standings = match unchecked {
+                        true => Some(self.standings().await),
+                        false => None,
+                    };
+                    tokio::task::spawn_blocking(move || match standings {
+                        None => load_chat(&store, &id, &device, recorded_seq),
+                        Some(standings) => copies::load_restored(
+                            &store,
+                            &id,
+                            &device,
+                            recorded_seq,
+                            &standings,
+                            &signer,
+                        ),
                     })
                     .await
                     .map_err(|e| EngineError::Internal(format!("loading a chat failed: {e}")))?
                 }
             })
-            .await
+            .await?;
+        if unchecked && let Some(record) = self.write_records().get_mut(chat) {
+            // Stored with its next write; until then each start checks it again.
+            record.unchecked = false;
+        }
+        Ok(handle)
     }
 
     fn read_records(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ChatId, ChatRecord>> {
@@ -726,12 +760,25 @@ fn load_chat(
     device: &Device,
     recorded_seq: u64,
 ) -> Result<LoadedChat, EngineError> {
+    load_chat_with(store, id, device, recorded_seq, |bytes| {
+        ChatDoc::load(bytes, device)
+            .map_err(|e| EngineError::Storage(format!("chat {id} cannot be loaded: {e}")))
+    })
+}
+
+/// [`load_chat`], with `open` making the document of the stored bytes.
+fn load_chat_with(
+    store: &Store,
+    id: &ChatId,
+    device: &Device,
+    recorded_seq: u64,
+    open: impl FnOnce(&[u8]) -> Result<ChatDoc, EngineError>,
+) -> Result<LoadedChat, EngineError> {
     let started = std::time::Instant::now();
     let stored = store
         .load_chat(id)?
         .ok_or_else(|| EngineError::Storage(format!("chat {id} has a record but no document")))?;
-    let mut doc = ChatDoc::load(&stored.bytes, device)
-        .map_err(|e| EngineError::Storage(format!("chat {id} cannot be loaded: {e}")))?;
+    let mut doc = open(&stored.bytes)?;
     let last_chunk = stored.next_seq.max(recorded_seq).checked_sub(1);
     let rewritten = equivocation::apply_stored(store, id, &mut doc, device, last_chunk)?;
     let proofs = signatures::load_proofs(store, id, &mut doc)?;

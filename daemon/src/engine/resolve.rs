@@ -93,6 +93,8 @@ mod tests {
                         last_activity: 0,
                         heads: Vec::new(),
                         next_seq: 0,
+                        own_newest: None,
+                        unchecked: false,
                     },
                 )
             })

@@ -514,6 +514,8 @@ impl Engine {
             last_activity: now_ms(),
             heads: heads_hex(&mut doc),
             next_seq: 0,
+            own_newest: Some(crate::store::OwnNewest::of(&mut doc, &self.device.id)),
+            unchecked: false,
         };
         let mut proofs = Proofs::default();
         let kept = proofs.take_received(received, &mut doc, &self.device.id);

@@ -45,9 +45,11 @@ use chatsync_model::{
 };
 use serde::{Deserialize, Serialize};
 
+mod copy;
 mod keys;
 mod space;
 
+pub use copy::ChatCopy;
 pub use space::{Space, free_bytes};
 
 /// Key in the `meta` tree of the chats being written ([`Unsettled`]).
@@ -64,6 +66,9 @@ pub enum Unsettled {
     /// Too many to name: any chat may.
     All,
 }
+
+/// Evidence of an equivocation as kept: the equivocating actor, and the encoded evidence.
+pub type ActorEvidence = (Vec<u8>, Vec<u8>);
 
 /// Keys in the `network.v1` tree.
 const NETWORK_LISTEN: &[u8] = b"listen";
@@ -116,6 +121,9 @@ pub enum StoreError {
         "the store at {path} was written by a newer chatsync (schema {found}, this build reads {SCHEMA_VERSION})"
     )]
     TooNew { path: String, found: u32 },
+    /// A read that needs a consistent view kept being overtaken by writes.
+    #[error("{0}")]
+    Busy(String),
     #[error("another chatsyncd is already using the store at {0}")]
     Locked(String),
     #[error(
@@ -144,6 +152,52 @@ pub struct ChatRecord {
     /// older builds (they wrote record and chunk atomically).
     #[serde(default)]
     pub next_seq: u64,
+    /// This device's newest change in the chat, which reaches every change of the device there
+    /// (`ChatDoc::newest_change_by`): what a backup signs for them without loading the chat.
+    /// `None` when not known (records of older builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_newest: Option<OwnNewest>,
+    /// Restored from a backup and not loaded since: its document goes through the checks of a
+    /// chat from another device when it is first loaded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchecked: bool,
+}
+
+/// This device's newest change in a chat, as its record keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnNewest {
+    /// The device wrote nothing in the chat.
+    NoChange,
+    Change {
+        /// The actor (hex), its sequence number, and the change's hash (hex).
+        actor: String,
+        seq: u64,
+        hash: String,
+    },
+}
+
+impl OwnNewest {
+    /// `device`'s newest change in `doc` (a walk over every change).
+    pub fn of(doc: &mut chatsync_model::ChatDoc, device: &chatsync_model::DeviceId) -> Self {
+        let newest = doc.newest_change_by(device);
+        Self::from_change(
+            newest
+                .as_ref()
+                .map(|(actor, seq, hash)| (actor, *seq, hash)),
+        )
+    }
+
+    pub fn from_change(change: Option<(&automerge::ActorId, u64, &automerge::ChangeHash)>) -> Self {
+        match change {
+            None => OwnNewest::NoChange,
+            Some((actor, seq, hash)) => OwnNewest::Change {
+                actor: actor.to_hex_string(),
+                seq,
+                hash: hash.to_string(),
+            },
+        }
+    }
 }
 
 /// A document's stored bytes (a chat's or the roster's), ready to load.
@@ -498,14 +552,15 @@ impl Store {
         Ok(())
     }
 
-    /// The evidence kept for a chat, one per equivocating actor. Records of another format are
-    /// skipped.
-    pub fn evidence(&self, chat: &ChatId) -> Result<Vec<Vec<u8>>, StoreError> {
+    /// The evidence kept for a chat, one per equivocating actor: the actor, and the evidence.
+    /// Records of another format are skipped.
+    pub fn evidence(&self, chat: &ChatId) -> Result<Vec<ActorEvidence>, StoreError> {
+        let prefix = keys::prefix(chat);
         let mut out = Vec::new();
-        for item in self.evidence.scan_prefix(keys::prefix(chat)) {
-            let (_, value) = item?;
+        for item in self.evidence.scan_prefix(&prefix) {
+            let (key, value) = item?;
             match value.strip_prefix(&[FORMAT]) {
-                Some(evidence) => out.push(evidence.to_vec()),
+                Some(evidence) => out.push((key[prefix.len()..].to_vec(), evidence.to_vec())),
                 None => tracing::warn!(%chat, "skipping an unreadable evidence record"),
             }
         }

@@ -23,6 +23,8 @@ fn record(title: &str) -> ChatRecord {
         last_activity: 1,
         heads: Vec::new(),
         next_seq: 0,
+        own_newest: None,
+        unchecked: false,
     }
 }
 
