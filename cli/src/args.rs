@@ -45,6 +45,11 @@ pub enum Command {
     /// Encrypted backups of every chat: set up, back up now, list, verify, restore.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// The web client: the chats in a browser, served by the daemon (off until enabled).
+    Web {
+        #[command(subcommand)]
+        command: Option<WebCommand>,
+    },
     /// Invite a new device: show a one-time ticket (and its QR code) and wait until it joins.
     Pair {
         /// How long the ticket stays valid, e.g. 90s, 10m, 2h (at most 24h).
@@ -160,6 +165,30 @@ pub enum DevicesCommand {
     /// and it is never trusted again.
     #[command(visible_alias = "revoke")]
     Remove { device: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebCommand {
+    /// Where the web client stands: on or off, its address, the browsers linked (the default).
+    Status,
+    /// Turn the web client on (it stays on across restarts).
+    Enable {
+        /// Address and port to listen on (default 127.0.0.1:7780, or as before).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<String>,
+        /// Allow an address other computers can reach. The web client speaks plain HTTP:
+        /// anyone on the network path can read it (see docs/security.md).
+        #[arg(long)]
+        allow_remote: bool,
+    },
+    /// Turn the web client off.
+    Disable,
+    /// Print a one-time link (and its QR code) that links a browser to this device's chats.
+    Link,
+    /// List the linked browsers.
+    Sessions,
+    /// Unlink a browser (by the id `chatsync web sessions` shows, or `all`).
+    Revoke { session: String },
 }
 
 #[derive(Debug, Subcommand)]

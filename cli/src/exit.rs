@@ -91,7 +91,9 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
                 | ErrorCode::TooLarge
                 | ErrorCode::BadJson
                 | ErrorCode::IdempotencyConflict
-                | ErrorCode::TooManyInvites => REFUSED,
+                | ErrorCode::TooManyInvites
+                | ErrorCode::WebOff
+                | ErrorCode::WebListen => REFUSED,
                 ErrorCode::TicketInvalid
                 | ErrorCode::TicketExpired
                 | ErrorCode::TicketUsed
@@ -107,6 +109,9 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
                 | ErrorCode::NoRoute
                 | ErrorCode::MethodNotAllowed
                 | ErrorCode::BrowserRefused
+                | ErrorCode::Unauthorized
+                | ErrorCode::WrongHost
+                | ErrorCode::CrossOrigin
                 | ErrorCode::Network
                 | ErrorCode::JoinFailed
                 | ErrorCode::Unknown => FAILURE,

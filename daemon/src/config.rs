@@ -66,7 +66,34 @@ pub struct Config {
     pub network: NetworkConfig,
     pub relay: RelayConfig,
     pub backup: BackupConfig,
+    pub web: WebConfig,
 }
+
+/// The web client (`chatsync web enable` turns it on and keeps its own settings, which then
+/// win over these).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// On from the daemon's start.
+    pub enabled: bool,
+    /// Address and port it listens on.
+    pub listen: String,
+    /// Listening on anything but loopback is refused unless this is set (see docs/security.md).
+    pub allow_remote: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: false,
+            listen: format!("127.0.0.1:{DEFAULT_WEB_PORT}"),
+            allow_remote: false,
+        }
+    }
+}
+
+/// The web client's port unless configured otherwise.
+pub const DEFAULT_WEB_PORT: u16 = 7780;
 
 /// When the daemon backs up by itself, and which snapshots it keeps (once backups are set up
 /// with `chatsync backup init`).

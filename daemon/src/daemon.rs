@@ -124,9 +124,11 @@ pub async fn serve(
                 .run_schedule(every, retention, shutdown.clone()),
         )
     });
+    let web = Arc::new(crate::web::Web::new(&paths.data_dir, config.web.clone()));
     let state = Arc::new(AppState {
         engine: engine.clone(),
         backups,
+        web: web.clone(),
         network,
         data_dir: paths.data_dir.clone(),
         socket: paths.socket.clone(),
@@ -142,8 +144,10 @@ pub async fn serve(
         startup_ms = started.elapsed().as_millis() as u64,
         "chatsyncd ready"
     );
+    state.web.start_if_enabled(state.clone()).await;
     let served = api::serve(listener, state).await;
     tracing::info!("shutting down");
+    web.shut_down().await;
     if let Some(schedule) = schedule {
         // It stops at the cancellation, an interrupted backup leaving earlier snapshots whole.
         let _ = schedule.await;

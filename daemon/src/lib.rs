@@ -10,6 +10,8 @@
 //! - [`net`]: the network task that owns the libp2p swarm: connections to trusted devices.
 //! - [`pairing`]: one-time pairing tickets, the proof of holding one, open invitations.
 //! - [`backup`]: encrypted backups to a directory, S3 or WebDAV, and restores from them.
+//! - [`web`]: the web client: its pages, the browsers linked to it, and the guard in front.
+//! - [`files`]: small private files beside the store (settings, secrets).
 //! - [`api`]: the local HTTP/JSON API on a Unix socket; the only module that knows the wire
 //!   format ([`api::wire`], shared with the CLI).
 //! - [`daemon`]: start-up, signal handling and graceful shutdown.
@@ -19,10 +21,12 @@ pub mod backup;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod files;
 pub mod identity;
 pub mod net;
 pub mod pairing;
 pub mod paths;
 pub mod store;
+pub mod web;
 
 pub use daemon::run;

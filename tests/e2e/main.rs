@@ -20,3 +20,4 @@ mod pairing;
 mod signals;
 mod support;
 mod trio;
+mod web;

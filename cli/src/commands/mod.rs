@@ -7,6 +7,7 @@ mod devices;
 mod log;
 mod messages;
 mod pairing;
+mod web;
 
 use std::io::Read;
 
@@ -30,6 +31,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices { command } => devices::run(command, &client, json).await,
         Command::Peers => devices::peers(&client, json).await,
         Command::Backup(cmd) => backup::run(cmd, &client, json).await,
+        Command::Web { command } => web::run(command, &client, json).await,
         Command::Pair { expires } => pairing::pair(&client, expires, json).await,
         Command::Join { ticket, name } => {
             pairing::join(&client, &ticket, name.as_deref(), json).await

@@ -399,6 +399,38 @@ impl Client {
             .await
     }
 
+    /// Where the web client stands (`chatsync web`).
+    pub async fn web_status(&self) -> Result<WebStatusJson, ClientError> {
+        self.json(Method::GET, &["web"], None, &[]).await
+    }
+
+    /// Turns the web client on or off (`chatsync web enable` / `disable`).
+    pub async fn web_settings(
+        &self,
+        request: &WebSettingsRequest,
+    ) -> Result<WebStatusJson, ClientError> {
+        self.json(Method::POST, &["web"], Some(request), &[]).await
+    }
+
+    /// A one-time link that logs a browser in (`chatsync web link`).
+    pub async fn web_link(&self) -> Result<WebLinkJson, ClientError> {
+        self.json(Method::POST, &["web", "links"], None, &[]).await
+    }
+
+    /// The browsers linked (`chatsync web sessions`).
+    pub async fn web_sessions(&self) -> Result<Vec<WebSessionJson>, ClientError> {
+        let list: WebSessionListJson = self
+            .json(Method::GET, &["web", "sessions"], None, &[])
+            .await?;
+        Ok(list.sessions)
+    }
+
+    /// Ends the sessions whose id starts with `session` (`all`: every one).
+    pub async fn web_revoke(&self, session: &str) -> Result<WebRevokedJson, ClientError> {
+        self.json(Method::DELETE, &["web", "sessions", session], None, &[])
+            .await
+    }
+
     /// Opens an invitation (`chatsync pair`) valid for `expires_secs` seconds.
     pub async fn create_invite(&self, expires_secs: u64) -> Result<InviteJson, ClientError> {
         let body = CreateInviteRequest {

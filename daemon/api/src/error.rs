@@ -63,6 +63,16 @@ pub enum ErrorCode {
     BackupDamaged,
     /// 502: the backup target cannot be read or written.
     BackupUnreachable,
+    /// 401 (web client): this browser is not linked, or its session ended.
+    Unauthorized,
+    /// 421 (web client): the `Host` header names no address of this server.
+    WrongHost,
+    /// 403 (web client): a write from a page that is not this server's.
+    CrossOrigin,
+    /// 409: the web client is off (`chatsync web enable`).
+    WebOff,
+    /// 409: the web client cannot listen where asked (the address is in use, say).
+    WebListen,
     /// A code this version does not know (from a newer daemon), or an answer that was not an
     /// API error at all.
     #[serde(other)]
@@ -101,6 +111,11 @@ impl ErrorCode {
             ErrorCode::BackupWrongKey => "backup_wrong_key",
             ErrorCode::BackupDamaged => "backup_damaged",
             ErrorCode::BackupUnreachable => "backup_unreachable",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::WrongHost => "wrong_host",
+            ErrorCode::CrossOrigin => "cross_origin",
+            ErrorCode::WebOff => "web_off",
+            ErrorCode::WebListen => "web_listen",
             ErrorCode::Unknown => "unknown",
         }
     }

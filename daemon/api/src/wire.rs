@@ -702,6 +702,59 @@ pub struct RestoreRequest {
     pub cwd: Option<String>,
 }
 
+/// `GET /v1/web`, and the answer to `POST /v1/web`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WebStatusJson {
+    pub enabled: bool,
+    /// The address it listens on, when on.
+    pub listen: Option<String>,
+    /// The address to open in a browser, when on.
+    pub url: Option<String>,
+    pub allow_remote: bool,
+    /// Browsers linked.
+    pub sessions: usize,
+}
+
+/// `POST /v1/web`: turn the web client on (at `listen`, default as before) or off.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSettingsRequest {
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Needed to listen on anything but loopback.
+    #[serde(default)]
+    pub allow_remote: bool,
+}
+
+/// `POST /v1/web/links`: a one-time link that logs a browser in.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WebLinkJson {
+    pub url: String,
+    pub expires_at: i64,
+}
+
+/// A linked browser.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WebSessionJson {
+    pub id: String,
+    pub created_at: i64,
+    pub last_seen: i64,
+    pub user_agent: String,
+    pub address: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WebSessionListJson {
+    pub sessions: Vec<WebSessionJson>,
+}
+
+/// `DELETE /v1/web/sessions/{session}`: how many sessions ended.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WebRevokedJson {
+    pub revoked: usize,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RestoreJson {
     pub snapshot: String,

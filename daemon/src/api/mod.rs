@@ -15,6 +15,7 @@ mod events;
 mod idempotency;
 mod pairing;
 mod routes;
+mod web;
 
 use chatsync_api::wire;
 
@@ -44,6 +45,7 @@ use crate::engine::Engine;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub backups: Arc<crate::backup::Backups>,
+    pub web: Arc<crate::web::Web>,
     pub network: crate::net::Network,
     pub data_dir: PathBuf,
     pub socket: PathBuf,
@@ -75,6 +77,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
+        .with_state(state)
+}
+
+/// The API routes the web client serves (`routes::web_routes`), under the same prefix, for
+/// `crate::web` to put behind its own guard.
+pub fn web_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .nest(wire::API_PREFIX, routes::web_routes())
         .with_state(state)
 }
 

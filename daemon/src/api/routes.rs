@@ -16,7 +16,7 @@ use super::{
     error::{ApiJson, ApiPath, ApiQuery},
     events::events,
     idempotency::IdempotencyKey,
-    pairing,
+    pairing, web,
     wire::*,
 };
 use crate::engine::{ChatSummary, MAX_PAGE};
@@ -63,6 +63,44 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route("/backup/verify", post(backup::verify))
         .route("/backup/restore", post(backup::restore))
+        .route("/web", get(web::status).post(web::settings))
+        .route("/web/links", post(web::new_link))
+        .route("/web/sessions", get(web::sessions))
+        .route(
+            "/web/sessions/{session}",
+            axum::routing::delete(web::revoke),
+        )
+}
+
+/// The routes the web client may use (`crate::web`): the same handlers, for reading and
+/// writing chats, seeing the devices and pairing new ones; never shutdown, backups, removing
+/// or adding devices by hand, joining another mesh, or the web client's own settings.
+pub fn web_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/status", get(status))
+        .route("/events", get(events))
+        .route("/chats", get(list_chats).post(create_chat))
+        .route("/chats/{chat}", get(get_chat).patch(rename_chat))
+        .route(
+            "/chats/{chat}/messages",
+            get(list_messages).post(post_message),
+        )
+        .route(
+            "/chats/{chat}/messages/{message}",
+            get(get_message).patch(edit_message).delete(delete_message),
+        )
+        .route(
+            "/chats/{chat}/messages/{message}/reaction",
+            put(set_reaction).delete(clear_reaction),
+        )
+        .route("/chats/{chat}/read", get(read_state).post(mark_read))
+        .route("/devices", get(list_devices))
+        .route("/peers", get(list_peers))
+        .route("/invites", post(pairing::create_invite))
+        .route(
+            "/invites/{invite}",
+            axum::routing::delete(pairing::cancel_invite),
+        )
 }
 
 async fn status(State(st): St) -> Json<StatusJson> {

@@ -496,7 +496,7 @@ impl Backups {
     fn write_settings(&self, settings: &Settings) -> Result<(), BackupError> {
         let bytes = serde_json::to_vec_pretty(settings)
             .map_err(|e| BackupError::Internal(e.to_string()))?;
-        write_private(&self.settings_file, &bytes)
+        crate::files::write_private(&self.settings_file, &bytes)
             .map_err(|e| BackupError::Internal(format!("cannot keep the backup settings: {e}")))
     }
 }
@@ -580,19 +580,4 @@ fn info(manifest: &Manifest, keys: &RepositoryKeys) -> SnapshotInfo {
         messages: manifest.messages,
         bytes: manifest.bytes,
     }
-}
-
-/// Writes `bytes` to `path` readable by this user only, replacing it whole.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }

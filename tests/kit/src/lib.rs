@@ -13,9 +13,11 @@
 //! - [`raw`]: HTTP below the client, for tests of the wire itself (bad requests, exact JSON,
 //!   the event stream's lines).
 //! - [`rclone`]: S3 and WebDAV servers on loopback, for backups.
+//! - [`browser`]: headless Chromium driven over WebDriver, for the web client.
 #![allow(clippy::unwrap_used)]
 
 pub mod binary;
+pub mod browser;
 mod daemon;
 pub mod engine;
 pub mod home;

@@ -1,0 +1,565 @@
+// The chatsync web client: the local API's routes (/v1), behind this browser's session, and
+// its event stream for everything that happens on other devices. Text from messages is only
+// ever set as text (textContent), never parsed as HTML.
+'use strict';
+
+const PAGE = 50;
+const REACTIONS = ['👍', '❤️', '😂', '🎉', '😮'];
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  me: null,            // this device's id
+  chats: new Map(),    // id -> chat (from the API), with .unread and .last once known
+  open: null,          // id of the chat shown
+  messages: new Map(), // id -> message of the open chat
+  order: [],           // ids of the open chat's messages, oldest first
+  more: false,         // whether earlier messages may exist
+  replyTo: null,
+};
+
+class Unlinked extends Error {}
+
+async function api(method, path, body) {
+  const init = { method, credentials: 'same-origin', headers: {} };
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  const res = await fetch('/v1' + path, init);
+  if (res.status === 401) {
+    showUnlinked();
+    throw new Unlinked();
+  }
+  if (!res.ok) {
+    const err = await res.json().catch(() => ({}));
+    throw new Error((err.error && err.error.message) || res.statusText);
+  }
+  return res.status === 204 ? null : res.json();
+}
+
+function showError(e) {
+  if (e instanceof Unlinked) return;
+  const box = $('error');
+  box.textContent = e.message || String(e);
+  box.hidden = false;
+  clearTimeout(showError.timer);
+  showError.timer = setTimeout(() => { box.hidden = true; }, 5000);
+}
+
+function showUnlinked() {
+  $('app').hidden = true;
+  $('unlinked').hidden = false;
+}
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function button(label, onClick, title) {
+  const b = el('button', '', label);
+  b.type = 'button';
+  if (title) b.title = title;
+  b.addEventListener('click', (ev) => { ev.stopPropagation(); onClick(); });
+  return b;
+}
+
+function time(ms) {
+  const d = new Date(ms);
+  const today = new Date();
+  return d.toDateString() === today.toDateString()
+    ? d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })
+    : d.toLocaleDateString([], { month: 'short', day: 'numeric' });
+}
+
+// ---- the chat list ----
+
+function sortedChats() {
+  return [...state.chats.values()].sort((a, b) => b.last_activity - a.last_activity);
+}
+
+function renderChatList() {
+  const list = $('chat-list');
+  list.replaceChildren();
+  for (const chat of sortedChats()) {
+    const li = el('li');
+    li.tabIndex = 0;
+    li.dataset.chat = chat.id;
+    li.setAttribute('role', 'button');
+    if (chat.id === state.open) li.setAttribute('aria-current', 'true');
+    li.append(el('span', 'title', chat.title));
+    if (chat.unread) li.append(el('span', 'unread', String(chat.unread)));
+    li.append(el('span', 'last', chat.last ? `${chat.last.author_name}: ${preview(chat.last)}` : ''));
+    li.addEventListener('click', () => openChat(chat.id));
+    li.addEventListener('keydown', (ev) => { if (ev.key === 'Enter') openChat(chat.id); });
+    list.append(li);
+  }
+}
+
+function preview(message) {
+  return message.deleted ? 'deleted' : message.text.split('\n')[0].slice(0, 120);
+}
+
+// Unread counts and last messages cost a read of each chat: only for the chats near the top.
+async function fillSummaries(limit = 40) {
+  const wanted = sortedChats().slice(0, limit).filter((c) => c.unread === undefined);
+  const work = wanted.map((chat) => async () => {
+    try {
+      const [read, page] = await Promise.all([
+        api('GET', `/chats/${chat.id}/read`),
+        api('GET', `/chats/${chat.id}/messages?limit=1`),
+      ]);
+      chat.unread = read.unread;
+      chat.last = page.messages[page.messages.length - 1] || null;
+    } catch (e) {
+      chat.unread = 0;
+    }
+  });
+  for (let i = 0; i < work.length; i += 4) {
+    await Promise.all(work.slice(i, i + 4).map((f) => f()));
+    renderChatList();
+  }
+}
+
+async function loadChats() {
+  const { chats } = await api('GET', '/chats');
+  const known = state.chats;
+  state.chats = new Map(chats.map((c) => {
+    const old = known.get(c.id);
+    return [c.id, old ? { ...old, ...c } : c];
+  }));
+  renderChatList();
+  fillSummaries();
+}
+
+// ---- a chat's messages ----
+
+async function openChat(id) {
+  state.open = id;
+  state.messages = new Map();
+  state.order = [];
+  state.replyTo = null;
+  $('replying').hidden = true;
+  $('devices').hidden = true;
+  $('chat').hidden = false;
+  $('app').classList.add('chat-open');
+  const chat = state.chats.get(id);
+  $('chat-title').textContent = chat ? chat.title : '';
+  $('messages').replaceChildren();
+  renderChatList();
+  try {
+    const page = await api('GET', `/chats/${id}/messages?limit=${PAGE}`);
+    if (state.open !== id) return;
+    for (const m of page.messages) remember(m);
+    state.more = page.messages.length === PAGE;
+    renderMessages();
+    scrollToEnd();
+    markRead();
+    $('text').focus();
+  } catch (e) {
+    showError(e);
+  }
+}
+
+function remember(message) {
+  if (!state.messages.has(message.id)) state.order.push(message.id);
+  state.messages.set(message.id, message);
+}
+
+async function loadOlder() {
+  const id = state.open;
+  const oldest = state.order[0];
+  if (!oldest) return;
+  const scroller = $('scroller');
+  const fromBottom = scroller.scrollHeight - scroller.scrollTop;
+  try {
+    const page = await api('GET', `/chats/${id}/messages?limit=${PAGE}&before=${oldest}`);
+    if (state.open !== id) return;
+    const older = page.messages.filter((m) => !state.messages.has(m.id));
+    for (const m of older) state.messages.set(m.id, m);
+    state.order = older.map((m) => m.id).concat(state.order);
+    state.more = page.messages.length === PAGE;
+    renderMessages();
+    scroller.scrollTop = scroller.scrollHeight - fromBottom;
+  } catch (e) {
+    showError(e);
+  }
+}
+
+function renderMessages() {
+  const list = $('messages');
+  list.replaceChildren(...state.order.map((id) => messageElement(state.messages.get(id))));
+  $('older').hidden = !state.more;
+}
+
+function messageElement(m) {
+  const li = el('li', 'msg');
+  li.dataset.id = m.id;
+  if (m.author === state.me) li.classList.add('mine');
+  if (m.deleted) li.classList.add('deleted');
+  const meta = el('div', 'meta');
+  meta.append(el('span', 'author', m.author_name), el('time', '', time(m.ts)));
+  if (m.edited && !m.deleted) meta.append(el('span', '', 'edited'));
+  li.append(meta);
+  if (m.reply_to) {
+    const quoted = state.messages.get(m.reply_to);
+    li.append(el('div', 'quote', quoted ? `${quoted.author_name}: ${preview(quoted)}` : 'a reply'));
+  }
+  li.append(el('div', 'text', m.deleted ? 'This message was deleted.' : m.text));
+  const counts = new Map();
+  for (const r of Object.values(m.reactions || {})) counts.set(r, (counts.get(r) || 0) + 1);
+  if (counts.size) {
+    const reactions = el('div', 'reactions');
+    for (const [r, n] of counts) reactions.append(el('span', '', n > 1 ? `${r} ${n}` : r));
+    li.append(reactions);
+  }
+  if (!m.deleted) li.append(actions(m));
+  return li;
+}
+
+function actions(m) {
+  const row = el('div', 'actions');
+  row.append(button('Reply', () => startReply(m)));
+  const mine = (m.reactions || {})[state.me];
+  for (const r of REACTIONS) {
+    const b = button(r, () => react(m, mine === r ? null : r), mine === r ? 'Take back' : 'React');
+    if (mine === r) b.setAttribute('aria-pressed', 'true');
+    row.append(b);
+  }
+  if (m.author === state.me) {
+    row.append(button('Edit', () => startEdit(m)), button('Delete', () => remove(m)));
+  }
+  return row;
+}
+
+function showMessage(m) {
+  if (m.chat !== state.open) return;
+  const known = state.messages.has(m.id);
+  remember(m);
+  const fresh = messageElement(m);
+  fresh.dataset.shownAt = String(Date.now());
+  const old = $('messages').querySelector(`li[data-id="${CSS.escape(m.id)}"]`);
+  const scroller = $('scroller');
+  const atEnd = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
+  if (old) old.replaceWith(fresh);
+  else if (!known) $('messages').append(fresh);
+  if (!known && atEnd) scrollToEnd();
+}
+
+function scrollToEnd() {
+  const scroller = $('scroller');
+  scroller.scrollTop = scroller.scrollHeight;
+}
+
+let readTimer = null;
+function markRead() {
+  clearTimeout(readTimer);
+  const id = state.open;
+  readTimer = setTimeout(async () => {
+    if (document.hidden || state.open !== id) return;
+    try {
+      await api('POST', `/chats/${id}/read`, {});
+      const chat = state.chats.get(id);
+      if (chat && chat.unread) {
+        chat.unread = 0;
+        renderChatList();
+      }
+    } catch (e) {
+      showError(e);
+    }
+  }, 300);
+}
+
+// ---- writing ----
+
+async function send(ev) {
+  ev.preventDefault();
+  const box = $('text');
+  const text = box.value;
+  if (!text.trim() || !state.open) return;
+  const body = { text };
+  if (state.replyTo) body.reply_to = state.replyTo;
+  $('send').disabled = true;
+  try {
+    const m = await api('POST', `/chats/${state.open}/messages`, body);
+    box.value = '';
+    grow();
+    state.replyTo = null;
+    $('replying').hidden = true;
+    showMessage(m);
+    scrollToEnd();
+  } catch (e) {
+    showError(e);
+  } finally {
+    $('send').disabled = false;
+    box.focus();
+  }
+}
+
+function startReply(m) {
+  state.replyTo = m.id;
+  $('replying-text').textContent = `Replying to ${m.author_name}: ${preview(m)}`;
+  $('replying').hidden = false;
+  $('text').focus();
+}
+
+function cancelReply() {
+  state.replyTo = null;
+  $('replying').hidden = true;
+}
+
+async function react(m, reaction) {
+  const path = `/chats/${m.chat}/messages/${m.id}/reaction`;
+  try {
+    const updated = reaction
+      ? await api('PUT', path, { reaction })
+      : await api('DELETE', path);
+    if (updated) showMessage(updated);
+  } catch (e) {
+    showError(e);
+  }
+}
+
+function startEdit(m) {
+  const li = $('messages').querySelector(`li[data-id="${CSS.escape(m.id)}"]`);
+  if (!li) return;
+  const text = li.querySelector('.text');
+  const box = el('textarea', 'edit-box');
+  box.value = m.text;
+  box.setAttribute('aria-label', 'Edit the message');
+  text.replaceWith(box);
+  box.focus();
+  box.addEventListener('keydown', async (ev) => {
+    if (ev.key === 'Escape') {
+      showMessage(state.messages.get(m.id));
+    } else if (ev.key === 'Enter' && !ev.shiftKey) {
+      ev.preventDefault();
+      try {
+        showMessage(await api('PATCH', `/chats/${m.chat}/messages/${m.id}`, { text: box.value }));
+      } catch (e) {
+        showError(e);
+      }
+    }
+  });
+}
+
+async function remove(m) {
+  if (!confirm('Delete this message on every device?')) return;
+  try {
+    showMessage(await api('DELETE', `/chats/${m.chat}/messages/${m.id}`));
+  } catch (e) {
+    showError(e);
+  }
+}
+
+function grow() {
+  const box = $('text');
+  box.style.height = 'auto';
+  box.style.height = `${box.scrollHeight}px`;
+}
+
+async function createChat() {
+  const dialog = $('new-chat-dialog');
+  $('new-chat-title').value = '';
+  dialog.showModal();
+  dialog.addEventListener('close', async () => {
+    const title = $('new-chat-title').value.trim();
+    if (dialog.returnValue !== 'create' || !title) return;
+    try {
+      const chat = await api('POST', '/chats', { title });
+      state.chats.set(chat.id, { ...chat, unread: 0, last: null });
+      openChat(chat.id);
+    } catch (e) {
+      showError(e);
+    }
+  }, { once: true });
+}
+
+// ---- devices ----
+
+async function showDevices() {
+  $('chat').hidden = true;
+  $('devices').hidden = false;
+  $('app').classList.add('chat-open');
+  $('invite').hidden = true;
+  try {
+    const [{ devices }, { peers }] = await Promise.all([api('GET', '/devices'), api('GET', '/peers')]);
+    const connected = new Set(peers.filter((p) => p.connected).map((p) => p.device));
+    const list = $('device-list');
+    list.replaceChildren();
+    for (const d of devices.filter((d) => d.trusted)) {
+      const li = el('li');
+      li.append(el('div', 'title', d.this_device ? `${d.name} (this device)` : d.name));
+      const how = d.this_device ? 'here' : connected.has(d.id) ? 'connected' : 'not connected';
+      li.append(el('div', 'muted', `${how} · ${d.id.slice(0, 16)}…`));
+      list.append(li);
+    }
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function addDevice() {
+  try {
+    const invite = await api('POST', '/invites', {});
+    $('invite-ticket').textContent = invite.ticket;
+    $('invite-qr').src = `/web/qr.svg?text=${encodeURIComponent(invite.ticket)}`;
+    $('invite-expiry').textContent = `Valid until ${new Date(invite.expires_at).toLocaleTimeString()}.`;
+    $('invite').hidden = false;
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function showSync() {
+  try {
+    const status = await api('GET', '/status');
+    state.me = status.device_id;
+    const peers = status.peers_connected;
+    $('sync-state').textContent = `${status.name} · ${peers} device${peers === 1 ? '' : 's'} connected`;
+  } catch (e) {
+    showError(e);
+  }
+}
+
+// ---- live events ----
+
+function onEvent(event) {
+  switch (event.type) {
+    case 'hello':
+      break;
+    case 'chat.created':
+    case 'chat.updated': {
+      const old = state.chats.get(event.chat.id) || {};
+      state.chats.set(event.chat.id, { ...old, ...event.chat });
+      if (event.chat.id === state.open) $('chat-title').textContent = event.chat.title;
+      renderChatList();
+      break;
+    }
+    case 'message.created':
+    case 'message.edited':
+    case 'message.deleted':
+    case 'message.reaction': {
+      const m = event.message;
+      const chat = state.chats.get(m.chat);
+      if (chat) {
+        if (event.type === 'message.created') {
+          chat.last_activity = Math.max(chat.last_activity, m.ts);
+          chat.last = m;
+          if (m.chat !== state.open && m.author !== state.me && chat.unread !== undefined) chat.unread += 1;
+        } else if (chat.last && chat.last.id === m.id) {
+          chat.last = m;
+        }
+        renderChatList();
+      }
+      showMessage(m);
+      if (m.chat === state.open && event.type === 'message.created' && m.author !== state.me) markRead();
+      break;
+    }
+    case 'peer.up':
+    case 'peer.down':
+    case 'device.added':
+    case 'device.removed':
+    case 'paired':
+      showSync();
+      if (!$('devices').hidden) showDevices();
+      break;
+    default:
+      break;
+  }
+}
+
+async function listen() {
+  for (;;) {
+    try {
+      const res = await fetch('/v1/events', { credentials: 'same-origin' });
+      if (res.status === 401) {
+        showUnlinked();
+        return;
+      }
+      const reader = res.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = '';
+      let first = true;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let at;
+        while ((at = buffer.indexOf('\n')) >= 0) {
+          const line = buffer.slice(0, at).trim();
+          buffer = buffer.slice(at + 1);
+          if (!line) continue;
+          const event = JSON.parse(line);
+          onEvent(event);
+          if (first && event.type === 'hello') {
+            first = false;
+            // Subscribed: anything from here on arrives as an event. Catch up on what
+            // happened while the stream was down.
+            if (listen.reconnecting) await refresh();
+          }
+        }
+      }
+    } catch (e) {
+      // The daemon went away or the network dropped: try again shortly.
+    }
+    listen.reconnecting = true;
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+async function refresh() {
+  await loadChats().catch(showError);
+  if (state.open) openChat(state.open);
+}
+
+// ---- start ----
+
+function wire() {
+  $('composer').addEventListener('submit', send);
+  $('text').addEventListener('input', grow);
+  $('text').addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' && !ev.shiftKey) {
+      ev.preventDefault();
+      $('composer').requestSubmit();
+    } else if (ev.key === 'Escape') {
+      cancelReply();
+    }
+  });
+  $('cancel-reply').addEventListener('click', cancelReply);
+  $('older').addEventListener('click', loadOlder);
+  $('scroller').addEventListener('scroll', () => {
+    if (state.more && $('scroller').scrollTop < 40) {
+      state.more = false;
+      loadOlder();
+    }
+  });
+  $('new-chat').addEventListener('click', createChat);
+  $('show-devices').addEventListener('click', showDevices);
+  $('devices-back').addEventListener('click', () => {
+    $('devices').hidden = true;
+    $('app').classList.remove('chat-open');
+    if (state.open) $('chat').hidden = false;
+  });
+  $('add-device').addEventListener('click', addDevice);
+  $('back').addEventListener('click', () => $('app').classList.remove('chat-open'));
+  document.addEventListener('visibilitychange', () => { if (!document.hidden && state.open) markRead(); });
+}
+
+async function start() {
+  wire();
+  try {
+    await showSync();
+    if (!state.me) return;
+    $('unlinked').hidden = true;
+    $('app').hidden = false;
+    listen();
+    await loadChats();
+  } catch (e) {
+    showError(e);
+  }
+}
+
+start();

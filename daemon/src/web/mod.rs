@@ -1,0 +1,330 @@
+//! The web client: the chats in a browser, served by the daemon itself, off until the user
+//! turns it on (`chatsync web enable`).
+//!
+//! The page (`assets/`, built into the binary) talks to the same routes as the local API
+//! (`api::web_router`: the chat and message routes, devices, peers and pairing tickets; never
+//! shutdown, backups, device removal or this module's own settings), so every write goes
+//! through the engine and is answered once durable, exactly as for the CLI. What differs is who
+//! may call them: a browser linked with a one-time link (`sessions.rs`), behind the checks of
+//! `guard.rs` (Host, Origin, session, security headers).
+//!
+//! The server listens on loopback unless the user asks for more with `--allow-remote`: it
+//! speaks plain HTTP, so on a network anyone on the path can read what it serves (see
+//! docs/security.md).
+//!
+//! - `sessions.rs`: one-time links and the sessions they open.
+//! - `guard.rs`: what every request passes.
+//! - `pages.rs`: the app, the link pages, QR codes.
+//! - this file: turning the server on and off, and its settings (`web.json`).
+
+mod guard;
+mod pages;
+pub mod sessions;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use axum::{Router, extract::DefaultBodyLimit, routing::get};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub use sessions::SessionInfo;
+use sessions::Sessions;
+
+use crate::{api::AppState, config::WebConfig};
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "chatsync_session";
+
+/// Why the web client could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("{0}")]
+    Invalid(String),
+    /// The web client is off.
+    #[error("the web client is off: turn it on with `chatsync web enable`")]
+    Off,
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+/// What the web server's own handlers share.
+pub struct WebState {
+    pub sessions: Arc<Sessions>,
+    /// The port it listens on (`Host` headers must name it).
+    pub port: u16,
+}
+
+/// The settings `chatsync web enable` and `disable` keep (`web.json`); the config's `[web]`
+/// gives them until then.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Settings {
+    enabled: bool,
+    listen: String,
+    allow_remote: bool,
+}
+
+/// Where the web client stands.
+#[derive(Clone, Debug)]
+pub struct WebStatus {
+    pub enabled: bool,
+    /// The address it listens on, when on.
+    pub listen: Option<SocketAddr>,
+    /// The address to open in a browser, when on.
+    pub url: Option<String>,
+    pub allow_remote: bool,
+    pub sessions: usize,
+}
+
+struct Running {
+    address: SocketAddr,
+    allow_remote: bool,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The web client: its settings, its sessions, and its server while it runs.
+pub struct Web {
+    settings_file: PathBuf,
+    defaults: WebConfig,
+    sessions: Arc<Sessions>,
+    running: tokio::sync::Mutex<Option<Running>>,
+}
+
+impl Web {
+    pub fn new(data_dir: &Path, defaults: WebConfig) -> Web {
+        Web {
+            settings_file: data_dir.join("web.json"),
+            defaults,
+            sessions: Arc::new(Sessions::load(data_dir)),
+            running: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn settings(&self) -> Settings {
+        std::fs::read(&self.settings_file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_else(|| Settings {
+                enabled: self.defaults.enabled,
+                listen: self.defaults.listen.clone(),
+                allow_remote: self.defaults.allow_remote,
+            })
+    }
+
+    fn save(&self, settings: &Settings) -> Result<(), WebError> {
+        let bytes = serde_json::to_vec_pretty(settings).unwrap_or_default();
+        crate::files::write_private(&self.settings_file, &bytes)
+            .map_err(|e| WebError::Invalid(format!("cannot keep the web settings: {e}")))
+    }
+
+    /// Starts the server at daemon start if the settings say it is on. A failure is logged:
+    /// the daemon runs on without it.
+    pub async fn start_if_enabled(&self, app: Arc<AppState>) {
+        let settings = self.settings();
+        if !settings.enabled {
+            return;
+        }
+        if let Err(e) = self
+            .start(app, &settings.listen, settings.allow_remote)
+            .await
+        {
+            tracing::error!(error = %e, "the web client could not start");
+        }
+    }
+
+    /// Turns the web client on at `listen` (default: as before, or the config's), keeping
+    /// that for the next starts. Listening on anything but loopback needs `allow_remote`.
+    pub async fn enable(
+        &self,
+        app: Arc<AppState>,
+        listen: Option<&str>,
+        allow_remote: bool,
+    ) -> Result<WebStatus, WebError> {
+        let before = self.settings();
+        let listen = listen.map_or(before.listen, str::to_string);
+        self.start(app, &listen, allow_remote).await?;
+        self.save(&Settings {
+            enabled: true,
+            listen,
+            allow_remote,
+        })?;
+        Ok(self.status().await)
+    }
+
+    /// Turns the web client off (sessions stay, for when it is turned on again).
+    pub async fn disable(&self) -> Result<WebStatus, WebError> {
+        self.stop().await;
+        let mut settings = self.settings();
+        settings.enabled = false;
+        self.save(&settings)?;
+        Ok(self.status().await)
+    }
+
+    async fn start(
+        &self,
+        app: Arc<AppState>,
+        listen: &str,
+        allow_remote: bool,
+    ) -> Result<(), WebError> {
+        let address: SocketAddr = listen.parse().map_err(|_| {
+            WebError::Invalid(format!(
+                "{listen:?} is not an address and port like 127.0.0.1:7780"
+            ))
+        })?;
+        if !address.ip().is_loopback() && !allow_remote {
+            return Err(WebError::Invalid(format!(
+                "{address} is reachable from other computers: the web client speaks plain \
+                 HTTP, so anyone on the network path could read it. Add --allow-remote to do it \
+                 all the same (see docs/security.md)"
+            )));
+        }
+        let mut running = self.running.lock().await;
+        if let Some(current) = running.as_ref()
+            && current.address == address
+            && current.allow_remote == allow_remote
+        {
+            return Ok(());
+        }
+        if let Some(current) = running.take() {
+            stop(current).await;
+        }
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| WebError::Listen(address, e))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| WebError::Listen(address, e))?;
+        let web = Arc::new(WebState {
+            sessions: self.sessions.clone(),
+            port: bound.port(),
+        });
+        let stop_token = app.shutdown.child_token();
+        let router = router(app, web);
+        let until = stop_token.clone();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(until.cancelled_owned())
+            .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the web client's server failed");
+            }
+        });
+        tracing::info!(address = %bound, "the web client is on");
+        *running = Some(Running {
+            address: bound,
+            allow_remote,
+            stop: stop_token,
+            task,
+        });
+        Ok(())
+    }
+
+    /// Stops the server as the daemon shuts down (the settings stay as they are).
+    pub async fn shut_down(&self) {
+        self.stop().await;
+    }
+
+    async fn stop(&self) {
+        if let Some(running) = self.running.lock().await.take() {
+            stop(running).await;
+            tracing::info!("the web client is off");
+        }
+        self.sessions.close_links();
+    }
+
+    pub async fn status(&self) -> WebStatus {
+        let running = self.running.lock().await;
+        WebStatus {
+            enabled: running.is_some(),
+            listen: running.as_ref().map(|r| r.address),
+            url: running.as_ref().map(|r| url_of(r.address)),
+            allow_remote: running.as_ref().is_some_and(|r| r.allow_remote),
+            sessions: self.sessions.list().len(),
+        }
+    }
+
+    /// A one-time link that logs a browser in: its URL and when it expires (ms).
+    pub async fn new_link(&self) -> Result<(String, i64), WebError> {
+        let address = self
+            .running
+            .lock()
+            .await
+            .as_ref()
+            .map(|r| r.address)
+            .ok_or(WebError::Off)?;
+        let now = crate::engine::now_ms();
+        let token = self.sessions.new_link(now);
+        Ok((
+            format!("{}/link/{token}", url_of(address)),
+            now + sessions::LINK_VALID.as_millis() as i64,
+        ))
+    }
+
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.sessions.list()
+    }
+
+    /// Ends the sessions whose id starts with `id` (all of them for `None`); returns how many.
+    pub fn revoke(&self, id: Option<&str>) -> usize {
+        self.sessions.revoke(id, crate::engine::now_ms())
+    }
+}
+
+/// Stops a server: open requests get a second to finish (event streams never do), then go.
+async fn stop(running: Running) {
+    running.stop.cancel();
+    let mut task = running.task;
+    if tokio::time::timeout(std::time::Duration::from_secs(1), &mut task)
+        .await
+        .is_err()
+    {
+        task.abort();
+    }
+}
+
+fn router(app: Arc<AppState>, web: Arc<WebState>) -> Router {
+    Router::new()
+        .route("/", get(pages::index))
+        .route("/app.js", get(pages::script))
+        .route("/app.css", get(pages::style))
+        .route("/link/{token}", get(pages::link_page).post(pages::link))
+        .route("/web/qr.svg", get(pages::qr))
+        .with_state(web.clone())
+        .merge(crate::api::web_router(app))
+        .fallback(|| async {
+            crate::api::ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                chatsync_api::ErrorCode::NoRoute,
+                "no such page",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(web, guard::guard))
+        .layer(DefaultBodyLimit::max(chatsync_api::wire::MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+}
+
+/// The address a browser opens for a server listening on `address`: for one listening on
+/// every interface, this computer's first network address.
+fn url_of(address: SocketAddr) -> String {
+    let ip = if address.ip().is_unspecified() {
+        first_network_address().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    } else {
+        address.ip()
+    };
+    format!("http://{}", SocketAddr::new(ip, address.port()))
+}
+
+/// This computer's first IPv4 address that is not loopback.
+fn first_network_address() -> Option<IpAddr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|interface| {
+        let ip = interface.address?.as_sockaddr_in()?.ip();
+        (!ip.is_loopback()).then_some(IpAddr::V4(ip))
+    })
+}
