@@ -249,7 +249,13 @@ async fn a_linked_browser_reads_and_writes_the_chats_live() {
         .map(|k| Value::String(k.value().to_string()))
         .unwrap();
     let cookie = cookie.as_str().unwrap();
-    let session = format!("Cookie: chatsync_session={cookie}");
+    let key: Value = c
+        .execute("return localStorage.getItem('chatsync_key');", Vec::new())
+        .await
+        .unwrap();
+    let key = key.as_str().unwrap();
+    assert_eq!(key.len(), 64);
+    let session = format!("Cookie: chatsync_session={cookie}\nX-Chatsync-Key: {key}");
     let (status, _) = request(
         port,
         &format!(
@@ -265,6 +271,14 @@ async fn a_linked_browser_reads_and_writes_the_chats_live() {
         "",
     );
     assert_eq!(status, 200);
+    // The cookie alone (which any web server on this computer the browser visits gets) is not
+    // enough: the page's key is needed too.
+    let (status, _) = request(
+        port,
+        &format!("GET /v1/chats HTTP/1.1\n{host}\nCookie: chatsync_session={cookie}"),
+        "",
+    );
+    assert_eq!(status, 401);
     // Nothing the local API keeps for itself is served to a browser.
     let (status, _) = request(
         port,
@@ -289,7 +303,7 @@ async fn a_linked_browser_reads_and_writes_the_chats_live() {
         "",
     );
     assert_eq!(status, 401);
-    c.refresh().await.unwrap();
+    // The page's event stream ended with the session: it says so by itself, no reload.
     browser
         .until(
             "the page to say how to link",
@@ -298,6 +312,30 @@ async fn a_linked_browser_reads_and_writes_the_chats_live() {
         )
         .await;
     browser.close().await;
+
+    // A connection that never finishes its request does not hold the web client or the
+    // daemon: turned off, the port is closed; stopped, the daemon stops at once.
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stalled
+        .write_all(format!("GET / HTTP/1.1\r\n{host}\r\nX-Half: ").as_bytes())
+        .unwrap();
     phone.ok(&["web", "disable"]);
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    phone.ok_json1(&[
+        "web",
+        "enable",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--json",
+    ]);
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stalled
+        .write_all(format!("GET / HTTP/1.1\r\n{host}\r\nX-Half: ").as_bytes())
+        .unwrap();
+    phone.stop();
+    let logs = phone.daemon_logs();
+    assert!(
+        logs.contains("stopped") && !logs.contains("still in use"),
+        "the daemon did not stop cleanly:\n{logs}"
+    );
 }

@@ -7,7 +7,8 @@
 //!   With `SameSite=Strict` cookies this keeps other sites from making the browser write
 //!   (CSRF).
 //! - **Session**: everything but the page itself, its script and style, and the link pages
-//!   needs the session cookie (`sessions.rs`). A session's event streams end when it does.
+//!   needs the session: its cookie and the page's key header (`sessions.rs`). A session's event
+//!   streams end when it does.
 //! - **Headers** on every answer: a strict Content-Security-Policy (scripts and styles from this
 //!   server only, no inline code, no frames), `nosniff`, no referrer to other sites (a
 //!   same-origin one keeps `Origin` on writes), no caching.
@@ -27,8 +28,11 @@ use futures_util::StreamExt;
 use super::{SESSION_COOKIE, WebState};
 use crate::api::ApiError;
 
+/// The header that carries the page's half of the session (`sessions.rs`).
+const KEY_HEADER: &str = "x-chatsync-key";
+
 /// The Content-Security-Policy of every answer.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; \
                    connect-src 'self'; base-uri 'none'; form-action 'self'; \
                    frame-ancestors 'none'";
 
@@ -82,7 +86,7 @@ fn check(
     }
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
-        if origin != Some(format!("http://{host}").as_str()) {
+        if origin != Some(format!("http://{host}").as_str()) || host.is_empty() {
             return Err(refuse(
                 StatusCode::FORBIDDEN,
                 ErrorCode::CrossOrigin,
@@ -95,8 +99,12 @@ fn check(
         return Ok(None);
     }
     let now = crate::engine::now_ms();
+    let key = headers
+        .get(KEY_HEADER)
+        .and_then(|k| k.to_str().ok())
+        .unwrap_or("");
     let session = session_token(headers)
-        .and_then(|token| web.sessions.check(&token, now, &peer.ip().to_string()));
+        .and_then(|token| web.sessions.check(&token, key, now, &peer.ip().to_string()));
     match session {
         Some(ended) => Ok(Some(ended)),
         None => Err(refuse(
@@ -110,10 +118,12 @@ fn check(
 /// Whether `host` (a `Host` header) names this server: an IP address or `localhost`, with
 /// its port.
 pub fn host_allowed(host: &str, port: u16) -> bool {
-    let Some((name, given_port)) = host.rsplit_once(':') else {
-        return false;
+    // Browsers leave out port 80, the default.
+    let (name, given_port) = match host.rsplit_once(':') {
+        Some((name, given)) if !given.ends_with(']') => (name, given.parse::<u16>().ok()),
+        _ => (host, Some(80)),
     };
-    if given_port.parse::<u16>().ok() != Some(port) {
+    if given_port != Some(port) {
         return false;
     }
     let name = name
@@ -167,6 +177,7 @@ mod tests {
         ] {
             assert!(host_allowed(good, 7780), "{good}");
         }
+        assert!(host_allowed("127.0.0.1", 80) && host_allowed("[::1]", 80));
         for bad in [
             "127.0.0.1:80",
             "127.0.0.1",
@@ -174,7 +185,7 @@ mod tests {
             "localhost.evil.example:7780",
             "",
             "[::1]",
-            "127.0.0.1:7780:7780",
+            "::1",
         ] {
             assert!(!host_allowed(bad, 7780), "{bad}");
         }

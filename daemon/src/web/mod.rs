@@ -15,10 +15,12 @@
 //! - `sessions.rs`: one-time links and the sessions they open.
 //! - `guard.rs`: what every request passes.
 //! - `pages.rs`: the app, the link pages, QR codes.
+//! - `server.rs`: the HTTP server (timeouts, a cap on connections, ending them all at once).
 //! - this file: turning the server on and off, and its settings (`web.json`).
 
 mod guard;
 mod pages;
+mod server;
 pub mod sessions;
 
 use std::{
@@ -80,6 +82,8 @@ pub struct WebStatus {
 }
 
 struct Running {
+    /// The address asked for (port 0: any), and the one bound.
+    requested: SocketAddr,
     address: SocketAddr,
     allow_remote: bool,
     stop: CancellationToken,
@@ -128,8 +132,9 @@ impl Web {
         if !settings.enabled {
             return;
         }
+        let mut running = self.running.lock().await;
         if let Err(e) = self
-            .start(app, &settings.listen, settings.allow_remote)
+            .start(&mut running, app, &settings.listen, settings.allow_remote)
             .await
         {
             tracing::error!(error = %e, "the web client could not start");
@@ -144,28 +149,39 @@ impl Web {
         listen: Option<&str>,
         allow_remote: bool,
     ) -> Result<WebStatus, WebError> {
-        let before = self.settings();
-        let listen = listen.map_or(before.listen, str::to_string);
-        self.start(app, &listen, allow_remote).await?;
+        // Held throughout, so that what is saved is what runs.
+        let mut running = self.running.lock().await;
+        let listen = listen.map_or_else(|| self.settings().listen, str::to_string);
+        self.start(&mut running, app, &listen, allow_remote).await?;
         self.save(&Settings {
             enabled: true,
             listen,
             allow_remote,
         })?;
+        drop(running);
         Ok(self.status().await)
     }
 
     /// Turns the web client off (sessions stay, for when it is turned on again).
     pub async fn disable(&self) -> Result<WebStatus, WebError> {
-        self.stop().await;
+        let mut running = self.running.lock().await;
+        if let Some(current) = running.take() {
+            stop(current).await;
+            tracing::info!("the web client is off");
+        }
+        self.sessions.close_links();
         let mut settings = self.settings();
         settings.enabled = false;
         self.save(&settings)?;
+        drop(running);
         Ok(self.status().await)
     }
 
+    /// Starts the server at `listen` in place of the one `running` (if any). A new address is
+    /// bound before the old server stops, so that a failure leaves the old one serving.
     async fn start(
         &self,
+        running: &mut Option<Running>,
         app: Arc<AppState>,
         listen: &str,
         allow_remote: bool,
@@ -182,15 +198,14 @@ impl Web {
                  all the same (see docs/security.md)"
             )));
         }
-        let mut running = self.running.lock().await;
-        if let Some(current) = running.as_ref()
-            && current.address == address
-            && current.allow_remote == allow_remote
-        {
-            return Ok(());
-        }
-        if let Some(current) = running.take() {
-            stop(current).await;
+        if let Some(current) = running.as_mut() {
+            let same_place =
+                current.requested == address || (address.port() != 0 && current.address == address);
+            if same_place {
+                // Already there; only whether it may be reachable changes.
+                current.allow_remote = allow_remote;
+                return Ok(());
+            }
         }
         let listener = tokio::net::TcpListener::bind(address)
             .await
@@ -198,26 +213,19 @@ impl Web {
         let bound = listener
             .local_addr()
             .map_err(|e| WebError::Listen(address, e))?;
+        if let Some(current) = running.take() {
+            stop(current).await;
+        }
         let web = Arc::new(WebState {
             sessions: self.sessions.clone(),
             port: bound.port(),
         });
         let stop_token = app.shutdown.child_token();
         let router = router(app, web);
-        let until = stop_token.clone();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(until.cancelled_owned())
-            .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "the web client's server failed");
-            }
-        });
+        let task = tokio::spawn(server::serve(listener, router, stop_token.clone()));
         tracing::info!(address = %bound, "the web client is on");
         *running = Some(Running {
+            requested: address,
             address: bound,
             allow_remote,
             stop: stop_token,
@@ -228,15 +236,9 @@ impl Web {
 
     /// Stops the server as the daemon shuts down (the settings stay as they are).
     pub async fn shut_down(&self) {
-        self.stop().await;
-    }
-
-    async fn stop(&self) {
-        if let Some(running) = self.running.lock().await.take() {
-            stop(running).await;
-            tracing::info!("the web client is off");
+        if let Some(current) = self.running.lock().await.take() {
+            stop(current).await;
         }
-        self.sessions.close_links();
     }
 
     pub async fn status(&self) -> WebStatus {
@@ -277,16 +279,10 @@ impl Web {
     }
 }
 
-/// Stops a server: open requests get a second to finish (event streams never do), then go.
+/// Stops a server: every connection ends (see `server.rs`).
 async fn stop(running: Running) {
     running.stop.cancel();
-    let mut task = running.task;
-    if tokio::time::timeout(std::time::Duration::from_secs(1), &mut task)
-        .await
-        .is_err()
-    {
-        task.abort();
-    }
+    let _ = running.task.await;
 }
 
 fn router(app: Arc<AppState>, web: Arc<WebState>) -> Router {

@@ -10,11 +10,13 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{SESSION_COOKIE, WebState, sessions::SESSION_IDLE};
+use super::{SESSION_COOKIE, WebState};
 
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/app.js");
 const STYLE: &str = include_str!("assets/app.css");
+/// The session cookie's lifetime in the browser: 400 days, the most browsers keep one.
+const COOKIE_MAX_AGE: u64 = 400 * 24 * 3600;
 /// Longest text made into a QR code (pairing tickets are about 200 characters).
 const MAX_QR_TEXT: usize = 1024;
 
@@ -69,18 +71,20 @@ pub async fn link(
         .and_then(|a| a.to_str().ok())
         .unwrap_or("");
     let now = crate::engine::now_ms();
-    let Some(session) = web
+    let Some((session, key)) = web
         .sessions
         .spend_link(&token, now, agent, &peer.ip().to_string())
     else {
         return spent();
     };
     tracing::info!(address = %peer.ip(), "a browser was linked to the web client");
+    // The server ends sessions left unused (`SESSION_IDLE`); the cookie itself lasts as long
+    // as browsers let one, so that a session in use never lapses.
     let cookie = format!(
-        "{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        SESSION_IDLE.as_secs()
+        "{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={COOKIE_MAX_AGE}"
     );
-    let mut response = Redirect::to("/").into_response();
+    // The key goes in the fragment, which the browser never sends anywhere: the page keeps it.
+    let mut response = Redirect::to(&format!("/#key={key}")).into_response();
     if let Ok(value) = cookie.parse() {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }

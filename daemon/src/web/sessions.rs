@@ -2,11 +2,14 @@
 //!
 //! `chatsync web link` asks for a link: a random token, valid once and for a few minutes, kept
 //! in memory only. Opening it shows a page whose button spends it, and the browser gets a
-//! session: another random token, in an `HttpOnly`, `SameSite=Strict` cookie. The daemon keeps
-//! only a SHA-256 hash of each session token (in `web-sessions.json`, readable by its user
-//! alone), so the file cannot be replayed as a cookie. A session unused for
-//! [`SESSION_IDLE`] expires; `chatsync web revoke` ends one at once, and with it the event
-//! streams it has open.
+//! session in two halves, both needed on every request: a random token in an `HttpOnly`,
+//! `SameSite=Strict` cookie, which the page's scripts cannot read; and a random key the page
+//! keeps in its own storage and sends as a header (`X-Chatsync-Key`). Cookies are shared by
+//! every port of a host, so another web server on this computer that the browser visits gets
+//! the cookie; it never gets the key, which the browser keeps per origin. The daemon keeps only
+//! SHA-256 hashes of both (in `web-sessions.json`, readable by its user alone), so the file
+//! cannot be replayed. A session unused for [`SESSION_IDLE`] expires; `chatsync web revoke`
+//! ends one at once, and with it the event streams it has open.
 
 use std::{
     collections::HashMap,
@@ -47,8 +50,10 @@ pub struct SessionInfo {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct StoredSession {
-    /// SHA-256 of the token (hex).
+    /// SHA-256 of the cookie's token (hex).
     hash: String,
+    /// SHA-256 of the page's key (hex).
+    key_hash: String,
     #[serde(flatten)]
     info: SessionInfo,
 }
@@ -60,6 +65,7 @@ struct File {
 
 struct Session {
     info: SessionInfo,
+    key_hash: String,
     /// Cancelled when the session ends: its event streams close.
     ended: CancellationToken,
 }
@@ -77,6 +83,8 @@ struct Book {
 pub struct Sessions {
     file: PathBuf,
     book: Mutex<Book>,
+    /// Held while the file is written.
+    writing: Mutex<()>,
 }
 
 impl Sessions {
@@ -99,6 +107,7 @@ impl Sessions {
                     s.hash,
                     Session {
                         info: s.info,
+                        key_hash: s.key_hash,
                         ended: CancellationToken::new(),
                     },
                 )
@@ -110,6 +119,7 @@ impl Sessions {
                 sessions,
                 ..Book::default()
             }),
+            writing: Mutex::new(()),
         }
     }
 
@@ -145,14 +155,14 @@ impl Sessions {
     }
 
     /// Spends the link `token` and opens a session for the browser: returns the session's
-    /// token, or `None` if the link was spent, expired or never made.
+    /// cookie token and page key, or `None` if the link was spent, expired or never made.
     pub fn spend_link(
         &self,
         token: &str,
         now: i64,
         user_agent: &str,
         address: &str,
-    ) -> Option<String> {
+    ) -> Option<(String, String)> {
         let mut book = self.book();
         let expires = book.links.remove(&hash(token))?;
         if expires <= now {
@@ -168,7 +178,7 @@ impl Sessions {
         {
             gone.ended.cancel();
         }
-        let session = new_token();
+        let (session, key) = (new_token(), new_token());
         let hashed = hash(&session);
         let info = SessionInfo {
             id: hashed[..12].to_string(),
@@ -181,35 +191,48 @@ impl Sessions {
             hashed,
             Session {
                 info,
+                key_hash: hash(&key),
                 ended: CancellationToken::new(),
             },
         );
-        self.save(&mut book, now);
-        Some(session)
+        drop(book);
+        self.persist(now);
+        Some((session, key))
     }
 
-    /// The session whose token is `token`, if it is open: notes it as seen now from
-    /// `address`, and returns what is cancelled when it ends. An expired one is removed.
-    pub fn check(&self, token: &str, now: i64, address: &str) -> Option<CancellationToken> {
+    /// The session whose cookie token is `token` and page key `key`, if it is open: notes it
+    /// as seen now from `address`, and returns what is cancelled when it ends. An expired one
+    /// is removed.
+    pub fn check(
+        &self,
+        token: &str,
+        key: &str,
+        now: i64,
+        address: &str,
+    ) -> Option<CancellationToken> {
         let hashed = hash(token);
         let mut book = self.book();
         let session = book.sessions.get_mut(&hashed)?;
-        if now - session.info.last_seen > SESSION_IDLE.as_millis() as i64 {
-            if let Some(gone) = book.sessions.remove(&hashed) {
-                gone.ended.cancel();
-            }
-            self.save(&mut book, now);
+        if session.key_hash != hash(key) {
             return None;
         }
-        session.info.last_seen = now;
-        if session.info.address != address {
-            session.info.address = address.to_string();
-        }
         let ended = session.ended.clone();
-        if now - book.saved_at > SAVE_EVERY_MS {
-            self.save(&mut book, now);
+        let expired = now - session.info.last_seen > SESSION_IDLE.as_millis() as i64;
+        if expired {
+            book.sessions.remove(&hashed);
+            ended.cancel();
+        } else {
+            session.info.last_seen = now;
+            if session.info.address != address {
+                session.info.address = address.to_string();
+            }
         }
-        Some(ended)
+        let save = expired || now - book.saved_at > SAVE_EVERY_MS;
+        drop(book);
+        if save {
+            self.persist(now);
+        }
+        (!expired).then_some(ended)
     }
 
     /// The open sessions, most recently seen first.
@@ -238,8 +261,9 @@ impl Sessions {
                 gone.ended.cancel();
             }
         }
+        drop(book);
         if !ending.is_empty() {
-            self.save(&mut book, now);
+            self.persist(now);
         }
         ending.len()
     }
@@ -249,17 +273,25 @@ impl Sessions {
         self.book().links.clear();
     }
 
-    fn save(&self, book: &mut Book, now: i64) {
-        book.saved_at = now;
-        let file = File {
-            sessions: book
-                .sessions
-                .iter()
-                .map(|(hash, s)| StoredSession {
-                    hash: hash.clone(),
-                    info: s.info.clone(),
-                })
-                .collect(),
+    /// Writes the sessions to the file. Writers take turns, each writing the sessions as they
+    /// are when its turn comes, so the file never goes back to an older state; requests only
+    /// wait for the book while it is copied, never for the disk.
+    fn persist(&self, now: i64) {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let file = {
+            let mut book = self.book();
+            book.saved_at = now;
+            File {
+                sessions: book
+                    .sessions
+                    .iter()
+                    .map(|(hash, s)| StoredSession {
+                        hash: hash.clone(),
+                        key_hash: s.key_hash.clone(),
+                        info: s.info.clone(),
+                    })
+                    .collect(),
+            }
         };
         let written = serde_json::to_vec_pretty(&file)
             .map_err(std::io::Error::other)
@@ -289,22 +321,23 @@ mod tests {
         let sessions = Sessions::load(dir.path());
         let link = sessions.new_link(1_000);
         assert!(sessions.link_open(&link, 1_000));
-        let token = sessions
+        let (token, key) = sessions
             .spend_link(&link, 2_000, "Firefox", "127.0.0.1")
             .unwrap();
         assert!(!sessions.link_open(&link, 2_000));
-        assert!(
-            sessions
-                .spend_link(&link, 2_000, "Firefox", "127.0.0.1")
-                .is_none()
-        );
-        assert!(sessions.check(&token, 3_000, "127.0.0.1").is_some());
-        assert!(sessions.check(&link, 3_000, "127.0.0.1").is_none());
-        // Kept across a restart, as a hash only.
-        let again = Sessions::load(dir.path());
-        assert!(again.check(&token, 4_000, "127.0.0.1").is_some());
+        let again = sessions.spend_link(&link, 2_000, "Firefox", "127.0.0.1");
+        assert!(again.is_none());
+        assert!(sessions.check(&token, &key, 3_000, "127.0.0.1").is_some());
+        assert!(sessions.check(&link, &key, 3_000, "127.0.0.1").is_none());
+        // Both halves are needed: the cookie alone (what another port's server could get) is
+        // refused.
+        assert!(sessions.check(&token, "", 3_000, "127.0.0.1").is_none());
+        assert!(sessions.check(&token, &token, 3_000, "127.0.0.1").is_none());
+        // Kept across a restart, as hashes only.
+        let reloaded = Sessions::load(dir.path());
+        assert!(reloaded.check(&token, &key, 4_000, "127.0.0.1").is_some());
         let file = std::fs::read_to_string(dir.path().join("web-sessions.json")).unwrap();
-        assert!(!file.contains(&token));
+        assert!(!file.contains(&token) && !file.contains(&key));
     }
 
     #[test]
@@ -315,20 +348,20 @@ mod tests {
         let too_late = LINK_VALID.as_millis() as i64 + 1;
         assert!(sessions.spend_link(&late, too_late, "", "").is_none());
         let link = sessions.new_link(0);
-        let token = sessions.spend_link(&link, 1, "", "").unwrap();
+        let (token, key) = sessions.spend_link(&link, 1, "", "").unwrap();
         let idle = SESSION_IDLE.as_millis() as i64;
-        let ended = sessions.check(&token, idle, "").unwrap();
+        let ended = sessions.check(&token, &key, idle, "").unwrap();
         assert!(!ended.is_cancelled());
-        assert!(sessions.check(&token, 2 * idle + 1, "").is_none());
+        assert!(sessions.check(&token, &key, 2 * idle + 1, "").is_none());
         assert!(ended.is_cancelled(), "an expired session's streams end");
         let link = sessions.new_link(0);
-        let token = sessions.spend_link(&link, 1, "", "").unwrap();
-        let ended = sessions.check(&token, 2, "").unwrap();
+        let (token, key) = sessions.spend_link(&link, 1, "", "").unwrap();
+        let ended = sessions.check(&token, &key, 2, "").unwrap();
         let id = sessions.list()[0].id.clone();
         assert_eq!(sessions.revoke(Some(""), 3), 0, "an empty id names nothing");
         assert_eq!(sessions.revoke(Some(&id[..6]), 3), 1);
         assert!(ended.is_cancelled());
-        assert!(sessions.check(&token, 4, "").is_none());
+        assert!(sessions.check(&token, &key, 4, "").is_none());
     }
 
     #[test]

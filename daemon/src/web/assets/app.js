@@ -19,8 +19,23 @@ const state = {
 
 class Unlinked extends Error {}
 
+// The page's half of the session (the cookie is the other): handed over once in the address's
+// fragment by the link page, then kept in this origin's storage.
+const KEY = 'chatsync_key';
+(function takeKey() {
+  const given = /(?:^#|&)key=([0-9a-f]{64})/.exec(location.hash);
+  if (given) {
+    localStorage.setItem(KEY, given[1]);
+    history.replaceState(null, '', location.pathname);
+  }
+})();
+
+function headers() {
+  return { 'X-Chatsync-Key': localStorage.getItem(KEY) || '' };
+}
+
 async function api(method, path, body) {
-  const init = { method, credentials: 'same-origin', headers: {} };
+  const init = { method, credentials: 'same-origin', headers: headers() };
   if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
@@ -234,9 +249,13 @@ function actions(m) {
   return row;
 }
 
-function showMessage(m) {
+// Shows a message of the open chat: replaces it where it is, or, for a new message
+// (`created`), adds it at the end. Changes to messages not loaded here are left for when they
+// are.
+function showMessage(m, created) {
   if (m.chat !== state.open) return;
   const known = state.messages.has(m.id);
+  if (!known && !created) return;
   remember(m);
   const fresh = messageElement(m);
   fresh.dataset.shownAt = String(Date.now());
@@ -288,7 +307,7 @@ async function send(ev) {
     grow();
     state.replyTo = null;
     $('replying').hidden = true;
-    showMessage(m);
+    showMessage(m, true);
     scrollToEnd();
   } catch (e) {
     showError(e);
@@ -363,6 +382,7 @@ function grow() {
 async function createChat() {
   const dialog = $('new-chat-dialog');
   $('new-chat-title').value = '';
+  dialog.returnValue = '';
   dialog.showModal();
   dialog.addEventListener('close', async () => {
     const title = $('new-chat-title').value.trim();
@@ -405,7 +425,11 @@ async function addDevice() {
   try {
     const invite = await api('POST', '/invites', {});
     $('invite-ticket').textContent = invite.ticket;
-    $('invite-qr').src = `/web/qr.svg?text=${encodeURIComponent(invite.ticket)}`;
+    const qr = await fetch(`/web/qr.svg?text=${encodeURIComponent(invite.ticket)}`, {
+      credentials: 'same-origin',
+      headers: headers(),
+    });
+    if (qr.ok) $('invite-qr').src = URL.createObjectURL(await qr.blob());
     $('invite-expiry').textContent = `Valid until ${new Date(invite.expires_at).toLocaleTimeString()}.`;
     $('invite').hidden = false;
   } catch (e) {
@@ -454,10 +478,22 @@ function onEvent(event) {
         }
         renderChatList();
       }
-      showMessage(m);
+      showMessage(m, event.type === 'message.created');
       if (m.chat === state.open && event.type === 'message.created' && m.author !== state.me) markRead();
       break;
     }
+    case 'read.updated': {
+      const chat = state.chats.get(event.chat);
+      if (chat && event.device === state.me && chat.unread) {
+        chat.unread = 0;
+        renderChatList();
+      }
+      break;
+    }
+    case 'lagged':
+      // Events were dropped: read again what is shown.
+      refresh();
+      break;
     case 'peer.up':
     case 'peer.down':
     case 'device.added':
@@ -474,7 +510,7 @@ function onEvent(event) {
 async function listen() {
   for (;;) {
     try {
-      const res = await fetch('/v1/events', { credentials: 'same-origin' });
+      const res = await fetch('/v1/events', { credentials: 'same-origin', headers: headers() });
       if (res.status === 401) {
         showUnlinked();
         return;
@@ -510,9 +546,18 @@ async function listen() {
   }
 }
 
+// Catches up after the event stream was down: the chat list, and the newest messages of the
+// open chat (added or replaced where they are; what is loaded above them stays).
 async function refresh() {
   await loadChats().catch(showError);
-  if (state.open) openChat(state.open);
+  const id = state.open;
+  if (!id) return;
+  try {
+    const page = await api('GET', `/chats/${id}/messages?limit=${PAGE}`);
+    for (const m of page.messages) showMessage(m, true);
+  } catch (e) {
+    showError(e);
+  }
 }
 
 // ---- start ----
