@@ -191,6 +191,8 @@ const FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 const MAX_RETRY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Objects written this recently are never pruned: they may belong to a backup under way.
 pub const PRUNE_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Largest object size a configuration may ask for (objects are read back whole).
+const MAX_OBJECT_TARGET: usize = 64 << 20;
 /// Objects read or written at once.
 const PARALLEL_OBJECTS: usize = 8;
 /// Objects a chat's entry names at most before the next backup writes it whole again.
@@ -231,7 +233,7 @@ impl Backups {
 
     /// Gathers packs into objects of about `bytes` (the config's `backup.object_kib`).
     pub fn with_object_bytes(mut self, bytes: usize) -> Backups {
-        self.object_bytes = bytes.max(1);
+        self.object_bytes = bytes.clamp(1, MAX_OBJECT_TARGET);
         self
     }
 
@@ -436,11 +438,10 @@ impl Backups {
             }
             checked.extend(manifest.pages.iter().cloned());
             for entry in repo.entries(manifest).await? {
-                // Each pack read and checked: its bundle, once.
-                for at in &entry.packs {
-                    checked.insert(at.object.clone());
-                    reader.pack(at).await?;
-                }
+                // Each chat put back together as a restore would (every pack read and checked,
+                // each bundle once).
+                checked.extend(entry.packs.iter().map(|at| at.object.clone()));
+                reader.chat(entry).await?;
             }
         }
         bytes += reader.read_bytes;

@@ -158,6 +158,13 @@ impl Repository {
     /// Writes an object holding `payload`, stored as `codec` says, unless one is there
     /// already. Returns its name and the bytes written (0 when it was there).
     pub async fn put(&self, payload: &[u8], codec: Codec) -> Result<(String, u64), BackupError> {
+        // What could not be read back is not written.
+        if payload.len() as u64 > MAX_OBJECT_BYTES - (MAX_OBJECT_BYTES >> 3) {
+            return Err(BackupError::Invalid(format!(
+                "an object of {} bytes is too large to back up",
+                payload.len()
+            )));
+        }
         let keys = self.keys.clone();
         let payload = payload.to_vec();
         // Compressing, naming and encrypting are the CPU's work: off the async threads, so that
@@ -236,7 +243,7 @@ impl Repository {
                 .collect()
                 .await;
         let mut seen = std::collections::HashSet::new();
-        let mut entries = Vec::with_capacity(manifest.chats);
+        let mut entries = Vec::with_capacity(manifest.chats.min(1 << 16));
         for (at, page) in pages.into_iter().enumerate() {
             let page: Vec<ChatEntry> = serde_json::from_slice(&page?)
                 .map_err(|e| BackupError::Damaged(format!("an index page is unreadable: {e}")))?;

@@ -3,7 +3,7 @@
 //! the ones this device lacks and merges the others).
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     path::Path,
     sync::Arc,
     time::Instant,
@@ -20,6 +20,8 @@ use super::{
 };
 use crate::engine::{EngineError, RestoredChat};
 
+/// Largest chat document restored (a chat's document is at most 256 MiB).
+const MAX_CHAT_BYTES: u64 = 256 << 20;
 /// Bytes of decoded bundles a reader keeps, about (a bundle is about `backup.object_kib`).
 const BUNDLE_CACHE_BYTES: usize = 64 << 20;
 
@@ -197,22 +199,28 @@ impl<'a> PackReader<'a> {
 
     /// A chat of a snapshot put back together: the whole copy, then each set of chunks added
     /// after it. The newest pack's attestations and evidence are the chat's (each backup wrote
-    /// all of them); those of earlier packs are kept too, as the store keeps older attestations
-    /// beside newer ones.
+    /// all of them, for everything up to it).
     pub async fn chat(&mut self, entry: ChatEntry) -> Result<RestoredChat, BackupError> {
         let id = ChatId::new(entry.id.as_str())
             .map_err(|e| BackupError::Damaged(format!("a snapshot names a bad chat: {e}")))?;
-        if entry.packs.is_empty() {
-            return Err(BackupError::Damaged(format!("chat {id} has no object")));
+        if entry.packs.is_empty() || entry.packs.len() > super::MAX_CHAIN + 1 {
+            return Err(BackupError::Damaged(format!(
+                "chat {id} names {} objects",
+                entry.packs.len()
+            )));
         }
-        let mut document = Vec::with_capacity(entry.bytes.min(256 << 20) as usize);
-        let mut attestations = Vec::new();
-        let mut evidence = BTreeMap::new();
+        let mut document = Vec::with_capacity(entry.bytes.min(MAX_CHAT_BYTES) as usize);
+        let (mut attestations, mut evidence) = (Vec::new(), Vec::new());
         for at in &entry.packs {
             let pack = self.pack(at).await?;
+            if (document.len() + pack.document.len()) as u64 > entry.bytes.min(MAX_CHAT_BYTES) {
+                return Err(BackupError::Damaged(format!(
+                    "chat {id} holds more than the {} bytes its snapshot says",
+                    entry.bytes
+                )));
+            }
             document.extend_from_slice(&pack.document);
-            attestations.extend(pack.attestations);
-            evidence.extend(pack.evidence);
+            (attestations, evidence) = (pack.attestations, pack.evidence);
         }
         if document.len() as u64 != entry.bytes {
             return Err(BackupError::Damaged(format!(
@@ -221,8 +229,6 @@ impl<'a> PackReader<'a> {
                 entry.bytes
             )));
         }
-        attestations.sort_by(|a, b| (&a.actor, a.seq).cmp(&(&b.actor, b.seq)));
-        attestations.dedup_by(|a, b| (&a.actor, a.seq) == (&b.actor, b.seq));
         Ok(RestoredChat {
             id,
             record: crate::store::ChatRecord {
@@ -232,13 +238,16 @@ impl<'a> PackReader<'a> {
                 messages: entry.messages,
                 last_activity: entry.last_activity,
                 heads: entry.heads,
-                next_seq: 0,
+                // Chunks written after the restore are numbered on from the backup's, so that a
+                // device that goes on backing up to the repository adds them to the chat's
+                // chain rather than taking them for ones it has.
+                next_seq: entry.next_chunk,
                 own_newest: None,
                 unchecked: true,
             },
             document,
             attestations,
-            evidence: evidence.into_iter().collect(),
+            evidence,
         })
     }
 }

@@ -32,8 +32,6 @@ enum ChatBackup {
         pack: Vec<u8>,
         whole: bool,
     },
-    /// Deleted meanwhile: not in this snapshot.
-    Gone,
 }
 
 impl Backups {
@@ -83,12 +81,15 @@ impl Backups {
                 ChatBackup::Changed { entry, pack, whole } => {
                     entries.push(entry);
                     let bundler = if whole { &mut wholes } else { &mut chunks };
+                    if bundler.bundle.bytes() + pack.len() > self.object_bytes {
+                        // A large chat goes in an object of its own.
+                        written.note(bundler.write(&repo, &mut entries).await?);
+                    }
                     bundler.add(entries.len() - 1, pack);
                     if bundler.bundle.bytes() >= self.object_bytes {
                         written.note(bundler.write(&repo, &mut entries).await?);
                     }
                 }
-                ChatBackup::Gone => {}
             }
         }
         drop(copies);
@@ -133,7 +134,11 @@ impl Backups {
         let chat = summary.id;
         let stored = match self.engine.copy_chat(&chat).await {
             Ok(stored) => stored,
-            Err(EngineError::NotFound(_)) => return Ok(ChatBackup::Gone),
+            Err(EngineError::NotFound(why)) => {
+                return Err(BackupError::Internal(format!(
+                    "chat {chat} is listed but cannot be read: {why}"
+                )));
+            }
             Err(e) => {
                 return Err(BackupError::Internal(format!(
                     "cannot read chat {chat}: {e}"

@@ -97,6 +97,11 @@ impl Engine {
             if !unchanged {
                 continue;
             }
+            if record.unchecked {
+                // Restored and not loaded since: this device wrote nothing in it, and what
+                // proves it is what the restore stored (checked when it is first loaded).
+                return Ok(stored);
+            }
             match record.own_newest {
                 // Evidence applied as the chat loaded may have dropped the change a record
                 // names; records of older builds name none. The chat is loaded to find it.
@@ -224,9 +229,22 @@ impl Engine {
                     .put_attestation(&id, &kept.actor, kept.seq, &kept.attestation)?;
             }
             for (actor, bytes) in evidence {
-                self.store.put_evidence(&id, &actor, &bytes)?;
+                // Applied as the chat loads (it drops changes): only evidence that checks, and
+                // is kept under the actor it bans.
+                let verify = |d: &DeviceId, statement: &[u8], signature: &[u8]| {
+                    self.signer.verify(d, statement, signature)
+                };
+                let checked = chatsync_model::equivocation::Evidence::decode(&bytes)
+                    .and_then(|evidence| evidence.check(&id, &verify));
+                match checked {
+                    Ok(ban) if ban.actor.to_bytes() == actor.as_slice() => {
+                        self.store.put_evidence(&id, &actor, &bytes)?;
+                    }
+                    Ok(_) | Err(_) => {
+                        tracing::warn!(chat = %id, "a backup's evidence of an equivocation does not check; left out");
+                    }
+                }
             }
-            record.next_seq = 0;
             record.unchecked = true;
             // Found by a walk when first needed if the chat holds changes of this device's.
             record.own_newest = (!holds_own).then_some(OwnNewest::NoChange);
@@ -283,10 +301,28 @@ impl Engine {
             let title_before = loaded.doc.title();
             let known: HashSet<MessageId> = loaded.doc.message_ids().cloned().collect();
             let before = loaded.doc.heads();
-            let touched = loaded
-                .doc
-                .merge(&mut other)
-                .map_err(|e| EngineError::Invalid(format!("cannot merge the copy: {e}")))?;
+            let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                loaded.doc.merge(&mut other)
+            }));
+            let touched = match merged {
+                Ok(Ok(touched)) => touched,
+                failed => {
+                    // Automerge may have taken part of it: the copy in memory is put back as
+                    // the store holds it, once the writes still queued are made.
+                    drop(write);
+                    self.committer.barrier().await?;
+                    let (compacting, next_seq) = (loaded.compacting, loaded.next_seq);
+                    *loaded = super::load_chat(&self.store, &chat, &self.device, next_seq)?;
+                    loaded.compacting = compacting;
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "the copy could not be processed".into(),
+                    };
+                    return Err(EngineError::Invalid(format!(
+                        "cannot merge the copy: {why}"
+                    )));
+                }
+            };
             let chunk = loaded.doc.automerge_mut().save_after(&before);
             if chunk.is_empty() {
                 return Ok(0);

@@ -56,6 +56,8 @@ pub(super) fn settle_records(
         record.messages = info.messages as u64;
         record.last_activity = record.last_activity.max(newest);
         record.heads = heads_hex(doc);
+        // Written to after it was restored, so it was loaded, and checked, before.
+        record.unchecked = false;
         record.own_newest = Some(crate::store::OwnNewest::of(doc, &device.id));
         record.next_seq = loaded.next_seq;
         store.put_chat_record(&chat, record)?;
