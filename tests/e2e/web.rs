@@ -225,6 +225,44 @@ async fn a_linked_browser_reads_and_writes_the_chats_live() {
         log(&laptop, &family).iter().any(|m| m["deleted"] == true)
     });
 
+    // The devices, each with whether it is in sync, and a pairing ticket with its QR code.
+    c.find(Locator::Css("#show-devices"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .until(
+            "the laptop in sync in the device list",
+            WAIT,
+            "return [...document.querySelectorAll('#device-list li')]\
+             .some(e => e.textContent.includes('connected; in sync'));",
+        )
+        .await;
+    c.find(Locator::Css("#add-device"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let ticket = browser
+        .until(
+            "a pairing ticket and its QR code",
+            WAIT,
+            "const qr = document.getElementById('invite-qr');\
+             return qr.complete && qr.naturalWidth > 0 && qr.src.startsWith('blob:')\
+             ? document.getElementById('invite-ticket').textContent : null;",
+        )
+        .await;
+    assert!(ticket.as_str().unwrap().starts_with("cspair1_"), "{ticket}");
+    c.find(Locator::Css("#devices-back"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
     // A screenshot of the page, kept as the test's artifact.
     let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();

@@ -406,19 +406,28 @@ async function showDevices() {
   $('invite').hidden = true;
   try {
     const [{ devices }, { peers }] = await Promise.all([api('GET', '/devices'), api('GET', '/peers')]);
-    const connected = new Set(peers.filter((p) => p.connected).map((p) => p.device));
+    const byId = new Map(peers.map((p) => [p.device, p]));
     const list = $('device-list');
     list.replaceChildren();
     for (const d of devices.filter((d) => d.trusted)) {
       const li = el('li');
       li.append(el('div', 'title', d.this_device ? `${d.name} (this device)` : d.name));
-      const how = d.this_device ? 'here' : connected.has(d.id) ? 'connected' : 'not connected';
-      li.append(el('div', 'muted', `${how} · ${d.id.slice(0, 16)}…`));
+      li.append(el('div', 'muted', `${d.this_device ? 'here' : syncState(byId.get(d.id))} · ${d.id.slice(0, 16)}…`));
       list.append(li);
     }
   } catch (e) {
     showError(e);
   }
+}
+
+// Whether a device is in sync with this one, as far as this one knows.
+function syncState(peer) {
+  if (!peer || !peer.connected) {
+    return peer && peer.last_sync ? `not connected; last in sync ${time(peer.last_sync)}` : 'not connected';
+  }
+  const apart = (peer.chats_behind || 0) + (peer.chats_ahead || 0);
+  if (apart) return `connected; syncing ${apart} chat${apart === 1 ? '' : 's'}`;
+  return 'connected; in sync';
 }
 
 async function addDevice() {
