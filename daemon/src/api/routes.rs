@@ -28,33 +28,11 @@ type St = State<Arc<AppState>>;
 const DEFAULT_PAGE: usize = 50;
 
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/status", get(status))
+    // Everything the web client serves, and what only the local socket serves.
+    web_routes()
         .route("/shutdown", post(shutdown))
-        .route("/events", get(events))
-        .route("/chats", get(list_chats).post(create_chat))
-        .route("/chats/{chat}", get(get_chat).patch(rename_chat))
-        .route(
-            "/chats/{chat}/messages",
-            get(list_messages).post(post_message),
-        )
-        .route(
-            "/chats/{chat}/messages/{message}",
-            get(get_message).patch(edit_message).delete(delete_message),
-        )
-        .route(
-            "/chats/{chat}/messages/{message}/reaction",
-            put(set_reaction).delete(clear_reaction),
-        )
-        .route("/chats/{chat}/read", get(read_state).post(mark_read))
-        .route("/devices", get(list_devices).post(add_device))
-        .route("/peers", get(list_peers))
+        .route("/devices", post(add_device))
         .route("/devices/{device}", axum::routing::delete(remove_device))
-        .route("/invites", post(pairing::create_invite))
-        .route(
-            "/invites/{invite}",
-            axum::routing::delete(pairing::cancel_invite),
-        )
         .route("/join", post(pairing::join))
         .route("/backup", get(backup::status).post(backup::init))
         .route(
@@ -355,8 +333,12 @@ mod tests {
     /// The routes this file serves, as (method, path) pairs, read from its `.route(...)` calls.
     fn served() -> Vec<(String, String)> {
         let source = include_str!("routes.rs");
-        let router = &source[source.find("Router::new()").unwrap()..];
-        let router = &router[..router.find("\n}\n").unwrap()];
+        // The local API's routes: the web client's, and those of `routes()` added to them.
+        let body = |function: &str| {
+            let start = &source[source.find(function).unwrap()..];
+            &start[..start.find("\n}\n").unwrap()]
+        };
+        let router = [body("pub fn routes()"), body("pub fn web_routes()")].concat();
         let mut routes = Vec::new();
         for call in router.split(".route(").skip(1) {
             let path = call.split('"').nth(1).unwrap();
