@@ -115,6 +115,14 @@ async fn a_linked_browser_reads_and_writes_the_chats_live() {
              .some(e => e.textContent === 'family');",
         )
         .await;
+    browser
+        .until(
+            "the chat's last message in the list",
+            WAIT,
+            "return [...document.querySelectorAll('#chat-list .last')]\
+             .some(e => e.textContent.endsWith('hello from the phone'));",
+        )
+        .await;
     // The link worked once: opened again, it logs nobody in.
     let (status, _) = request(
         port,

@@ -95,47 +95,92 @@ function sortedChats() {
   return [...state.chats.values()].sort((a, b) => b.last_activity - a.last_activity);
 }
 
+// The chat list, newest first. Each chat keeps its element (updated in place), so that a
+// click or the keyboard's focus is never lost to a re-render.
 function renderChatList() {
   const list = $('chat-list');
-  list.replaceChildren();
-  for (const chat of sortedChats()) {
-    const li = el('li');
-    li.tabIndex = 0;
-    li.dataset.chat = chat.id;
-    li.setAttribute('role', 'button');
-    if (chat.id === state.open) li.setAttribute('aria-current', 'true');
-    li.append(el('span', 'title', chat.title));
-    if (chat.unread) li.append(el('span', 'unread', String(chat.unread)));
-    li.append(el('span', 'last', chat.last ? `${chat.last.author_name}: ${preview(chat.last)}` : ''));
-    li.addEventListener('click', () => openChat(chat.id));
-    li.addEventListener('keydown', (ev) => { if (ev.key === 'Enter') openChat(chat.id); });
-    list.append(li);
-  }
+  const items = new Map([...list.children].map((li) => [li.dataset.chat, li]));
+  const ordered = sortedChats().map((chat) => {
+    let li = items.get(chat.id);
+    if (!li) {
+      li = el('li');
+      li.tabIndex = 0;
+      li.dataset.chat = chat.id;
+      li.setAttribute('role', 'button');
+      li.addEventListener('click', () => openChat(chat.id));
+      li.addEventListener('keydown', (ev) => { if (ev.key === 'Enter') openChat(chat.id); });
+      if (chat.unread === undefined) inView.observe(li);
+    }
+    fillChatItem(li, chat);
+    return li;
+  });
+  list.replaceChildren(...ordered);
+}
+
+function fillChatItem(li, chat) {
+  if (chat.id === state.open) li.setAttribute('aria-current', 'true');
+  else li.removeAttribute('aria-current');
+  const parts = [el('span', 'title', chat.title)];
+  if (chat.unread) parts.push(el('span', 'unread', String(chat.unread)));
+  parts.push(el('span', 'last', chat.last ? `${chat.last.author_name}: ${preview(chat.last)}` : ''));
+  li.replaceChildren(...parts);
+}
+
+let renderQueued = false;
+function renderChatListSoon() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    renderChatList();
+  });
 }
 
 function preview(message) {
   return message.deleted ? 'deleted' : message.text.split('\n')[0].slice(0, 120);
 }
 
-// Unread counts and last messages cost a read of each chat: only for the chats near the top.
-async function fillSummaries(limit = 40) {
-  const wanted = sortedChats().slice(0, limit).filter((c) => c.unread === undefined);
-  const work = wanted.map((chat) => async () => {
-    try {
-      const [read, page] = await Promise.all([
-        api('GET', `/chats/${chat.id}/read`),
-        api('GET', `/chats/${chat.id}/messages?limit=1`),
-      ]);
-      chat.unread = read.unread;
-      chat.last = page.messages[page.messages.length - 1] || null;
-    } catch (e) {
-      chat.unread = 0;
+// Unread counts and last messages cost a read of each chat: each is asked for as its entry
+// comes into view, four at a time.
+const summaries = { queue: [], running: 0, asked: new Set() };
+const inView = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    const id = entry.target.dataset.chat;
+    inView.unobserve(entry.target);
+    if (!summaries.asked.has(id)) {
+      summaries.asked.add(id);
+      summaries.queue.push(id);
     }
-  });
-  for (let i = 0; i < work.length; i += 4) {
-    await Promise.all(work.slice(i, i + 4).map((f) => f()));
-    renderChatList();
   }
+  pumpSummaries();
+});
+
+function pumpSummaries() {
+  while (summaries.running < 4 && summaries.queue.length) {
+    const id = summaries.queue.shift();
+    summaries.running += 1;
+    fetchSummary(id).finally(() => {
+      summaries.running -= 1;
+      pumpSummaries();
+    });
+  }
+}
+
+async function fetchSummary(id) {
+  const chat = state.chats.get(id);
+  if (!chat || chat.unread !== undefined) return;
+  try {
+    const [read, page] = await Promise.all([
+      api('GET', `/chats/${id}/read`),
+      api('GET', `/chats/${id}/messages?limit=1`),
+    ]);
+    chat.unread = read.unread;
+    chat.last = page.messages[page.messages.length - 1] || null;
+  } catch (e) {
+    chat.unread = 0;
+  }
+  renderChatListSoon();
 }
 
 async function loadChats() {
@@ -145,8 +190,8 @@ async function loadChats() {
     const old = known.get(c.id);
     return [c.id, old ? { ...old, ...c } : c];
   }));
+  summaries.asked.clear();
   renderChatList();
-  fillSummaries();
 }
 
 // ---- a chat's messages ----
