@@ -48,6 +48,17 @@ const VOLATILE: &[&str] = &[
     "message",
     "loaded_chats",
     "detected_at",
+    "target",
+    "repository",
+    "snapshot",
+    "last_snapshot",
+    "last_backup_at",
+    "next_at",
+    "bytes_written",
+    "bytes",
+    "elapsed_ms",
+    "url",
+    "listen",
 ];
 
 /// `value` with every volatile value replaced by its kind.
@@ -258,6 +269,91 @@ async fn every_route_answers_as_recorded() {
         Method::POST,
         "/chats",
         Some(json!({"name": "x"}))
+    );
+    // Backups, to a folder.
+    let folder = tempfile::tempdir().unwrap();
+    let target = folder.path().join("backup").display().to_string();
+    call!(
+        "GET /backup (not set up)",
+        Method::GET,
+        "/backup",
+        none.clone()
+    );
+    call!(
+        "POST /backup",
+        Method::POST,
+        "/backup",
+        Some(json!({"target": target, "passphrase": "correct horse battery"}))
+    );
+    call!(
+        "POST /backup/snapshots",
+        Method::POST,
+        "/backup/snapshots",
+        none.clone()
+    );
+    call!(
+        "GET /backup/snapshots",
+        Method::GET,
+        "/backup/snapshots",
+        none.clone()
+    );
+    call!("GET /backup", Method::GET, "/backup", none.clone());
+    call!(
+        "POST /backup/verify",
+        Method::POST,
+        "/backup/verify",
+        Some(json!({}))
+    );
+    call!(
+        "POST /backup/restore (wrong passphrase)",
+        Method::POST,
+        "/backup/restore",
+        Some(json!({"target": target, "passphrase": "battery horse correct"}))
+    );
+    call!(
+        "POST /backup/restore",
+        Method::POST,
+        "/backup/restore",
+        Some(json!({"target": target, "passphrase": "correct horse battery"}))
+    );
+    // The web client.
+    call!("GET /web (off)", Method::GET, "/web", none.clone());
+    call!(
+        "POST /web/links (off)",
+        Method::POST,
+        "/web/links",
+        none.clone()
+    );
+    call!(
+        "POST /web (on)",
+        Method::POST,
+        "/web",
+        Some(json!({"enabled": true, "listen": "127.0.0.1:0"}))
+    );
+    call!(
+        "POST /web (reachable, not allowed)",
+        Method::POST,
+        "/web",
+        Some(json!({"enabled": true, "listen": "0.0.0.0:0"}))
+    );
+    call!("POST /web/links", Method::POST, "/web/links", none.clone());
+    call!(
+        "GET /web/sessions",
+        Method::GET,
+        "/web/sessions",
+        none.clone()
+    );
+    call!(
+        "DELETE /web/sessions/{session} (none)",
+        Method::DELETE,
+        "/web/sessions/all",
+        none.clone()
+    );
+    call!(
+        "POST /web (off)",
+        Method::POST,
+        "/web",
+        Some(json!({"enabled": false}))
     );
     // The event stream's lines, for the writes above.
     let mut events = d.events(&format!("chat={chat}&progress=true")).await;
