@@ -310,10 +310,26 @@ impl Engine {
                     // Automerge may have taken part of it: the copy in memory is put back as
                     // the store holds it, once the writes still queued are made.
                     drop(write);
-                    self.committer.barrier().await?;
-                    let (compacting, next_seq) = (loaded.compacting, loaded.next_seq);
-                    *loaded = super::load_chat(&self.store, &chat, &self.device, next_seq)?;
-                    loaded.compacting = compacting;
+                    let reloaded = match self.committer.barrier().await {
+                        Ok(()) => {
+                            super::load_chat(&self.store, &chat, &self.device, loaded.next_seq)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match reloaded {
+                        Ok(fresh) => {
+                            let (compacting, rebuilds) = (loaded.compacting, loaded.rebuilds);
+                            *loaded = fresh;
+                            loaded.compacting = compacting;
+                            // A compaction under way must not write its copy.
+                            loaded.rebuilds = rebuilds + 1;
+                        }
+                        Err(e) => {
+                            // Not to be read again from memory: the next use loads the store's.
+                            self.cache.forget(&chat);
+                            return Err(e);
+                        }
+                    }
                     let why = match failed {
                         Ok(Err(e)) => e.to_string(),
                         _ => "the copy could not be processed".into(),

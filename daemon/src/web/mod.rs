@@ -207,9 +207,37 @@ impl Web {
                 return Ok(());
             }
         }
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .map_err(|e| WebError::Listen(address, e))?;
+        let listener = match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => listener,
+            // The old server holds the port (moving from 127.0.0.1:7780 to 0.0.0.0:7780, say):
+            // it stops first, and comes back if the new address cannot be had either.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && running
+                        .as_ref()
+                        .is_some_and(|r| r.address.port() == address.port()) =>
+            {
+                let mut old = None;
+                if let Some(current) = running.take() {
+                    old = Some((current.requested.to_string(), current.allow_remote));
+                    stop(current).await;
+                }
+                match tokio::net::TcpListener::bind(address).await {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        if let Some((requested, old_remote)) = old {
+                            let back =
+                                Box::pin(self.start(running, app.clone(), &requested, old_remote));
+                            if let Err(again) = back.await {
+                                tracing::error!(error = %again, "the web client could not go back to its address");
+                            }
+                        }
+                        return Err(WebError::Listen(address, e));
+                    }
+                }
+            }
+            Err(e) => return Err(WebError::Listen(address, e)),
+        };
         let bound = listener
             .local_addr()
             .map_err(|e| WebError::Listen(address, e))?;

@@ -228,6 +228,10 @@ impl Sessions {
             }
         }
         let save = expired || now - book.saved_at > SAVE_EVERY_MS;
+        if save {
+            // The requests that come meanwhile leave the writing to this one.
+            book.saved_at = now;
+        }
         drop(book);
         if save {
             self.persist(now);

@@ -22,16 +22,21 @@ class Unlinked extends Error {}
 // The page's half of the session (the cookie is the other): handed over once in the address's
 // fragment by the link page, then kept in this origin's storage.
 const KEY = 'chatsync_key';
+let key = '';
 (function takeKey() {
   const given = /(?:^#|&)key=([0-9a-f]{64})/.exec(location.hash);
-  if (given) {
-    localStorage.setItem(KEY, given[1]);
-    history.replaceState(null, '', location.pathname);
+  try {
+    if (given) localStorage.setItem(KEY, given[1]);
+    key = localStorage.getItem(KEY) || '';
+  } catch (e) {
+    // Storage blocked: this page works until it is closed.
+    key = given ? given[1] : '';
   }
+  if (given) history.replaceState(null, '', location.pathname);
 })();
 
 function headers() {
-  return { 'X-Chatsync-Key': localStorage.getItem(KEY) || '' };
+  return { 'X-Chatsync-Key': key };
 }
 
 async function api(method, path, body) {
@@ -109,8 +114,9 @@ function renderChatList() {
       li.setAttribute('role', 'button');
       li.addEventListener('click', () => openChat(chat.id));
       li.addEventListener('keydown', (ev) => { if (ev.key === 'Enter') openChat(chat.id); });
-      if (chat.unread === undefined) inView.observe(li);
     }
+    // (Observing one already observed changes nothing.)
+    if (chat.unread === undefined) inView.observe(li);
     fillChatItem(li, chat);
     return li;
   });
@@ -168,18 +174,25 @@ function pumpSummaries() {
 }
 
 async function fetchSummary(id) {
-  const chat = state.chats.get(id);
-  if (!chat || chat.unread !== undefined) return;
+  const before = state.chats.get(id);
+  if (!before || before.unread !== undefined) return;
+  let unread = 0;
+  let last = null;
   try {
     const [read, page] = await Promise.all([
       api('GET', `/chats/${id}/read`),
       api('GET', `/chats/${id}/messages?limit=1`),
     ]);
-    chat.unread = read.unread;
-    chat.last = page.messages[page.messages.length - 1] || null;
+    unread = read.unread;
+    last = page.messages[page.messages.length - 1] || null;
   } catch (e) {
-    chat.unread = 0;
+    // Shown without them.
   }
+  // The chat's entry may have been replaced meanwhile (an event, a reload of the list).
+  const chat = state.chats.get(id);
+  if (!chat) return;
+  chat.unread = unread;
+  chat.last = last;
   renderChatListSoon();
 }
 
@@ -188,7 +201,10 @@ async function loadChats() {
   const known = state.chats;
   state.chats = new Map(chats.map((c) => {
     const old = known.get(c.id);
-    return [c.id, old ? { ...old, ...c } : c];
+    if (!old) return [c.id, c];
+    // A chat that changed since its summary was read gets it read again.
+    const changed = old.last_activity !== c.last_activity || old.messages !== c.messages;
+    return [c.id, changed ? { ...c, unread: undefined, last: undefined } : { ...old, ...c }];
   }));
   summaries.asked.clear();
   renderChatList();
@@ -573,6 +589,7 @@ async function listen() {
       const decoder = new TextDecoder();
       let buffer = '';
       let first = true;
+      try {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
@@ -592,6 +609,9 @@ async function listen() {
           }
         }
       }
+      } finally {
+        reader.cancel().catch(() => {});
+      }
     } catch (e) {
       // The daemon went away or the network dropped: try again shortly.
     }
@@ -608,6 +628,12 @@ async function refresh() {
   if (!id) return;
   try {
     const page = await api('GET', `/chats/${id}/messages?limit=${PAGE}`);
+    if (state.open !== id) return;
+    if (page.messages.length === PAGE && !page.messages.some((m) => state.messages.has(m.id))) {
+      // More arrived than a page: what is shown would have a gap.
+      openChat(id);
+      return;
+    }
     for (const m of page.messages) showMessage(m, true);
   } catch (e) {
     showError(e);
