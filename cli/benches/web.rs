@@ -14,10 +14,7 @@ use std::{
 };
 
 use chatsync_api::wire::{EventJson, WebSettingsRequest};
-use chatsync_testkit::{
-    browser::{Browser, Locator},
-    pair_by_address,
-};
+use chatsync_testkit::{browser::Browser, pair_by_address};
 
 mod common;
 use common::{home, start, text};
@@ -71,14 +68,7 @@ async fn run(posts: usize, big_chat: usize) {
         .unwrap();
     let link = a.client.web_link().await.unwrap();
     let c = &browser.client;
-    c.goto(&link.url).await.unwrap();
-    c.wait()
-        .for_element(Locator::Css("#link"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.link(&link.url).await;
     browser
         .until(
             "the app",

@@ -99,14 +99,7 @@ async fn a_linked_browser_reads_and_writes_the_chats_live() {
             "return !document.getElementById('unlinked').hidden;",
         )
         .await;
-    c.goto(&link).await.unwrap();
-    c.wait()
-        .for_element(Locator::Css("#link"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.link(&link).await;
     browser
         .until(
             "the chat list",
@@ -135,12 +128,7 @@ async fn a_linked_browser_reads_and_writes_the_chats_live() {
     assert_eq!(status, 410);
 
     // The chat, its message, and a post from the page that the other devices get.
-    c.find(Locator::Css("#chat-list li"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("#chat-list li").await;
     browser
         .until("the phone's message", WAIT, &shows("hello from the phone"))
         .await;
@@ -234,12 +222,7 @@ async fn a_linked_browser_reads_and_writes_the_chats_live() {
     });
 
     // The devices, each with whether it is in sync, and a pairing ticket with its QR code.
-    c.find(Locator::Css("#show-devices"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("#show-devices").await;
     browser
         .until(
             "the laptop in sync in the device list",
@@ -248,12 +231,7 @@ async fn a_linked_browser_reads_and_writes_the_chats_live() {
              .some(e => e.textContent.includes('connected; in sync'));",
         )
         .await;
-    c.find(Locator::Css("#add-device"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("#add-device").await;
     let ticket = browser
         .until(
             "a pairing ticket and its QR code",
@@ -264,12 +242,7 @@ async fn a_linked_browser_reads_and_writes_the_chats_live() {
         )
         .await;
     assert!(ticket.as_str().unwrap().starts_with("cspair1_"), "{ticket}");
-    c.find(Locator::Css("#devices-back"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("#devices-back").await;
 
     // A screenshot of the page, kept as the test's artifact.
     let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");

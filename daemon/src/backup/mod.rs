@@ -338,9 +338,14 @@ impl Backups {
         let mut used = std::collections::HashSet::new();
         for manifest in manifests.iter().filter(|m| keep.contains(&m.seq)) {
             used.insert(manifest.roster.clone());
-            used.extend(manifest.pages.iter().cloned());
-            for entry in repo.entries(manifest).await? {
-                used.extend(entry.packs.into_iter().map(|at| at.object));
+            // Snapshots share most pages (a page that did not change keeps its name): each
+            // is read once.
+            for page in &manifest.pages {
+                if used.insert(page.clone()) {
+                    for entry in repo.page(page).await? {
+                        used.extend(entry.packs.into_iter().map(|at| at.object));
+                    }
+                }
             }
         }
         (pruned.objects, pruned.bytes) = repo.delete_unused(&used, grace).await?;

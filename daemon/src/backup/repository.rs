@@ -245,9 +245,7 @@ impl Repository {
         let mut seen = std::collections::HashSet::new();
         let mut entries = Vec::with_capacity(manifest.chats.min(1 << 16));
         for (at, page) in pages.into_iter().enumerate() {
-            let page: Vec<ChatEntry> = serde_json::from_slice(&page?)
-                .map_err(|e| BackupError::Damaged(format!("an index page is unreadable: {e}")))?;
-            for entry in page {
+            for entry in decode_page(&page?)? {
                 if self.page_of(&entry.id, manifest.pages.len()) != at
                     || !seen.insert(entry.id.clone())
                 {
@@ -267,6 +265,12 @@ impl Repository {
             )));
         }
         Ok(entries)
+    }
+
+    /// The chats an index page lists, as they are (without the checks of [`Self::entries`]:
+    /// for collecting the objects they name).
+    pub async fn page(&self, name: &str) -> Result<Vec<ChatEntry>, BackupError> {
+        decode_page(&self.get(name).await?)
     }
 
     /// The page a chat is listed on, of `count` (a power of two).
@@ -408,6 +412,11 @@ impl Repository {
         }
         Ok((deleted, bytes))
     }
+}
+
+fn decode_page(bytes: &[u8]) -> Result<Vec<ChatEntry>, BackupError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| BackupError::Damaged(format!("an index page is unreadable: {e}")))
 }
 
 /// An object's contents: its codec byte, then `payload` stored as the codec says.

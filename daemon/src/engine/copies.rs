@@ -22,12 +22,13 @@ use std::collections::{HashMap, HashSet};
 use automerge::{ActorId, ChangeHash};
 use chatsync_model::{
     ChatDoc, ChatId, DeviceId, MessageId,
-    authorship::{self, ActorTop, Attestation, Provenance, Standing},
+    authorship::{self, ActorTop, Attestation, Standing},
 };
 
 use super::{
     ChatRecord, Engine, EngineError, Event, MessageEventKind, OwnNewest, commit, now_ms,
-    signatures, sync::contain_panic,
+    signatures,
+    sync::{contain_panic, load_checked},
 };
 use crate::store::ChatCopy;
 
@@ -360,8 +361,14 @@ impl Engine {
                 return Err(e);
             }
             let forget = signatures::forget(&chat, proofs.forget);
-            let (store_write, record, renamed) =
-                self.chunk_write(&chat, &mut loaded, chunk, now_ms(), Some(title_before))?;
+            let (store_write, record, renamed) = self.chunk_write(
+                &chat,
+                &mut loaded,
+                chunk,
+                now_ms(),
+                Some(title_before),
+                None,
+            )?;
             let mut events: Vec<Event> = touched
                 .iter()
                 .filter_map(|id| {
@@ -422,7 +429,8 @@ pub(super) fn load_restored(
     })
 }
 
-/// `ChatDoc::load_untrusted` of chat `id`, with this device's keys and `standings`.
+/// [`load_checked`], its refusal an [`EngineError::Invalid`] and a panic inside Automerge an
+/// error.
 fn checked_load(
     id: &ChatId,
     bytes: &[u8],
@@ -432,21 +440,7 @@ fn checked_load(
     signer: &signatures::Signer,
 ) -> Result<(ChatDoc, Vec<ActorTop>), EngineError> {
     contain_panic(|| {
-        let standing = |d: &DeviceId| standings.get(d).copied().unwrap_or(Standing::Unknown);
-        let verify = |d: &DeviceId, statement: &[u8], signature: &[u8]| {
-            signer.verify(d, statement, signature)
-        };
-        let proof = Provenance {
-            chat: id,
-            attestations,
-            verify: &verify,
-            standing: &standing,
-        };
-        let (doc, tops) = ChatDoc::load_untrusted(bytes, device, &proof)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        if doc.id() != id {
-            return Err(EngineError::Invalid(format!("it holds chat {}", doc.id())));
-        }
-        Ok((doc, tops))
+        load_checked(id, bytes, device, attestations, standings, signer)
+            .map_err(|e| EngineError::Invalid(e.to_string()))
     })
 }

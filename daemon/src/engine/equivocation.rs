@@ -183,14 +183,16 @@ impl Engine {
         };
         loaded.chunks = 0;
         loaded.chunk_bytes = 0;
-        let (mut chunk, mut record, _) =
-            self.chunk_write(chat, loaded, rewritten, now_ms(), Some(title_before))?;
-        // This device's newest change may be among those dropped.
+        // This device's newest change may be among those dropped: found again.
         let own = crate::store::OwnNewest::of(&mut loaded.doc, &self.device.id);
-        record.own_newest = Some(own.clone());
-        if let commit::StoreWrite::Chunk { record, .. } = &mut chunk {
-            record.own_newest = Some(own);
-        }
+        let (chunk, record, _) = self.chunk_write(
+            chat,
+            loaded,
+            rewritten,
+            now_ms(),
+            Some(title_before),
+            Some(own),
+        )?;
         let receipt = write.submit(
             vec![compact, chunk],
             vec![Event::ChatUpdated {

@@ -598,8 +598,14 @@ impl Engine {
                 self.committer.barrier().await?;
                 return Ok(value);
             }
+            // The change just made, under the session's actor, is this device's newest (the
+            // actor is new each run).
+            let own = loaded.doc.last_local_change().map(|(seq, hash)| {
+                let actor = loaded.doc.actor().clone();
+                OwnNewest::from_change(Some((&actor, seq, &hash)))
+            });
             let (store_write, record, renamed) =
-                self.chunk_write(chat, &mut loaded, chunk, now, title_before)?;
+                self.chunk_write(chat, &mut loaded, chunk, now, title_before, own)?;
             if renamed {
                 events.push(Event::ChatUpdated {
                     chat: chat.clone(),
@@ -630,7 +636,8 @@ impl Engine {
     /// The store write for a change already applied to `loaded.doc`: its chunk and the chat's
     /// record brought up to date (written together, see `commit`; the committer puts the record
     /// in memory once it is durable). Updates the chunk bookkeeping and, at once, the record's
-    /// chunk number. Also says whether the title changed
+    /// chunk number. `own` is this device's newest change, when the write holds changes of its
+    /// own (the record keeps the one it names otherwise). Also says whether the title changed
     /// (worth an event; counters change with every post and are not announced separately).
     fn chunk_write(
         &self,
@@ -639,6 +646,7 @@ impl Engine {
         chunk: Vec<u8>,
         now: i64,
         title_before: Option<String>,
+        own: Option<OwnNewest>,
     ) -> Result<(commit::StoreWrite, ChatRecord, bool), EngineError> {
         let mut record = self
             .read_records()
@@ -653,11 +661,8 @@ impl Engine {
         record.messages = loaded.doc.len() as u64;
         record.last_activity = now;
         record.heads = heads_hex(&mut loaded.doc);
-        // A change under the session's actor is this device's newest (the actor is new each
-        // run); changes from other devices leave it as it was.
-        if let Some((seq, hash)) = loaded.doc.last_local_change() {
-            let actor = loaded.doc.actor().clone();
-            record.own_newest = Some(OwnNewest::from_change(Some((&actor, seq, &hash))));
+        if own.is_some() {
+            record.own_newest = own;
         }
         let seq = loaded.next_seq;
         loaded.next_seq += 1;

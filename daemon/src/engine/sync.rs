@@ -391,8 +391,14 @@ impl Engine {
             let receipt = if changes.is_empty() {
                 forget.map(|forget| write.submit(vec![forget], Vec::new()))
             } else {
-                let (store_write, record, renamed) =
-                    self.chunk_write(chat, &mut loaded, changes, now_ms(), Some(title_before))?;
+                let (store_write, record, renamed) = self.chunk_write(
+                    chat,
+                    &mut loaded,
+                    changes,
+                    now_ms(),
+                    Some(title_before),
+                    None,
+                )?;
                 let mut events = message_events(chat, &loaded.doc, touched);
                 if renamed {
                     events.push(Event::ChatUpdated {
@@ -481,30 +487,20 @@ impl Engine {
         let signer = self.signer.clone();
         let (mut doc, received, body) = tokio::task::spawn_blocking(move || {
             contain_panic(|| {
-                let standing =
-                    |d: &DeviceId| standings.get(d).copied().unwrap_or(Standing::Unknown);
-                let verify = |d: &DeviceId, statement: &[u8], signature: &[u8]| {
-                    signer.verify(d, statement, signature)
-                };
-                let proof = Provenance {
-                    chat: &engine_chat,
-                    attestations: &attestations,
-                    verify: &verify,
-                    standing: &standing,
-                };
-                let (doc, tops) = ChatDoc::load_untrusted(&body, &device, &proof)
-                    .map_err(|e| refusal(e, None))?;
+                let (doc, tops) = load_checked(
+                    &engine_chat,
+                    &body,
+                    &device,
+                    &attestations,
+                    &standings,
+                    &signer,
+                )
+                .map_err(|e| refusal(e, None))?;
                 Ok((doc, tops, body))
             })
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))??;
-        if doc.id() != chat {
-            return Err(EngineError::Misbehaviour(format!(
-                "the document sent as chat {chat} is chat {}",
-                doc.id()
-            )));
-        }
         let info = doc.info();
         let record = ChatRecord {
             title: info.title,
@@ -594,6 +590,36 @@ fn refusal(e: chatsync_model::ModelError, sender: Option<&DeviceId>) -> EngineEr
         }
         _ => EngineError::Misbehaviour(why),
     }
+}
+
+/// A whole chat `chat` from outside this device's store (another device, a backup), with every
+/// check (`ChatDoc::load_untrusted`) against this device's keys and roster `standings`; also
+/// refused if it is another chat.
+pub(super) fn load_checked(
+    chat: &ChatId,
+    bytes: &[u8],
+    device: &chatsync_model::Device,
+    attestations: &[authorship::Attestation],
+    standings: &HashMap<DeviceId, Standing>,
+    signer: &super::signatures::Signer,
+) -> Result<(ChatDoc, Vec<authorship::ActorTop>), chatsync_model::ModelError> {
+    let standing = |d: &DeviceId| standings.get(d).copied().unwrap_or(Standing::Unknown);
+    let verify =
+        |d: &DeviceId, statement: &[u8], signature: &[u8]| signer.verify(d, statement, signature);
+    let proof = Provenance {
+        chat,
+        attestations,
+        verify: &verify,
+        standing: &standing,
+    };
+    let (doc, tops) = ChatDoc::load_untrusted(bytes, device, &proof)?;
+    if doc.id() != chat {
+        return Err(chatsync_model::ModelError::Invalid(format!(
+            "the document sent as chat {chat} is chat {}",
+            doc.id()
+        )));
+    }
+    Ok((doc, tops))
 }
 
 /// Whether two lists of heads (hex) hold the same hashes, in any order.

@@ -96,6 +96,25 @@ impl Browser {
         let _ = self.client.clone().close().await;
     }
 
+    /// Clicks the element `css` selects, waiting for it to be there.
+    pub async fn click(&self, css: &str) {
+        self.client
+            .wait()
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css} in the page: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+    }
+
+    /// Opens a one-time link of the web client (`chatsync web link`) and links this browser
+    /// with its button.
+    pub async fn link(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+        self.click("#link").await;
+    }
+
     /// Waits (at most `timeout`) until `script` (a function body returning a value) returns
     /// something truthy in the page; returns that value.
     pub async fn until(&self, what: &str, timeout: Duration, script: &str) -> serde_json::Value {
