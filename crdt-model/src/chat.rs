@@ -26,8 +26,9 @@ use automerge::{
 };
 
 use crate::{
-    ChatId, Clock, DeviceId, MessageId, ModelError,
+    Attachment, ChatId, Clock, DeviceId, MessageId, ModelError,
     access::{change_time, check_text, get_int, get_map, get_str, truncate_utf8, write_change},
+    attachment,
     authorship::{self, ActorTop, Provenance},
     header::Header,
     limits::{MAX_DEVICE_NAME_BYTES, MAX_REACTION_BYTES, MAX_TEXT_BYTES, MAX_TITLE_BYTES},
@@ -396,7 +397,27 @@ impl ChatDoc {
         reply_to: Option<&MessageId>,
         now_ms: i64,
     ) -> Result<Message, ModelError> {
-        check_text("message text", text, MAX_TEXT_BYTES, false)?;
+        self.post_with(device, id, text, reply_to, &[], now_ms)
+    }
+
+    /// Posts a new message with attachments; the text may then be empty. The caller has the
+    /// attachments' bytes (the document only describes them: see [`crate::attachment`]).
+    pub fn post_with(
+        &mut self,
+        device: &Device,
+        id: MessageId,
+        text: &str,
+        reply_to: Option<&MessageId>,
+        attachments: &[Attachment],
+        now_ms: i64,
+    ) -> Result<Message, ModelError> {
+        check_text(
+            "message text",
+            text,
+            MAX_TEXT_BYTES,
+            !attachments.is_empty(),
+        )?;
+        attachment::check_list(attachments)?;
         if self.keys.contains_key(&id) {
             return Err(ModelError::Invalid(format!("message {id} already exists")));
         }
@@ -425,6 +446,9 @@ impl ChatDoc {
             let obj = doc.put_object(&messages, id.as_str(), ObjType::Map)?;
             doc.put(&obj, s::HEADER, header.encode())?;
             doc.put(&obj, s::TEXT, text)?;
+            if !attachments.is_empty() {
+                doc.put(&obj, s::ATTACHMENTS, attachment::encode(attachments))?;
+            }
             created = Some(obj);
             Ok(())
         })?;
@@ -448,6 +472,7 @@ impl ChatDoc {
             edited_at: None,
             deleted: false,
             reactions: BTreeMap::new(),
+            attachments: attachments.to_vec(),
         })
     }
 
@@ -489,9 +514,13 @@ impl ChatDoc {
             .keys(&obj)
             .filter(|k| k.starts_with(s::REACTION_PREFIX))
             .collect();
+        let has_attachments = !msg.attachments.is_empty();
         self.write(now_ms, Some(id), |doc| {
             doc.put(&obj, s::DELETED, true)?;
             doc.put(&obj, s::TEXT, "")?;
+            if has_attachments {
+                doc.delete(&obj, s::ATTACHMENTS)?;
+            }
             for key in &reacted {
                 doc.delete(&obj, key.as_str())?;
             }
@@ -1191,6 +1220,7 @@ fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message
     let (mut author, mut author_name, mut text, mut reply_to) = (None, None, None, None);
     let (mut ts, mut clock, mut edited_at, mut deleted) = (0, None, None, false);
     let mut header = None;
+    let mut attachments = None;
     let mut reactions = BTreeMap::new();
     for item in doc.map_range(obj, ..) {
         match (item.key.as_ref(), &item.value) {
@@ -1205,6 +1235,9 @@ fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message
             (s::CLOCK, ValueRef::Scalar(V::Int(v))) => clock = Clock::from_stored(*v),
             (s::EDITED_AT, ValueRef::Scalar(V::Int(v))) => edited_at = Some(*v),
             (s::DELETED, ValueRef::Scalar(V::Boolean(v))) => deleted = *v,
+            (s::ATTACHMENTS, ValueRef::Scalar(V::Str(v))) => {
+                attachments = Some(attachment::decode(v))
+            }
             (key, ValueRef::Scalar(V::Str(v))) if key.starts_with(s::REACTION_PREFIX) => {
                 if let Ok(device) = DeviceId::new(&key[s::REACTION_PREFIX.len()..])
                     && check_reaction(v).is_ok()
@@ -1239,6 +1272,13 @@ fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message
     if deleted {
         reactions.clear();
     }
+    let attachments = match attachments {
+        // A list this version cannot read: the message is not shown, as with its header.
+        Some(None) => return None,
+        Some(Some(_)) if deleted => Vec::new(),
+        Some(Some(list)) => list,
+        None => Vec::new(),
+    };
     let author = author?;
     if !written_by(obj, &author) {
         return None;
@@ -1254,6 +1294,7 @@ fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message
         edited_at,
         deleted,
         reactions,
+        attachments,
     })
 }
 

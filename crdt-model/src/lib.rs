@@ -9,6 +9,8 @@
 //! - [`clock`]: the hybrid logical clock that gives messages a causal display order.
 //! - [`schema`]: the field names of the document, in one place.
 //! - [`message`]: the read-only view of one message.
+//! - [`attachment`]: what a message says about its files (hash, size, name, type); their bytes
+//!   live outside the document.
 //! - [`chat`]: [`ChatDoc`], the document plus an in-memory display-order index.
 //! - `touched`: what received changes did to each message ([`Touched`]), read off their
 //!   operations.
@@ -38,6 +40,7 @@
 //!   a nested map: two devices creating "the same" container concurrently would otherwise hide
 //!   each other's entries.
 
+pub mod attachment;
 pub mod authorship;
 pub mod chat;
 pub mod clock;
@@ -57,6 +60,7 @@ mod error;
 pub mod header;
 mod touched;
 
+pub use attachment::{Attachment, BlobHash};
 pub use chat::{ChatDoc, ChatInfo, Device, Excluded, Snapshot, SyncReceived};
 pub use clock::Clock;
 pub use error::ModelError;

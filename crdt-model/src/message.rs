@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Clock, DeviceId, MessageId};
+use crate::{Attachment, Clock, DeviceId, MessageId};
 
 /// One message in display form. Deleted messages keep their place (id, author, clock, time)
 /// with their text and reactions gone.
@@ -27,6 +27,9 @@ pub struct Message {
     pub deleted: bool,
     /// Reactions, one per device.
     pub reactions: BTreeMap<DeviceId, String>,
+    /// Files attached when it was posted (gone once it is deleted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 impl Message {

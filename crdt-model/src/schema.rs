@@ -8,6 +8,7 @@
 //!   messages: map { message id -> map {
 //!       header: str (author, author's name, ts, clock, reply_to: see crate::header),
 //!       text: str, edited_at: int (ms, optional), deleted: bool (optional),
+//!       attachments: str (optional, written with the post: see crate::attachment),
 //!       "reaction:<device id>": str (one key per reacting device) } }
 //!   read: map { device id -> message id }
 //! ```
@@ -37,6 +38,7 @@ pub const TEXT: &str = "text";
 pub const REPLY_TO: &str = "reply_to";
 pub const EDITED_AT: &str = "edited_at";
 pub const DELETED: &str = "deleted";
+pub const ATTACHMENTS: &str = "attachments";
 /// Prefix of a message's reaction keys, one per device. Flat keys in the message rather than a
 /// nested map: each device writes only its own key, and no container has to be created that two
 /// devices could create concurrently (which would hide one device's entries).

@@ -67,13 +67,7 @@ fn chat_with(d: &Device, n: usize) -> ChatDoc {
 
 /// The raw text stored in the document for a message (not the display view).
 fn raw_text(c: &mut ChatDoc, id: &str) -> Option<String> {
-    let doc = c.automerge_mut();
-    let (_, messages) = doc.get(ROOT, schema::MESSAGES).unwrap()?;
-    let (_, msg) = doc.get(&messages, id).unwrap()?;
-    match doc.get(&msg, schema::TEXT).unwrap()? {
-        (Value::Scalar(v), _) => v.as_str().map(str::to_owned),
-        _ => None,
-    }
+    raw_field(c, id, schema::TEXT)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1423,4 +1417,79 @@ fn extreme_wall_clocks_on_two_devices_do_not_panic() {
         matches!(posted, Ok(Ok(_))),
         "post with now_ms = i64::MIN in a chat created at T0 panicked or failed"
     );
+}
+
+fn attachment(name: &str, size: u64) -> chatsync_model::Attachment {
+    chatsync_model::Attachment {
+        hash: chatsync_model::BlobHash([size as u8; 32]),
+        size,
+        name: name.into(),
+        media_type: "image/jpeg".into(),
+    }
+}
+
+#[test]
+fn attachments_travel_with_their_message_and_go_with_its_deletion() {
+    let (a, b) = (dev("dev-a"), dev("dev-b"));
+    let mut ca = new_chat(&a);
+    let files = vec![attachment("one.jpg", 10), attachment("two.jpg", 2_000_000)];
+    // With attachments the text may be empty; without, it may not.
+    let posted = ca
+        .post_with(&a, mid("m1"), "", None, &files, T0 + 1)
+        .unwrap();
+    assert_eq!(posted.attachments, files);
+    assert!(ca.post_with(&a, mid("m2"), " ", None, &[], T0 + 2).is_err());
+    let too_many: Vec<_> = (0..=chatsync_model::attachment::MAX_ATTACHMENTS)
+        .map(|i| attachment(&format!("{i}"), 1))
+        .collect();
+    assert!(
+        ca.post_with(&a, mid("m3"), "x", None, &too_many, T0 + 3)
+            .is_err()
+    );
+    let path_name = [attachment("../../etc/passwd", 1)];
+    assert!(
+        ca.post_with(&a, mid("m4"), "x", None, &path_name, T0 + 4)
+            .is_err()
+    );
+    // Another replica reads them from the document.
+    let mut cb = fork(&mut ca, &b);
+    assert_eq!(cb.message(&mid("m1")).unwrap().attachments, files);
+    ca.delete(&a, &mid("m1"), T0 + 5).unwrap();
+    cb.merge(&mut ca).unwrap();
+    let deleted = cb.message(&mid("m1")).unwrap();
+    assert!(deleted.deleted && deleted.attachments.is_empty());
+    assert_eq!(raw_field(&mut cb, "m1", schema::ATTACHMENTS), None);
+}
+
+#[test]
+fn a_message_with_an_unreadable_attachment_list_is_not_shown() {
+    let a = dev("dev-a");
+    let mut c = new_chat(&a);
+    c.post_with(&a, mid("m1"), "hi", None, &[attachment("a.jpg", 1)], T0)
+        .unwrap();
+    let doc = c.automerge_mut();
+    let messages = match doc.get(ROOT, schema::MESSAGES).unwrap() {
+        Some((Value::Object(ObjType::Map), id)) => id,
+        other => panic!("{other:?}"),
+    };
+    let msg = match doc.get(&messages, "m1").unwrap() {
+        Some((Value::Object(ObjType::Map), id)) => id,
+        other => panic!("{other:?}"),
+    };
+    doc.put(&msg, schema::ATTACHMENTS, "1\nnot a hash\t1\ta/b\tx")
+        .unwrap();
+    doc.commit();
+    let reloaded = ChatDoc::load(&c.save(), &a).unwrap();
+    assert!(reloaded.message(&mid("m1")).is_none());
+}
+
+/// A message's field as stored in the document.
+fn raw_field(c: &mut ChatDoc, id: &str, field: &str) -> Option<String> {
+    let doc = c.automerge_mut();
+    let (_, messages) = doc.get(ROOT, schema::MESSAGES).unwrap()?;
+    let (_, msg) = doc.get(&messages, id).unwrap()?;
+    match doc.get(&msg, field).unwrap()? {
+        (Value::Scalar(v), _) => v.as_str().map(str::to_owned),
+        _ => None,
+    }
 }

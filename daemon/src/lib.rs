@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod backup;
+pub mod blobs;
 pub mod config;
 pub mod daemon;
 pub mod engine;

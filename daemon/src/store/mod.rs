@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 mod copy;
 mod keys;
-mod space;
+pub(crate) mod space;
 
 pub use copy::ChatCopy;
 pub use space::{Space, free_bytes};

@@ -1,0 +1,383 @@
+//! Attachments' bytes: a blob store beside the chat store, each blob named by its BLAKE3 hash.
+//!
+//! Why outside sled and outside the documents: a chat's document is loaded whole and synced
+//! change by change; a 2 GiB video in it would be loaded, saved and compared with every chat
+//! operation. A blob is a plain file, written once, read in pieces, and moved between devices
+//! by `transfer.rs` in verified pieces.
+//!
+//! Each blob has an *outboard*: the inner hashes of its BLAKE3 tree (post-order, one pair of
+//! hashes per 16 KiB group of chunks, about 0.4% of the blob's size). With it, any range of the
+//! blob can be sent with the hashes that prove it, and a receiver checks each 16 KiB group as it
+//! arrives against the hash the message names (`bao-tree`).
+//!
+//! Layout under the data directory:
+//!
+//! ```text
+//! blobs/
+//!   ab/abcd…ef          a complete blob (named by its hash; the first two digits fan out)
+//!   ab/abcd…ef.obao     its outboard
+//!   partial/abcd…ef     a download under way: the bytes so far,
+//!   partial/abcd…ef.obao  the hashes received so far,
+//!   partial/abcd…ef.have  how many bytes from the start are verified and on disk
+//!   tmp/                uploads being written (emptied at start)
+//! ```
+//!
+//! Durability: a blob is written and synced under `tmp/` (or `partial/`), then renamed into
+//! place, its outboard first, and the directory synced; a blob file that exists is complete.
+//! A post that names an attachment is only accepted once its blob is in place, so an
+//! acknowledged post never names bytes this device lost.
+//!
+//! Space: blobs share the disk with the chat store, whose writes must never fail for want of
+//! space (see `store/space.rs`). Every write here keeps the store's reserve free, and the
+//! blobs together stay under the device's quota (`[attachments] quota_mib`).
+
+mod partial;
+pub mod transfer;
+
+use std::{
+    collections::HashSet,
+    fs::{self, File},
+    io::{self, BufReader, BufWriter, Read, Write},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use bao_tree::{BaoTree, BlockSize, io::outboard::PostOrderOutboard};
+use chatsync_model::BlobHash;
+
+pub use partial::Partial;
+
+/// BLAKE3 chunks are 1 KiB; the tree is kept per group of 16 (16 KiB). Smaller groups cost
+/// more hashes on disk and on the wire; larger ones make a lying device cost more to catch.
+pub const BLOCK_SIZE: BlockSize = BlockSize::from_chunk_log(4);
+/// Bytes of a group: where resumed downloads restart.
+pub const GROUP_BYTES: u64 = 16 * 1024;
+/// How often an import checks the disk's free space again.
+const SPACE_CHECK_EVERY: u64 = 64 * 1024 * 1024;
+/// Buffer for reading and writing blob files.
+const IO_BUFFER: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error(
+        "the attachment store's quota is {quota} bytes and {used} are used; this needs \
+         {needed} more (raise [attachments] quota_mib, or delete messages with attachments)"
+    )]
+    Quota { quota: u64, used: u64, needed: u64 },
+    #[error("the disk is too full to store attachments ({free} bytes free, {reserve} kept free)")]
+    DiskFull { free: u64, reserve: u64 },
+    #[error("the attachment is {0} bytes; the limit is {max}", max = chatsync_model::attachment::MAX_ATTACHMENT_BYTES)]
+    TooLarge(u64),
+    #[error("the attachment is {actual} bytes, not the {expected} announced")]
+    WrongLength { expected: u64, actual: u64 },
+    #[error("attachment store: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What the blob store holds, for `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlobStats {
+    pub blobs: u64,
+    /// Bytes of complete blobs (their outboards not counted).
+    pub bytes: u64,
+    /// Bytes of downloads under way.
+    pub partial_bytes: u64,
+}
+
+/// The blob store. Shared (`Arc`); every method that touches the disk blocks, so async callers
+/// run them on the blocking pool.
+#[derive(Debug)]
+pub struct Blobs {
+    dir: PathBuf,
+    quota: u64,
+    reserve: u64,
+    /// Bytes of complete blobs and downloads under way: what the quota limits.
+    used: AtomicU64,
+    blob_count: AtomicU64,
+    partial_bytes: AtomicU64,
+    /// Blobs with a download open: one writer per partial file.
+    downloading: Mutex<HashSet<BlobHash>>,
+    /// Bytes sent to other devices, and received from them, since start.
+    pub served_bytes: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+}
+
+impl Blobs {
+    /// Opens (creating) the blob store in `data_dir/blobs`, counting what it holds.
+    pub fn open(data_dir: &Path, quota: u64, reserve: u64) -> io::Result<Arc<Blobs>> {
+        let dir = data_dir.join("blobs");
+        for sub in ["", "partial", "tmp"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        // Uploads cut off by a stop or a crash: nothing refers to them.
+        for entry in fs::read_dir(dir.join("tmp"))? {
+            let _ = fs::remove_file(entry?.path());
+        }
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for fan in fs::read_dir(&dir)? {
+            let fan = fan?;
+            let name = fan.file_name();
+            let name = name.to_string_lossy();
+            if name.len() != 2 || !fan.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(fan.path())? {
+                let entry = entry?;
+                if BlobHash::from_hex(&entry.file_name().to_string_lossy()).is_ok() {
+                    count += 1;
+                    bytes += entry.metadata()?.len();
+                }
+            }
+        }
+        let mut partial_bytes = 0;
+        for entry in fs::read_dir(dir.join("partial"))? {
+            let entry = entry?;
+            if BlobHash::from_hex(&entry.file_name().to_string_lossy()).is_ok() {
+                partial_bytes += entry.metadata()?.len();
+            }
+        }
+        Ok(Arc::new(Blobs {
+            dir,
+            quota,
+            reserve,
+            used: AtomicU64::new(bytes + partial_bytes),
+            blob_count: AtomicU64::new(count),
+            partial_bytes: AtomicU64::new(partial_bytes),
+            downloading: Mutex::new(HashSet::new()),
+            served_bytes: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn stats(&self) -> BlobStats {
+        BlobStats {
+            blobs: self.blob_count.load(Ordering::Relaxed),
+            bytes: self
+                .used
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.partial_bytes.load(Ordering::Relaxed)),
+            partial_bytes: self.partial_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Where a complete blob's bytes are.
+    pub fn path(&self, hash: &BlobHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.dir.join(&hex[..2]).join(hex)
+    }
+
+    fn outboard_path(&self, hash: &BlobHash) -> PathBuf {
+        with_suffix(&self.path(hash), ".obao")
+    }
+
+    /// The size of a blob this device has in full; `None` if it has not.
+    pub fn len(&self, hash: &BlobHash) -> Option<u64> {
+        fs::metadata(self.path(hash)).ok().map(|m| m.len())
+    }
+
+    pub fn has(&self, hash: &BlobHash) -> bool {
+        self.len(hash).is_some()
+    }
+
+    /// Opens a complete blob for reading, with its outboard for sending verified ranges.
+    pub fn open_blob(&self, hash: &BlobHash) -> io::Result<Option<StoredBlob>> {
+        let data = match File::open(self.path(hash)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let size = data.metadata()?.len();
+        let outboard = File::open(self.outboard_path(hash))?;
+        Ok(Some(StoredBlob {
+            size,
+            data,
+            outboard: PostOrderOutboard {
+                root: blake3::Hash::from_bytes(hash.0),
+                tree: BaoTree::new(size, BLOCK_SIZE),
+                data: outboard,
+            },
+        }))
+    }
+
+    /// Stores the bytes `source` yields as a blob, hashing them; `expected`, when known, is
+    /// their length (a longer or shorter source is refused). Blocks.
+    pub fn import(
+        &self,
+        source: impl Read,
+        expected: Option<u64>,
+    ) -> Result<(BlobHash, u64), BlobError> {
+        if let Some(len) = expected {
+            self.make_room(len)?;
+        }
+        let tmp = self
+            .dir
+            .join("tmp")
+            .join(format!("{:016x}", rand::random::<u64>()));
+        let outboard_tmp = with_suffix(&tmp, ".obao");
+        let result = self.import_into(source, expected, &tmp, &outboard_tmp);
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(&outboard_tmp);
+        }
+        result
+    }
+
+    fn import_into(
+        &self,
+        mut source: impl Read,
+        expected: Option<u64>,
+        tmp: &Path,
+        outboard_tmp: &Path,
+    ) -> Result<(BlobHash, u64), BlobError> {
+        let mut out = BufWriter::with_capacity(IO_BUFFER, File::create(tmp)?);
+        let mut buf = vec![0u8; IO_BUFFER];
+        let (mut written, mut checked) = (0u64, 0u64);
+        loop {
+            let n = match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            written += n as u64;
+            if written > chatsync_model::attachment::MAX_ATTACHMENT_BYTES {
+                return Err(BlobError::TooLarge(written));
+            }
+            if expected.is_some_and(|len| written > len) {
+                return Err(BlobError::WrongLength {
+                    expected: expected.unwrap_or_default(),
+                    actual: written,
+                });
+            }
+            if expected.is_none() && written - checked >= SPACE_CHECK_EVERY {
+                self.make_room(written)?;
+                checked = written;
+            }
+            out.write_all(&buf[..n])?;
+        }
+        if let Some(len) = expected
+            && written != len
+        {
+            return Err(BlobError::WrongLength {
+                expected: len,
+                actual: written,
+            });
+        }
+        if expected.is_none() {
+            self.make_room(written)?;
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        // Second pass, from the page cache: the tree needs the size before the first byte.
+        let tree = BaoTree::new(written, BLOCK_SIZE);
+        let mut outboard = BufWriter::new(File::create(outboard_tmp)?);
+        let root = bao_tree::io::sync::outboard_post_order(
+            BufReader::with_capacity(IO_BUFFER, File::open(tmp)?),
+            tree,
+            &mut outboard,
+        )?;
+        let outboard = outboard.into_inner().map_err(|e| e.into_error())?;
+        outboard.sync_all()?;
+        let hash = BlobHash(*root.as_bytes());
+        self.install(&hash, written, tmp, outboard_tmp, true)?;
+        Ok((hash, written))
+    }
+
+    /// Moves a complete, synced blob and its outboard into place, or drops them when the blob
+    /// is here already (`false`). `count`: its bytes are not yet in the usage.
+    fn install(
+        &self,
+        hash: &BlobHash,
+        len: u64,
+        data: &Path,
+        outboard: &Path,
+        count: bool,
+    ) -> io::Result<bool> {
+        let target = self.path(hash);
+        if target.exists() {
+            fs::remove_file(data)?;
+            fs::remove_file(outboard)?;
+            return Ok(false);
+        }
+        let fan = target.parent().unwrap_or(&self.dir);
+        if !fan.exists() {
+            fs::create_dir_all(fan)?;
+            sync_dir(&self.dir)?;
+        }
+        fs::rename(outboard, self.outboard_path(hash))?;
+        fs::rename(data, &target)?;
+        sync_dir(fan)?;
+        if count {
+            self.used.fetch_add(len, Ordering::Relaxed);
+        }
+        self.blob_count.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Removes a blob (no message here refers to it any more).
+    pub fn remove(&self, hash: &BlobHash) -> io::Result<bool> {
+        let Some(len) = self.len(hash) else {
+            return Ok(false);
+        };
+        fs::remove_file(self.path(hash))?;
+        let _ = fs::remove_file(self.outboard_path(hash));
+        self.used.fetch_sub(len, Ordering::Relaxed);
+        self.blob_count.fetch_sub(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Errs unless `bytes` more fit in the quota and on the disk above the store's reserve.
+    pub fn make_room(&self, bytes: u64) -> Result<(), BlobError> {
+        let used = self.used.load(Ordering::Relaxed);
+        if used.saturating_add(bytes) > self.quota {
+            return Err(BlobError::Quota {
+                quota: self.quota,
+                used,
+                needed: bytes,
+            });
+        }
+        let free = crate::store::space::free_bytes(&self.dir)?;
+        // Outboards add under 1% to what the bytes take.
+        if free < self.reserve.saturating_add(bytes + bytes / 64) {
+            return Err(BlobError::DiskFull {
+                free,
+                reserve: self.reserve,
+            });
+        }
+        Ok(())
+    }
+
+    /// Downloads under way, from an earlier run or this one (by hash).
+    pub fn partial_downloads(&self) -> Vec<BlobHash> {
+        let Ok(entries) = fs::read_dir(self.dir.join("partial")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| BlobHash::from_hex(&e.ok()?.file_name().to_string_lossy()).ok())
+            .collect()
+    }
+}
+
+/// A complete blob, open for reading.
+pub struct StoredBlob {
+    pub size: u64,
+    pub data: File,
+    pub outboard: PostOrderOutboard<File>,
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests;

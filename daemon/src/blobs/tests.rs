@@ -1,0 +1,206 @@
+use std::{io::Read, sync::Arc};
+
+use chatsync_model::BlobHash;
+
+use super::{
+    BlobError, Blobs, GROUP_BYTES,
+    transfer::{self, ReceiveError, Request},
+};
+
+const GIB: u64 = 1 << 30;
+
+fn store(quota: u64) -> (tempfile::TempDir, Arc<Blobs>) {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = Blobs::open(dir.path(), quota, 0).unwrap();
+    (dir, blobs)
+}
+
+fn bytes(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8)
+        .collect()
+}
+
+fn read_all(blobs: &Blobs, hash: &BlobHash) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::fs::File::open(blobs.path(hash))
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// The verified stream of `hash` from `from`, as the sender writes it.
+fn stream(blobs: &Blobs, hash: &BlobHash, from: u64) -> Vec<u8> {
+    let blob = blobs.open_blob(hash).unwrap().unwrap();
+    let mut out = Vec::new();
+    let sent = transfer::send(&blob, from, &mut out).unwrap();
+    assert_eq!(sent, out.len() as u64);
+    out
+}
+
+#[test]
+fn imports_are_named_by_their_blake3_hash_and_deduplicated() {
+    let (_dir, blobs) = store(GIB);
+    for len in [0, 1, 1024, 16 * 1024, 16 * 1024 + 1, 300_001] {
+        let data = bytes(len, 7);
+        let (hash, size) = blobs.import(&data[..], Some(len as u64)).unwrap();
+        assert_eq!(hash.0, *blake3::hash(&data).as_bytes());
+        assert_eq!(size, len as u64);
+        assert_eq!(read_all(&blobs, &hash), data);
+        // The same bytes again, without a length: the same blob, stored once.
+        let before = blobs.stats();
+        assert_eq!(blobs.import(&data[..], None).unwrap(), (hash, size));
+        assert_eq!(blobs.stats(), before);
+    }
+}
+
+#[test]
+fn imports_of_another_length_than_announced_are_refused_and_leave_nothing() {
+    let (dir, blobs) = store(GIB);
+    let data = bytes(5000, 1);
+    for announced in [4999, 5001] {
+        let err = blobs.import(&data[..], Some(announced)).unwrap_err();
+        assert!(matches!(err, BlobError::WrongLength { .. }), "{err}");
+    }
+    assert_eq!(blobs.stats().blobs, 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("blobs/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn the_quota_is_kept() {
+    let (_dir, blobs) = store(10_000);
+    blobs.import(&bytes(6000, 1)[..], None).unwrap();
+    let err = blobs.import(&bytes(6000, 2)[..], Some(6000)).unwrap_err();
+    assert!(matches!(err, BlobError::Quota { .. }), "{err}");
+    let err = blobs.import(&bytes(6000, 3)[..], None).unwrap_err();
+    assert!(matches!(err, BlobError::Quota { .. }), "{err}");
+    assert_eq!(blobs.stats().blobs, 1);
+}
+
+#[test]
+fn a_blob_moves_whole_and_verified() {
+    let (_a, sender) = store(GIB);
+    let (_b, receiver) = store(GIB);
+    let data = bytes(1_000_003, 9);
+    let (hash, size) = sender.import(&data[..], None).unwrap();
+    let mut partial = receiver.start_download(hash, size).unwrap().unwrap();
+    assert!(
+        receiver.start_download(hash, size).unwrap().is_none(),
+        "one writer"
+    );
+    let mut last = 0;
+    transfer::receive(&mut partial, &stream(&sender, &hash, 0)[..], |n| last = n).unwrap();
+    assert_eq!(last, size);
+    partial.finish().unwrap();
+    assert_eq!(read_all(&receiver, &hash), data);
+    assert_eq!(receiver.stats().bytes, size);
+    assert_eq!(receiver.stats().partial_bytes, 0);
+    // And the receiver can send it on.
+    assert_eq!(stream(&receiver, &hash, 0), stream(&sender, &hash, 0));
+}
+
+#[test]
+fn a_cut_transfer_resumes_from_the_last_checkpoint_after_a_restart() {
+    let (_a, sender) = store(GIB);
+    let dir = tempfile::tempdir().unwrap();
+    let data = bytes(10 * 1024 * 1024 + 5, 3);
+    let (hash, size) = sender.import(&data[..], None).unwrap();
+    let full = stream(&sender, &hash, 0);
+    {
+        let receiver = Blobs::open(dir.path(), GIB, 0).unwrap();
+        let mut partial = receiver.start_download(hash, size).unwrap().unwrap();
+        let cut = &full[..full.len() * 2 / 3];
+        let err = transfer::receive(&mut partial, cut, |_| {}).unwrap_err();
+        assert!(matches!(err, ReceiveError::Cut(_)), "{err}");
+        assert!(partial.have() > size / 2 && partial.have() % GROUP_BYTES == 0);
+    }
+    // A new run: the download resumes where the checkpoint says, asking only for the rest.
+    let receiver = Blobs::open(dir.path(), GIB, 0).unwrap();
+    assert_eq!(receiver.partial_downloads(), vec![hash]);
+    let mut partial = receiver.start_download(hash, size).unwrap().unwrap();
+    let from = partial.have();
+    assert!(from > size / 2);
+    let rest = stream(&sender, &hash, from);
+    assert!(
+        (rest.len() as u64) < size - from + size / 100,
+        "{} bytes resent",
+        rest.len()
+    );
+    transfer::receive(&mut partial, &rest[..], |_| {}).unwrap();
+    partial.finish().unwrap();
+    assert_eq!(read_all(&receiver, &hash), data);
+    assert!(receiver.partial_downloads().is_empty());
+}
+
+#[test]
+fn a_wrong_byte_is_caught_at_its_group_and_what_came_before_is_kept() {
+    let (_a, sender) = store(GIB);
+    let (_b, receiver) = store(GIB);
+    let data = bytes(2 * 1024 * 1024, 5);
+    let (hash, size) = sender.import(&data[..], None).unwrap();
+    let mut bad = stream(&sender, &hash, 0);
+    let at = bad.len() / 2;
+    bad[at] ^= 1;
+    let mut partial = receiver.start_download(hash, size).unwrap().unwrap();
+    let err = transfer::receive(&mut partial, &bad[..], |_| {}).unwrap_err();
+    assert!(matches!(err, ReceiveError::Corrupt(_)), "{err}");
+    let kept = partial.have();
+    assert!(kept > 0 && kept < size, "{kept}");
+    assert_eq!(kept % GROUP_BYTES, 0);
+    // An honest device finishes it from there.
+    let rest = stream(&sender, &hash, kept);
+    transfer::receive(&mut partial, &rest[..], |_| {}).unwrap();
+    partial.finish().unwrap();
+    assert_eq!(read_all(&receiver, &hash), data);
+}
+
+#[test]
+fn a_stream_for_other_bytes_is_refused_at_once() {
+    let (_a, sender) = store(GIB);
+    let (_b, receiver) = store(GIB);
+    let (real, size) = sender.import(&bytes(100_000, 1)[..], None).unwrap();
+    let (other, _) = sender.import(&bytes(100_000, 2)[..], None).unwrap();
+    let mut partial = receiver.start_download(real, size).unwrap().unwrap();
+    let err = transfer::receive(&mut partial, &stream(&sender, &other, 0)[..], |_| {});
+    assert!(matches!(err, Err(ReceiveError::Corrupt(_))), "{err:?}");
+    assert_eq!(partial.have(), 0);
+    partial.discard().unwrap();
+    assert_eq!(receiver.stats().partial_bytes, 0);
+}
+
+#[test]
+fn requests_round_trip_and_malformed_ones_are_refused() {
+    let request = Request {
+        hash: BlobHash([4; 32]),
+        size: 10 * GROUP_BYTES + 3,
+        from: 2 * GROUP_BYTES,
+    };
+    assert_eq!(Request::decode(&request.encode()), Some(request));
+    let at_end = Request {
+        from: request.size,
+        ..request
+    };
+    assert_eq!(Request::decode(&at_end.encode()), Some(at_end));
+    for bad in [
+        Request { from: 5, ..request },
+        Request {
+            from: request.size + GROUP_BYTES,
+            ..request
+        },
+        Request {
+            size: u64::MAX,
+            ..request
+        },
+    ] {
+        assert_eq!(Request::decode(&bad.encode()), None, "{bad:?}");
+    }
+    let mut wrong_magic = request.encode();
+    wrong_magic[0] = b'X';
+    assert_eq!(Request::decode(&wrong_magic), None);
+}
