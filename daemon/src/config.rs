@@ -67,6 +67,30 @@ pub struct Config {
     pub relay: RelayConfig,
     pub backup: BackupConfig,
     pub web: WebConfig,
+    pub attachments: AttachmentsConfig,
+}
+
+/// Attachments: how much this device keeps, and what it fetches without being asked.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttachmentsConfig {
+    /// Most bytes of attachments kept on this device (MiB).
+    pub quota_mib: u64,
+    /// Attachments up to this size (MiB) are fetched as soon as their message arrives, over a
+    /// LAN or direct connection; larger ones, and any over a relay, when asked for.
+    pub auto_fetch_mib: u64,
+    /// Most KiB per second each attachment is sent to another device at (0: no limit).
+    pub send_kib_per_sec: u64,
+}
+
+impl Default for AttachmentsConfig {
+    fn default() -> Self {
+        AttachmentsConfig {
+            quota_mib: 32 * 1024,
+            auto_fetch_mib: 16,
+            send_kib_per_sec: 0,
+        }
+    }
 }
 
 /// The web client (`chatsync web enable` turns it on and keeps its own settings, which then

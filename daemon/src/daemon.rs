@@ -102,10 +102,26 @@ pub async fn serve(
     let listener = api::bind(&paths.socket).await?;
     let mut network_config = config.network.clone();
     network_config.relay = config.relay.clone();
+    let blob_dir = paths.data_dir.clone();
+    let quota = config.attachments.quota_mib.saturating_mul(1024 * 1024);
+    let reserve = config.store.reserve_mb.saturating_mul(1024 * 1024);
+    let blob_store =
+        tokio::task::spawn_blocking(move || crate::blobs::Blobs::open(&blob_dir, quota, reserve))
+            .await
+            .context("attachment store task failed")?
+            .context("cannot open the attachment store")?;
     let (network, network_task) = Network::start(
         identity.keypair,
         network_config,
         engine.clone(),
+        blob_store,
+        crate::net::blobs::BlobPolicy {
+            auto_fetch_max: config
+                .attachments
+                .auto_fetch_mib
+                .saturating_mul(1024 * 1024),
+            send_rate: config.attachments.send_kib_per_sec.saturating_mul(1024),
+        },
         shutdown.clone(),
     )?;
     let backups = Arc::new(

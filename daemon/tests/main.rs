@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod attachments;
 mod backup;
 mod craft;
 mod devices;

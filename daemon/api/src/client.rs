@@ -264,13 +264,91 @@ impl Client {
         reply_to: Option<&str>,
         key: Option<&str>,
     ) -> Result<MessageJson, ClientError> {
+        self.post_with_attachments(chat, text, reply_to, Vec::new(), key)
+            .await
+    }
+
+    /// Posts a message with attachments uploaded first ([`Self::upload_blob`]).
+    pub async fn post_with_attachments(
+        &self,
+        chat: &str,
+        text: &str,
+        reply_to: Option<&str>,
+        attachments: Vec<PostAttachment>,
+        key: Option<&str>,
+    ) -> Result<MessageJson, ClientError> {
         let body = PostRequest {
             text: text.into(),
             reply_to: reply_to.map(Into::into),
+            attachments,
         };
         let path = ["chats", chat, "messages"];
         self.json_keyed(Method::POST, &path, Some(&body), &[], key)
             .await
+    }
+
+    /// Stores bytes as a blob (streamed; `len` when known up front), to attach to a post.
+    pub async fn upload_blob(
+        &self,
+        body: impl Into<reqwest::Body>,
+        len: Option<u64>,
+    ) -> Result<BlobJson, ClientError> {
+        let mut req = self
+            .http
+            .post(Self::url(&["blobs"]))
+            .timeout(SLOW_REQUEST_TIMEOUT)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
+        if let Some(len) = len {
+            req = req.header(reqwest::header::CONTENT_LENGTH, len);
+        }
+        let resp = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.map_transport(e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.map_transport(e))?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Fetches a message's attachments from other devices, returning once all are here.
+    pub async fn fetch_attachments(
+        &self,
+        chat: &str,
+        msg: &str,
+    ) -> Result<Vec<AttachmentJson>, ClientError> {
+        let path = ["chats", chat, "messages", msg, "attachments", "fetch"];
+        let list: AttachmentListJson = self.json_slow(Method::POST, &path, None).await?;
+        Ok(list.attachments)
+    }
+
+    /// The bytes of a message's attachment (`index` in its list), as a response to stream.
+    pub async fn attachment(
+        &self,
+        chat: &str,
+        msg: &str,
+        index: usize,
+    ) -> Result<reqwest::Response, ClientError> {
+        let index = index.to_string();
+        let path = [
+            "chats",
+            chat,
+            "messages",
+            msg,
+            "attachments",
+            index.as_str(),
+        ];
+        self.send_with(Method::GET, &path, None, &[], None, SLOW_REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// Attachment downloads under way.
+    pub async fn transfers(&self) -> Result<Vec<TransferJson>, ClientError> {
+        let list: TransferListJson = self.json(Method::GET, &["transfers"], None, &[]).await?;
+        Ok(list.transfers)
     }
 
     pub async fn message(&self, chat: &str, msg: &str) -> Result<MessageJson, ClientError> {

@@ -73,6 +73,14 @@ pub enum ErrorCode {
     WebOff,
     /// 409: the web client cannot listen where asked (the address is in use, say).
     WebListen,
+    /// 404: the attachment's bytes are not on this device (fetch them first).
+    AttachmentNotHere,
+    /// 503: no connected device has the attachment; it is fetched when one that has it connects.
+    AttachmentUnavailable,
+    /// 503: the attachment's transfer was cut; it resumes from where it stopped.
+    TransferInterrupted,
+    /// 507: the attachment would not fit in this device's attachment quota.
+    QuotaExceeded,
     /// A code this version does not know (from a newer daemon), or an answer that was not an
     /// API error at all.
     #[serde(other)]
@@ -116,6 +124,10 @@ impl ErrorCode {
             ErrorCode::CrossOrigin => "cross_origin",
             ErrorCode::WebOff => "web_off",
             ErrorCode::WebListen => "web_listen",
+            ErrorCode::AttachmentNotHere => "attachment_not_here",
+            ErrorCode::AttachmentUnavailable => "attachment_unavailable",
+            ErrorCode::TransferInterrupted => "transfer_interrupted",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Unknown => "unknown",
         }
     }

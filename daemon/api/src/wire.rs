@@ -180,6 +180,9 @@ pub struct StatusJson {
     /// This daemon's relay server, when it runs in relay mode (`--relay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<RelayServerJson>,
+    /// Attachments stored here, and their transfers.
+    #[serde(default)]
+    pub attachments: AttachmentStatsJson,
 }
 
 /// A reservation on a relay.
@@ -336,6 +339,79 @@ pub struct MessageJson {
     pub deleted: bool,
     /// Reaction per device id.
     pub reactions: BTreeMap<String, String>,
+    /// Files attached when it was posted (none once it is deleted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentJson>,
+}
+
+/// A file attached to a message.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachmentJson {
+    /// BLAKE3 hash of its bytes (64 hex digits): `GET /v1/blobs/{hash}` reads them.
+    pub hash: String,
+    pub size: u64,
+    pub name: String,
+    pub media_type: String,
+    /// Whether its bytes are on this device.
+    pub present: bool,
+}
+
+/// An attachment named in a post: a blob uploaded with `POST /v1/blobs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostAttachment {
+    pub hash: String,
+    /// File name (no path).
+    pub name: String,
+    /// Media type; `application/octet-stream` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+}
+
+/// A blob stored on this device.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlobJson {
+    pub hash: String,
+    pub size: u64,
+}
+
+/// The attachments of one message, after a fetch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttachmentListJson {
+    pub attachments: Vec<AttachmentJson>,
+}
+
+/// An attachment download under way.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TransferJson {
+    pub hash: String,
+    pub size: u64,
+    /// Bytes received and verified so far.
+    pub have: u64,
+    /// The device sending it now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TransferListJson {
+    pub transfers: Vec<TransferJson>,
+}
+
+/// The attachment store, in `status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachmentStatsJson {
+    /// Attachments stored in full.
+    pub blobs: u64,
+    pub bytes: u64,
+    /// Bytes of downloads under way.
+    pub partial_bytes: u64,
+    pub quota_bytes: u64,
+    /// Downloads under way.
+    pub transfers: usize,
+    /// Attachment bytes sent to other devices, and received from them, since start.
+    pub served_bytes: u64,
+    pub fetched_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -411,10 +487,15 @@ pub struct RenameChatRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostRequest {
+    /// May be empty when the message has attachments.
+    #[serde(default)]
     pub text: String,
     /// Id (or unambiguous id prefix) of the message this one answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// Files uploaded first with `POST /v1/blobs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<PostAttachment>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -2,21 +2,24 @@
 //! here, so a change on either side shows up in this file alone (every match is exhaustive).
 
 use chatsync_api::wire::{self, *};
-use chatsync_model::{ChatId, DeviceId, Message, RosterEntry};
+use chatsync_model::{Attachment, ChatId, DeviceId, Message, RosterEntry};
 
 use crate::{
+    blobs::Blobs,
     engine::{
         ChatSummary, EngineStats, Event, MessageEventKind, SyncStatus, equivocation::Equivocation,
     },
     net::{
         PeerInfo, SyncState,
+        blobs::TransferInfo,
         peers::Transport,
         relay::{Path, RelayServerInfo, RelayStatus, ReservationInfo, ReservationState},
     },
     store::ChatRecord,
 };
 
-pub fn message(chat: &ChatId, m: Message) -> MessageJson {
+/// A message; `blobs` says which of its attachments are on this device.
+pub fn message(chat: &ChatId, m: Message, blobs: &Blobs) -> MessageJson {
     MessageJson {
         id: m.id.to_string(),
         chat: chat.to_string(),
@@ -33,6 +36,30 @@ pub fn message(chat: &ChatId, m: Message) -> MessageJson {
             .into_iter()
             .map(|(d, r)| (d.to_string(), r))
             .collect(),
+        attachments: m
+            .attachments
+            .into_iter()
+            .map(|a| attachment(a, blobs))
+            .collect(),
+    }
+}
+
+pub fn attachment(a: Attachment, blobs: &Blobs) -> AttachmentJson {
+    AttachmentJson {
+        present: blobs.has(&a.hash),
+        hash: a.hash.to_hex(),
+        size: a.size,
+        name: a.name,
+        media_type: a.media_type,
+    }
+}
+
+pub fn transfer(t: TransferInfo) -> TransferJson {
+    TransferJson {
+        hash: t.hash.to_hex(),
+        size: t.size,
+        have: t.have,
+        from: t.from.map(|d| d.to_string()),
     }
 }
 
@@ -188,7 +215,7 @@ pub fn peer(p: PeerInfo, name: Option<String>) -> PeerJson {
     }
 }
 
-pub fn event(event: Event, this_device: &DeviceId) -> EventJson {
+pub fn event(event: Event, this_device: &DeviceId, blobs: &Blobs) -> EventJson {
     match event {
         Event::PeerUp { device } => EventJson::PeerUp {
             device: device.to_string(),
@@ -249,7 +276,7 @@ pub fn event(event: Event, this_device: &DeviceId) -> EventJson {
             chat,
             message,
         } => {
-            let message = self::message(&chat, message);
+            let message = self::message(&chat, message, blobs);
             match kind {
                 MessageEventKind::Created => EventJson::MessageCreated { message },
                 MessageEventKind::Edited => EventJson::MessageEdited { message },

@@ -29,6 +29,8 @@ use crate::engine::Event;
 struct Subscription {
     rx: broadcast::Receiver<Event>,
     device: DeviceId,
+    /// Says which attachments are on this device.
+    blobs: Arc<crate::blobs::Blobs>,
     chat: Option<ChatId>,
     /// Whether `sync.progress` events are wanted.
     progress: bool,
@@ -48,6 +50,7 @@ pub async fn events(
     let mut subscription = Subscription {
         rx: state.engine.subscribe(),
         device: state.engine.device().id.clone(),
+        blobs: state.network.blobs.store().clone(),
         chat,
         progress: query.progress,
         shutdown: state.shutdown.clone(),
@@ -97,7 +100,7 @@ async fn next_event(sub: &mut Subscription) -> Option<EventJson> {
             Ok(Event::SyncProgress { .. } | Event::BackupProgress { .. }) if !sub.progress => {}
             Ok(event) => {
                 if sub.chat.is_none() || sub.chat.as_ref() == event.chat() {
-                    return Some(super::convert::event(event, &sub.device));
+                    return Some(super::convert::event(event, &sub.device, &sub.blobs));
                 }
             }
             Err(RecvError::Lagged(missed)) => return Some(EventJson::Lagged { missed }),

@@ -8,6 +8,7 @@
 //! handler becomes a 500 instead of taking the daemon down.
 
 mod access;
+mod attachments;
 mod backup;
 mod convert;
 mod error;

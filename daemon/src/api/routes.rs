@@ -12,7 +12,7 @@ use axum::{
 };
 
 use super::{
-    ApiError, AppState, backup, convert,
+    ApiError, AppState, attachments, backup, convert,
     error::{ApiJson, ApiPath, ApiQuery},
     events::events,
     idempotency::IdempotencyKey,
@@ -72,6 +72,20 @@ pub fn web_routes() -> Router<Arc<AppState>> {
             put(set_reaction).delete(clear_reaction),
         )
         .route("/chats/{chat}/read", get(read_state).post(mark_read))
+        .route(
+            "/chats/{chat}/messages/{message}/attachments/fetch",
+            post(attachments::fetch),
+        )
+        .route(
+            "/chats/{chat}/messages/{message}/attachments/{index}",
+            get(attachments::download),
+        )
+        .route(
+            "/blobs",
+            post(attachments::upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/blobs/{hash}", get(attachments::blob))
+        .route("/transfers", get(attachments::transfers))
         .route("/devices", get(list_devices))
         .route("/peers", get(list_peers))
         .route("/invites", post(pairing::create_invite))
@@ -109,7 +123,26 @@ async fn status(State(st): St) -> Json<StatusJson> {
         removed_from_mesh_at: st.engine.removed_from_mesh().await,
         reservations,
         relay,
+        attachments: attachment_stats(&st),
     })
+}
+
+fn attachment_stats(st: &AppState) -> AttachmentStatsJson {
+    let blobs = st.network.blobs.store();
+    let stats = blobs.stats();
+    AttachmentStatsJson {
+        blobs: stats.blobs,
+        bytes: stats.bytes,
+        partial_bytes: stats.partial_bytes,
+        quota_bytes: blobs.quota(),
+        transfers: st.network.blobs.transfers().len(),
+        served_bytes: blobs
+            .served_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        fetched_bytes: blobs
+            .fetched_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+    }
 }
 
 async fn shutdown(State(st): St) -> StatusCode {
@@ -168,7 +201,7 @@ async fn list_messages(
     Ok(Json(MessageListJson {
         messages: messages
             .into_iter()
-            .map(|m| convert::message(&chat.id, m))
+            .map(|m| convert::message(&chat.id, m, st.network.blobs.store()))
             .collect(),
     }))
 }
@@ -180,11 +213,21 @@ async fn post_message(
     ApiJson(req): ApiJson<PostRequest>,
 ) -> AppResult<(StatusCode, Json<MessageJson>)> {
     let chat = resolve(&st, &chat)?;
+    let attachments = attachments::described(&st, &req.attachments)?;
     let msg = st
         .engine
-        .post(&chat.id, &req.text, req.reply_to.as_deref(), key.as_deref())
+        .post_with_attachments(
+            &chat.id,
+            &req.text,
+            req.reply_to.as_deref(),
+            &attachments,
+            key.as_deref(),
+        )
         .await?;
-    Ok((StatusCode::CREATED, Json(convert::message(&chat.id, msg))))
+    Ok((
+        StatusCode::CREATED,
+        Json(convert::message(&chat.id, msg, st.network.blobs.store())),
+    ))
 }
 
 async fn get_message(
@@ -193,7 +236,11 @@ async fn get_message(
 ) -> AppResult<Json<MessageJson>> {
     let chat = resolve(&st, &chat)?;
     let msg = st.engine.message(&chat.id, &message).await?;
-    Ok(Json(convert::message(&chat.id, msg)))
+    Ok(Json(convert::message(
+        &chat.id,
+        msg,
+        st.network.blobs.store(),
+    )))
 }
 
 async fn edit_message(
@@ -203,7 +250,11 @@ async fn edit_message(
 ) -> AppResult<Json<MessageJson>> {
     let chat = resolve(&st, &chat)?;
     let msg = st.engine.edit(&chat.id, &message, &req.text).await?;
-    Ok(Json(convert::message(&chat.id, msg)))
+    Ok(Json(convert::message(
+        &chat.id,
+        msg,
+        st.network.blobs.store(),
+    )))
 }
 
 async fn delete_message(
@@ -212,7 +263,11 @@ async fn delete_message(
 ) -> AppResult<Json<MessageJson>> {
     let chat = resolve(&st, &chat)?;
     let msg = st.engine.delete(&chat.id, &message).await?;
-    Ok(Json(convert::message(&chat.id, msg)))
+    Ok(Json(convert::message(
+        &chat.id,
+        msg,
+        st.network.blobs.store(),
+    )))
 }
 
 async fn set_reaction(
@@ -225,7 +280,11 @@ async fn set_reaction(
         .engine
         .react(&chat.id, &message, Some(&req.reaction))
         .await?;
-    Ok(Json(convert::message(&chat.id, msg)))
+    Ok(Json(convert::message(
+        &chat.id,
+        msg,
+        st.network.blobs.store(),
+    )))
 }
 
 async fn clear_reaction(
@@ -234,7 +293,11 @@ async fn clear_reaction(
 ) -> AppResult<Json<MessageJson>> {
     let chat = resolve(&st, &chat)?;
     let msg = st.engine.react(&chat.id, &message, None).await?;
-    Ok(Json(convert::message(&chat.id, msg)))
+    Ok(Json(convert::message(
+        &chat.id,
+        msg,
+        st.network.blobs.store(),
+    )))
 }
 
 async fn read_state(

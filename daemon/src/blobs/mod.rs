@@ -32,6 +32,7 @@
 //! blobs together stay under the device's quota (`[attachments] quota_mib`).
 
 mod partial;
+pub mod pipe;
 pub mod transfer;
 
 use std::{
@@ -150,6 +151,11 @@ impl Blobs {
             served_bytes: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
         }))
+    }
+
+    /// Most bytes the blobs may take.
+    pub fn quota(&self) -> u64 {
+        self.quota
     }
 
     pub fn stats(&self) -> BlobStats {
@@ -351,14 +357,21 @@ impl Blobs {
         Ok(())
     }
 
-    /// Downloads under way, from an earlier run or this one (by hash).
-    pub fn partial_downloads(&self) -> Vec<BlobHash> {
+    /// Downloads under way that have verified bytes, from an earlier run or this one: each
+    /// blob's hash and size.
+    pub fn partial_downloads(&self) -> Vec<(BlobHash, u64)> {
         let Ok(entries) = fs::read_dir(self.dir.join("partial")) else {
             return Vec::new();
         };
-        entries
-            .filter_map(|e| BlobHash::from_hex(&e.ok()?.file_name().to_string_lossy()).ok())
-            .collect()
+        let mut found: Vec<(BlobHash, u64)> = entries
+            .filter_map(|e| {
+                let hash = BlobHash::from_hex(&e.ok()?.file_name().to_string_lossy()).ok()?;
+                let (size, _) = partial::read_progress(&self.dir.join("partial"), &hash)?;
+                Some((hash, size))
+            })
+            .collect();
+        found.sort();
+        found
     }
 }
 

@@ -8,7 +8,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering},
 };
 
@@ -76,17 +76,9 @@ impl Blobs {
         let outboard = open(&outboard_path)?;
         let counted = data.metadata()?.len();
         // A download of another size (the message said otherwise) starts over.
-        let have = match fs::read_to_string(&have_path) {
-            Ok(text) => match text.trim().split_once(' ') {
-                Some((len, have)) if len.parse() == Ok(size) => have.parse().unwrap_or(0),
-                _ => 0,
-            },
-            Err(_) => 0,
-        };
-        let have = if have > size || (have % GROUP_BYTES != 0 && have != size) {
-            0
-        } else {
-            have
+        let have = match read_progress(&self.dir.join("partial"), &hash) {
+            Some((len, have)) if len == size => have,
+            _ => 0,
         };
         if counted < size {
             self.make_room(size - counted)?;
@@ -115,6 +107,15 @@ impl Blobs {
             .unwrap_or_else(|e| e.into_inner())
             .remove(hash);
     }
+}
+
+/// What a download's `.have` file says: the blob's size and the bytes verified.
+pub(super) fn read_progress(partial_dir: &Path, hash: &BlobHash) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(partial_dir.join(format!("{}.have", hash.to_hex()))).ok()?;
+    let (size, have) = text.trim().split_once(' ')?;
+    let (size, have): (u64, u64) = (size.parse().ok()?, have.parse().ok()?);
+    let aligned = have % GROUP_BYTES == 0 || have == size;
+    (have <= size && aligned).then_some((size, have))
 }
 
 impl Partial {

@@ -122,7 +122,7 @@ fn a_cut_transfer_resumes_from_the_last_checkpoint_after_a_restart() {
     }
     // A new run: the download resumes where the checkpoint says, asking only for the rest.
     let receiver = Blobs::open(dir.path(), GIB, 0).unwrap();
-    assert_eq!(receiver.partial_downloads(), vec![hash]);
+    assert_eq!(receiver.partial_downloads(), vec![(hash, size)]);
     let mut partial = receiver.start_download(hash, size).unwrap().unwrap();
     let from = partial.have();
     assert!(from > size / 2);

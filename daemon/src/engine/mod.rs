@@ -468,6 +468,19 @@ impl Engine {
         reply_to: Option<&str>,
         key: Option<&str>,
     ) -> Result<Message, EngineError> {
+        self.post_with_attachments(chat, text, reply_to, &[], key)
+            .await
+    }
+
+    /// Posts a message with attachments whose bytes the caller has stored (see `blobs`).
+    pub async fn post_with_attachments(
+        &self,
+        chat: &ChatId,
+        text: &str,
+        reply_to: Option<&str>,
+        attachments: &[chatsync_model::Attachment],
+        key: Option<&str>,
+    ) -> Result<Message, EngineError> {
         let id = MessageId::new(match key {
             Some(key) => keyed_id("post", &self.device.id, chat.as_str(), key),
             None => random_id(),
@@ -478,14 +491,18 @@ impl Engine {
                 .transpose()?;
             if let Some(posted) = doc.message(&id) {
                 // Only a key can repeat an id: this is a retry, or a key used twice.
-                if posted.author == device.id && posted.text == text && posted.reply_to == parent {
+                if posted.author == device.id
+                    && posted.text == text
+                    && posted.reply_to == parent
+                    && posted.attachments == attachments
+                {
                     return Ok((posted, Vec::new()));
                 }
                 return Err(EngineError::Conflict(
                     "this idempotency key was used for another message in this chat".into(),
                 ));
             }
-            let msg = doc.post(device, id, text, parent.as_ref(), now)?;
+            let msg = doc.post_with(device, id, text, parent.as_ref(), attachments, now)?;
             Ok(message_event(chat, MessageEventKind::Created, msg))
         })
         .await

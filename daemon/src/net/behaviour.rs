@@ -40,6 +40,8 @@ pub struct Behaviour {
     pub relay_client: relay::client::Behaviour,
     /// Hole punching: turns a relayed connection into a direct one when the network allows.
     pub dcutr: Toggle<dcutr::Behaviour>,
+    /// Streams of their own for attachments (`blobs.rs`), which checks who asks.
+    pub streams: libp2p_stream::Behaviour,
 }
 
 pub fn build_swarm(
@@ -107,6 +109,7 @@ pub fn build_swarm(
                 relay: Toggle::from(relay_server.map(|c| relay::Behaviour::new(peer_id, c))),
                 relay_client,
                 dcutr: Toggle::from(hole_punching.then(|| dcutr::Behaviour::new(peer_id))),
+                streams: libp2p_stream::Behaviour::new(),
             })
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))

@@ -15,6 +15,7 @@
 //! (dials, trust updates, connection book-keeping) sequential and easy to reason about.
 
 mod behaviour;
+pub mod blobs;
 mod conduct;
 mod gate;
 mod pair_protocol;
@@ -113,21 +114,34 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct Network {
     tx: mpsc::Sender<Command>,
+    /// Attachment transfers (`blobs.rs`).
+    pub blobs: blobs::BlobService,
 }
 
 impl Network {
-    /// Builds the swarm, starts listening and spawns the network task. It runs until
-    /// `shutdown` is cancelled.
+    /// Builds the swarm, starts listening and spawns the network task, and the attachment
+    /// transfers beside it. They run until `shutdown` is cancelled.
     pub fn start(
         keypair: Keypair,
         config: NetworkConfig,
         engine: std::sync::Arc<Engine>,
+        blob_store: std::sync::Arc<crate::blobs::Blobs>,
+        blob_policy: blobs::BlobPolicy,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(Network, tokio::task::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let task = task::NetworkTask::new(keypair, config, engine, rx)?;
+        let task = task::NetworkTask::new(keypair, config, engine.clone(), rx)?;
+        let blobs = blobs::BlobService::new(
+            task.swarm.behaviour().streams.new_control(),
+            blob_store,
+            engine,
+            tx.clone(),
+            task.internal.clone(),
+            blob_policy,
+        );
+        blobs.start(shutdown.clone())?;
         let handle = tokio::spawn(task.run(shutdown));
-        Ok((Network { tx }, handle))
+        Ok((Network { tx, blobs }, handle))
     }
 
     /// Every trusted or connected device.

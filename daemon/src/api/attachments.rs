@@ -1,0 +1,319 @@
+//! Attachment routes: uploads streamed into the blob store, downloads with ranges, fetches from
+//! other devices, and the transfers under way.
+//!
+//! Uploads and downloads stream: neither side holds a file in memory. A post names blobs
+//! uploaded before it, by hash; the daemon fills in their sizes from what it stored, so a post
+//! never names bytes this device does not have.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use chatsync_api::ErrorCode;
+use chatsync_model::{Attachment, BlobHash, attachment::check_media_type};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+
+use super::{
+    ApiError, AppState, convert,
+    error::ApiPath,
+    wire::{AttachmentListJson, BlobJson, PostAttachment, TransferListJson},
+};
+use crate::{
+    blobs::{BlobError, pipe},
+    net::blobs::{FetchError, Reach},
+};
+
+type AppResult<T> = Result<T, ApiError>;
+type St = State<Arc<AppState>>;
+
+/// Media types a browser may show inline; anything else downloads, so that a file from another
+/// device (HTML, SVG, anything a page could run) never runs as a page of this origin.
+const INLINE_TYPES: [&str; 5] = [
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/avif",
+];
+const DEFAULT_MEDIA_TYPE: &str = "application/octet-stream";
+
+/// `POST /v1/blobs`: stores the body as a blob.
+pub async fn upload(State(st): St, headers: HeaderMap, body: Body) -> AppResult<Response> {
+    let expected = match headers.get(header::CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| invalid("Content-Length is not a number"))?,
+        ),
+        None => None,
+    };
+    let (tx, rx) = mpsc::channel(pipe::QUEUE);
+    let blobs = st.network.blobs.store().clone();
+    let import =
+        tokio::task::spawn_blocking(move || blobs.import(pipe::ChannelReader::new(rx), expected));
+    let mut stream = body.into_data_stream();
+    let mut cut = None;
+    while let Some(piece) = stream.next().await {
+        match piece {
+            Ok(piece) => {
+                if tx.send(piece).await.is_err() {
+                    // The import stopped (its error is the answer).
+                    break;
+                }
+            }
+            Err(e) => {
+                cut = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let imported = import.await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
+    })?;
+    if let Some(why) = cut {
+        return Err(invalid(format!("the upload was cut: {why}")));
+    }
+    let (hash, size) = imported.map_err(blob_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(BlobJson {
+            hash: hash.to_hex(),
+            size,
+        }),
+    )
+        .into_response())
+}
+
+/// The attachments a post names, described from the blobs this device stored.
+pub fn described(st: &AppState, named: &[PostAttachment]) -> AppResult<Vec<Attachment>> {
+    let blobs = st.network.blobs.store();
+    named
+        .iter()
+        .map(|a| {
+            let hash = BlobHash::from_hex(&a.hash).map_err(|e| invalid(e.to_string()))?;
+            let size = blobs.len(&hash).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::AttachmentNotHere,
+                    format!("no blob {hash} on this device: upload it first (POST /v1/blobs)"),
+                )
+            })?;
+            let media_type = a.media_type.as_deref().unwrap_or(DEFAULT_MEDIA_TYPE);
+            check_media_type(media_type).map_err(|e| invalid(e.to_string()))?;
+            Ok(Attachment {
+                hash,
+                size,
+                name: a.name.clone(),
+                media_type: media_type.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// `POST /v1/chats/{chat}/messages/{message}/attachments/fetch`: brings a message's
+/// attachments from other devices, answering once they are all here.
+pub async fn fetch(
+    State(st): St,
+    ApiPath((chat, message)): ApiPath<(String, String)>,
+) -> AppResult<Json<AttachmentListJson>> {
+    let chat = st.engine.resolve_chat(&chat)?;
+    let msg = st.engine.message(&chat.id, &message).await?;
+    let blobs = st.network.blobs.store();
+    for a in &msg.attachments {
+        if !blobs.has(&a.hash) {
+            st.network
+                .blobs
+                .fetch(a.hash, a.size, Reach::Any)
+                .await
+                .map_err(fetch_error)?;
+        }
+    }
+    Ok(Json(AttachmentListJson {
+        attachments: msg
+            .attachments
+            .into_iter()
+            .map(|a| convert::attachment(a, blobs))
+            .collect(),
+    }))
+}
+
+/// `GET /v1/chats/{chat}/messages/{message}/attachments/{index}`: the attachment's bytes, with
+/// its name and type (ranges allowed).
+pub async fn download(
+    State(st): St,
+    ApiPath((chat, message, index)): ApiPath<(String, String, usize)>,
+    request: Request,
+) -> AppResult<Response> {
+    let chat = st.engine.resolve_chat(&chat)?;
+    let msg = st.engine.message(&chat.id, &message).await?;
+    let Some(a) = msg.attachments.get(index) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!(
+                "message {} has {} attachment(s); there is no number {index}",
+                msg.id,
+                msg.attachments.len()
+            ),
+        ));
+    };
+    let mut response = serve_blob(&st, &a.hash, request).await?;
+    let inline = INLINE_TYPES.contains(&a.media_type.as_str());
+    if response.status().is_success() {
+        let headers = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(if inline {
+            &a.media_type
+        } else {
+            DEFAULT_MEDIA_TYPE
+        }) {
+            headers.insert(header::CONTENT_TYPE, v);
+        }
+        let disposition = format!(
+            "{}; filename*=UTF-8''{}",
+            if inline { "inline" } else { "attachment" },
+            percent_encode(&a.name)
+        );
+        if let Ok(v) = HeaderValue::from_str(&disposition) {
+            headers.insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    Ok(response)
+}
+
+/// `GET /v1/blobs/{hash}`: a blob's bytes (ranges allowed).
+pub async fn blob(
+    State(st): St,
+    ApiPath(hash): ApiPath<String>,
+    request: Request,
+) -> AppResult<Response> {
+    let hash = BlobHash::from_hex(&hash).map_err(|e| invalid(e.to_string()))?;
+    let mut response = serve_blob(&st, &hash, request).await?;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(DEFAULT_MEDIA_TYPE),
+    );
+    Ok(response)
+}
+
+async fn serve_blob(st: &AppState, hash: &BlobHash, request: Request) -> AppResult<Response> {
+    let blobs = st.network.blobs.store();
+    if !blobs.has(hash) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::AttachmentNotHere,
+            format!(
+                "attachment {hash} is not on this device yet (POST \
+                 /v1/chats/{{chat}}/messages/{{message}}/attachments/fetch brings it)"
+            ),
+        ));
+    }
+    let served = tower_http::services::ServeFile::new(blobs.path(hash))
+        .oneshot(request)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                e.to_string(),
+            )
+        })?;
+    let mut response = served.map(Body::new);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // Whatever the bytes are, they run nothing as a page of this origin.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
+    Ok(response)
+}
+
+/// `GET /v1/transfers`: attachment downloads under way.
+pub async fn transfers(State(st): St) -> Json<TransferListJson> {
+    Json(TransferListJson {
+        transfers: st
+            .network
+            .blobs
+            .transfers()
+            .into_iter()
+            .map(convert::transfer)
+            .collect(),
+    })
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, message)
+}
+
+fn blob_error(e: BlobError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        BlobError::Quota { .. } => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::QuotaExceeded,
+            message,
+        ),
+        BlobError::DiskFull { .. } => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::StorageFull,
+            message,
+        ),
+        BlobError::TooLarge(_) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, message)
+        }
+        BlobError::WrongLength { .. } => invalid(message),
+        BlobError::Io(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Storage, message)
+        }
+    }
+}
+
+fn fetch_error(e: FetchError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        FetchError::Unavailable => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::AttachmentUnavailable,
+            message,
+        ),
+        FetchError::Interrupted(_) | FetchError::ShuttingDown => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TransferInterrupted,
+            message,
+        ),
+        FetchError::Blob(e) => blob_error(e),
+    }
+}
+
+/// RFC 5987 encoding of a file name for `Content-Disposition`.
+fn percent_encode(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
