@@ -65,12 +65,26 @@ pub enum Command {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Post a message; prints its id once it is safely stored.
+    /// Post a message, with files attached if you like; prints its id once it is safely
+    /// stored.
     Post {
         /// Chat id, unique title, or id prefix.
         chat: String,
-        /// Message text; `-` reads it from standard input.
-        text: String,
+        /// Message text; `-` reads it from standard input. May be left out with --file.
+        #[arg(required_unless_present = "files")]
+        text: Option<String>,
+        /// Attach this file (repeat for several); `-` reads one from standard input (then
+        /// --name is needed).
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<PathBuf>,
+        /// The name the file goes by (default: its own name): for the file read from standard
+        /// input, or for the one file attached.
+        #[arg(long, value_name = "NAME", requires = "files")]
+        name: Option<String>,
+        /// The media type of every file attached, e.g. image/png (default: guessed from each
+        /// name's extension).
+        #[arg(long = "type", value_name = "MEDIA", requires = "files")]
+        media_type: Option<String>,
         /// Answer this message (id or id prefix).
         #[arg(long, value_name = "MSG")]
         reply_to: Option<String>,
@@ -79,6 +93,9 @@ pub enum Command {
         #[arg(long, value_name = "KEY")]
         idempotency_key: Option<String>,
     },
+    /// Save the files attached to a message.
+    #[command(subcommand)]
+    Attachment(AttachmentCommand),
     /// Show the latest messages of a chat, oldest first.
     Log {
         chat: String,
@@ -134,6 +151,24 @@ pub enum DaemonCommand {
     Stop,
     /// Tell whether chatsyncd is running.
     Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AttachmentCommand {
+    /// Fetch a message's attachments from the devices that have them (if they are not here
+    /// yet) and save them in a directory; prints the path of each file written. An existing
+    /// file is never overwritten: `name (1).ext` is used instead.
+    Get {
+        chat: String,
+        /// Message id or id prefix.
+        message: String,
+        /// The directory to save them in (default: the current one).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Only this attachment, by its place in the message's list (0 for the first).
+        #[arg(long, value_name = "N")]
+        index: Option<usize>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -257,7 +292,78 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use clap::Parser;
+
+    use super::{AttachmentCommand, Cli, Command, parse_duration};
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("chatsync").chain(args.iter().copied()))
+            .map(|cli| cli.command)
+    }
+
+    #[test]
+    fn a_post_needs_text_or_a_file() {
+        assert!(parse(&["post", "family"]).is_err());
+        assert!(parse(&["post", "family", "hi", "--name", "x.jpg"]).is_err());
+        assert!(parse(&["post", "family", "hi", "--type", "image/png"]).is_err());
+        match parse(&[
+            "post", "family", "--file", "a.jpg", "--file", "-", "--name", "b.png",
+        ]) {
+            Ok(Command::Post {
+                text, files, name, ..
+            }) => {
+                assert_eq!(text, None);
+                assert_eq!(files, ["a.jpg", "-"].map(std::path::PathBuf::from));
+                assert_eq!(name.as_deref(), Some("b.png"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "post",
+            "family",
+            "look",
+            "--file",
+            "a.jpg",
+            "--type",
+            "image/avif",
+        ]) {
+            Ok(Command::Post {
+                text, media_type, ..
+            }) => {
+                assert_eq!(text.as_deref(), Some("look"));
+                assert_eq!(media_type.as_deref(), Some("image/avif"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn attachment_get_takes_a_directory_and_an_index() {
+        match parse(&[
+            "attachment",
+            "get",
+            "family",
+            "e98b",
+            "--out",
+            "/tmp",
+            "--index",
+            "2",
+        ]) {
+            Ok(Command::Attachment(AttachmentCommand::Get {
+                chat,
+                message,
+                out,
+                index,
+            })) => {
+                assert_eq!((chat.as_str(), message.as_str()), ("family", "e98b"));
+                assert_eq!(out, Some("/tmp".into()));
+                assert_eq!(index, Some(2));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["attachment", "get", "family"]).is_err());
+        assert!(parse(&["attachment", "get", "family", "e98b", "--index", "-1"]).is_err());
+    }
 
     #[test]
     fn durations_parse() {

@@ -12,7 +12,7 @@ pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
 /// The daemon is not running (or its socket does not answer).
 pub const NOT_RUNNING: u8 = 3;
-/// The chat or message does not exist.
+/// The chat or message does not exist (or the attachment is not on this device).
 pub const NOT_FOUND: u8 = 4;
 /// A name matched several chats or messages.
 pub const AMBIGUOUS: u8 = 5;
@@ -20,13 +20,15 @@ pub const AMBIGUOUS: u8 = 5;
 pub const REFUSED: u8 = 6;
 /// The daemon could not store the change.
 pub const STORAGE: u8 = 7;
-/// The daemon refused the change because its disk is nearly full (nothing was stored; the same
-/// command succeeds once space is freed).
+/// The daemon refused the change because its disk is nearly full, or an attachment would not
+/// fit in its attachment quota (nothing was stored; the same command succeeds once space is
+/// freed).
 pub const STORAGE_FULL: u8 = 11;
 /// `join`: the ticket is not valid (damaged, expired, already used, or refused by the
 /// inviting device).
 pub const TICKET: u8 = 8;
-/// `join`: the inviting device could not be reached.
+/// `join`: the inviting device could not be reached; `attachment get`: no connected device has
+/// the attachment, or its transfer was cut.
 pub const UNREACHABLE: u8 = 9;
 /// `pair`: the ticket expired before a device joined; `join`: the chats had not all arrived
 /// when it stopped waiting (they keep arriving in the background).
@@ -80,11 +82,14 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
             for c in candidates {
                 eprintln!("  {c}");
             }
+            if let Some(hint) = hint(*code) {
+                eprintln!("hint: {hint}");
+            }
             match code {
-                ErrorCode::NotFound => NOT_FOUND,
+                ErrorCode::NotFound | ErrorCode::AttachmentNotHere => NOT_FOUND,
                 ErrorCode::Ambiguous => AMBIGUOUS,
                 ErrorCode::Storage => STORAGE,
-                ErrorCode::StorageFull => STORAGE_FULL,
+                ErrorCode::StorageFull | ErrorCode::QuotaExceeded => STORAGE_FULL,
                 ErrorCode::Invalid
                 | ErrorCode::Forbidden
                 | ErrorCode::Deleted
@@ -98,7 +103,9 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
                 | ErrorCode::TicketExpired
                 | ErrorCode::TicketUsed
                 | ErrorCode::TicketRefused => TICKET,
-                ErrorCode::InviterUnreachable => UNREACHABLE,
+                ErrorCode::InviterUnreachable
+                | ErrorCode::AttachmentUnavailable
+                | ErrorCode::TransferInterrupted => UNREACHABLE,
                 ErrorCode::BackupWrongKey => WRONG_KEY,
                 ErrorCode::BackupDamaged => DAMAGED,
                 ErrorCode::BackupUnreachable => TARGET_UNREACHABLE,
@@ -123,4 +130,21 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
         }
     };
     ExitCode::from(code)
+}
+
+/// What to do about an error the daemon answered, when there is something to say.
+fn hint(code: ErrorCode) -> Option<&'static str> {
+    match code {
+        ErrorCode::AttachmentUnavailable => {
+            Some("no connected device has it; try again when the device that posted it is online")
+        }
+        ErrorCode::TransferInterrupted => {
+            Some("run the same command again: the transfer resumes where it stopped")
+        }
+        ErrorCode::QuotaExceeded => Some(
+            "free some space for attachments, or raise `quota_mib` under [attachments] in the \
+             daemon's configuration",
+        ),
+        _ => None,
+    }
 }

@@ -2,7 +2,9 @@
 
 use std::io::Write;
 
-use chatsync_api::wire::{ChatJson, ConnectionPath, DeviceJson, MessageJson, PeerJson};
+use chatsync_api::wire::{
+    AttachmentJson, ChatJson, ConnectionPath, DeviceJson, MessageJson, PeerJson,
+};
 use serde::Serialize;
 
 /// Characters of an id shown to people (any unambiguous prefix of 4 or more is accepted back).
@@ -127,14 +129,48 @@ pub fn message_line(m: &MessageJson, name_width: usize) -> String {
         body.push_str(&format!("  [{}]", shown.join(" ")));
     }
     let indent = " ".repeat(width(&head));
-    let mut lines = body.lines();
-    let mut out = format!("{head}{}", lines.next().unwrap_or(""));
+    // Attachments go under the text, one a line; with no text, the first takes its place.
+    let mut lines = body
+        .lines()
+        .map(str::to_string)
+        .chain(m.attachments.iter().map(attachment_line));
+    let mut out = format!("{head}{}", lines.next().unwrap_or_default());
     for line in lines {
         out.push('\n');
         out.push_str(&indent);
-        out.push_str(line);
+        out.push_str(&line);
     }
     out
+}
+
+/// `📎 name (1.2 MiB, image/jpeg)`, and ` — not on this device` when its bytes are elsewhere.
+pub fn attachment_line(a: &AttachmentJson) -> String {
+    let mut line = format!(
+        "📎 {} ({}, {})",
+        visible_line(&a.name),
+        human_bytes(a.size),
+        visible_line(&a.media_type)
+    );
+    if !a.present {
+        line.push_str(" — not on this device");
+    }
+    line
+}
+
+/// A size for people: `512 B`, `9.6 KiB`, `1.2 MiB`, `3.0 GiB` (1024-based, one decimal).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// Renders the chat list as an aligned table.
@@ -340,6 +376,7 @@ mod tests {
             edited_at: None,
             deleted: false,
             reactions: Default::default(),
+            attachments: Vec::new(),
         }
     }
 
@@ -366,5 +403,57 @@ mod tests {
         let line = message_line(&m, 1);
         assert!(line.contains("(edited)"));
         assert!(line.contains("[👍 2]"));
+    }
+
+    fn attachment(name: &str, size: u64, present: bool) -> AttachmentJson {
+        AttachmentJson {
+            hash: "ab".repeat(32),
+            size,
+            name: name.into(),
+            media_type: "image/jpeg".into(),
+            present,
+        }
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(9830), "9.6 KiB");
+        assert_eq!(human_bytes(1_258_291), "1.2 MiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(human_bytes(5 << 40), "5.0 TiB");
+        assert_eq!(human_bytes(u64::MAX), "16777216.0 TiB");
+    }
+
+    #[test]
+    fn attachments_are_listed_under_the_text() {
+        let mut m = msg("al", "look\nat this");
+        m.attachments = vec![
+            attachment("beach.jpg", 1_258_291, true),
+            attachment("clip\u{202e}4pm.exe", 10, false),
+        ];
+        let line = message_line(&m, 0);
+        let lines: Vec<&str> = line.lines().collect();
+        assert_eq!(lines.len(), 4, "{line}");
+        assert_eq!(lines[2].trim(), "📎 beach.jpg (1.2 MiB, image/jpeg)");
+        assert_eq!(
+            lines[3].trim(),
+            "📎 clip<U+202E>4pm.exe (10 B, image/jpeg) — not on this device"
+        );
+        let col = |l: &str, needle: &str| l.find(needle).unwrap();
+        assert_eq!(col(lines[0], "look"), col(lines[2], "📎"));
+    }
+
+    #[test]
+    fn an_attachment_without_text_takes_the_text_s_place() {
+        let mut m = msg("al", "");
+        m.attachments = vec![attachment("a.jpg", 1, true), attachment("b.jpg", 2, true)];
+        let line = message_line(&m, 0);
+        let lines: Vec<&str> = line.lines().collect();
+        assert_eq!(lines.len(), 2, "{line}");
+        assert!(lines[0].ends_with("📎 a.jpg (1 B, image/jpeg)"), "{line}");
+        assert_eq!(lines[1].trim(), "📎 b.jpg (2 B, image/jpeg)");
     }
 }

@@ -323,7 +323,7 @@ mod tests {
             format!("1\n{hash}\t{}\ta/b\tn", MAX_ATTACHMENT_BYTES + 1),
             format!("1\n{hash}\t1\ta/b\ta/b"),
             format!("1\n{hash}\t1\tab\tn"),
-            format!("1\nxyz\t1\ta/b\tn"),
+            "1\nxyz\t1\ta/b\tn".to_string(),
             format!("{good}\n"),
             format!("{good}{}", "x".repeat(MAX_ATTACHMENTS_FIELD_BYTES)),
             std::iter::once("1".to_string())

@@ -311,3 +311,183 @@ async fn posts_name_only_blobs_this_device_has_and_uploads_keep_the_quota() {
     assert_eq!(status.blobs, 2);
     a.shutdown().await;
 }
+
+/// A paired device gone bad that answers every attachment request with `stream`.
+mod liar {
+    use std::time::Duration;
+
+    use chatsync_daemon::net::{PROTOCOL_VERSION, blobs::BLOB_PROTOCOL};
+    use futures_util::{AsyncReadExt, AsyncWriteExt, StreamExt};
+    use libp2p::{
+        Multiaddr, SwarmBuilder, identify, identity::Keypair, noise, ping, swarm::NetworkBehaviour,
+        tcp, yamux,
+    };
+
+    #[derive(NetworkBehaviour)]
+    struct Behaviour {
+        identify: identify::Behaviour,
+        ping: ping::Behaviour,
+        streams: libp2p_stream::Behaviour,
+    }
+
+    /// Connects to `daemon` as `keypair`'s device and answers attachment requests with `stream`
+    /// until the returned task is aborted.
+    pub fn serve(
+        keypair: Keypair,
+        daemon: Multiaddr,
+        stream: Vec<u8>,
+    ) -> tokio::task::JoinHandle<()> {
+        let mut swarm = SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|key| Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    PROTOCOL_VERSION.into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::default(),
+                streams: libp2p_stream::Behaviour::new(),
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        let mut incoming = swarm
+            .behaviour()
+            .streams
+            .new_control()
+            .accept(BLOB_PROTOCOL)
+            .unwrap();
+        swarm.dial(daemon).unwrap();
+        let answer = async move {
+            while let Some((_, mut s)) = incoming.next().await {
+                let mut request = [0u8; 52];
+                if s.read_exact(&mut request).await.is_err() {
+                    continue;
+                }
+                let _ = s.write_all(&[0]).await;
+                let _ = s.write_all(&stream).await;
+                let _ = s.close().await;
+            }
+        };
+        let drive = async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        };
+        tokio::spawn(async move {
+            tokio::join!(answer, drive);
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_sends_wrong_bytes_is_caught_at_the_first_bad_group_and_counted() {
+    let mut b_config = Config::default();
+    b_config.attachments.auto_fetch_mib = 0;
+    let (a, b) = two(b_config).await;
+    let chat = a.create_chat("evidence").await;
+    let data = file_bytes(4 * MIB, 5);
+    let size = data.len() as u64;
+    let (msg, _) = post_file(&a, &chat.id, "scan.pdf", data.clone()).await;
+    eventually("b has the message", WAIT, || async {
+        attachment_on(&b, &chat.id, &msg).await.is_some()
+    })
+    .await;
+    // The verified stream of the file as an honest device sends it, one byte flipped past the
+    // middle.
+    let scratch = tempfile::tempdir().unwrap();
+    let store = chatsync_daemon::blobs::Blobs::open(scratch.path(), u64::MAX, 0).unwrap();
+    let (hash, _) = store.import(&data[..], None).unwrap();
+    let mut stream = Vec::new();
+    chatsync_daemon::blobs::transfer::send(
+        &store.open_blob(&hash).unwrap().unwrap(),
+        0,
+        &mut stream,
+    )
+    .unwrap();
+    let flipped = stream.len() * 3 / 5;
+    stream[flipped] ^= 0x40;
+    let a_home = a.shutdown().await;
+
+    let keypair = libp2p::identity::Keypair::generate_ed25519();
+    let liar_id = keypair.public().to_peer_id().to_base58();
+    b.trust(&liar_id).await;
+    let liar = liar::serve(keypair, b.dial_address().await.parse().unwrap(), stream);
+    eventually("the liar is connected", WAIT, || async {
+        b.peer(&liar_id).await.is_some_and(|p| p.connected)
+    })
+    .await;
+    let err = b
+        .client
+        .fetch_attachments(&chat.id, &msg)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(chatsync_api::ErrorCode::AttachmentUnavailable),
+        "{err}"
+    );
+    let peer = b.peer(&liar_id).await.unwrap();
+    assert!(peer.offences >= 1, "{peer:?}");
+    // What came before the bad group was checked and kept.
+    let kept = b.status().await.attachments.partial_bytes;
+    assert!(kept > size / 3, "{kept} of {size} bytes kept");
+    liar.abort();
+
+    // The honest author comes back and sends only the rest.
+    let a = TestDaemon::start_in(a_home, Config::default()).await;
+    wait_connected(&a, &b).await;
+    let fetched = b.client.fetch_attachments(&chat.id, &msg).await.unwrap();
+    assert!(fetched[0].present);
+    assert_eq!(bytes_of(&b, &chat.id, &msg).await, data);
+    let sent = a.status().await.attachments.served_bytes;
+    assert!(
+        sent < size - size / 3 + size / 20,
+        "{sent} bytes sent again"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_crosses_a_relay_whose_circuits_end_before_it_does() {
+    // Each circuit carries at most 2 MiB: the 6 MiB file needs several, one after another.
+    let at = chatsync_testkit::home::fixed_loopback_addr();
+    let mut config = Config::default();
+    config.network.listen = vec![at.parse().unwrap()];
+    config.relay.enabled = true;
+    config.relay.external_addrs = vec![at.parse().unwrap()];
+    config.relay.max_circuit_bytes = 2 * MIB as u64;
+    let relay = TestDaemon::start_with(config).await;
+    let relay_addr = format!("{at}/p2p/{}", relay.device_id);
+    let (a, b) = chatsync_testkit::pair_through_relay(&relay_addr).await;
+    let chat = a.create_chat("far away").await;
+    let data = file_bytes(6 * MIB, 6);
+    let (msg, _) = post_file(&a, &chat.id, "far.bin", data.clone()).await;
+    eventually("b has the message", WAIT, || async {
+        attachment_on(&b, &chat.id, &msg).await.is_some()
+    })
+    .await;
+    // Relayed: not fetched unasked, however small.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!attachment_on(&b, &chat.id, &msg).await.unwrap().present);
+    // Asked for: each cut circuit is followed by a new one, and the download resumes on it.
+    let _ = b.client.fetch_attachments(&chat.id, &msg).await;
+    eventually("b has the whole file", Duration::from_secs(120), || async {
+        attachment_on(&b, &chat.id, &msg)
+            .await
+            .is_some_and(|a| a.present)
+    })
+    .await;
+    assert_eq!(bytes_of(&b, &chat.id, &msg).await, data);
+    let sent = a.status().await.attachments.served_bytes;
+    assert!(sent < data.len() as u64 * 3 / 2, "{sent} bytes sent");
+    b.shutdown().await;
+    a.shutdown().await;
+    relay.shutdown().await;
+}

@@ -58,7 +58,7 @@ pub async fn run(cmd: BackupCommand, client: &Client, json: bool) -> anyhow::Res
                 report.seq,
                 report.chats,
                 report.messages,
-                human_bytes(report.bytes_written),
+                output::human_bytes(report.bytes_written),
                 report.objects_written,
                 report.elapsed_ms as f64 / 1000.0
             );
@@ -83,7 +83,7 @@ pub async fn run(cmd: BackupCommand, client: &Client, json: bool) -> anyhow::Res
                     output::local_time(s.created_at),
                     s.chats,
                     s.messages,
-                    human_bytes(s.bytes)
+                    output::human_bytes(s.bytes)
                 );
             }
             Ok(())
@@ -100,7 +100,7 @@ pub async fn run(cmd: BackupCommand, client: &Client, json: bool) -> anyhow::Res
                 "ok: {} snapshots, {} objects, {} read back and checked in {:.1} s",
                 report.snapshots,
                 report.objects,
-                human_bytes(report.bytes),
+                output::human_bytes(report.bytes),
                 report.elapsed_ms as f64 / 1000.0
             );
             Ok(())
@@ -247,19 +247,4 @@ fn spinner(json: bool, what: &str) -> ProgressBar {
     }
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     bar
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }

@@ -2,6 +2,7 @@ use chatsync_api::wire::MessageJson;
 
 use chatsync_api::Client;
 
+use super::attachments::{self, Source};
 use crate::{output, retry};
 
 pub async fn post(
@@ -9,12 +10,24 @@ pub async fn post(
     chat: &str,
     text: &str,
     reply_to: Option<&str>,
+    files: Vec<Source>,
     key: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
+    // Uploaded first: a post names only bytes this device has. Uploading again (a run after a
+    // lost answer) stores nothing twice; the bytes name themselves.
+    let mut attached = Vec::with_capacity(files.len());
+    for file in attachments::open_all(files).await? {
+        attached.push(attachments::upload(client, file, json).await?);
+    }
     let key = key.unwrap_or_else(retry::new_key);
-    let msg = retry::with_key("post", &key, |key| async move {
-        client.post_keyed(chat, text, reply_to, Some(&key)).await
+    let msg = retry::with_key("post", &key, |key| {
+        let attached = attached.clone();
+        async move {
+            client
+                .post_with_attachments(chat, text, reply_to, attached, Some(&key))
+                .await
+        }
     })
     .await?;
     if json {

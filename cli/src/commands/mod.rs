@@ -1,5 +1,6 @@
 //! One handler per command. Each talks to the daemon only through the [`Client`].
 
+mod attachments;
 mod backup;
 mod chats;
 mod daemon;
@@ -16,7 +17,7 @@ use chatsync_api::Client;
 use chatsync_daemon::paths::Paths;
 use clap::CommandFactory;
 
-use crate::args::{Cli, Command};
+use crate::args::{AttachmentCommand, Cli, Command};
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -39,20 +40,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Post {
             chat,
             text,
+            files,
+            name,
+            media_type,
             reply_to,
             idempotency_key,
         } => {
-            let text = text_arg(&text)?;
+            let files =
+                attachments::sources(files, name, media_type, text.as_deref() == Some("-"))?;
+            // Left out only with files (clap sees to that): a message of files alone.
+            let text = match text {
+                Some(text) => text_arg(&text)?,
+                None => String::new(),
+            };
             messages::post(
                 &client,
                 &chat,
                 &text,
                 reply_to.as_deref(),
+                files,
                 idempotency_key,
                 json,
             )
             .await
         }
+        Command::Attachment(AttachmentCommand::Get {
+            chat,
+            message,
+            out,
+            index,
+        }) => attachments::get(&client, &chat, &message, out, index, json).await,
         Command::Log {
             chat,
             count,

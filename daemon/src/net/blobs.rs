@@ -309,7 +309,7 @@ impl BlobService {
                         let finished = tokio::task::spawn_blocking(move || partial.finish())
                             .await
                             .map_err(|_| FetchError::ShuttingDown)?;
-                        finished.map_err(|e| crate::blobs::BlobError::Io(e))?;
+                        finished.map_err(crate::blobs::BlobError::Io)?;
                         tracing::info!(%hash, size, %peer, "attachment fetched");
                         return Ok(());
                     }
