@@ -491,3 +491,37 @@ async fn a_file_crosses_a_relay_whose_circuits_end_before_it_does() {
     a.shutdown().await;
     relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_is_freed_on_every_device_once_no_message_names_it() {
+    let (a, b) = two(Config::default()).await;
+    let chat = a.create_chat("tidy").await;
+    let data = file_bytes(2 * MIB, 7);
+    let (first, _) = post_file(&a, &chat.id, "twice.bin", data.clone()).await;
+    // The same bytes again: stored once, named twice.
+    let (second, _) = post_file(&a, &chat.id, "again.bin", data.clone()).await;
+    assert_eq!(a.status().await.attachments.blobs, 1);
+    for msg in [&first, &second] {
+        eventually("b has the attachment", WAIT, || async {
+            attachment_on(&b, &chat.id, msg)
+                .await
+                .is_some_and(|a| a.present)
+        })
+        .await;
+    }
+    a.client.delete(&chat.id, &first).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for on in [&a, &b] {
+        assert_eq!(on.status().await.attachments.blobs, 1, "freed while named");
+    }
+    a.client.delete(&chat.id, &second).await.unwrap();
+    for on in [&a, &b] {
+        eventually("the file is freed", WAIT, || async {
+            let stats = on.status().await.attachments;
+            stats.blobs == 0 && stats.bytes == 0
+        })
+        .await;
+    }
+    b.shutdown().await;
+    a.shutdown().await;
+}

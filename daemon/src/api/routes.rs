@@ -224,6 +224,10 @@ async fn post_message(
             key.as_deref(),
         )
         .await?;
+    st.network
+        .blobs
+        .store()
+        .claim(attachments.iter().map(|a| a.hash));
     Ok((
         StatusCode::CREATED,
         Json(convert::message(&chat.id, msg, st.network.blobs.store())),

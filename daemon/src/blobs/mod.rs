@@ -33,10 +33,11 @@
 
 mod partial;
 pub mod pipe;
+pub mod sweep;
 pub mod transfer;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::{self, File},
     io::{self, BufReader, BufWriter, Read, Write},
     path::{Path, PathBuf},
@@ -44,6 +45,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use bao_tree::{BaoTree, BlockSize, io::outboard::PostOrderOutboard};
@@ -101,6 +103,9 @@ pub struct Blobs {
     partial_bytes: AtomicU64,
     /// Blobs with a download open: one writer per partial file.
     downloading: Mutex<HashSet<BlobHash>>,
+    /// Blobs uploaded by this run that no post has named yet, and when: a sweep leaves them
+    /// for a while (the post follows its uploads).
+    unclaimed: Mutex<HashMap<BlobHash, Instant>>,
     /// Bytes sent to other devices, and received from them, since start.
     pub served_bytes: AtomicU64,
     pub fetched_bytes: AtomicU64,
@@ -148,6 +153,7 @@ impl Blobs {
             blob_count: AtomicU64::new(count),
             partial_bytes: AtomicU64::new(partial_bytes),
             downloading: Mutex::new(HashSet::new()),
+            unclaimed: Mutex::new(HashMap::new()),
             served_bytes: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
         }))
@@ -290,6 +296,10 @@ impl Blobs {
         outboard.sync_all()?;
         let hash = BlobHash(*root.as_bytes());
         self.install(&hash, written, tmp, outboard_tmp, true)?;
+        self.unclaimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash, Instant::now());
         Ok((hash, written))
     }
 
@@ -322,6 +332,41 @@ impl Blobs {
         }
         self.blob_count.fetch_add(1, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// A post names these blobs: sweeps judge them by the messages from now on.
+    pub fn claim(&self, hashes: impl IntoIterator<Item = BlobHash>) {
+        let mut unclaimed = self.unclaimed.lock().unwrap_or_else(|e| e.into_inner());
+        for hash in hashes {
+            unclaimed.remove(&hash);
+        }
+    }
+
+    /// Whether a blob was uploaded less than `grace` ago and no post named it yet.
+    fn waits_for_its_post(&self, hash: &BlobHash, grace: std::time::Duration) -> bool {
+        self.unclaimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .is_some_and(|at| at.elapsed() < grace)
+    }
+
+    /// Every complete blob.
+    pub fn list(&self) -> io::Result<Vec<BlobHash>> {
+        let mut found = Vec::new();
+        for fan in fs::read_dir(&self.dir)? {
+            let fan = fan?;
+            if fan.file_name().len() != 2 || !fan.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(fan.path())? {
+                if let Ok(hash) = BlobHash::from_hex(&entry?.file_name().to_string_lossy()) {
+                    found.push(hash);
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
     }
 
     /// Removes a blob (no message here refers to it any more).

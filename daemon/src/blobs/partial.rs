@@ -101,6 +101,29 @@ impl Blobs {
         })
     }
 
+    /// Drops an unfinished download that nothing is writing; false if one is. Blocks.
+    pub fn discard_download(&self, hash: BlobHash) -> io::Result<bool> {
+        let downloading = self.downloading.lock().unwrap_or_else(|e| e.into_inner());
+        if downloading.contains(&hash) {
+            return Ok(false);
+        }
+        let data = self.dir.join("partial").join(hash.to_hex());
+        let len = fs::metadata(&data).map_or(0, |m| m.len());
+        for path in [
+            data.clone(),
+            with_suffix(&data, ".obao"),
+            with_suffix(&data, ".have"),
+        ] {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        self.used.fetch_sub(len, Ordering::Relaxed);
+        self.partial_bytes.fetch_sub(len, Ordering::Relaxed);
+        Ok(true)
+    }
+
     fn done_downloading(&self, hash: &BlobHash) {
         self.downloading
             .lock()

@@ -428,6 +428,17 @@ impl Engine {
         .await
     }
 
+    /// The attachments the messages of a chat name (a deleted message names none).
+    pub async fn attachments_of(
+        &self,
+        chat: &ChatId,
+    ) -> Result<Vec<chatsync_model::Attachment>, EngineError> {
+        self.read_durable(chat, |loaded| {
+            Ok(loaded.doc.messages().flat_map(|m| m.attachments).collect())
+        })
+        .await
+    }
+
     pub async fn message(&self, chat: &ChatId, reference: &str) -> Result<Message, EngineError> {
         self.read_durable(chat, |loaded| {
             let id = resolve::resolve_message(&loaded.doc, reference)?;

@@ -34,14 +34,18 @@ use bytes::{Bytes, BytesMut};
 use chatsync_model::{BlobHash, ChatId, DeviceId};
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::{PeerId, StreamProtocol};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::{
+    sync::{Semaphore, mpsc, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{Command, PeerInfo, relay::Path, sessions::Internal};
 use crate::{
     blobs::{
-        Blobs, Partial,
+        BlobStats, Blobs, Partial,
         pipe::{ChannelReader, ChannelWriter},
+        sweep::{self, Swept},
         transfer::{self, REQUEST_BYTES, ReceiveError, Request, Status},
     },
     engine::{Engine, Event, MAX_PAGE, MessageEventKind},
@@ -64,6 +68,13 @@ const MAX_FETCHING: usize = 2;
 const ROUNDS: usize = 3;
 /// Chats that arrived whole waiting to have their attachments looked at.
 const SCAN_QUEUE: usize = 256;
+/// A first sweep for attachments no message names, this long after start.
+const SWEEP_AFTER_START: Duration = Duration::from_secs(300);
+/// And then this often, and shortly after a message is deleted.
+const SWEEP_EVERY: Duration = Duration::from_secs(6 * 3600);
+const SWEEP_DEBOUNCE: Duration = Duration::from_secs(3);
+/// Sweeps are at least this many times as far apart as the last one took.
+const SWEEP_SPACING: u32 = 20;
 /// How often unfinished downloads are looked at again without a device connecting.
 const RESUME_EVERY: Duration = Duration::from_secs(60);
 
@@ -557,10 +568,20 @@ impl BlobService {
         let mut resume = tokio::time::interval(RESUME_EVERY);
         let me = self.inner.engine.device().id.clone();
         let (scan, mut to_scan) = mpsc::channel::<ChatId>(SCAN_QUEUE);
+        let mut next_sweep = Instant::now() + SWEEP_AFTER_START;
+        // Sweeps read every chat: spaced by a multiple of what the last one took.
+        let mut earliest_sweep = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = resume.tick() => self.resume_downloads(),
+                _ = tokio::time::sleep_until(next_sweep) => {
+                    let started = Instant::now();
+                    self.sweep().await;
+                    earliest_sweep = Instant::now() + started.elapsed() * SWEEP_SPACING;
+                    next_sweep = Instant::now() + SWEEP_EVERY;
+                }
+
                 Some(chat) = to_scan.recv() => self.scan_new_chat(&chat).await,
                 event = events.recv() => match event {
                     Ok(Event::Message { kind: MessageEventKind::Created, message, .. })
@@ -573,12 +594,34 @@ impl BlobService {
                     Ok(Event::ChatCreated { chat, record }) if record.messages > 0 => {
                         let _ = scan.try_send(chat);
                     }
+                    // A deleted message may have been the last to name an attachment.
+                    Ok(Event::Message { kind: MessageEventKind::Deleted, .. }) => {
+                        next_sweep = next_sweep
+                            .min((Instant::now() + SWEEP_DEBOUNCE).max(earliest_sweep));
+                    }
                     Ok(Event::PeerUp { .. }) => self.resume_downloads(),
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 },
             }
+        }
+    }
+
+    /// Frees the attachments no message names any more (`blobs/sweep.rs`).
+    async fn sweep(&self) {
+        if self.inner.blobs.stats() == BlobStats::default() {
+            return;
+        }
+        match sweep::sweep(&self.inner.engine, &self.inner.blobs).await {
+            Ok(swept) if swept != Swept::default() => tracing::info!(
+                blobs = swept.blobs,
+                bytes = swept.bytes,
+                downloads = swept.downloads,
+                "freed attachments no message names"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "attachments not swept"),
         }
     }
 
