@@ -355,6 +355,56 @@ async fn every_route_answers_as_recorded() {
         "/web",
         Some(json!({"enabled": false}))
     );
+    // Attachments.
+    let upload = d.request(Method::POST, "/blobs").body("a small file\n");
+    let uploaded = d.send(upload).await;
+    record("POST /blobs", uploaded.status, &uploaded.body);
+    let hash = uploaded.body["hash"].as_str().unwrap().to_string();
+    let with_file = call!(
+        "POST /chats/{chat}/messages (attachments)",
+        Method::POST,
+        format!("/chats/{chat}/messages"),
+        Some(json!({"text": "", "attachments": [
+            {"hash": hash, "name": "notes.txt", "media_type": "text/plain"}
+        ]}))
+    );
+    let with_file = with_file["id"].as_str().unwrap().to_string();
+    call!(
+        "POST /chats/{chat}/messages (attachment not here)",
+        Method::POST,
+        format!("/chats/{chat}/messages"),
+        Some(json!({"text": "", "attachments": [{"hash": "ab".repeat(32), "name": "x"}]}))
+    );
+    call!(
+        "POST /chats/{chat}/messages/{message}/attachments/fetch",
+        Method::POST,
+        format!("/chats/{chat}/messages/{with_file}/attachments/fetch"),
+        none.clone()
+    );
+    let bytes = d
+        .request(
+            Method::GET,
+            &format!("/chats/{chat}/messages/{with_file}/attachments/0"),
+        )
+        .send()
+        .await
+        .unwrap();
+    record(
+        "GET /chats/{chat}/messages/{message}/attachments/{index}",
+        bytes.status(),
+        &json!({
+            "content_type": bytes.headers()["content-type"].to_str().unwrap(),
+            "content_disposition": bytes.headers()["content-disposition"].to_str().unwrap(),
+            "body": bytes.text().await.unwrap(),
+        }),
+    );
+    call!(
+        "GET /blobs/{hash} (not here)",
+        Method::GET,
+        format!("/blobs/{}", "cd".repeat(32)),
+        none.clone()
+    );
+    call!("GET /transfers", Method::GET, "/transfers", none.clone());
     // The event stream's lines, for the writes above.
     let mut events = d.events(&format!("chat={chat}&progress=true")).await;
     let progress = events.expect("sync.progress").await;

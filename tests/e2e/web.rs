@@ -358,3 +358,100 @@ async fn a_linked_browser_reads_and_writes_the_chats_live() {
         "the daemon did not stop cleanly:\n{logs}"
     );
 }
+
+/// A 1 x 1 PNG.
+const PIXEL_PNG: [u8; 67] = [
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
+    0x89, 0x00, 0x00, 0x00, 0x0A, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0x00, 0x01, 0x00, 0x00,
+    0x05, 0x00, 0x01, 0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE,
+    0x42, 0x60, 0x82,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_show_in_the_page_and_files_are_sent_from_it() {
+    let Some(browser) = Browser::start(1200, 800).await else {
+        return;
+    };
+    let phone = started();
+    let album = phone.ok_json1(&["chat", "create", "album", "--json"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let png = phone.home().join("pixel.png");
+    std::fs::write(&png, PIXEL_PNG).unwrap();
+    phone.ok(&["post", &album, "a pixel", "--file", png.to_str().unwrap()]);
+    let on = phone.ok_json1(&["web", "enable", "--listen", "127.0.0.1:0", "--json"]);
+    let url = on["url"].as_str().unwrap().to_string();
+    let link = phone.ok_json1(&["web", "link", "--json"])["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = &browser.client;
+    c.goto(&url).await.unwrap();
+    browser.link(&link).await;
+    browser
+        .until(
+            "the chat list",
+            WAIT,
+            "return document.querySelector('#chat-list li') !== null;",
+        )
+        .await;
+    browser.click("#chat-list li").await;
+    // The image is in the message, decoded; the file has a button that saves it.
+    browser
+        .until(
+            "the image in the message",
+            WAIT,
+            "const img = document.querySelector('#messages .attachments img.inline');\
+             return img && img.complete && img.naturalWidth === 1 ? img.alt : null;",
+        )
+        .await;
+    let saved: Value = c
+        .execute(
+            "return [...document.querySelectorAll('#messages button.file')]\
+             .map(b => b.textContent);",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert!(saved.to_string().contains("pixel.png"), "{saved}");
+
+    // A file sent from the page reaches the device whole.
+    let notes = phone.home().join("notes.txt");
+    std::fs::write(&notes, "written on paper, sent from a browser\n").unwrap();
+    let input = c.find(Locator::Css("#files")).await.unwrap();
+    input.send_keys(notes.to_str().unwrap()).await.unwrap();
+    let text = c.find(Locator::Css("#text")).await.unwrap();
+    text.send_keys("the notes\u{E007}").await.unwrap();
+    eventually_blocking("the device has the page's file", WAIT, || {
+        log(&phone, &album).iter().any(|m| {
+            m["text"] == "the notes"
+                && m["attachments"][0]["name"] == "notes.txt"
+                && m["attachments"][0]["present"] == true
+        })
+    });
+    let id = log(&phone, &album)
+        .iter()
+        .find(|m| m["text"] == "the notes")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = phone.home().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    phone.ok(&[
+        "attachment",
+        "get",
+        &album,
+        &id,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "written on paper, sent from a browser\n"
+    );
+    browser.close().await;
+    phone.stop();
+}

@@ -602,6 +602,10 @@ pub enum EventJson {
         done: u64,
         total: u64,
     },
+    /// An attachment's bytes are now on this device (uploaded here or fetched from another
+    /// device): messages naming `hash` show it `present` from now on.
+    #[serde(rename = "attachment.stored")]
+    AttachmentStored { hash: String, size: u64 },
     /// The subscriber fell behind and `missed` events were dropped; re-read what matters.
     #[serde(rename = "lagged")]
     Lagged { missed: u64 },

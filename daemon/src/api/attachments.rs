@@ -87,6 +87,10 @@ pub async fn upload(State(st): St, headers: HeaderMap, body: Body) -> AppResult<
         return Err(invalid(format!("the upload was cut: {why}")));
     }
     let (hash, size) = imported.map_err(blob_error)?;
+    let _ = st
+        .engine
+        .event_sender()
+        .send(crate::engine::Event::AttachmentStored { hash, size });
     Ok((
         StatusCode::CREATED,
         Json(BlobJson {

@@ -232,6 +232,10 @@ pub fn event(event: Event, this_device: &DeviceId, blobs: &Blobs) -> EventJson {
             done: done as u64,
             total: total as u64,
         },
+        Event::AttachmentStored { hash, size } => EventJson::AttachmentStored {
+            hash: hash.to_hex(),
+            size,
+        },
         Event::Equivocation { device, chat, seq } => EventJson::DeviceEquivocated {
             device: device.to_string(),
             chat: chat.to_string(),

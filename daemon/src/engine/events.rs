@@ -66,6 +66,12 @@ pub enum Event {
         done: usize,
         total: usize,
     },
+    /// An attachment's bytes are now on this device (uploaded, or fetched from another
+    /// device: sent by the attachment transfers).
+    AttachmentStored {
+        hash: chatsync_model::BlobHash,
+        size: u64,
+    },
     /// This device's sync state changed (sent by the network task, at most four times a
     /// second): for progress bars while a new device catches up, and for status displays.
     SyncProgress {
@@ -93,6 +99,7 @@ impl Event {
             | Event::PeerDown { .. }
             | Event::Paired { .. }
             | Event::BackupProgress { .. }
+            | Event::AttachmentStored { .. }
             | Event::SyncProgress { .. } => None,
         }
     }

@@ -322,6 +322,11 @@ impl BlobService {
                             .map_err(|_| FetchError::ShuttingDown)?;
                         finished.map_err(crate::blobs::BlobError::Io)?;
                         tracing::info!(%hash, size, %peer, "attachment fetched");
+                        let _ = self
+                            .inner
+                            .engine
+                            .event_sender()
+                            .send(Event::AttachmentStored { hash, size });
                         return Ok(());
                     }
                     Attempt::NotThere => {}

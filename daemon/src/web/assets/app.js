@@ -143,7 +143,10 @@ function renderChatListSoon() {
 }
 
 function preview(message) {
-  return message.deleted ? 'deleted' : message.text.split('\n')[0].slice(0, 120);
+  if (message.deleted) return 'deleted';
+  const first = message.text.split('\n')[0].slice(0, 120);
+  if (first || !(message.attachments && message.attachments.length)) return first;
+  return `📎 ${message.attachments.map((a) => a.name).join(', ')}`;
 }
 
 // Unread counts and last messages cost a read of each chat: each is asked for as its entry
@@ -284,6 +287,7 @@ function messageElement(m) {
     li.append(el('div', 'quote', quoted ? `${quoted.author_name}: ${preview(quoted)}` : 'a reply'));
   }
   li.append(el('div', 'text', m.deleted ? 'This message was deleted.' : m.text));
+  if (!m.deleted && m.attachments && m.attachments.length) li.append(attachmentsElement(m));
   const counts = new Map();
   for (const r of Object.values(m.reactions || {})) counts.set(r, (counts.get(r) || 0) + 1);
   if (counts.size) {
@@ -293,6 +297,131 @@ function messageElement(m) {
   }
   if (!m.deleted) li.append(actions(m));
   return li;
+}
+
+// Attachments: images of common types show in the message (read with the page's key, so
+// through an object URL); every file has a button that saves it, fetching it from another
+// device first when it is not on this one.
+const INLINE = ['image/png', 'image/jpeg', 'image/gif', 'image/webp', 'image/avif'];
+const INLINE_MAX = 16 * 1024 * 1024;
+const objectUrls = new Map();
+
+function size(bytes) {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let n = bytes;
+  let u = 0;
+  while (n >= 1024 && u < units.length - 1) {
+    n /= 1024;
+    u += 1;
+  }
+  return u === 0 ? `${n} B` : `${n.toFixed(1)} ${units[u]}`;
+}
+
+function attachmentPath(m, index) {
+  return `/chats/${m.chat}/messages/${m.id}/attachments/${index}`;
+}
+
+async function attachmentBlob(m, index) {
+  const res = await fetch('/v1' + attachmentPath(m, index), { credentials: 'same-origin', headers: headers() });
+  if (res.status === 401) {
+    showUnlinked();
+    throw new Unlinked();
+  }
+  if (!res.ok) {
+    const err = await res.json().catch(() => ({}));
+    throw new Error((err.error && err.error.message) || res.statusText);
+  }
+  return res.blob();
+}
+
+function attachmentsElement(m) {
+  const box = el('div', 'attachments');
+  m.attachments.forEach((a, index) => {
+    if (a.present && INLINE.includes(a.media_type) && a.size <= INLINE_MAX) {
+      const img = el('img', 'inline');
+      img.alt = a.name;
+      img.dataset.hash = a.hash;
+      const known = objectUrls.get(a.hash);
+      if (known) {
+        img.src = known;
+      } else {
+        attachmentBlob(m, index)
+          .then((blob) => {
+            const url = URL.createObjectURL(blob);
+            objectUrls.set(a.hash, url);
+            img.src = url;
+          })
+          .catch(showError);
+      }
+      box.append(img);
+    }
+    const label = `${a.name} (${size(a.size)})${a.present ? '' : ' · on another device'}`;
+    const save = button(label, () => saveAttachment(m, index, a, save), 'Save this file');
+    save.classList.add('file');
+    box.append(save);
+  });
+  return box;
+}
+
+async function saveAttachment(m, index, a, control) {
+  control.disabled = true;
+  try {
+    if (!a.present) {
+      control.textContent = `${a.name}: fetching…`;
+      await api('POST', `/chats/${m.chat}/messages/${m.id}/attachments/fetch`);
+    }
+    const blob = await attachmentBlob(m, index);
+    const url = URL.createObjectURL(blob);
+    const link = el('a');
+    link.href = url;
+    link.download = a.name;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  } catch (e) {
+    showError(e);
+  } finally {
+    control.disabled = false;
+    control.textContent = `${a.name} (${size(a.size)})`;
+  }
+}
+
+// An attachment arrived: messages naming it are shown again, now with it.
+function attachmentStored(hash) {
+  for (const m of state.messages.values()) {
+    const named = (m.attachments || []).filter((a) => a.hash === hash);
+    if (named.length) {
+      for (const a of named) a.present = true;
+      showMessage(m, false);
+    }
+  }
+}
+
+async function uploadFile(file) {
+  const res = await fetch('/v1/blobs', {
+    method: 'POST',
+    credentials: 'same-origin',
+    headers: { ...headers(), 'Content-Type': 'application/octet-stream' },
+    body: file,
+  });
+  if (res.status === 401) {
+    showUnlinked();
+    throw new Unlinked();
+  }
+  if (!res.ok) {
+    const err = await res.json().catch(() => ({}));
+    throw new Error((err.error && err.error.message) || res.statusText);
+  }
+  const blob = await res.json();
+  return { hash: blob.hash, name: file.name, media_type: file.type || 'application/octet-stream' };
+}
+
+function showPicked() {
+  const files = Array.from($('files').files);
+  const picked = $('picked');
+  picked.hidden = files.length === 0;
+  picked.textContent = files.map((f) => `📎 ${f.name} (${size(f.size)})`).join('  ');
 }
 
 function actions(m) {
@@ -358,13 +487,17 @@ async function send(ev) {
   ev.preventDefault();
   const box = $('text');
   const text = box.value;
-  if (!text.trim() || !state.open) return;
+  const files = Array.from($('files').files);
+  if ((!text.trim() && files.length === 0) || !state.open) return;
   const body = { text };
   if (state.replyTo) body.reply_to = state.replyTo;
   $('send').disabled = true;
   try {
+    if (files.length) body.attachments = await Promise.all(files.map(uploadFile));
     const m = await api('POST', `/chats/${state.open}/messages`, body);
     box.value = '';
+    $('files').value = '';
+    showPicked();
     grow();
     state.replyTo = null;
     $('replying').hidden = true;
@@ -560,6 +693,9 @@ function onEvent(event) {
       }
       break;
     }
+    case 'attachment.stored':
+      attachmentStored(event.hash);
+      break;
     case 'lagged':
       // Events were dropped: read again what is shown.
       refresh();
@@ -654,6 +790,8 @@ function wire() {
     }
   });
   $('cancel-reply').addEventListener('click', cancelReply);
+  $('attach').addEventListener('click', () => $('files').click());
+  $('files').addEventListener('change', showPicked);
   $('older').addEventListener('click', loadOlder);
   $('scroller').addEventListener('scroll', () => {
     if (state.more && $('scroller').scrollTop < 40) {
