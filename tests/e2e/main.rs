@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod apart;
+mod attachments;
 mod backup;
 mod bad_requests;
 mod chaos;
