@@ -114,7 +114,7 @@ pub async fn serve(
         identity.keypair,
         network_config,
         engine.clone(),
-        blob_store,
+        blob_store.clone(),
         crate::net::blobs::BlobPolicy {
             auto_fetch_max: config
                 .attachments
@@ -126,7 +126,8 @@ pub async fn serve(
     )?;
     let backups = Arc::new(
         crate::backup::Backups::new(engine.clone(), &paths.data_dir)
-            .with_object_bytes(config.backup.object_kib.max(1) as usize * 1024),
+            .with_object_bytes(config.backup.object_kib.max(1) as usize * 1024)
+            .with_blobs(blob_store),
     );
     let schedule = backup_every.map(|every| {
         let retention = crate::backup::Retention {

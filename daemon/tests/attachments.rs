@@ -525,3 +525,79 @@ async fn a_file_is_freed_on_every_device_once_no_message_names_it() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_are_backed_up_once_and_come_back_with_their_chats() {
+    use chatsync_api::wire::{BackupInitRequest, RestoreRequest};
+    let a = TestDaemon::start().await;
+    let repo = tempfile::tempdir().unwrap();
+    let target = repo.path().join("backup").to_str().unwrap().to_string();
+    a.client
+        .backup_init(&BackupInitRequest {
+            target: target.clone(),
+            passphrase: Some("correct horse battery".into()),
+            recovery_key: false,
+            cwd: None,
+        })
+        .await
+        .unwrap();
+    let chat = a.create_chat("kept").await;
+    let photo = file_bytes(5 * MIB + 3, 8);
+    let (msg, _) = post_file(&a, &chat.id, "photo.jpg", photo.clone()).await;
+    let first = a.client.backup_now().await.unwrap();
+    assert_eq!(first.attachments, 1);
+    assert!(first.bytes_written > photo.len() as u64, "{first:?}");
+    // Unchanged: the attachment is not written again.
+    let second = a.client.backup_now().await.unwrap();
+    assert_eq!(second.attachments, 1);
+    assert!(
+        second.bytes_written < 256 * 1024,
+        "{} bytes written for a backup with nothing new",
+        second.bytes_written
+    );
+    let verified = a.client.backup_verify(None).await.unwrap();
+    assert!(verified.bytes >= photo.len() as u64, "{verified:?}");
+    // Nothing in the repository holds the bytes in the clear.
+    let needle = &photo[1000..1064];
+    for entry in walk(repo.path()) {
+        let stored = std::fs::read(&entry).unwrap();
+        assert!(
+            !stored.windows(needle.len()).any(|w| w == needle),
+            "{} holds the photo's bytes",
+            entry.display()
+        );
+    }
+    a.shutdown().await;
+
+    // A new device restores: the chat, and the photo with it.
+    let b = TestDaemon::start().await;
+    let restored = b
+        .client
+        .backup_restore(&RestoreRequest {
+            target,
+            passphrase: Some("correct horse battery".into()),
+            recovery_key: None,
+            snapshot: None,
+            cwd: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(restored.attachments, 1, "{restored:?}");
+    let there = attachment_on(&b, &chat.id, &msg).await.unwrap();
+    assert!(there.present);
+    assert_eq!(bytes_of(&b, &chat.id, &msg).await, photo);
+    b.shutdown().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -378,7 +378,21 @@ async fn old_snapshots_and_what_only_they_used_are_removed() {
     use chatsync_daemon::backup::Retention;
     let (home, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (engine, chats) = device_with_chats(home.path()).await;
-    let backups = Backups::new(engine.clone(), home.path());
+    // An attachment, in every snapshot: pruning must keep its pieces.
+    let blobs = chatsync_daemon::blobs::Blobs::open(home.path(), u64::MAX, 0).unwrap();
+    let photo: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let (hash, size) = blobs.import(&photo[..], None).unwrap();
+    let attachment = chatsync_model::Attachment {
+        hash,
+        size,
+        name: "photo.jpg".into(),
+        media_type: "image/jpeg".into(),
+    };
+    engine
+        .post_with_attachments(&chats[1], "", None, &[attachment], None)
+        .await
+        .unwrap();
+    let backups = Backups::new(engine.clone(), home.path()).with_blobs(blobs);
     backups
         .init(target.path().to_str().unwrap(), None, passphrase())
         .await

@@ -53,11 +53,13 @@ pub async fn run(cmd: BackupCommand, client: &Client, json: bool) -> anyhow::Res
                 return output::json_line(&report);
             }
             println!(
-                "snapshot {} (#{}): {} chats, {} messages; wrote {} in {} objects in {:.1} s",
+                "snapshot {} (#{}): {} chats, {} messages, {} attachments; wrote {} in {} \
+                 objects in {:.1} s",
                 report.snapshot,
                 report.seq,
                 report.chats,
                 report.messages,
+                report.attachments,
                 output::human_bytes(report.bytes_written),
                 report.objects_written,
                 report.elapsed_ms as f64 / 1000.0
@@ -148,6 +150,16 @@ pub async fn run(cmd: BackupCommand, client: &Client, json: bool) -> anyhow::Res
                 println!(
                     "{} chats could not be merged (see the daemon's log)",
                     report.not_merged
+                );
+            }
+            if report.attachments > 0 || report.attachments_skipped > 0 {
+                println!("{} attachments restored", report.attachments);
+            }
+            if report.attachments_skipped > 0 {
+                println!(
+                    "{} attachments left in the backup: they do not fit this device's \
+                     attachment quota or disk",
+                    report.attachments_skipped
                 );
             }
             Ok(())

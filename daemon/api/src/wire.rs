@@ -733,6 +733,9 @@ pub struct BackupJson {
     pub seq: u64,
     pub chats: u64,
     pub messages: u64,
+    /// Attachments the snapshot holds.
+    #[serde(default)]
+    pub attachments: u64,
     pub bytes_written: u64,
     pub objects_written: u64,
     pub elapsed_ms: u64,
@@ -853,6 +856,12 @@ pub struct RestoreJson {
     #[serde(default)]
     pub not_merged: u64,
     pub messages: u64,
+    /// Attachments brought back, and those left in the backup for want of room (the quota,
+    /// or the disk).
+    #[serde(default)]
+    pub attachments: u64,
+    #[serde(default)]
+    pub attachments_skipped: u64,
     pub elapsed_ms: u64,
 }
 

@@ -78,6 +78,7 @@ pub async fn now(State(st): St) -> Result<(StatusCode, Json<BackupJson>), ApiErr
             seq: report.seq,
             chats: report.chats as u64,
             messages: report.messages,
+            attachments: report.attachments,
             bytes_written: report.bytes_written,
             objects_written: report.objects_written as u64,
             elapsed_ms: report.elapsed_ms,
@@ -142,6 +143,8 @@ pub async fn restore(
         merged_messages: report.merged_messages as u64,
         not_merged: report.not_merged as u64,
         messages: report.messages,
+        attachments: report.attachments as u64,
+        attachments_skipped: report.attachments_skipped as u64,
         elapsed_ms: report.elapsed_ms,
     }))
 }

@@ -29,6 +29,7 @@
 //! 0600) so that it can back up without asking, and in the repository encrypted with the
 //! user's passphrase or recovery key, so that a new device can restore.
 
+mod attachments;
 mod keys;
 mod pack;
 mod repository;
@@ -101,6 +102,8 @@ pub struct BackupReport {
     pub seq: u64,
     pub chats: usize,
     pub messages: u64,
+    /// Attachments the snapshot holds.
+    pub attachments: u64,
     /// Bytes written to the target (objects that were there already are not written again).
     pub bytes_written: u64,
     pub objects_written: usize,
@@ -141,6 +144,9 @@ pub struct RestoreReport {
     /// Chats this device had whose copy could not be merged (each logged with why).
     pub not_merged: usize,
     pub messages: u64,
+    /// Attachments brought back, and those left in the backup for want of room here.
+    pub attachments: usize,
+    pub attachments_skipped: usize,
     pub elapsed_ms: u64,
 }
 
@@ -216,8 +222,11 @@ pub struct Backups {
     /// One backup, prune or restore at a time.
     running: tokio::sync::Mutex<()>,
     schedule: std::sync::Mutex<Schedule>,
-    /// A bundle of packs is written once it holds this many bytes.
+    /// A bundle of packs is written once it holds this many bytes (and attachments are cut
+    /// into pieces of this size).
     object_bytes: usize,
+    /// Attachments' bytes, backed up beside the chats (`attachments.rs`).
+    blobs: Option<Arc<crate::blobs::Blobs>>,
 }
 
 impl Backups {
@@ -228,7 +237,14 @@ impl Backups {
             running: tokio::sync::Mutex::new(()),
             schedule: std::sync::Mutex::new((None, None)),
             object_bytes: snapshot::BUNDLE_BYTES,
+            blobs: None,
         }
+    }
+
+    /// Backs up the attachments in `blobs` too, and restores them there.
+    pub fn with_blobs(mut self, blobs: Arc<crate::blobs::Blobs>) -> Backups {
+        self.blobs = Some(blobs);
+        self
     }
 
     /// Gathers packs into objects of about `bytes` (the config's `backup.object_kib`).
@@ -347,6 +363,13 @@ impl Backups {
                     }
                 }
             }
+            for page in &manifest.attachment_pages {
+                if used.insert(page.clone()) {
+                    for entry in attachments::page(&repo, page).await? {
+                        used.extend(entry.pieces);
+                    }
+                }
+            }
         }
         (pruned.objects, pruned.bytes) = repo.delete_unused(&used, grace).await?;
         Ok(pruned)
@@ -436,6 +459,7 @@ impl Backups {
         }
         let mut reader = restore::PackReader::new(&repo);
         let mut checked = std::collections::BTreeSet::new();
+        let mut verified_blobs = std::collections::HashSet::new();
         let mut bytes = 0;
         for manifest in &manifests {
             if checked.insert(manifest.roster.clone()) {
@@ -447,6 +471,14 @@ impl Backups {
                 // each bundle once).
                 checked.extend(entry.packs.iter().map(|at| at.object.clone()));
                 reader.chat(entry).await?;
+            }
+            checked.extend(manifest.attachment_pages.iter().cloned());
+            for entry in attachments::entries(&repo, manifest).await? {
+                // Each attachment read back whole and hashed, once.
+                if verified_blobs.insert(entry.hash.clone()) {
+                    checked.extend(entry.pieces.iter().cloned());
+                    bytes += attachments::verify(&repo, &entry).await?;
+                }
             }
         }
         bytes += reader.read_bytes;

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! config                      the repository's secrets, encrypted with the passphrase
+//!                             (objects hold bundles of chat packs, index pages, the roster,
+//!                             pieces of attachments and attachment pages alike)
 //! objects/<2 hex>/<64 hex>    an object, named by the HMAC of its contents (keys.rs)
 //! snapshots/<64 hex>          a manifest, named by the HMAC of its number
 //! ```
@@ -69,6 +71,14 @@ pub struct Manifest {
     pub messages: u64,
     /// Bytes of the chats' documents.
     pub bytes: u64,
+    /// The objects listing the attachments (`attachments.rs`); absent in snapshots made
+    /// before attachments were backed up.
+    #[serde(default)]
+    pub attachment_pages: Vec<String>,
+    #[serde(default)]
+    pub attachments: u64,
+    #[serde(default)]
+    pub attachment_bytes: u64,
 }
 
 /// Where one of a chat's packs is: a bundle object, and the pack's place in it.
@@ -356,6 +366,9 @@ impl Repository {
             chats: 0,
             messages: 0,
             bytes: 0,
+            attachment_pages: Vec::new(),
+            attachments: 0,
+            attachment_bytes: 0,
         };
         Ok((next, newest))
     }

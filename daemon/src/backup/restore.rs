@@ -79,6 +79,8 @@ impl Backups {
             merged_messages: 0,
             not_merged: 0,
             messages: manifest.messages,
+            attachments: 0,
+            attachments_skipped: 0,
             elapsed_ms: 0,
         };
         let mut progress = Progress::new(&self.engine, true, entries.len());
@@ -100,6 +102,12 @@ impl Backups {
                 batch_bytes = 0;
                 batch_limit = (batch_limit * 2).min(RESTORE_BATCH_CHATS);
             }
+        }
+        // The attachments after the chats that name them.
+        if let Some(blobs) = &self.blobs {
+            let restored = super::attachments::restore(&repo, blobs, manifest).await?;
+            report.attachments = restored.restored;
+            report.attachments_skipped = restored.skipped;
         }
         progress.finish();
         self.save_settings(&canonical_target(&parsed, target), &keys)?;

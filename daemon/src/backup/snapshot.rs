@@ -102,6 +102,16 @@ impl Backups {
         manifest.pages = pages;
         written.bytes += page_bytes;
         written.objects += page_objects;
+        if let Some(blobs) = &self.blobs {
+            let attachments =
+                super::attachments::back_up(&repo, blobs, newest.as_ref(), self.object_bytes)
+                    .await?;
+            manifest.attachment_pages = attachments.pages;
+            manifest.attachments = attachments.blobs;
+            manifest.attachment_bytes = attachments.bytes;
+            written.bytes += attachments.written_bytes;
+            written.objects += attachments.written_objects;
+        }
         progress.finish();
         written.bytes += repo.put_manifest(&manifest).await?;
         Ok(BackupReport {
@@ -109,6 +119,7 @@ impl Backups {
             seq: manifest.seq,
             chats: manifest.chats,
             messages: manifest.messages,
+            attachments: manifest.attachments,
             bytes_written: written.bytes,
             objects_written: written.objects,
             elapsed_ms: started.elapsed().as_millis() as u64,
