@@ -17,7 +17,10 @@ use chatsync_daemon::paths::{PathArgs, Paths};
 use nix::{sys::signal, unistd::Pid};
 use serde_json::json;
 
-use crate::{args::DaemonCommand, output};
+use crate::{
+    args::DaemonCommand,
+    output::{self, human_bytes},
+};
 
 /// How long `start` waits for the API to answer, and `stop` for the process to exit.
 const WAIT: Duration = Duration::from_secs(30);
@@ -223,6 +226,7 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
                 human_bytes(s.loaded_bytes_estimate)
             ),
         ),
+        ("files", attachments_line(&s.attachments)),
     ];
     if let Some(at) = s.removed_from_mesh_at {
         println!("{}", removed_notice(at));
@@ -238,6 +242,34 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
         println!("{:<10}  {}", "backups", backup_line(&backup));
     }
     Ok(())
+}
+
+/// The `files` row of `chatsync status`: attachments stored here, and downloads under way.
+fn attachments_line(a: &chatsync_api::wire::AttachmentStatsJson) -> String {
+    let mut line = format!(
+        "{} {}, {} of {} quota",
+        a.blobs,
+        if a.blobs == 1 {
+            "attachment"
+        } else {
+            "attachments"
+        },
+        human_bytes(a.bytes),
+        human_bytes(a.quota_bytes)
+    );
+    if a.transfers > 0 {
+        line.push_str(&format!(
+            "; {} {} under way ({} so far)",
+            a.transfers,
+            if a.transfers == 1 {
+                "download"
+            } else {
+                "downloads"
+            },
+            human_bytes(a.partial_bytes)
+        ));
+    }
+    line
 }
 
 /// The `backups` row of `chatsync status`: where to, the last good one, any failure, the next.
@@ -386,21 +418,6 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 fn human_duration(ms: u64) -> String {
