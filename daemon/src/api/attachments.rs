@@ -26,7 +26,7 @@ use super::{
     wire::{AttachmentListJson, BlobJson, PostAttachment, TransferListJson},
 };
 use crate::{
-    blobs::{BlobError, pipe},
+    blobs::{BlobError, pipe, thumbnail::ThumbnailError},
     net::blobs::{FetchError, Reach},
 };
 
@@ -163,17 +163,7 @@ pub async fn download(
 ) -> AppResult<Response> {
     let chat = st.engine.resolve_chat(&chat)?;
     let msg = st.engine.message(&chat.id, &message).await?;
-    let Some(a) = msg.attachments.get(index) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            format!(
-                "message {} has {} attachment(s); there is no number {index}",
-                msg.id,
-                msg.attachments.len()
-            ),
-        ));
-    };
+    let a = attachment_at(&msg, index)?;
     let mut response = serve_blob(&st, &a.hash, request).await?;
     let inline = INLINE_TYPES.contains(&a.media_type.as_str());
     if response.status().is_success() {
@@ -197,6 +187,69 @@ pub async fn download(
     Ok(response)
 }
 
+/// Previews made at once, at most: each decodes a whole image.
+static MAKING_THUMBNAILS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// `GET /v1/chats/{chat}/messages/{message}/attachments/{index}/thumbnail`: a small JPEG of an
+/// image attachment, made on this device.
+pub async fn thumbnail(
+    State(st): St,
+    ApiPath((chat, message, index)): ApiPath<(String, String, usize)>,
+    request: Request,
+) -> AppResult<Response> {
+    let chat = st.engine.resolve_chat(&chat)?;
+    let msg = st.engine.message(&chat.id, &message).await?;
+    let a = attachment_at(&msg, index)?;
+    if !a.media_type.starts_with("image/") {
+        return Err(not_an_image(format!("{} is not an image", a.name)));
+    }
+    let blobs = st.network.blobs.store().clone();
+    let hash = a.hash;
+    let made = {
+        let _turn = MAKING_THUMBNAILS.acquire().await.map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Internal,
+                e.to_string(),
+            )
+        })?;
+        tokio::task::spawn_blocking(move || blobs.thumbnail(&hash))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    e.to_string(),
+                )
+            })?
+    };
+    let path = match made {
+        Ok(path) => path,
+        Err(ThumbnailError::NotHere) => return Err(not_here(&hash)),
+        Err(ThumbnailError::NotAnImage(why)) => return Err(not_an_image(why)),
+        Err(ThumbnailError::Io(e)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Storage,
+                e.to_string(),
+            ));
+        }
+    };
+    let mut response = serve_file(path, request).await?;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
+    Ok(response)
+}
+
+fn not_an_image(why: String) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::Invalid,
+        format!("no preview: {why}"),
+    )
+}
+
 /// `GET /v1/blobs/{hash}`: a blob's bytes (ranges allowed).
 pub async fn blob(
     State(st): St,
@@ -212,19 +265,42 @@ pub async fn blob(
     Ok(response)
 }
 
+fn attachment_at(msg: &chatsync_model::Message, index: usize) -> AppResult<&Attachment> {
+    msg.attachments.get(index).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!(
+                "message {} has {} attachment(s); there is no number {index}",
+                msg.id,
+                msg.attachments.len()
+            ),
+        )
+    })
+}
+
+fn not_here(hash: &BlobHash) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::AttachmentNotHere,
+        format!(
+            "attachment {hash} is not on this device yet (POST \
+             /v1/chats/{{chat}}/messages/{{message}}/attachments/fetch brings it)"
+        ),
+    )
+}
+
 async fn serve_blob(st: &AppState, hash: &BlobHash, request: Request) -> AppResult<Response> {
     let blobs = st.network.blobs.store();
     if !blobs.has(hash) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::AttachmentNotHere,
-            format!(
-                "attachment {hash} is not on this device yet (POST \
-                 /v1/chats/{{chat}}/messages/{{message}}/attachments/fetch brings it)"
-            ),
-        ));
+        return Err(not_here(hash));
     }
-    let served = tower_http::services::ServeFile::new(blobs.path(hash))
+    serve_file(blobs.path(hash), request).await
+}
+
+/// A file on this device, with ranges, and the headers that keep it from running as a page.
+async fn serve_file(path: std::path::PathBuf, request: Request) -> AppResult<Response> {
+    let served = tower_http::services::ServeFile::new(path)
         .oneshot(request)
         .await
         .map_err(|e| {

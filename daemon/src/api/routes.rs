@@ -81,6 +81,10 @@ pub fn web_routes() -> Router<Arc<AppState>> {
             get(attachments::download),
         )
         .route(
+            "/chats/{chat}/messages/{message}/attachments/{index}/thumbnail",
+            get(attachments::thumbnail),
+        )
+        .route(
             "/blobs",
             post(attachments::upload).layer(axum::extract::DefaultBodyLimit::disable()),
         )

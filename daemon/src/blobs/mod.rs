@@ -20,6 +20,7 @@
 //!   partial/abcd…ef.obao  the hashes received so far,
 //!   partial/abcd…ef.have  how many bytes from the start are verified and on disk
 //!   tmp/                uploads being written (emptied at start)
+//!   thumbs/abcd…ef-320.jpg  an image's preview (`thumbnail.rs`)
 //! ```
 //!
 //! Durability: a blob is written and synced under `tmp/` (or `partial/`), then renamed into
@@ -34,6 +35,7 @@
 mod partial;
 pub mod pipe;
 pub mod sweep;
+pub mod thumbnail;
 pub mod transfer;
 
 use std::{
@@ -376,6 +378,7 @@ impl Blobs {
         };
         fs::remove_file(self.path(hash))?;
         let _ = fs::remove_file(self.outboard_path(hash));
+        self.remove_thumbnail(hash);
         self.used.fetch_sub(len, Ordering::Relaxed);
         self.blob_count.fetch_sub(1, Ordering::Relaxed);
         Ok(true)

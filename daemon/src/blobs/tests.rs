@@ -204,3 +204,46 @@ fn requests_round_trip_and_malformed_ones_are_refused() {
     wrong_magic[0] = b'X';
     assert_eq!(Request::decode(&wrong_magic), None);
 }
+
+#[test]
+fn images_get_small_previews_and_other_bytes_get_none() {
+    let (_dir, blobs) = store(GIB);
+    let mut png = Vec::new();
+    let image =
+        image::RgbaImage::from_fn(1000, 500, |x, y| image::Rgba([x as u8, y as u8, 7, 255]));
+    image::DynamicImage::ImageRgba8(image)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let (hash, _) = blobs.import(&png[..], None).unwrap();
+    let preview = blobs.thumbnail(&hash).unwrap();
+    let made = image::open(&preview).unwrap();
+    assert_eq!((made.width(), made.height()), (320, 160));
+    // Made once, kept, and removed with the blob.
+    assert_eq!(blobs.thumbnail(&hash).unwrap(), preview);
+    blobs.remove(&hash).unwrap();
+    assert!(!preview.exists());
+    let (text, _) = blobs.import(&b"not an image"[..], None).unwrap();
+    assert!(matches!(
+        blobs.thumbnail(&text),
+        Err(super::thumbnail::ThumbnailError::NotAnImage(_))
+    ));
+    assert!(matches!(
+        blobs.thumbnail(&BlobHash([9; 32])),
+        Err(super::thumbnail::ThumbnailError::NotHere)
+    ));
+}
+
+#[test]
+fn the_smallest_png_is_previewed() {
+    let (_dir, blobs) = store(GIB);
+    let pixel: [u8; 67] = [
+        0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44,
+        0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F,
+        0x15, 0xC4, 0x89, 0x00, 0x00, 0x00, 0x0A, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0x00,
+        0x01, 0x00, 0x00, 0x05, 0x00, 0x01, 0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00, 0x00, 0x00, 0x49,
+        0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+    ];
+    let (hash, _) = blobs.import(&pixel[..], None).unwrap();
+    let made = image::open(blobs.thumbnail(&hash).unwrap()).unwrap();
+    assert_eq!((made.width(), made.height()), (1, 1), "not scaled up");
+}

@@ -299,11 +299,10 @@ function messageElement(m) {
   return li;
 }
 
-// Attachments: images of common types show in the message (read with the page's key, so
-// through an object URL); every file has a button that saves it, fetching it from another
-// device first when it is not on this one.
-const INLINE = ['image/png', 'image/jpeg', 'image/gif', 'image/webp', 'image/avif'];
-const INLINE_MAX = 16 * 1024 * 1024;
+// Attachments: images show in the message as previews the device makes (read with the page's
+// key, so through an object URL); every file has a button that saves it, fetching it from
+// another device first when it is not on this one.
+const PREVIEWED = ['image/png', 'image/jpeg', 'image/gif', 'image/webp'];
 const objectUrls = new Map();
 
 function size(bytes) {
@@ -321,8 +320,9 @@ function attachmentPath(m, index) {
   return `/chats/${m.chat}/messages/${m.id}/attachments/${index}`;
 }
 
-async function attachmentBlob(m, index) {
-  const res = await fetch('/v1' + attachmentPath(m, index), { credentials: 'same-origin', headers: headers() });
+async function attachmentBlob(m, index, preview) {
+  const path = attachmentPath(m, index) + (preview ? '/thumbnail' : '');
+  const res = await fetch('/v1' + path, { credentials: 'same-origin', headers: headers() });
   if (res.status === 401) {
     showUnlinked();
     throw new Unlinked();
@@ -337,7 +337,7 @@ async function attachmentBlob(m, index) {
 function attachmentsElement(m) {
   const box = el('div', 'attachments');
   m.attachments.forEach((a, index) => {
-    if (a.present && INLINE.includes(a.media_type) && a.size <= INLINE_MAX) {
+    if (a.present && PREVIEWED.includes(a.media_type)) {
       const img = el('img', 'inline');
       img.alt = a.name;
       img.dataset.hash = a.hash;
@@ -345,7 +345,7 @@ function attachmentsElement(m) {
       if (known) {
         img.src = known;
       } else {
-        attachmentBlob(m, index)
+        attachmentBlob(m, index, true)
           .then((blob) => {
             const url = URL.createObjectURL(blob);
             objectUrls.set(a.hash, url);
@@ -370,7 +370,7 @@ async function saveAttachment(m, index, a, control) {
       control.textContent = `${a.name}: fetching…`;
       await api('POST', `/chats/${m.chat}/messages/${m.id}/attachments/fetch`);
     }
-    const blob = await attachmentBlob(m, index);
+    const blob = await attachmentBlob(m, index, false);
     const url = URL.createObjectURL(blob);
     const link = el('a');
     link.href = url;
