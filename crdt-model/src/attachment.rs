@@ -37,6 +37,11 @@ pub const MAX_MEDIA_TYPE_BYTES: usize = 127;
 /// Largest attachment the document may describe (1 TiB). What a device accepts to store is its
 /// own quota's business; this bounds the numbers replicas read.
 pub const MAX_ATTACHMENT_BYTES: u64 = 1 << 40;
+/// The BLAKE3 hash of nothing: the only hash an attachment of 0 bytes may have.
+pub const EMPTY_HASH: BlobHash = BlobHash([
+    0xaf, 0x13, 0x49, 0xb9, 0xf5, 0xf9, 0xa1, 0xa6, 0xa0, 0x40, 0x4d, 0xea, 0x36, 0xdc, 0xc9, 0x49,
+    0x9b, 0xcb, 0x25, 0xc9, 0xad, 0xc1, 0x12, 0xb7, 0xcc, 0x9a, 0x93, 0xca, 0xe4, 0x1f, 0x32, 0x62,
+]);
 /// Longest attachment field accepted.
 pub const MAX_ATTACHMENTS_FIELD_BYTES: usize =
     2 + MAX_ATTACHMENTS * (64 + 1 + 20 + 1 + MAX_MEDIA_TYPE_BYTES + 1 + MAX_FILE_NAME_BYTES + 1);
@@ -130,6 +135,13 @@ impl Attachment {
             return Err(ModelError::Invalid(format!(
                 "an attachment is at most {MAX_ATTACHMENT_BYTES} bytes"
             )));
+        }
+        // Bytes are checked against the hash as they arrive; with none to arrive, nothing
+        // would be, and any hash could be made to name an empty file.
+        if self.size == 0 && self.hash != EMPTY_HASH {
+            return Err(ModelError::Invalid(
+                "an attachment of 0 bytes has the hash of nothing".into(),
+            ));
         }
         check_file_name(&self.name)?;
         check_media_type(&self.media_type)
@@ -241,7 +253,11 @@ mod tests {
 
     fn attachment(name: &str, media_type: &str, size: u64) -> Attachment {
         Attachment {
-            hash: BlobHash([0xab; 32]),
+            hash: if size == 0 {
+                EMPTY_HASH
+            } else {
+                BlobHash([0xab; 32])
+            },
             size,
             name: name.into(),
             media_type: media_type.into(),
@@ -320,6 +336,7 @@ mod tests {
             "2".into(),
             format!("1\n{hash}"),
             format!("1\n{hash}\t-1\ta/b\tn"),
+            format!("1\n{hash}\t0\ta/b\tn"),
             format!("1\n{hash}\t{}\ta/b\tn", MAX_ATTACHMENT_BYTES + 1),
             format!("1\n{hash}\t1\ta/b\ta/b"),
             format!("1\n{hash}\t1\tab\tn"),

@@ -31,6 +31,12 @@ use crate::{
 };
 
 type AppResult<T> = Result<T, ApiError>;
+
+/// Uploads at once, at most; each holds a blocking thread while it runs.
+const MAX_UPLOADS: usize = 16;
+static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_UPLOADS);
+/// An upload that sends nothing for this long is cut.
+const UPLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 type St = State<Arc<AppState>>;
 
 /// Media types a browser may show inline; anything else downloads, so that a file from another
@@ -55,24 +61,43 @@ pub async fn upload(State(st): St, headers: HeaderMap, body: Body) -> AppResult<
         ),
         None => None,
     };
+    let Ok(_turn) = UPLOADS.try_acquire() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Storage,
+            format!("{MAX_UPLOADS} uploads are under way; try again when one ends"),
+        ));
+    };
     let (tx, rx) = mpsc::channel(pipe::QUEUE);
     let blobs = st.network.blobs.store().clone();
     let import =
         tokio::task::spawn_blocking(move || blobs.import(pipe::ChannelReader::new(rx), expected));
     let mut stream = body.into_data_stream();
     let mut cut = None;
-    while let Some(piece) = stream.next().await {
+    loop {
+        let piece = tokio::select! {
+            _ = st.shutdown.cancelled() => Some(Err("the daemon is shutting down".to_string())),
+            next = tokio::time::timeout(UPLOAD_STALL, stream.next()) => match next {
+                Ok(Some(Ok(piece))) => Some(Ok(piece)),
+                Ok(Some(Err(e))) => Some(Err(e.to_string())),
+                Ok(None) => None,
+                Err(_) => Some(Err(format!("nothing arrived for {} s", UPLOAD_STALL.as_secs()))),
+            },
+        };
         match piece {
-            Ok(piece) => {
-                if tx.send(piece).await.is_err() {
+            Some(Ok(piece)) => {
+                if tx.send(Ok(piece)).await.is_err() {
                     // The import stopped (its error is the answer).
                     break;
                 }
             }
-            Err(e) => {
-                cut = Some(e.to_string());
+            Some(Err(why)) => {
+                // The import fails rather than keep a short file.
+                let _ = tx.send(Err(std::io::Error::other(why.clone()))).await;
+                cut = Some(why);
                 break;
             }
+            None => break,
         }
     }
     drop(tx);
@@ -361,7 +386,7 @@ fn blob_error(e: BlobError) -> ApiError {
         BlobError::TooLarge(_) => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, message)
         }
-        BlobError::WrongLength { .. } => invalid(message),
+        BlobError::WrongLength { .. } | BlobError::WrongHash { .. } => invalid(message),
         BlobError::Io(_) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Storage, message)
         }
@@ -382,6 +407,11 @@ fn fetch_error(e: FetchError) -> ApiError {
             message,
         ),
         FetchError::Blob(e) => blob_error(e),
+        FetchError::WrongSize { .. } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::Invalid,
+            message,
+        ),
     }
 }
 

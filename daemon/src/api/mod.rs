@@ -124,11 +124,23 @@ pub async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the API until `state.shutdown` is cancelled and open requests have finished.
+/// How long a shutdown waits for open requests (a download a reader stopped reading, say).
+const REQUESTS_AFTER_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves the API until `state.shutdown` is cancelled and open requests have finished (or
+/// [`REQUESTS_AFTER_SHUTDOWN`] has passed: then they are dropped).
 pub async fn serve(listener: UnixListener, state: Arc<AppState>) -> anyhow::Result<()> {
     let shutdown = state.shutdown.clone();
-    axum::serve(access::OwnerOnly::new(listener), router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("API server failed")
+    let served = axum::serve(access::OwnerOnly::new(listener), router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tokio::select! {
+        served = served => served.context("API server failed"),
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(REQUESTS_AFTER_SHUTDOWN).await;
+        } => {
+            tracing::warn!("requests still open 10 s after shutdown; leaving them");
+            Ok(())
+        }
+    }
 }

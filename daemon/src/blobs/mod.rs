@@ -53,7 +53,7 @@ use std::{
 use bao_tree::{BaoTree, BlockSize, io::outboard::PostOrderOutboard};
 use chatsync_model::BlobHash;
 
-pub use partial::Partial;
+pub use partial::{Partial, Progress};
 
 /// BLAKE3 chunks are 1 KiB; the tree is kept per group of 16 (16 KiB). Smaller groups cost
 /// more hashes on disk and on the wire; larger ones make a lying device cost more to catch.
@@ -78,6 +78,11 @@ pub enum BlobError {
     TooLarge(u64),
     #[error("the attachment is {actual} bytes, not the {expected} announced")]
     WrongLength { expected: u64, actual: u64 },
+    #[error("the bytes hash to {actual}, not to the attachment's {expected}")]
+    WrongHash {
+        expected: BlobHash,
+        actual: BlobHash,
+    },
     #[error("attachment store: {0}")]
     Io(#[from] io::Error),
 }
@@ -101,6 +106,17 @@ pub struct Blobs {
     reserve: u64,
     /// Bytes of complete blobs and downloads under way: what the quota limits.
     used: AtomicU64,
+    /// Bytes that writes under way may still add ([`Blobs::reserve`]): counted against the
+    /// quota and the disk before they are written, so that writes at once cannot together
+    /// overrun either.
+    reserved: AtomicU64,
+    /// Makes each reservation's check and count one step.
+    room: Mutex<()>,
+    /// Makes each blob's "is it here? then move it in" one step.
+    installing: Mutex<()>,
+    /// When each blob was last installed or named by a post in this run: a sweep that began
+    /// before leaves it (`sweep.rs`).
+    touched: Mutex<HashMap<BlobHash, Instant>>,
     blob_count: AtomicU64,
     partial_bytes: AtomicU64,
     /// Blobs with a download open: one writer per partial file.
@@ -152,6 +168,10 @@ impl Blobs {
             quota,
             reserve,
             used: AtomicU64::new(bytes + partial_bytes),
+            reserved: AtomicU64::new(0),
+            room: Mutex::new(()),
+            installing: Mutex::new(()),
+            touched: Mutex::new(HashMap::new()),
             blob_count: AtomicU64::new(count),
             partial_bytes: AtomicU64::new(partial_bytes),
             downloading: Mutex::new(HashSet::new()),
@@ -223,15 +243,29 @@ impl Blobs {
         source: impl Read,
         expected: Option<u64>,
     ) -> Result<(BlobHash, u64), BlobError> {
+        self.import_checked(source, expected, None)
+    }
+
+    /// [`Self::import`], refusing bytes that do not hash to `hash` (nothing of them is kept).
+    pub fn import_checked(
+        &self,
+        source: impl Read,
+        expected: Option<u64>,
+        hash: Option<BlobHash>,
+    ) -> Result<(BlobHash, u64), BlobError> {
+        let mut held = Held {
+            blobs: self,
+            bytes: 0,
+        };
         if let Some(len) = expected {
-            self.make_room(len)?;
+            held.grow(len)?;
         }
         let tmp = self
             .dir
             .join("tmp")
             .join(format!("{:016x}", rand::random::<u64>()));
         let outboard_tmp = with_suffix(&tmp, ".obao");
-        let result = self.import_into(source, expected, &tmp, &outboard_tmp);
+        let result = self.import_into(source, expected, hash, &tmp, &outboard_tmp, &mut held);
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
             let _ = fs::remove_file(&outboard_tmp);
@@ -243,12 +277,14 @@ impl Blobs {
         &self,
         mut source: impl Read,
         expected: Option<u64>,
+        expected_hash: Option<BlobHash>,
         tmp: &Path,
         outboard_tmp: &Path,
+        held: &mut Held<'_>,
     ) -> Result<(BlobHash, u64), BlobError> {
         let mut out = BufWriter::with_capacity(IO_BUFFER, File::create(tmp)?);
         let mut buf = vec![0u8; IO_BUFFER];
-        let (mut written, mut checked) = (0u64, 0u64);
+        let mut written = 0u64;
         loop {
             let n = match source.read(&mut buf) {
                 Ok(0) => break,
@@ -266,9 +302,13 @@ impl Blobs {
                     actual: written,
                 });
             }
-            if expected.is_none() && written - checked >= SPACE_CHECK_EVERY {
-                self.make_room(written)?;
-                checked = written;
+            // Of unknown length: room is reserved a step ahead of what is written (or, near
+            // the quota, just what is written).
+            if written > held.bytes {
+                let needed = written - held.bytes;
+                if held.grow(SPACE_CHECK_EVERY.max(needed)).is_err() {
+                    held.grow(needed)?;
+                }
             }
             out.write_all(&buf[..n])?;
         }
@@ -279,9 +319,6 @@ impl Blobs {
                 expected: len,
                 actual: written,
             });
-        }
-        if expected.is_none() {
-            self.make_room(written)?;
         }
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
@@ -297,11 +334,22 @@ impl Blobs {
         let outboard = outboard.into_inner().map_err(|e| e.into_error())?;
         outboard.sync_all()?;
         let hash = BlobHash(*root.as_bytes());
+        if let Some(expected) = expected_hash
+            && expected != hash
+        {
+            return Err(BlobError::WrongHash {
+                expected,
+                actual: hash,
+            });
+        }
+        if expected_hash.is_none() {
+            // An upload: its post follows.
+            self.unclaimed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(hash, Instant::now());
+        }
         self.install(&hash, written, tmp, outboard_tmp, true)?;
-        self.unclaimed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(hash, Instant::now());
         Ok((hash, written))
     }
 
@@ -315,6 +363,8 @@ impl Blobs {
         outboard: &Path,
         count: bool,
     ) -> io::Result<bool> {
+        let _installing = self.installing.lock().unwrap_or_else(|e| e.into_inner());
+        self.touch(hash);
         let target = self.path(hash);
         if target.exists() {
             fs::remove_file(data)?;
@@ -336,21 +386,57 @@ impl Blobs {
         Ok(true)
     }
 
-    /// A post names these blobs: sweeps judge them by the messages from now on.
+    /// A post names these blobs: sweeps judge them by the messages from now on (a sweep
+    /// already under way, which may have read the chat before the post, leaves them).
     pub fn claim(&self, hashes: impl IntoIterator<Item = BlobHash>) {
+        let _installing = self.installing.lock().unwrap_or_else(|e| e.into_inner());
         let mut unclaimed = self.unclaimed.lock().unwrap_or_else(|e| e.into_inner());
         for hash in hashes {
             unclaimed.remove(&hash);
+            self.touch(&hash);
         }
     }
 
-    /// Whether a blob was uploaded less than `grace` ago and no post named it yet.
-    fn waits_for_its_post(&self, hash: &BlobHash, grace: std::time::Duration) -> bool {
-        self.unclaimed
+    fn touch(&self, hash: &BlobHash) {
+        self.touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*hash, Instant::now());
+    }
+
+    /// Whether a sweep that began at `since` must leave a blob: installed or named since, or
+    /// uploaded less than `grace` ago with no post naming it yet.
+    pub(super) fn kept_from_sweep(
+        &self,
+        hash: &BlobHash,
+        since: Instant,
+        grace: std::time::Duration,
+    ) -> bool {
+        let touched = self
+            .touched
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(hash)
-            .is_some_and(|at| at.elapsed() < grace)
+            .is_some_and(|at| *at >= since);
+        touched
+            || self
+                .unclaimed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(hash)
+                .is_some_and(|at| at.elapsed() < grace)
+    }
+
+    /// Forgets what a sweep that began at `since` no longer needs to know.
+    pub(super) fn forget_before(&self, since: Instant, grace: std::time::Duration) {
+        self.touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, at| *at >= since);
+        self.unclaimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, at| at.elapsed() < grace);
     }
 
     /// Every complete blob.
@@ -371,8 +457,29 @@ impl Blobs {
         Ok(found)
     }
 
+    /// Removes a blob unless a sweep that began at `since` must leave it
+    /// ([`Self::kept_from_sweep`]); its bytes if it was removed.
+    pub(super) fn remove_unless_kept(
+        &self,
+        hash: &BlobHash,
+        since: Instant,
+        grace: std::time::Duration,
+    ) -> io::Result<Option<u64>> {
+        let _installing = self.installing.lock().unwrap_or_else(|e| e.into_inner());
+        if self.kept_from_sweep(hash, since, grace) {
+            return Ok(None);
+        }
+        let len = self.len(hash);
+        Ok(if self.remove_now(hash)? { len } else { None })
+    }
+
     /// Removes a blob (no message here refers to it any more).
     pub fn remove(&self, hash: &BlobHash) -> io::Result<bool> {
+        let _installing = self.installing.lock().unwrap_or_else(|e| e.into_inner());
+        self.remove_now(hash)
+    }
+
+    fn remove_now(&self, hash: &BlobHash) -> io::Result<bool> {
         let Some(len) = self.len(hash) else {
             return Ok(false);
         };
@@ -384,42 +491,93 @@ impl Blobs {
         Ok(true)
     }
 
-    /// Errs unless `bytes` more fit in the quota and on the disk above the store's reserve.
-    pub fn make_room(&self, bytes: u64) -> Result<(), BlobError> {
+    /// Sets room aside for `bytes` more: errs unless they fit in the quota, and on the disk
+    /// above the store's reserve, besides what the other writes under way set aside. The
+    /// caller gives it back with [`Self::release`] as it writes (or stops).
+    pub fn reserve(&self, bytes: u64) -> Result<(), BlobError> {
+        let _room = self.room.lock().unwrap_or_else(|e| e.into_inner());
         let used = self.used.load(Ordering::Relaxed);
-        if used.saturating_add(bytes) > self.quota {
+        let reserved = self.reserved.load(Ordering::Relaxed);
+        if used.saturating_add(reserved).saturating_add(bytes) > self.quota {
             return Err(BlobError::Quota {
                 quota: self.quota,
-                used,
+                used: used + reserved,
                 needed: bytes,
             });
         }
         let free = crate::store::space::free_bytes(&self.dir)?;
         // Outboards add under 1% to what the bytes take.
-        if free < self.reserve.saturating_add(bytes + bytes / 64) {
+        let wanted = reserved.saturating_add(bytes);
+        if free < self.reserve.saturating_add(wanted + wanted / 64) {
             return Err(BlobError::DiskFull {
                 free,
                 reserve: self.reserve,
             });
         }
+        self.reserved.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Downloads under way that have verified bytes, from an earlier run or this one: each
-    /// blob's hash and size.
-    pub fn partial_downloads(&self) -> Vec<(BlobHash, u64)> {
+    /// Gives back room set aside with [`Self::reserve`].
+    pub fn release(&self, bytes: u64) {
+        let _ = self
+            .reserved
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_sub(bytes))
+            });
+    }
+
+    /// Every blob with a file in `partial/`, whatever state a crash left it in.
+    pub fn partial_hashes(&self) -> Vec<BlobHash> {
         let Ok(entries) = fs::read_dir(self.dir.join("partial")) else {
             return Vec::new();
         };
-        let mut found: Vec<(BlobHash, u64)> = entries
+        let mut found: Vec<BlobHash> = entries
             .filter_map(|e| {
-                let hash = BlobHash::from_hex(&e.ok()?.file_name().to_string_lossy()).ok()?;
-                let (size, _) = partial::read_progress(&self.dir.join("partial"), &hash)?;
-                Some((hash, size))
+                let name = e.ok()?.file_name();
+                let name = name.to_string_lossy();
+                BlobHash::from_hex(name.get(..64)?).ok()
             })
             .collect();
         found.sort();
+        found.dedup();
         found
+    }
+
+    /// Downloads under way, from an earlier run or this one, with what each one's record says.
+    pub fn partial_downloads(&self) -> Vec<(BlobHash, Progress)> {
+        let Ok(entries) = fs::read_dir(self.dir.join("partial")) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(BlobHash, Progress)> = entries
+            .filter_map(|e| {
+                let hash = BlobHash::from_hex(&e.ok()?.file_name().to_string_lossy()).ok()?;
+                let progress = partial::read_progress(&self.dir.join("partial"), &hash)?;
+                Some((hash, progress))
+            })
+            .collect();
+        found.sort_by_key(|(hash, _)| *hash);
+        found
+    }
+}
+
+/// Room an import holds, given back when it ends.
+struct Held<'a> {
+    blobs: &'a Blobs,
+    bytes: u64,
+}
+
+impl Held<'_> {
+    fn grow(&mut self, bytes: u64) -> Result<(), BlobError> {
+        self.blobs.reserve(bytes)?;
+        self.bytes += bytes;
+        Ok(())
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.blobs.release(self.bytes);
     }
 }
 

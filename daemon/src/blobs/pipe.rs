@@ -15,15 +15,16 @@ pub const PIECE: usize = 64 * 1024;
 /// Pieces waiting in a channel.
 pub const QUEUE: usize = 16;
 
-/// The blocking side of a receiving pump: reads the pieces the pump forwards; the end of the
-/// pieces is the end of the stream.
+/// The blocking side of a receiving pump: reads the pieces the pump forwards. The pump sends an
+/// error when its source failed (a cut upload must not read as a short file); the channel's end
+/// is the end of the stream.
 pub struct ChannelReader {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
 }
 
 impl ChannelReader {
-    pub fn new(rx: mpsc::Receiver<Bytes>) -> ChannelReader {
+    pub fn new(rx: mpsc::Receiver<io::Result<Bytes>>) -> ChannelReader {
         ChannelReader {
             rx,
             current: Bytes::new(),
@@ -35,7 +36,8 @@ impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
-                Some(piece) => self.current = piece,
+                Some(Ok(piece)) => self.current = piece,
+                Some(Err(e)) => return Err(e),
                 None => return Ok(0),
             }
         }

@@ -11,7 +11,11 @@
 //! more piece of state to keep right across crashes, where the documents already say it all.
 //! A chat that cannot be read stops the sweep before anything is removed.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use chatsync_model::BlobHash;
 
@@ -30,7 +34,11 @@ pub struct Swept {
 }
 
 /// Removes the blobs and downloads no message names.
+///
+/// A blob installed or named by a post after the sweep began is left: the chat that names it
+/// may have been read before (`Blobs::kept_from_sweep`).
 pub async fn sweep(engine: &Engine, blobs: &Arc<Blobs>) -> Result<Swept, EngineError> {
+    let started = Instant::now();
     let mut named: HashSet<BlobHash> = HashSet::new();
     for chat in engine.list_chats() {
         for a in engine.attachments_of(&chat.id).await? {
@@ -41,20 +49,20 @@ pub async fn sweep(engine: &Engine, blobs: &Arc<Blobs>) -> Result<Swept, EngineE
     tokio::task::spawn_blocking(move || {
         let mut swept = Swept::default();
         for hash in blobs.list()? {
-            if named.contains(&hash) || blobs.waits_for_its_post(&hash, UPLOAD_GRACE) {
+            if named.contains(&hash) {
                 continue;
             }
-            let len = blobs.len(&hash).unwrap_or(0);
-            if blobs.remove(&hash)? {
+            if let Some(len) = blobs.remove_unless_kept(&hash, started, UPLOAD_GRACE)? {
                 swept.blobs += 1;
                 swept.bytes += len;
             }
         }
-        for (hash, _) in blobs.partial_downloads() {
+        for hash in blobs.partial_hashes() {
             if !named.contains(&hash) && blobs.discard_download(hash)? {
                 swept.downloads += 1;
             }
         }
+        blobs.forget_before(started, UPLOAD_GRACE);
         Ok::<_, std::io::Error>(swept)
     })
     .await

@@ -89,9 +89,9 @@ fn a_blob_moves_whole_and_verified() {
     let (_b, receiver) = store(GIB);
     let data = bytes(1_000_003, 9);
     let (hash, size) = sender.import(&data[..], None).unwrap();
-    let mut partial = receiver.start_download(hash, size).unwrap().unwrap();
+    let mut partial = receiver.start_download(hash, size, true).unwrap().unwrap();
     assert!(
-        receiver.start_download(hash, size).unwrap().is_none(),
+        receiver.start_download(hash, size, true).unwrap().is_none(),
         "one writer"
     );
     let mut last = 0;
@@ -114,7 +114,7 @@ fn a_cut_transfer_resumes_from_the_last_checkpoint_after_a_restart() {
     let full = stream(&sender, &hash, 0);
     {
         let receiver = Blobs::open(dir.path(), GIB, 0).unwrap();
-        let mut partial = receiver.start_download(hash, size).unwrap().unwrap();
+        let mut partial = receiver.start_download(hash, size, true).unwrap().unwrap();
         let cut = &full[..full.len() * 2 / 3];
         let err = transfer::receive(&mut partial, cut, |_| {}).unwrap_err();
         assert!(matches!(err, ReceiveError::Cut(_)), "{err}");
@@ -122,8 +122,18 @@ fn a_cut_transfer_resumes_from_the_last_checkpoint_after_a_restart() {
     }
     // A new run: the download resumes where the checkpoint says, asking only for the rest.
     let receiver = Blobs::open(dir.path(), GIB, 0).unwrap();
-    assert_eq!(receiver.partial_downloads(), vec![(hash, size)]);
-    let mut partial = receiver.start_download(hash, size).unwrap().unwrap();
+    assert_eq!(
+        receiver.partial_downloads(),
+        vec![(
+            hash,
+            super::Progress {
+                size,
+                have: receiver_have(&receiver, &hash),
+                asked: true
+            }
+        )]
+    );
+    let mut partial = receiver.start_download(hash, size, true).unwrap().unwrap();
     let from = partial.have();
     assert!(from > size / 2);
     let rest = stream(&sender, &hash, from);
@@ -147,7 +157,7 @@ fn a_wrong_byte_is_caught_at_its_group_and_what_came_before_is_kept() {
     let mut bad = stream(&sender, &hash, 0);
     let at = bad.len() / 2;
     bad[at] ^= 1;
-    let mut partial = receiver.start_download(hash, size).unwrap().unwrap();
+    let mut partial = receiver.start_download(hash, size, true).unwrap().unwrap();
     let err = transfer::receive(&mut partial, &bad[..], |_| {}).unwrap_err();
     assert!(matches!(err, ReceiveError::Corrupt(_)), "{err}");
     let kept = partial.have();
@@ -166,7 +176,7 @@ fn a_stream_for_other_bytes_is_refused_at_once() {
     let (_b, receiver) = store(GIB);
     let (real, size) = sender.import(&bytes(100_000, 1)[..], None).unwrap();
     let (other, _) = sender.import(&bytes(100_000, 2)[..], None).unwrap();
-    let mut partial = receiver.start_download(real, size).unwrap().unwrap();
+    let mut partial = receiver.start_download(real, size, true).unwrap().unwrap();
     let err = transfer::receive(&mut partial, &stream(&sender, &other, 0)[..], |_| {});
     assert!(matches!(err, Err(ReceiveError::Corrupt(_))), "{err:?}");
     assert_eq!(partial.have(), 0);
@@ -246,4 +256,72 @@ fn the_smallest_png_is_previewed() {
     let (hash, _) = blobs.import(&pixel[..], None).unwrap();
     let made = image::open(blobs.thumbnail(&hash).unwrap()).unwrap();
     assert_eq!((made.width(), made.height()), (1, 1), "not scaled up");
+}
+
+#[test]
+fn the_model_knows_the_hash_of_nothing() {
+    assert_eq!(
+        chatsync_model::attachment::EMPTY_HASH.0,
+        *blake3::hash(b"").as_bytes()
+    );
+}
+
+#[test]
+fn uploads_at_once_keep_the_quota_together() {
+    let (_dir, blobs) = store(10_000);
+    // Room set aside by one write counts against the next.
+    blobs.reserve(6_000).unwrap();
+    let err = blobs.import(&bytes(6_000, 1)[..], Some(6_000)).unwrap_err();
+    assert!(matches!(err, BlobError::Quota { .. }), "{err}");
+    let err = blobs.import(&bytes(6_000, 2)[..], None).unwrap_err();
+    assert!(matches!(err, BlobError::Quota { .. }), "{err}");
+    blobs.release(6_000);
+    blobs.import(&bytes(6_000, 3)[..], Some(6_000)).unwrap();
+}
+
+#[test]
+fn a_record_left_without_its_bytes_starts_the_download_over() {
+    let (dir, blobs) = store(GIB);
+    let (_a, sender) = store(GIB);
+    let data = bytes(100_000, 4);
+    let (hash, size) = sender.import(&data[..], None).unwrap();
+    // A crash between the removal of a download's bytes and of its record.
+    let partial = dir.path().join("blobs/partial");
+    std::fs::write(
+        partial.join(format!("{hash}.have")),
+        format!("{size} {size}"),
+    )
+    .unwrap();
+    let mut download = blobs.start_download(hash, size, true).unwrap().unwrap();
+    assert_eq!(download.have(), 0);
+    transfer::receive(&mut download, &stream(&sender, &hash, 0)[..], |_| {}).unwrap();
+    download.finish().unwrap();
+    assert_eq!(read_all(&blobs, &hash), data);
+}
+
+#[test]
+fn bytes_that_do_not_hash_to_the_name_are_not_kept() {
+    let (_dir, blobs) = store(GIB);
+    let (named, _) = blobs.import(&bytes(1_000, 5)[..], None).unwrap();
+    let err = blobs
+        .import_checked(&bytes(1_000, 6)[..], Some(1_000), Some(BlobHash([7; 32])))
+        .unwrap_err();
+    assert!(matches!(err, BlobError::WrongHash { .. }), "{err}");
+    // Bytes of a blob that is here, under another name: the blob that is here stays.
+    let err = blobs
+        .import_checked(&bytes(1_000, 5)[..], Some(1_000), Some(BlobHash([8; 32])))
+        .unwrap_err();
+    assert!(matches!(err, BlobError::WrongHash { .. }), "{err}");
+    assert!(blobs.has(&named));
+    assert_eq!(blobs.stats().blobs, 1);
+    // And nothing is fetched for 0 bytes: there is nothing to check.
+    assert!(blobs.start_download(BlobHash([9; 32]), 0, true).is_err());
+}
+
+fn receiver_have(blobs: &Blobs, hash: &BlobHash) -> u64 {
+    blobs
+        .partial_downloads()
+        .into_iter()
+        .find(|(h, _)| h == hash)
+        .map_or(0, |(_, p)| p.have)
 }

@@ -66,6 +66,8 @@ const MAX_SERVING: usize = 4;
 const MAX_FETCHING: usize = 2;
 /// Rounds over the connected devices before a fetch that keeps being cut gives up for now.
 const ROUNDS: usize = 3;
+/// Fetches nobody asked for, under way or waiting, at most.
+const MAX_UNASKED: usize = 64;
 /// Chats that arrived whole waiting to have their attachments looked at.
 const SCAN_QUEUE: usize = 256;
 /// A first sweep for attachments no message names, this long after start.
@@ -76,7 +78,10 @@ const SWEEP_DEBOUNCE: Duration = Duration::from_secs(3);
 /// Sweeps are at least this many times as far apart as the last one took.
 const SWEEP_SPACING: u32 = 20;
 /// How often unfinished downloads are looked at again without a device connecting.
-const RESUME_EVERY: Duration = Duration::from_secs(60);
+const RESUME_EVERY: Duration = Duration::from_secs(5);
+/// A download tried again without success waits longer each time, up to this; a device
+/// connecting ends every wait.
+const LONGEST_RESUME_WAIT: Duration = Duration::from_secs(300);
 
 /// Why a fetch did not bring the blob.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +94,8 @@ pub enum FetchError {
     Blob(#[from] crate::blobs::BlobError),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    #[error("the message says the attachment is {message} bytes; the file with its hash is {file}")]
+    WrongSize { message: u64, file: u64 },
 }
 
 /// What the user configured (`[attachments]`).
@@ -121,6 +128,8 @@ pub struct TransferInfo {
 }
 
 struct Active {
+    /// Which fetch this is (a newer fetch of the same blob replaces a finished one).
+    id: u64,
     size: u64,
     have: Arc<AtomicU64>,
     from: Arc<Mutex<Option<DeviceId>>>,
@@ -144,6 +153,11 @@ struct Inner {
     internal: mpsc::Sender<Internal>,
     policy: BlobPolicy,
     active: Mutex<HashMap<BlobHash, Active>>,
+    next_id: AtomicU64,
+    /// When each unfinished download may be tried again, and the wait after that.
+    resume_waits: Mutex<HashMap<BlobHash, (Instant, Duration)>>,
+    /// Ends transfers under way, and the fetches waiting for their turn.
+    shutdown: CancellationToken,
     fetching: Semaphore,
     serving: Arc<Semaphore>,
 }
@@ -168,6 +182,7 @@ impl BlobService {
         commands: mpsc::Sender<Command>,
         internal: mpsc::Sender<Internal>,
         policy: BlobPolicy,
+        shutdown: CancellationToken,
     ) -> BlobService {
         BlobService {
             inner: Arc::new(Inner {
@@ -178,6 +193,9 @@ impl BlobService {
                 internal,
                 policy,
                 active: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+                resume_waits: Mutex::new(HashMap::new()),
+                shutdown,
                 fetching: Semaphore::new(MAX_FETCHING),
                 serving: Arc::new(Semaphore::new(MAX_SERVING)),
             }),
@@ -188,14 +206,21 @@ impl BlobService {
         &self.inner.blobs
     }
 
-    /// Starts serving blobs and fetching by policy; both stop at `shutdown`.
-    pub(super) fn start(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Starts serving blobs and fetching by policy; everything stops at the shutdown: fetches
+    /// waiting for their turn give up, transfers under way are cut (and resume next time).
+    pub(super) fn start(&self) -> anyhow::Result<()> {
         let incoming = self
             .control()
             .accept(BLOB_PROTOCOL)
             .map_err(|e| anyhow::anyhow!("cannot accept attachment streams: {e}"))?;
+        let shutdown = self.inner.shutdown.clone();
         tokio::spawn(self.clone().serve_incoming(incoming, shutdown.clone()));
-        tokio::spawn(self.clone().fetch_by_policy(shutdown));
+        tokio::spawn(self.clone().fetch_by_policy(shutdown.clone()));
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            inner.fetching.close();
+        });
         Ok(())
     }
 
@@ -227,7 +252,24 @@ impl BlobService {
     /// Fetches a blob of `size` bytes from the devices connected now (or joins the fetch of it
     /// under way), returning once it is stored here.
     pub async fn fetch(&self, hash: BlobHash, size: u64, reach: Reach) -> Result<(), FetchError> {
-        if self.inner.blobs.has(&hash) {
+        match self.inner.blobs.len(&hash) {
+            Some(len) if len == size => return Ok(()),
+            // What is here hashes to the name: the message's size is wrong.
+            Some(len) => {
+                return Err(FetchError::WrongSize {
+                    message: size,
+                    file: len,
+                });
+            }
+            None => {}
+        }
+        if size == 0 {
+            // Nothing to fetch: the empty blob is made here (and only the empty hash has
+            // size 0: `Attachment::check`).
+            let blobs = self.inner.blobs.clone();
+            tokio::task::spawn_blocking(move || blobs.import_checked(&[][..], Some(0), Some(hash)))
+                .await
+                .map_err(|_| FetchError::ShuttingDown)??;
             return Ok(());
         }
         let mut done = {
@@ -238,9 +280,11 @@ impl BlobService {
                     let (tx, rx) = watch::channel(None);
                     let have = Arc::new(AtomicU64::new(0));
                     let from = Arc::new(Mutex::new(None));
+                    let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
                     active.insert(
                         hash,
                         Active {
+                            id,
                             size,
                             have: have.clone(),
                             from: from.clone(),
@@ -260,7 +304,10 @@ impl BlobService {
                             .active
                             .lock()
                             .unwrap_or_else(|e| e.into_inner());
-                        active.remove(&hash);
+                        // Only its own entry: a newer fetch of the blob may have taken its place.
+                        if active.get(&hash).is_some_and(|a| a.id == id) {
+                            active.remove(&hash);
+                        }
                     });
                     rx
                 }
@@ -295,7 +342,8 @@ impl BlobService {
             .await
             .map_err(|_| FetchError::ShuttingDown)?;
         let blobs = self.inner.blobs.clone();
-        let opened = tokio::task::spawn_blocking(move || blobs.start_download(hash, size))
+        let asked = reach == Reach::Any;
+        let opened = tokio::task::spawn_blocking(move || blobs.start_download(hash, size, asked))
             .await
             .map_err(|_| FetchError::ShuttingDown)??;
         // Another fetch of it is writing: this one has nothing to do.
@@ -438,18 +486,32 @@ impl BlobService {
             Ok(Err(why)) => return (partial, Attempt::Cut(why)),
             Err(_) => return (partial, Attempt::Cut("no answer".into())),
         };
-        let (tx, rx) = mpsc::channel::<Bytes>(PUMP_QUEUE);
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(PUMP_QUEUE);
         let fetched = &self.inner.blobs.fetched_bytes;
+        let shutdown = &self.inner.shutdown;
         let pump = async move {
             loop {
                 let mut piece = BytesMut::zeroed(PIECE_BYTES);
-                let n = match tokio::time::timeout(STALL, stream.read(&mut piece)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                let read = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    read = tokio::time::timeout(STALL, stream.read(&mut piece)) => read,
+                };
+                let n = match read {
+                    Ok(Ok(0)) => break,
                     Ok(Ok(n)) => n,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(e)).await;
+                        break;
+                    }
+                    Err(_) => {
+                        let stalled = io::Error::new(io::ErrorKind::TimedOut, "stalled");
+                        let _ = tx.send(Err(stalled)).await;
+                        break;
+                    }
                 };
                 piece.truncate(n);
                 fetched.fetch_add(n as u64, Ordering::Relaxed);
-                if tx.send(piece.freeze()).await.is_err() {
+                if tx.send(Ok(piece.freeze())).await.is_err() {
                     break;
                 }
             }
@@ -535,14 +597,24 @@ impl BlobService {
         let (started, mut sent_here) = (tokio::time::Instant::now(), 0u64);
         let mut failed = None;
         while let Some(piece) = rx.recv().await {
-            match tokio::time::timeout(STALL, stream.write_all(&piece)).await {
+            let written = tokio::select! {
+                _ = self.inner.shutdown.cancelled() => {
+                    failed = Some(io::Error::other("the daemon is shutting down"));
+                    break;
+                }
+                written = tokio::time::timeout(STALL, stream.write_all(&piece)) => written,
+            };
+            match written {
                 Ok(Ok(())) => {
                     served.fetch_add(piece.len() as u64, Ordering::Relaxed);
                     sent_here += piece.len() as u64;
                     let rate = self.inner.policy.send_rate;
                     if rate > 0 {
                         let due = Duration::from_secs_f64(sent_here as f64 / rate as f64);
-                        tokio::time::sleep_until(started + due).await;
+                        tokio::select! {
+                            _ = self.inner.shutdown.cancelled() => {}
+                            _ = tokio::time::sleep_until(started + due) => {}
+                        }
                     }
                 }
                 Ok(Err(e)) => {
@@ -604,7 +676,14 @@ impl BlobService {
                         next_sweep = next_sweep
                             .min((Instant::now() + SWEEP_DEBOUNCE).max(earliest_sweep));
                     }
-                    Ok(Event::PeerUp { .. }) => self.resume_downloads(),
+                    Ok(Event::PeerUp { .. }) => {
+                        self.inner
+                            .resume_waits
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clear();
+                        self.resume_downloads();
+                    }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
@@ -633,7 +712,10 @@ impl BlobService {
     /// Fetches, in the background, the attachments within the size fetched unasked.
     fn fetch_unasked(&self, attachments: Vec<chatsync_model::Attachment>) {
         for a in attachments {
-            if a.size <= self.inner.policy.auto_fetch_max && !self.inner.blobs.has(&a.hash) {
+            if a.size <= self.inner.policy.auto_fetch_max
+                && !self.inner.blobs.has(&a.hash)
+                && self.room_for_unasked()
+            {
                 let service = self.clone();
                 tokio::spawn(async move {
                     if let Err(e) = service.fetch(a.hash, a.size, Reach::DirectOnly).await {
@@ -642,6 +724,17 @@ impl BlobService {
                 });
             }
         }
+    }
+
+    /// Whether another fetch nobody asked for may start: they wait for their turn in memory,
+    /// so their number is bounded (more are left for when they are asked for).
+    fn room_for_unasked(&self) -> bool {
+        self.inner
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            < MAX_UNASKED
     }
 
     /// The attachments of a chat's latest messages, for a chat that arrived whole.
@@ -661,17 +754,37 @@ impl BlobService {
 
     /// Starts again every unfinished download that is not under way.
     fn resume_downloads(&self) {
-        for (hash, size) in self.inner.blobs.partial_downloads() {
+        let unfinished = self.inner.blobs.partial_downloads();
+        let now = Instant::now();
+        let mut waits = self
+            .inner
+            .resume_waits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        waits.retain(|hash, _| unfinished.iter().any(|(h, _)| h == hash));
+        for (hash, progress) in unfinished {
             let busy = self
                 .inner
                 .active
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .contains_key(&hash);
-            if !busy {
+            let due = waits.get(&hash).is_none_or(|(at, _)| *at <= now);
+            if !busy && due && self.room_for_unasked() {
+                let gap = waits
+                    .get(&hash)
+                    .map_or(RESUME_EVERY, |(_, gap)| (*gap * 2).min(LONGEST_RESUME_WAIT));
+                waits.insert(hash, (now + gap, gap));
+                // One the policy fetched unasked goes on as it began: never over a relay.
+                let reach = if progress.asked {
+                    Reach::Any
+                } else {
+                    Reach::DirectOnly
+                };
+                let size = progress.size;
                 let service = self.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = service.fetch(hash, size, Reach::Any).await {
+                    if let Err(e) = service.fetch(hash, size, reach).await {
                         tracing::debug!(%hash, error = %e, "unfinished attachment not resumed yet");
                     }
                 });

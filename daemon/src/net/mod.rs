@@ -138,8 +138,9 @@ impl Network {
             tx.clone(),
             task.internal.clone(),
             blob_policy,
+            shutdown.clone(),
         );
-        blobs.start(shutdown.clone())?;
+        blobs.start()?;
         let handle = tokio::spawn(task.run(shutdown));
         Ok((Network { tx, blobs }, handle))
     }
