@@ -122,7 +122,7 @@ async fn a_large_file_comes_when_asked_and_a_cut_transfer_resumes_after_restarts
     b_config.attachments.auto_fetch_mib = 1;
     let (a, b) = two(b_config).await;
     let chat = a.create_chat("videos").await;
-    let data = file_bytes(24 * MIB, 2);
+    let data = file_bytes(50 * MIB, 2);
     let size = data.len() as u64;
     let (msg, hash) = post_file(&a, &chat.id, "clip.mp4", data.clone()).await;
     eventually("b has the message", WAIT, || async {
