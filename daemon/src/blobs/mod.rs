@@ -282,6 +282,9 @@ impl Blobs {
         outboard_tmp: &Path,
         held: &mut Held<'_>,
     ) -> Result<(BlobHash, u64), BlobError> {
+        if let Some(len) = expected {
+            return self.import_known(source, len, expected_hash, tmp, outboard_tmp);
+        }
         let mut out = BufWriter::with_capacity(IO_BUFFER, File::create(tmp)?);
         let mut buf = vec![0u8; IO_BUFFER];
         let mut written = 0u64;
@@ -296,12 +299,6 @@ impl Blobs {
             if written > chatsync_model::attachment::MAX_ATTACHMENT_BYTES {
                 return Err(BlobError::TooLarge(written));
             }
-            if expected.is_some_and(|len| written > len) {
-                return Err(BlobError::WrongLength {
-                    expected: expected.unwrap_or_default(),
-                    actual: written,
-                });
-            }
             // Of unknown length: room is reserved a step ahead of what is written (or, near
             // the quota, just what is written).
             if written > held.bytes {
@@ -311,14 +308,6 @@ impl Blobs {
                 }
             }
             out.write_all(&buf[..n])?;
-        }
-        if let Some(len) = expected
-            && written != len
-        {
-            return Err(BlobError::WrongLength {
-                expected: len,
-                actual: written,
-            });
         }
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
@@ -333,7 +322,24 @@ impl Blobs {
         )?;
         let outboard = outboard.into_inner().map_err(|e| e.into_error())?;
         outboard.sync_all()?;
-        let hash = BlobHash(*root.as_bytes());
+        self.finish_import(
+            BlobHash(*root.as_bytes()),
+            written,
+            expected_hash,
+            tmp,
+            outboard_tmp,
+        )
+    }
+
+    /// Checks an imported blob's hash (when one is expected) and moves it into place.
+    fn finish_import(
+        &self,
+        hash: BlobHash,
+        written: u64,
+        expected_hash: Option<BlobHash>,
+        tmp: &Path,
+        outboard_tmp: &Path,
+    ) -> Result<(BlobHash, u64), BlobError> {
         if let Some(expected) = expected_hash
             && expected != hash
         {
@@ -351,6 +357,71 @@ impl Blobs {
         }
         self.install(&hash, written, tmp, outboard_tmp, true)?;
         Ok((hash, written))
+    }
+
+    /// An import of known length (room for it is held): one pass, the tree's hashes made as
+    /// the bytes are written.
+    fn import_known(
+        &self,
+        source: impl Read,
+        len: u64,
+        expected_hash: Option<BlobHash>,
+        tmp: &Path,
+        outboard_tmp: &Path,
+    ) -> Result<(BlobHash, u64), BlobError> {
+        if len > chatsync_model::attachment::MAX_ATTACHMENT_BYTES {
+            return Err(BlobError::TooLarge(len));
+        }
+        let mut tee = Tee {
+            source,
+            out: BufWriter::with_capacity(IO_BUFFER, File::create(tmp)?),
+            written: 0,
+        };
+        let mut outboard = BufWriter::new(File::create(outboard_tmp)?);
+        let root = match bao_tree::io::sync::outboard_post_order(
+            &mut tee,
+            BaoTree::new(len, BLOCK_SIZE),
+            &mut outboard,
+        ) {
+            Ok(root) => root,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(BlobError::WrongLength {
+                    expected: len,
+                    actual: tee.written,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Nothing may follow the announced length.
+        let mut more = [0u8; 1];
+        loop {
+            match tee.source.read(&mut more) {
+                Ok(0) => break,
+                Ok(_) => {
+                    return Err(BlobError::WrongLength {
+                        expected: len,
+                        actual: len + 1,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tee.out
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()?;
+        outboard
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()?;
+        self.finish_import(
+            BlobHash(*root.as_bytes()),
+            len,
+            expected_hash,
+            tmp,
+            outboard_tmp,
+        )
     }
 
     /// Moves a complete, synced blob and its outboard into place, or drops them when the blob
@@ -558,6 +629,22 @@ impl Blobs {
             .collect();
         found.sort_by_key(|(hash, _)| *hash);
         found
+    }
+}
+
+/// Writes what it reads: an import's one pass, the tree hashing what the file receives.
+struct Tee<R> {
+    source: R,
+    out: BufWriter<File>,
+    written: u64,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.source.read(buf)?;
+        self.out.write_all(&buf[..n])?;
+        self.written += n as u64;
+        Ok(n)
     }
 }
 

@@ -210,13 +210,19 @@ impl Partial {
         }
     }
 
+    /// Replaces the record. The directory is synced only when the record is new: a later
+    /// rename lost to a crash leaves the earlier record, which claims less.
     fn write_progress(&self, have: u64) -> io::Result<()> {
+        let new = !self.have_path.exists();
         let tmp = with_suffix(&self.have_path, ".tmp");
         let asked = if self.asked { " asked" } else { "" };
         fs::write(&tmp, format!("{} {have}{asked}", self.size))?;
         File::open(&tmp)?.sync_all()?;
         fs::rename(&tmp, &self.have_path)?;
-        sync_dir(self.have_path.parent().unwrap_or(Path::new(".")))
+        if new {
+            sync_dir(self.have_path.parent().unwrap_or(Path::new(".")))?;
+        }
+        Ok(())
     }
 
     /// Syncs what was verified since the last call and records it. Blocks.

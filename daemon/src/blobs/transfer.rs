@@ -31,7 +31,9 @@ use super::{GROUP_BYTES, Partial, StoredBlob};
 const MAGIC: &[u8; 4] = b"CSB1";
 pub const REQUEST_BYTES: usize = 4 + 32 + 8 + 8;
 /// Received bytes between two syncs of a download's progress.
-const CHECKPOINT_EVERY: u64 = 4 * 1024 * 1024;
+/// Each costs two syncs and a rename, during which nothing is read from the stream; a crash
+/// loses at most this much (a stream that stops is checkpointed at once).
+const CHECKPOINT_EVERY: u64 = 32 * 1024 * 1024;
 
 /// What a receiver asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
