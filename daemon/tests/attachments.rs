@@ -56,6 +56,31 @@ async fn bytes_of(on: &TestDaemon, chat: &str, msg: &str) -> Vec<u8> {
     resp.bytes().await.unwrap().to_vec()
 }
 
+/// Starts `on` fetching a message's attachments in the background, and waits until a third of
+/// `size` has arrived; the fetch's answer comes from the task.
+async fn fetch_a_third(
+    on: &TestDaemon,
+    chat: &str,
+    msg: &str,
+    size: u64,
+) -> tokio::task::JoinHandle<Result<Vec<AttachmentJson>, chatsync_api::ClientError>> {
+    let fetch = {
+        let client = on.client.clone();
+        let (chat, msg) = (chat.to_string(), msg.to_string());
+        tokio::spawn(async move { client.fetch_attachments(&chat, &msg).await })
+    };
+    eventually("a third has arrived", WAIT, || async {
+        on.client
+            .transfers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|t| t.have > size / 3)
+    })
+    .await;
+    fetch
+}
+
 /// Two daemons on loopback, `b` dialling `a`, paired, with `b`'s config.
 async fn two(b_config: Config) -> (TestDaemon, TestDaemon) {
     let a = TestDaemon::start().await;
@@ -143,20 +168,7 @@ async fn a_large_file_comes_when_asked_and_a_cut_transfer_resumes_after_restarts
     a_config.attachments.send_kib_per_sec = 8 * 1024;
     let a = TestDaemon::start_in(a_home, a_config).await;
     wait_connected(&a, &b).await;
-    let fetch = {
-        let client = b.client.clone();
-        let (chat, msg) = (chat.id.clone(), msg.clone());
-        tokio::spawn(async move { client.fetch_attachments(&chat, &msg).await })
-    };
-    eventually("a third has arrived", WAIT, || async {
-        b.client
-            .transfers()
-            .await
-            .unwrap()
-            .iter()
-            .any(|t| t.have > size / 3)
-    })
-    .await;
+    let fetch = fetch_a_third(&b, &chat.id, &msg, size).await;
     let a_home = a.shutdown().await;
     let cut = fetch.await.unwrap();
     assert!(cut.is_err(), "the fetch survived its sender stopping");
@@ -194,20 +206,7 @@ async fn a_large_file_comes_when_asked_and_a_cut_transfer_resumes_after_restarts
         attachment_on(&c, &chat.id, &msg).await.is_some()
     })
     .await;
-    let fetch = {
-        let client = c.client.clone();
-        let (chat, msg) = (chat.id.clone(), msg.clone());
-        tokio::spawn(async move { client.fetch_attachments(&chat, &msg).await })
-    };
-    eventually("c has a third", WAIT, || async {
-        c.client
-            .transfers()
-            .await
-            .unwrap()
-            .iter()
-            .any(|t| t.have > size / 3)
-    })
-    .await;
+    let fetch = fetch_a_third(&c, &chat.id, &msg, size).await;
     let c_home = c.shutdown().await;
     let _ = fetch.await;
     let c = TestDaemon::start_in(c_home, c_config).await;

@@ -101,13 +101,7 @@ pub async fn upload(State(st): St, headers: HeaderMap, body: Body) -> AppResult<
         }
     }
     drop(tx);
-    let imported = import.await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            e.to_string(),
-        )
-    })?;
+    let imported = import.await.map_err(internal)?;
     if let Some(why) = cut {
         return Err(invalid(format!("the upload was cut: {why}")));
     }
@@ -240,13 +234,7 @@ pub async fn thumbnail(
         })?;
         tokio::task::spawn_blocking(move || blobs.thumbnail(&hash))
             .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrorCode::Internal,
-                    e.to_string(),
-                )
-            })?
+            .map_err(internal)?
     };
     let path = match made {
         Ok(path) => path,
@@ -328,13 +316,7 @@ async fn serve_file(path: std::path::PathBuf, request: Request) -> AppResult<Res
     let served = tower_http::services::ServeFile::new(path)
         .oneshot(request)
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                e.to_string(),
-            )
-        })?;
+        .map_err(internal)?;
     let mut response = served.map(Body::new);
     let headers = response.headers_mut();
     headers.insert(
@@ -364,6 +346,14 @@ pub async fn transfers(State(st): St) -> Json<TransferListJson> {
             .map(convert::transfer)
             .collect(),
     })
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Internal,
+        e.to_string(),
+    )
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {

@@ -45,7 +45,14 @@ async function api(method, path, body) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
   }
-  const res = await fetch('/v1' + path, init);
+  const res = await answered(fetch('/v1' + path, init));
+  return res.status === 204 ? null : res.json();
+}
+
+// A response that is not an error: 401 shows how to link again; other errors throw their
+// message.
+async function answered(request) {
+  const res = await request;
   if (res.status === 401) {
     showUnlinked();
     throw new Unlinked();
@@ -54,7 +61,7 @@ async function api(method, path, body) {
     const err = await res.json().catch(() => ({}));
     throw new Error((err.error && err.error.message) || res.statusText);
   }
-  return res.status === 204 ? null : res.json();
+  return res;
 }
 
 function showError(e) {
@@ -322,15 +329,7 @@ function attachmentPath(m, index) {
 
 async function attachmentBlob(m, index, preview) {
   const path = attachmentPath(m, index) + (preview ? '/thumbnail' : '');
-  const res = await fetch('/v1' + path, { credentials: 'same-origin', headers: headers() });
-  if (res.status === 401) {
-    showUnlinked();
-    throw new Unlinked();
-  }
-  if (!res.ok) {
-    const err = await res.json().catch(() => ({}));
-    throw new Error((err.error && err.error.message) || res.statusText);
-  }
+  const res = await answered(fetch('/v1' + path, { credentials: 'same-origin', headers: headers() }));
   return res.blob();
 }
 
@@ -399,20 +398,12 @@ function attachmentStored(hash) {
 }
 
 async function uploadFile(file) {
-  const res = await fetch('/v1/blobs', {
+  const res = await answered(fetch('/v1/blobs', {
     method: 'POST',
     credentials: 'same-origin',
     headers: { ...headers(), 'Content-Type': 'application/octet-stream' },
     body: file,
-  });
-  if (res.status === 401) {
-    showUnlinked();
-    throw new Unlinked();
-  }
-  if (!res.ok) {
-    const err = await res.json().catch(() => ({}));
-    throw new Error((err.error && err.error.message) || res.statusText);
-  }
+  }));
   const blob = await res.json();
   return { hash: blob.hash, name: file.name, media_type: file.type || 'application/octet-stream' };
 }
