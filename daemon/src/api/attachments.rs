@@ -180,9 +180,7 @@ pub async fn download(
     ApiPath((chat, message, index)): ApiPath<(String, String, usize)>,
     request: Request,
 ) -> AppResult<Response> {
-    let chat = st.engine.resolve_chat(&chat)?;
-    let msg = st.engine.message(&chat.id, &message).await?;
-    let a = attachment_at(&msg, index)?;
+    let a = attachment_at(&st, &chat, &message, index).await?;
     let mut response = serve_blob(&st, &a.hash, request).await?;
     let inline = INLINE_TYPES.contains(&a.media_type.as_str());
     if response.status().is_success() {
@@ -216,9 +214,7 @@ pub async fn thumbnail(
     ApiPath((chat, message, index)): ApiPath<(String, String, usize)>,
     request: Request,
 ) -> AppResult<Response> {
-    let chat = st.engine.resolve_chat(&chat)?;
-    let msg = st.engine.message(&chat.id, &message).await?;
-    let a = attachment_at(&msg, index)?;
+    let a = attachment_at(&st, &chat, &message, index).await?;
     if !a.media_type.starts_with("image/") {
         return Err(not_an_image(format!("{} is not an image", a.name)));
     }
@@ -278,18 +274,27 @@ pub async fn blob(
     Ok(response)
 }
 
-fn attachment_at(msg: &chatsync_model::Message, index: usize) -> AppResult<&Attachment> {
-    msg.attachments.get(index).ok_or_else(|| {
-        ApiError::new(
+/// Attachment number `index` of a message, as the route names them.
+async fn attachment_at(
+    st: &AppState,
+    chat: &str,
+    message: &str,
+    index: usize,
+) -> AppResult<Attachment> {
+    let chat = st.engine.resolve_chat(chat)?;
+    let mut msg = st.engine.message(&chat.id, message).await?;
+    let count = msg.attachments.len();
+    if index >= count {
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
             format!(
-                "message {} has {} attachment(s); there is no number {index}",
-                msg.id,
-                msg.attachments.len()
+                "message {} has {count} attachment(s); there is no number {index}",
+                msg.id
             ),
-        )
-    })
+        ));
+    }
+    Ok(msg.attachments.swap_remove(index))
 }
 
 fn not_here(hash: &BlobHash) -> ApiError {

@@ -517,8 +517,17 @@ impl BlobService {
             }
         };
         let decode = tokio::task::spawn_blocking(move || {
-            let result = transfer::receive(&mut partial, ChannelReader::new(rx), |n| {
-                have.store(n, Ordering::Relaxed)
+            // Bytes from another device go through bao-tree's decoder: should it ever panic on
+            // them, the download stops here (at its last checkpoint) and the daemon goes on.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                transfer::receive(&mut partial, ChannelReader::new(rx), |n| {
+                    have.store(n, Ordering::Relaxed)
+                })
+            }))
+            .unwrap_or_else(|_| {
+                Err(ReceiveError::Local(io::Error::other(
+                    "the download stopped on an internal error",
+                )))
             });
             (partial, result)
         });
@@ -528,7 +537,7 @@ impl BlobService {
             Ok((partial, Err(ReceiveError::Cut(e)))) => (partial, Attempt::Cut(e.to_string())),
             Ok((partial, Err(ReceiveError::Corrupt(why)))) => (partial, Attempt::Lied(why)),
             Ok((partial, Err(ReceiveError::Local(e)))) => (partial, Attempt::Local(e)),
-            // The blocking task cannot be lost but by a panic; the download is then dropped.
+            // A blocking task that started is never cancelled, and panics are caught in it.
             Err(e) => panic_dropped(e),
         }
     }
