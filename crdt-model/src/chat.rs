@@ -38,6 +38,7 @@ use crate::{
 };
 
 mod exclusion;
+mod receive;
 pub use exclusion::Excluded;
 
 /// The device making local changes: who it is, what it is called, and the Automerge actor its
@@ -720,7 +721,6 @@ impl ChatDoc {
         message: &[u8],
         proof: &Provenance<'_>,
     ) -> Result<SyncReceived, ModelError> {
-        use automerge::sync::SyncDoc;
         let message = decode_sync_message(message)?;
         let carried = authorship::changes_of_sync_message(&message)?;
         let new = self.unknown_changes(carried);
@@ -729,7 +729,7 @@ impl ChatDoc {
         let tops = authorship::check_batch(&new, &waiting, proof)?;
         self.check_room_to_wait(&new)?;
         let before = self.doc.get_heads();
-        self.doc.sync().receive_sync_message(state, message)?;
+        receive::receive(&mut self.doc, state, message)?;
         self.check_schema_after(&before)?;
         let new_changes = self.doc.get_changes(&before);
         let touched = self.refresh_index_from(&new_changes, &before)?;
