@@ -1,9 +1,13 @@
 //! The roster: which devices may sync with this one. The engine keeps it in memory (it is
 //! small) and persists every change like a chat's: one chunk, then a group-commit flush.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
-use chatsync_model::{Device, DeviceId, RosterDoc, RosterEntry};
+use automerge::ChangeHash;
+use chatsync_model::{Device, DeviceId, RosterDoc, RosterEntry, authorship::Standing};
 
 use super::{Engine, EngineError, Event, commit::Committer, now_ms};
 use crate::store::Store;
@@ -13,7 +17,12 @@ use crate::store::Store;
 pub struct LoadedRoster {
     doc: RosterDoc,
     next_seq: u64,
+    /// [`LoadedRoster::standings`] as of the roster's heads it was worked out at.
+    standings: Option<(Vec<ChangeHash>, Arc<Standings>)>,
 }
+
+/// Where each device stands in the roster, for checking who wrote changes.
+pub type Standings = HashMap<DeviceId, Standing>;
 
 /// Who this device deals with, as the roster says: kept current for the network.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -29,6 +38,33 @@ impl LoadedRoster {
     /// Every device in the roster, removed ones included.
     pub fn entries(&self) -> Vec<RosterEntry> {
         self.doc.entries()
+    }
+
+    /// Where each device stands. Every received sync message asks, and reading every entry of
+    /// the roster each time was a measurable part of taking a post: the answer is kept until
+    /// the roster's heads move.
+    pub fn standings(&mut self) -> Arc<Standings> {
+        let heads = self.doc.heads();
+        if let Some((at, standings)) = &self.standings
+            && *at == heads
+        {
+            return standings.clone();
+        }
+        let standings: Arc<Standings> = Arc::new(
+            self.entries()
+                .into_iter()
+                .map(|e| {
+                    let standing = if e.trusted() {
+                        Standing::Trusted
+                    } else {
+                        Standing::Removed
+                    };
+                    (e.id, standing)
+                })
+                .collect(),
+        );
+        self.standings = Some((heads, standings.clone()));
+        standings
     }
 
     /// The devices this one may connect to and sync with, this one included; none at all
@@ -74,6 +110,7 @@ impl LoadedRoster {
                         EngineError::Storage(format!("the roster cannot be loaded: {e}"))
                     })?,
                     next_seq: stored.next_seq,
+                    standings: None,
                 };
                 // The device's own name follows its configuration, when it has one.
                 if name_configured
@@ -96,7 +133,11 @@ impl LoadedRoster {
                 store.flush()?;
                 // Everything so far is in the saved document.
                 doc.take_local_changes();
-                Ok(LoadedRoster { doc, next_seq: 0 })
+                Ok(LoadedRoster {
+                    doc,
+                    next_seq: 0,
+                    standings: None,
+                })
             }
         }
     }

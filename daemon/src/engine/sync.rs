@@ -263,21 +263,8 @@ impl Engine {
     }
 
     /// Where each device stands in this device's roster, for checking who wrote changes.
-    pub(super) async fn standings(&self) -> HashMap<DeviceId, Standing> {
-        self.roster
-            .lock()
-            .await
-            .entries()
-            .into_iter()
-            .map(|e| {
-                let standing = if e.trusted() {
-                    Standing::Trusted
-                } else {
-                    Standing::Removed
-                };
-                (e.id, standing)
-            })
-            .collect()
+    pub(super) async fn standings(&self) -> std::sync::Arc<super::devices::Standings> {
+        self.roster.lock().await.standings()
     }
 
     /// Applies a sync message from `device` about `chat` in the conversation where this device

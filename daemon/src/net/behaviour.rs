@@ -112,7 +112,14 @@ pub fn build_swarm(
                 streams: libp2p_stream::Behaviour::new(),
             })
         })?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        // Every sync request opens a stream of its own. With the default negotiation the
+        // request waits a round trip for the other side to confirm the protocol; every device
+        // speaks the same protocols, so the request goes out with the proposal instead (a
+        // protocol the other side lacks fails the stream, as a refusal would).
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        })
         .build();
     Ok(swarm)
 }
