@@ -241,9 +241,9 @@ async fn chats_messages_and_identity_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_keeps_every_message_exactly_once() {
-    // Each post is one chunk of about 320 bytes, so chunks pass 64 KiB (and later the base)
-    // every couple of hundred posts: this many compacts several times. (3000 would take over
-    // 20 s in a debug build.)
+    // Each post is one chunk of about 350 bytes, and chunks are folded once they outweigh the
+    // base (and 4 KiB): this many compacts many times over. (3000 would take over 20 s in a
+    // debug build.)
     const COUNT: usize = 1200;
     let d = TestDaemon::start().await;
     let chat = d.create_chat("big").await;
@@ -285,6 +285,43 @@ async fn compaction_keeps_every_message_exactly_once() {
     let tail = d.messages(&chat.id, Some(2), None).await;
     assert_eq!(tail, vec![before.last().unwrap().clone(), next]);
     assert_eq!(d.chat(&chat.id).await.messages, COUNT as u64 + 1);
+    d.shutdown().await;
+}
+
+/// A chat that goes quiet is folded into its base even when its chunks are too few for a
+/// compaction while it is written to: a small chat left in chunks takes several times the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_that_goes_quiet_is_folded_into_its_base() {
+    let mut config = Config::default();
+    // Quiet after a second, unloaded after two.
+    config.store.idle_unload_secs = 2;
+    let d = TestDaemon::start_in(chatsync_testkit::home::temp_home(), config.clone()).await;
+    let chat = d.create_chat("small").await;
+    let posted = post_concurrently(&d, &chat.id, "m", 1, 5).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let home = d.shutdown().await;
+    let paths = chatsync_daemon::paths::Paths::resolve(&chatsync_daemon::paths::PathArgs {
+        home: Some(home.path().to_path_buf()),
+        socket: None,
+    })
+    .unwrap();
+    {
+        let store = Store::open(&paths.store_dir(), 4 << 20).expect("cannot open the store");
+        let stored = store
+            .load_chat(&ChatId::new(chat.id.clone()).unwrap())
+            .unwrap()
+            .expect("the chat is stored");
+        assert_eq!(stored.chunks, 0, "the quiet chat kept its chunks");
+    }
+    let d = TestDaemon::start_in(home, config).await;
+    let after = d.all_messages(&chat.id, 1000).await;
+    assert_same_messages(&after, &posted);
+    // Writable after a fold of every chunk: numbering goes on, nothing is overwritten.
+    let next = d.post_message(&chat.id, "one more").await;
+    let d = d.restart().await;
+    let mut expected = after;
+    expected.push(next);
+    assert_eq!(d.all_messages(&chat.id, 1000).await, expected);
     d.shutdown().await;
 }
 

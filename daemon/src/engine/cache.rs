@@ -56,6 +56,10 @@ pub struct LoadedChat {
 /// fills.
 pub const WAITING_EXPIRES_AFTER: Duration = Duration::from_secs(10 * 60);
 
+/// Chunk bytes below which a chat is not compacted while it is written to (see
+/// [`LoadedChat::wants_compaction`]).
+const COMPACT_FLOOR: u64 = 4 * 1024;
+
 impl LoadedChat {
     /// Notes, after changes were received, whether some wait and whether what waits moved.
     pub fn note_waiting(&mut self, now: Instant) {
@@ -94,10 +98,21 @@ impl LoadedChat {
     }
 
     /// Whether the chunks have grown enough to fold them into the base. Compacting when the
-    /// chunks outweigh the base keeps the total work linear in the number of changes.
+    /// chunks outweigh the base keeps the total work linear in the number of changes. The floor
+    /// is low because a chunk is a change as Automerge writes it alone (a post is about 350
+    /// bytes) while a base stores a message in about 40: a small chat left in chunks takes
+    /// several times the room it needs.
     pub fn wants_compaction(&self) -> bool {
         !self.compacting
-            && (self.chunks >= 4096 || self.chunk_bytes > self.base_bytes.max(64 * 1024))
+            && (self.chunks >= 4096 || self.chunk_bytes > self.base_bytes.max(COMPACT_FLOOR))
+    }
+
+    /// Whether a chat nobody has used for a while should fold its chunks now rather than wait
+    /// for [`LoadedChat::wants_compaction`]: when they are worth an eighth of the base, so that a
+    /// chat that has gone quiet is stored compactly without a large base being written again
+    /// for a post or two.
+    pub fn wants_settling(&self) -> bool {
+        !self.compacting && self.chunks > 0 && self.chunk_bytes.saturating_mul(8) >= self.base_bytes
     }
 }
 
@@ -237,6 +252,16 @@ impl ChatCache {
             entry.estimated_bytes = estimated_bytes;
         }
         self.evict_over_budget(&mut inner, id);
+    }
+
+    /// The chats in memory that nobody has asked for in `quiet`.
+    pub fn quiet(&self, quiet: Duration) -> Vec<(ChatId, ChatHandle)> {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|(_, e)| e.last_used.elapsed() >= quiet)
+            .filter_map(|(id, e)| Some((id.clone(), e.slot.get()?.clone())))
+            .collect()
     }
 
     /// Unloads chats unused for `idle`. Returns how many were unloaded.

@@ -661,6 +661,28 @@ impl Engine {
         Ok(value)
     }
 
+    /// Starts the compaction of chats unused for `quiet` that wrote enough since their last
+    /// one (up to [`SETTLING_BYTES_AT_ONCE`]; the rest wait for the next call). A chat being used is skipped.
+    fn settle_quiet_chats(&self, quiet: Duration) {
+        let mut started = 0;
+        for (chat, handle) in self.cache.quiet(quiet) {
+            if started >= SETTLING_BYTES_AT_ONCE {
+                return;
+            }
+            let Ok(mut loaded) = handle.try_lock() else {
+                continue;
+            };
+            let rewrite = (loaded.base_bytes + loaded.chunk_bytes) as usize;
+            if loaded.wants_settling() && self.committer.check_room_for(rewrite).is_ok() {
+                loaded.compacting = true;
+                drop(loaded);
+                self.background
+                    .spawn(compact((*self.committer).clone(), chat, handle));
+                started += rewrite;
+            }
+        }
+    }
+
     /// The store write for a change already applied to `loaded.doc`: its chunk and the chat's
     /// record brought up to date (written together, see `commit`; the committer puts the record
     /// in memory once it is durable). Updates the chunk bookkeeping and, at once, the record's
@@ -917,14 +939,24 @@ async fn compact(queue: commit::Queue, chat: ChatId, handle: ChatHandle) {
     }
 }
 
+/// How long a chat goes unused before what it wrote since its last compaction is folded (see
+/// `LoadedChat::wants_settling`), unless it is unloaded sooner.
+const SETTLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Most bytes that compactions of quiet chats started at once write (the rest wait for the next
+/// round, a second later).
+const SETTLING_BYTES_AT_ONCE: usize = 8 << 20;
+
 async fn unload_idle_chats(engine: std::sync::Weak<Engine>, idle: Duration) {
-    let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let settle_after = SETTLE_AFTER.min(idle / 2);
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
         let Some(engine) = engine.upgrade() else {
             return;
         };
+        engine.settle_quiet_chats(settle_after);
         let n = engine.cache.evict_idle(idle);
         if n > 0 {
             tracing::debug!(unloaded = n, "unloaded idle chats");
