@@ -13,14 +13,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use automerge::sync::State;
-use chatsync_api::client::Client;
 use chatsync_api::wire::{ConnectionPath, EventJson, ReservationState};
-use chatsync_model::{ChatDoc, ChatId, Device, DeviceId, MessageId};
 
 mod common;
-use chatsync_testkit::{TestDaemon, eventually, pair_by_address};
-use common::{Home, home, start, text};
+use chatsync_testkit::{TestDaemon, pair_by_address};
+use common::{
+    Home, home, start,
+    sync::{bytes_received, post_many, raw_sync, wait_connected, wait_messages},
+    text,
+};
 
 struct Settings {
     /// New chats timed across two hops.
@@ -274,48 +275,6 @@ async fn pair(relayed: bool) -> Pair {
     }
 }
 
-async fn wait_connected(client: &Client, other: &str) {
-    eventually("the devices connect", Duration::from_secs(60), || async {
-        client
-            .peers()
-            .await
-            .is_ok_and(|peers| peers.iter().any(|p| p.device == other && p.connected))
-    })
-    .await;
-}
-
-async fn wait_messages(client: &Client, chat: &str, n: u64) -> Duration {
-    let started = Instant::now();
-    loop {
-        if let Ok(c) = client.chat(chat).await
-            && c.messages >= n
-        {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "sync did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-async fn post_many(client: &Client, chat: &str, n: usize, clients: usize) {
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (client, chat) = (client.clone(), chat.to_string());
-        // Client c posts messages c, c + clients, ...: n in all, whatever n is.
-        tasks.push(tokio::spawn(async move {
-            for i in (c..n).step_by(clients) {
-                client.post(&chat, &text(i), None).await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -472,88 +431,4 @@ async fn run(s: &Settings, relayed: bool) {
     if let Some((relay, _home)) = p.relay {
         relay.shutdown().await;
     }
-}
-
-/// Sync payload bytes B has received from the device `from` since B started.
-async fn bytes_received(client: &Client, from: &str) -> u64 {
-    client
-        .peers()
-        .await
-        .unwrap()
-        .iter()
-        .find(|p| p.device == from)
-        .map_or(0, |p| p.bytes_received)
-}
-
-/// A catch-up done by Automerge alone, in memory.
-struct RawSync {
-    time: Duration,
-    /// Sync message bytes, both directions.
-    bytes: u64,
-    /// The missed changes, compressed as Automerge saves them (the whole document less its
-    /// genesis).
-    compressed: u64,
-}
-
-/// Automerge's sync protocol between two in-memory documents: one with `n` messages, one with
-/// only the chat's genesis, with no checks (wire, authorship, rules). The floor under a
-/// catch-up. Messages get random ids and real
-/// times, as the daemon gives them (both cost bytes).
-fn raw_sync(n: usize) -> RawSync {
-    let (da, db) = (device("12D3KooWA"), device("12D3KooWB"));
-    let start = chatsync_daemon::engine::now_ms();
-    let mut a = ChatDoc::create(ChatId::new("raw").unwrap(), "raw", &da, start).unwrap();
-    let genesis = a.save().len() as u64;
-    let mut b = ChatDoc::load(&a.save(), &db).unwrap();
-    for i in 0..n {
-        a.post(
-            &da,
-            MessageId::new(chatsync_daemon::engine::random_id()).unwrap(),
-            &text(i),
-            None,
-            start + i as i64,
-        )
-        .unwrap();
-    }
-    let compressed = a.save().len() as u64 - genesis;
-    let (mut sa, mut sb) = (State::new(), State::new());
-    let started = Instant::now();
-    let mut bytes = 0u64;
-    loop {
-        let to_b = a.generate_sync_message(&mut sa);
-        let to_a = b.generate_sync_message(&mut sb);
-        if to_b.is_none() && to_a.is_none() {
-            break;
-        }
-        bytes +=
-            to_b.as_ref().map_or(0, Vec::len) as u64 + to_a.as_ref().map_or(0, Vec::len) as u64;
-        // Straight into Automerge: the floor has no checks of its own.
-        use automerge::sync::{Message, SyncDoc};
-        if let Some(m) = to_b {
-            let m = Message::decode(&m).unwrap();
-            b.automerge_mut()
-                .sync()
-                .receive_sync_message(&mut sb, m)
-                .unwrap();
-        }
-        if let Some(m) = to_a {
-            let m = Message::decode(&m).unwrap();
-            a.automerge_mut()
-                .sync()
-                .receive_sync_message(&mut sa, m)
-                .unwrap();
-        }
-    }
-    // The model's index never saw these changes (they went straight into Automerge): compare
-    // the documents themselves.
-    assert_eq!(a.heads(), b.heads(), "the raw sync did not converge");
-    RawSync {
-        time: started.elapsed(),
-        bytes,
-        compressed,
-    }
-}
-
-fn device(id: &str) -> Device {
-    Device::new(DeviceId::new(id).unwrap(), "bench").unwrap()
 }

@@ -364,7 +364,7 @@ async fn catch_up_one(s: &Settings, cs: &mut cs::Three, sm: &mut samod_side::Thr
             hwm_kib,
         }
     };
-    let raw_cs = raw::chat_doc(n);
+    let raw_cs = common::sync::raw_sync(n);
     let raw_sm = raw::message_list(n);
     let mut t = Table::new(format!(
         "2. Catch-up, one chat: {n} messages posted on A while B was stopped"
@@ -428,7 +428,7 @@ async fn catch_up_many(s: &Settings, cs: &mut cs::Three, sm: &mut samod_side::Th
             hwm_kib,
         }
     };
-    let (raw_cs, raw_sm) = (raw::chat_doc(n), raw::message_list(n));
+    let (raw_cs, raw_sm) = (common::sync::raw_sync(n), raw::message_list(n));
     let mut t = Table::new(format!(
         "3. Catch-up, many chats: {k} chats B knew, {n} messages posted into each on A while B was stopped"
     ));

@@ -254,25 +254,14 @@ async fn compaction_keeps_every_message_exactly_once() {
     let home = d.shutdown().await;
 
     // Compaction ran: far fewer chunks are stored than operations were made.
-    let paths = chatsync_daemon::paths::Paths::resolve(&chatsync_daemon::paths::PathArgs {
-        home: Some(home.path().to_path_buf()),
-        socket: None,
-    })
-    .unwrap();
-    {
-        let store = Store::open(&paths.store_dir(), 4 << 20).expect("cannot open the store");
-        let stored = store
-            .load_chat(&ChatId::new(chat.id.clone()).unwrap())
-            .unwrap()
-            .expect("the chat is stored");
-        assert!(
-            stored.chunks < COUNT as u64 / 3,
-            "{} chunks left for {COUNT} posts: compaction did not run",
-            stored.chunks
-        );
-        assert!(stored.base_bytes > 0);
-        assert_eq!(stored.next_seq, COUNT as u64, "one chunk per post");
-    }
+    let stored = stored_chat(home.path(), &chat.id);
+    assert!(
+        stored.chunks < COUNT as u64 / 3,
+        "{} chunks left for {COUNT} posts: compaction did not run",
+        stored.chunks
+    );
+    assert!(stored.base_bytes > 0);
+    assert_eq!(stored.next_seq, COUNT as u64, "one chunk per post");
 
     let d = TestDaemon::start_in(home, Config::default()).await;
     let after = d.all_messages(&chat.id, 1000).await;
@@ -288,6 +277,20 @@ async fn compaction_keeps_every_message_exactly_once() {
     d.shutdown().await;
 }
 
+/// How `chat` is stored in the store of the stopped daemon at `home`.
+fn stored_chat(home: &std::path::Path, chat: &str) -> chatsync_daemon::store::StoredDoc {
+    let paths = chatsync_daemon::paths::Paths::resolve(&chatsync_daemon::paths::PathArgs {
+        home: Some(home.to_path_buf()),
+        socket: None,
+    })
+    .unwrap();
+    let store = Store::open(&paths.store_dir(), 4 << 20).expect("cannot open the store");
+    store
+        .load_chat(&ChatId::new(chat.to_string()).unwrap())
+        .unwrap()
+        .expect("the chat is stored")
+}
+
 /// A chat that goes quiet is folded into its base even when its chunks are too few for a
 /// compaction while it is written to: a small chat left in chunks takes several times the room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,19 +303,8 @@ async fn a_chat_that_goes_quiet_is_folded_into_its_base() {
     let posted = post_concurrently(&d, &chat.id, "m", 1, 5).await;
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let home = d.shutdown().await;
-    let paths = chatsync_daemon::paths::Paths::resolve(&chatsync_daemon::paths::PathArgs {
-        home: Some(home.path().to_path_buf()),
-        socket: None,
-    })
-    .unwrap();
-    {
-        let store = Store::open(&paths.store_dir(), 4 << 20).expect("cannot open the store");
-        let stored = store
-            .load_chat(&ChatId::new(chat.id.clone()).unwrap())
-            .unwrap()
-            .expect("the chat is stored");
-        assert_eq!(stored.chunks, 0, "the quiet chat kept its chunks");
-    }
+    let stored = stored_chat(home.path(), &chat.id);
+    assert_eq!(stored.chunks, 0, "the quiet chat kept its chunks");
     let d = TestDaemon::start_in(home, config).await;
     let after = d.all_messages(&chat.id, 1000).await;
     assert_same_messages(&after, &posted);

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod sync;
+
 use std::{path::Path, sync::Arc, time::Duration};
 
 use chatsync_daemon::{

@@ -1,15 +1,10 @@
 //! The chatsync side: three real `chatsyncd` processes (A and B each dial S; all three trust
 //! each other), and the waits the workloads share.
 
-use std::time::{Duration, Instant};
+use chatsync_testkit::TestDaemon;
 
-use chatsync_api::client::Client;
-use chatsync_testkit::{TestDaemon, eventually};
-
-use crate::common::{Home, home, start, text};
-
-/// How long a sync may take before the run fails.
-pub const SYNC_TIMEOUT: Duration = Duration::from_secs(600);
+pub use crate::common::sync::{bytes_received, post_many, wait_connected, wait_messages};
+use crate::common::{Home, home, start};
 
 pub struct Three {
     pub s: TestDaemon,
@@ -90,59 +85,4 @@ impl Three {
         self.a.shutdown().await;
         self.s.shutdown().await;
     }
-}
-
-pub async fn wait_connected(client: &Client, other: &str) {
-    eventually("the devices connect", Duration::from_secs(60), || async {
-        client
-            .peers()
-            .await
-            .is_ok_and(|peers| peers.iter().any(|p| p.device == other && p.connected))
-    })
-    .await;
-}
-
-/// Waits until the chat is there with at least `n` messages.
-pub async fn wait_messages(client: &Client, chat: &str, n: u64) {
-    let started = Instant::now();
-    loop {
-        if let Ok(c) = client.chat(chat).await
-            && c.messages >= n
-        {
-            return;
-        }
-        assert!(
-            started.elapsed() < SYNC_TIMEOUT,
-            "chat {chat} did not reach {n} messages within {SYNC_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Posts `n` messages through `clients` concurrent API clients, each awaiting its posts.
-pub async fn post_many(client: &Client, chat: &str, n: usize, clients: usize) {
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (client, chat) = (client.clone(), chat.to_string());
-        // Client c posts messages c, c + clients, ...: n in all, whatever n is.
-        tasks.push(tokio::spawn(async move {
-            for i in (c..n).step_by(clients) {
-                client.post(&chat, &text(i), None).await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
-
-/// Sync payload bytes the daemon has received from the device `from` since it started.
-pub async fn bytes_received(client: &Client, from: &str) -> u64 {
-    client
-        .peers()
-        .await
-        .unwrap()
-        .iter()
-        .find(|p| p.device == from)
-        .map_or(0, |p| p.bytes_received)
 }
