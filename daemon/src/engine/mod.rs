@@ -238,7 +238,13 @@ impl Engine {
             if settled {
                 store.settle()?;
             }
-            store.flush()
+            store.flush()?;
+            if !store.close(STORE_RELEASE_TIMEOUT) {
+                tracing::warn!(
+                    "the store is still locked {STORE_RELEASE_TIMEOUT:?} after it was closed"
+                );
+            }
+            Ok::<(), crate::store::StoreError>(())
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))??;
@@ -938,6 +944,9 @@ async fn compact(queue: commit::Queue, chat: ChatId, handle: ChatHandle) {
         Err(e) => tracing::warn!(chat = %chat, error = %e, "compaction failed; will retry"),
     }
 }
+
+/// Longest wait at shutdown for the store's lock to be released (see `Store::close`).
+const STORE_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a chat goes unused before what it wrote since its last compaction is folded (see
 /// `LoadedChat::wants_settling`), unless it is unloaded sooner.

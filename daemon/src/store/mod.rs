@@ -330,6 +330,29 @@ impl Store {
         &self.dir
     }
 
+    /// Closes the store and waits, at most `timeout`, until its lock is released; whether it
+    /// was. sled holds the lock (a `flock` on its `db` file) until the last of its internal
+    /// handles closes, which its IO threads may do a moment after the store is dropped; a
+    /// daemon that stops must not return before another one can open the store.
+    pub fn close(self, timeout: std::time::Duration) -> bool {
+        let db_file = self.dir.join("db");
+        drop(self);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let Ok(file) = std::fs::File::open(&db_file) else {
+                return true;
+            };
+            // Dropped at once, which unlocks.
+            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(_unlocked_on_drop) => return true,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// Every chat record. Records that cannot be read are skipped with a warning.
     pub fn chat_records(&self) -> Result<Vec<(ChatId, ChatRecord)>, StoreError> {
         let mut out = Vec::new();
