@@ -32,11 +32,18 @@ pub(super) fn receive(
     let mut shared_heads = std::mem::take(&mut state.shared_heads);
     let mut last_sent_heads = std::mem::take(&mut state.last_sent_heads);
     let mut sent_hashes = std::mem::take(&mut state.sent_hashes);
-    doc.sync().receive_sync_message(state, message)?;
+    if let Err(e) = doc.sync().receive_sync_message(state, message) {
+        // As Automerge leaves them on an error: the state stays usable by callers that keep it.
+        state.shared_heads = shared_heads;
+        state.last_sent_heads = last_sent_heads;
+        state.sent_hashes = sent_hashes;
+        return Err(e);
+    }
     if sync_reset {
         sent_hashes.clear();
     }
-    if brings_changes {
+    // A read-only conversation applies nothing, so its heads do not move.
+    if brings_changes && !state.read_only {
         shared_heads = advance_heads(&before, &doc.get_heads(), &shared_heads);
     }
     let known: Vec<ChangeHash> = heads

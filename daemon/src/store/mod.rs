@@ -339,8 +339,14 @@ impl Store {
         drop(self);
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let Ok(file) = std::fs::File::open(&db_file) else {
-                return true;
+            let file = match std::fs::File::open(&db_file) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                }
+                Err(_) => return false,
             };
             // Dropped at once, which unlocks.
             match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {

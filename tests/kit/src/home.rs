@@ -52,9 +52,10 @@ pub fn fixed_loopback_addr() -> String {
     format!("/ip4/127.0.0.1/tcp/{port}")
 }
 
-/// Waits until the store under `paths` can be opened again. A daemon in this process returns
-/// from `serve` a moment before its store is closed; without this, a restart right after a
-/// shutdown fails with "already using the store".
+/// Waits until the store under `paths` can be opened again: after a daemon that was killed, or
+/// one whose store failed to close (`serve` waits for the lock to be released only when the
+/// store closes cleanly); without this, a restart right after fails with "already using the
+/// store".
 pub async fn wait_store_released(paths: &Paths) {
     if let Err(e) = wait_store_unlocked(paths).await {
         panic!("the store is still in use after the daemon stopped: {e}");
