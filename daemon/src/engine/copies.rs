@@ -327,6 +327,9 @@ impl Engine {
                         }
                         Err(e) => {
                             // Not to be read again from memory: the next use loads the store's.
+                            // A compaction of this copy under way must not write it either: the
+                            // copy loaded next may compact past it first.
+                            loaded.rebuilds += 1;
                             self.cache.forget(&chat);
                             return Err(e);
                         }
