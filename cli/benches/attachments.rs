@@ -24,7 +24,7 @@ use chatsync_testkit::{TestDaemon, eventually, home::fixed_loopback_addr, pair_b
 use tokio::io::AsyncReadExt as _;
 
 mod common;
-use common::{CpuTime, Home, cpu, home, paths, rss_kib, start};
+use common::{CpuTime, Home, cpu, home, paths, rss_kib, start, status_kib};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// Reads and writes of the raw copy: the daemons move pieces of this size.
@@ -262,7 +262,7 @@ async fn daemons(file: &Path, size: u64, hash: &str) -> DaemonRun {
         .id;
     let post = posted.elapsed();
     let upload_cpu = cpu(&a).since(&cpu_before);
-    let upload_hwm_kib = proc_kib(a_pid, "VmHWM:");
+    let upload_hwm_kib = status_kib(a_pid, "VmHWM:");
 
     // B fetches it when asked.
     let hb = fetching_home();
@@ -292,7 +292,7 @@ async fn daemons(file: &Path, size: u64, hash: &str) -> DaemonRun {
     let transfer = started.elapsed();
     assert!(fetched.iter().all(|f| f.present), "{fetched:?}");
     let transfer_cpu = [cpu(&a).since(&cpu_before[0]), cpu(&b).since(&cpu_before[1])];
-    let hwm_kib = [proc_kib(a_pid, "VmHWM:"), proc_kib(b_pid, "VmHWM:")];
+    let hwm_kib = [status_kib(a_pid, "VmHWM:"), status_kib(b_pid, "VmHWM:")];
     let served = a.client.status().await.unwrap().attachments.served_bytes;
     let fetched = b.client.status().await.unwrap().attachments.fetched_bytes;
     // B stops: C must fetch from A alone.
@@ -416,17 +416,6 @@ fn checkpoint(home: &Home, hash: &str) -> u64 {
         .join(format!("{hash}.have"));
     let text = std::fs::read_to_string(&path).unwrap();
     text.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// A field of `/proc/<pid>/status`, in KiB.
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Sets the process's VmHWM back to its resident memory now (Linux 4.0 and later), so that the

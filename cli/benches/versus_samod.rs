@@ -45,8 +45,8 @@ mod samod_side;
 #[path = "versus_samod/store.rs"]
 mod store;
 
-use common::CpuTime;
-use measure::{Latencies, Table, ms, quantile, status_kib};
+use common::{CpuTime, status_kib};
+use measure::{Latencies, Table, ms, quantile};
 
 struct Settings {
     live_posts: usize,
@@ -112,8 +112,15 @@ fn main() {
         let mut cs = cs::Three::start().await;
         let mut sm = samod_side::Three::start().await;
         live(&s, &cs, &mut sm).await;
-        catch_up_one(&s, &mut cs, &mut sm).await;
-        catch_up_many(&s, &mut cs, &mut sm).await;
+        let n = s.catch_up;
+        let title =
+            format!("2. Catch-up, one chat: {n} messages posted on A while B was stopped");
+        catch_up(&title, 1, n, &mut cs, &mut sm).await;
+        let (k, n) = (s.many_chats, s.many_per_chat);
+        let title = format!(
+            "3. Catch-up, many chats: {k} chats B knew, {n} messages posted into each on A while B was stopped"
+        );
+        catch_up(&title, k, n, &mut cs, &mut sm).await;
         cs.shutdown().await;
         sm.shutdown().await;
         store::run(s.store_chats, s.store_per_chat).await;
@@ -326,64 +333,9 @@ struct CatchUp {
     hwm_kib: u64,
 }
 
-/// Workload 2: B stopped while A posts into a chat B knew; B's start until it has them all.
-async fn catch_up_one(s: &Settings, cs: &mut cs::Three, sm: &mut samod_side::Three) {
-    let n = s.catch_up;
-    let c = {
-        let chat = cs.chats(1, "catch-up").await.remove(0);
-        cs.stop_b().await;
-        cs::post_many(&cs.a.client, &chat, n, 8).await;
-        cs::wait_messages(&cs.s.client, &chat, n as u64).await;
-        let started = Instant::now();
-        cs.start_b().await;
-        cs::wait_messages(&cs.b().client, &chat, n as u64).await;
-        let took = started.elapsed();
-        let bytes = cs::bytes_received(&cs.b().client, &cs.s_id).await;
-        let hwm_kib = status_kib(cs.b().pid().unwrap(), "VmHWM:");
-        CatchUp {
-            took,
-            bytes,
-            hwm_kib,
-        }
-    };
-    let m = {
-        let doc = sm.chats(1).await.remove(0);
-        sm.stop_b().await;
-        sm.a.ask(&format!("post_many {doc} 0 {n}"), secs(600)).await;
-        sm.s.ask(&format!("wait {n} {doc}"), secs(600)).await;
-        let started = Instant::now();
-        sm.start_b().await;
-        sm.b().ask(&format!("find {doc}"), secs(600)).await;
-        sm.b().ask(&format!("wait {n} {doc}"), secs(600)).await;
-        let took = started.elapsed();
-        let bytes = sm.b().bytes_received().await;
-        let hwm_kib = status_kib(sm.b().pid, "VmHWM:");
-        CatchUp {
-            took,
-            bytes,
-            hwm_kib,
-        }
-    };
-    let raw_cs = common::sync::raw_sync(n);
-    let raw_sm = raw::message_list(n);
-    let mut t = Table::new(format!(
-        "2. Catch-up, one chat: {n} messages posted on A while B was stopped"
-    ));
-    catch_up_rows(
-        &mut t,
-        &c,
-        &m,
-        raw_cs.time,
-        raw_sm.time,
-        raw_cs.bytes,
-        raw_sm.bytes,
-    );
-    t.print();
-}
-
-/// Workload 3: the same over many chats B knew.
-async fn catch_up_many(s: &Settings, cs: &mut cs::Three, sm: &mut samod_side::Three) {
-    let (k, n) = (s.many_chats, s.many_per_chat);
+/// Workloads 2 and 3: B stopped while A posts `n` messages into each of `k` chats B knew; B's
+/// start until it has them all, with the raw Automerge floor of the same.
+async fn catch_up(title: &str, k: usize, n: usize, cs: &mut cs::Three, sm: &mut samod_side::Three) {
     let c = {
         let chats = cs.chats(k, "away").await;
         cs.stop_b().await;
@@ -429,9 +381,7 @@ async fn catch_up_many(s: &Settings, cs: &mut cs::Three, sm: &mut samod_side::Th
         }
     };
     let (raw_cs, raw_sm) = (common::sync::raw_sync(n), raw::message_list(n));
-    let mut t = Table::new(format!(
-        "3. Catch-up, many chats: {k} chats B knew, {n} messages posted into each on A while B was stopped"
-    ));
+    let mut t = Table::new(title.to_string());
     let k32 = k as u32;
     catch_up_rows(
         &mut t,

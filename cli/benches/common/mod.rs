@@ -36,11 +36,16 @@ pub async fn start(home: &Home, flags: &[String]) -> (TestDaemon, Duration) {
 
 /// The daemon's resident memory, in KiB.
 pub fn rss_kib(daemon: &TestDaemon) -> u64 {
-    let pid = daemon.pid().expect("a chatsyncd process");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status_kib(daemon.pid().expect("a chatsyncd process"), "VmRSS:")
+}
+
+/// A field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read the status of process {pid}: {e}"));
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)

@@ -2,18 +2,6 @@
 
 use std::{path::Path, time::Duration};
 
-/// A field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), in KiB.
-pub fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot read the status of process {pid}: {e}"));
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Bytes a process has sent to the storage layer so far, from `/proc/<pid>/io`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DiskWrites {

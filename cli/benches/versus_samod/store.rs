@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    common::{self, home, start},
-    measure::{DiskUse, DiskWrites, Table, disk_use, mib, ms, status_kib},
+    common::{self, home, start, status_kib},
+    measure::{DiskUse, DiskWrites, Table, disk_use, mib, ms},
     samod_side, secs,
 };
 
