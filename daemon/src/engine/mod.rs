@@ -649,16 +649,8 @@ impl Engine {
             let receipt = write.submit(vec![store_write], events);
             loaded.last_write = Some(receipt.clone());
             self.cache.update_estimate(chat, loaded.estimated_bytes());
-            // A compaction writes the whole chat again: only while that leaves the reserve free
-            // (the chunks stay until there is room).
-            let rewrite = (loaded.base_bytes + loaded.chunk_bytes) as usize;
-            if loaded.wants_compaction() && self.committer.check_room_for(rewrite).is_ok() {
-                loaded.compacting = true;
-                self.background.spawn(compact(
-                    (*self.committer).clone(),
-                    chat.clone(),
-                    handle.clone(),
-                ));
+            if loaded.wants_compaction() {
+                self.start_compaction(chat, &handle, &mut loaded);
             }
             (value, receipt)
         };
@@ -668,7 +660,8 @@ impl Engine {
     }
 
     /// Starts the compaction of chats unused for `quiet` that wrote enough since their last
-    /// one (up to [`SETTLING_BYTES_AT_ONCE`]; the rest wait for the next call). A chat being used is skipped.
+    /// one, up to [`SETTLING_BYTES_AT_ONCE`] (the rest wait for the next call). A chat being
+    /// used is skipped.
     fn settle_quiet_chats(&self, quiet: Duration) {
         let mut started = 0;
         for (chat, handle) in self.cache.quiet(quiet) {
@@ -678,15 +671,32 @@ impl Engine {
             let Ok(mut loaded) = handle.try_lock() else {
                 continue;
             };
-            let rewrite = (loaded.base_bytes + loaded.chunk_bytes) as usize;
-            if loaded.wants_settling() && self.committer.check_room_for(rewrite).is_ok() {
-                loaded.compacting = true;
-                drop(loaded);
-                self.background
-                    .spawn(compact((*self.committer).clone(), chat, handle));
-                started += rewrite;
+            if loaded.wants_settling() {
+                started += self
+                    .start_compaction(&chat, &handle, &mut loaded)
+                    .unwrap_or(0);
             }
         }
+    }
+
+    /// Starts folding a chat's chunks into its base in the background; returns the bytes that
+    /// writes. A compaction writes the whole chat again: it starts only while that leaves the
+    /// reserve free (the chunks stay until there is room).
+    fn start_compaction(
+        &self,
+        chat: &ChatId,
+        handle: &ChatHandle,
+        loaded: &mut LoadedChat,
+    ) -> Option<usize> {
+        let rewrite = (loaded.base_bytes + loaded.chunk_bytes) as usize;
+        self.committer.check_room_for(rewrite).ok()?;
+        loaded.compacting = true;
+        self.background.spawn(compact(
+            (*self.committer).clone(),
+            chat.clone(),
+            handle.clone(),
+        ));
+        Some(rewrite)
     }
 
     /// The store write for a change already applied to `loaded.doc`: its chunk and the chat's
