@@ -226,49 +226,47 @@ impl Engine {
                 .map_err(|e| EngineError::Misbehaviour(e.to_string()))
         })?;
         let write = self.committer.begin();
-        let (receipt, me_removed) = {
-            let mut roster = self.roster.lock().await;
-            let before_entries = roster.doc.entries();
-            let before = roster.doc.heads();
-            let mut merged = RosterDoc::load(&roster.doc.save(), &self.device)?;
-            super::sync::contain_panic(|| {
-                merged
-                    .merge(&mut theirs)
-                    .map_err(|e| EngineError::Misbehaviour(e.to_string()))
-            })?;
-            if merged.heads() == before {
-                return Ok(false);
-            }
-            roster.doc = merged;
-            let chunk = roster.doc.save_after(&before);
-            persist_roster_chunk(&self.store, &self.committer, roster.next_seq, &chunk)?;
-            roster.next_seq += 1;
-            let mut events = Vec::new();
-            for entry in roster.doc.entries() {
-                match before_entries.iter().find(|e| e.id == entry.id) {
-                    None if entry.trusted() => events.push(Event::DeviceAdded { entry }),
-                    Some(old) if old.trusted() && !entry.trusted() => {
-                        events.push(Event::DeviceRemoved { entry })
-                    }
-                    _ => {}
+        // Held until the merge is durable: nobody reads (or sends on) a roster that a crash
+        // could take back.
+        let mut roster = self.roster.lock().await;
+        let before_entries = roster.doc.entries();
+        let before = roster.doc.heads();
+        let mut merged = RosterDoc::load(&roster.doc.save(), &self.device)?;
+        super::sync::contain_panic(|| {
+            merged
+                .merge(&mut theirs)
+                .map_err(|e| EngineError::Misbehaviour(e.to_string()))
+        })?;
+        if merged.heads() == before {
+            return Ok(false);
+        }
+        roster.doc = merged;
+        let chunk = roster.doc.save_after(&before);
+        persist_roster_chunk(&self.store, &self.committer, roster.next_seq, &chunk)?;
+        roster.next_seq += 1;
+        let mut events = Vec::new();
+        for entry in roster.doc.entries() {
+            match before_entries.iter().find(|e| e.id == entry.id) {
+                None if entry.trusted() => events.push(Event::DeviceAdded { entry }),
+                Some(old) if old.trusted() && !entry.trusted() => {
+                    events.push(Event::DeviceRemoved { entry })
                 }
+                _ => {}
             }
-            let me_removed = !roster.doc.is_trusted(&self.device.id);
-            (write.submit(Vec::new(), events).await?, me_removed)
-        };
-        receipt.durable().await?;
+        }
+        let me_removed = !roster.doc.is_trusted(&self.device.id);
+        write.submit(Vec::new(), events).await?.durable().await?;
         if me_removed {
             tracing::warn!("this device was removed from the mesh by another device");
         }
-        self.follow_roster().await;
+        self.follow_roster(&roster);
         Ok(true)
     }
 
     /// Publishes who is trusted now, and takes this device's name from the roster unless its
-    /// owner configured one. Read under the lock, so that racing changes always leave the
-    /// latest roster.
-    async fn follow_roster(&self) {
-        let roster = self.roster.lock().await;
+    /// owner configured one. Called under the roster's lock, so that racing changes always
+    /// leave the latest roster.
+    fn follow_roster(&self, roster: &LoadedRoster) {
         self.trust.send_replace(roster.trust(&self.device.id));
         if !self.name_configured
             && let Some(name) = roster.own_name(&self.device.id)
@@ -293,20 +291,23 @@ impl Engine {
     ) -> Result<RosterEntry, EngineError> {
         self.committer.check_healthy()?;
         let write = self.committer.begin();
-        let receipt = {
-            let mut roster = self.roster.lock().await;
-            let (entry, event) = op(&mut roster.doc, &self.device, now_ms())?;
-            let chunk = roster.doc.take_local_changes();
-            if chunk.is_empty() {
-                return Ok(entry);
-            }
-            persist_roster_chunk(&self.store, &self.committer, roster.next_seq, &chunk)?;
-            roster.next_seq += 1;
-            (entry, write.submit(Vec::new(), vec![event]).await?)
-        };
-        let (entry, receipt) = receipt;
-        receipt.durable().await?;
-        self.follow_roster().await;
+        // Held until the change is durable: nobody reads (or sends on) a roster that a crash
+        // could take back. A device removed here must not hear of it before its removal's
+        // event is out.
+        let mut roster = self.roster.lock().await;
+        let (entry, event) = op(&mut roster.doc, &self.device, now_ms())?;
+        let chunk = roster.doc.take_local_changes();
+        if chunk.is_empty() {
+            return Ok(entry);
+        }
+        persist_roster_chunk(&self.store, &self.committer, roster.next_seq, &chunk)?;
+        roster.next_seq += 1;
+        write
+            .submit(Vec::new(), vec![event])
+            .await?
+            .durable()
+            .await?;
+        self.follow_roster(&roster);
         Ok(entry)
     }
 }
