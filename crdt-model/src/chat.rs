@@ -14,9 +14,10 @@
 //!   messages the changes wrote to are re-read. The field names tell what happened to each
 //!   message ([`TouchKind`]), which callers could otherwise only guess from its new state.
 //!
-//! What still grows with the chat when changes arrive is Automerge 0.12 applying them: it walks
-//! every object a change writes to, and each new message is an entry of the `messages` map
-//! (about 9 ms per message arriving in a 50,000-message chat, in a release build).
+//! What would still grow with the chat when changes arrive is Automerge 0.12 applying them: it
+//! scans the operations of every map a change writes to, and each new message is an entry of a
+//! map of entries. Chats of schema 3 spread their entries over 256 buckets to keep that map
+//! small ([`crate::layout`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -31,6 +32,7 @@ use crate::{
     attachment,
     authorship::{self, ActorTop, Provenance},
     header::Header,
+    layout::{EntryKeys, EntryMaps},
     limits::{MAX_DEVICE_NAME_BYTES, MAX_REACTION_BYTES, MAX_TEXT_BYTES, MAX_TITLE_BYTES},
     message::{Message, OrderKey},
     schema as s,
@@ -119,14 +121,18 @@ impl std::fmt::Debug for Snapshot {
 pub struct ChatDoc {
     doc: AutoCommit,
     id: ChatId,
-    messages: ObjId,
+    /// The schema the chat was created with: it fixes where messages' entries are.
+    schema: i64,
+    entries: EntryMaps,
+    /// `entries` as changes name them, kept for reading every received change.
+    entry_keys: EntryKeys,
     read: ObjId,
     order: BTreeSet<OrderKey>,
     keys: HashMap<MessageId, OrderKey>,
     /// The message each message map belongs to, by the id of the map: how an operation in a
     /// received change is traced to the message it writes. Malformed messages (not in `keys`) are
     /// here too, so that a change completing one is noticed. An entry can outlive its map's place
-    /// in `messages` (when a peer replaces a message's map); every use checks it.
+    /// among the entries (when a peer replaces a message's map); every use checks it.
     message_of_object: HashMap<OpKey, MessageId>,
     /// Largest clock of any message, for stamping the next one.
     max_clock: Clock,
@@ -199,7 +205,7 @@ impl ChatDoc {
         doc.put(automerge::ROOT, s::TITLE, title)?;
         doc.put(automerge::ROOT, s::CREATED_AT, now_ms)?;
         doc.put(automerge::ROOT, s::CREATED_BY, device.id.as_str())?;
-        doc.put_object(automerge::ROOT, s::MESSAGES, ObjType::Map)?;
+        EntryMaps::create(&mut doc, s::SCHEMA_VERSION)?;
         doc.put_object(automerge::ROOT, s::READ, ObjType::Map)?;
         doc.commit_with(CommitOptions::default().with_time(change_time(now_ms)));
         Self::from_doc(doc, device)
@@ -239,7 +245,7 @@ impl ChatDoc {
         let changes = chat.doc.get_changes(&[]);
         let writes = MessageWrites::collect(
             &changes,
-            &chat.messages,
+            &chat.entry_keys,
             &chat.read,
             &chat.message_of_object,
         );
@@ -257,26 +263,34 @@ impl ChatDoc {
 
     /// [`from_doc`](Self::from_doc) for a document that already writes under its actor.
     fn wrap(doc: AutoCommit) -> Result<Self, ModelError> {
-        match get_int(&doc, &automerge::ROOT, s::SCHEMA) {
-            Some(v) if (1..=s::SCHEMA_VERSION).contains(&v) => {}
+        let schema = match get_int(&doc, &automerge::ROOT, s::SCHEMA) {
+            Some(v) if (1..=s::SCHEMA_VERSION).contains(&v) => v,
+            Some(v) if v > s::SCHEMA_VERSION => {
+                return Err(ModelError::NewerSchema(format!(
+                    "document schema {v} is newer than this version's ({})",
+                    s::SCHEMA_VERSION
+                )));
+            }
             Some(v) => {
                 return Err(ModelError::Corrupt(format!(
-                    "document schema {v} is not supported by this version"
+                    "document schema {v} is not supported"
                 )));
             }
             None => return Err(ModelError::Corrupt("no schema version".into())),
-        }
+        };
         let id = get_str(&doc, &automerge::ROOT, s::ID)
             .and_then(|v| ChatId::new(v).ok())
             .ok_or_else(|| ModelError::Corrupt("missing or invalid chat id".into()))?;
-        let messages = get_map(&doc, &automerge::ROOT, s::MESSAGES)
-            .ok_or_else(|| ModelError::Corrupt("missing messages map".into()))?;
+        let entries = EntryMaps::read(&doc, schema)?;
+        let entry_keys = entries.keys();
         let read = get_map(&doc, &automerge::ROOT, s::READ)
             .ok_or_else(|| ModelError::Corrupt("missing read map".into()))?;
         let mut chat = ChatDoc {
             doc,
             id,
-            messages,
+            schema,
+            entries,
+            entry_keys,
             read,
             order: BTreeSet::new(),
             keys: HashMap::new(),
@@ -323,7 +337,7 @@ impl ChatDoc {
     /// The message with this id.
     pub fn message(&self, id: &MessageId) -> Option<Message> {
         self.keys.get(id)?;
-        let obj = get_map(&self.doc, &self.messages, id.as_str())?;
+        let obj = get_map(&self.doc, self.entries.map_for(id.as_str()), id.as_str())?;
         read_message(&self.doc, id, &obj)
     }
 
@@ -434,7 +448,7 @@ impl ChatDoc {
                     .into(),
             )
         })?;
-        let messages = self.messages.clone();
+        let entry_map = self.entries.map_for(id.as_str()).clone();
         let header = Header {
             author: device.id.clone(),
             author_name: device.name.clone(),
@@ -444,7 +458,7 @@ impl ChatDoc {
         };
         let mut created = None;
         self.write(now_ms, None, |doc| {
-            let obj = doc.put_object(&messages, id.as_str(), ObjType::Map)?;
+            let obj = doc.put_object(&entry_map, id.as_str(), ObjType::Map)?;
             doc.put(&obj, s::HEADER, header.encode())?;
             doc.put(&obj, s::TEXT, text)?;
             if !attachments.is_empty() {
@@ -685,17 +699,31 @@ impl ChatDoc {
         Ok(())
     }
 
-    /// Refuses what was just merged if it changed the document's identity or layout (a newer
-    /// schema, another chat id, missing containers): the document goes back to `before`.
+    /// Refuses what was just merged if it changed the document's identity or layout (a schema
+    /// newer than this version's or of another layout, another chat id, containers replaced):
+    /// the document goes back to `before`. The buckets in the container are guarded by the
+    /// rule that nobody writes to the container after the genesis (`touched.rs`).
     fn check_schema_after(&mut self, before: &[ChangeHash]) -> Result<(), ModelError> {
-        let intact = matches!(get_int(&self.doc, &automerge::ROOT, s::SCHEMA), Some(v) if (1..=s::SCHEMA_VERSION).contains(&v))
+        let same_layout = |v: i64| {
+            (1..=s::SCHEMA_VERSION).contains(&v)
+                && crate::layout::is_bucketed(v) == crate::layout::is_bucketed(self.schema)
+        };
+        let intact = get_int(&self.doc, &automerge::ROOT, s::SCHEMA).is_some_and(same_layout)
             && get_str(&self.doc, &automerge::ROOT, s::ID).as_deref() == Some(self.id.as_str())
-            && get_map(&self.doc, &automerge::ROOT, s::MESSAGES).as_ref() == Some(&self.messages)
+            && get_map(&self.doc, &automerge::ROOT, s::MESSAGES).as_ref()
+                == Some(self.entries.container())
             && get_map(&self.doc, &automerge::ROOT, s::READ).as_ref() == Some(&self.read);
         if intact {
             return Ok(());
         }
+        let schema = get_int(&self.doc, &automerge::ROOT, s::SCHEMA);
         self.revert_to(before)?;
+        if let Some(v) = schema.filter(|v| *v > s::SCHEMA_VERSION) {
+            return Err(ModelError::NewerSchema(format!(
+                "the changes move the chat to schema {v}, newer than this version's ({})",
+                s::SCHEMA_VERSION
+            )));
+        }
         Err(ModelError::Corrupt(
             "the changes would alter the chat's identity or layout (schema, id or containers)"
                 .into(),
@@ -972,7 +1000,7 @@ impl ChatDoc {
     }
 
     fn message_obj(&self, id: &MessageId) -> Result<ObjId, ModelError> {
-        get_map(&self.doc, &self.messages, id.as_str())
+        get_map(&self.doc, self.entries.map_for(id.as_str()), id.as_str())
             .ok_or_else(|| ModelError::MessageNotFound(id.clone()))
     }
 
@@ -1000,15 +1028,20 @@ impl ChatDoc {
         self.keys.clear();
         self.message_of_object.clear();
         self.max_clock = Clock::ZERO;
-        let ids: Vec<(String, ObjId)> = self
-            .doc
-            .map_range(&self.messages, ..)
-            .filter(|item| matches!(item.value, automerge::ValueRef::Object(ObjType::Map)))
-            .map(|item| {
-                let obj = item.id();
-                (item.key.into_owned(), obj)
-            })
-            .collect();
+        let mut ids: Vec<(String, ObjId)> = Vec::new();
+        for (map, bucket) in self.entries.maps() {
+            ids.extend(
+                self.doc
+                    .map_range(map, ..)
+                    .filter(|item| matches!(item.value, automerge::ValueRef::Object(ObjType::Map)))
+                    // An entry outside its id's bucket is no message (no replica writes one).
+                    .filter(|item| bucket.is_none_or(|b| crate::layout::bucket_of(&item.key) == b))
+                    .map(|item| {
+                        let obj = item.id();
+                        (item.key.into_owned(), obj)
+                    }),
+            );
+        }
         for (key, obj) in ids {
             if let Ok(id) = MessageId::new(key) {
                 self.remember_object(&id, &obj);
@@ -1043,8 +1076,12 @@ impl ChatDoc {
         changes: &[Change],
         before: &[ChangeHash],
     ) -> Result<Vec<Touched>, ModelError> {
-        let writes =
-            MessageWrites::collect(changes, &self.messages, &self.read, &self.message_of_object);
+        let writes = MessageWrites::collect(
+            changes,
+            &self.entry_keys,
+            &self.read,
+            &self.message_of_object,
+        );
         if let Some(why) = writes
             .violation
             .clone()
@@ -1077,7 +1114,12 @@ impl ChatDoc {
     fn replaced_entry(&self, writes: &MessageWrites, before: &[ChangeHash]) -> Option<String> {
         for (id, places) in writes.iter() {
             for place in places.iter().filter(|p| p.place == Place::Entry) {
-                let existing = value_ids(&self.doc, &self.messages, id.as_str(), Some(before));
+                let existing = value_ids(
+                    &self.doc,
+                    self.entries.map_for(id.as_str()),
+                    id.as_str(),
+                    Some(before),
+                );
                 for old in &existing {
                     let owner = old.device();
                     if let Some(writer) = place.ops.iter().find(|op| op.device() != owner) {
@@ -1122,7 +1164,7 @@ impl ChatDoc {
         before: &[ChangeHash],
     ) -> bool {
         let (obj, key) = match &writes.place {
-            Place::Entry => (&self.messages, id.as_str()),
+            Place::Entry => (self.entries.map_for(id.as_str()), id.as_str()),
             Place::Field {
                 object: written,
                 field,
@@ -1145,7 +1187,7 @@ impl ChatDoc {
         if let Some(old) = self.keys.remove(id) {
             self.order.remove(&old);
         }
-        let obj = get_map(&self.doc, &self.messages, id.as_str())?;
+        let obj = get_map(&self.doc, self.entries.map_for(id.as_str()), id.as_str())?;
         self.remember_object(id, &obj);
         self.index_message(id.clone(), &obj);
         Some(obj)

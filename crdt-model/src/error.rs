@@ -35,6 +35,10 @@ pub enum ModelError {
     /// The bytes are not a chat document this version understands.
     #[error("not a valid chat document: {0}")]
     Corrupt(String),
+    /// A chat of a schema newer than this version reads. Honest devices of a newer version
+    /// write them, so they are refused without blame (updating this device takes them).
+    #[error("written by a newer version: {0}")]
+    NewerSchema(String),
     /// Changes that clash with a device's equivocation (see [`crate::equivocation`]): a change
     /// that differs from one this replica holds under the same actor and sequence number, or
     /// one this replica does not keep because the device equivocated. Carries the evidence for

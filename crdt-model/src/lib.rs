@@ -12,6 +12,7 @@
 //! - [`attachment`]: what a message says about its files (hash, size, name, type); their bytes
 //!   live outside the document.
 //! - [`chat`]: [`ChatDoc`], the document plus an in-memory display-order index.
+//! - [`layout`]: where a chat keeps its messages' entries (one map, or 256 buckets).
 //! - `touched`: what received changes did to each message ([`Touched`]), read off their
 //!   operations.
 //! - [`authorship`]: which device wrote a change, and the signatures that prove it.
@@ -29,16 +30,17 @@
 //!   parses them.
 //!
 //! Why the document looks the way it does:
-//! - Messages live in a map keyed by message id, not a list. Applying a change to a map costs
-//!   the same at any size, and list positions would not give a meaningful order anyway.
+//! - Messages live in maps keyed by message id, not a list: list positions would not give a
+//!   meaningful order. Automerge's cost of applying a write to a map grows with the map, so
+//!   chats of schema 3 spread their messages over 256 bucket maps by a hash of the id.
 //! - Display order comes from the hybrid logical clock stamped on each message, ties broken by
 //!   author device id and then message id. Every replica with the same changes computes the same
 //!   order, and a message always sorts after every message its author had seen when writing it
 //!   (so a reply never sorts before what it answers), however wrong the device clocks are.
-//! - Containers that several devices write into (`messages`, `read`) are created exactly once,
-//!   in the genesis change, and reactions are flat keys of the message (`reaction:<device>`), not
-//!   a nested map: two devices creating "the same" container concurrently would otherwise hide
-//!   each other's entries.
+//! - Containers that several devices write into (`messages` and its buckets, `read`) are
+//!   created exactly once, in the genesis change, and reactions are flat keys of the message
+//!   (`reaction:<device>`), not a nested map: two devices creating "the same" container
+//!   concurrently would otherwise hide each other's entries.
 
 pub mod attachment;
 pub mod authorship;
@@ -47,6 +49,7 @@ pub mod clock;
 pub mod equivocation;
 pub mod exchange;
 pub mod ids;
+pub mod layout;
 pub mod limits;
 pub mod message;
 pub mod proofs;

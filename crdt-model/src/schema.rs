@@ -5,13 +5,18 @@
 //! ROOT
 //!   schema: int (SCHEMA_VERSION)
 //!   id: str, title: str, created_at: int (ms), created_by: str (device id)
-//!   messages: map { message id -> map {
+//!   messages: map { bucket -> map { message id -> map {
 //!       header: str (author, author's name, ts, clock, reply_to: see crate::header),
 //!       text: str, edited_at: int (ms, optional), deleted: bool (optional),
 //!       attachments: str (optional, written with the post: see crate::attachment),
-//!       "reaction:<device id>": str (one key per reacting device) } }
+//!       "reaction:<device id>": str (one key per reacting device) } } }
 //!   read: map { device id -> message id }
 //! ```
+//!
+//! A bucket is two lowercase hex digits, the first byte of the SHA-256 of the message ids it
+//! holds; all 256 are created with the chat (see crate::layout).
+//!
+//! Documents of schemas 1 and 2 keep every message directly in `messages` (message id -> map).
 //!
 //! Documents of schema 1 held the header's facts in fields of their own: author: str (device
 //! id), author_name: str, ts: int (ms, author's wall clock), clock: int (hybrid logical clock,
@@ -19,7 +24,7 @@
 //! with a header is read from its header alone.
 
 /// Version of the document layout. A replica refuses documents with a newer version.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 pub const SCHEMA: &str = "schema";
 pub const ID: &str = "id";

@@ -1,8 +1,9 @@
 //! What received changes did to each message, read off their operations.
 //!
 //! Every operation in a change names the object it writes and the key it writes under. An
-//! operation on the `messages` map writes the entry of the message whose id is the key; one on a
-//! message's own map writes one of that message's fields. Walking the operations of a batch
+//! operation on a map of entries (`messages`, or one of its buckets: see [`crate::layout`])
+//! writes the entry of the message whose id is the key; one on a message's own map writes one of
+//! that message's fields. Walking the operations of a batch
 //! therefore finds every message the batch wrote to, at a cost that grows with the batch and not
 //! with the chat, and the field names say what kind of change it was.
 //!
@@ -19,7 +20,10 @@ use std::collections::HashMap;
 
 use automerge::{ActorId, Change, ObjId, ScalarValue, legacy};
 
-use crate::{DeviceId, MessageId, authorship::device_of_actor, schema as s};
+use crate::{
+    DeviceId, MessageId, authorship::device_of_actor, layout::EntryKeys, layout::bucket_of,
+    schema as s,
+};
 
 /// What a batch of received changes did to one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,8 +89,8 @@ pub struct Touched {
 /// from a change and from the document compare equal.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct OpKey {
-    counter: u64,
-    actor: ActorId,
+    pub(crate) counter: u64,
+    pub(crate) actor: ActorId,
 }
 
 impl OpKey {
@@ -110,7 +114,7 @@ impl OpKey {
 /// Where a write landed in a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Place {
-    /// The message's entry in the `messages` map (the key is the message id).
+    /// The message's entry in its map of entries (the key is the message id).
     Entry,
     /// A field of the message's own map, `object`.
     Field { object: OpKey, field: String },
@@ -137,31 +141,41 @@ pub(crate) struct MessageWrites {
 }
 
 impl MessageWrites {
-    /// Reads the writes to messages out of `changes`. `messages` is the `messages` map;
-    /// `message_of_object` traces a message's own map to the message.
+    /// Reads the writes to messages out of `changes`. `entries` are the maps of message
+    /// entries; `message_of_object` traces a message's own map to the message.
     /// `read` is the map of read markers. Writes a device may not make are noted in
     /// [`violation`](Self::violation).
     pub(crate) fn collect(
         changes: &[Change],
-        messages: &ObjId,
+        entries: &EntryKeys,
         read: &ObjId,
         message_of_object: &HashMap<OpKey, MessageId>,
     ) -> Self {
-        let messages = OpKey::of(messages);
         let read = OpKey::of(read);
         let mut writes = MessageWrites::default();
         for change in changes {
             let change = change.decode();
             let writer = device_of_actor(&change.actor_id);
             let counters = change.start_op.get()..;
+            let ops = change.start_op.get()..change.start_op.get() + change.operations.len() as u64;
+            // The genesis change creates the container of buckets, and the buckets in it.
+            let creates_container = entries
+                .container
+                .as_ref()
+                .is_some_and(|c| c.actor == change.actor_id && ops.contains(&c.counter));
             for (op, counter) in change.operations.into_iter().zip(counters) {
                 if writes.violation.is_none()
-                    && let Err(why) =
-                        check_write(&op, writer.as_ref(), messages.as_ref(), read.as_ref())
+                    && let Err(why) = check_write(
+                        &op,
+                        writer.as_ref(),
+                        entries,
+                        creates_container,
+                        read.as_ref(),
+                    )
                 {
                     writes.violation = Some(why);
                 }
-                if let Some((id, place, kind)) = locate(op, messages.as_ref(), message_of_object) {
+                if let Some((id, place, kind)) = locate(op, entries, message_of_object) {
                     let op = OpKey {
                         counter,
                         actor: change.actor_id.clone(),
@@ -205,8 +219,11 @@ impl MessageWrites {
 }
 
 /// Whether the device that wrote a change (`writer`) may make operation `op`:
-/// - an entry of the `messages` map may be created by anyone (who may replace one is checked
-///   by [`ChatDoc`](crate::ChatDoc), which needs the document as it was before the change);
+/// - an entry of a map of entries may be created by anyone (who may replace one is checked
+///   by [`ChatDoc`](crate::ChatDoc), which needs the document as it was before the change),
+///   in the bucket of its id;
+/// - the container of buckets takes writes only in the change that creates it
+///   (`creates_container`);
 /// - a read marker belongs to the device it is keyed by;
 /// - any other object (a message's own map) belongs to the device that created it, its author;
 ///   the exception is a reaction key, which belongs to the device it names (its author may
@@ -214,7 +231,8 @@ impl MessageWrites {
 fn check_write(
     op: &legacy::Op,
     writer: Option<&DeviceId>,
-    messages: Option<&OpKey>,
+    entries: &EntryKeys,
+    creates_container: bool,
     read: Option<&OpKey>,
 ) -> Result<(), String> {
     let legacy::ObjectId::Id(legacy::OpId(counter, creator)) = &op.obj else {
@@ -231,8 +249,22 @@ fn check_write(
         legacy::Key::Map(key) => key.as_str(),
         legacy::Key::Seq(_) => "",
     };
-    if Some(&object) == messages {
-        return Ok(());
+    if let Some(bucket) = entries.maps.get(&object) {
+        return match bucket {
+            Some(b) if bucket_of(key) != *b => Err(format!(
+                "device {writer} put message {key:?} in a bucket other than its own"
+            )),
+            _ => Ok(()),
+        };
+    }
+    if entries.bucketed && Some(&object) == entries.container.as_ref() {
+        return if creates_container {
+            Ok(())
+        } else {
+            Err(format!(
+                "device {writer} rewrote the chat's message buckets"
+            ))
+        };
     }
     if Some(&object) == read {
         return if key == writer.as_str() {
@@ -266,7 +298,7 @@ impl IntoIterator for MessageWrites {
 /// is not a valid message id.
 fn locate(
     op: legacy::Op,
-    messages: Option<&OpKey>,
+    entries: &EntryKeys,
     message_of_object: &HashMap<OpKey, MessageId>,
 ) -> Option<(MessageId, Place, TouchKind)> {
     let (legacy::ObjectId::Id(legacy::OpId(counter, actor)), legacy::Key::Map(key)) =
@@ -275,7 +307,7 @@ fn locate(
         return None;
     };
     let object = OpKey { counter, actor };
-    if Some(&object) == messages {
+    if entries.maps.contains_key(&object) {
         // For a message this replica already has, a write to its entry replaces (or removes)
         // its whole map.
         let id = MessageId::new(key.as_str()).ok()?;

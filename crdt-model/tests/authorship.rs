@@ -9,7 +9,7 @@ use chatsync_model::{
     ChatDoc, ChatId, Clock, Device, DeviceId, MessageId, ModelError, SyncReceived,
     authorship::{self, Attestation, Provenance, Standing},
     header::Header,
-    schema,
+    layout, schema,
 };
 
 fn dev(id: &str, session: &[u8]) -> Device {
@@ -172,7 +172,7 @@ fn a_message_naming_another_author_is_not_shown() {
     let (_, _, db, mut b, _, mut c) = three();
     // b writes a message map whose author field says dev-a, bypassing the model.
     let am = b.automerge_mut();
-    let (_, messages) = am.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let messages = layout::entry_map(am, "posing").unwrap();
     let obj = am
         .put_object(&messages, "posing", automerge::ObjType::Map)
         .unwrap();
@@ -200,7 +200,7 @@ fn a_header_naming_another_author_is_not_shown() {
         reply_to: None,
     };
     let am = b.automerge_mut();
-    let (_, messages) = am.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let messages = layout::entry_map(am, "posing").unwrap();
     let obj = am
         .put_object(&messages, "posing", automerge::ObjType::Map)
         .unwrap();
@@ -227,7 +227,7 @@ fn editing_deleting_or_reacting_for_another_device_is_refused() {
             am.put(msg, "reaction:dev-c", "👎").unwrap();
         }),
         ("replace", |am, _| {
-            let (_, messages) = am.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+            let messages = layout::entry_map(am, "m1").unwrap();
             am.put_object(&messages, "m1", automerge::ObjType::Map)
                 .unwrap();
         }),
@@ -235,7 +235,7 @@ fn editing_deleting_or_reacting_for_another_device_is_refused() {
     for (what, tamper) in cases {
         let (_, _, _, mut b, _, mut c) = three();
         let am = b.automerge_mut();
-        let (_, messages) = am.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+        let messages = layout::entry_map(am, "m1").unwrap();
         let (_, msg) = am.get(&messages, "m1").unwrap().unwrap();
         tamper(am, &msg);
         am.commit();
@@ -244,6 +244,65 @@ fn editing_deleting_or_reacting_for_another_device_is_refused() {
         let m1 = c.message(&mid("m1")).unwrap();
         assert_eq!((m1.text.as_str(), m1.deleted), ("from a", false), "{what}");
         assert!(m1.reactions.is_empty(), "{what}");
+    }
+}
+
+/// Each message has one place: the bucket of its id. Nobody (the chat's creator included)
+/// writes to the container of buckets after the genesis, and an entry filed in another bucket
+/// is refused, so no replica can hide a bucket's messages or show a message twice.
+#[test]
+fn rewriting_the_buckets_or_filing_a_message_in_another_bucket_is_refused() {
+    type Tamper = fn(&mut automerge::AutoCommit);
+    let container = |am: &automerge::AutoCommit| am.get(ROOT, schema::MESSAGES).unwrap().unwrap().1;
+    let cases: [(&str, bool, Tamper); 4] = [
+        ("a bucket replaced by its creator", true, |am| {
+            let bucket = layout::bucket_key(layout::bucket_of("m1"));
+            let container = am.get(ROOT, schema::MESSAGES).unwrap().unwrap().1;
+            am.put_object(&container, bucket, automerge::ObjType::Map)
+                .unwrap();
+        }),
+        ("a bucket deleted", false, |am| {
+            let container = am.get(ROOT, schema::MESSAGES).unwrap().unwrap().1;
+            am.delete(&container, "00").unwrap();
+        }),
+        ("a message put beside the buckets", false, |am| {
+            let container = am.get(ROOT, schema::MESSAGES).unwrap().unwrap().1;
+            am.put_object(&container, "m9", automerge::ObjType::Map)
+                .unwrap();
+        }),
+        ("a message filed in another bucket", false, |am| {
+            let own = layout::bucket_of("m9");
+            let other = layout::bucket_key(own.wrapping_add(1));
+            let container = am.get(ROOT, schema::MESSAGES).unwrap().unwrap().1;
+            let (_, bucket) = am.get(&container, other).unwrap().unwrap();
+            am.put_object(&bucket, "m9", automerge::ObjType::Map)
+                .unwrap();
+        }),
+    ];
+    for (what, by_creator, tamper) in cases {
+        let (_, mut a, _, mut b, _, mut c) = three();
+        let writer = if by_creator { &mut a } else { &mut b };
+        let before = container(writer.automerge_mut());
+        tamper(writer.automerge_mut());
+        writer.automerge_mut().commit();
+        let err = sync_into(writer, &mut c, &honest, &trusted).unwrap_err();
+        assert!(matches!(err, ModelError::Forbidden(_)), "{what}: {err}");
+        assert_eq!(container(c.automerge_mut()), before, "{what}");
+        assert_eq!(c.message(&mid("m1")).unwrap().text, "from a", "{what}");
+        assert!(c.message(&mid("m9")).is_none(), "{what}");
+        // A whole document holding the same is refused too.
+        let chat = writer.id().clone();
+        let attestations = support::attest_all(writer);
+        let err = ChatDoc::load_untrusted(
+            &writer.save(),
+            &dev("dev-d", b"1"),
+            &support::proof(&chat, &attestations),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ModelError::Forbidden(_) | ModelError::Corrupt(_)),
+            "{what}: {err}"
+        );
     }
 }
 

@@ -8,6 +8,7 @@ use automerge::{ObjType, ROOT, ReadDoc, Value, transaction::Transactable};
 use chatsync_model::{
     ChatDoc, ChatId, Clock, Device, DeviceId, Message, MessageId, ModelError,
     header::Header,
+    layout,
     limits::{MAX_DEVICE_NAME_BYTES, MAX_REACTION_BYTES, MAX_TEXT_BYTES, MAX_TITLE_BYTES},
     schema,
 };
@@ -430,11 +431,11 @@ fn a_newer_schema_version_is_refused() {
     doc.commit();
     let bytes = c.save();
     let r = ChatDoc::load(&bytes, &a);
-    assert!(matches!(r, Err(ModelError::Corrupt(_))), "{r:?}");
+    assert!(matches!(r, Err(ModelError::NewerSchema(_))), "{r:?}");
 
     let doc = automerge::AutoCommit::load(&bytes).unwrap();
     let r = ChatDoc::from_doc(doc, &a);
-    assert!(matches!(r, Err(ModelError::Corrupt(_))), "{r:?}");
+    assert!(matches!(r, Err(ModelError::NewerSchema(_))), "{r:?}");
 
     // Also when the newer version only arrives in an incremental chunk after a good save.
     let mut c = chat_with(&a, 1);
@@ -446,8 +447,85 @@ fn a_newer_schema_version_is_refused() {
     bytes.extend(c.save_incremental());
     assert!(matches!(
         ChatDoc::load(&bytes, &a),
-        Err(ModelError::Corrupt(_))
+        Err(ModelError::NewerSchema(_))
     ));
+}
+
+/// A chat created before buckets (schema 2) keeps every message in one map, and stays so:
+/// posts, reactions and sync between its replicas all work as before, and neither a move to
+/// buckets nor a move back is taken from a peer (the layout is fixed at creation).
+#[test]
+fn chats_without_buckets_keep_working_and_keep_their_layout() {
+    let (a, b) = (dev("dev-a"), dev("dev-b"));
+    let flat = raw_doc(|d| {
+        d.put(ROOT, schema::SCHEMA, 2).unwrap();
+        d.put(ROOT, schema::ID, "chat-1").unwrap();
+        d.put(ROOT, schema::TITLE, "Old").unwrap();
+        d.put(ROOT, schema::CREATED_AT, T0).unwrap();
+        d.put(ROOT, schema::CREATED_BY, "dev-a").unwrap();
+        d.put_object(ROOT, schema::MESSAGES, ObjType::Map).unwrap();
+        d.put_object(ROOT, schema::READ, ObjType::Map).unwrap();
+    });
+    let mut ca = ChatDoc::load(&flat, &a).unwrap();
+    let mut cb = ChatDoc::load(&flat, &b).unwrap();
+    ca.post(&a, mid("m1"), "one", None, T0 + 1).unwrap();
+    cb.post(&b, mid("m2"), "two", None, T0 + 2).unwrap();
+    ca.merge(&mut cb).unwrap();
+    cb.merge(&mut ca).unwrap();
+    cb.react(&b, &mid("m1"), Some("👍"), T0 + 3).unwrap();
+    ca.merge(&mut cb).unwrap();
+    for c in [&mut ca, &mut cb] {
+        assert_eq!(ids(c), ["m1", "m2"]);
+        let doc = c.automerge_mut();
+        let (_, container) = doc.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+        assert_eq!(layout::entry_map(doc, "m1"), Some(container.clone()));
+        assert!(doc.get(&container, "m2").unwrap().is_some());
+    }
+    let reloaded = ChatDoc::load(&ca.save(), &a).unwrap();
+    assert_eq!(reloaded.message(&mid("m1")).unwrap().reactions.len(), 1);
+
+    // A peer claiming the flat chat is now bucketed is refused, and so is the reverse.
+    let mut bumped = fork(&mut ca, &b);
+    bumped.automerge_mut().put(ROOT, schema::SCHEMA, 3).unwrap();
+    bumped.automerge_mut().commit();
+    let r = ca.merge(&mut bumped);
+    assert!(matches!(r, Err(ModelError::Corrupt(_))), "{r:?}");
+    let mut bucketed = chat_with(&a, 1);
+    let mut lowered = fork(&mut bucketed, &b);
+    lowered
+        .automerge_mut()
+        .put(ROOT, schema::SCHEMA, 2)
+        .unwrap();
+    lowered.automerge_mut().commit();
+    let r = bucketed.merge(&mut lowered);
+    assert!(matches!(r, Err(ModelError::Corrupt(_))), "{r:?}");
+    assert_eq!(ids(&bucketed), ["m00"]);
+}
+
+/// New chats keep each message in the bucket of its id, all 256 made with the chat.
+#[test]
+fn new_chats_file_messages_in_buckets() {
+    let a = dev("dev-a");
+    let mut c = chat_with(&a, 20);
+    let doc = c.automerge_mut();
+    assert_eq!(
+        doc.get(ROOT, schema::SCHEMA).unwrap().unwrap().0.as_i64(),
+        Some(schema::SCHEMA_VERSION)
+    );
+    let (_, container) = doc.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    assert_eq!(doc.length(&container), layout::BUCKETS);
+    assert_eq!(doc.length(&container), layout::entry_maps(doc).len());
+    for i in 0..20 {
+        let id = format!("m{i:02}");
+        let key = layout::bucket_key(layout::bucket_of(&id));
+        let (_, bucket) = doc.get(&container, key).unwrap().unwrap();
+        assert!(doc.get(&bucket, id.as_str()).unwrap().is_some(), "{id}");
+    }
+    // Missing one bucket, the document is no chat.
+    doc.delete(&container, "7f").unwrap();
+    doc.commit();
+    let r = ChatDoc::load(&c.save(), &a);
+    assert!(matches!(r, Err(ModelError::Corrupt(_))), "{r:?}");
 }
 
 /// Documented in `schema`: "A replica refuses documents with a newer version." Loading does, but
@@ -465,10 +543,9 @@ fn merging_a_newer_schema_version_is_refused() {
         .unwrap();
     newer.automerge_mut().commit();
     let merged = old.merge(&mut newer);
-    // What actually happens: Ok, and then the replica cannot reopen its own save.
     let reload = ChatDoc::load(&old.save(), &a);
     assert!(
-        merged.is_err(),
+        matches!(merged, Err(ModelError::NewerSchema(_))),
         "merge accepted schema {}; reloading the result gives {reload:?}",
         schema::SCHEMA_VERSION + 1
     );
@@ -1298,7 +1375,7 @@ fn messages_written_with_separate_fields_are_still_read() {
     c.post(&a, mid("new"), "with a header", None, T0 + 10)
         .unwrap();
     let doc = c.automerge_mut();
-    let (_, messages) = doc.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let messages = layout::entry_map(doc, "old").unwrap();
     let obj = doc.put_object(&messages, "old", ObjType::Map).unwrap();
     doc.put(&obj, schema::AUTHOR, "dev-a").unwrap();
     doc.put(&obj, schema::AUTHOR_NAME, "old laptop").unwrap();
@@ -1326,7 +1403,7 @@ fn a_message_with_an_unreadable_header_is_not_shown() {
     c.post(&a, mid("fine"), "fine", None, T0).unwrap();
     c.post(&a, mid("broken"), "broken", None, T0 + 1).unwrap();
     let doc = c.automerge_mut();
-    let (_, messages) = doc.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let messages = layout::entry_map(doc, "broken").unwrap();
     let (_, obj) = doc.get(&messages, "broken").unwrap().unwrap();
     doc.put(&obj, schema::HEADER, "9\nfrom a later version")
         .unwrap();
@@ -1339,7 +1416,7 @@ fn a_message_with_an_unreadable_header_is_not_shown() {
 /// Rewrites the clock in a message's header, bypassing the model.
 fn set_stored_clock(chat: &mut ChatDoc, message: &str, clock: i64) {
     let doc = chat.automerge_mut();
-    let (_, messages) = doc.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let messages = layout::entry_map(doc, message).unwrap();
     let (_, obj) = doc.get(&messages, message).unwrap().unwrap();
     let (header, _) = doc.get(&obj, schema::HEADER).unwrap().unwrap();
     let mut header = Header::decode(header.as_str().unwrap()).unwrap();
@@ -1468,10 +1545,7 @@ fn a_message_with_an_unreadable_attachment_list_is_not_shown() {
     c.post_with(&a, mid("m1"), "hi", None, &[attachment("a.jpg", 1)], T0)
         .unwrap();
     let doc = c.automerge_mut();
-    let messages = match doc.get(ROOT, schema::MESSAGES).unwrap() {
-        Some((Value::Object(ObjType::Map), id)) => id,
-        other => panic!("{other:?}"),
-    };
+    let messages = layout::entry_map(doc, "m1").unwrap();
     let msg = match doc.get(&messages, "m1").unwrap() {
         Some((Value::Object(ObjType::Map), id)) => id,
         other => panic!("{other:?}"),
@@ -1486,7 +1560,7 @@ fn a_message_with_an_unreadable_attachment_list_is_not_shown() {
 /// A message's field as stored in the document.
 fn raw_field(c: &mut ChatDoc, id: &str, field: &str) -> Option<String> {
     let doc = c.automerge_mut();
-    let (_, messages) = doc.get(ROOT, schema::MESSAGES).unwrap()?;
+    let messages = layout::entry_map(doc, id)?;
     let (_, msg) = doc.get(&messages, id).unwrap()?;
     match doc.get(&msg, field).unwrap()? {
         (Value::Scalar(v), _) => v.as_str().map(str::to_owned),

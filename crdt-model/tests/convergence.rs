@@ -18,9 +18,10 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use automerge::{ChangeHash, PatchAction, Prop, ROOT, ReadDoc, ScalarValue, Value, sync::State};
+use automerge::{ChangeHash, PatchAction, Prop, ReadDoc, ScalarValue, Value, sync::State};
 use chatsync_model::{
-    ChatDoc, ChatId, Clock, Device, DeviceId, Message, MessageId, ModelError, TouchKind, schema,
+    ChatDoc, ChatId, Clock, Device, DeviceId, Message, MessageId, ModelError, TouchKind, layout,
+    schema,
 };
 use proptest::{prelude::*, sample::Index, test_runner::TestCaseError};
 
@@ -191,7 +192,7 @@ fn known(doc: &ChatDoc) -> Vec<MessageId> {
 
 fn raw_text(doc: &mut ChatDoc, id: &MessageId) -> Option<String> {
     let am = doc.automerge_mut();
-    let (_, messages) = am.get(ROOT, schema::MESSAGES).ok()??;
+    let messages = layout::entry_map(am, id.as_str())?;
     let (_, msg) = am.get(&messages, id.as_str()).ok()??;
     match am.get(&msg, schema::TEXT).ok()?? {
         (Value::Scalar(v), _) => v.as_str().map(str::to_owned),
@@ -361,28 +362,31 @@ fn local(
 /// what kind of change that is; `None` for anything else.
 fn patch_target(
     patch: &automerge::Patch,
-    messages: &automerge::ObjId,
+    entry_maps: &[automerge::ObjId],
 ) -> Option<(String, TouchKind)> {
     let key = match &patch.action {
         PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => Some(key.as_str()),
         _ => None,
     };
-    if patch.obj == *messages {
+    if entry_maps.contains(&patch.obj) {
         return Some((key?.to_string(), TouchKind::Other));
     }
-    let Some((parent, Prop::Map(id))) = patch.path.get(1) else {
-        return None;
-    };
-    if parent != messages {
-        return None;
-    }
+    // The step of the path from a map of entries into a message.
+    let (depth, id) = patch
+        .path
+        .iter()
+        .enumerate()
+        .find_map(|(depth, step)| match step {
+            (parent, Prop::Map(id)) if entry_maps.contains(parent) => Some((depth, id)),
+            _ => None,
+        })?;
     let set_deleted = matches!(
         &patch.action,
         PatchAction::PutMap { value: (Value::Scalar(v), _), .. }
             if v.as_ref() == &ScalarValue::Boolean(true)
     );
     let kind = match key {
-        _ if patch.path.len() != 2 => TouchKind::Other,
+        _ if patch.path.len() != depth + 1 => TouchKind::Other,
         Some(schema::DELETED) if set_deleted => TouchKind::Deleted,
         Some(schema::TEXT | schema::EDITED_AT) => TouchKind::Edited,
         Some(k) if k.starts_with(schema::REACTION_PREFIX) => TouchKind::Reaction,
@@ -414,10 +418,10 @@ fn diff_touched(
     let after = doc.heads();
     let indexed: HashSet<MessageId> = known(doc).into_iter().collect();
     let am = doc.automerge_mut();
-    let (_, messages) = am.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let entry_maps = layout::entry_maps(am);
     let mut touched: BTreeMap<MessageId, TouchKind> = BTreeMap::new();
     for patch in am.diff(before, &after) {
-        let Some((key, kind)) = patch_target(&patch, &messages) else {
+        let Some((key, kind)) = patch_target(&patch, &entry_maps) else {
             continue;
         };
         let Ok(id) = MessageId::new(key) else {

@@ -4,8 +4,10 @@
 
 mod support;
 
-use automerge::{ROOT, ReadDoc, sync::State, transaction::Transactable};
-use chatsync_model::{ChatDoc, ChatId, Device, DeviceId, MessageId, TouchKind, Touched, schema};
+use automerge::{ReadDoc, sync::State, transaction::Transactable};
+use chatsync_model::{
+    ChatDoc, ChatId, Device, DeviceId, MessageId, TouchKind, Touched, layout, schema,
+};
 
 fn dev(id: &str) -> Device {
     Device::new(DeviceId::new(id).unwrap(), id).unwrap()
@@ -234,7 +236,7 @@ fn a_write_that_arrives_already_overwritten_is_not_reported() {
 fn other_fields_are_reported_other() {
     let (_, mut a, _, mut b) = pair();
     let doc = a.automerge_mut();
-    let (_, messages) = doc.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let messages = layout::entry_map(doc, "m1").unwrap();
     let (_, m1) = doc.get(&messages, "m1").unwrap().unwrap();
     doc.put(&m1, "pinned", true).unwrap();
     doc.commit();
@@ -248,7 +250,7 @@ fn other_fields_are_reported_other() {
 fn a_malformed_message_is_reported_created_once_complete() {
     let (_, mut a, _, mut b) = pair();
     let doc = a.automerge_mut();
-    let (_, messages) = doc.get(ROOT, schema::MESSAGES).unwrap().unwrap();
+    let messages = layout::entry_map(doc, "half").unwrap();
     let half = doc
         .put_object(&messages, "half", automerge::ObjType::Map)
         .unwrap();

@@ -21,6 +21,7 @@ use crate::{
     access::{get_map, write_change},
     authorship,
     equivocation::{Bans, Evidence},
+    layout::EntryMaps,
     schema as s,
 };
 
@@ -105,7 +106,7 @@ impl ChatDoc {
         }
         let mut rebuilt = self.doc.fork_at(&heads)?.with_actor(fresh_actor);
         let mut unsaved = Vec::new();
-        let lost = own_losses(&self.doc, &rebuilt, &device.id);
+        let lost = own_losses(&self.doc, &rebuilt, self.schema, &device.id);
         let rewritten = !lost.is_empty();
         // In changes of bounded size: every device takes each of them (`wire_check`).
         let mut rest = lost.into_iter().peekable();
@@ -139,7 +140,7 @@ impl ChatDoc {
 /// One value this device had written that the drop took away.
 enum Restore {
     /// Put a value at a key of a map (`path` names the map from the root: empty for the root,
-    /// `[messages, id]` for a message).
+    /// `[messages, bucket, id]` for a message, `[messages, id]` in a chat without buckets).
     Put {
         path: Vec<String>,
         key: String,
@@ -147,8 +148,8 @@ enum Restore {
     },
     /// Delete a key the drop brought back.
     Delete { path: Vec<String>, key: String },
-    /// Create a message's map (its fields follow as `Put`s).
-    NewMessage(String),
+    /// Create a message's map in the map of entries at `path` (its fields follow as `Put`s).
+    NewMessage { path: Vec<String>, id: String },
 }
 
 impl Restore {
@@ -165,7 +166,7 @@ impl Restore {
                     }
             }
             Restore::Delete { key, .. } => key.len() + 32,
-            Restore::NewMessage(id) => id.len() + 32,
+            Restore::NewMessage { id, .. } => id.len() + 32,
         }
     }
 
@@ -187,9 +188,9 @@ impl Restore {
                 let obj = find(doc, &path)?;
                 doc.delete(&obj, key)
             }
-            Restore::NewMessage(id) => {
-                let messages = find(doc, &[s::MESSAGES.to_string()])?;
-                doc.put_object(&messages, id, ObjType::Map).map(|_| ())
+            Restore::NewMessage { path, id } => {
+                let entries = find(doc, &path)?;
+                doc.put_object(&entries, id, ObjType::Map).map(|_| ())
             }
         }
     }
@@ -197,13 +198,13 @@ impl Restore {
 
 /// The values `own` had written in `before` that `after` (the document without the dropped
 /// changes) lacks, as writes that bring them back.
-fn own_losses(before: &AutoCommit, after: &AutoCommit, own: &crate::DeviceId) -> Vec<Restore> {
-    let is_own = |id: &automerge::ObjId| match id {
-        automerge::ObjId::Id(_, actor, _) => {
-            authorship::device_of_actor(actor).as_ref() == Some(own)
-        }
-        automerge::ObjId::Root => false,
-    };
+fn own_losses(
+    before: &AutoCommit,
+    after: &AutoCommit,
+    schema: i64,
+    own: &crate::DeviceId,
+) -> Vec<Restore> {
+    let is_own = |id: &ObjId| made_by(id, own);
     let mut out = Vec::new();
     // A rename of this device's that was the one shown.
     if let Ok(Some((Value::Scalar(title), id))) = before.get(automerge::ROOT, s::TITLE)
@@ -216,7 +217,6 @@ fn own_losses(before: &AutoCommit, after: &AutoCommit, own: &crate::DeviceId) ->
             value: title.into_owned(),
         });
     }
-    let own_key = s::reaction_key(own.as_str());
     if let (Some(read_before), Some(read_after)) = (
         get_map(before, &automerge::ROOT, s::READ),
         get_map(after, &automerge::ROOT, s::READ),
@@ -229,20 +229,43 @@ fn own_losses(before: &AutoCommit, after: &AutoCommit, own: &crate::DeviceId) ->
             value: marker,
         });
     }
-    let (Some(messages_before), Some(messages_after)) = (
-        get_map(before, &automerge::ROOT, s::MESSAGES),
-        get_map(after, &automerge::ROOT, s::MESSAGES),
+    let (Ok(entries_before), Ok(entries_after)) = (
+        EntryMaps::read(before, schema),
+        EntryMaps::read(after, schema),
     ) else {
         return out;
     };
-    for item in before.map_range(&messages_before, ..) {
+    for ((map_before, bucket), (map_after, _)) in entries_before.maps().zip(entries_after.maps()) {
+        let mut map_path = vec![s::MESSAGES.to_string()];
+        map_path.extend(bucket.map(crate::layout::bucket_key));
+        own_losses_in(
+            before, after, map_before, map_after, &map_path, own, &mut out,
+        );
+    }
+    out
+}
+
+/// [`own_losses`] among the messages of one map of entries (`map_path` from the root).
+fn own_losses_in(
+    before: &AutoCommit,
+    after: &AutoCommit,
+    map_before: &ObjId,
+    map_after: &ObjId,
+    map_path: &[String],
+    own: &crate::DeviceId,
+    out: &mut Vec<Restore>,
+) {
+    let is_own = |id: &ObjId| made_by(id, own);
+    let own_key = s::reaction_key(own.as_str());
+    for item in before.map_range(map_before, ..) {
         let automerge::ValueRef::Object(ObjType::Map) = item.value else {
             continue;
         };
         let id = item.key.to_string();
         let obj_before = item.id();
-        let path = vec![s::MESSAGES.to_string(), id.clone()];
-        let obj_after = get_map(after, &messages_after, &id);
+        let mut path = map_path.to_vec();
+        path.push(id.clone());
+        let obj_after = get_map(after, map_after, &id);
         if is_own(&obj_before) {
             // This device's message: every field but other devices' reactions is its own.
             let deleted =
@@ -252,7 +275,10 @@ fn own_losses(before: &AutoCommit, after: &AutoCommit, own: &crate::DeviceId) ->
                 Some(obj) if obj == obj_before => Some(obj),
                 // Written again by this device's own earlier rebuild, or never kept.
                 _ => {
-                    out.push(Restore::NewMessage(id.clone()));
+                    out.push(Restore::NewMessage {
+                        path: map_path.to_vec(),
+                        id: id.clone(),
+                    });
                     None
                 }
             };
@@ -304,7 +330,14 @@ fn own_losses(before: &AutoCommit, after: &AutoCommit, own: &crate::DeviceId) ->
             }
         }
     }
-    out
+}
+
+/// Whether `own` made the object or operation `id`.
+fn made_by(id: &ObjId, own: &crate::DeviceId) -> bool {
+    match id {
+        ObjId::Id(_, actor, _) => authorship::device_of_actor(actor).as_ref() == Some(own),
+        ObjId::Root => false,
+    }
 }
 
 fn scalar(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<ScalarValue> {

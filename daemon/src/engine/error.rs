@@ -46,9 +46,10 @@ impl From<ModelError> for EngineError {
         match e {
             ModelError::Invalid(m) => EngineError::Invalid(m),
             ModelError::MessageNotFound(id) => EngineError::NotFound(format!("no message {id}")),
-            ModelError::Forbidden(m) | ModelError::Untrusted(m) | ModelError::Unproven(m) => {
-                EngineError::Forbidden(m)
-            }
+            ModelError::Forbidden(m)
+            | ModelError::Untrusted(m)
+            | ModelError::Unproven(m)
+            | ModelError::NewerSchema(m) => EngineError::Forbidden(m),
             ModelError::Deleted(id) => EngineError::Gone(format!("message {id} was deleted")),
             ModelError::TooLarge(m) => EngineError::Invalid(m),
             ModelError::Equivocation(evidence) => EngineError::Equivocation(evidence.encode()),

@@ -550,9 +550,9 @@ fn message_events(chat: &ChatId, doc: &ChatDoc, touched: Vec<Touched>) -> Vec<Ev
 fn refusal(e: chatsync_model::ModelError, sender: Option<&DeviceId>) -> EngineError {
     let why = format!("refused sync data: {e}");
     match e {
-        chatsync_model::ModelError::Untrusted(_) | chatsync_model::ModelError::Unproven(_) => {
-            EngineError::Forbidden(why)
-        }
+        chatsync_model::ModelError::Untrusted(_)
+        | chatsync_model::ModelError::Unproven(_)
+        | chatsync_model::ModelError::NewerSchema(_) => EngineError::Forbidden(why),
         chatsync_model::ModelError::TooLarge(_) => EngineError::Invalid(why),
         chatsync_model::ModelError::Automerge(automerge::AutomergeError::DuplicateSeqNumber(
             seq,
