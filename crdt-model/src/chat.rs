@@ -16,7 +16,7 @@
 //!
 //! What would still grow with the chat when changes arrive is Automerge 0.12 applying them: it
 //! scans the operations of every map a change writes to, and each new message is an entry of a
-//! map of entries. Chats of schema 3 spread their entries over 256 buckets to keep that map
+//! map of entries. Chats of schema 3 spread their entries over 64 buckets to keep that map
 //! small ([`crate::layout`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -12,7 +12,7 @@
 //! - [`attachment`]: what a message says about its files (hash, size, name, type); their bytes
 //!   live outside the document.
 //! - [`chat`]: [`ChatDoc`], the document plus an in-memory display-order index.
-//! - [`layout`]: where a chat keeps its messages' entries (one map, or 256 buckets).
+//! - [`layout`]: where a chat keeps its messages' entries (one map, or 64 buckets).
 //! - `touched`: what received changes did to each message ([`Touched`]), read off their
 //!   operations.
 //! - [`authorship`]: which device wrote a change, and the signatures that prove it.
@@ -32,7 +32,7 @@
 //! Why the document looks the way it does:
 //! - Messages live in maps keyed by message id, not a list: list positions would not give a
 //!   meaningful order. Automerge's cost of applying a write to a map grows with the map, so
-//!   chats of schema 3 spread their messages over 256 bucket maps by a hash of the id.
+//!   chats of schema 3 spread their messages over 64 bucket maps by a hash of the id.
 //! - Display order comes from the hybrid logical clock stamped on each message, ties broken by
 //!   author device id and then message id. Every replica with the same changes computes the same
 //!   order, and a message always sorts after every message its author had seen when writing it

@@ -13,8 +13,8 @@
 //!   read: map { device id -> message id }
 //! ```
 //!
-//! A bucket is two lowercase hex digits, the first byte of the SHA-256 of the message ids it
-//! holds; all 256 are created with the chat (see crate::layout).
+//! A bucket is two lowercase hex digits, the top six bits of the SHA-256 of the message ids it
+//! holds; all 64 are created with the chat (see crate::layout).
 //!
 //! Documents of schemas 1 and 2 keep every message directly in `messages` (message id -> map).
 //!
