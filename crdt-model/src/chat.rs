@@ -28,7 +28,9 @@ use automerge::{
 
 use crate::{
     Attachment, ChatId, Clock, DeviceId, MessageId, ModelError,
-    access::{change_time, check_text, get_int, get_map, get_str, truncate_utf8, write_change},
+    access::{
+        change_time, check_text, get_int, get_map, get_scalar, get_str, truncate_utf8, write_change,
+    },
     attachment,
     authorship::{self, ActorTop, Provenance},
     header::Header,
@@ -1023,29 +1025,47 @@ impl ChatDoc {
         Ok((msg, self.message_obj(id)?))
     }
 
+    /// Builds the index from the whole document, in one pass over it: looking each message's
+    /// header up by key would seek through the document once per message, which cost as much as
+    /// Automerge's own load.
     fn reindex_all(&mut self) {
         self.order.clear();
         self.keys.clear();
         self.message_of_object.clear();
         self.max_clock = Clock::ZERO;
-        let mut ids: Vec<(String, ObjId)> = Vec::new();
-        for (map, bucket) in self.entries.maps() {
-            ids.extend(
-                self.doc
-                    .map_range(map, ..)
-                    .filter(|item| matches!(item.value, automerge::ValueRef::Object(ObjType::Map)))
-                    // An entry outside its id's bucket is no message (no replica writes one).
-                    .filter(|item| bucket.is_none_or(|b| crate::layout::bucket_of(&item.key) == b))
-                    .map(|item| {
-                        let obj = item.id();
-                        (item.key.into_owned(), obj)
-                    }),
-            );
+        let entry_maps: HashMap<ObjId, Option<u8>> = self
+            .entries
+            .maps()
+            .map(|(obj, bucket)| (obj.clone(), bucket))
+            .collect();
+        let mut entries: Vec<(MessageId, ObjId)> = Vec::new();
+        let mut facts: HashMap<ObjId, OrderFacts> = HashMap::new();
+        for automerge::iter::DocObjItem { obj, item } in self.doc.iter() {
+            let automerge::iter::DocItem::Map(item) = item else {
+                continue;
+            };
+            if let Some(bucket) = entry_maps.get(&*obj) {
+                // An entry outside its id's bucket is no message (no replica writes one).
+                if matches!(item.value, automerge::ValueRef::Object(ObjType::Map))
+                    && bucket.is_none_or(|b| crate::layout::bucket_of(&item.key) == b)
+                    && let Ok(id) = MessageId::new(item.key.as_ref())
+                {
+                    entries.push((id, item.id()));
+                }
+                continue;
+            }
+            let automerge::ValueRef::Scalar(value) = &item.value else {
+                continue;
+            };
+            if OrderFacts::FIELDS.contains(&item.key.as_ref()) {
+                let facts = facts.entry((*obj).clone()).or_default();
+                facts.set(&item.key, value.into());
+            }
         }
-        for (key, obj) in ids {
-            if let Ok(id) = MessageId::new(key) {
-                self.remember_object(&id, &obj);
-                self.index_message(id, &obj);
+        for (id, obj) in entries {
+            self.remember_object(&id, &obj);
+            if let Some(facts) = facts.get(&obj) {
+                self.index_with(id, &obj, facts);
             }
         }
     }
@@ -1200,20 +1220,18 @@ impl ChatDoc {
     }
 
     fn index_message(&mut self, id: MessageId, obj: &ObjId) {
-        let (clock, author) = match get_str(&self.doc, obj, s::HEADER) {
-            Some(header) => match Header::decode(&header) {
-                Some(h) => (h.clock, h.author),
-                None => return,
-            },
-            // Written by a schema 1 replica.
-            None => {
-                let clock = get_int(&self.doc, obj, s::CLOCK).and_then(Clock::from_stored);
-                let author = get_str(&self.doc, obj, s::AUTHOR).and_then(|a| DeviceId::new(a).ok());
-                match (clock, author) {
-                    (Some(clock), Some(author)) => (clock, author),
-                    _ => return,
-                }
-            }
+        let facts = OrderFacts {
+            header: get_scalar(&self.doc, obj, s::HEADER),
+            clock: get_scalar(&self.doc, obj, s::CLOCK),
+            author: get_scalar(&self.doc, obj, s::AUTHOR),
+        };
+        self.index_with(id, obj, &facts);
+    }
+
+    /// Indexes message `id`, whose map is `obj`, by what its map says of its place.
+    fn index_with(&mut self, id: MessageId, obj: &ObjId, facts: &OrderFacts) {
+        let Some((clock, author)) = facts.clock_and_author() else {
+            return;
         };
         if !written_by(obj, &author) {
             return;
@@ -1225,6 +1243,53 @@ impl ChatDoc {
         self.max_clock = self.max_clock.max(key.clock);
         self.order.insert(key.clone());
         self.keys.insert(key.id.clone(), key);
+    }
+}
+
+/// The fields of a message's map that place it in the display order: its header, or, in a
+/// message a schema 1 replica wrote, its clock and author fields.
+#[derive(Debug, Default)]
+struct OrderFacts {
+    header: Option<automerge::ScalarValue>,
+    clock: Option<automerge::ScalarValue>,
+    author: Option<automerge::ScalarValue>,
+}
+
+impl OrderFacts {
+    const FIELDS: [&str; 3] = [s::HEADER, s::CLOCK, s::AUTHOR];
+
+    fn set(&mut self, field: &str, value: automerge::ScalarValue) {
+        let slot = match field {
+            s::HEADER => &mut self.header,
+            s::CLOCK => &mut self.clock,
+            _ => &mut self.author,
+        };
+        *slot = Some(value);
+    }
+
+    /// The message's clock and author; `None` for a malformed message (never indexed). A header
+    /// that does not decode is not made up for by the schema 1 fields.
+    fn clock_and_author(&self) -> Option<(Clock, DeviceId)> {
+        use automerge::ScalarValue as V;
+        if let Some(header) = &self.header {
+            let V::Str(header) = header else {
+                return None;
+            };
+            let h = Header::decode(header)?;
+            return Some((h.clock, h.author));
+        }
+        let clock = match self.clock.as_ref()? {
+            V::Int(v) => *v,
+            V::Uint(v) => i64::try_from(*v).ok()?,
+            _ => return None,
+        };
+        let V::Str(author) = self.author.as_ref()? else {
+            return None;
+        };
+        Some((
+            Clock::from_stored(clock)?,
+            DeviceId::new(author.as_str()).ok()?,
+        ))
     }
 }
 
