@@ -1268,13 +1268,11 @@ impl OrderFacts {
     }
 
     /// The message's clock and author; `None` for a malformed message (never indexed). A header
-    /// that does not decode is not made up for by the schema 1 fields.
+    /// that does not decode is not made up for by the schema 1 fields; one that is no string
+    /// counts as no header.
     fn clock_and_author(&self) -> Option<(Clock, DeviceId)> {
         use automerge::ScalarValue as V;
-        if let Some(header) = &self.header {
-            let V::Str(header) = header else {
-                return None;
-            };
+        if let Some(V::Str(header)) = &self.header {
             let h = Header::decode(header)?;
             return Some((h.clock, h.author));
         }
