@@ -37,6 +37,11 @@ const MAX_UPLOADS: usize = 16;
 static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_UPLOADS);
 /// An upload that sends nothing for this long is cut.
 const UPLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+/// What an upload refused part-way (over the quota, say) may still send, read and dropped before
+/// the answer, at most: a connection closed on unread bytes reaches the sender as a broken pipe
+/// while it writes, and it never reads why. Past these, the connection is closed all the same.
+const REFUSED_DRAIN_BYTES: usize = 64 * 1024 * 1024;
+const REFUSED_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 type St = State<Arc<AppState>>;
 
 /// Media types a browser may show inline; anything else downloads, so that a file from another
@@ -74,6 +79,7 @@ pub async fn upload(State(st): St, headers: HeaderMap, body: Body) -> AppResult<
         tokio::task::spawn_blocking(move || blobs.import(pipe::ChannelReader::new(rx), expected));
     let mut stream = body.into_data_stream();
     let mut cut = None;
+    let mut refused = false;
     loop {
         let piece = tokio::select! {
             _ = st.shutdown.cancelled() => Some(Err("the daemon is shutting down".to_string())),
@@ -88,6 +94,7 @@ pub async fn upload(State(st): St, headers: HeaderMap, body: Body) -> AppResult<
             Some(Ok(piece)) => {
                 if tx.send(Ok(piece)).await.is_err() {
                     // The import stopped (its error is the answer).
+                    refused = true;
                     break;
                 }
             }
@@ -101,6 +108,9 @@ pub async fn upload(State(st): St, headers: HeaderMap, body: Body) -> AppResult<
         }
     }
     drop(tx);
+    if refused {
+        drain(stream).await;
+    }
     let imported = import.await.map_err(internal)?;
     if let Some(why) = cut {
         return Err(invalid(format!("the upload was cut: {why}")));
@@ -118,6 +128,21 @@ pub async fn upload(State(st): St, headers: HeaderMap, body: Body) -> AppResult<
         }),
     )
         .into_response())
+}
+
+/// Reads and drops what is left of a refused upload, within [`REFUSED_DRAIN_BYTES`] and
+/// [`REFUSED_DRAIN_TIME`], so that its sender finishes writing and reads the answer.
+async fn drain(mut stream: axum::body::BodyDataStream) {
+    let mut left = REFUSED_DRAIN_BYTES;
+    let _ = tokio::time::timeout(REFUSED_DRAIN_TIME, async {
+        while let Some(Ok(piece)) = stream.next().await {
+            left = left.saturating_sub(piece.len());
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// The attachments a post names, described from the blobs this device stored.
