@@ -3,10 +3,12 @@
 //!
 //! Versions: the protocol name carries the version. `/chatsync/sync/3` added a typed slow-down
 //! answer and never counts an unprovable change as an offence; `/chatsync/sync/4` added the
-//! evidence of an equivocation (`SyncRequest::Evidence`). A device of an older version does not
-//! speak it, so the two do not sync (their connection, roster and pairing still work) until
-//! both are upgraded.
+//! evidence of an equivocation (`SyncRequest::Evidence`); `/chatsync/sync/5` carries chats of
+//! schema 3 (messages in buckets), which a version 4 device would take for damaged data and
+//! count against the sender, and refuses a chat of a newer schema without blame. A device of an
+//! older version does not speak it, so the two do not sync (their connection, roster and pairing
+//! still work) until both are upgraded.
 
 pub use chatsync_model::sync::wire::*;
 
-pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/chatsync/sync/4");
+pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/chatsync/sync/5");
