@@ -4,9 +4,10 @@
 //! so every message arriving in a chat whose messages share one map costs time in proportion to
 //! the chat (`cargo bench -p chatsync-model --bench apply`: 0.3 ms at 1,000 messages, 2 ms at
 //! 10,000). Chats of schema 3 spread their messages over [`BUCKETS`] maps instead, by a hash of
-//! the message id, so a map holds a 64th of the chat. Every bucket costs each load of the chat
-//! too (about 1.5 µs); 64 keeps a received post near 0.1 ms up to 20,000 messages and adds
-//! about 0.1 ms to loading a chat (256 buckets: 0.4 ms, for little more).
+//! the message id, so a map holds a 64th of the chat. Every bucket is an object in every chat,
+//! paid at every load: 64 keep a received post at 0.1-0.3 ms up to 20,000 messages and add
+//! about 0.2 ms to loading a chat of 100 posts (256 gained little more and cost four times as
+//! much; docs/benchmarks.md).
 //!
 //! Every bucket is created in the genesis change, with the container that holds them: a bucket
 //! two devices created concurrently would hide one device's entries. After the genesis nobody
