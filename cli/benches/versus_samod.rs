@@ -1,7 +1,8 @@
 //! chatsync beside samod 0.16 (the Rust port of automerge-repo, on the same Automerge 0.12),
 //! on the same workloads in the same run, on loopback. Run with
 //! `cargo bench -p chatsync --bench versus_samod` (add `-- --quick` for counts about ten
-//! times smaller).
+//! times smaller, `-- --only many,store` for some of the workloads: `live`, `catch-up`,
+//! `many`, `store`, `mesh`).
 //!
 //! Both run three replicas, A, S and B, each its own process: A and B connect to S only, so
 //! that every message takes two hops (A -> S -> B). chatsync: three real `chatsyncd`s (A and B
@@ -107,24 +108,42 @@ fn main() {
         "`cargo bench -p chatsync --bench versus_samod{}`\n",
         if quick { " -- --quick" } else { "" }
     );
+    // `--only live,catch-up,many,store,mesh` runs those workloads alone (to profile one).
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|at| args[at + 1].split(',').map(str::to_string).collect());
+    let runs = |w: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == w));
     let started = Instant::now();
     rt.block_on(async {
-        let mut cs = cs::Three::start().await;
-        let mut sm = samod_side::Three::start().await;
-        live(&s, &cs, &mut sm).await;
-        let n = s.catch_up;
-        let title =
-            format!("2. Catch-up, one chat: {n} messages posted on A while B was stopped");
-        catch_up(&title, 1, n, &mut cs, &mut sm).await;
-        let (k, n) = (s.many_chats, s.many_per_chat);
-        let title = format!(
-            "3. Catch-up, many chats: {k} chats B knew, {n} messages posted into each on A while B was stopped"
-        );
-        catch_up(&title, k, n, &mut cs, &mut sm).await;
-        cs.shutdown().await;
-        sm.shutdown().await;
-        store::run(s.store_chats, s.store_per_chat).await;
-        mesh::run(&s.mesh_sizes, s.mesh_posts, s.mesh_rate).await;
+        if runs("live") || runs("catch-up") || runs("many") {
+            let mut cs = cs::Three::start().await;
+            let mut sm = samod_side::Three::start().await;
+            if runs("live") {
+                live(&s, &cs, &mut sm).await;
+            }
+            if runs("catch-up") {
+                let n = s.catch_up;
+                let title =
+                    format!("2. Catch-up, one chat: {n} messages posted on A while B was stopped");
+                catch_up(&title, 1, n, &mut cs, &mut sm).await;
+            }
+            if runs("many") {
+                let (k, n) = (s.many_chats, s.many_per_chat);
+                let title = format!(
+                    "3. Catch-up, many chats: {k} chats B knew, {n} messages posted into each on A while B was stopped"
+                );
+                catch_up(&title, k, n, &mut cs, &mut sm).await;
+            }
+            cs.shutdown().await;
+            sm.shutdown().await;
+        }
+        if runs("store") {
+            store::run(s.store_chats, s.store_per_chat).await;
+        }
+        if runs("mesh") {
+            mesh::run(&s.mesh_sizes, s.mesh_posts, s.mesh_rate).await;
+        }
     });
     println!("(whole run: {:.0} s)", started.elapsed().as_secs_f64());
 }

@@ -28,9 +28,7 @@ use automerge::{
 
 use crate::{
     Attachment, ChatId, Clock, DeviceId, MessageId, ModelError,
-    access::{
-        change_time, check_text, get_int, get_map, get_scalar, get_str, truncate_utf8, write_change,
-    },
+    access::{change_time, check_text, get_int, get_map, get_str, truncate_utf8, write_change},
     attachment,
     authorship::{self, ActorTop, Provenance},
     header::Header,
@@ -130,7 +128,9 @@ pub struct ChatDoc {
     entry_keys: EntryKeys,
     read: ObjId,
     order: BTreeSet<OrderKey>,
-    keys: HashMap<MessageId, OrderKey>,
+    /// Every message in `order`, with its place there and the map that holds it now (so that
+    /// reading a message does not look its map up among the entries again).
+    keys: HashMap<MessageId, Indexed>,
     /// The message each message map belongs to, by the id of the map: how an operation in a
     /// received change is traced to the message it writes. Malformed messages (not in `keys`) are
     /// here too, so that a change completing one is noticed. An entry can outlive its map's place
@@ -338,9 +338,7 @@ impl ChatDoc {
 
     /// The message with this id.
     pub fn message(&self, id: &MessageId) -> Option<Message> {
-        self.keys.get(id)?;
-        let obj = get_map(&self.doc, self.entries.map_for(id.as_str()), id.as_str())?;
-        read_message(&self.doc, id, &obj)
+        read_message(&self.doc, id, &self.keys.get(id)?.obj)
     }
 
     /// Ids of messages whose id starts with `prefix`, at most `limit` of them; just the one
@@ -371,7 +369,7 @@ impl ChatDoc {
     /// Up to `limit` messages that come just before `before` (or the end) in display order,
     /// oldest first.
     pub fn page_before(&self, before: Option<&MessageId>, limit: usize) -> Vec<Message> {
-        let keys: Vec<&OrderKey> = match before.and_then(|id| self.keys.get(id)) {
+        let keys: Vec<&OrderKey> = match before.and_then(|id| self.order_key(id)) {
             Some(bound) => self.order.range(..bound).rev().take(limit).collect(),
             None if before.is_some() => Vec::new(),
             None => self.order.iter().rev().take(limit).collect(),
@@ -384,7 +382,7 @@ impl ChatDoc {
 
     /// Up to `limit` messages that come just after `after` in display order, oldest first.
     pub fn page_after(&self, after: &MessageId, limit: usize) -> Vec<Message> {
-        let Some(bound) = self.keys.get(after) else {
+        let Some(bound) = self.order_key(after) else {
             return Vec::new();
         };
         self.order
@@ -470,14 +468,16 @@ impl ChatDoc {
             Ok(())
         })?;
         // The new message's map and order key are known: index it without reading it back.
-        if let Some(obj) = &created {
-            self.remember_object(&id, obj);
+        // (The write above made the map, or failed and returned.)
+        if let Some(obj) = created {
+            self.remember_object(&id, &obj);
+            let key = OrderKey {
+                clock,
+                author: device.id.clone(),
+                id: id.clone(),
+            };
+            self.insert_key(key, obj);
         }
-        self.insert_key(OrderKey {
-            clock,
-            author: device.id.clone(),
-            id: id.clone(),
-        });
         Ok(Message {
             id,
             author: device.id.clone(),
@@ -582,11 +582,10 @@ impl ChatDoc {
         now_ms: i64,
     ) -> Result<bool, ModelError> {
         let new_key = self
-            .keys
-            .get(id)
+            .order_key(id)
             .ok_or_else(|| ModelError::MessageNotFound(id.clone()))?;
         if let Some(current) = self.read_marker(&device.id)
-            && let Some(current_key) = self.keys.get(&current)
+            && let Some(current_key) = self.order_key(&current)
             && current_key >= new_key
         {
             return Ok(false);
@@ -624,7 +623,7 @@ impl ChatDoc {
     pub fn unread_count(&self, device: &DeviceId) -> usize {
         let start = self
             .read_marker(device)
-            .and_then(|m| self.keys.get(&m).cloned());
+            .and_then(|m| self.order_key(&m).cloned());
         let range: Box<dyn Iterator<Item = &OrderKey>> = match &start {
             Some(k) => Box::new(self.order.range(k..).skip(1)),
             None => Box::new(self.order.iter()),
@@ -1102,18 +1101,30 @@ impl ChatDoc {
             &self.read,
             &self.message_of_object,
         );
+        // A batch that writes to many of the chat's messages (a catch-up) is read in one pass
+        // over the document, not by looking each message up.
+        let whole = writes.len() >= REINDEX_WHOLE_FROM && writes.len() * 4 >= self.order.len();
         if let Some(why) = writes
             .violation
             .clone()
-            .or_else(|| self.replaced_entry(&writes, before))
+            .or_else(|| self.replaced_entry(&writes, whole))
         {
             self.revert_to(before)?;
             return Err(ModelError::Forbidden(format!("refused changes: {why}")));
         }
+        let was_indexed: Vec<bool> = writes
+            .iter()
+            .map(|(id, _)| self.keys.contains_key(id))
+            .collect();
+        if whole {
+            self.reindex_all();
+        }
         let mut touched = Vec::new();
-        for (id, places) in writes {
-            let was_indexed = self.keys.contains_key(&id);
-            let object = self.reindex_message(&id);
+        for ((id, places), was_indexed) in writes.into_iter().zip(was_indexed) {
+            let object = match whole {
+                true => self.keys.get(&id).map(|indexed| indexed.obj.clone()),
+                false => self.reindex_message(&id),
+            };
             if !self.keys.contains_key(&id) {
                 continue;
             }
@@ -1131,16 +1142,31 @@ impl ChatDoc {
 
     /// A write that replaced or removed the entry of a message another device wrote, if any:
     /// only a message's author may touch its entry once it exists.
-    fn replaced_entry(&self, writes: &MessageWrites, before: &[ChangeHash]) -> Option<String> {
+    ///
+    /// What held an entry before the batch is read off the document as it is now, not as it was
+    /// at `before` (a read at past heads costs far more): every value then either is still there,
+    /// or was replaced by one of the batch's writes, which names it. That can also name a value
+    /// already replaced before the batch (a writer that had not seen the newer one); its owner
+    /// counts too, and an honest device's write only ever names its own values.
+    /// `whole`: read every entry in one pass rather than each written one by itself.
+    fn replaced_entry(&self, writes: &MessageWrites, whole: bool) -> Option<String> {
+        let entries_now = whole.then(|| self.entry_values(writes));
         for (id, places) in writes.iter() {
             for place in places.iter().filter(|p| p.place == Place::Entry) {
-                let existing = value_ids(
-                    &self.doc,
-                    self.entries.map_for(id.as_str()),
-                    id.as_str(),
-                    Some(before),
-                );
-                for old in &existing {
+                let now = match &entries_now {
+                    Some(entries) => entries.get(id.as_str()).cloned().unwrap_or_default(),
+                    None => value_ids(
+                        &self.doc,
+                        self.entries.map_for(id.as_str()),
+                        id.as_str(),
+                        None,
+                    ),
+                };
+                let existing = now
+                    .iter()
+                    .chain(&place.replaced)
+                    .filter(|op| !place.ops.contains(op));
+                for old in existing {
                     let owner = old.device();
                     if let Some(writer) = place.ops.iter().find(|op| op.device() != owner) {
                         return Some(format!(
@@ -1153,6 +1179,30 @@ impl ChatDoc {
             }
         }
         None
+    }
+
+    /// The values now at the entries `writes` wrote to, by message id, read in one pass over
+    /// the maps of entries.
+    fn entry_values(&self, writes: &MessageWrites) -> HashMap<String, Vec<OpKey>> {
+        let written: std::collections::HashSet<&str> = writes
+            .iter()
+            .filter(|(_, places)| places.iter().any(|p| p.place == Place::Entry))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        let mut values = HashMap::new();
+        for (map, _) in self.entries.maps() {
+            for item in self.doc.map_range(map, ..) {
+                if !written.contains(item.key.as_ref()) {
+                    continue;
+                }
+                let ids = match item.conflict {
+                    true => value_ids(&self.doc, map, &item.key, None),
+                    false => OpKey::of(&item.id()).into_iter().collect(),
+                };
+                values.insert(item.key.into_owned(), ids);
+            }
+        }
+        values
     }
 
     /// What writes to an indexed message changed: the most significant kind among the places
@@ -1205,7 +1255,7 @@ impl ChatDoc {
     /// Re-reads one message into the index. Returns the map that holds the message now, if any.
     fn reindex_message(&mut self, id: &MessageId) -> Option<ObjId> {
         if let Some(old) = self.keys.remove(id) {
-            self.order.remove(&old);
+            self.order.remove(&old.key);
         }
         let obj = get_map(&self.doc, self.entries.map_for(id.as_str()), id.as_str())?;
         self.remember_object(id, &obj);
@@ -1220,11 +1270,16 @@ impl ChatDoc {
     }
 
     fn index_message(&mut self, id: MessageId, obj: &ObjId) {
-        let facts = OrderFacts {
-            header: get_scalar(&self.doc, obj, s::HEADER),
-            clock: get_scalar(&self.doc, obj, s::CLOCK),
-            author: get_scalar(&self.doc, obj, s::AUTHOR),
-        };
+        // One pass over the message's fields: a lookup per field seeks through the document
+        // each time.
+        let mut facts = OrderFacts::default();
+        for item in self.doc.map_range(obj, ..) {
+            if let automerge::ValueRef::Scalar(value) = &item.value
+                && OrderFacts::FIELDS.contains(&item.key.as_ref())
+            {
+                facts.set(&item.key, value.into());
+            }
+        }
         self.index_with(id, obj, &facts);
     }
 
@@ -1236,14 +1291,31 @@ impl ChatDoc {
         if !written_by(obj, &author) {
             return;
         }
-        self.insert_key(OrderKey { clock, author, id });
+        self.insert_key(OrderKey { clock, author, id }, obj.clone());
     }
 
-    fn insert_key(&mut self, key: OrderKey) {
+    fn insert_key(&mut self, key: OrderKey, obj: ObjId) {
         self.max_clock = self.max_clock.max(key.clock);
         self.order.insert(key.clone());
-        self.keys.insert(key.id.clone(), key);
+        self.keys.insert(key.id.clone(), Indexed { key, obj });
     }
+
+    /// Where a message stands in the display order.
+    fn order_key(&self, id: &MessageId) -> Option<&OrderKey> {
+        self.keys.get(id).map(|indexed| &indexed.key)
+    }
+}
+
+/// Messages a batch of received changes writes to, at least, for the index to be rebuilt in one
+/// pass over the whole document rather than message by message (when they are also a quarter
+/// of the chat or more).
+const REINDEX_WHOLE_FROM: usize = 64;
+
+/// A message in the index: its place in the display order and the map that holds it.
+#[derive(Debug)]
+struct Indexed {
+    key: OrderKey,
+    obj: ObjId,
 }
 
 /// The fields of a message's map that place it in the display order: its header, or, in a

@@ -128,6 +128,9 @@ pub(crate) struct PlaceWrites {
     pub kind: TouchKind,
     /// Ids of the writing operations.
     pub ops: Vec<OpKey>,
+    /// The values the writing operations replace, as their writers saw them (each operation
+    /// names the ones it overwrites).
+    pub replaced: Vec<OpKey>,
 }
 
 /// The writes of a batch of changes, message by message, in the order the messages first
@@ -163,7 +166,7 @@ impl MessageWrites {
                 .container
                 .as_ref()
                 .is_some_and(|c| c.actor == change.actor_id && ops.contains(&c.counter));
-            for (op, counter) in change.operations.into_iter().zip(counters) {
+            for (mut op, counter) in change.operations.into_iter().zip(counters) {
                 if writes.violation.is_none()
                     && let Err(why) = check_write(
                         &op,
@@ -175,19 +178,30 @@ impl MessageWrites {
                 {
                     writes.violation = Some(why);
                 }
+                let replaced = std::mem::replace(&mut op.pred, legacy::SortedVec::new());
                 if let Some((id, place, kind)) = locate(op, entries, message_of_object) {
                     let op = OpKey {
                         counter,
                         actor: change.actor_id.clone(),
                     };
-                    writes.add(id, place, kind, op);
+                    let replaced = replaced
+                        .into_iter()
+                        .map(|legacy::OpId(counter, actor)| OpKey { counter, actor });
+                    writes.add(id, place, kind, op, replaced);
                 }
             }
         }
         writes
     }
 
-    fn add(&mut self, id: MessageId, place: Place, kind: TouchKind, op: OpKey) {
+    fn add(
+        &mut self,
+        id: MessageId,
+        place: Place,
+        kind: TouchKind,
+        op: OpKey,
+        replaced: impl Iterator<Item = OpKey>,
+    ) {
         let index = match self.position.get(&id) {
             Some(&index) => index,
             None => {
@@ -201,17 +215,24 @@ impl MessageWrites {
             Some(w) => {
                 w.kind = w.kind.most_significant(kind);
                 w.ops.push(op);
+                w.replaced.extend(replaced);
             }
             None => places.push(PlaceWrites {
                 place,
                 kind,
                 ops: vec![op],
+                replaced: replaced.collect(),
             }),
         }
     }
 }
 
 impl MessageWrites {
+    /// How many messages the changes wrote to.
+    pub(crate) fn len(&self) -> usize {
+        self.messages.len()
+    }
+
     /// The writes, message by message, without consuming them.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &(MessageId, Vec<PlaceWrites>)> {
         self.messages.iter()

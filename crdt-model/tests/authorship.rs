@@ -232,18 +232,57 @@ fn editing_deleting_or_reacting_for_another_device_is_refused() {
                 .unwrap();
         }),
     ];
+    // Alone, and among 100 honest posts (a batch that large is read in one pass).
     for (what, tamper) in cases {
-        let (_, _, _, mut b, _, mut c) = three();
-        let am = b.automerge_mut();
-        let messages = layout::entry_map(am, "m1").unwrap();
-        let (_, msg) = am.get(&messages, "m1").unwrap().unwrap();
-        tamper(am, &msg);
-        am.commit();
+        for honest_posts in [0, 100] {
+            let (_, _, db, mut b, _, mut c) = three();
+            post_many(&mut b, &db, honest_posts);
+            let am = b.automerge_mut();
+            let messages = layout::entry_map(am, "m1").unwrap();
+            let (_, msg) = am.get(&messages, "m1").unwrap().unwrap();
+            tamper(am, &msg);
+            am.commit();
+            let err = sync_into(&mut b, &mut c, &honest, &trusted).unwrap_err();
+            assert!(
+                matches!(err, ModelError::Forbidden(_)),
+                "{what}, {honest_posts}: {err}"
+            );
+            let m1 = c.message(&mid("m1")).unwrap();
+            assert_eq!((m1.text.as_str(), m1.deleted), ("from a", false), "{what}");
+            assert!(m1.reactions.is_empty(), "{what}");
+            assert_eq!(c.len(), 1, "{what}, {honest_posts}");
+        }
+    }
+}
+
+fn post_many(doc: &mut ChatDoc, device: &Device, n: usize) {
+    for i in 0..n {
+        let id = mid(&format!("{}-{i}", device.id));
+        doc.post(device, id, "honest", None, 100 + i as i64)
+            .unwrap();
+    }
+}
+
+/// A device that writes a message under an id another device's message has is refused even
+/// when it never saw that message (the two entries conflict; neither replaces the other), alone
+/// or among many honest posts.
+#[test]
+fn a_message_under_an_id_another_device_used_is_refused() {
+    for honest_posts in [0, 100] {
+        let (da, db, dc) = (dev("dev-a", b"1"), dev("dev-b", b"1"), dev("dev-c", b"1"));
+        let mut a = ChatDoc::create(ChatId::new("c").unwrap(), "t", &da, 1).unwrap();
+        let mut b = ChatDoc::load(&a.save(), &db).unwrap();
+        a.post(&da, mid("m1"), "from a", None, 10).unwrap();
+        let mut c = ChatDoc::load(&a.save(), &dc).unwrap();
+        post_many(&mut b, &db, honest_posts);
+        b.post(&db, mid("m1"), "from b", None, 20).unwrap();
         let err = sync_into(&mut b, &mut c, &honest, &trusted).unwrap_err();
-        assert!(matches!(err, ModelError::Forbidden(_)), "{what}: {err}");
-        let m1 = c.message(&mid("m1")).unwrap();
-        assert_eq!((m1.text.as_str(), m1.deleted), ("from a", false), "{what}");
-        assert!(m1.reactions.is_empty(), "{what}");
+        assert!(
+            matches!(err, ModelError::Forbidden(_)),
+            "{honest_posts}: {err}"
+        );
+        assert_eq!(c.message(&mid("m1")).unwrap().text, "from a");
+        assert_eq!(c.len(), 1, "{honest_posts}");
     }
 }
 

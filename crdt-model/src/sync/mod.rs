@@ -18,6 +18,7 @@
 //! Map:
 //! - [`wire`]: the protocol's messages and limits.
 //! - [`sessions`]: [`SyncCore`], inputs and outputs.
+//! - [`running`]: sessions under way with each device (a cap per device, the rest in line).
 //! - [`outbound`]: requests on their way (a cap per device, queues, slow-down pauses).
 //! - [`transfers`]: large payloads announced and pulled in parts.
 //! - [`resume`]: pulls cut with their connection, kept to go on later.
@@ -26,6 +27,7 @@
 pub mod outbound;
 pub mod progress;
 pub mod resume;
+pub mod running;
 pub mod sessions;
 pub mod transfers;
 pub mod wire;

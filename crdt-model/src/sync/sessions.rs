@@ -22,6 +22,7 @@ use super::{
     outbound::{Outbound, Pending, Request, Submitted, Token},
     progress::{Comparison, Progress},
     resume::{MAX_RESUMES, Resume},
+    running::Running,
     transfers::{Incoming, Outbox, Progress as PullProgress, Purpose},
     wire::{ChatHeads, Payload, SyncRequest, SyncResponse},
 };
@@ -160,8 +161,8 @@ pub struct SyncCore<P, R> {
     /// The devices synced with: connected and trusted.
     up: BTreeSet<P>,
     outbound: Outbound<P>,
-    /// Sessions under way, one per device and chat.
-    running: HashSet<(P, ChatId)>,
+    /// Sessions under way, one per device and chat, and those waiting for a place.
+    running: Running<P>,
     /// Sessions to run again when the current one ends (a change arrived meanwhile).
     again: HashSet<(P, ChatId)>,
     /// Requests each running session has sent since the chat last changed here, and in all
@@ -188,7 +189,7 @@ impl<P: PeerKey, R> SyncCore<P, R> {
         SyncCore {
             up: BTreeSet::new(),
             outbound: Outbound::default(),
-            running: HashSet::new(),
+            running: Running::default(),
             again: HashSet::new(),
             rounds: HashMap::new(),
             fetching: HashSet::new(),
@@ -220,7 +221,7 @@ impl<P: PeerKey, R> SyncCore<P, R> {
 
     /// Whether a session with `peer` about `chat` is under way.
     pub fn is_running(&self, peer: P, chat: &ChatId) -> bool {
-        self.running.contains(&(peer, chat.clone()))
+        self.running.is_under_way(peer, chat)
     }
 
     /// The largest sync message `peer` is sent in a request (and part, in answers).
@@ -249,7 +250,7 @@ impl<P: PeerKey, R> SyncCore<P, R> {
                 tracing::debug!(%peer, ?incoming, "giving up a transfer cut too often");
             }
         }
-        self.running.retain(|(p, _)| *p != peer);
+        self.running.forget(peer);
         self.again.retain(|(p, _)| *p != peer);
         self.rounds.retain(|(p, _), _| *p != peer);
         self.recheck.remove(&peer);
@@ -273,7 +274,7 @@ impl<P: PeerKey, R> SyncCore<P, R> {
                 if let Some((since_change, _)) = self.rounds.get_mut(&(peer, chat.clone())) {
                     *since_change = 0;
                 }
-                self.start_session(peer, chat.clone());
+                self.start_session_first(peer, chat.clone());
             }
         }
     }
@@ -782,28 +783,46 @@ impl<P: PeerKey, R> SyncCore<P, R> {
         }
     }
 
-    /// Starts a sync session, or marks it to run again if one is under way.
+    /// Starts a sync session, or marks it to run again if one is under way; it waits in line
+    /// while the device has [`MAX_SESSIONS`](super::running::MAX_SESSIONS) under way.
     fn start_session(&mut self, peer: P, chat: ChatId) {
-        let key = (peer, chat);
-        if self.running.contains(&key) {
-            self.again.insert(key);
-            return;
-        }
-        self.running.insert(key.clone());
-        let (peer, chat) = key;
-        self.outputs
-            .push_back(Output::Work(Work::Step { peer, chat }));
+        self.start_session_in_line(peer, chat, false);
     }
 
-    /// The session ended: run it again if a change arrived meanwhile.
+    /// [`Self::start_session`] for a change made here: at the head of the line.
+    fn start_session_first(&mut self, peer: P, chat: ChatId) {
+        self.start_session_in_line(peer, chat, true);
+    }
+
+    fn start_session_in_line(&mut self, peer: P, chat: ChatId, first: bool) {
+        if self.running.is_under_way(peer, &chat) {
+            self.again.insert((peer, chat));
+            return;
+        }
+        if self.running.start(peer, chat.clone(), first) {
+            self.outputs
+                .push_back(Output::Work(Work::Step { peer, chat }));
+        }
+    }
+
+    /// The session ended: run it again if a change arrived meanwhile, else let the next one
+    /// waiting start.
     fn session_over(&mut self, peer: P, chat: ChatId, now: Instant) {
         let key = (peer, chat);
-        self.running.remove(&key);
         self.rounds.remove(&key);
         if self.again.remove(&key) {
-            self.start_session(key.0, key.1);
-        } else {
-            self.recheck_when_idle(key.0, now);
+            // It keeps its place.
+            let (peer, chat) = key;
+            self.outputs
+                .push_back(Output::Work(Work::Step { peer, chat }));
+            return;
+        }
+        match self.running.end(key.0, &key.1) {
+            Some(next) => self.outputs.push_back(Output::Work(Work::Step {
+                peer: key.0,
+                chat: next,
+            })),
+            None => self.recheck_when_idle(key.0, now),
         }
     }
 
@@ -812,7 +831,7 @@ impl<P: PeerKey, R> SyncCore<P, R> {
     /// device forgets its states with `peer` about the chat and runs a session afresh. The
     /// other device trades the same summaries, finds the same stall and does the same.
     fn restart_stalled(&mut self, peer: P, chat: ChatId) {
-        if self.running.contains(&(peer, chat.clone())) {
+        if self.running.is_pending(peer, &chat) {
             return;
         }
         tracing::info!(
@@ -863,7 +882,7 @@ impl<P: PeerKey, R> SyncCore<P, R> {
                 continue;
             }
             // Sessions still running may yet settle the picture: look again once they end.
-            if self.running.iter().any(|(p, _)| *p == peer) {
+            if self.running.any(peer) {
                 self.recheck.insert(peer, now + RECHECK_AFTER);
                 continue;
             }
@@ -979,7 +998,7 @@ impl<P: PeerKey, R> SyncCore<P, R> {
                 }
             }
             Purpose::Sync(chat) => {
-                if !self.running.insert((peer, chat.clone())) {
+                if !self.running.resume(peer, chat.clone()) {
                     // A session about it is under way already: it brings the same changes.
                     return;
                 }
@@ -1279,6 +1298,59 @@ mod tests {
         let out = drain(&mut core);
         // The summary is one of the requests in flight.
         assert_eq!(sent(&out).len(), MAX_IN_FLIGHT - 1);
+    }
+
+    /// The chats of the sessions that started.
+    fn stepped_chats(outputs: &[Output<u32, u32>]) -> Vec<ChatId> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Work(Work::Step { chat, .. }) => Some(chat.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn many_sessions_with_a_device_take_turns_and_a_local_change_goes_first() {
+        use crate::sync::running::MAX_SESSIONS;
+        let mut core = Test::new(0);
+        let now = Instant::now();
+        core.peer_up(1, now);
+        drain(&mut core);
+        let chats: Vec<ChatId> = (0..MAX_SESSIONS + 3)
+            .map(|i| chat(&format!("c{i}")))
+            .collect();
+        core.planned(1, Vec::new(), chats.clone(), now);
+        let started = stepped_chats(&drain(&mut core));
+        assert_eq!(started, chats[..MAX_SESSIONS]);
+        assert_eq!(core.sessions_running(), MAX_SESSIONS);
+        // A post here, in a chat whose session waits: it starts next.
+        core.changed(&BTreeSet::from([chats[MAX_SESSIONS + 2].clone()]), now);
+        assert!(stepped_chats(&drain(&mut core)).is_empty());
+        let done = || {
+            Ok(Step {
+                message: None,
+                in_sync: true,
+            })
+        };
+        let mut order = Vec::new();
+        for ended in &chats[..3] {
+            core.stepped(1, ended.clone(), done(), now);
+            order.extend(stepped_chats(&drain(&mut core)));
+        }
+        assert_eq!(
+            order,
+            [
+                chats[MAX_SESSIONS + 2].clone(),
+                chats[MAX_SESSIONS].clone(),
+                chats[MAX_SESSIONS + 1].clone()
+            ]
+        );
+        assert_eq!(core.sessions_running(), MAX_SESSIONS);
+        // A device that goes drops its line; sessions with it start afresh when it is back.
+        core.peer_down(1, now);
+        assert_eq!(core.sessions_running(), 0);
     }
 
     #[test]

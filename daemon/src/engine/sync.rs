@@ -72,17 +72,44 @@ type SyncKey = (DeviceId, ChatId, SyncRole);
 /// Per device, chat and role: how far the sync protocol has got.
 #[derive(Default)]
 pub struct SyncStates {
-    states: std::sync::Mutex<HashMap<SyncKey, State>>,
+    states: std::sync::Mutex<HashMap<SyncKey, Slot>>,
+}
+
+/// A conversation's state, or the mark it leaves while a message of it is made or taken.
+enum Slot {
+    Here(State),
+    /// Taken out by [`SyncStates::with`], which puts it back unless the conversation was
+    /// forgotten meanwhile (the mark is gone then).
+    Out,
 }
 
 impl SyncStates {
+    /// Runs `f` on the conversation's state. The map is locked only to take the state out and
+    /// to put it back, not while `f` works (applying a catch-up takes a while, and the chats of
+    /// other conversations are worked on meanwhile). Callers hold the chat's lock, so no two
+    /// calls work on one conversation at once.
     fn with<T>(&self, key: SyncKey, f: impl FnOnce(&mut State) -> T) -> T {
-        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        if !states.contains_key(&key) && states.len() >= MAX_SYNC_STATES {
-            // A fresh state only costs a larger first message next time.
-            states.clear();
+        let mut state = {
+            let mut states = self.lock();
+            if !states.contains_key(&key) && states.len() >= MAX_SYNC_STATES {
+                // A fresh state only costs a larger first message next time.
+                states.clear();
+            }
+            match states.insert(key.clone(), Slot::Out) {
+                Some(Slot::Here(state)) => state,
+                Some(Slot::Out) | None => State::new(),
+            }
+        };
+        let result = f(&mut state);
+        let mut states = self.lock();
+        if let Some(slot @ Slot::Out) = states.get_mut(&key) {
+            *slot = Slot::Here(state);
         }
-        f(states.entry(key).or_default())
+        result
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SyncKey, Slot>> {
+        self.states.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `device` is known to have exactly `heads` of `chat` already
@@ -93,8 +120,11 @@ impl SyncStates {
         chat: &ChatId,
         heads: &[automerge::ChangeHash],
     ) -> bool {
-        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        let state = |role| states.get(&(device.clone(), chat.clone(), role));
+        let states = self.lock();
+        let state = |role| match states.get(&(device.clone(), chat.clone(), role)) {
+            Some(Slot::Here(state)) => Some(state),
+            Some(Slot::Out) | None => None,
+        };
         exchange::peer_has_exactly(state(SyncRole::Running), state(SyncRole::Answering), heads)
     }
 
