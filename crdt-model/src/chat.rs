@@ -693,6 +693,13 @@ impl ChatDoc {
         self.doc.get_change_by_hash(hash).is_some()
     }
 
+    /// Whether every one of `hashes` is a change applied here.
+    pub fn has_all(&mut self, hashes: &[ChangeHash]) -> bool {
+        hashes
+            .iter()
+            .all(|hash| self.doc.get_change_meta_by_hash(hash).is_some())
+    }
+
     /// Drops everything applied since `before` (the index has not been touched yet).
     fn revert_to(&mut self, before: &[ChangeHash]) -> Result<(), ModelError> {
         let actor = self.doc.get_actor().clone();

@@ -75,6 +75,36 @@ pub fn next_step(
     })
 }
 
+/// Starts a fresh conversation from what the other replica's summary said it has (`theirs`,
+/// its heads), when this replica has all of those changes: the first message then carries
+/// every change after them, as it would after the other side's first answer. Without it, a
+/// replica that runs the conversation and is ahead first sends a Bloom filter of its whole
+/// history, and the changes go out only a round trip later. Returns whether it did.
+///
+/// Heads the other replica has moved past since only cost changes it already has (it skips
+/// them); a replica that no longer has what its summary said (it dropped a banned device's
+/// changes) answers with what it has, and the conversation goes on from that.
+pub fn start_from_summary(
+    doc: &mut ChatDoc,
+    state: &mut State,
+    theirs: &[automerge::ChangeHash],
+) -> bool {
+    let fresh =
+        state.their_heads.is_none() && !state.have_responded && state.sent_hashes.is_empty();
+    if !fresh || theirs.is_empty() || !doc.has_all(theirs) {
+        return false;
+    }
+    state.their_heads = Some(theirs.to_vec());
+    state.their_need = Some(Vec::new());
+    state.their_have = Some(vec![automerge::sync::Have {
+        last_sync: theirs.to_vec(),
+        bloom: automerge::sync::BloomFilter::default(),
+    }]);
+    // Every device that speaks this sync protocol reads Automerge's second message format.
+    state.their_capabilities = Some(vec![automerge::sync::Capability::MessageV2]);
+    true
+}
+
 /// Takes a sealed message of the conversation `state` tracks: checks and applies it, and
 /// works out the reply. On an error nothing was applied, and the caller must drop `state`
 /// (it may count changes that were refused).

@@ -404,3 +404,65 @@ fn changes_that_waited_too_long_are_dropped_and_can_come_again() {
     b.post(&db, mid("after"), "y", None, 5_000).unwrap();
     assert!(!b.take_local_changes().is_empty());
 }
+
+/// Runs `f` with the keys of device `own` (the tests' stand-in signatures; every device
+/// trusted).
+fn with_keys<T>(own: &DeviceId, f: impl FnOnce(&chatsync_model::exchange::Keys<'_>) -> T) -> T {
+    let sign = |statement: &[u8]| Some(support::sign(own, statement));
+    let standing = |_: &DeviceId| chatsync_model::authorship::Standing::Trusted;
+    f(&chatsync_model::exchange::Keys {
+        own,
+        sign: &sign,
+        verify: &support::verify,
+        standing: &standing,
+    })
+}
+
+/// A conversation started from the heads the other replica's summary listed carries the changes
+/// in its first message, and a replica that lacks them all has everything after it; heads this
+/// replica does not have leave the conversation to start as usual.
+#[test]
+fn a_conversation_started_from_a_summary_sends_the_changes_in_its_first_message() {
+    use chatsync_model::{exchange, proofs::Proofs};
+    let (da, db) = (dev("dev-a"), dev("dev-b"));
+    let mut a = ChatDoc::create(ChatId::new("c").unwrap(), "t", &da, 1).unwrap();
+    let mut b = ChatDoc::load(&a.save(), &db).unwrap();
+    for i in 0..300 {
+        a.post(&da, mid(&format!("m{i}")), "hello", None, 10 + i)
+            .unwrap();
+    }
+    let (mut proofs_a, mut proofs_b) = (Proofs::default(), Proofs::default());
+
+    // Heads a does not have: nothing is primed, the first message is a Bloom filter.
+    let mut unknown = State::new();
+    let stranger = automerge::ChangeHash([7; 32]);
+    assert!(!exchange::start_from_summary(
+        &mut a,
+        &mut unknown,
+        &[stranger]
+    ));
+    assert!(unknown.their_heads.is_none());
+
+    let (mut sa, mut sb) = (State::new(), State::new());
+    let b_heads = b.heads();
+    assert!(exchange::start_from_summary(&mut a, &mut sa, &b_heads));
+    let first = with_keys(&da.id, |k| {
+        exchange::next_step(&mut a, &mut proofs_a, &mut sa, k)
+    })
+    .unwrap()
+    .message
+    .expect("a first message");
+    let taken = with_keys(&db.id, |k| {
+        exchange::take_message(&mut b, &mut proofs_b, &mut sb, &first, k)
+    })
+    .unwrap();
+    assert_eq!(
+        taken.touched.len(),
+        300,
+        "every post came in the first message"
+    );
+    assert_eq!(b.len(), 300);
+    assert_eq!(b.heads(), a.heads());
+    // A conversation under way is not started again.
+    assert!(!exchange::start_from_summary(&mut a, &mut sa, &b_heads));
+}

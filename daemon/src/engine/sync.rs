@@ -73,7 +73,18 @@ type SyncKey = (DeviceId, ChatId, SyncRole);
 #[derive(Default)]
 pub struct SyncStates {
     states: std::sync::Mutex<HashMap<SyncKey, Slot>>,
+    /// The heads each device's latest summary listed for the chats this device is about to run
+    /// sessions about, and when: the first message of each can then carry the changes
+    /// ([`exchange::start_from_summary`]). Taken by that first message.
+    summary_heads: std::sync::Mutex<HashMap<(DeviceId, ChatId), NotedHeads>>,
 }
+
+/// Heads a summary listed, and when it came.
+type NotedHeads = (std::time::Instant, Vec<automerge::ChangeHash>);
+
+/// How long the heads a summary listed are used to start a session: a session that starts later
+/// starts as usual (stale heads would only make it send changes the other device has).
+const SUMMARY_HEADS_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A conversation's state, or the mark it leaves while a message of it is made or taken.
 enum Slot {
@@ -112,6 +123,37 @@ impl SyncStates {
         self.states.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Notes the heads `device`'s summary listed for `chat` (see `summary_heads`).
+    fn note_summary_heads(
+        &self,
+        device: &DeviceId,
+        chat: &ChatId,
+        heads: Vec<automerge::ChangeHash>,
+    ) {
+        let mut noted = self.summary_heads.lock().unwrap_or_else(|p| p.into_inner());
+        if noted.len() >= MAX_SYNC_STATES {
+            noted.clear();
+        }
+        noted.insert(
+            (device.clone(), chat.clone()),
+            (std::time::Instant::now(), heads),
+        );
+    }
+
+    /// Takes the heads noted for `device` and `chat`, if they are recent.
+    fn take_summary_heads(
+        &self,
+        device: &DeviceId,
+        chat: &ChatId,
+    ) -> Option<Vec<automerge::ChangeHash>> {
+        let (at, heads) = self
+            .summary_heads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(device.clone(), chat.clone()))?;
+        (at.elapsed() < SUMMARY_HEADS_FRESH_FOR).then_some(heads)
+    }
+
     /// Whether `device` is known to have exactly `heads` of `chat` already
     /// ([`exchange::peer_has_exactly`]).
     fn peer_has_exactly(
@@ -133,6 +175,10 @@ impl SyncStates {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(d, _, _), _| d != device);
+        self.summary_heads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(d, _), _| d != device);
     }
 
     /// Forgets every conversation about `chat`, with any device.
@@ -228,6 +274,20 @@ impl Engine {
         self.changed.take().await
     }
 
+    /// Notes the heads `device`'s summary listed for `chat`, which this device is about to run a
+    /// session about: its first message can then carry the changes the device lacks
+    /// ([`exchange::start_from_summary`]).
+    pub fn note_summary_heads(&self, device: &DeviceId, chat: &ChatId, heads: &[String]) {
+        let Ok(heads) = heads
+            .iter()
+            .map(|hex| hex.parse::<automerge::ChangeHash>())
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return;
+        };
+        self.sync_states.note_summary_heads(device, chat, heads);
+    }
+
     /// Forgets sync progress with a device (it disconnected; the next session starts afresh).
     pub fn forget_peer(&self, device: &DeviceId) {
         self.sync_states.forget(device);
@@ -262,8 +322,12 @@ impl Engine {
             }
             let no_standings = HashMap::new();
             let key = (device.clone(), chat.clone(), SyncRole::Running);
+            let summary_heads = self.sync_states.take_summary_heads(device, chat);
             self.sync_states
                 .with(key, |state| {
+                    if let Some(heads) = summary_heads {
+                        exchange::start_from_summary(doc, state, &heads);
+                    }
                     self.with_keys(&no_standings, |keys| {
                         exchange::next_step(doc, proofs, state, keys)
                     })

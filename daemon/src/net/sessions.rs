@@ -120,6 +120,9 @@ async fn compare(
             }
             Some(heads) if !same_heads(heads, &entry.heads) => {
                 if initiator {
+                    if let Some(device) = device_of(&peer) {
+                        engine.note_summary_heads(&device, &chat, &entry.heads);
+                    }
                     start.push(chat.clone());
                 }
                 differing.push((chat, entry.heads));
