@@ -405,19 +405,6 @@ fn changes_that_waited_too_long_are_dropped_and_can_come_again() {
     assert!(!b.take_local_changes().is_empty());
 }
 
-/// Runs `f` with the keys of device `own` (the tests' stand-in signatures; every device
-/// trusted).
-fn with_keys<T>(own: &DeviceId, f: impl FnOnce(&chatsync_model::exchange::Keys<'_>) -> T) -> T {
-    let sign = |statement: &[u8]| Some(support::sign(own, statement));
-    let standing = |_: &DeviceId| chatsync_model::authorship::Standing::Trusted;
-    f(&chatsync_model::exchange::Keys {
-        own,
-        sign: &sign,
-        verify: &support::verify,
-        standing: &standing,
-    })
-}
-
 /// A conversation started from the heads the other replica's summary listed carries the changes
 /// in its first message, and a replica that lacks them all has everything after it; heads this
 /// replica does not have leave the conversation to start as usual.
@@ -446,13 +433,13 @@ fn a_conversation_started_from_a_summary_sends_the_changes_in_its_first_message(
     let (mut sa, mut sb) = (State::new(), State::new());
     let b_heads = b.heads();
     assert!(exchange::start_from_summary(&mut a, &mut sa, &b_heads));
-    let first = with_keys(&da.id, |k| {
+    let first = support::with_keys(&da.id, |k| {
         exchange::next_step(&mut a, &mut proofs_a, &mut sa, k)
     })
     .unwrap()
     .message
     .expect("a first message");
-    let taken = with_keys(&db.id, |k| {
+    let taken = support::with_keys(&db.id, |k| {
         exchange::take_message(&mut b, &mut proofs_b, &mut sb, &first, k)
     })
     .unwrap();

@@ -1043,11 +1043,15 @@ mod tests {
             .collect()
     }
 
-    fn steps(outputs: &[Output<u32, u32>]) -> usize {
+    /// The chats of the sessions that started.
+    fn stepped_chats(outputs: &[Output<u32, u32>]) -> Vec<ChatId> {
         outputs
             .iter()
-            .filter(|o| matches!(o, Output::Work(Work::Step { .. })))
-            .count()
+            .filter_map(|o| match o {
+                Output::Work(Work::Step { chat, .. }) => Some(chat.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn message(bytes: usize) -> Result<Step, Failure> {
@@ -1084,17 +1088,17 @@ mod tests {
         drain(&mut core);
         let chats = BTreeSet::from([chat("c")]);
         core.changed(&chats, now);
-        assert_eq!(steps(&drain(&mut core)), 2);
+        assert_eq!(stepped_chats(&drain(&mut core)).len(), 2);
         // A change while the session with 1 runs: it runs again once that one ends.
         core.changed(&chats, now);
-        assert_eq!(steps(&drain(&mut core)), 0);
+        assert_eq!(stepped_chats(&drain(&mut core)).len(), 0);
         let done = Ok(Step {
             message: None,
             in_sync: true,
         });
         core.stepped(1, chat("c"), done, now);
         let out = drain(&mut core);
-        assert_eq!(steps(&out), 1, "{out:?}");
+        assert_eq!(stepped_chats(&out).len(), 1, "{out:?}");
         assert!(core.is_running(1, &chat("c")));
     }
 
@@ -1247,7 +1251,7 @@ mod tests {
             out.iter()
                 .any(|o| matches!(o, Output::ForgetSync { peer: 1, .. }))
         );
-        assert_eq!(steps(&out), 1);
+        assert_eq!(stepped_chats(&out).len(), 1);
     }
 
     #[test]
@@ -1298,17 +1302,6 @@ mod tests {
         let out = drain(&mut core);
         // The summary is one of the requests in flight.
         assert_eq!(sent(&out).len(), MAX_IN_FLIGHT - 1);
-    }
-
-    /// The chats of the sessions that started.
-    fn stepped_chats(outputs: &[Output<u32, u32>]) -> Vec<ChatId> {
-        outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::Work(Work::Step { chat, .. }) => Some(chat.clone()),
-                _ => None,
-            })
-            .collect()
     }
 
     #[test]

@@ -10,7 +10,7 @@ use automerge::{ActorId, sync::State};
 use chatsync_model::{
     ChatDoc, ChatId, Device, DeviceId, MessageId, ModelError,
     authorship::{self, ActorTop, Attestation, Provenance, Standing},
-    exchange::{self, Keys, Step},
+    exchange::{self, Step},
     proofs::Proofs,
     sync::{
         Comparison, Failure, Output, Request, Response, SyncCore, Token, Work,
@@ -797,7 +797,7 @@ impl World {
             });
         }
         let state = node.states.entry((peer, Role::Running)).or_default();
-        with_keys(&own, |keys| {
+        support::with_keys(&own, |keys| {
             exchange::next_step(&mut chat.doc, &mut chat.proofs, state, keys)
         })
         .map_err(|e| Failure::Internal(e.to_string()))
@@ -819,7 +819,7 @@ impl World {
             return Err(Failure::Internal("no such chat".into()));
         };
         let state = node.states.entry((peer, role)).or_default();
-        let taken = with_keys(&own, |keys| {
+        let taken = support::with_keys(&own, |keys| {
             exchange::take_message(&mut chat.doc, &mut chat.proofs, state, message, keys)
         });
         match taken {
@@ -1119,17 +1119,4 @@ impl World {
             self.shape
         );
     }
-}
-
-/// Runs `f` with the keys of device `own` (the tests' stand-in signatures; every device
-/// trusted).
-fn with_keys<T>(own: &DeviceId, f: impl FnOnce(&Keys<'_>) -> T) -> T {
-    let sign = |statement: &[u8]| Some(support::sign(own, statement));
-    let standing = |_: &DeviceId| Standing::Trusted;
-    f(&Keys {
-        own,
-        sign: &sign,
-        verify: &support::verify,
-        standing: &standing,
-    })
 }

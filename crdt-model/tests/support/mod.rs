@@ -6,6 +6,7 @@
 use chatsync_model::{
     ChatDoc, DeviceId,
     authorship::{self, Attestation, Provenance, Standing},
+    exchange::Keys,
 };
 use sha2::{Digest, Sha256};
 
@@ -26,6 +27,17 @@ pub fn verify(device: &DeviceId, statement: &[u8], signature: &[u8]) -> bool {
 
 pub fn everyone_trusted(_: &DeviceId) -> Standing {
     Standing::Trusted
+}
+
+/// Runs `f` with the keys of device `own`: these "signatures", every device trusted.
+pub fn with_keys<T>(own: &DeviceId, f: impl FnOnce(&Keys<'_>) -> T) -> T {
+    let sign = |statement: &[u8]| Some(sign(own, statement));
+    f(&Keys {
+        own,
+        sign: &sign,
+        verify: &verify,
+        standing: &everyone_trusted,
+    })
 }
 
 /// Attestations of the newest change of every actor in `doc`, as its device would send them.
