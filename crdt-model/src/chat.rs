@@ -28,7 +28,7 @@ use automerge::{
 
 use crate::{
     Attachment, ChatId, Clock, DeviceId, MessageId, ModelError,
-    access::{change_time, check_text, get_int, get_map, get_str, truncate_utf8, write_change},
+    access::{change_time, check_text, get_int, get_map, get_str, write_change},
     attachment,
     authorship::{self, ActorTop, Provenance},
     header::Header,
@@ -40,6 +40,7 @@ use crate::{
 };
 
 mod exclusion;
+mod read;
 mod receive;
 pub use exclusion::Excluded;
 
@@ -338,7 +339,22 @@ impl ChatDoc {
 
     /// The message with this id.
     pub fn message(&self, id: &MessageId) -> Option<Message> {
-        read_message(&self.doc, id, &self.keys.get(id)?.obj)
+        read::read_message(&self.doc, id, &self.keys.get(id)?.obj)
+    }
+
+    /// The messages of `keys`, in their order: in one pass over the document when they are
+    /// many and a large share of the chat, else one by one (see `chat/read.rs`).
+    fn read_keys<'k>(&self, keys: impl Iterator<Item = &'k OrderKey>) -> Vec<Message> {
+        let wanted: Vec<(&MessageId, &ObjId)> = keys
+            .filter_map(|k| Some((&k.id, &self.keys.get(&k.id)?.obj)))
+            .collect();
+        if wanted.len() >= read::ONE_PASS_FROM && wanted.len() * 4 >= self.order.len() {
+            return read::read_messages(&self.doc, &wanted);
+        }
+        wanted
+            .into_iter()
+            .filter_map(|(id, obj)| read::read_message(&self.doc, id, obj))
+            .collect()
     }
 
     /// Ids of messages whose id starts with `prefix`, at most `limit` of them; just the one
@@ -374,10 +390,7 @@ impl ChatDoc {
             None if before.is_some() => Vec::new(),
             None => self.order.iter().rev().take(limit).collect(),
         };
-        keys.into_iter()
-            .rev()
-            .filter_map(|k| self.message(&k.id))
-            .collect()
+        self.read_keys(keys.into_iter().rev())
     }
 
     /// Up to `limit` messages that come just after `after` in display order, oldest first.
@@ -385,12 +398,7 @@ impl ChatDoc {
         let Some(bound) = self.order_key(after) else {
             return Vec::new();
         };
-        self.order
-            .range(bound..)
-            .skip(1)
-            .take(limit)
-            .filter_map(|k| self.message(&k.id))
-            .collect()
+        self.read_keys(self.order.range(bound..).skip(1).take(limit))
     }
 
     /// Every message in display order.
@@ -1394,92 +1402,6 @@ fn concat_raw(changes: &[Change]) -> Vec<u8> {
         bytes.extend_from_slice(change.raw_bytes());
     }
     bytes
-}
-
-/// Reads one message, or `None` when its required fields are missing or malformed (a replica
-/// skips what it cannot show rather than failing the whole chat).
-fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message> {
-    use automerge::{ScalarValueRef as V, ValueRef};
-    // One pass over the message's fields: far cheaper than one lookup per field.
-    let (mut author, mut author_name, mut text, mut reply_to) = (None, None, None, None);
-    let (mut ts, mut clock, mut edited_at, mut deleted) = (0, None, None, false);
-    let mut header = None;
-    let mut attachments = None;
-    let mut reactions = BTreeMap::new();
-    for item in doc.map_range(obj, ..) {
-        match (item.key.as_ref(), &item.value) {
-            (s::HEADER, ValueRef::Scalar(V::Str(v))) => header = Some(Header::decode(v)),
-            (s::AUTHOR, ValueRef::Scalar(V::Str(v))) => author = DeviceId::new(v.as_ref()).ok(),
-            (s::AUTHOR_NAME, ValueRef::Scalar(V::Str(v))) => author_name = Some(v.to_string()),
-            (s::TEXT, ValueRef::Scalar(V::Str(v))) => text = Some(v.to_string()),
-            (s::REPLY_TO, ValueRef::Scalar(V::Str(v))) => {
-                reply_to = MessageId::new(v.as_ref()).ok()
-            }
-            (s::TS, ValueRef::Scalar(V::Int(v))) => ts = *v,
-            (s::CLOCK, ValueRef::Scalar(V::Int(v))) => clock = Clock::from_stored(*v),
-            (s::EDITED_AT, ValueRef::Scalar(V::Int(v))) => edited_at = Some(*v),
-            (s::DELETED, ValueRef::Scalar(V::Boolean(v))) => deleted = *v,
-            (s::ATTACHMENTS, ValueRef::Scalar(V::Str(v))) => {
-                attachments = Some(attachment::decode(v))
-            }
-            (key, ValueRef::Scalar(V::Str(v))) if key.starts_with(s::REACTION_PREFIX) => {
-                if let Ok(device) = DeviceId::new(&key[s::REACTION_PREFIX.len()..])
-                    && check_reaction(v).is_ok()
-                {
-                    reactions.insert(device, v.to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    match header {
-        Some(Some(h)) => {
-            author = Some(h.author);
-            author_name = Some(h.author_name);
-            ts = h.ts;
-            clock = Some(h.clock);
-            reply_to = h.reply_to;
-        }
-        // A header this version cannot read: what it says is unknown.
-        Some(None) => return None,
-        // Written by a schema 1 replica: the fields read above.
-        None => {}
-    }
-    let mut text = if deleted {
-        String::new()
-    } else {
-        text.unwrap_or_default()
-    };
-    truncate_utf8(&mut text, MAX_TEXT_BYTES);
-    let mut author_name = author_name.unwrap_or_default();
-    truncate_utf8(&mut author_name, MAX_DEVICE_NAME_BYTES);
-    if deleted {
-        reactions.clear();
-    }
-    let attachments = match attachments {
-        // A list this version cannot read: the message is not shown, as with its header.
-        Some(None) => return None,
-        Some(Some(_)) if deleted => Vec::new(),
-        Some(Some(list)) => list,
-        None => Vec::new(),
-    };
-    let author = author?;
-    if !written_by(obj, &author) {
-        return None;
-    }
-    Some(Message {
-        id: id.clone(),
-        author,
-        author_name,
-        ts,
-        clock: clock?,
-        text,
-        reply_to,
-        edited_at,
-        deleted,
-        reactions,
-        attachments,
-    })
 }
 
 /// Whether the message map `obj` was created by `author`: a message names its author, and that

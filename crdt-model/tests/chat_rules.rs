@@ -1567,3 +1567,105 @@ fn raw_field(c: &mut ChatDoc, id: &str, field: &str) -> Option<String> {
         _ => None,
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reading pages: one pass over the document and one message at a time agree
+// ---------------------------------------------------------------------------------------------
+
+/// What one device does to the chat in [`pages_read_in_one_pass_match_messages_read_one_by_one`].
+#[derive(Clone, Debug)]
+enum PageOp {
+    Post {
+        attached: bool,
+        reply: Option<usize>,
+    },
+    Edit(usize),
+    Delete(usize),
+    React(usize, Option<&'static str>),
+}
+
+fn page_op() -> impl Strategy<Value = PageOp> {
+    prop_oneof![
+        4 => (any::<bool>(), proptest::option::of(0usize..200))
+            .prop_map(|(attached, reply)| PageOp::Post { attached, reply }),
+        1 => (0usize..200).prop_map(PageOp::Edit),
+        1 => (0usize..200).prop_map(PageOp::Delete),
+        1 => (0usize..200, proptest::option::of(prop_oneof![Just("👍"), Just("ok")]))
+            .prop_map(|(i, r)| PageOp::React(i, r)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// A large page is read in one pass over the document, a small one message by message:
+    /// with edits, deletions, reactions, replies, attachments, two devices' concurrent work and
+    /// messages that cannot be shown, every page says what `message` says of each message.
+    #[test]
+    fn pages_read_in_one_pass_match_messages_read_one_by_one(
+        ops in proptest::collection::vec((any::<bool>(), page_op()), 40..160),
+        unreadable in proptest::collection::vec(0usize..200, 0..3),
+    ) {
+        let (a, b) = (dev("dev-a"), dev("dev-b"));
+        let mut ca = new_chat(&a);
+        let mut cb = fork(&mut ca, &b);
+        let mut posted: Vec<MessageId> = Vec::new();
+        for (n, (on_b, op)) in ops.into_iter().enumerate() {
+            let (c, d) = if on_b { (&mut cb, &b) } else { (&mut ca, &a) };
+            let now = T0 + n as i64;
+            let pick = |i: usize| posted.get(i % posted.len().max(1)).cloned();
+            // Refusals (editing another device's message, a message not merged yet) are fine.
+            match op {
+                PageOp::Post { attached, reply } => {
+                    let id = mid(&format!("m{n:03}"));
+                    let reply = reply.and_then(pick).filter(|r| c.message(r).is_some());
+                    let files = if attached { vec![attachment("a.jpg", n as u64)] } else { vec![] };
+                    if c.post_with(d, id.clone(), "text", reply.as_ref(), &files, now).is_ok() {
+                        posted.push(id);
+                    }
+                }
+                PageOp::Edit(i) => if let Some(id) = pick(i) { let _ = c.edit(d, &id, &format!("edit {n}"), now); },
+                PageOp::Delete(i) => if let Some(id) = pick(i) { let _ = c.delete(d, &id, now); },
+                PageOp::React(i, r) => if let Some(id) = pick(i) { let _ = c.react(d, &id, r, now); },
+            }
+            if n % 17 == 16 {
+                ca.merge(&mut cb).unwrap();
+                cb.merge(&mut ca).unwrap();
+            }
+        }
+        ca.merge(&mut cb).unwrap();
+        // Messages no replica can show: a header or an attachment list from a later version.
+        for (k, i) in unreadable.into_iter().enumerate() {
+            let Some(id) = posted.get(i % posted.len().max(1)) else { continue };
+            let doc = ca.automerge_mut();
+            let messages = layout::entry_map(doc, id.as_str()).unwrap();
+            let Some((_, obj)) = doc.get(&messages, id.as_str()).unwrap() else { continue };
+            let (field, value) = if k % 2 == 0 {
+                (schema::HEADER, "9\nfrom a later version")
+            } else {
+                (schema::ATTACHMENTS, "1\nnot a hash\t1\ta/b\tx")
+            };
+            doc.put(&obj, field, value).unwrap();
+            doc.commit();
+        }
+        let c = ChatDoc::load(&ca.save(), &a).unwrap();
+        let one_by_one: Vec<Message> = c.message_ids().filter_map(|id| c.message(id)).collect();
+        prop_assert_eq!(&c.last(c.len()), &one_by_one);
+        prop_assert_eq!(&all(&c), &one_by_one);
+        // A page after the first message, and the last pages of several sizes.
+        if let Some(first) = one_by_one.first() {
+            prop_assert_eq!(&c.page_after(&first.id, c.len()), &one_by_one[1..].to_vec());
+        }
+        // A page is the last `size` places; those of messages that cannot be shown are empty.
+        let ids: Vec<&MessageId> = c.message_ids().collect();
+        for size in [1, 8, 31, 32, 33, 64] {
+            let from = ids.len().saturating_sub(size);
+            let expected: Vec<Message> = ids[from..].iter().filter_map(|id| c.message(id)).collect();
+            prop_assert_eq!(&c.last(size), &expected);
+        }
+    }
+}
