@@ -19,7 +19,7 @@
 //! map of entries. Chats of schema 3 spread their entries over 64 buckets to keep that map
 //! small ([`crate::layout`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use automerge::{
     ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ReadDoc,
@@ -40,9 +40,12 @@ use crate::{
 };
 
 mod exclusion;
+mod maps;
 mod read;
 mod receive;
 pub use exclusion::Excluded;
+use maps::MapKey;
+pub(crate) use maps::MessageMaps;
 
 /// The device making local changes: who it is, what it is called, and the Automerge actor its
 /// changes are written under.
@@ -132,11 +135,11 @@ pub struct ChatDoc {
     /// Every message in `order`, with its place there and the map that holds it now (so that
     /// reading a message does not look its map up among the entries again).
     keys: HashMap<MessageId, Indexed>,
-    /// The message each message map belongs to, by the id of the map: how an operation in a
-    /// received change is traced to the message it writes. Malformed messages (not in `keys`) are
-    /// here too, so that a change completing one is noticed. An entry can outlive its map's place
-    /// among the entries (when a peer replaces a message's map); every use checks it.
-    message_of_object: HashMap<OpKey, MessageId>,
+    /// The message each message map belongs to: how an operation in a received change is traced
+    /// to the message it writes (see `chat/maps.rs`).
+    maps: MessageMaps,
+    /// Every author in the index, once: the index's keys share these (see `crate::ids`).
+    authors: HashSet<DeviceId>,
     /// Largest clock of any message, for stamping the next one.
     max_clock: Clock,
     /// Encoded local changes not yet handed out by [`ChatDoc::take_local_changes`].
@@ -246,12 +249,7 @@ impl ChatDoc {
         let tops = authorship::check_batch(&all, &[], proof)?;
         let mut chat = Self::from_doc(doc, device)?;
         let changes = chat.doc.get_changes(&[]);
-        let writes = MessageWrites::collect(
-            &changes,
-            &chat.entry_keys,
-            &chat.read,
-            &chat.message_of_object,
-        );
+        let writes = MessageWrites::collect(&changes, &chat.entry_keys, &chat.read, &chat.maps);
         if let Some(why) = writes.violation {
             return Err(ModelError::Forbidden(format!("refused document: {why}")));
         }
@@ -297,7 +295,8 @@ impl ChatDoc {
             read,
             order: BTreeSet::new(),
             keys: HashMap::new(),
-            message_of_object: HashMap::new(),
+            maps: MessageMaps::default(),
+            authors: HashSet::new(),
             max_clock: Clock::ZERO,
             unsaved_local: Vec::new(),
             waiting: HashMap::new(),
@@ -339,21 +338,21 @@ impl ChatDoc {
 
     /// The message with this id.
     pub fn message(&self, id: &MessageId) -> Option<Message> {
-        read::read_message(&self.doc, id, &self.keys.get(id)?.obj)
+        read::read_message(&self.doc, id, &self.obj_of(id)?)
     }
 
     /// The messages of `keys`, in their order: in one pass over the document when they are
     /// many and a large share of the chat, else one by one (see `chat/read.rs`).
     fn read_keys<'k>(&self, keys: impl Iterator<Item = &'k OrderKey>) -> Vec<Message> {
-        let wanted: Vec<(&MessageId, &ObjId)> = keys
-            .filter_map(|k| Some((&k.id, &self.keys.get(&k.id)?.obj)))
+        let wanted: Vec<(&MessageId, ObjId)> = keys
+            .filter_map(|k| Some((&k.id, self.obj_of(&k.id)?)))
             .collect();
         if wanted.len() >= read::ONE_PASS_FROM && wanted.len() * 4 >= self.order.len() {
             return read::read_messages(&self.doc, &wanted);
         }
         wanted
             .into_iter()
-            .filter_map(|(id, obj)| read::read_message(&self.doc, id, obj))
+            .filter_map(|(id, obj)| read::read_message(&self.doc, id, &obj))
             .collect()
     }
 
@@ -478,13 +477,14 @@ impl ChatDoc {
         // The new message's map and order key are known: index it without reading it back.
         // (The write above made the map, or failed and returned.)
         if let Some(obj) = created {
-            self.remember_object(&id, &obj);
             let key = OrderKey {
                 clock,
                 author: device.id.clone(),
                 id: id.clone(),
             };
-            self.insert_key(key, obj);
+            if let Some(map) = self.maps.remember(&obj, &id) {
+                self.insert_key(key, map);
+            }
         }
         Ok(Message {
             id,
@@ -1045,7 +1045,7 @@ impl ChatDoc {
     fn reindex_all(&mut self) {
         self.order.clear();
         self.keys.clear();
-        self.message_of_object.clear();
+        self.maps.clear();
         self.max_clock = Clock::ZERO;
         let entry_maps: HashMap<ObjId, Option<u8>> = self
             .entries
@@ -1077,9 +1077,11 @@ impl ChatDoc {
             }
         }
         for (id, obj) in entries {
-            self.remember_object(&id, &obj);
+            let Some(map) = self.maps.remember(&obj, &id) else {
+                continue;
+            };
             if let Some(facts) = facts.get(&obj) {
-                self.index_with(id, &obj, facts);
+                self.index_with(id, &obj, map, facts);
             }
         }
     }
@@ -1110,12 +1112,7 @@ impl ChatDoc {
         changes: &[Change],
         before: &[ChangeHash],
     ) -> Result<Vec<Touched>, ModelError> {
-        let writes = MessageWrites::collect(
-            changes,
-            &self.entry_keys,
-            &self.read,
-            &self.message_of_object,
-        );
+        let writes = MessageWrites::collect(changes, &self.entry_keys, &self.read, &self.maps);
         // A batch that writes to many of the chat's messages (a catch-up) is read in one pass
         // over the document, not by looking each message up.
         let whole = writes.len() >= REINDEX_WHOLE_FROM && writes.len() * 4 >= self.order.len();
@@ -1137,7 +1134,7 @@ impl ChatDoc {
         let mut touched = Vec::new();
         for ((id, places), was_indexed) in writes.into_iter().zip(was_indexed) {
             let object = match whole {
-                true => self.keys.get(&id).map(|indexed| indexed.obj.clone()),
+                true => self.obj_of(&id),
                 false => self.reindex_message(&id),
             };
             if !self.keys.contains_key(&id) {
@@ -1273,18 +1270,17 @@ impl ChatDoc {
             self.order.remove(&old.key);
         }
         let obj = get_map(&self.doc, self.entries.map_for(id.as_str()), id.as_str())?;
-        self.remember_object(id, &obj);
-        self.index_message(id.clone(), &obj);
+        let map = self.maps.remember(&obj, id)?;
+        self.index_message(id.clone(), &obj, map);
         Some(obj)
     }
 
-    fn remember_object(&mut self, id: &MessageId, obj: &ObjId) {
-        if let Some(key) = OpKey::of(obj) {
-            self.message_of_object.insert(key, id.clone());
-        }
+    /// The map that holds an indexed message.
+    fn obj_of(&self, id: &MessageId) -> Option<ObjId> {
+        Some(self.maps.obj_id(self.keys.get(id)?.map))
     }
 
-    fn index_message(&mut self, id: MessageId, obj: &ObjId) {
+    fn index_message(&mut self, id: MessageId, obj: &ObjId, map: MapKey) {
         // One pass over the message's fields: a lookup per field seeks through the document
         // each time.
         let mut facts = OrderFacts::default();
@@ -1295,24 +1291,31 @@ impl ChatDoc {
                 facts.set(&item.key, value.into());
             }
         }
-        self.index_with(id, obj, &facts);
+        self.index_with(id, obj, map, &facts);
     }
 
     /// Indexes message `id`, whose map is `obj`, by what its map says of its place.
-    fn index_with(&mut self, id: MessageId, obj: &ObjId, facts: &OrderFacts) {
+    fn index_with(&mut self, id: MessageId, obj: &ObjId, map: MapKey, facts: &OrderFacts) {
         let Some((clock, author)) = facts.clock_and_author() else {
             return;
         };
         if !written_by(obj, &author) {
             return;
         }
-        self.insert_key(OrderKey { clock, author, id }, obj.clone());
+        let author = match self.authors.get(&author) {
+            Some(known) => known.clone(),
+            None => {
+                self.authors.insert(author.clone());
+                author
+            }
+        };
+        self.insert_key(OrderKey { clock, author, id }, map);
     }
 
-    fn insert_key(&mut self, key: OrderKey, obj: ObjId) {
+    fn insert_key(&mut self, key: OrderKey, map: MapKey) {
         self.max_clock = self.max_clock.max(key.clock);
         self.order.insert(key.clone());
-        self.keys.insert(key.id.clone(), Indexed { key, obj });
+        self.keys.insert(key.id.clone(), Indexed { key, map });
     }
 
     /// Where a message stands in the display order.
@@ -1330,7 +1333,7 @@ const REINDEX_WHOLE_FROM: usize = 64;
 #[derive(Debug)]
 struct Indexed {
     key: OrderKey,
-    obj: ObjId,
+    map: MapKey,
 }
 
 /// The fields of a message's map that place it in the display order: its header, or, in a

@@ -1,8 +1,12 @@
 //! Identifiers. All are short ASCII strings (`[0-9A-Za-z_-]`, at most
 //! [`MAX_ID_BYTES`](crate::limits::MAX_ID_BYTES)), so they are safe as map keys, in URLs and in
 //! terminal output. The model never invents ids: callers pass fresh random ones in.
+//!
+//! An id is held as a shared string: a chat's index names each message several times (its
+//! place in the display order, its entry by id, the map that holds it) and each author once per
+//! message, and copies that share one allocation kept a chat's index smaller than its document.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,14 +34,14 @@ macro_rules! id_type {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates and wraps an id.
             pub fn new(s: impl Into<String>) -> Result<Self, ModelError> {
                 let s = s.into();
                 check($kind, &s)?;
-                Ok(Self(s))
+                Ok(Self(Arc::from(s)))
             }
 
             pub fn as_str(&self) -> &str {
@@ -54,7 +58,7 @@ macro_rules! id_type {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.to_string()
             }
         }
 

@@ -152,7 +152,7 @@ impl MessageWrites {
         changes: &[Change],
         entries: &EntryKeys,
         read: &ObjId,
-        message_of_object: &HashMap<OpKey, MessageId>,
+        message_of_object: &crate::chat::MessageMaps,
     ) -> Self {
         let read = OpKey::of(read);
         let mut writes = MessageWrites::default();
@@ -320,7 +320,7 @@ impl IntoIterator for MessageWrites {
 fn locate(
     op: legacy::Op,
     entries: &EntryKeys,
-    message_of_object: &HashMap<OpKey, MessageId>,
+    message_of_object: &crate::chat::MessageMaps,
 ) -> Option<(MessageId, Place, TouchKind)> {
     let (legacy::ObjectId::Id(legacy::OpId(counter, actor)), legacy::Key::Map(key)) =
         (op.obj, op.key)
@@ -334,7 +334,7 @@ fn locate(
         let id = MessageId::new(key.as_str()).ok()?;
         return Some((id, Place::Entry, TouchKind::Other));
     }
-    let id = message_of_object.get(&object)?.clone();
+    let id = message_of_object.message_of(&object)?.clone();
     let kind = TouchKind::of_field(key.as_str(), &op.action);
     let field = key.to_string();
     Some((id, Place::Field { object, field }, kind))

@@ -39,10 +39,10 @@ pub(super) fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Opt
 
 /// Reads the messages `wanted` (each id with its map) in one pass over the document, in the
 /// order given; a message that cannot be shown is left out, as [`read_message`] would.
-pub(super) fn read_messages(doc: &AutoCommit, wanted: &[(&MessageId, &ObjId)]) -> Vec<Message> {
+pub(super) fn read_messages(doc: &AutoCommit, wanted: &[(&MessageId, ObjId)]) -> Vec<Message> {
     let mut fields: HashMap<&ObjId, Fields> = wanted
         .iter()
-        .map(|(_, obj)| (*obj, Fields::default()))
+        .map(|(_, obj)| (obj, Fields::default()))
         .collect();
     for automerge::iter::DocObjItem { obj, item } in doc.iter() {
         let automerge::iter::DocItem::Map(item) = item else {

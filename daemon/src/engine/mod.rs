@@ -76,6 +76,9 @@ pub struct Engine {
     events: broadcast::Sender<Event>,
     /// Background compactions, waited for at shutdown.
     background: TaskTracker,
+    /// Compactions copying and saving a chat at once, at most [`COMPACTIONS_AT_ONCE`]: each
+    /// holds a full copy of its chat's document while it saves.
+    compaction_slots: Arc<tokio::sync::Semaphore>,
     roster: tokio::sync::Mutex<devices::LoadedRoster>,
     /// Signs this device's attestations and checks other devices'.
     signer: signatures::Signer,
@@ -149,6 +152,7 @@ impl Engine {
             cache: ChatCache::new(config.memory_budget_bytes),
             events,
             background: TaskTracker::new(),
+            compaction_slots: Arc::new(tokio::sync::Semaphore::new(COMPACTIONS_AT_ONCE)),
             roster: tokio::sync::Mutex::new(roster),
             signer: signatures::Signer::new(keypair),
             trust,
@@ -693,6 +697,7 @@ impl Engine {
         loaded.compacting = true;
         self.background.spawn(compact(
             (*self.committer).clone(),
+            self.compaction_slots.clone(),
             chat.clone(),
             handle.clone(),
         ));
@@ -887,8 +892,17 @@ fn load_chat_with(
 /// Folds a chat's chunks into its base. The chat is locked only to copy it; the slow part
 /// (saving and compressing the copy) runs beside further writes, which only append chunks
 /// after the ones being folded. The new base goes through the committer, so it is written
-/// after the chunks it folds (they may still be queued there).
-async fn compact(queue: commit::Queue, chat: ChatId, handle: ChatHandle) {
+/// after the chunks it folds (they may still be queued there). It waits for one of the
+/// `slots` before it copies the chat: after a catch-up of many chats, copies of all of them at
+/// once took more memory than the chats themselves.
+async fn compact(
+    queue: commit::Queue,
+    slots: Arc<tokio::sync::Semaphore>,
+    chat: ChatId,
+    handle: ChatHandle,
+) {
+    // (The semaphore is never closed; if it were, the compaction would go ahead unbounded.)
+    let _slot = slots.acquire_owned().await.ok();
     let started = std::time::Instant::now();
     let (snapshot, through, folded_chunks, folded_bytes, rebuilds) = {
         let mut loaded = handle.lock().await;
@@ -954,6 +968,10 @@ async fn compact(queue: commit::Queue, chat: ChatId, handle: ChatHandle) {
         Err(e) => tracing::warn!(chat = %chat, error = %e, "compaction failed; will retry"),
     }
 }
+
+/// Compactions that copy and save a chat at the same time (see `compact`): the saves run on
+/// blocking threads, and more at once than there are cores only adds copies in memory.
+const COMPACTIONS_AT_ONCE: usize = 2;
 
 /// Longest wait at shutdown for the store's lock to be released (see `Store::close`).
 const STORE_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
