@@ -4,7 +4,8 @@
 //!
 //! An id is held as a shared string: a chat's index names each message several times (its
 //! place in the display order, its entry by id, the map that holds it) and each author once per
-//! message, and copies that share one allocation kept a chat's index smaller than its document.
+//! message, and copies share one allocation (with `chat/maps.rs`, this took a loaded chat's
+//! index from over twice the memory of its document to less than it).
 
 use std::{fmt, sync::Arc};
 

