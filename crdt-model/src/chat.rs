@@ -19,7 +19,7 @@
 //! map of entries. Chats of schema 3 spread their entries over 64 buckets to keep that map
 //! small ([`crate::layout`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use automerge::{
     ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ReadDoc,
@@ -138,8 +138,6 @@ pub struct ChatDoc {
     /// The message each message map belongs to: how an operation in a received change is traced
     /// to the message it writes (see `chat/maps.rs`).
     maps: MessageMaps,
-    /// Every author in the index, once: the index's keys share these (see `crate::ids`).
-    authors: HashSet<DeviceId>,
     /// Largest clock of any message, for stamping the next one.
     max_clock: Clock,
     /// Encoded local changes not yet handed out by [`ChatDoc::take_local_changes`].
@@ -296,7 +294,6 @@ impl ChatDoc {
             order: BTreeSet::new(),
             keys: HashMap::new(),
             maps: MessageMaps::default(),
-            authors: HashSet::new(),
             max_clock: Clock::ZERO,
             unsaved_local: Vec::new(),
             waiting: HashMap::new(),
@@ -1054,11 +1051,22 @@ impl ChatDoc {
             .collect();
         let mut entries: Vec<(MessageId, ObjId)> = Vec::new();
         let mut facts: HashMap<ObjId, OrderFacts> = HashMap::new();
+        // The items of one object come one after the other under one shared id: each object is
+        // looked up among the entry maps once, not once per item.
+        let mut current: Option<(std::sync::Arc<ObjId>, Option<Option<u8>>)> = None;
         for automerge::iter::DocObjItem { obj, item } in self.doc.iter() {
             let automerge::iter::DocItem::Map(item) = item else {
                 continue;
             };
-            if let Some(bucket) = entry_maps.get(&*obj) {
+            let entry_map = match &current {
+                Some((seen, bucket)) if std::sync::Arc::ptr_eq(seen, &obj) => *bucket,
+                _ => {
+                    let bucket = entry_maps.get(&*obj).copied();
+                    current = Some((obj.clone(), bucket));
+                    bucket
+                }
+            };
+            if let Some(bucket) = entry_map {
                 // An entry outside its id's bucket is no message (no replica writes one).
                 if matches!(item.value, automerge::ValueRef::Object(ObjType::Map))
                     && bucket.is_none_or(|b| crate::layout::bucket_of(&item.key) == b)
@@ -1081,7 +1089,7 @@ impl ChatDoc {
                 continue;
             };
             if let Some(facts) = facts.get(&obj) {
-                self.index_with(id, &obj, map, facts);
+                self.index_with(id, map, facts);
             }
         }
     }
@@ -1291,23 +1299,19 @@ impl ChatDoc {
                 facts.set(&item.key, value.into());
             }
         }
-        self.index_with(id, obj, map, &facts);
+        self.index_with(id, map, &facts);
     }
 
-    /// Indexes message `id`, whose map is `obj`, by what its map says of its place.
-    fn index_with(&mut self, id: MessageId, obj: &ObjId, map: MapKey, facts: &OrderFacts) {
+    /// Indexes message `id`, whose map is `map`, by what its map says of its place.
+    fn index_with(&mut self, id: MessageId, map: MapKey, facts: &OrderFacts) {
         let Some((clock, author)) = facts.clock_and_author() else {
             return;
         };
-        if !written_by(obj, &author) {
-            return;
-        }
-        let author = match self.authors.get(&author) {
-            Some(known) => known.clone(),
-            None => {
-                self.authors.insert(author.clone());
-                author
-            }
+        // The author must be the device whose actor made the map (see `written_by`); the index
+        // keeps the maps' one copy of its id.
+        let author = match self.maps.device_of(map) {
+            Some(device) if *device == author => device.clone(),
+            _ => return,
         };
         self.insert_key(OrderKey { clock, author, id }, map);
     }

@@ -169,7 +169,7 @@ fn a_forged_change_hidden_under_an_honest_signature_is_refused() {
 
 #[test]
 fn a_message_naming_another_author_is_not_shown() {
-    let (_, _, db, mut b, _, mut c) = three();
+    let (_, _, db, mut b, dc, mut c) = three();
     // b writes a message map whose author field says dev-a, bypassing the model.
     let am = b.automerge_mut();
     let messages = layout::entry_map(am, "posing").unwrap();
@@ -186,11 +186,14 @@ fn a_message_naming_another_author_is_not_shown() {
     sync_into(&mut b, &mut c, &honest, &trusted).unwrap();
     assert!(c.message(&mid("posing")).is_none());
     assert_eq!(c.messages().count(), 1);
+    // Nor does it take a place in the order, as received or once loaded again.
+    assert_eq!(c.len(), 1);
+    assert_eq!(ChatDoc::load(&c.save(), &dc).unwrap().len(), 1);
 }
 
 #[test]
 fn a_header_naming_another_author_is_not_shown() {
-    let (_, _, db, mut b, _, mut c) = three();
+    let (_, _, db, mut b, dc, mut c) = three();
     // b writes a message whose header says dev-a wrote it, bypassing the model.
     let forged = Header {
         author: DeviceId::new("dev-a").unwrap(),
@@ -211,6 +214,9 @@ fn a_header_naming_another_author_is_not_shown() {
     sync_into(&mut b, &mut c, &honest, &trusted).unwrap();
     assert!(c.message(&mid("posing")).is_none());
     assert_eq!(c.messages().count(), 1);
+    // Nor does it take a place in the order, as received or once loaded again.
+    assert_eq!(c.len(), 1);
+    assert_eq!(ChatDoc::load(&c.save(), &dc).unwrap().len(), 1);
 }
 
 #[test]

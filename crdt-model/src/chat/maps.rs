@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use automerge::{ActorId, ObjId};
 
-use crate::{MessageId, touched::OpKey};
+use crate::{DeviceId, MessageId, authorship::device_of_actor, touched::OpKey};
 
 /// A message's map: the counter of the operation that made it and its actor's number in
 /// [`MessageMaps`].
@@ -24,8 +24,9 @@ pub(super) struct MapKey {
 
 #[derive(Default)]
 pub(crate) struct MessageMaps {
-    /// Every actor that made a message's map, by number.
-    actors: Vec<ActorId>,
+    /// Every actor that made a message's map, by number, with the device it belongs to: a
+    /// message's author must be that device, and the index keeps this one copy of its id.
+    actors: Vec<(ActorId, Option<DeviceId>)>,
     numbers: HashMap<ActorId, u32>,
     /// The message each map belongs to. Malformed messages (not in the index) are here too, so
     /// that a change completing one is noticed. An entry can outlive its map's place among the
@@ -56,7 +57,7 @@ impl MessageMaps {
             None => {
                 // A chat's actors are bounded by its document; u32 is far beyond any.
                 let n = u32::try_from(self.actors.len()).ok()?;
-                self.actors.push(actor.clone());
+                self.actors.push((actor.clone(), device_of_actor(actor)));
                 self.numbers.insert(actor.clone(), n);
                 n
             }
@@ -80,6 +81,11 @@ impl MessageMaps {
     pub(super) fn obj_id(&self, key: MapKey) -> ObjId {
         // The third field is only a hint of the actor's place in the document; Automerge looks
         // the actor up when the hint is wrong.
-        ObjId::Id(key.counter, self.actors[key.actor as usize].clone(), 0)
+        ObjId::Id(key.counter, self.actors[key.actor as usize].0.clone(), 0)
+    }
+
+    /// The device whose actor made the map `key` names; `None` for an actor that names none.
+    pub(super) fn device_of(&self, key: MapKey) -> Option<&DeviceId> {
+        self.actors.get(key.actor as usize)?.1.as_ref()
     }
 }
