@@ -335,21 +335,25 @@ impl ChatDoc {
 
     /// The message with this id.
     pub fn message(&self, id: &MessageId) -> Option<Message> {
-        read::read_message(&self.doc, id, &self.obj_of(id)?)
+        let (obj, maker) = self.located(id)?;
+        read::read_message(&self.doc, id, &obj, maker)
     }
 
     /// The messages of `keys`, in their order: in one pass over the document when they are
     /// many and a large share of the chat, else one by one (see `chat/read.rs`).
     fn read_keys<'k>(&self, keys: impl Iterator<Item = &'k OrderKey>) -> Vec<Message> {
-        let wanted: Vec<(&MessageId, ObjId)> = keys
-            .filter_map(|k| Some((&k.id, self.obj_of(&k.id)?)))
+        let wanted: Vec<(&MessageId, ObjId, &DeviceId)> = keys
+            .filter_map(|k| {
+                let (obj, maker) = self.located(&k.id)?;
+                Some((&k.id, obj, maker))
+            })
             .collect();
         if wanted.len() >= read::ONE_PASS_FROM && wanted.len() * 4 >= self.order.len() {
             return read::read_messages(&self.doc, &wanted);
         }
         wanted
             .into_iter()
-            .filter_map(|(id, obj)| read::read_message(&self.doc, id, &obj))
+            .filter_map(|(id, obj, maker)| read::read_message(&self.doc, id, &obj, maker))
             .collect()
     }
 
@@ -1142,7 +1146,7 @@ impl ChatDoc {
         let mut touched = Vec::new();
         for ((id, places), was_indexed) in writes.into_iter().zip(was_indexed) {
             let object = match whole {
-                true => self.obj_of(&id),
+                true => self.located(&id).map(|(obj, _)| obj),
                 false => self.reindex_message(&id),
             };
             if !self.keys.contains_key(&id) {
@@ -1283,9 +1287,11 @@ impl ChatDoc {
         Some(obj)
     }
 
-    /// The map that holds an indexed message.
-    fn obj_of(&self, id: &MessageId) -> Option<ObjId> {
-        Some(self.maps.obj_id(self.keys.get(id)?.map))
+    /// The map that holds an indexed message, and the device whose actor made it (the index
+    /// holds only messages whose author is that device).
+    fn located(&self, id: &MessageId) -> Option<(ObjId, &DeviceId)> {
+        let indexed = self.keys.get(id)?;
+        Some((self.maps.obj_id(indexed.map), &indexed.key.author))
     }
 
     fn index_message(&mut self, id: MessageId, obj: &ObjId, map: MapKey) {
@@ -1307,8 +1313,8 @@ impl ChatDoc {
         let Some((clock, author)) = facts.clock_and_author() else {
             return;
         };
-        // The author must be the device whose actor made the map (see `written_by`); the index
-        // keeps the maps' one copy of its id.
+        // A message names its author, and that must be the device whose actor made its map, or
+        // any device could post as another. The index keeps the maps' one copy of its id.
         let author = match self.maps.device_of(map) {
             Some(device) if *device == author => device.clone(),
             _ => return,
@@ -1409,15 +1415,6 @@ fn concat_raw(changes: &[Change]) -> Vec<u8> {
         bytes.extend_from_slice(change.raw_bytes());
     }
     bytes
-}
-
-/// Whether the message map `obj` was created by `author`: a message names its author, and that
-/// must be the device whose actor created it, or any device could post as another.
-fn written_by(obj: &ObjId, author: &DeviceId) -> bool {
-    match obj {
-        ObjId::Id(_, actor, _) => authorship::device_of_actor(actor).as_ref() == Some(author),
-        ObjId::Root => false,
-    }
 }
 
 fn check_reaction(r: &str) -> Result<(), ModelError> {

@@ -21,28 +21,38 @@ use crate::{
     schema as s,
 };
 
-use super::{check_reaction, written_by};
+use super::check_reaction;
 
 /// Pages of at least this many messages that cover at least a quarter of the chat are read in
 /// one pass over the document (see the module docs).
 pub(super) const ONE_PASS_FROM: usize = 32;
 
 /// Reads one message, or `None` when its required fields are missing or malformed (a replica
-/// skips what it cannot show rather than failing the whole chat).
-pub(super) fn read_message(doc: &AutoCommit, id: &MessageId, obj: &ObjId) -> Option<Message> {
+/// skips what it cannot show rather than failing the whole chat). `maker` is the device whose
+/// actor made the message's map: the only author it may name.
+pub(super) fn read_message(
+    doc: &AutoCommit,
+    id: &MessageId,
+    obj: &ObjId,
+    maker: &DeviceId,
+) -> Option<Message> {
     let mut fields = Fields::default();
     for item in doc.map_range(obj, ..) {
         fields.take(&item.key, &item.value);
     }
-    fields.into_message(id, obj)
+    fields.into_message(id, maker)
 }
 
-/// Reads the messages `wanted` (each id with its map) in one pass over the document, in the
-/// order given; a message that cannot be shown is left out, as [`read_message`] would.
-pub(super) fn read_messages(doc: &AutoCommit, wanted: &[(&MessageId, ObjId)]) -> Vec<Message> {
+/// Reads the messages `wanted` (each id with its map and the device that made it) in one pass
+/// over the document, in the order given; a message that cannot be shown is left out, as
+/// [`read_message`] would.
+pub(super) fn read_messages(
+    doc: &AutoCommit,
+    wanted: &[(&MessageId, ObjId, &DeviceId)],
+) -> Vec<Message> {
     let mut fields: HashMap<&ObjId, Fields> = wanted
         .iter()
-        .map(|(_, obj)| (obj, Fields::default()))
+        .map(|(_, obj, _)| (obj, Fields::default()))
         .collect();
     for automerge::iter::DocObjItem { obj, item } in doc.iter() {
         let automerge::iter::DocItem::Map(item) = item else {
@@ -54,7 +64,7 @@ pub(super) fn read_messages(doc: &AutoCommit, wanted: &[(&MessageId, ObjId)]) ->
     }
     wanted
         .iter()
-        .filter_map(|(id, obj)| fields.remove(obj)?.into_message(id, obj))
+        .filter_map(|(id, obj, maker)| fields.remove(obj)?.into_message(id, maker))
         .collect()
 }
 
@@ -106,7 +116,7 @@ impl Fields {
         }
     }
 
-    fn into_message(self, id: &MessageId, obj: &ObjId) -> Option<Message> {
+    fn into_message(self, id: &MessageId, maker: &DeviceId) -> Option<Message> {
         let Fields {
             mut author,
             mut author_name,
@@ -152,7 +162,7 @@ impl Fields {
             None => Vec::new(),
         };
         let author = author?;
-        if !written_by(obj, &author) {
+        if author != *maker {
             return None;
         }
         Some(Message {
