@@ -14,7 +14,7 @@ use chatsync_daemon::{
     config::Config,
     net::{
         PROTOCOL_VERSION,
-        protocol::{PROTOCOL, Payload, SyncRequest, SyncResponse},
+        protocol::{Payload, SyncRequest, SyncResponse},
     },
 };
 use chatsync_model::{
@@ -26,7 +26,6 @@ use libp2p::{
     Multiaddr, PeerId, Swarm, SwarmBuilder, identify,
     identity::Keypair,
     noise, ping,
-    request_response::{self, ProtocolSupport},
     swarm::{NetworkBehaviour, SwarmEvent},
     tcp, yamux,
 };
@@ -36,20 +35,31 @@ use reqwest::StatusCode;
 const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 use chatsync_testkit::{TestDaemon, eventually, home::fixed_loopback_addr};
 
+use crate::link_client::{LinkClient, LinkEvent};
+
 #[derive(NetworkBehaviour)]
 struct Client {
-    sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
+    /// The sync protocol's links (`link_client.rs`).
+    streams: libp2p_stream::Behaviour,
     ping: ping::Behaviour,
     /// The daemon syncs with a device once identify shows it speaks the same version.
     identify: identify::Behaviour,
 }
 
-/// The bad device: its key, its libp2p client, and the daemon it talks to.
+/// The bad device: its key, its libp2p client and links, and the daemon it talks to.
 struct Hostile {
     keypair: Keypair,
     swarm: Swarm<Client>,
+    links: LinkClient,
     daemon: PeerId,
     daemon_addr: Multiaddr,
+}
+
+/// What happened next to the bad device.
+#[allow(clippy::large_enum_variant)] // One at a time, never stored.
+enum Event {
+    Swarm(SwarmEvent<ClientEvent>),
+    Link(LinkEvent),
 }
 
 /// What became of a request.
@@ -76,18 +86,17 @@ impl Hostile {
                     PROTOCOL_VERSION.into(),
                     key.public(),
                 )),
-                sync: request_response::cbor::Behaviour::new(
-                    [(PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default(),
-                ),
+                streams: libp2p_stream::Behaviour::new(),
                 ping: ping::Behaviour::default(),
             })
             .unwrap()
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
             .build();
+        let links = LinkClient::new(swarm.behaviour().streams.new_control());
         Hostile {
             keypair,
             swarm,
+            links,
             daemon,
             daemon_addr,
         }
@@ -106,26 +115,32 @@ impl Hostile {
         self.swarm.dial(addr).unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let event = tokio::time::timeout_at(deadline, self.swarm.select_next_some())
+            let event = tokio::time::timeout_at(deadline, self.next_event())
                 .await
                 .expect("no outcome for the dial");
             match event {
-                SwarmEvent::ConnectionEstablished { .. } => {
+                Event::Swarm(SwarmEvent::ConnectionEstablished { .. }) => {
                     // A refusing daemon closes right after the handshake: give it a moment.
                     return self.stays_up(Duration::from_millis(500)).await;
                 }
-                SwarmEvent::OutgoingConnectionError { .. } => return false,
+                Event::Swarm(SwarmEvent::OutgoingConnectionError { .. }) => return false,
                 other => self.answer(other),
             }
+        }
+    }
+
+    async fn next_event(&mut self) -> Event {
+        tokio::select! {
+            event = self.swarm.select_next_some() => Event::Swarm(event),
+            event = self.links.next() => Event::Link(event),
         }
     }
 
     /// Whether the connection is still up after `wait`, serving the daemon meanwhile.
     async fn stays_up(&mut self, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(event) = tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await
-        {
-            if let SwarmEvent::ConnectionClosed { .. } = event {
+        while let Ok(event) = tokio::time::timeout_at(deadline, self.next_event()).await {
+            if let Event::Swarm(SwarmEvent::ConnectionClosed { .. }) = event {
                 return false;
             }
             self.answer(event);
@@ -135,31 +150,20 @@ impl Hostile {
 
     /// Sends one request and waits for what becomes of it.
     async fn ask(&mut self, request: SyncRequest) -> Outcome {
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .sync
-            .send_request(&self.daemon, request);
+        let id = self.links.send(self.daemon, &request);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let event = tokio::time::timeout_at(deadline, self.swarm.select_next_some())
+            let event = tokio::time::timeout_at(deadline, self.next_event())
                 .await
                 .expect("no answer in time");
             match event {
-                SwarmEvent::Behaviour(ClientEvent::Sync(request_response::Event::Message {
-                    message:
-                        request_response::Message::Response {
-                            request_id,
-                            response,
-                        },
-                    ..
-                })) if request_id == id => return Outcome::Answered(response),
-                SwarmEvent::Behaviour(ClientEvent::Sync(
-                    request_response::Event::OutboundFailure {
-                        request_id, error, ..
-                    },
-                )) if request_id == id => return Outcome::Cut(error.to_string()),
-                SwarmEvent::ConnectionClosed { cause, .. } => {
+                Event::Link(LinkEvent::Answer(number, response)) if number == id => {
+                    return Outcome::Answered(response);
+                }
+                Event::Link(LinkEvent::Failed(numbers)) if numbers.contains(&id) => {
+                    return Outcome::Cut("the link ended".into());
+                }
+                Event::Swarm(SwarmEvent::ConnectionClosed { cause, .. }) => {
                     return Outcome::Cut(format!("connection closed: {cause:?}"));
                 }
                 other => self.answer(other),
@@ -168,17 +172,9 @@ impl Hostile {
     }
 
     /// The daemon's own requests (roster, summaries) get a polite refusal.
-    fn answer(&mut self, event: SwarmEvent<ClientEvent>) {
-        if let SwarmEvent::Behaviour(ClientEvent::Sync(request_response::Event::Message {
-            message: request_response::Message::Request { channel, .. },
-            ..
-        })) = event
-        {
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .sync
-                .send_response(channel, SyncResponse::Refused("busy".into()));
+    fn answer(&mut self, event: Event) {
+        if let Event::Link(LinkEvent::Request(_, reply)) = event {
+            reply.send(SyncResponse::Refused("busy".into()));
         }
     }
 
@@ -368,35 +364,31 @@ async fn a_device_that_floods_requests_is_told_to_slow_down_then_suspended() {
     // waves without waiting, the way a flooding device would.
     let (mut refused, mut cut) = (0, false);
     'flood: for _ in 0..200 {
+        let daemon_peer = hostile.daemon;
         let ids: Vec<_> = (0..64)
             .map(|_| {
                 hostile
-                    .swarm
-                    .behaviour_mut()
-                    .sync
-                    .send_request(&hostile.daemon, SyncRequest::Summary(Vec::new()))
+                    .links
+                    .send(daemon_peer, &SyncRequest::Summary(Vec::new()))
             })
             .collect();
         let mut open = ids.len();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while open > 0 {
-            let event = tokio::time::timeout_at(deadline, hostile.swarm.select_next_some())
+            let event = tokio::time::timeout_at(deadline, hostile.next_event())
                 .await
                 .expect("the daemon stopped answering");
             match event {
-                SwarmEvent::Behaviour(ClientEvent::Sync(request_response::Event::Message {
-                    message: request_response::Message::Response { response, .. },
-                    ..
-                })) => {
+                Event::Link(LinkEvent::Answer(_, response)) => {
                     open -= 1;
                     if matches!(response, SyncResponse::SlowDown) {
                         refused += 1;
                     }
                 }
-                SwarmEvent::Behaviour(ClientEvent::Sync(
-                    request_response::Event::OutboundFailure { .. },
-                )) => open -= 1,
-                SwarmEvent::ConnectionClosed { .. } => {
+                Event::Link(LinkEvent::Failed(numbers)) => {
+                    open = open.saturating_sub(numbers.len())
+                }
+                Event::Swarm(SwarmEvent::ConnectionClosed { .. }) => {
                     cut = true;
                     break 'flood;
                 }
@@ -423,17 +415,10 @@ async fn a_daemon_told_to_slow_down_pauses_then_asks_again() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let mut first_refused: Option<Instant> = None;
     loop {
-        let event = tokio::time::timeout_at(deadline, hostile.swarm.select_next_some())
+        let event = tokio::time::timeout_at(deadline, hostile.next_event())
             .await
             .expect("the daemon never asked again");
-        let SwarmEvent::Behaviour(ClientEvent::Sync(request_response::Event::Message {
-            message:
-                request_response::Message::Request {
-                    request, channel, ..
-                },
-            ..
-        })) = event
-        else {
+        let Event::Link(LinkEvent::Request(request, reply)) = event else {
             continue;
         };
         let response = match (&request, first_refused) {
@@ -455,11 +440,7 @@ async fn a_daemon_told_to_slow_down_pauses_then_asks_again() {
             }
             _ => SyncResponse::Refused("busy".into()),
         };
-        let _ = hostile
-            .swarm
-            .behaviour_mut()
-            .sync
-            .send_response(channel, response);
+        reply.send(response);
     }
 }
 
@@ -495,48 +476,32 @@ async fn a_removed_device_that_does_not_answer_is_sent_nothing_but_the_roster() 
     // What was on the wire before the removal may still arrive: let it, then write.
     let mut unanswered = Vec::new();
     let settle = tokio::time::Instant::now() + Duration::from_millis(500);
-    while let Ok(event) = tokio::time::timeout_at(settle, hostile.swarm.select_next_some()).await {
-        if let SwarmEvent::Behaviour(ClientEvent::Sync(request_response::Event::Message {
-            message: request_response::Message::Request { channel, .. },
-            ..
-        })) = event
-        {
-            unanswered.push(channel);
+    while let Ok(event) = tokio::time::timeout_at(settle, hostile.next_event()).await {
+        if let Event::Link(LinkEvent::Request(_, reply)) = event {
+            unanswered.push(reply);
         }
     }
     daemon
         .post_message(chat.as_str(), "after the removal")
         .await;
-    let fetch = hostile.swarm.behaviour_mut().sync.send_request(
-        &hostile.daemon,
-        SyncRequest::Fetch {
+    let fetch = hostile.links.send(
+        hostile.daemon,
+        &SyncRequest::Fetch {
             chat: chat.to_string(),
         },
     );
     let mut fetch_answer = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    while let Ok(event) = tokio::time::timeout_at(deadline, hostile.swarm.select_next_some()).await
-    {
+    while let Ok(event) = tokio::time::timeout_at(deadline, hostile.next_event()).await {
         match event {
-            SwarmEvent::Behaviour(ClientEvent::Sync(request_response::Event::Message {
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            })) => match request {
-                SyncRequest::Roster(_) => unanswered.push(channel),
+            Event::Link(LinkEvent::Request(request, reply)) => match request {
+                SyncRequest::Roster(_) => unanswered.push(reply),
                 other => panic!("a removed device was sent {other:?}"),
             },
-            SwarmEvent::Behaviour(ClientEvent::Sync(request_response::Event::Message {
-                message:
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            })) if request_id == fetch => fetch_answer = Some(response),
-            SwarmEvent::ConnectionClosed { .. } => break,
+            Event::Link(LinkEvent::Answer(number, response)) if number == fetch => {
+                fetch_answer = Some(response)
+            }
+            Event::Swarm(SwarmEvent::ConnectionClosed { .. }) => break,
             _ => {}
         }
     }

@@ -12,6 +12,7 @@ mod events;
 mod full_disk;
 mod hostile_peer;
 mod large_sync;
+mod link_client;
 mod many_writers;
 mod mesh_trust;
 mod mutated_input;

@@ -4,13 +4,12 @@ use std::time::Duration;
 
 use libp2p::{
     Swarm, SwarmBuilder, connection_limits, dcutr, identify, identity::Keypair, mdns, noise, ping,
-    relay, request_response, swarm::NetworkBehaviour, swarm::behaviour::toggle::Toggle, tcp, yamux,
+    relay, swarm::NetworkBehaviour, swarm::behaviour::toggle::Toggle, tcp, yamux,
 };
 
 use super::{
     gate::{Gate, Trusted, TrustedOnly},
     pair_protocol::{PairBehaviour, pair_behaviour},
-    protocol::{MAX_WIRE_BYTES, PROTOCOL, SyncRequest, SyncResponse},
 };
 
 /// Protocol version announced by identify; a peer with another major version is not chatsync.
@@ -31,8 +30,8 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    /// Runs on connections to roster devices only.
-    pub sync: TrustedOnly<request_response::cbor::Behaviour<SyncRequest, SyncResponse>>,
+    /// The sync protocol's links (`links.rs`), on connections to roster devices only.
+    pub sync: TrustedOnly<libp2p_stream::Behaviour>,
     pub pair: PairBehaviour,
     /// Relay mode (`chatsyncd --relay`): forwards circuits between other devices.
     pub relay: Toggle<relay::Behaviour>,
@@ -93,18 +92,7 @@ pub fn build_swarm(
                         .with_timeout(PING_TIMEOUT),
                 ),
                 mdns: Toggle::from(mdns),
-                sync: TrustedOnly::new(
-                    request_response::Behaviour::with_codec(
-                        request_response::cbor::codec::Codec::default()
-                            .set_request_size_maximum(MAX_WIRE_BYTES)
-                            .set_response_size_maximum(MAX_WIRE_BYTES),
-                        [(PROTOCOL, request_response::ProtocolSupport::Full)],
-                        request_response::Config::default()
-                            .with_request_timeout(Duration::from_secs(30))
-                            .with_max_concurrent_streams(64),
-                    ),
-                    trusted,
-                ),
+                sync: TrustedOnly::new(libp2p_stream::Behaviour::new(), trusted),
                 pair: pair_behaviour(),
                 relay: Toggle::from(relay_server.map(|c| relay::Behaviour::new(peer_id, c))),
                 relay_client,
@@ -112,10 +100,10 @@ pub fn build_swarm(
                 streams: libp2p_stream::Behaviour::new(),
             })
         })?
-        // Every sync request opens a stream of its own. With the default negotiation the
-        // request waits a round trip for the other side to confirm the protocol; every device
-        // speaks the same protocols, so the request goes out with the proposal instead (a
-        // protocol the other side lacks fails the stream, as a refusal would).
+        // Sync links and attachment transfers open streams of their own. With the default
+        // negotiation the first bytes wait a round trip for the other side to confirm the
+        // protocol; every device speaks the same protocols, so they go out with the proposal
+        // instead (a protocol the other side lacks fails the stream, as a refusal would).
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
                 .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)

@@ -18,6 +18,7 @@ mod behaviour;
 pub mod blobs;
 mod conduct;
 mod gate;
+mod links;
 mod pair_protocol;
 pub mod pairing;
 pub mod peers;
@@ -130,7 +131,7 @@ impl Network {
         shutdown: CancellationToken,
     ) -> anyhow::Result<(Network, tokio::task::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let task = task::NetworkTask::new(keypair, config, engine.clone(), rx)?;
+        let mut task = task::NetworkTask::new(keypair, config, engine.clone(), rx)?;
         let blobs = blobs::BlobService::new(
             task.swarm.behaviour().streams.new_control(),
             blob_store,
@@ -141,6 +142,7 @@ impl Network {
             shutdown.clone(),
         );
         blobs.start()?;
+        task.links.start()?;
         let handle = tokio::spawn(task.run(shutdown));
         Ok((Network { tx, blobs }, handle))
     }

@@ -24,7 +24,6 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Network,
     pair_protocol::{JOIN_TIMEOUT, PairRequest, PairResponse, RefusedReason},
-    protocol::{SyncRequest, SyncResponse},
     task::NetworkTask,
 };
 use crate::{
@@ -486,25 +485,6 @@ impl NetworkTask {
             Err(e) => tracing::info!(inviter = %peer, error = %e, "join failed"),
         }
         let _ = join.reply.send(result);
-    }
-
-    /// The sync protocol's requests are served to roster devices only. The gate keeps other
-    /// devices from opening sync streams at all; this is the second, explicit check.
-    pub(super) fn on_sync_event_checked(
-        &mut self,
-        event: request_response::Event<SyncRequest, SyncResponse>,
-    ) {
-        if let request_response::Event::Message {
-            peer,
-            message: request_response::Message::Request { .. },
-            ..
-        } = &event
-            && !self.swarm.behaviour().gate.is_trusted(peer)
-        {
-            tracing::warn!(%peer, "refused a sync request from a device outside the roster");
-            return;
-        }
-        self.on_sync_event(event);
     }
 }
 

@@ -5,11 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use libp2p::{PeerId, request_response::ResponseChannel};
+use libp2p::PeerId;
 
 use chatsync_model::sync::sessions::SLOW_DOWN_PAUSE;
 
 use super::{
+    links::{Purpose, ReplyTo},
     protocol::{SyncRequest, SyncResponse},
     sessions::Internal,
     task::NetworkTask,
@@ -52,17 +53,12 @@ impl NetworkTask {
     }
 
     /// Answers a roster request with this device's roster.
-    pub(super) fn on_roster_request(
-        &mut self,
-        peer: PeerId,
-        trusted: bool,
-        channel: ResponseChannel<SyncResponse>,
-    ) {
+    pub(super) fn on_roster_request(&mut self, peer: PeerId, trusted: bool, reply: ReplyTo) {
         let (engine, internal) = (self.engine.clone(), self.internal.clone());
         self.tasks.spawn(async move {
             let roster = engine.roster_bytes().await;
             let _ = internal
-                .send(Internal::AnswerRoster(peer, channel, roster))
+                .send(Internal::AnswerRoster(peer, reply, roster))
                 .await;
         });
         if !trusted {
@@ -134,8 +130,13 @@ impl NetworkTask {
         }
         let request = SyncRequest::Roster(roster);
         self.sync.count_traffic(peer, request.wire_len(), 0);
-        let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
-        self.roster_requests.insert(id, peer);
+        if self
+            .links
+            .send(peer, &request, Purpose::Roster, Instant::now())
+            .is_err()
+        {
+            self.roster_failed(peer);
+        }
     }
 
     /// A roster request was not answered: a device being removed is disconnected now.

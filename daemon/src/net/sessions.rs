@@ -1,9 +1,9 @@
 //! The driver of the sync core ([`chatsync_model::sync::SyncCore`]): it feeds the core what
-//! the swarm and the engine report, and carries out what the core decides. Requests and
-//! answers go on the swarm's request-response behaviour; document work runs on the engine in
+//! the links and the engine report, and carries out what the core decides. Requests and
+//! answers go on the links to other devices (`links.rs`); document work runs on the engine in
 //! tracked tasks (the swarm's loop never waits for it) whose results come back as
 //! [`Internal`] messages. Every decision (what to send, when, what a failure means) is the
-//! core's; nothing here keeps sync state but the libp2p request ids of requests in flight.
+//! core's; nothing here keeps sync state (the links keep which request is whose).
 
 use std::{collections::BTreeSet, sync::Arc, time::Instant};
 
@@ -14,38 +14,27 @@ use chatsync_model::{
         wire::{ChatHeads, MAX_SUMMARY_CHATS, summary_to_wire},
     },
 };
-use libp2p::{
-    PeerId,
-    request_response::{self, ResponseChannel},
-};
+use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use super::{
+    links::{LinkEvent, Purpose, ReplyTo},
     protocol::{SyncRequest, SyncResponse},
     task::NetworkTask,
 };
 use crate::engine::{Engine, EngineError, Relation, SyncRole, SyncStep, same_heads};
 
-/// The sync core as the daemon runs it: devices are peer ids, answers go to response channels.
-pub type Core = chatsync_model::sync::SyncCore<PeerId, ResponseChannel<SyncResponse>>;
+/// The sync core as the daemon runs it: devices are peer ids, answers go back on links.
+pub type Core = chatsync_model::sync::SyncCore<PeerId, ReplyTo>;
 
 /// Results of work done outside the network task's loop, back to it.
 pub enum Internal {
     /// A step of the session this device runs ([`Work::Step`], [`Work::Receive`]).
     Stepped(PeerId, ChatId, Result<SyncStep, Failure>),
     /// A request's sync message was taken ([`Work::Answer`]); `None`: the chat is not here.
-    Answered(
-        PeerId,
-        ChatId,
-        ResponseChannel<SyncResponse>,
-        Result<Option<SyncStep>, Failure>,
-    ),
+    Answered(PeerId, ChatId, ReplyTo, Result<Option<SyncStep>, Failure>),
     /// A chat was read for sending ([`Work::Export`]); `None`: the chat is not here.
-    Exported(
-        PeerId,
-        ResponseChannel<SyncResponse>,
-        Result<Option<Vec<u8>>, Failure>,
-    ),
+    Exported(PeerId, ReplyTo, Result<Option<Vec<u8>>, Failure>),
     /// A whole chat was stored, or not ([`Work::Import`]).
     Imported(PeerId, ChatId, Result<(), Failure>),
     /// What a summary calls for: chats to fetch and chats to sync ([`Work::Compare`]).
@@ -56,17 +45,14 @@ pub enum Internal {
     /// This device's roster, read for sending to this device.
     SendRoster(PeerId, Vec<u8>),
     /// This device's roster, to answer a roster request with.
-    AnswerRoster(PeerId, ResponseChannel<SyncResponse>, Vec<u8>),
+    AnswerRoster(PeerId, ReplyTo, Vec<u8>),
     /// This device sent data no honest device sends, refused for this reason (`conduct.rs`).
     Misbehaved(PeerId, String),
+    /// What a link read, or that it ended (`links.rs`).
+    Link(LinkEvent),
     /// Evidence of an equivocation was taken, or not ([`Work::TakeEvidence`]); `false`: the chat
     /// is not here.
-    EvidenceTaken(
-        PeerId,
-        ChatId,
-        ResponseChannel<SyncResponse>,
-        Result<bool, Failure>,
-    ),
+    EvidenceTaken(PeerId, ChatId, ReplyTo, Result<bool, Failure>),
 }
 
 /// How the engine's errors count for the other device.
@@ -193,27 +179,38 @@ impl NetworkTask {
         };
         tracing::trace!(%peer, ?request, "sync request");
         self.sync.count_traffic(peer, request.wire_len(), 0);
-        let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
-        self.requests.insert(id, token);
+        let now = Instant::now();
+        if let Err(purpose) = self.links.send(peer, &request, Purpose::Sync(token), now) {
+            self.request_failed(peer, purpose, now);
+        }
     }
 
-    pub(super) fn respond(
-        &mut self,
-        peer: PeerId,
-        channel: ResponseChannel<SyncResponse>,
-        response: SyncResponse,
-    ) {
+    /// A request was not answered (its link ended, it waited too long, or it could not be
+    /// sent).
+    pub(super) fn request_failed(&mut self, peer: PeerId, purpose: Purpose, now: Instant) {
+        match purpose {
+            Purpose::Sync(token) => self.sync.failed(token, now),
+            Purpose::Roster => self.roster_failed(peer),
+        }
+    }
+
+    /// Fails the requests that waited too long for their answers.
+    pub(super) fn expire_requests(&mut self) {
+        let now = Instant::now();
+        for (peer, purpose) in self.links.expired(now) {
+            tracing::debug!(%peer, "a sync request had no answer in time");
+            self.request_failed(peer, purpose, now);
+        }
+    }
+
+    pub(super) fn respond(&mut self, peer: PeerId, reply: ReplyTo, response: SyncResponse) {
         self.sync.count_traffic(peer, response.wire_len(), 0);
-        let _ = self
-            .swarm
-            .behaviour_mut()
-            .sync
-            .send_response(channel, response);
+        self.links.respond(reply, &response);
     }
 
     /// Runs document work on the engine in a tracked task; its result comes back as an
     /// [`Internal`] message.
-    fn work(&mut self, work: Work<PeerId, ResponseChannel<SyncResponse>>) {
+    fn work(&mut self, work: Work<PeerId, ReplyTo>) {
         let (engine, internal) = (self.engine.clone(), self.internal.clone());
         match work {
             Work::Step { peer, chat } => {
@@ -344,10 +341,11 @@ impl NetworkTask {
             Internal::Compared(peer, comparison) => self.sync.compared(peer, comparison, now),
             Internal::Changed(chats) => self.sync.changed(&chats, now),
             Internal::SendRoster(peer, roster) => self.roster_ready(peer, roster),
-            Internal::AnswerRoster(peer, channel, roster) => {
-                self.respond(peer, channel, SyncResponse::Roster(roster))
+            Internal::AnswerRoster(peer, reply, roster) => {
+                self.respond(peer, reply, SyncResponse::Roster(roster))
             }
             Internal::Misbehaved(peer, why) => self.offence(peer, &why),
+            Internal::Link(event) => self.on_link_event(event, now),
         }
         self.drive();
     }
@@ -364,90 +362,93 @@ impl NetworkTask {
             self.engine.forget_peer(&device);
         }
         self.sync.peer_down(peer, Instant::now());
-        self.drive();
-    }
-
-    pub(super) fn on_sync_event(
-        &mut self,
-        event: request_response::Event<SyncRequest, SyncResponse>,
-    ) {
-        let now = Instant::now();
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    self.sync.count_traffic(peer, 0, request.wire_len());
-                    if self.admit_request(peer, &request) {
-                        self.on_request(peer, request, channel);
-                    } else {
-                        self.respond(peer, channel, SyncResponse::SlowDown);
-                    }
-                }
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => {
-                    if let Some(removing) = self.roster_requests.remove(&request_id) {
-                        self.on_roster_response(removing, response);
-                    } else if let Some(token) = self.requests.remove(&request_id) {
-                        self.sync.count_traffic(peer, 0, response.wire_len());
-                        self.sync.answer(token, response, now);
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                tracing::debug!(%peer, %error, "sync request failed");
-                if self.roster_requests.remove(&request_id).is_some() {
-                    self.roster_failed(peer);
-                } else if let Some(token) = self.requests.remove(&request_id) {
-                    self.sync.failed(token, now);
-                }
+        // What was in flight to it is over for the core already (`peer_down`); a roster it
+        // was being told fails (`roster.rs`).
+        for purpose in self.links.forget(peer) {
+            if purpose == Purpose::Roster {
+                self.roster_failed(peer);
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                match &error {
-                    // Not CBOR, or not a request of this protocol: no honest device sends it.
-                    request_response::InboundFailure::Io(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::InvalidData | std::io::ErrorKind::Unsupported
-                        ) =>
-                    {
-                        self.offence(peer, &format!("a request that does not decode: {e}"));
-                    }
-                    _ => tracing::debug!(%peer, %error, "answering a sync request failed"),
-                }
-            }
-            request_response::Event::ResponseSent { .. } => {}
         }
         self.drive();
     }
 
-    fn on_request(
-        &mut self,
-        peer: PeerId,
-        request: SyncRequest,
-        channel: ResponseChannel<SyncResponse>,
-    ) {
+    fn on_answer(&mut self, peer: PeerId, purpose: Purpose, response: SyncResponse, now: Instant) {
+        match purpose {
+            Purpose::Roster => self.on_roster_response(peer, response),
+            Purpose::Sync(token) => {
+                self.sync.count_traffic(peer, 0, response.wire_len());
+                self.sync.answer(token, response, now);
+            }
+        }
+    }
+
+    fn on_link_event(&mut self, event: LinkEvent, now: Instant) {
+        match event {
+            LinkEvent::Opened(peer, stream) => {
+                // The gate keeps other devices from opening links at all; this is the second,
+                // explicit check.
+                if self.swarm.behaviour().gate.is_trusted(&peer) {
+                    self.links.accept(peer, stream);
+                } else {
+                    tracing::warn!(%peer, "refused a sync link from a device outside the roster");
+                }
+            }
+            LinkEvent::Request { reply, request } => {
+                let peer = reply.peer();
+                if !self.swarm.behaviour().gate.is_trusted(&peer) {
+                    tracing::warn!(%peer, "refused a sync request from a device outside the roster");
+                    return;
+                }
+                self.sync.count_traffic(peer, 0, request.wire_len());
+                if self.admit_request(peer, &request) {
+                    self.on_request(peer, request, reply);
+                } else {
+                    self.respond(peer, reply, SyncResponse::SlowDown);
+                }
+            }
+            LinkEvent::Answer {
+                peer,
+                link,
+                number,
+                response,
+            } => match self.links.answered(peer, link, number) {
+                Some(purpose) => match response {
+                    Some(response) => self.on_answer(peer, purpose, response, now),
+                    None => self.request_failed(peer, purpose, now),
+                },
+                // Answered after it timed out, or a number this device never sent there.
+                None => tracing::debug!(%peer, number, "an answer to no request in flight"),
+            },
+            LinkEvent::Closed {
+                peer,
+                link,
+                offence,
+            } => {
+                if let Some(why) = offence {
+                    self.offence(peer, &why);
+                }
+                for purpose in self.links.closed(peer, link) {
+                    self.request_failed(peer, purpose, now);
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, peer: PeerId, request: SyncRequest, reply: ReplyTo) {
         if !self.allowed.contains(&peer) {
             // Being removed: it may still learn that (see `roster.rs`), nothing else.
             match request {
-                SyncRequest::Roster(_) => self.on_roster_request(peer, false, channel),
-                _ => self.respond(peer, channel, SyncResponse::Refused("not trusted".into())),
+                SyncRequest::Roster(_) => self.on_roster_request(peer, false, reply),
+                _ => self.respond(peer, reply, SyncResponse::Refused("not trusted".into())),
             }
             return;
         }
         match request {
             SyncRequest::Roster(theirs) => {
                 self.merge_roster(peer, theirs);
-                self.on_roster_request(peer, true, channel);
+                self.on_roster_request(peer, true, reply);
             }
-            request => self.sync.request(peer, request, channel, Instant::now()),
+            request => self.sync.request(peer, request, reply, Instant::now()),
         }
     }
 }
@@ -459,51 +460,5 @@ pub async fn forward_changes(engine: Arc<Engine>, internal: mpsc::Sender<Interna
         if internal.send(Internal::Changed(chats)).await.is_err() {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use chatsync_model::sync::wire::MAX_WIRE_BYTES;
-    use libp2p::request_response::Codec;
-
-    use super::*;
-    use crate::net::protocol::PROTOCOL;
-
-    #[test]
-    fn the_largest_summary_still_fits_on_the_wire() {
-        // 50,000 chats with two heads each is more than 8 MiB of CBOR: the summary keeps the
-        // most recently active chats that fit, and it encodes under the codec's limit.
-        let head = "ab".repeat(32);
-        let summary: Vec<(ChatId, Vec<String>)> = (0..MAX_SUMMARY_CHATS)
-            .map(|i| {
-                let chat = ChatId::new(format!("{i:032x}")).unwrap();
-                (chat, vec![head.clone(), head.clone()])
-            })
-            .collect();
-        let wire = summary_to_wire(&summary);
-        assert!(wire.len() < summary.len(), "all {} chats fit", wire.len());
-        assert!(wire.len() > 40_000, "only {} chats fit", wire.len());
-        assert_eq!(
-            wire[0].chat,
-            summary[0].0.as_str(),
-            "the first chats are kept"
-        );
-        let mut codec =
-            request_response::cbor::codec::Codec::<SyncRequest, SyncResponse>::default();
-        let mut bytes = Vec::new();
-        libp2p::futures::executor::block_on(codec.write_request(
-            &PROTOCOL,
-            &mut libp2p::futures::io::Cursor::new(&mut bytes),
-            SyncRequest::Summary(wire),
-        ))
-        .unwrap();
-        assert!(
-            (bytes.len() as u64) < MAX_WIRE_BYTES,
-            "{} bytes is over the limit",
-            bytes.len()
-        );
     }
 }

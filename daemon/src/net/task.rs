@@ -15,7 +15,6 @@ use libp2p::{
     identify, mdns,
     multiaddr::Protocol,
     ping,
-    request_response::OutboundRequestId,
     swarm::{
         ConnectionId, DialError, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
@@ -24,14 +23,13 @@ use libp2p::{
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use chatsync_model::sync::Token;
-
 use super::{
     Command, PeerInfo, SyncState,
     behaviour::{
         Behaviour, BehaviourEvent, PING_INTERVAL, PING_TIMEOUT, PROTOCOL_VERSION, build_swarm,
     },
     conduct::{Admission, Conduct, cost},
+    links::Links,
     pairing::Pairing,
     peers::{MAX_PEERS, PeerBook, transport},
     protocol::SyncRequest,
@@ -64,10 +62,9 @@ pub struct NetworkTask {
     pub(super) engine: Arc<Engine>,
     /// Chat sync: every decision about it (`chatsync_model::sync`).
     pub(super) sync: Core,
-    /// Sync requests in flight, by libp2p's id, under the core's token.
-    pub(super) requests: HashMap<OutboundRequestId, Token>,
-    /// Roster requests in flight (rosters travel outside the core: see `roster.rs`).
-    pub(super) roster_requests: HashMap<OutboundRequestId, PeerId>,
+    /// The sync protocol's links to and from every device, and the requests in flight on
+    /// them (`links.rs`).
+    pub(super) links: Links,
     /// Document work and other tasks the loop spawned: shutdown waits for them.
     pub(super) tasks: TaskTracker,
     pub(super) pairing: Pairing,
@@ -144,14 +141,14 @@ impl NetworkTask {
                 ),
             }
         }
+        let links = Links::new(swarm.behaviour().sync.new_control(), internal.clone());
         let mut task = NetworkTask {
             swarm,
             book,
             engine,
             // Numbers of an earlier run must not be taken for this run's (see `Outbox`).
             sync: Core::new(rand::random()),
-            requests: HashMap::new(),
-            roster_requests: HashMap::new(),
+            links,
             tasks: TaskTracker::new(),
             pairing: Pairing::default(),
             remembered,
@@ -196,6 +193,7 @@ impl NetworkTask {
                 _ = tick.tick() => {
                     self.close_silent();
                     self.finish_removals(false);
+                    self.expire_requests();
                     self.sync.tick(Instant::now());
                     self.drive();
                     self.redial_due();
@@ -205,6 +203,7 @@ impl NetworkTask {
             }
         }
         forwarder.abort();
+        self.links.stop();
         self.tasks.close();
         if tokio::time::timeout(WORK_AFTER_SHUTDOWN, self.tasks.wait())
             .await
@@ -420,7 +419,7 @@ impl NetworkTask {
                     self.connection_gone(peer, connection, &format!("ping failed: {e}"));
                 }
             },
-            SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync_event_checked(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(())) => {}
             SwarmEvent::Behaviour(BehaviourEvent::Pair(event)) => self.on_pair_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
                 self.on_relay_server_event(event)
