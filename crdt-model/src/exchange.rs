@@ -159,21 +159,34 @@ pub fn carries_changes(sealed: &[u8]) -> bool {
         .map_or(true, |changes| !changes.is_empty())
 }
 
-/// Whether the other side (as far as `state` knows) has exactly `ours` heads.
 /// Whether there is nothing to start: the other device is known to have exactly `heads` from
-/// the conversation it runs with this device (`answering`), while this device has not started
-/// one of its own (`running`). After taking a device's changes, this device tells every device
-/// of them, the one they came from too; without this, every post would cost that device a
-/// second conversation to learn what it already knows.
-pub fn peer_has_exactly(
-    running: Option<&State>,
-    answering: Option<&State>,
-    heads: &[automerge::ChangeHash],
-) -> bool {
-    if running.is_some_and(|s| s.have_responded) {
-        return false;
-    }
+/// the conversation it runs with this device (`answering`). After taking a device's changes,
+/// this device tells every device of them, the one they came from too; without this, every post
+/// would cost that device a second conversation to learn what it already knows, and carry its
+/// own changes back to it. The caller then brings its own conversation with the device up to
+/// date ([`know_peer_has`]).
+pub fn peer_has_exactly(answering: Option<&State>, heads: &[automerge::ChangeHash]) -> bool {
     answering.is_some_and(|state| in_sync(state, heads))
+}
+
+/// Brings the conversation this device runs with another (`running`) up to what the other
+/// device said in its own conversation: it has exactly `heads`, which are this device's heads
+/// too, and needs nothing. The state is then as if that device had just said so here as well,
+/// so that the next message carries exactly the changes newer than `heads` (not every change
+/// since the conversation last spoke, which would be the device's own changes sent back).
+pub fn know_peer_has(running: &mut State, heads: &[automerge::ChangeHash]) {
+    running.shared_heads = heads.to_vec();
+    running.last_sent_heads = heads.to_vec();
+    running.their_heads = Some(heads.to_vec());
+    running.their_need = Some(Vec::new());
+    running.their_have = Some(vec![automerge::sync::Have {
+        last_sync: heads.to_vec(),
+        bloom: automerge::sync::BloomFilter::default(),
+    }]);
+    // Everything sent so far is below `heads`, which the device has.
+    running.sent_hashes.clear();
+    running.have_responded = true;
+    running.in_flight = false;
 }
 
 pub fn in_sync(state: &State, ours: &[automerge::ChangeHash]) -> bool {

@@ -453,3 +453,105 @@ fn a_conversation_started_from_a_summary_sends_the_changes_in_its_first_message(
     // A conversation under way is not started again.
     assert!(!exchange::start_from_summary(&mut a, &mut sa, &b_heads));
 }
+
+/// One replica's side of the two conversations it has with another: the one it runs and the
+/// one it answers.
+struct Side {
+    device: Device,
+    doc: ChatDoc,
+    proofs: chatsync_model::proofs::Proofs,
+    running: State,
+    answering: State,
+}
+
+impl Side {
+    fn new(device: Device, doc: ChatDoc) -> Side {
+        Side {
+            device,
+            doc,
+            proofs: Default::default(),
+            running: State::new(),
+            answering: State::new(),
+        }
+    }
+}
+
+/// The changes a sealed sync message carries.
+fn changes_carried(sealed: &[u8]) -> usize {
+    use chatsync_model::authorship;
+    let (_, body) = authorship::open(sealed).unwrap();
+    let message = automerge::sync::Message::decode(body).unwrap();
+    authorship::changes_of_sync_message(&message).unwrap().len()
+}
+
+/// `from` runs a conversation with `to` until it has nothing more to say; how many changes each
+/// message `from` sent carried.
+fn run_conversation(from: &mut Side, to: &mut Side) -> Vec<usize> {
+    use chatsync_model::exchange;
+    let mut carried = Vec::new();
+    let mut next = support::with_keys(&from.device.id, |k| {
+        exchange::next_step(&mut from.doc, &mut from.proofs, &mut from.running, k)
+    })
+    .unwrap()
+    .message;
+    while let Some(message) = next {
+        let taken = support::with_keys(&to.device.id, |k| {
+            exchange::take_message(&mut to.doc, &mut to.proofs, &mut to.answering, &message, k)
+        })
+        .unwrap();
+        carried.push(changes_carried(&message));
+        let Some(reply) = taken.reply.unwrap().message else {
+            break;
+        };
+        let answer = support::with_keys(&from.device.id, |k| {
+            exchange::take_message(
+                &mut from.doc,
+                &mut from.proofs,
+                &mut from.running,
+                &reply,
+                k,
+            )
+        })
+        .unwrap();
+        next = answer.reply.unwrap().message;
+    }
+    carried
+}
+
+/// A replica that took another's changes while answering it knows, from that conversation,
+/// that the other has exactly its heads: it starts nothing to tell it, and when it next has a
+/// change of its own, its message carries that change alone, not the other's changes back.
+#[test]
+fn changes_taken_from_a_device_are_not_sent_back_to_it() {
+    use chatsync_model::exchange;
+    let (da, ds) = (dev("dev-a"), dev("dev-s"));
+    let mut doc = ChatDoc::create(ChatId::new("c").unwrap(), "t", &ds, 1).unwrap();
+    let mut a = Side::new(da.clone(), ChatDoc::load(&doc.save(), &da).unwrap());
+    let mut s = Side::new(ds.clone(), doc);
+    // S has run a conversation with A before (its state there has history).
+    s.doc.post(&ds, mid("s0"), "first", None, 2).unwrap();
+    assert!(run_conversation(&mut s, &mut a).iter().sum::<usize>() > 0);
+
+    for i in 0..50 {
+        a.doc
+            .post(&da, mid(&format!("a{i}")), "from a", None, 10 + i)
+            .unwrap();
+        run_conversation(&mut a, &mut s);
+        let heads = s.doc.heads();
+        assert!(
+            exchange::peer_has_exactly(Some(&s.answering), &heads),
+            "S does not know A has what it sent"
+        );
+        exchange::know_peer_has(&mut s.running, &heads);
+    }
+    assert_eq!(s.doc.len(), 51);
+
+    // S's own change: one conversation, whose messages carry A that change and nothing else
+    // (without what S knew, its first message would carry the whole document back).
+    s.doc.post(&ds, mid("s1"), "from s", None, 100).unwrap();
+    let carried = run_conversation(&mut s, &mut a);
+    assert_eq!(carried.iter().sum::<usize>(), 1, "{carried:?}");
+    assert_eq!(carried[0], 1, "the first message carried the change");
+    assert_eq!(a.doc.heads(), s.doc.heads());
+    assert_eq!(a.doc.len(), 52);
+}

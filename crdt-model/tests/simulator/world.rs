@@ -788,9 +788,11 @@ impl World {
             return Err(Failure::Internal("no such chat".into()));
         };
         let heads = chat.doc.heads();
-        let running = node.states.get(&(peer, Role::Running));
         let answering = node.states.get(&(peer, Role::Answering));
-        if exchange::peer_has_exactly(running, answering, &heads) {
+        if exchange::peer_has_exactly(answering, &heads) {
+            if let Some(running) = node.states.get_mut(&(peer, Role::Running)) {
+                exchange::know_peer_has(running, &heads);
+            }
             return Ok(Step {
                 message: None,
                 in_sync: true,

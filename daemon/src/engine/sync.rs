@@ -155,19 +155,29 @@ impl SyncStates {
     }
 
     /// Whether `device` is known to have exactly `heads` of `chat` already
-    /// ([`exchange::peer_has_exactly`]).
+    /// ([`exchange::peer_has_exactly`]); if so, the conversation this device runs with it is
+    /// brought up to that ([`exchange::know_peer_has`]).
     fn peer_has_exactly(
         &self,
         device: &DeviceId,
         chat: &ChatId,
         heads: &[automerge::ChangeHash],
     ) -> bool {
-        let states = self.lock();
-        let state = |role| match states.get(&(device.clone(), chat.clone(), role)) {
+        let mut states = self.lock();
+        let answering = match states.get(&(device.clone(), chat.clone(), SyncRole::Answering)) {
             Some(Slot::Here(state)) => Some(state),
             Some(Slot::Out) | None => None,
         };
-        exchange::peer_has_exactly(state(SyncRole::Running), state(SyncRole::Answering), heads)
+        if !exchange::peer_has_exactly(answering, heads) {
+            return false;
+        }
+        match states.get_mut(&(device.clone(), chat.clone(), SyncRole::Running)) {
+            Some(Slot::Here(running)) => exchange::know_peer_has(running, heads),
+            // Being worked on: that conversation goes on as it is.
+            Some(Slot::Out) => return false,
+            None => {}
+        }
+        true
     }
 
     fn forget(&self, device: &DeviceId) {

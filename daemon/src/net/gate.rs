@@ -9,7 +9,7 @@
 //! [`TrustedOnly`] wraps the sync protocol so that a connection to a device outside the roster
 //! (a pairing connection) does not even offer it: such a peer cannot open a sync stream, so it
 //! cannot make this device read a request. The network task checks trust again on every sync
-//! request it handles (`pairing.rs`), so neither check alone keeps the chats safe.
+//! link and request it handles (`sessions.rs`), so neither check alone keeps the chats safe.
 //!
 //! Relays (`relay.rs`) are the other exception, both ways. A device dials the relays it uses
 //! (configured ones, and those named in its roster devices' and tickets' relayed addresses, at

@@ -15,8 +15,8 @@
 //!
 //! **Hole punching.** Over a relayed connection, DCUtR tries to open a direct one (both sides
 //! dial each other's observed addresses at once). When a direct connection to a device is up,
-//! relayed connections to it are closed: they cost the relay's limits, and request-response
-//! would keep spreading requests over them. When hole punching fails, the relayed connection
+//! relayed connections to it are closed: they cost the relay's limits, and a sync link or an
+//! attachment stream could still be opened over them. When hole punching fails, the relayed connection
 //! simply stays.
 //!
 //! **Relay mode.** `chatsyncd --relay` adds libp2p's relay server, with every limit from
