@@ -68,6 +68,18 @@ pub struct Config {
     pub backup: BackupConfig,
     pub web: WebConfig,
     pub attachments: AttachmentsConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Metrics for Prometheus: always at `GET /metrics` on the local socket; also on this TCP
+/// address when set.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address and port to serve `GET /metrics` on, like `127.0.0.1:9464`.
+    pub listen: Option<String>,
+    /// Listening on anything but loopback is refused unless this is set.
+    pub allow_remote: bool,
 }
 
 /// Attachments: how much this device keeps, and what it fetches without being asked.

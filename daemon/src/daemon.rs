@@ -153,6 +153,7 @@ pub async fn serve(
         started,
         shutdown: shutdown.clone(),
     });
+    api::metrics::serve_configured(&config.metrics, state.clone()).await?;
     tracing::info!(
         device_id = %device.id,
         name = %engine.device_name(),

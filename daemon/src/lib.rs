@@ -12,6 +12,7 @@
 //! - [`backup`]: encrypted backups to a directory, S3 or WebDAV, and restores from them.
 //! - [`web`]: the web client: its pages, the browsers linked to it, and the guard in front.
 //! - [`files`]: small private files beside the store (settings, secrets).
+//! - [`metrics`]: the daemon's metrics in the format Prometheus scrapes.
 //! - [`api`]: the local HTTP/JSON API on a Unix socket; the only module that knows the wire
 //!   format ([`api::wire`], shared with the CLI).
 //! - [`daemon`]: start-up, signal handling and graceful shutdown.
@@ -24,6 +25,7 @@ pub mod daemon;
 pub mod engine;
 pub mod files;
 pub mod identity;
+pub mod metrics;
 pub mod net;
 pub mod pairing;
 pub mod paths;

@@ -15,6 +15,7 @@ mod large_sync;
 mod link_client;
 mod many_writers;
 mod mesh_trust;
+mod metrics;
 mod mutated_input;
 mod peers;
 mod persistence;

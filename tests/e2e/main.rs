@@ -15,6 +15,7 @@ mod follow;
 mod full_disk;
 mod lan;
 mod mesh;
+mod metrics;
 mod netns;
 mod paging;
 mod pairing;

@@ -14,6 +14,7 @@ mod convert;
 mod error;
 mod events;
 mod idempotency;
+pub mod metrics;
 mod pairing;
 mod routes;
 mod web;
@@ -59,6 +60,7 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .nest(wire::API_PREFIX, routes::routes())
+        .route("/metrics", axum::routing::get(metrics::metrics))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -401,15 +401,29 @@ fn resolve(st: &AppState, chat: &str) -> AppResult<ChatSummary> {
 
 #[cfg(test)]
 mod tests {
-    /// The routes this file serves, as (method, path) pairs, read from its `.route(...)` calls.
+    /// The routes served, as (method, path) pairs, read from the `.route(...)` calls of this
+    /// file (under `/v1`) and of the router in `mod.rs` (outside it).
     fn served() -> Vec<(String, String)> {
-        let source = include_str!("routes.rs");
-        // The local API's routes: the web client's, and those of `routes()` added to them.
-        let body = |function: &str| {
+        let body = |source: &'static str, function: &str| -> &'static str {
             let start = &source[source.find(function).unwrap()..];
             &start[..start.find("\n}\n").unwrap()]
         };
-        let router = [body("pub fn routes()"), body("pub fn web_routes()")].concat();
+        let source = include_str!("routes.rs");
+        // The local API's routes: the web client's, and those of `routes()` added to them.
+        let versioned = [
+            body(source, "pub fn routes()"),
+            body(source, "pub fn web_routes()"),
+        ]
+        .concat();
+        let mut routes = routes_in(&versioned, "/v1");
+        routes.extend(routes_in(
+            body(include_str!("mod.rs"), "pub fn router("),
+            "",
+        ));
+        routes
+    }
+
+    fn routes_in(router: &str, prefix: &str) -> Vec<(String, String)> {
         let mut routes = Vec::new();
         for call in router.split(".route(").skip(1) {
             let path = call.split('"').nth(1).unwrap();
@@ -419,7 +433,7 @@ mod tests {
                     .match_indices(&called)
                     .any(|(i, _)| !call[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_'))
                 {
-                    routes.push((method.to_uppercase(), format!("/v1{path}")));
+                    routes.push((method.to_uppercase(), format!("{prefix}{path}")));
                 }
             }
         }

@@ -161,6 +161,10 @@ pub struct ChatCache {
 }
 
 impl ChatCache {
+    pub fn budget_bytes(&self) -> u64 {
+        self.budget_bytes
+    }
+
     pub fn new(budget_bytes: u64) -> Self {
         ChatCache {
             inner: Mutex::new(Inner::default()),

@@ -78,6 +78,8 @@ struct Pending {
     writes: Vec<StoreWrite>,
     events: Vec<Event>,
     done: watch::Sender<Outcome>,
+    /// When it was submitted (for the durable-write latency, `crate::metrics`).
+    submitted: std::time::Instant,
 }
 
 /// What became of a submitted write: `None` while it waits for a flush.
@@ -193,6 +195,7 @@ impl Committer {
         events: broadcast::Sender<Event>,
         space: Arc<Space>,
         records: Records,
+        durable_write_seconds: prometheus_client::metrics::histogram::Histogram,
     ) -> std::io::Result<Committer> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
@@ -208,6 +211,7 @@ impl Committer {
                     records,
                     thread_failed,
                     thread_unsubmitted,
+                    durable_write_seconds,
                 )
             })?;
         // Until this is set, a wait for writes ends only at its deadline.
@@ -341,6 +345,7 @@ impl<'a> Write<'a> {
                 writes,
                 events,
                 done,
+                submitted: std::time::Instant::now(),
             })
             .await
             .map_err(|_| EngineError::Storage("the daemon is shutting down".into()))?;
@@ -364,6 +369,7 @@ impl Reserved<'_> {
             writes,
             events,
             done,
+            submitted: std::time::Instant::now(),
         });
         self.write.submitted = true;
         self.write.queue.unsubmitted.end();
@@ -388,6 +394,7 @@ fn run(
     records: Records,
     failed: Arc<AtomicBool>,
     unsubmitted: Arc<Unsubmitted>,
+    durable_write_seconds: prometheus_client::metrics::histogram::Histogram,
 ) {
     let mut batch = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -432,6 +439,7 @@ fn run(
                         // No subscribers is fine.
                         let _ = events.send(event);
                     }
+                    durable_write_seconds.observe(pending.submitted.elapsed().as_secs_f64());
                     pending.done.send_replace(Some(Ok(())));
                 }
                 (Err(e), _) => {

@@ -91,6 +91,8 @@ pub struct Engine {
     trust: tokio::sync::watch::Sender<Trust>,
     /// Devices caught signing two different changes with one sequence number.
     equivocations: equivocation::Equivocations,
+    /// What the daemon counts as it works (`crate::metrics`).
+    metrics: crate::metrics::Metrics,
 }
 
 /// A chat as listed: its id and record.
@@ -136,12 +138,14 @@ impl Engine {
         };
         let (trust, _) = tokio::sync::watch::channel(roster.trust(&device.id));
         let (events, _) = broadcast::channel(events::EVENT_BUFFER);
+        let metrics = crate::metrics::Metrics::default();
         let engine = Arc::new(Engine {
             committer: Committer::start(
                 store.clone(),
                 events.clone(),
                 Arc::new(crate::store::Space::new(store.dir(), config.reserve_bytes)),
                 records.clone(),
+                metrics.durable_write_seconds.clone(),
             )
             .map_err(|e| EngineError::Internal(format!("cannot start the committer: {e}")))?,
             store,
@@ -160,6 +164,7 @@ impl Engine {
             sync_states: sync::SyncStates::default(),
             imports: tokio::sync::Mutex::new(()),
             equivocations: Default::default(),
+            metrics,
         });
         tokio::spawn(unload_idle_chats(
             Arc::downgrade(&engine),
@@ -213,6 +218,16 @@ impl Engine {
     /// remembered addresses).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// What the daemon counts as it works.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Memory the chats held in memory may take (`[store] memory_budget_mb`).
+    pub fn memory_budget_bytes(&self) -> u64 {
+        self.cache.budget_bytes()
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -527,6 +542,7 @@ impl Engine {
             Ok(message_event(chat, MessageEventKind::Created, msg))
         })
         .await
+        .inspect(|_| self.metrics.count_write("post"))
     }
 
     pub async fn edit(
@@ -541,6 +557,7 @@ impl Engine {
             Ok(message_event(chat, MessageEventKind::Edited, msg))
         })
         .await
+        .inspect(|_| self.metrics.count_write("edit"))
     }
 
     pub async fn delete(&self, chat: &ChatId, reference: &str) -> Result<Message, EngineError> {
@@ -550,6 +567,7 @@ impl Engine {
             Ok(message_event(chat, MessageEventKind::Deleted, msg))
         })
         .await
+        .inspect(|_| self.metrics.count_write("delete"))
     }
 
     pub async fn react(
@@ -564,6 +582,7 @@ impl Engine {
             Ok(message_event(chat, MessageEventKind::Reaction, msg))
         })
         .await
+        .inspect(|_| self.metrics.count_write("reaction"))
     }
 
     /// Moves this device's read marker to a message (or the newest one). Returns the marker.

@@ -420,6 +420,7 @@ impl Engine {
             }
             let title_before = loaded.doc.title();
             let key = (device.clone(), chat.clone(), role);
+            let applying = std::time::Instant::now();
             let taken = self.sync_states.with(key, |state| {
                 let LoadedChat { doc, proofs, .. } = &mut *loaded;
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -468,6 +469,10 @@ impl Engine {
                 changes,
                 proofs,
             } = taken;
+            self.metrics
+                .apply_seconds
+                .observe(applying.elapsed().as_secs_f64());
+            self.metrics.messages_received.inc_by(touched.len() as u64);
             // Before the chunk: an attestation in the store without its change is passed over
             // at the next load, a change without its attestation could not be passed on.
             if let Err(e) = signatures::persist(&self.store, chat, proofs.store) {

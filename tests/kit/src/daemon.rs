@@ -369,6 +369,14 @@ impl TestDaemon {
         self.raw.get(path).await
     }
 
+    /// `GET` of a route outside the versioned API (`/metrics`, say).
+    pub async fn get_unversioned(&self, path: &str) -> Reply {
+        let request = self
+            .raw
+            .request_url(Method::GET, &format!("http://chatsyncd{path}"));
+        self.raw.send(request).await
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> Reply {
         self.raw.post(path, body).await
     }

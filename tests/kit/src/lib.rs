@@ -12,6 +12,7 @@
 //!   as a user pairs them, by address, or through a relay ([`start_relay`]).
 //! - [`raw`]: HTTP below the client, for tests of the wire itself (bad requests, exact JSON,
 //!   the event stream's lines).
+//! - [`openmetrics`]: a metrics scrape read and checked as a scraper reads it.
 //! - [`rclone`]: S3 and WebDAV servers on loopback, for backups.
 //! - [`browser`]: headless Chromium driven over WebDriver, for the web client.
 #![allow(clippy::unwrap_used)]
@@ -21,6 +22,7 @@ pub mod browser;
 mod daemon;
 pub mod engine;
 pub mod home;
+pub mod openmetrics;
 mod pair;
 pub mod raw;
 pub mod rclone;
