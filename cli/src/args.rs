@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
     version,
     about = "Keep your chats in sync across your devices, with no server",
     after_help = "Start with `chatsync daemon start`, then `chatsync chat create NAME` and \
-                  `chatsync post NAME TEXT`."
+                  `chatsync post NAME TEXT`. `--help` shows examples and exit codes.",
+    after_long_help = LONG_HELP
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -290,11 +291,74 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?}: use a positive number with s, m, h or d, e.g. 10m"))
 }
 
+/// The end of `chatsync --help`: examples, and what each exit code means (`exit.rs`).
+const LONG_HELP: &str = "\
+Examples:
+  chatsync daemon start                 start the background daemon
+  chatsync chat create family           make a chat
+  chatsync post family 'hello'          post to it (by title or id prefix)
+  chatsync log family --follow          show it, and what arrives
+  chatsync pair                         show a ticket (and QR code) for another device
+  chatsync join TICKET --name laptop    on the other device: join with it
+  chatsync status --json                where things stand, as JSON
+
+Exit codes:
+  0    success
+  1    any other failure
+  2    bad command line
+  3    the daemon is not running
+  4    no such chat or message (or the attachment is not on this device)
+  5    a name matched several chats or messages
+  6    refused: invalid input, not allowed, or a deleted message
+  7    the daemon could not store the change
+  8    join: the ticket is not valid (damaged, expired, used, or refused)
+  9    join: the inviting device could not be reached; attachment get: no connected device
+       has the attachment, or its transfer was cut
+  10   timed out (pair: the ticket expired with nobody joining; join: the chats stopped
+       arriving for a minute, they go on in the background)
+  11   the disk is nearly full, or the attachment quota is (nothing was stored)
+  12   backup: wrong passphrase or recovery key
+  13   backup: the backup is damaged
+  14   backup: the target cannot be reached
+  130  interrupted";
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
 
     use super::{AttachmentCommand, Cli, Command, parse_duration};
+
+    #[test]
+    fn help_lists_every_exit_code() {
+        use crate::exit;
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("Examples:"), "{help}");
+        for code in [
+            exit::OK,
+            exit::FAILURE,
+            exit::USAGE,
+            exit::NOT_RUNNING,
+            exit::NOT_FOUND,
+            exit::AMBIGUOUS,
+            exit::REFUSED,
+            exit::STORAGE,
+            exit::TICKET,
+            exit::UNREACHABLE,
+            exit::TIMED_OUT,
+            exit::STORAGE_FULL,
+            exit::WRONG_KEY,
+            exit::DAMAGED,
+            exit::TARGET_UNREACHABLE,
+            exit::INTERRUPTED,
+        ] {
+            assert!(
+                help.lines().any(|l| l.trim_start().starts_with(&format!("{code} "))),
+                "exit code {code} is not in --help"
+            );
+        }
+    }
 
     fn parse(args: &[&str]) -> Result<Command, clap::Error> {
         Cli::try_parse_from(std::iter::once("chatsync").chain(args.iter().copied()))

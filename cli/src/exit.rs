@@ -1,5 +1,5 @@
 //! Exit codes. Each kind of failure has its own, so scripts can tell them apart
-//! (documented in the README and docs/cli.md).
+//! (documented in the README, and in `chatsync --help`).
 
 use std::process::ExitCode;
 

@@ -445,7 +445,7 @@ fn run(
                 (Err(e), _) => {
                     pending
                         .done
-                        .send_replace(Some(Err(EngineError::Storage(e.to_string()))));
+                        .send_replace(Some(Err(e.clone())));
                 }
             }
         }
