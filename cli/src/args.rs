@@ -354,7 +354,8 @@ mod tests {
             exit::INTERRUPTED,
         ] {
             assert!(
-                help.lines().any(|l| l.trim_start().starts_with(&format!("{code} "))),
+                help.lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{code} "))),
                 "exit code {code} is not in --help"
             );
         }

@@ -163,7 +163,19 @@ pub async fn serve(
         "chatsyncd ready"
     );
     state.web.start_if_enabled(state.clone()).await;
+    crate::service::ready(&format!("serving {}", paths.socket.display()));
+    if let Some(period) = crate::service::watchdog_period() {
+        tracing::info!(
+            period_ms = period.as_millis() as u64,
+            "telling the service manager's watchdog we are alive"
+        );
+    }
+    tokio::spawn(crate::service::keep_watchdog(
+        state.network.clone(),
+        shutdown.clone(),
+    ));
     let served = api::serve(listener, state).await;
+    crate::service::stopping();
     tracing::info!("shutting down");
     web.shut_down().await;
     if let Some(schedule) = schedule {

@@ -16,6 +16,7 @@
 //! - [`api`]: the local HTTP/JSON API on a Unix socket; the only module that knows the wire
 //!   format ([`api::wire`], shared with the CLI).
 //! - [`daemon`]: start-up, signal handling and graceful shutdown.
+//! - [`service`]: readiness and watchdog for a service manager (systemd `Type=notify`).
 
 pub mod api;
 pub mod backup;
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod net;
 pub mod pairing;
 pub mod paths;
+pub mod service;
 pub mod store;
 pub mod web;
 

@@ -19,6 +19,7 @@ mod metrics;
 mod netns;
 mod paging;
 mod pairing;
+mod service;
 mod signals;
 mod support;
 mod trio;

@@ -443,9 +443,7 @@ fn run(
                     pending.done.send_replace(Some(Ok(())));
                 }
                 (Err(e), _) => {
-                    pending
-                        .done
-                        .send_replace(Some(Err(e.clone())));
+                    pending.done.send_replace(Some(Err(e.clone())));
                 }
             }
         }

@@ -8,12 +8,16 @@ use std::{
 };
 
 /// Environment variables that would point the binaries somewhere other than the test's home.
-pub const SCRUBBED_ENV: [&str; 5] = [
+pub const SCRUBBED_ENV: [&str; 8] = [
     "CHATSYNC_HOME",
     "CHATSYNC_SOCKET",
     "CHATSYNC_CONFIG",
     "CHATSYNC_LOG",
     "CHATSYNCD_BIN",
+    // A test runner under systemd must not have its daemons notify the real manager.
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
 ];
 
 /// How to start one `chatsyncd`.
@@ -24,6 +28,7 @@ pub struct Chatsyncd {
     netns: Option<String>,
     log: Option<PathBuf>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Chatsyncd {
@@ -35,7 +40,14 @@ impl Chatsyncd {
             netns: None,
             log: None,
             args: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// With `key` set to `value` in its environment (after the scrubbing).
+    pub fn env(mut self, key: &str, value: &str) -> Chatsyncd {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Listening on an ephemeral loopback port only, without mDNS: for tests and benchmarks
@@ -73,6 +85,7 @@ impl Chatsyncd {
         for var in SCRUBBED_ENV {
             cmd.env_remove(var);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--home")
             .arg(&self.home)
             .args(&self.args)
