@@ -38,6 +38,9 @@ pub enum Command {
     Chats,
     /// Show the devices this one is connected to (and trusted ones it is not).
     Peers,
+    /// Check what makes this device sync, one line per check, each problem with the command
+    /// that fixes it; exits 0 only when no check failed.
+    Doctor,
     /// List, add or remove the devices that may sync with this one.
     Devices {
         #[command(subcommand)]

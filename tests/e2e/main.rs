@@ -11,6 +11,7 @@ mod chaos;
 mod cli_flow;
 mod crash;
 mod devices;
+mod doctor;
 mod follow;
 mod full_disk;
 mod lan;

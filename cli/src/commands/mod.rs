@@ -5,6 +5,7 @@ mod backup;
 mod chats;
 mod daemon;
 mod devices;
+mod doctor;
 mod log;
 mod messages;
 mod pairing;
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chats => chats::list(&client, json).await,
         Command::Devices { command } => devices::run(command, &client, json).await,
         Command::Peers => devices::peers(&client, json).await,
+        Command::Doctor => doctor::run(&client, json).await,
         Command::Backup(cmd) => backup::run(cmd, &client, json).await,
         Command::Web { command } => web::run(command, &client, json).await,
         Command::Pair { expires } => pairing::pair(&client, expires, json).await,
