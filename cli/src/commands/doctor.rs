@@ -363,3 +363,53 @@ fn device_checks(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn status(store_state: &str, free: Option<u64>) -> StatusJson {
+        serde_json::from_value(json!({
+            "device_id": "12D3KooWLz1fvPKpHvqAC7uigDiMUmNzHrCwNg6VDjmSMre4qqMc",
+            "name": "desk", "version": "0.1.0", "pid": 7, "data_dir": "/home/u/.local/share/chatsync",
+            "socket": "/run/user/1000/chatsync/api.sock", "chats": 1, "loaded_chats": 0,
+            "loaded_bytes_estimate": 0, "store_bytes": 4096, "store_healthy": store_state != "failed",
+            "store_state": store_state, "store_free_bytes": free, "started_at": 0, "uptime_ms": 0,
+            "listen_addrs": ["/ip4/127.0.0.1/tcp/4001"], "peers_connected": 0,
+            "sync": {"state": "offline", "peers_connected": 0, "peers_trusted": 0,
+                     "chats_behind": 0, "chats_ahead": 0, "sessions": 0, "last_sync": null},
+            "removed_from_mesh_at": null, "reservations": [], "relay": null
+        }))
+        .unwrap()
+    }
+
+    fn verdict(found: &[Check], name: &str) -> Verdict {
+        found.iter().find(|c| c.check == name).unwrap().status
+    }
+
+    #[test]
+    fn the_store_fails_when_it_failed_or_is_full_and_warns_when_its_disk_is_low() {
+        let cases = [
+            ("ok", Some(50 << 30), Verdict::Ok),
+            ("ok", Some(100 << 20), Verdict::Warn),
+            ("full", Some(10 << 20), Verdict::Fail),
+            ("failed", Some(50 << 30), Verdict::Fail),
+        ];
+        for (state, free, expected) in cases {
+            let found = checks("0.1.0", &status(state, free), &[], &[], 1_000);
+            assert_eq!(verdict(&found, "store"), expected, "{state} {free:?}");
+            let store = found.iter().find(|c| c.check == "store").unwrap();
+            assert_eq!(store.fix.is_some(), expected != Verdict::Ok, "{store:?}");
+        }
+    }
+
+    #[test]
+    fn another_version_of_the_daemon_is_a_warning_with_the_restart() {
+        let found = checks("0.2.0", &status("ok", None), &[], &[], 1_000);
+        assert_eq!(verdict(&found, "versions"), Verdict::Warn);
+        let found = checks("0.1.0", &status("ok", None), &[], &[], 1_000);
+        assert_eq!(verdict(&found, "versions"), Verdict::Ok);
+    }
+}
