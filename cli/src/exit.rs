@@ -60,76 +60,144 @@ impl Failure {
     }
 }
 
-/// Prints an error the way every command does, and returns its exit code.
-pub fn report(err: &anyhow::Error) -> ExitCode {
-    if let Some(f) = err.downcast_ref::<Failure>() {
-        eprintln!("error: {}", f.message);
-        return ExitCode::from(f.code);
-    }
-    let code = match err.downcast_ref::<ClientError>() {
-        Some(ClientError::NotRunning { socket }) => {
-            eprintln!("error: the chatsync daemon is not running (no answer on {socket})");
-            eprintln!("hint: start it with `chatsync daemon start`");
-            NOT_RUNNING
+/// An error as reported: its exit code, a name for it (the API's error code when the daemon
+/// answered one), what went wrong, and what to do.
+struct Reported {
+    exit: u8,
+    code: &'static str,
+    message: String,
+    candidates: Vec<String>,
+    hint: Option<String>,
+}
+
+/// Prints an error the way every command does, and returns its exit code: `error: ...` lines
+/// on stderr, or with `--json` one object, `{"error": {"code", "message", "exit", ...}}`.
+pub fn report(err: &anyhow::Error, json: bool) -> ExitCode {
+    let reported = describe(err);
+    if json {
+        let object = serde_json::json!({
+            "error": {
+                "code": reported.code,
+                "message": reported.message,
+                "exit": reported.exit,
+                "candidates": reported.candidates,
+                "hint": reported.hint,
+            }
+        });
+        eprintln!("{object}");
+    } else {
+        eprintln!("error: {}", reported.message);
+        for c in &reported.candidates {
+            eprintln!("  {c}");
         }
+        if let Some(hint) = &reported.hint {
+            eprintln!("hint: {hint}");
+        }
+    }
+    ExitCode::from(reported.exit)
+}
+
+/// A name for an exit code, for errors that are not the daemon's answers.
+fn code_name(exit: u8) -> &'static str {
+    match exit {
+        USAGE => "usage",
+        NOT_RUNNING => "not_running",
+        NOT_FOUND => "not_found",
+        AMBIGUOUS => "ambiguous",
+        REFUSED => "refused",
+        STORAGE => "storage",
+        STORAGE_FULL => "storage_full",
+        TICKET => "ticket",
+        UNREACHABLE => "unreachable",
+        TIMED_OUT => "timed_out",
+        WRONG_KEY => "backup_wrong_key",
+        DAMAGED => "backup_damaged",
+        TARGET_UNREACHABLE => "backup_unreachable",
+        INTERRUPTED => "interrupted",
+        _ => "failure",
+    }
+}
+
+fn describe(err: &anyhow::Error) -> Reported {
+    if let Some(f) = err.downcast_ref::<Failure>() {
+        return Reported {
+            exit: f.code,
+            code: code_name(f.code),
+            message: f.message.clone(),
+            candidates: Vec::new(),
+            hint: None,
+        };
+    }
+    match err.downcast_ref::<ClientError>() {
+        Some(ClientError::NotRunning { socket }) => Reported {
+            exit: NOT_RUNNING,
+            code: code_name(NOT_RUNNING),
+            message: format!("the chatsync daemon is not running (no answer on {socket})"),
+            candidates: Vec::new(),
+            hint: Some("start it with `chatsync daemon start`".into()),
+        },
         Some(ClientError::Api {
             code,
             message,
             candidates,
             ..
-        }) => {
-            eprintln!("error: {message}");
-            for c in candidates {
-                eprintln!("  {c}");
-            }
-            if let Some(hint) = hint(*code) {
-                eprintln!("hint: {hint}");
-            }
-            match code {
-                ErrorCode::NotFound | ErrorCode::AttachmentNotHere => NOT_FOUND,
-                ErrorCode::Ambiguous => AMBIGUOUS,
-                ErrorCode::Storage => STORAGE,
-                ErrorCode::StorageFull | ErrorCode::QuotaExceeded => STORAGE_FULL,
-                ErrorCode::Invalid
-                | ErrorCode::Forbidden
-                | ErrorCode::Deleted
-                | ErrorCode::TooLarge
-                | ErrorCode::BadJson
-                | ErrorCode::IdempotencyConflict
-                | ErrorCode::TooManyInvites
-                | ErrorCode::WebOff
-                | ErrorCode::WebListen => REFUSED,
-                ErrorCode::TicketInvalid
-                | ErrorCode::TicketExpired
-                | ErrorCode::TicketUsed
-                | ErrorCode::TicketRefused => TICKET,
-                ErrorCode::InviterUnreachable
-                | ErrorCode::AttachmentUnavailable
-                | ErrorCode::TransferInterrupted => UNREACHABLE,
-                ErrorCode::BackupWrongKey => WRONG_KEY,
-                ErrorCode::BackupDamaged => DAMAGED,
-                ErrorCode::BackupUnreachable => TARGET_UNREACHABLE,
-                ErrorCode::Internal
-                | ErrorCode::UnsupportedMediaType
-                | ErrorCode::BadQuery
-                | ErrorCode::BadPath
-                | ErrorCode::NoRoute
-                | ErrorCode::MethodNotAllowed
-                | ErrorCode::BrowserRefused
-                | ErrorCode::Unauthorized
-                | ErrorCode::WrongHost
-                | ErrorCode::CrossOrigin
-                | ErrorCode::Network
-                | ErrorCode::JoinFailed
-                | ErrorCode::Unknown => FAILURE,
-            }
-        }
-        _ => {
-            eprintln!("error: {err:#}");
-            FAILURE
-        }
-    };
-    ExitCode::from(code)
+        }) => Reported {
+            exit: exit_code(*code),
+            code: code.as_str(),
+            message: message.clone(),
+            candidates: candidates.clone(),
+            hint: hint(*code).map(str::to_string),
+        },
+        _ => Reported {
+            exit: FAILURE,
+            code: code_name(FAILURE),
+            message: format!("{err:#}"),
+            candidates: Vec::new(),
+            hint: None,
+        },
+    }
+}
+
+/// The exit code of an error the daemon answered.
+fn exit_code(code: ErrorCode) -> u8 {
+    match code {
+        ErrorCode::NotFound | ErrorCode::AttachmentNotHere => NOT_FOUND,
+        ErrorCode::Ambiguous => AMBIGUOUS,
+        ErrorCode::Storage => STORAGE,
+        ErrorCode::StorageFull | ErrorCode::QuotaExceeded => STORAGE_FULL,
+        ErrorCode::Invalid
+        | ErrorCode::Forbidden
+        | ErrorCode::Deleted
+        | ErrorCode::TooLarge
+        | ErrorCode::BadJson
+        | ErrorCode::IdempotencyConflict
+        | ErrorCode::TooManyInvites
+        | ErrorCode::WebOff
+        | ErrorCode::WebListen => REFUSED,
+        ErrorCode::TicketInvalid
+        | ErrorCode::TicketExpired
+        | ErrorCode::TicketUsed
+        | ErrorCode::TicketRefused => TICKET,
+        ErrorCode::InviterUnreachable
+        | ErrorCode::AttachmentUnavailable
+        | ErrorCode::TransferInterrupted => UNREACHABLE,
+        ErrorCode::BackupWrongKey => WRONG_KEY,
+        ErrorCode::BackupDamaged => DAMAGED,
+        ErrorCode::BackupUnreachable => TARGET_UNREACHABLE,
+        ErrorCode::Internal
+        | ErrorCode::UnsupportedMediaType
+        | ErrorCode::BadQuery
+        | ErrorCode::BadPath
+        | ErrorCode::NoRoute
+        | ErrorCode::MethodNotAllowed
+        | ErrorCode::BrowserRefused
+        | ErrorCode::Unauthorized
+        | ErrorCode::WrongHost
+        | ErrorCode::CrossOrigin
+        | ErrorCode::Network
+        | ErrorCode::JoinFailed
+        | ErrorCode::Unknown => FAILURE,
+    }
 }
 
 /// What to do about an error the daemon answered, when there is something to say.

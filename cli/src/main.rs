@@ -7,6 +7,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -19,6 +20,6 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::from(exit::OK),
-        Err(e) => exit::report(&e),
+        Err(e) => exit::report(&e, json),
     }
 }

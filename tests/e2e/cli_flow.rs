@@ -70,6 +70,56 @@ fn without_a_daemon_commands_say_how_to_start_it() {
     assert_eq!(stopped["running"], false);
 }
 
+/// Under `--json`, an error is one JSON object on stderr, whatever its kind: the daemon's
+/// answer, a daemon that is not running, or a failure of the command itself.
+#[test]
+fn under_json_an_error_is_one_object_on_stderr() {
+    let dev = Device::new();
+    let error = |args: &[&str]| -> serde_json::Value {
+        let run = dev.run(args);
+        assert!(run.stdout.is_empty(), "{args:?}: {run:?}");
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {:?}", run.stderr);
+        let object: serde_json::Value = serde_json::from_str(lines[0])
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {:?}", lines[0]));
+        assert_eq!(object["error"]["exit"], run.code, "{object}");
+        object["error"].clone()
+    };
+    let not_running = error(&["--json", "chats"]);
+    assert_eq!(not_running["code"], "not_running");
+    assert_eq!(not_running["exit"], NOT_RUNNING);
+    assert!(
+        not_running["hint"]
+            .as_str()
+            .unwrap()
+            .contains("chatsync daemon start")
+    );
+
+    dev.start();
+    let missing = error(&["--json", "log", "no-such-chat"]);
+    assert_eq!(missing["code"], "not_found", "{missing}");
+    assert!(
+        missing["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-chat"),
+        "{missing}"
+    );
+    // Two chats of one title: the title alone names neither.
+    dev.ok(&["chat", "create", "family"]);
+    dev.ok(&["chat", "create", "family"]);
+    let ambiguous = error(&["--json", "log", "family"]);
+    assert_eq!(ambiguous["code"], "ambiguous", "{ambiguous}");
+    assert_eq!(
+        ambiguous["candidates"].as_array().unwrap().len(),
+        2,
+        "{ambiguous}"
+    );
+    // Without --json, the same error is text.
+    let run = dev.run(&["log", "no-such-chat"]);
+    assert!(run.stderr.starts_with("error: "), "{run:?}");
+}
+
 #[test]
 fn completions_need_no_daemon() {
     let dev = Device::new();
