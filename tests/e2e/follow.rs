@@ -101,9 +101,10 @@ fn follow_shows_new_messages_and_edits_in_order() {
         .collect();
     let edited = dev.ok_json1(&["edit", "live", &posted[1], "live message 2, edited"]);
     assert_eq!(edited["edited"], true);
+    dev.ok(&["react", "live", &posted[2], "👍"]);
 
     let mut seen = Vec::new();
-    while seen.len() < 4 {
+    while seen.len() < 5 {
         let m = follower.next_json();
         let id = m["id"].as_str().expect("id").to_string();
         assert_ne!(id, old, "-n 0 must not show older messages");
@@ -113,7 +114,19 @@ fn follow_shows_new_messages_and_edits_in_order() {
         seen.push(m);
     }
     let seen_ids: Vec<&str> = seen.iter().map(|m| m["id"].as_str().expect("id")).collect();
-    assert_eq!(seen_ids, [&posted[0], &posted[1], &posted[2], &posted[1]]);
+    assert_eq!(
+        seen_ids,
+        [&posted[0], &posted[1], &posted[2], &posted[1], &posted[2]]
+    );
+    // Each line says what happened: a reaction is not a new post.
+    let events: Vec<&str> = seen
+        .iter()
+        .map(|m| m["event"].as_str().expect("event"))
+        .collect();
+    assert_eq!(
+        events,
+        ["created", "created", "created", "edited", "reaction"]
+    );
     for (m, i) in seen.iter().zip(1..=3) {
         assert_eq!(m["text"], format!("live message {i}"));
         assert_eq!(m["edited"], false);

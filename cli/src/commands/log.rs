@@ -50,23 +50,23 @@ pub async fn run(
             eprintln!("the daemon stopped; no more messages will arrive");
             std::process::exit(exit::NOT_RUNNING.into());
         };
-        let (message, note) = match event {
+        let (message, change) = match event {
             EventJson::MessageCreated { message } => {
                 if !shown.insert(message.id.clone()) {
                     continue;
                 }
-                (message, None)
+                (message, Change::Created)
             }
-            EventJson::MessageEdited { message } => (message, Some("edited")),
-            EventJson::MessageDeleted { message } => (message, Some("deleted")),
-            EventJson::MessageReaction { message } => (message, Some("reactions")),
+            EventJson::MessageEdited { message } => (message, Change::Edited),
+            EventJson::MessageDeleted { message } => (message, Change::Deleted),
+            EventJson::MessageReaction { message } => (message, Change::Reaction),
             EventJson::Lagged { missed } => {
                 eprintln!("warning: fell behind and missed {missed} events");
                 continue;
             }
             _ => continue,
         };
-        print_live(&message, note, json)?;
+        print_live(&message, change, json)?;
     }
 }
 
@@ -95,14 +95,44 @@ async fn fetch_last(client: &Client, chat: &str, count: usize) -> anyhow::Result
     Ok(out)
 }
 
-fn print_live(message: &MessageJson, note: Option<&str>, json: bool) -> anyhow::Result<()> {
+/// What happened to a message shown live.
+#[derive(Clone, Copy)]
+enum Change {
+    Created,
+    Edited,
+    Deleted,
+    Reaction,
+}
+
+impl Change {
+    /// As the `event` field of a live `--json` line.
+    fn name(self) -> &'static str {
+        match self {
+            Change::Created => "created",
+            Change::Edited => "edited",
+            Change::Deleted => "deleted",
+            Change::Reaction => "reaction",
+        }
+    }
+}
+
+/// A message that arrived or changed while following. With `--json`, the message's object
+/// with `"event"` saying which (`created`, `edited`, `deleted`, `reaction`), so that a
+/// reaction is not taken for a new post; as text, a change is marked `[edited]` and so on.
+fn print_live(message: &MessageJson, change: Change, json: bool) -> anyhow::Result<()> {
     if json {
-        return output::json_line(message);
+        let mut line = serde_json::to_value(message)?;
+        if let Some(object) = line.as_object_mut() {
+            object.insert("event".into(), change.name().into());
+        }
+        return output::json_line(&line);
     }
     let line = output::message_line(message, 0);
-    match note {
-        Some(note) => println!("[{note}] {line}"),
-        None => println!("{line}"),
+    match change {
+        Change::Created => println!("{line}"),
+        Change::Edited => println!("[edited] {line}"),
+        Change::Deleted => println!("[deleted] {line}"),
+        Change::Reaction => println!("[reactions] {line}"),
     }
     Ok(())
 }
