@@ -57,7 +57,7 @@ pub enum Command {
     /// Invite a new device: show a one-time ticket (and its QR code) and wait until it joins.
     Pair {
         /// How long the ticket stays valid, e.g. 90s, 10m, 2h (at most 24h).
-        #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_duration)]
+        #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_ticket_lifetime)]
         expires: u64,
     },
     /// Join the mesh of another device with a ticket from `chatsync pair` on it, and wait
@@ -268,6 +268,19 @@ pub enum BackupCommand {
     },
 }
 
+/// How long a ticket may stay valid, at most: the daemon refuses longer (`POST /v1/invites`).
+pub const MAX_TICKET_SECS: u64 = 24 * 3600;
+
+/// A ticket's lifetime: a duration (see [`parse_duration`]) of at most 24 hours, checked here
+/// so that every bad value is a bad command line (exit 2), too short or too long alike.
+pub fn parse_ticket_lifetime(text: &str) -> Result<u64, String> {
+    let secs = parse_duration(text)?;
+    if secs > MAX_TICKET_SECS {
+        return Err(format!("{text:?}: a ticket stays valid for at most 24h"));
+    }
+    Ok(secs)
+}
+
 /// A duration in whole seconds: `90`, `90s`, `10m`, `2h` or `1d`.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -330,6 +343,18 @@ mod tests {
     use clap::Parser;
 
     use super::{AttachmentCommand, Cli, Command, parse_duration};
+
+    #[test]
+    fn a_ticket_lifetime_out_of_range_is_a_bad_command_line_either_way() {
+        for bad in ["0", "25h", "2d"] {
+            let err = parse(&["pair", "--expires", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}: {err}");
+        }
+        assert!(matches!(
+            parse(&["pair", "--expires", "24h"]),
+            Ok(Command::Pair { expires: 86_400 })
+        ));
+    }
 
     #[test]
     fn help_lists_every_exit_code() {

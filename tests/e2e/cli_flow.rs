@@ -120,6 +120,23 @@ fn under_json_an_error_is_one_object_on_stderr() {
     assert!(run.stderr.starts_with("error: "), "{run:?}");
 }
 
+/// The same bad input gets the same exit code however it is given.
+#[test]
+fn too_long_a_text_is_refused_alike_from_an_argument_and_from_stdin() {
+    let dev = Device::new();
+    dev.start();
+    dev.ok(&["chat", "create", "family"]);
+    let long = "x".repeat(70 * 1024);
+    let as_argument = dev.run(&["post", "family", &long]);
+    let from_stdin = dev.run_with_stdin(&["post", "family", "-"], long.as_bytes());
+    assert_eq!(as_argument.code, 6, "{:?}", as_argument.stderr);
+    assert_eq!(from_stdin.code, 6, "{:?}", from_stdin.stderr);
+    for bad in ["0", "25h"] {
+        let run = dev.run(&["pair", "--expires", bad]);
+        assert_eq!(run.code, 2, "--expires {bad}: {:?}", run.stderr);
+    }
+}
+
 #[test]
 fn completions_need_no_daemon() {
     let dev = Device::new();

@@ -125,7 +125,11 @@ fn text_arg(arg: &str) -> anyhow::Result<String> {
         }
     }
     if text.len() as u64 > limit {
-        bail!("the text on standard input is longer than {limit} bytes");
+        // Refused like the same text given as an argument, which the daemon refuses.
+        return Err(crate::exit::Failure::error(
+            crate::exit::REFUSED,
+            format!("the text on standard input is longer than {limit} bytes"),
+        ));
     }
     Ok(text)
 }
