@@ -13,7 +13,7 @@ mod web;
 
 use std::io::Read;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chatsync_api::Client;
 use chatsync_daemon::paths::Paths;
 use clap::CommandFactory;
