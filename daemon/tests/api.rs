@@ -113,8 +113,9 @@ async fn chats_are_created_listed_found_and_renamed() {
         .await
         .error(StatusCode::NOT_FOUND, "not_found");
 
-    // Invalid titles.
-    for title in ["", "   ", &"t".repeat(257)] {
+    // Invalid titles; a title written as a chat id (it would hide the chat whose id it is).
+    let id_like = chat.id.to_uppercase();
+    for title in ["", "   ", &"t".repeat(257), &chat.id, &id_like] {
         d.post("/chats", json!({ "title": title }))
             .await
             .error(StatusCode::BAD_REQUEST, "invalid");

@@ -306,6 +306,7 @@ impl Engine {
         title: &str,
         key: Option<&str>,
     ) -> Result<ChatSummary, EngineError> {
+        refuse_id_like_title(title)?;
         let id = ChatId::new(match key {
             Some(key) => keyed_id("chat", &self.device.id, "", key),
             None => random_id(),
@@ -419,6 +420,7 @@ impl Engine {
         chat: &ChatId,
         title: &str,
     ) -> Result<ChatSummary, EngineError> {
+        refuse_id_like_title(title)?;
         self.mutate(chat, Title::MayChange, |doc, _device, now| {
             doc.set_title(title, now)?;
             Ok(((), Vec::new()))
@@ -1026,6 +1028,16 @@ fn heads_hex(doc: &mut ChatDoc) -> Vec<String> {
 }
 
 /// A fresh random id: 128 bits, as 32 lowercase hex digits.
+/// A title written as a chat id would hide the chat whose id it is (`resolve.rs`).
+fn refuse_id_like_title(title: &str) -> Result<(), EngineError> {
+    if resolve::looks_like_an_id(title) {
+        return Err(EngineError::Invalid(
+            "a title may not look like a chat id (32 hexadecimal digits)".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub fn random_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }

@@ -2,7 +2,9 @@
 //!
 //! A chat is named by its id, a unique title, or an unambiguous id prefix; a message by its id
 //! or an unambiguous id prefix. An ambiguous name is an error that lists the candidates, so the
-//! person can pick one.
+//! person can pick one; a name that is one chat's title and another's id prefix is ambiguous
+//! too (quietly picking either would show the wrong chat). A title cannot be written as a chat
+//! id ([`looks_like_an_id`]), so no title hides a chat's full id.
 
 use std::collections::BTreeMap;
 
@@ -25,19 +27,18 @@ pub fn resolve_chat(
     {
         return Ok(id);
     }
-    let by_title: Vec<&ChatId> = records
+    let mut candidates: Vec<&ChatId> = records
         .iter()
         .filter(|(_, r)| r.title == reference)
         .map(|(id, _)| id)
         .collect();
-    let candidates = match by_title.len() {
-        1 => return Ok(by_title[0].clone()),
-        0 if reference.len() >= MIN_PREFIX => records
+    if reference.len() >= MIN_PREFIX {
+        let by_prefix: Vec<&ChatId> = records
             .keys()
-            .filter(|id| id.as_str().starts_with(reference))
-            .collect(),
-        _ => by_title,
-    };
+            .filter(|id| id.as_str().starts_with(reference) && !candidates.contains(id))
+            .collect();
+        candidates.extend(by_prefix);
+    }
     match candidates.as_slice() {
         [] => Err(EngineError::NotFound(format!(
             "no chat named {reference:?}"
@@ -55,6 +56,12 @@ pub fn resolve_chat(
                 .collect(),
         }),
     }
+}
+
+/// Whether a title has the form of a chat's id (32 hexadecimal digits), which titles may not:
+/// typed as a name, it would hide the chat whose id it is.
+pub fn looks_like_an_id(title: &str) -> bool {
+    title.len() == 32 && title.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 pub fn resolve_message(doc: &ChatDoc, reference: &str) -> Result<MessageId, EngineError> {
@@ -120,6 +127,24 @@ mod tests {
             resolve_chat(&r, "bbb"),
             Err(EngineError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn a_name_that_is_one_chats_title_and_anothers_id_prefix_is_ambiguous() {
+        let r = records(&[("ecd5aaaa", "family"), ("bbbb3333", "ecd5")]);
+        match resolve_chat(&r, "ecd5") {
+            Err(EngineError::Ambiguous { candidates, .. }) => {
+                assert_eq!(candidates.len(), 2, "{candidates:?}");
+                assert!(candidates.iter().any(|c| c.contains("ecd5aaaa")));
+                assert!(candidates.iter().any(|c| c.contains("bbbb3333")));
+            }
+            other => panic!("expected ambiguity, got {other:?}"),
+        }
+        // The full id still names its chat.
+        assert_eq!(resolve_chat(&r, "ecd5aaaa").unwrap().as_str(), "ecd5aaaa");
+        assert!(looks_like_an_id("0123456789abcdef0123456789ABCDEF"));
+        assert!(!looks_like_an_id("ecd5"));
+        assert!(!looks_like_an_id("family"));
     }
 
     #[test]
