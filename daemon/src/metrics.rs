@@ -128,36 +128,73 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
 fn snapshot_registry(s: &Snapshot) -> Registry {
     let mut r = Registry::with_prefix(PREFIX);
     let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    gauge(
-        &mut r,
-        "chats",
-        "Chats on this device",
-        s.stats.chats as i64,
-    );
-    gauge(
-        &mut r,
-        "chats_loaded",
-        "Chats held in memory",
-        s.stats.loaded_chats as i64,
-    );
-    gauge(
-        &mut r,
-        "chats_loaded_bytes",
-        "Estimated memory of the chats held in memory",
-        as_i64(s.stats.loaded_bytes_estimate),
-    );
-    gauge(
-        &mut r,
-        "memory_budget_bytes",
-        "Memory the chats held in memory may take before the least recently used are unloaded",
-        as_i64(s.memory_budget_bytes),
-    );
-    gauge(
-        &mut r,
-        "store_bytes",
-        "Size of the store on disk",
-        as_i64(s.stats.store_bytes),
-    );
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let gauges = [
+        ("chats", "Chats on this device", count(s.stats.chats)),
+        (
+            "chats_loaded",
+            "Chats held in memory",
+            count(s.stats.loaded_chats),
+        ),
+        (
+            "chats_loaded_bytes",
+            "Estimated memory of the chats held in memory",
+            as_i64(s.stats.loaded_bytes_estimate),
+        ),
+        (
+            "memory_budget_bytes",
+            "Memory the chats held in memory may take before the least recently used are unloaded",
+            as_i64(s.memory_budget_bytes),
+        ),
+        (
+            "store_bytes",
+            "Size of the store on disk",
+            as_i64(s.stats.store_bytes),
+        ),
+        (
+            "store_healthy",
+            "1 while the store takes writes, 0 once a write failed",
+            i64::from(s.stats.store_healthy),
+        ),
+        (
+            "store_full",
+            "1 while new writes are refused for want of disk space",
+            i64::from(s.stats.store_full),
+        ),
+        (
+            "uptime_seconds",
+            "Seconds since the daemon started",
+            s.uptime_seconds as i64,
+        ),
+        (
+            "devices_trusted",
+            "Devices in the roster besides this one",
+            count(s.sync.peers_trusted),
+        ),
+        (
+            "devices_connected",
+            "Roster devices connected now",
+            count(s.sync.peers_connected),
+        ),
+        (
+            "sync_sessions",
+            "Sync sessions under way",
+            count(s.sync.sessions),
+        ),
+        (
+            "chats_behind",
+            "Chats another connected device has changes of that this one lacks",
+            count(s.sync.chats_behind),
+        ),
+        (
+            "chats_ahead",
+            "Chats this device has changes of that a connected device lacks",
+            count(s.sync.chats_ahead),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        gauge(&mut r, name, help, value);
+    }
     if let Some(free) = s.stats.store_free_bytes {
         gauge(
             &mut r,
@@ -166,54 +203,6 @@ fn snapshot_registry(s: &Snapshot) -> Registry {
             as_i64(free),
         );
     }
-    gauge(
-        &mut r,
-        "store_healthy",
-        "1 while the store takes writes, 0 once a write failed",
-        i64::from(s.stats.store_healthy),
-    );
-    gauge(
-        &mut r,
-        "store_full",
-        "1 while new writes are refused for want of disk space",
-        i64::from(s.stats.store_full),
-    );
-    gauge(
-        &mut r,
-        "uptime_seconds",
-        "Seconds since the daemon started",
-        s.uptime_seconds as i64,
-    );
-    gauge(
-        &mut r,
-        "devices_trusted",
-        "Devices in the roster besides this one",
-        s.sync.peers_trusted as i64,
-    );
-    gauge(
-        &mut r,
-        "devices_connected",
-        "Roster devices connected now",
-        s.sync.peers_connected as i64,
-    );
-    gauge(
-        &mut r,
-        "sync_sessions",
-        "Sync sessions under way",
-        s.sync.sessions as i64,
-    );
-    gauge(
-        &mut r,
-        "chats_behind",
-        "Chats another connected device has changes of that this one lacks",
-        s.sync.chats_behind as i64,
-    );
-    gauge(
-        &mut r,
-        "chats_ahead",
-        "Chats this device has changes of that a connected device lacks",
-        s.sync.chats_ahead as i64,
-    );
 
     let connections = Family::<PathLabel, Gauge>::default();
     for path in ["lan", "direct", "relayed"] {

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use chatsync_daemon::config::Config;
 use chatsync_testkit::{
-    TestDaemon, eventually, home::fixed_loopback_addr, openmetrics, pair_by_address,
+    TestDaemon, eventually,
+    home::{fixed_loopback_addr, free_loopback_port},
+    openmetrics, pair_by_address,
 };
 
 const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -29,22 +31,13 @@ fn sample(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in {samples:#?}"))
 }
 
-/// A free TCP port on loopback, for a listener the test configures.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_writes_and_show_devices_connections_and_traffic() {
     let addr = fixed_loopback_addr();
     let mut config_a = Config::default();
     config_a.network.listen = vec![addr.parse().unwrap()];
     let a = TestDaemon::start_with(config_a).await;
-    let metrics_port = free_port();
+    let metrics_port = free_loopback_port();
     let mut config_b = Config::default();
     config_b.network.peers = vec![format!("{addr}/p2p/{}", a.device_id).parse().unwrap()];
     config_b.metrics.listen = Some(format!("127.0.0.1:{metrics_port}"));

@@ -8,18 +8,9 @@ use std::{
     time::Duration,
 };
 
-use chatsync_testkit::openmetrics;
+use chatsync_testkit::{home::free_loopback_port, openmetrics};
 
 use crate::support::Device;
-
-/// A free TCP port on loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `GET /metrics` over TCP: the status line and the body.
 fn scrape(port: u16) -> (String, String) {
@@ -39,7 +30,7 @@ fn scrape(port: u16) -> (String, String) {
 #[test]
 fn an_operator_scrapes_the_daemon_over_tcp() {
     let dev = Device::new();
-    let port = free_port();
+    let port = free_loopback_port();
     let config = std::fs::read_to_string(dev.home().join("config.toml")).unwrap();
     std::fs::write(
         dev.home().join("config.toml"),
@@ -73,7 +64,10 @@ fn a_metrics_address_reachable_from_other_computers_needs_allow_remote() {
     let config = std::fs::read_to_string(dev.home().join("config.toml")).unwrap();
     std::fs::write(
         dev.home().join("config.toml"),
-        format!("{config}[metrics]\nlisten = \"0.0.0.0:{}\"\n", free_port()),
+        format!(
+            "{config}[metrics]\nlisten = \"0.0.0.0:{}\"\n",
+            free_loopback_port()
+        ),
     )
     .unwrap();
     let run = dev.run(&["daemon", "start"]);

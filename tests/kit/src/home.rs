@@ -47,9 +47,13 @@ pub fn loopback_network() -> NetworkConfig {
 /// A loopback TCP address with a port that was free a moment ago, for a daemon that must be
 /// found at the same address after a restart.
 pub fn fixed_loopback_addr() -> String {
+    format!("/ip4/127.0.0.1/tcp/{}", free_loopback_port())
+}
+
+/// A TCP port on loopback that was free a moment ago (for a listener a test configures).
+pub fn free_loopback_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    format!("/ip4/127.0.0.1/tcp/{port}")
+    listener.local_addr().unwrap().port()
 }
 
 /// Waits until the store under `paths` can be opened again: after a daemon that was killed, or
