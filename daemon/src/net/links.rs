@@ -240,6 +240,15 @@ impl Links {
     }
 
     fn outbound_link(&mut self, peer: PeerId) -> &OutboundLink {
+        // A link whose task has ended but not yet reported it: replaced now (its report then
+        // fails only what was in flight on it).
+        if self
+            .outbound
+            .get(&peer)
+            .is_some_and(|link| link.frames.is_closed())
+        {
+            self.outbound.remove(&peer);
+        }
         if !self.outbound.contains_key(&peer) {
             let link = self.next_link;
             self.next_link += 1;
