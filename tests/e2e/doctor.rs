@@ -84,7 +84,14 @@ fn doctor_on_a_healthy_pair_then_one_gone_then_one_removed() {
     assert!(text.contains("fix: start chatsync on it"), "{text}");
 
     // Removed from the mesh: the removed device's doctor fails, and says how to come back.
+    // (Removed while connected, so that it is told; a device removed while away is refused
+    // without being told.)
     b.start();
+    eventually_blocking("the pair is connected again", WAIT, || {
+        a.run(&["doctor"])
+            .stdout
+            .contains(&format!("ok    {b_check}: connected"))
+    });
     a.ok(&["devices", "remove", &b_id]);
     eventually_blocking("B learns it was removed", WAIT, || {
         b.run(&["doctor"]).code == 1
