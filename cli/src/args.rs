@@ -102,6 +102,7 @@ pub enum Command {
     Attachment(AttachmentCommand),
     /// Show the latest messages of a chat, oldest first.
     Log {
+        /// Chat id, unique title, or id prefix.
         chat: String,
         /// How many messages to show (0: none, useful with --follow).
         #[arg(short = 'n', long = "lines", default_value_t = 20)]
@@ -112,6 +113,7 @@ pub enum Command {
     },
     /// Replace the text of one of your messages.
     Edit {
+        /// Chat id, unique title, or id prefix.
         chat: String,
         /// Message id or id prefix.
         message: String,
@@ -119,10 +121,17 @@ pub enum Command {
         text: String,
     },
     /// Delete one of your messages (its place in the chat stays, marked deleted).
-    Delete { chat: String, message: String },
+    Delete {
+        /// Chat id, unique title, or id prefix.
+        chat: String,
+        /// Message id or id prefix.
+        message: String,
+    },
     /// React to a message (one reaction per device; a new one replaces the old).
     React {
+        /// Chat id, unique title, or id prefix.
         chat: String,
+        /// Message id or id prefix.
         message: String,
         /// The reaction, e.g. 👍. Omit with --remove.
         #[arg(required_unless_present = "remove")]
@@ -133,11 +142,14 @@ pub enum Command {
     },
     /// Mark a chat as read up to a message (default: the newest).
     MarkRead {
+        /// Chat id, unique title, or id prefix.
         chat: String,
+        /// Message id or id prefix (default: the newest message).
         message: Option<String>,
     },
     /// Print a shell completion script.
     Completions {
+        /// The shell to write the script for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -163,6 +175,7 @@ pub enum AttachmentCommand {
     /// yet) and save them in a directory; prints the path of each file written. An existing
     /// file is never overwritten: `name (1).ext` is used instead.
     Get {
+        /// Chat id, unique title, or id prefix.
         chat: String,
         /// Message id or id prefix.
         message: String,
@@ -186,7 +199,12 @@ pub enum ChatCommand {
         idempotency_key: Option<String>,
     },
     /// Rename a chat.
-    Rename { chat: String, title: String },
+    Rename {
+        /// Chat id, unique title, or id prefix.
+        chat: String,
+        /// The new title.
+        title: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +213,7 @@ pub enum DevicesCommand {
     List,
     /// Trust a device: add it to the roster by its id (`chatsync status` on it shows the id).
     Add {
+        /// The device's id (`chatsync status` on it shows it).
         device_id: String,
         /// A name to show for it.
         #[arg(long)]
@@ -203,7 +222,10 @@ pub enum DevicesCommand {
     /// Remove (revoke) a device from the mesh for good, by id or name: every device drops it,
     /// and it is never trusted again.
     #[command(visible_alias = "revoke")]
-    Remove { device: String },
+    Remove {
+        /// The device's id, or its name in the roster.
+        device: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,7 +249,10 @@ pub enum WebCommand {
     /// List the linked browsers.
     Sessions,
     /// Unlink a browser (by the id `chatsync web sessions` shows, or `all`).
-    Revoke { session: String },
+    Revoke {
+        /// The session's id or an id prefix (`chatsync web sessions` lists them), or `all`.
+        session: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,10 +276,15 @@ pub enum BackupCommand {
     /// List the snapshots: time, chats, messages, size.
     List,
     /// Read back and check every object of every snapshot (or of SNAPSHOT).
-    Verify { snapshot: Option<String> },
+    Verify {
+        /// This snapshot (id or id prefix) rather than the newest.
+        snapshot: Option<String>,
+    },
     /// Restore every chat from the backup at TARGET onto this device (chats it has already are
     /// kept). Asks for the passphrase.
     Restore {
+        /// Where the backup is: a directory, `s3://bucket/prefix?endpoint=URL`, or
+        /// `webdav+https://host/path` (as for `backup init --to`).
         target: String,
         /// This snapshot (id or id prefix) rather than the newest.
         #[arg(long)]
@@ -354,6 +384,28 @@ mod tests {
             parse(&["pair", "--expires", "24h"]),
             Ok(Command::Pair { expires: 86_400 })
         ));
+    }
+
+    /// Every positional argument of every command says what it is in `--help`.
+    #[test]
+    fn every_positional_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_positionals() {
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(
+            &<Cli as clap::CommandFactory>::command(),
+            "chatsync",
+            &mut missing,
+        );
+        assert!(missing.is_empty(), "no description: {missing:#?}");
     }
 
     #[test]
