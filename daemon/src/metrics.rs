@@ -101,7 +101,7 @@ pub fn render(metrics: &Metrics, snapshot: &Snapshot) -> String {
     );
     counted.register(
         "messages_received",
-        "Messages other devices' changes added or changed on this device",
+        "Messages other devices' changes added or changed on this device (all of a chat received whole)",
         metrics.messages_received.clone(),
     );
     counted.register_with_unit(

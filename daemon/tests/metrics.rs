@@ -44,8 +44,13 @@ async fn metrics_count_writes_and_show_devices_connections_and_traffic() {
     let b = TestDaemon::start_with(config_b).await;
     pair_by_address(&a, &b).await;
 
+    // The chat reaches B whole; what is written in it afterwards, as sync messages.
     let chat = a.create_chat("family").await;
     let first = a.post_message(&chat.id, "one").await;
+    eventually("B has the chat", WAIT, || async {
+        b.texts(&chat.id).await == ["one"]
+    })
+    .await;
     a.post_message(&chat.id, "two").await;
     a.client
         .edit(&chat.id, &first.id, "one, edited")
@@ -100,7 +105,8 @@ async fn metrics_count_writes_and_show_devices_connections_and_traffic() {
         .await
         .unwrap();
     let on_b = openmetrics::parse(&body).unwrap_or_else(|e| panic!("{e}:\n{body}"));
-    assert!(sample(&on_b, "chatsync_messages_received_total") >= 2.0);
+    // "one" with the whole chat; "two", the edit and the reaction in sync messages.
+    assert!(sample(&on_b, "chatsync_messages_received_total") >= 3.0);
     assert!(sample(&on_b, "chatsync_apply_seconds_count") >= 1.0);
     assert!(
         !on_b.keys().any(|k| k.starts_with("chatsync_writes_total")),

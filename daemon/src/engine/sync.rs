@@ -613,6 +613,8 @@ impl Engine {
         let kept = proofs.take_received(received, &mut doc, &self.device.id);
         signatures::persist(&self.store, chat, kept.store)?;
         self.add_chat(chat, doc, proofs, &record, &body).await?;
+        // A chat received whole brought every message in it.
+        self.metrics.messages_received.inc_by(record.messages);
         // Passed on at once: every other connected device that lacks it fetches it from here,
         // however many devices away the one that created it is.
         self.changed.mark(chat);
