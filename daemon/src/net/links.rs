@@ -143,7 +143,6 @@ struct OutboundLink {
 
 struct InboundLink {
     peer: PeerId,
-    opened: u64,
     stop: CancellationToken,
 }
 
@@ -290,15 +289,16 @@ impl Links {
     pub fn accept(&mut self, peer: PeerId, stream: Stream) {
         let link = self.next_link;
         self.next_link += 1;
-        let mut theirs: Vec<(u64, u64)> = self
+        // Link numbers grow with every link: the smallest is the oldest.
+        let mut theirs: Vec<u64> = self
             .inbound
             .iter()
             .filter(|(_, l)| l.peer == peer)
-            .map(|(id, l)| (l.opened, *id))
+            .map(|(id, _)| *id)
             .collect();
-        theirs.sort();
+        theirs.sort_unstable();
         while theirs.len() >= MAX_INBOUND_PER_DEVICE {
-            let (_, oldest) = theirs.remove(0);
+            let oldest = theirs.remove(0);
             if let Some(old) = self.inbound.remove(&oldest) {
                 old.stop.cancel();
             }
@@ -308,7 +308,6 @@ impl Links {
             link,
             InboundLink {
                 peer,
-                opened: link,
                 stop: stop.clone(),
             },
         );
